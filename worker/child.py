@@ -1,0 +1,166 @@
+"""child_main(): the first code a child runs. Process hygiene, then the handler's module.
+
+The module runs once per child; when it calls start() (worker's, or the official runpod
+SDK's, redirected) the job loop begins inside that call, exactly where the SDK would block.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import runpy
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import protocol as P
+from . import runpod_compat
+from .config import Settings
+from .handlers import Interrupted
+from .runner import ChildRuntime
+
+# Secrets the handler has no use for: the queue's key and the local API's token.
+SCRUBBED_ENV = ("RUNPOD_AI_API_KEY", "WORKER_API_TOKEN")
+
+
+@dataclass
+class ScriptTarget:
+    """A handler file, run as __main__ (as `python handler.py` would)."""
+    path: str
+    argv: list = field(default_factory=list)
+
+    def run(self, runtime: ChildRuntime) -> dict:
+        sys.argv = [self.path, *self.argv]
+        sys.path.insert(0, os.path.dirname(self.path))
+        return runpy.run_path(self.path, run_name="__main__")
+
+    def describe(self) -> str:
+        return os.path.basename(self.path)
+
+
+@dataclass
+class ModuleTarget:
+    """An importable module that calls start() when imported."""
+    name: str
+    argv: list = field(default_factory=list)
+
+    def run(self, runtime: ChildRuntime) -> dict:
+        sys.argv = [self.name, *self.argv]
+        return vars(importlib.import_module(self.name))
+
+    def describe(self) -> str:
+        return self.name
+
+
+@dataclass
+class ValueTarget:
+    """A start() config that crossed by value (a handler defined in a REPL or notebook)."""
+    config: Any
+
+    def run(self, runtime: ChildRuntime) -> dict:
+        runtime.serve(dict(self.config))
+        return {}
+
+    def describe(self) -> str:
+        return getattr(self.config.get("handler"), "__qualname__", "handler")
+
+
+@dataclass
+class ChildSpec:
+    target: Any
+    settings: dict
+    cwd: str
+    preload: list
+    control: Any     # Connection: the child's end of the control socketpair
+    stdout: Any      # Connection: write end of the stdout capture pipe
+    stderr: Any      # Connection: write end of the stderr capture pipe
+    lifeline: Any    # Connection: read end; EOF means the parent died
+
+
+def child_main(spec: ChildSpec) -> None:
+    started = time.monotonic()
+    preloaded = [m for m in spec.preload if m in sys.modules]
+    try:
+        os.setpgid(0, 0)  # lead our own group: a stop kills grandchildren too
+    except OSError:
+        pass
+    _capture_output(spec.stdout.fileno(), spec.stderr.fileno())
+    spec.stdout.close()
+    spec.stderr.close()
+    for name in SCRUBBED_ENV:
+        os.environ.pop(name, None)
+    os.chdir(spec.cwd)
+    _allow_own_children()
+
+    runtime = ChildRuntime(spec.control.fileno(), Settings.from_dict(spec.settings), started,
+                           preloaded)
+    runtime.activate()
+    runtime.watch(spec.lifeline.fileno())
+    runpod_compat.install()
+    code = 0
+    try:
+        namespace = spec.target.run(runtime)
+        if not runtime.served:
+            handler = namespace.get("handler") if isinstance(namespace, dict) else None
+            if not callable(handler):
+                raise RuntimeError(f"{spec.target.describe()} finished without calling "
+                                   "start({'handler': ...}) and defines no handler function")
+            print(f"gpu-worker: {spec.target.describe()} did not call start(); "
+                  "serving its `handler` function", file=sys.stderr)
+            runtime.serve({"handler": handler})
+    except Interrupted:
+        pass
+    except BaseException as exc:  # noqa: B902 - everything here is a setup failure
+        code = 1
+        if runtime.served:
+            traceback.print_exc()
+        else:
+            _report_setup_failure(runtime, exc)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+    # Skip interpreter teardown: user threads must not keep a stopping child alive.
+    os._exit(code)
+
+
+def _report_setup_failure(runtime: ChildRuntime, exc: BaseException) -> None:
+    if isinstance(exc, SystemExit):
+        message = f"the handler module called sys.exit({exc.code!r}) during setup"
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        runtime.send(P.SetupFailed(message, tb))
+    except OSError:
+        print(tb, file=sys.stderr)
+
+
+def _capture_output(out_fd: int, err_fd: int) -> None:
+    """Point fds 1 and 2 at the parent's capture pipes, so writes from C code and from
+    subprocesses are captured too. The control channel is a separate fd."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)
+        except Exception:
+            pass
+
+
+def _allow_own_children() -> None:
+    # multiprocess marks its children daemonic (so a dying parent cleans them up), which
+    # would forbid the handler from starting a multiprocess pool of its own.
+    try:
+        import multiprocess
+        multiprocess.current_process()._config["daemon"] = False
+    except Exception:
+        pass

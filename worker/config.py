@@ -1,0 +1,169 @@
+"""One Settings object for the whole worker.
+
+Precedence, highest first: the dict given to start(), command-line flags, environment
+(WORKER_* and the RUNPOD_* names the official SDK reads), defaults. Each field carries its
+own environment names, flag and help text, so parsing and the README table come from one
+place.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the source."""
+
+
+def _setting(default, env=(), flag=None, help="", config=True):
+    return field(default=default, metadata={"env": tuple(env), "flag": flag, "help": help,
+                                            "config": config})
+
+
+@dataclass(frozen=True)
+class Settings:
+    log_level: str = _setting("INFO", ("WORKER_LOG_LEVEL", "RUNPOD_LOG_LEVEL", "RUNPOD_DEBUG_LEVEL"),
+                              "--rp_log_level", "Log level of the parent: DEBUG, INFO, WARN, ERROR.")
+    job_timeout: float = _setting(0.0, ("WORKER_JOB_TIMEOUT",), "--job_timeout",
+                                  "Seconds a job may run before it ends TIMED_OUT and the child is "
+                                  "replaced; 0 = no limit. A job's policy.executionTimeout (ms) wins.")
+    setup_timeout: float = _setting(600.0, ("WORKER_SETUP_TIMEOUT",), "--setup_timeout",
+                                    "Seconds the child may take to import the handler module and "
+                                    "reach start() (model loading).")
+    heartbeat_interval: float = _setting(1.0, ("WORKER_HEARTBEAT_INTERVAL",), None,
+                                         "Seconds between the child's liveness heartbeats.")
+    heartbeat_timeout: float = _setting(60.0, ("WORKER_HEARTBEAT_TIMEOUT",), None,
+                                        "Seconds without a heartbeat before a child is declared "
+                                        "hung and replaced; 0 = never.")
+    stop_grace: float = _setting(5.0, ("WORKER_STOP_GRACE",), None,
+                                 "Seconds each step of a stop may take: cooperative, then SIGTERM "
+                                 "to the child's process group, then SIGKILL.")
+    max_jobs_per_child: int = _setting(0, ("WORKER_MAX_JOBS_PER_CHILD",), None,
+                                       "Replace the child after this many jobs; 0 = never.")
+    max_rss_mb: float = _setting(0.0, ("WORKER_MAX_RSS_MB",), None,
+                                 "Replace the child, between jobs, when its process tree's "
+                                 "resident memory exceeds this many MiB; 0 = never.")
+    refresh_worker: bool = _setting(False, ("WORKER_REFRESH_WORKER",), None,
+                                    "Replace the child after every job (start() key "
+                                    "refresh_worker).")
+    return_aggregate_stream: bool = _setting(False, ("WORKER_RETURN_AGGREGATE_STREAM",), None,
+                                             "Generator handlers: the final output is the list of "
+                                             "chunks (start() key return_aggregate_stream).")
+    preload: tuple = _setting((), ("WORKER_PRELOAD",), "--preload",
+                              "Comma-separated modules the forkserver imports once, so a fresh "
+                              "child starts with them loaded (e.g. torch).")
+    start_method: str = _setting("forkserver", ("WORKER_START_METHOD",), None,
+                                 "forkserver (fast respawn) or spawn.")
+    restart_limit: int = _setting(5, ("WORKER_RESTART_LIMIT",), None,
+                                  "Unplanned child deaths within restart_window that stop "
+                                  "respawning (the worker is then unhealthy).")
+    restart_window: float = _setting(60.0, ("WORKER_RESTART_WINDOW",), None,
+                                     "Seconds over which restart_limit counts deaths.")
+    job_max_crashes: int = _setting(1, ("WORKER_JOB_MAX_CRASHES",), None,
+                                    "Child deaths a job may cause before it fails for good; with "
+                                    "more than 1 the job is retried on a fresh child.")
+    worker_id: str = _setting("", ("RUNPOD_POD_ID",), None,
+                              "Worker id used in error records (the SDK's RUNPOD_POD_ID).",
+                              config=False)
+    hostname: str = _setting("", ("RUNPOD_POD_HOSTNAME",), None,
+                             "Host name used in error records.", config=False)
+    test_input: str = _setting(None, (), "--test_input",
+                               "One-shot local test: the job as JSON (else ./test_input.json).",
+                               config=False)
+    test_output: str = _setting(None, (), "--test_output",
+                                "One-shot local test: expected output as JSON; a mismatch exits 1.",
+                                config=False)
+
+    # --- construction -------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None,
+             config: Mapping[str, Any] | None = None) -> "Settings":
+        """Build settings from the three sources, in precedence order."""
+        import os
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            for name in f.metadata["env"]:
+                if env.get(name, "") != "":
+                    values[f.name] = _parse(f, env[name], name)
+                    break
+        for key, raw in (flags or {}).items():
+            if raw is not None:
+                values[key] = _parse(_field(key), raw, _field(key).metadata["flag"])
+        return cls(**values).with_config(config or {})
+
+    def with_config(self, config: Mapping[str, Any]) -> "Settings":
+        """Apply start() config keys that name settings; other keys are ignored here."""
+        changes = {}
+        for key, raw in config.items():
+            f = _FIELDS.get(key)
+            if f is not None and f.metadata["config"]:
+                changes[key] = _parse(f, raw, f"start() key {key!r}")
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Settings":
+        return cls(**{k: tuple(v) if k == "preload" else v for k, v in data.items()})
+
+
+def config_keys() -> set[str]:
+    """Setting names that a start() config may carry."""
+    return {name for name, f in _FIELDS.items() if f.metadata["config"]}
+
+
+def describe() -> list[dict]:
+    """One row per setting (for the README table and --help)."""
+    return [{"name": f.name, "env": f.metadata["env"], "flag": f.metadata["flag"],
+             "default": f.default, "help": f.metadata["help"],
+             "start_config": f.metadata["config"]} for f in dataclasses.fields(Settings)]
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _field(name: str):
+    try:
+        return _FIELDS[name]
+    except KeyError:
+        raise SettingsError(f"unknown setting {name!r}") from None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse(f: dataclasses.Field, raw: Any, source: str) -> Any:
+    kind = f.type
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError("expected true or false")
+        if kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError("expected an integer")
+            value = int(raw)
+        elif kind == "float":
+            if isinstance(raw, bool):
+                raise ValueError("expected a number")
+            value = float(raw)
+        elif kind == "tuple":
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(s.strip() for s in items if str(s).strip())
+        else:
+            return None if raw is None else str(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{source}={raw!r} is not valid for {f.name}: {exc}") from None
+    if value < 0:
+        raise SettingsError(f"{source}={raw!r} is not valid for {f.name}: must be >= 0")
+    return value

@@ -1,0 +1,84 @@
+"""The parent's reader of a child's captured stdout/stderr.
+
+A thread of its own, so a handler that floods its output never delays control messages.
+Each line goes to a sink with the ids of the jobs running when it was read; the last
+lines are kept for error messages (a crash at import is explained by its stderr).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import selectors
+import threading
+import time
+from typing import Callable
+
+MAX_LINE = 16384
+Sink = Callable[[str, str, tuple], None]   # (stream name, line, job ids)
+
+
+class OutputPump(threading.Thread):
+    def __init__(self, streams: dict, job_ids: Callable[[], tuple], sink: Sink,
+                 tail: int = 40):
+        super().__init__(name="gpu-worker-output", daemon=True)
+        self._streams = streams          # fd -> "stdout" | "stderr"
+        self._job_ids = job_ids
+        self._sink = sink
+        self.tail: collections.deque = collections.deque(maxlen=tail)
+        self._partial = {fd: b"" for fd in streams}
+        self._give_up_at: float | None = None
+
+    def finish(self, timeout: float = 1.0) -> None:
+        """The child has exited: read what is left, then stop, even if a stray grandchild
+        still holds the pipe open."""
+        self._give_up_at = time.monotonic() + timeout
+        self.join(timeout + 0.5)
+
+    def run(self) -> None:
+        sel = selectors.DefaultSelector()
+        for fd in self._streams:
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ)
+        open_fds = set(self._streams)
+        try:
+            while open_fds:
+                if self._give_up_at is not None and time.monotonic() > self._give_up_at:
+                    break
+                for key, _ in sel.select(timeout=0.2):
+                    fd = key.fd
+                    try:
+                        data = os.read(fd, 65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        sel.unregister(fd)
+                        open_fds.discard(fd)
+                        self._emit(fd, self._partial.pop(fd, b""), final=True)
+                        continue
+                    self._emit(fd, data)
+        finally:
+            for fd, rest in list(self._partial.items()):
+                self._emit(fd, rest, final=True)
+            sel.close()
+
+    def _emit(self, fd: int, data: bytes, final: bool = False) -> None:
+        buf = self._partial.get(fd, b"") + data
+        lines = buf.split(b"\n")
+        rest = b"" if final else lines.pop()
+        if len(rest) > MAX_LINE:     # a line without end: pass it on in pieces
+            lines.append(rest)
+            rest = b""
+        if not final:
+            self._partial[fd] = rest
+        if not lines:
+            return
+        ids = self._job_ids()
+        name = self._streams[fd]
+        for raw in lines:
+            if not raw and final:
+                continue
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            self.tail.append(f"{name}: {line}")
+            self._sink(name, line, ids)

@@ -1,0 +1,135 @@
+"""The parent <-> child messages: one small dataclass each, framed JSON on a socketpair.
+
+JSON rather than pickle: a job is JSON already, an output must be JSON anyway (so encoding
+is the serialisability check), and nothing that came from the network is ever unpickled.
+A frame is a 4-byte big-endian length and a JSON array [kind, field, ...].
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+_HEADER = struct.Struct("!I")
+_REGISTRY: dict[str, type] = {}
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class Message:
+    KIND: ClassVar[str] = ""
+    _names: ClassVar[tuple] = ()
+
+    def encode(self) -> bytes:
+        """The framed bytes; raises TypeError/ValueError if a value is not JSON."""
+        payload = _encode([self.KIND, *(getattr(self, n) for n in self._names)]).encode()
+        return _HEADER.pack(len(payload)) + payload
+
+
+def _message(kind: str):
+    def wrap(cls):
+        cls = dataclass(cls)
+        cls.KIND = kind
+        cls._names = tuple(f.name for f in fields(cls))
+        _REGISTRY[kind] = cls
+        return cls
+    return wrap
+
+
+# --- parent -> child ------------------------------------------------------------------
+
+@_message("run")
+class Run(Message):
+    job: dict
+
+
+@_message("cancel")
+class Cancel(Message):
+    job_id: str
+
+
+@_message("stop")
+class Stop(Message):
+    reason: str
+
+
+# --- child -> parent ------------------------------------------------------------------
+
+@_message("ready")
+class Ready(Message):
+    pid: int
+    kind: str            # handler kind: sync, generator, async, async_generator
+    mode: str            # how jobs run: inline (main thread), threads, tasks
+    concurrency: int
+    config: dict         # start() keys that name settings (they override the parent's)
+    preloaded: list      # preload modules that were already imported when the child began
+    setup_s: float
+
+
+@_message("setup_failed")
+class SetupFailed(Message):
+    message: str
+    traceback: str
+
+
+@_message("progress")
+class Progress(Message):
+    job_id: str
+    value: Any
+
+
+@_message("chunk")
+class Chunk(Message):
+    job_id: str
+    value: Any
+
+
+@_message("done")
+class Done(Message):
+    job_id: str
+    state: str
+    reason: str
+    body: dict
+    refresh: bool
+    concurrency: int
+
+
+@_message("heartbeat")
+class Heartbeat(Message):
+    rss: int             # bytes, the child process itself
+    gpu: Any             # the child's own allocator figures when it has them, else None
+
+
+class ProtocolError(ValueError):
+    pass
+
+
+def decode(payload: bytes) -> Message:
+    try:
+        kind, *values = json.loads(payload)
+        return _REGISTRY[kind](*values)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"bad message from the other side: {exc}") from None
+
+
+class FrameReader:
+    """Accumulates bytes and yields complete frames' payloads."""
+
+    def __init__(self):
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        out = []
+        pos = 0
+        n = len(buf)
+        while n - pos >= 4:
+            (size,) = _HEADER.unpack_from(buf, pos)
+            if n - pos - 4 < size:
+                break
+            out.append(bytes(buf[pos + 4:pos + 4 + size]))
+            pos += 4 + size
+        if pos:
+            del buf[:pos]
+        return out

@@ -1,0 +1,119 @@
+"""Starting child processes: a forkserver with a preload list (fast respawn), or spawn.
+
+Never plain fork: the parent has threads, and a child forked from it would inherit them
+half-way. The forkserver is a clean single-threaded process started once; each child is a
+fork of it, so modules it preloaded (e.g. torch) are already imported in every child.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import multiprocess
+from multiprocess import forkserver
+
+from .child import ChildSpec, child_main
+from .config import Settings
+
+log = logging.getLogger("worker")
+
+
+class ChildProcess:
+    """The parent's handle on one child: its process, channel and capture pipes."""
+
+    def __init__(self, process, control, stdout, stderr, lifeline):
+        self.process = process
+        self.pid: int = process.pid
+        self.control = control      # Connection, parent's end; we use its fd directly
+        self.stdout = stdout        # Connection, read end
+        self.stderr = stderr
+        self.lifeline = lifeline    # Connection, write end: closing it tells the child
+        self.started = time.monotonic()
+
+    @property
+    def fd(self) -> int:
+        return self.control.fileno()
+
+    @property
+    def sentinel(self) -> int:
+        return self.process.sentinel
+
+    def exitcode(self):
+        return self.process.exitcode
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the child's whole process group (or the child alone before it has made
+        its group)."""
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+        except PermissionError:
+            pass
+
+    def signal(self, sig: int) -> None:
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        """After exit: kill what is left of the group and release our ends."""
+        self.signal_group(signal.SIGKILL)
+        for conn in (self.control, self.lifeline):
+            try:
+                conn.close()
+            except OSError:
+                pass
+        try:
+            self.process.join(0)
+            self.process.close()
+        except (ValueError, AssertionError):
+            pass
+
+
+class Spawner:
+    def __init__(self, method: str = "forkserver", preload: tuple = ()):
+        self.preload = list(preload)
+        self.method = method
+        if method == "forkserver":
+            try:
+                self.ctx = multiprocess.get_context("forkserver")
+                self._use_preload(["worker.child", *self.preload])
+            except ValueError:
+                log.warning("forkserver is not available here; children start with spawn")
+                self.method = "spawn"
+        if self.method != "forkserver":
+            if self.method != "spawn":
+                raise ValueError(f"start method must be forkserver or spawn, not {method!r}")
+            self.ctx = multiprocess.get_context("spawn")
+
+    def _use_preload(self, modules: list) -> None:
+        server = forkserver._forkserver
+        if server._forkserver_pid is not None and server._preload_modules != modules:
+            # A forkserver keeps the preload it started with; restart it for a new list.
+            # Callers only do this with no child of theirs alive.
+            server._stop()
+        self.ctx.set_forkserver_preload(modules)
+
+    def spawn(self, target, settings: Settings) -> ChildProcess:
+        ctx = self.ctx
+        control, child_control = ctx.Pipe(duplex=True)
+        out_r, out_w = ctx.Pipe(duplex=False)
+        err_r, err_w = ctx.Pipe(duplex=False)
+        life_r, life_w = ctx.Pipe(duplex=False)
+        spec = ChildSpec(target, settings.to_dict(), os.getcwd(), self.preload,
+                         child_control, out_w, err_w, life_r)
+        process = ctx.Process(target=child_main, args=(spec,), name="gpu-worker-child",
+                              daemon=True)
+        try:
+            process.start()
+        finally:
+            for conn in (child_control, out_w, err_w, life_r):
+                conn.close()
+        return ChildProcess(process, control, out_r, err_r, life_w)
