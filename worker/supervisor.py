@@ -480,7 +480,8 @@ class Supervisor:
         child.concurrency = max(1, msg.concurrency)
         child.cancels.pop(msg.job_id, None)
         tracked = self.in_flight.pop(msg.job_id, None)
-        self._running_ids = tuple(self.in_flight)
+        # Output still in the pipe belongs to the job that just ended, not to nobody.
+        self._running_ids = tuple(self.in_flight) or (msg.job_id,)
         if tracked is None:
             return   # already ended by the worker (timeout, cancel): this is the child's ack
         child.jobs_run += 1
