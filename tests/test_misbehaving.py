@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import gone
+from tests.support import gone
 from worker.jobs import JobState, Reason
 from worker.supervisor import WorkerState
 
@@ -257,8 +257,8 @@ def test_parent_death_takes_the_child_and_its_group_down(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(f"""
 import sys, time
-sys.path.insert(0, {str(os.path.dirname(__file__))!r})
-from conftest import Harness
+sys.path.insert(0, {str(os.path.dirname(os.path.dirname(__file__)))!r})
+from tests.support import Harness
 if __name__ == "__main__":   # children re-import the parent's main module, as with spawn
     h = Harness("misbehave.py")
     h.submit({{"do": "sleep_with_grandchild", "pidfile": {str(pidfile)!r}}})

@@ -1,5 +1,5 @@
 """Refresh and recycling: a fresh child, new module state, never during a job."""
-from conftest import gone
+from tests.support import gone
 from worker.jobs import JobState
 
 

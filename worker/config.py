@@ -30,9 +30,10 @@ class Settings:
                                   "replaced; 0 = no limit. A job's policy.executionTimeout (ms) wins.")
     setup_timeout: float = _setting(600.0, ("WORKER_SETUP_TIMEOUT",), "--setup_timeout",
                                     "Seconds the child may take to import the handler module and "
-                                    "reach start() (model loading).")
+                                    "reach start() (model loading).", config=False)
     heartbeat_interval: float = _setting(1.0, ("WORKER_HEARTBEAT_INTERVAL",), None,
-                                         "Seconds between the child's liveness heartbeats.")
+                                         "Seconds between the child's liveness heartbeats.",
+                                         config=False)
     heartbeat_timeout: float = _setting(60.0, ("WORKER_HEARTBEAT_TIMEOUT",), None,
                                         "Seconds without a heartbeat before a child is declared "
                                         "hung and replaced; 0 = never.")
@@ -52,9 +53,9 @@ class Settings:
                                              "chunks (start() key return_aggregate_stream).")
     preload: tuple = _setting((), ("WORKER_PRELOAD",), "--preload",
                               "Comma-separated modules the forkserver imports once, so a fresh "
-                              "child starts with them loaded (e.g. torch).")
+                              "child starts with them loaded (e.g. torch).", config=False)
     start_method: str = _setting("forkserver", ("WORKER_START_METHOD",), None,
-                                 "forkserver (fast respawn) or spawn.")
+                                 "forkserver (fast respawn) or spawn.", config=False)
     restart_limit: int = _setting(5, ("WORKER_RESTART_LIMIT",), None,
                                   "Unplanned child deaths within restart_window that stop "
                                   "respawning (the worker is then unhealthy).")
@@ -74,6 +75,11 @@ class Settings:
     test_output: str = _setting(None, (), "--test_output",
                                 "One-shot local test: expected output as JSON; a mismatch exits 1.",
                                 config=False)
+
+    def __post_init__(self):
+        if self.start_method not in ("forkserver", "spawn"):
+            raise SettingsError(f"start_method must be forkserver or spawn, "
+                                f"not {self.start_method!r}")
 
     # --- construction -------------------------------------------------------------------
 

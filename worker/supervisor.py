@@ -219,6 +219,7 @@ class Supervisor:
                     break
                 self._ensure_child()
                 self._dispatch()
+                exited = False
                 for key, events in self._sel.select(self._timeout()):
                     if key.data == "wake":
                         try:
@@ -231,7 +232,9 @@ class Supervisor:
                         if events & selectors.EVENT_READ:
                             self._read()
                     elif key.data == "exit":
-                        self._on_exit()
+                        exited = True
+                if exited:        # last: the channel's final messages are read first
+                    self._on_exit()
                 self._check_clocks()
         except Exception:
             log.exception("supervisor loop failed")

@@ -1,0 +1,8 @@
+import worker
+
+
+def handler(job):
+    return job["input"]
+
+
+worker.start({"handler": handler})

@@ -1,0 +1,122 @@
+"""Helpers for tests that run real supervisors over real child processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+
+from worker.child import ScriptTarget
+from worker.config import Settings
+from worker.jobs import JobResult
+from worker.supervisor import JobListener, Supervisor
+
+ROOT = Path(__file__).resolve().parent.parent
+HANDLERS = Path(__file__).resolve().parent / "handlers"
+EXAMPLES = ROOT / "examples"
+PYTHON = sys.executable
+
+# Quick clocks for tests; each test overrides what it exercises.
+FAST = dict(stop_grace=1.0, setup_timeout=30.0, heartbeat_interval=0.2, heartbeat_timeout=30.0)
+
+
+class Collector(JobListener):
+    """Records every event per job, in arrival order."""
+
+    def __init__(self):
+        self.events: list[tuple] = []
+        self.results: dict[str, JobResult] = {}
+        self.counts: dict[str, int] = {}
+        self._cond = threading.Condition()
+
+    def on_start(self, job_id):
+        self.events.append(("start", job_id))
+
+    def on_progress(self, job_id, value):
+        self.events.append(("progress", job_id, value))
+
+    def on_chunk(self, job_id, value):
+        self.events.append(("chunk", job_id, value))
+
+    def on_result(self, result):
+        with self._cond:
+            self.events.append(("result", result.job_id, result.state.value))
+            self.counts[result.job_id] = self.counts.get(result.job_id, 0) + 1
+            self.results[result.job_id] = result
+            self._cond.notify_all()
+
+    def wait(self, job_ids, timeout=60.0) -> dict:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: all(j in self.results for j in job_ids), timeout)
+        assert ok, f"no result for {[j for j in job_ids if j not in self.results]}"
+        return {j: self.results[j] for j in job_ids}
+
+    def of(self, kind, job_id):
+        return [e[2] for e in self.events if e[0] == kind and e[1] == job_id]
+
+
+class Harness:
+    def __init__(self, handler: str, argv=(), sink=None, **settings):
+        path = handler if os.path.isabs(handler) else str(HANDLERS / handler)
+        self.settings = Settings(**{**FAST, **settings})
+        kwargs = {"output_sink": sink} if sink else {}
+        self.sup = Supervisor(self.settings, ScriptTarget(path, list(argv)), **kwargs).start()
+        self.listener = Collector()
+        self._n = 0
+
+    def submit(self, inp=None, job_id=None, **extra) -> str:
+        self._n += 1
+        job_id = job_id or f"job-{self._n}"
+        self.sup.submit({"id": job_id, "input": inp if inp is not None else {}, **extra},
+                        self.listener)
+        return job_id
+
+    def run(self, inp=None, timeout=60.0, **extra) -> JobResult:
+        job_id = self.submit(inp, **extra)
+        return self.listener.wait([job_id], timeout)[job_id]
+
+    def close(self):
+        self.sup.stop()
+        assert self.sup.join(30), "supervisor did not stop"
+
+
+def harness_fixture():
+    made = []
+
+    def make(handler, **kw) -> Harness:
+        h = Harness(handler, **kw)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once `pid` no longer runs (zombies count as gone)."""
+    try:
+        proc = psutil.Process(pid)
+        proc.wait(timeout)
+        return True
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return proc.status() == psutil.STATUS_ZOMBIE
+
+
+def run_cli(args, cwd=None, timeout=120, env=None, input=None):
+    """Run a command line (python ...) and return the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=full_env, input=input)
+
+
+def oneshot_body(stdout: str):
+    """The JSON body a one-shot run printed after its '--- job ... ---' line."""
+    import json
+    head = stdout.index("\n", stdout.index("--- job ")) + 1
+    return json.JSONDecoder().raw_decode(stdout[head:])[0]

@@ -1,0 +1,63 @@
+"""Settings: precedence, parsing, and the README table."""
+import re
+
+import pytest
+
+from tests.support import ROOT
+from worker.config import Settings, SettingsError, config_keys, describe
+
+
+def test_defaults():
+    s = Settings.load(env={})
+    assert s.job_timeout == 0 and s.start_method == "forkserver" and s.preload == ()
+
+
+def test_precedence_config_over_flags_over_env():
+    env = {"WORKER_JOB_TIMEOUT": "10", "WORKER_MAX_JOBS_PER_CHILD": "3",
+           "WORKER_PRELOAD": "torch, numpy"}
+    s = Settings.load(env=env)
+    assert (s.job_timeout, s.max_jobs_per_child, s.preload) == (10.0, 3, ("torch", "numpy"))
+    s = Settings.load(env=env, flags={"job_timeout": "20"})
+    assert s.job_timeout == 20.0
+    s = Settings.load(env=env, flags={"job_timeout": "20"}, config={"job_timeout": 30,
+                                                                    "handler": print})
+    assert s.job_timeout == 30.0 and s.max_jobs_per_child == 3
+
+
+def test_runpod_names_are_read():
+    s = Settings.load(env={"RUNPOD_LOG_LEVEL": "DEBUG", "RUNPOD_POD_ID": "pod-1",
+                           "RUNPOD_POD_HOSTNAME": "host-1"})
+    assert (s.log_level, s.worker_id, s.hostname) == ("DEBUG", "pod-1", "host-1")
+    # the WORKER_ name wins over the SDK's
+    assert Settings.load(env={"WORKER_LOG_LEVEL": "WARN", "RUNPOD_LOG_LEVEL": "DEBUG"}) \
+        .log_level == "WARN"
+
+
+def test_start_config_keys():
+    s = Settings().with_config({"refresh_worker": True, "return_aggregate_stream": "yes",
+                                "handler": print, "concurrency_modifier": len})
+    assert s.refresh_worker is True and s.return_aggregate_stream is True
+    assert "refresh_worker" in config_keys() and "worker_id" not in config_keys()
+    # identity settings cannot come from start()
+    assert Settings().with_config({"worker_id": "x"}).worker_id == ""
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WORKER_JOB_TIMEOUT": "soon"}, "WORKER_JOB_TIMEOUT='soon' is not valid for job_timeout"),
+    ({"WORKER_MAX_JOBS_PER_CHILD": "1.5"}, "WORKER_MAX_JOBS_PER_CHILD"),
+    ({"WORKER_REFRESH_WORKER": "maybe"}, "expected true or false"),
+    ({"WORKER_STOP_GRACE": "-1"}, "must be >= 0"),
+    ({"WORKER_START_METHOD": "fork"}, "forkserver or spawn"),
+])
+def test_bad_values_name_their_source(env, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings.load(env=env)
+
+
+def test_readme_documents_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    for row in describe():
+        names = list(row["env"]) + ([row["flag"]] if row["flag"] else [])
+        assert names, row
+        for name in names:
+            assert f"`{name}`" in readme, f"README does not document {name}"
