@@ -54,6 +54,10 @@ class Collector(JobListener):
         assert ok, f"no result for {[j for j in job_ids if j not in self.results]}"
         return {j: self.results[j] for j in job_ids}
 
+    def wait_for(self, predicate, timeout=60.0) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: predicate(self), timeout), "timed out"
+
     def of(self, kind, job_id):
         return [e[2] for e in self.events if e[0] == kind and e[1] == job_id]
 
@@ -79,6 +83,8 @@ class Harness:
         return self.listener.wait([job_id], timeout)[job_id]
 
     def close(self):
+        if self.sup.join(0):      # already closed
+            return
         self.sup.stop()
         assert self.sup.join(30), "supervisor did not stop"
 

@@ -162,9 +162,20 @@ def test_handler_defined_without_a_file_crosses_by_value():
 def test_preload_modules_are_in_the_child_before_it_starts(harness):
     h = harness("misbehave.py", preload=("xml.dom.minidom",))
     assert h.sup.wait_ready(30)
+    # the child reports which preload modules were already imported when it began
+    assert h.sup.snapshot()["child"]["preloaded"] == ["xml.dom.minidom"]
     assert h.run({"do": "ok"}).output["calls"] == 1
-    # the child reported which preload modules it found already imported
-    assert h.sup.spawner.preload == ["xml.dom.minidom"]
+    h.close()
+    plain = harness("misbehave.py")
+    assert plain.sup.wait_ready(30)
+    assert plain.sup.snapshot()["child"]["preloaded"] == []
+
+
+def test_the_parent_never_imports_the_handler_module(harness):
+    import sys
+    h = harness("imports_marker.py")
+    assert h.run({}).output == "colorsys loaded"
+    assert "colorsys" not in sys.modules
 
 
 def test_spawn_start_method_works_too(harness):

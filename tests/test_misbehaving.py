@@ -242,8 +242,7 @@ def test_duplicate_job_id_is_refused_while_the_first_runs(harness):
     h = harness("misbehave.py")
     h.submit({"do": "sleep", "seconds": 0.5}, job_id="same")
     h.submit({"do": "ok"}, job_id="same")
-    h.listener.wait(["same"])
-    time.sleep(1.0)
+    h.listener.wait_for(lambda c: c.counts.get("same") == 2)
     states = [e[2] for e in h.listener.events if e[0] == "result"]
     assert sorted(states) == ["COMPLETED", "FAILED"]
 

@@ -96,8 +96,13 @@ class Spawner:
     def _use_preload(self, modules: list) -> None:
         server = forkserver._forkserver
         if server._forkserver_pid is not None and server._preload_modules != modules:
-            # A forkserver keeps the preload it started with; restart it for a new list.
-            # Callers only do this with no child of theirs alive.
+            # A forkserver keeps the preload it started with (one per process). Restart it
+            # for a new list, but only with no child alive: children hold it open, and
+            # stopping it would wait for them.
+            if multiprocess.active_children():
+                log.warning("the forkserver already runs with preload %s; keeping it",
+                            server._preload_modules)
+                return
             server._stop()
         self.ctx.set_forkserver_preload(modules)
 

@@ -87,6 +87,7 @@ class _Child:
     stop_step: int = 0
     stop_next: float | None = None
     setup_error: tuple | None = None
+    preloaded: list = field(default_factory=list)
     reader: P.FrameReader = field(default_factory=P.FrameReader)
     outbox: bytearray = field(default_factory=bytearray)
     cancels: dict = field(default_factory=dict)   # job id -> deadline for the child's ack
@@ -195,6 +196,7 @@ class Supervisor:
             "child": None if child is None else {
                 "pid": child.proc.pid, "state": child.state.value, "kind": child.kind,
                 "mode": child.mode, "concurrency": child.concurrency,
+                "preloaded": child.preloaded,
                 "jobs_run": child.jobs_run, "rss_bytes": child.rss},
             "restarts": max(0, self.spawns - 1),
             "jobs": {"pending": len(self.pending), "in_progress": len(self.in_flight),
@@ -466,6 +468,7 @@ class Supervisor:
             return
         child.state = ChildState.READY
         child.kind, child.mode, child.concurrency = msg.kind, msg.mode, msg.concurrency
+        child.preloaded = msg.preloaded
         if msg.config:
             self.settings = self.settings.with_config(msg.config)
         self.last_ready_s = time.monotonic() - child.proc.started
