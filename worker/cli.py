@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 from . import config as cfg
+from . import logs
 from .child import ScriptTarget
 from .version import __version__
 
@@ -19,9 +19,17 @@ def _parser(with_script: bool) -> argparse.ArgumentParser:
     if with_script:
         p.add_argument("script", help="the handler file (it calls start({'handler': ...}))")
     for row in cfg.describe():
-        if row["flag"]:
+        if not row["flag"]:
+            continue
+        text = f"{row['help']} (env: {', '.join(row['env']) or '-'})"
+        if isinstance(row["default"], bool):
+            p.add_argument(row["flag"], dest=row["name"], default=None, action="store_const",
+                           const=True, help=text)
+        else:
             p.add_argument(row["flag"], dest=row["name"], default=None, metavar="VALUE",
-                           help=f"{row['help']} (env: {', '.join(row['env']) or '-'})")
+                           help=text)
+    p.add_argument("--rp_api_concurrency", default=None, metavar="N",
+                   help="accepted for compatibility; the local API runs one process")
     p.add_argument("--rp_debugger", action="store_true",
                    help="accepted for compatibility with runpod-python; has no effect")
     p.add_argument("--version", action="version", version=f"gpu-worker {__version__}")
@@ -34,8 +42,13 @@ def _flags(ns: argparse.Namespace) -> dict:
 
 
 def main(argv: list | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    serve = bool(argv) and argv[0] == "serve"        # `worker serve handler.py`
+    if serve:
+        argv = argv[1:]
     ns, rest = _parser(with_script=True).parse_known_args(argv)
+    if serve:
+        ns.serve_api = True
     script = os.path.abspath(ns.script)
     if not os.path.isfile(script):
         print(f"worker: error: handler file not found: {ns.script}", file=sys.stderr)
@@ -60,18 +73,17 @@ def run(target, argv: list, config: dict) -> int:
 
 
 def run_mode(settings: cfg.Settings, target) -> int:
-    configure_logging(settings.log_level)
+    """Pick the job source as runpod-python does: the local API if asked for; the RunPod
+    queue when RUNPOD_WEBHOOK_GET_JOB is set and no test input is given; else the
+    one-shot local test."""
+    logs.configure(settings.log_level)
+    if settings.serve_api:
+        from .sources import local_api
+        return local_api.serve(settings, target)
     if os.environ.get("RUNPOD_WEBHOOK_GET_JOB") and settings.test_input is None:
-        print("worker: error: RUNPOD_WEBHOOK_GET_JOB is set, but this version of gpu-worker "
-              "only runs the one-shot local test (--test_input or ./test_input.json)",
-              file=sys.stderr)
-        return 2
+        from .sources.runpod import RunPodSource
+        return RunPodSource(settings, target).run()
     from .sources import oneshot
     return oneshot.run(settings, target)
 
 
-def configure_logging(level: str) -> None:
-    name = {"WARN": "WARNING", "TRACE": "DEBUG", "NOTSET": "DEBUG"}.get(level.upper(),
-                                                                         level.upper())
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, name, logging.INFO),
-                        format="%(asctime)s %(levelname)-7s %(name)s | %(message)s")

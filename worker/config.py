@@ -64,6 +64,35 @@ class Settings:
     job_max_crashes: int = _setting(1, ("WORKER_JOB_MAX_CRASHES",), None,
                                     "Child deaths a job may cause before it fails for good; with "
                                     "more than 1 the job is retried on a fresh child.")
+    shutdown_grace: float = _setting(30.0, ("WORKER_SHUTDOWN_GRACE",), None,
+                                     "On SIGTERM/SIGINT: seconds running jobs may take to finish "
+                                     "before the child is stopped.", config=False)
+    max_result_mb: float = _setting(20.0, ("WORKER_MAX_RESULT_MB",), None,
+                                    "A result larger than this (MiB of JSON) is reported FAILED "
+                                    "with a clear error instead of being posted; 0 = no limit.")
+    refresh_stops_pod: bool = _setting(False, ("WORKER_REFRESH_STOPS_POD",), None,
+                                       "RunPod queue: also send stopPod: true with a result that "
+                                       "asks for refresh_worker, as runpod-python does (the "
+                                       "platform then replaces the pod); by default only the "
+                                       "child is replaced.")
+    serve_api: bool = _setting(False, ("WORKER_SERVE_API",), "--rp_serve_api",
+                               "Serve the local HTTP API instead of the one-shot test.",
+                               config=False)
+    api_host: str = _setting("127.0.0.1", ("WORKER_API_HOST",), "--rp_api_host",
+                             "Local API address.", config=False)
+    api_port: int = _setting(8000, ("WORKER_API_PORT",), "--rp_api_port",
+                             "Local API port.", config=False)
+    api_token: str = _setting("", ("WORKER_API_TOKEN",), None,
+                              "Local API: when set, every route but /health needs "
+                              "`Authorization: Bearer <token>`.", config=False)
+    result_ttl: float = _setting(1800.0, ("WORKER_RESULT_TTL",), None,
+                                 "Local API: seconds a finished job's record is kept.",
+                                 config=False)
+    max_run_mb: float = _setting(10.0, ("WORKER_MAX_RUN_MB",), None,
+                                 "Local API: largest /run request body, MiB.", config=False)
+    max_runsync_mb: float = _setting(20.0, ("WORKER_MAX_RUNSYNC_MB",), None,
+                                     "Local API: largest /runsync request body, MiB.",
+                                     config=False)
     worker_id: str = _setting("", ("RUNPOD_POD_ID",), None,
                               "Worker id used in error records (the SDK's RUNPOD_POD_ID).",
                               config=False)

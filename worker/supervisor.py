@@ -109,7 +109,7 @@ def describe_exit(code: int | None) -> str:
 
 
 def _log_child_line(stream: str, line: str, job_ids: tuple) -> None:
-    child_log.info("[%s] %s: %s", ",".join(job_ids) or "-", stream, line)
+    child_log.info("%s: %s", stream, line, extra={"job_id": ",".join(job_ids) or None})
 
 
 class Supervisor:
@@ -130,6 +130,7 @@ class Supervisor:
         self.deaths: collections.deque[float] = collections.deque()
         self.jobs_finished = 0
         self.last_ready_s: float | None = None
+        self.handler_kind: str | None = None     # as the last ready child reported it
         self._running_ids: tuple = ()
         self._active_ids: set = set()        # ids pending or in flight
         self._commands: collections.deque = collections.deque()
@@ -469,6 +470,7 @@ class Supervisor:
         child.state = ChildState.READY
         child.kind, child.mode, child.concurrency = msg.kind, msg.mode, msg.concurrency
         child.preloaded = msg.preloaded
+        self.handler_kind = msg.kind
         if msg.config:
             self.settings = self.settings.with_config(msg.config)
         self.last_ready_s = time.monotonic() - child.proc.started

@@ -1,0 +1,201 @@
+"""A stand-in RunPod queue: a real HTTP server on loopback that speaks the worker protocol
+(job-take, job-take-batch, job-done, job-stream, ping, job-stop), serves a workload,
+records every request, and injects faults on demand. Used by tests and by bench/.
+
+    with FakeRunPod() as q:
+        q.add_jobs([{"id": "a", "input": {}}])
+        env = q.env()          # RUNPOD_* variables pointing at it
+        ...
+        q.wait_final(["a"])
+"""
+from __future__ import annotations
+
+import collections
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+from urllib.parse import parse_qs, urlparse
+
+ENDPOINT = "ep-test"
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass     # clients that hang up (a worker shutting down) are not errors here
+
+
+class FakeRunPod:
+    def __init__(self, long_poll: float = 0.5, api_key: str = "test-key",
+                 fault: Callable[[str, int], str | None] | None = None):
+        self.long_poll = long_poll
+        self.api_key = api_key
+        self.fault = fault               # (kind, n-th request of that kind) -> None|"500"|"drop"|"slow"
+        self.lock = threading.Condition()
+        self.queue: collections.deque = collections.deque()
+        self.stop_ids: list = []
+        self.takes: list = []            # (query, [job ids])
+        self.finals: dict = collections.defaultdict(list)     # job id -> [body]
+        self.final_query: dict = {}
+        self.progress: dict = collections.defaultdict(list)
+        self.streams: dict = collections.defaultdict(list)
+        self.order: dict = collections.defaultdict(list)      # job id -> ["progress", "stream", "done"]
+        self.pings: list = []
+        self.counts: collections.Counter = collections.Counter()
+        self.bad_auth = 0
+        self.first_done_at: float | None = None
+        self.last_done_at: float | None = None
+        self.server = _Server(("127.0.0.1", 0), self._handler_class())
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}/v2/{ENDPOINT}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    # --- control -------------------------------------------------------------------------
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def env(self, worker_id: str = "w1") -> dict:
+        return {
+            "RUNPOD_WEBHOOK_GET_JOB": f"{self.base}/job-take/$ID?gpu=SIM",
+            "RUNPOD_WEBHOOK_POST_OUTPUT": f"{self.base}/job-done/$RUNPOD_POD_ID/$ID?gpu=SIM",
+            "RUNPOD_WEBHOOK_POST_STREAM": f"{self.base}/job-stream/$RUNPOD_POD_ID/$ID?gpu=SIM",
+            "RUNPOD_WEBHOOK_PING": f"{self.base}/ping/$RUNPOD_POD_ID",
+            "RUNPOD_AI_API_KEY": self.api_key,
+            "RUNPOD_POD_ID": worker_id,
+            "RUNPOD_PING_INTERVAL": "200",
+            "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",   # for runpod-python in bench/
+        }
+
+    def add_jobs(self, jobs) -> None:
+        with self.lock:
+            self.queue.extend(jobs)
+            self.lock.notify_all()
+
+    def stop_job(self, job_id: str) -> None:
+        with self.lock:
+            self.stop_ids.append(job_id)
+            self.lock.notify_all()
+
+    def wait_final(self, job_ids, timeout: float = 60.0) -> dict:
+        with self.lock:
+            ok = self.lock.wait_for(lambda: all(self.finals.get(j) for j in job_ids), timeout)
+            missing = [j for j in job_ids if not self.finals.get(j)]
+        assert ok, f"no final result for {missing[:10]} ({len(missing)} missing)"
+        return {j: self.finals[j][0] for j in job_ids}
+
+    def wait_for(self, predicate, timeout: float = 30.0) -> bool:
+        with self.lock:
+            return self.lock.wait_for(lambda: predicate(self), timeout)
+
+    # --- HTTP ----------------------------------------------------------------------------
+
+    def _handler_class(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True    # else headers and body wait on delayed ACKs
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code: int, body=None):
+                data = b"" if body is None else json.dumps(body).encode()
+                self.send_response(code)
+                if data:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if data:
+                    self.wfile.write(data)
+
+            def _fault(self, kind: str) -> bool:
+                with fake.lock:
+                    fake.counts[kind] += 1
+                    n = fake.counts[kind]
+                    fake.lock.notify_all()
+                what = fake.fault(kind, n) if fake.fault else None
+                if what == "drop":
+                    self.close_connection = True
+                    self.connection.close()
+                    return True
+                if what == "500":
+                    self._send(500, {"error": "injected"})
+                    return True
+                if what == "slow":
+                    time.sleep(1.0)
+                return False
+
+            def _route(self):
+                url = urlparse(self.path)
+                parts = url.path.strip("/").split("/")
+                # /v2/<endpoint>/<op>/<worker>[/<job>]
+                return parts[2] if len(parts) > 2 else "", parts[3:], parse_qs(url.query)
+
+            def do_GET(self):
+                op, rest, query = self._route()
+                if self.headers.get("Authorization") != fake.api_key:
+                    fake.bad_auth += 1
+                if op in ("job-take", "job-take-batch"):
+                    if self._fault("take"):
+                        return
+                    n = int(query.get("batch_size", ["1"])[0]) if op == "job-take-batch" else 1
+                    deadline = time.monotonic() + fake.long_poll
+                    with fake.lock:
+                        fake.lock.wait_for(lambda: fake.queue, max(0, deadline - time.monotonic()))
+                        jobs = [fake.queue.popleft() for _ in range(min(n, len(fake.queue)))]
+                        fake.takes.append((query, [j.get("id") for j in jobs if isinstance(j, dict)]))
+                        fake.lock.notify_all()
+                    if not jobs:
+                        return self._send(204)
+                    return self._send(200, jobs if op == "job-take-batch" else jobs[0])
+                if op == "job-stop":
+                    deadline = time.monotonic() + fake.long_poll
+                    with fake.lock:
+                        fake.lock.wait_for(lambda: fake.stop_ids, max(0, deadline - time.monotonic()))
+                        ids, fake.stop_ids = fake.stop_ids, []
+                    return self._send(200, {"jobsToStop": ids}) if ids else self._send(204)
+                if op == "ping":
+                    with fake.lock:
+                        fake.pings.append(query)
+                        fake.lock.notify_all()
+                    return self._send(200, {})
+                self._send(404, {"error": "no such route"})
+
+            def do_POST(self):
+                op, rest, query = self._route()
+                length = int(self.headers.get("Content-Length", "0"))
+                raw = self.rfile.read(length)
+                kind = {"job-done": "done", "job-stream": "stream"}.get(op)
+                if kind is None:
+                    return self._send(404, {"error": "no such route"})
+                if self._fault(kind):
+                    return
+                body = json.loads(raw)
+                job_id = rest[1]
+                with fake.lock:
+                    if kind == "stream":
+                        fake.streams[job_id].append(body)
+                        fake.order[job_id].append("stream")
+                    elif body.get("status") == "IN_PROGRESS":
+                        fake.progress[job_id].append(body)
+                        fake.order[job_id].append("progress")
+                    else:
+                        fake.finals[job_id].append(body)
+                        fake.final_query[job_id] = query
+                        fake.order[job_id].append("done")
+                        now = time.monotonic()
+                        fake.first_done_at = fake.first_done_at or now
+                        fake.last_done_at = now
+                    fake.lock.notify_all()
+                self._send(200, {})
+
+        return Handler

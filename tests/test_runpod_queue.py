@@ -1,0 +1,270 @@
+"""The RunPod worker protocol against the stand-in queue: a real worker process, real HTTP
+on loopback, real signals."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.fake_runpod import FakeRunPod
+from tests.support import HANDLERS, PYTHON
+
+
+class Worker:
+    def __init__(self, queue: FakeRunPod, handler: str, tmp_path, **env):
+        self.log = tmp_path / "worker.log"
+        full_env = {**os.environ, **queue.env(), "WORKER_STOP_GRACE": "1",
+                    **{k: str(v) for k, v in env.items()}}
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen([PYTHON, "-m", "worker", str(HANDLERS / handler)],
+                                         env=full_env, stdout=out, stderr=subprocess.STDOUT)
+
+    def stop(self, timeout=60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def fake():
+    with FakeRunPod(long_poll=0.3) as q:
+        yield q
+
+
+@pytest.fixture
+def start(fake, tmp_path):
+    started = []
+
+    def make(handler="misbehave.py", **env):
+        w = Worker(fake, handler, tmp_path, **env)
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()
+
+
+def _jobs(n, prefix="j", **inp):
+    return [{"id": f"{prefix}{i}", "input": {"do": "ok", "echo": i, **inp}} for i in range(n)]
+
+
+def test_many_jobs_each_reported_exactly_once(fake, start):
+    w = start()
+    fake.add_jobs(_jobs(200))
+    finals = fake.wait_final([f"j{i}" for i in range(200)])
+    assert w.stop() == 0
+    assert all(len(fake.finals[f"j{i}"]) == 1 for i in range(200))
+    assert [finals[f"j{i}"]["output"]["echo"] for i in range(200)] == list(range(200))
+    assert all(q.get("job_in_progress") == ["0"] for q, _ in fake.takes)
+    assert fake.bad_auth == 0
+    assert fake.final_query["j0"]["isStream"] == ["false"]
+
+
+def test_failures_and_bad_jobs_are_reported(fake, start):
+    w = start()
+    fake.add_jobs([{"id": "boom", "input": {"do": "raise"}}, {"id": "noinput"},
+                   {"id": "crash", "input": {"do": "os_exit"}}, {"id": "after", "input": {}}])
+    finals = fake.wait_final(["boom", "noinput", "crash", "after"])
+    assert json.loads(finals["boom"]["error"])["error_message"] == "bad things happened"
+    assert "no 'input'" in json.loads(finals["noinput"]["error"])["error_message"]
+    assert "exited with code 7" in json.loads(finals["crash"]["error"])["error_message"]
+    assert "output" in finals["after"]
+    assert w.stop() == 0
+
+
+def test_stream_and_progress_arrive_in_order_before_the_result(fake, start):
+    w = start("gen_sync.py", WORKER_RETURN_AGGREGATE_STREAM="true")
+    fake.add_jobs([{"id": "g", "input": {"n": 5}}])
+    final = fake.wait_final(["g"])["g"]
+    assert [b["output"] for b in fake.streams["g"]] == [{"i": i} for i in range(5)]
+    assert fake.order["g"] == ["stream"] * 5 + ["done"]
+    assert final["output"] == [{"i": i} for i in range(5)]
+    assert fake.final_query["g"]["isStream"] == ["true"]
+    assert w.stop() == 0
+
+
+def test_progress_updates_come_before_the_result(fake, start):
+    w = start()
+    fake.add_jobs([{"id": "p", "input": {"do": "progress", "n": 4}}])
+    fake.wait_final(["p"])
+    assert fake.order["p"] == ["progress"] * 4 + ["done"]
+    assert [b["output"] for b in fake.progress["p"]] == [{"step": i} for i in range(4)]
+    assert w.stop() == 0
+
+
+def test_heartbeat_carries_the_running_job(fake, start):
+    w = start()
+    fake.add_jobs([{"id": "slow", "input": {"do": "sleep", "seconds": 1.0}}])
+    fake.wait_final(["slow"])
+    assert any(q.get("job_id") == ["slow"] for q in fake.pings)
+    assert all("runpod_version" in q for q in fake.pings)
+    assert w.stop() == 0
+
+
+def test_stop_signal_stops_a_sync_job_and_the_worker_goes_on(fake, start):
+    w = start()
+    fake.add_jobs([{"id": "long", "input": {"do": "sleep", "seconds": 60}}])
+    assert fake.wait_for(lambda f: any(q.get("job_id") == ["long"] for q in f.pings), 30)
+    fake.stop_job("long")
+    fake.add_jobs([{"id": "next", "input": {"do": "ok"}}])
+    fake.wait_final(["next"], timeout=30)
+    assert not fake.finals.get("long")       # as runpod-python: a stopped job posts nothing
+    assert "the platform asked to stop this job" in w.text()
+    assert w.stop() == 0
+
+
+def test_stop_signal_cancels_an_async_task(fake, start):
+    w = start("async_plain.py")
+    fake.add_jobs([{"id": "first", "input": {}}, {"id": "long", "input": {"delay": 60}}])
+    first = fake.wait_final(["first"])["first"]
+    assert fake.wait_for(lambda f: any(q.get("job_id") == ["long"] for q in f.pings), 30)
+    fake.stop_job("long")
+    fake.add_jobs([{"id": "next", "input": {}}])
+    nxt = fake.wait_final(["next"], timeout=30)["next"]
+    assert nxt["output"]["pid"] == first["output"]["pid"]      # same child: only the task stopped
+    assert not fake.finals.get("long")
+    assert w.stop() == 0
+
+
+def _every(kinds: dict):
+    """A fault plan: {kind: {n: fault}} by the n-th request of each kind."""
+    return lambda kind, n: kinds.get(kind, {}).get(n)
+
+
+def test_injected_5xx_and_dropped_connections_lose_and_duplicate_nothing(tmp_path):
+    plan = {"done": {n: ("500" if n % 3 == 0 else "drop") for n in range(1, 200) if n % 3 == 0 or n % 5 == 0},
+            "stream": {2: "500", 4: "drop"},
+            "take": {3: "500", 6: "drop", 9: "slow"}}
+    with FakeRunPod(long_poll=0.3, fault=_every(plan)) as q:
+        w = Worker(q, "misbehave.py", tmp_path)
+        try:
+            q.add_jobs(_jobs(60))
+            finals = q.wait_final([f"j{i}" for i in range(60)], timeout=120)
+            assert all(len(q.finals[f"j{i}"]) == 1 for i in range(60))
+            assert [finals[f"j{i}"]["output"]["echo"] for i in range(60)] == list(range(60))
+            assert w.stop() == 0
+        finally:
+            if w.proc.poll() is None:
+                w.proc.kill()
+
+
+def test_undeliverable_result_is_kept_and_redelivered(tmp_path):
+    # the first 6 job-done posts fail: one more than a round of retries
+    plan = {"done": {n: "500" for n in range(1, 7)}}
+    with FakeRunPod(long_poll=0.3, fault=_every(plan)) as q:
+        w = Worker(q, "misbehave.py", tmp_path)
+        try:
+            q.add_jobs(_jobs(1))
+            final = q.wait_final(["j0"], timeout=60)["j0"]
+            assert final["output"]["echo"] == 0 and len(q.finals["j0"]) == 1
+            assert w.stop() == 0
+            assert "kept, and retried" in w.text()
+            assert "result delivered after" in w.text()
+        finally:
+            if w.proc.poll() is None:
+                w.proc.kill()
+
+
+def test_result_over_the_limit_is_reported_failed(fake, start):
+    w = start(WORKER_MAX_RESULT_MB="0.001")
+    fake.add_jobs([{"id": "big", "input": {"do": "ok", "echo": "x" * 5000}}])
+    final = fake.wait_final(["big"])["big"]
+    info = json.loads(final["error"])
+    assert info["error_type"] == "ResultTooLarge" and "WORKER_MAX_RESULT_MB" in info["error_message"]
+    assert w.stop() == 0
+
+
+def test_batch_take_when_the_handler_runs_several_jobs(fake, start):
+    w = start("conc_async.py")
+    fake.add_jobs([{"id": f"c{i}", "input": {"delay": 0.2}} for i in range(12)])
+    finals = fake.wait_final([f"c{i}" for i in range(12)])
+    batch_sizes = [int(q["batch_size"][0]) for q, _ in fake.takes if "batch_size" in q]
+    assert batch_sizes and max(batch_sizes) > 1
+    assert len({f["output"]["pid"] for f in finals.values()}) == 1
+    assert w.stop() == 0
+
+
+def test_empty_queue_and_failing_queue_get_backoff_not_a_hot_loop(tmp_path):
+    with FakeRunPod(long_poll=0.0) as q:          # answers "nothing" at once
+        w = Worker(q, "misbehave.py", tmp_path)
+        try:
+            assert q.wait_for(lambda f: len(f.takes) > 0, 30)
+            time.sleep(3)
+            assert len(q.takes) < 40, len(q.takes)   # runpod-python makes thousands here
+            assert w.stop() == 0
+        finally:
+            if w.proc.poll() is None:
+                w.proc.kill()
+    with FakeRunPod(long_poll=0.0, fault=lambda kind, n: "500" if kind == "take" else None) as q:
+        w = Worker(q, "misbehave.py", tmp_path)
+        try:
+            assert q.wait_for(lambda f: f.counts["take"] > 0, 30)
+            time.sleep(3)
+            assert q.counts["take"] < 12, q.counts["take"]
+            assert "job take failed" in w.text()
+            assert w.stop() == 0
+        finally:
+            if w.proc.poll() is None:
+                w.proc.kill()
+
+
+def test_sigterm_during_a_job_finishes_and_reports_it(fake, start):
+    w = start()
+    fake.add_jobs([{"id": "running", "input": {"do": "sleep", "seconds": 1.5}},
+                   {"id": "queued", "input": {"do": "ok"}}])
+    assert fake.wait_for(lambda f: any(ids == ["running"] for _, ids in f.takes), 30)
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(60) == 0
+    assert fake.finals["running"][0]["output"] == "slept"
+    assert not fake.finals.get("queued")           # never taken: still the platform's
+    assert list(fake.queue)[0]["id"] == "queued"
+
+
+def test_sigterm_past_the_grace_period_fails_the_job_and_exits(fake, start):
+    w = start(WORKER_SHUTDOWN_GRACE="0.5")
+    fake.add_jobs([{"id": "stuck", "input": {"do": "sleep", "seconds": 60}}])
+    assert fake.wait_for(lambda f: any(ids == ["stuck"] for _, ids in f.takes), 30)
+    time.sleep(0.3)
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(60) == 0
+    info = json.loads(fake.finals["stuck"][0]["error"])
+    assert "stopped (shutdown)" in info["error_message"]
+
+
+def test_second_signal_stops_at_once(fake, start):
+    w = start()
+    fake.add_jobs([{"id": "stuck", "input": {"do": "sleep", "seconds": 60}}])
+    assert fake.wait_for(lambda f: any(ids == ["stuck"] for _, ids in f.takes), 30)
+    time.sleep(0.3)
+    w.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(10) == 1
+    assert "second signal" in w.text()
+
+
+def test_setup_failure_reports_unhealthy_and_exits_1(fake, start):
+    w = start("raise_at_import.py")
+    assert w.proc.wait(60) == 1
+    assert any(q.get("status") == ["unhealthy"] for q in fake.pings)
+    assert "model weights missing" in w.text()
+
+
+def test_json_log_lines_with_the_job_id_on_runpod(fake, start):
+    w = start(RUNPOD_ENDPOINT_ID="ep-test")
+    fake.add_jobs([{"id": "logged", "input": {"do": "print"}}])
+    fake.wait_final(["logged"])
+    assert w.stop() == 0
+    lines = [json.loads(line) for line in w.text().splitlines() if line.startswith("{")]
+    assert any(l["requestId"] == "logged" and l["message"] == "job taken" for l in lines)
+    assert any(l["requestId"] == "logged" and "from print" in l["message"] for l in lines)
+    assert all(set(l) == {"requestId", "message", "level"} for l in lines)

@@ -1,0 +1,423 @@
+"""The RunPod worker protocol (runpod-python 1.12 on the wire), with the fixes its users ask for.
+
+Threads, none of which runs user code (that is in the child):
+- take: long-polls job-take (batch when the handler runs several jobs at once), only
+  while the child is ready and has room; backs off on empty answers and on errors;
+- stop: long-polls job-stop; a listed job is really stopped (task cancel or child stop);
+- heartbeat: pings with the ids of the jobs in progress;
+- posters: post progress, stream chunks and results, in order for each job (a job is
+  pinned to one poster), retrying connection errors and 5xx with backoff; a result that
+  still cannot be delivered is kept and retried by the redelivery thread, never dropped;
+- the main thread waits for SIGTERM/SIGINT: stop taking jobs, let running ones finish
+  within WORKER_SHUTDOWN_GRACE, report them, stop the child, exit 0. A second signal
+  stops at once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import signal
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from ..config import Settings
+from ..jobs import JobResult, JobState, Reason, error_record
+from ..supervisor import ChildState, JobListener, Supervisor, WorkerState
+from ..version import __version__
+from .runpod_urls import RunPodUrls
+
+log = logging.getLogger("worker.runpod")
+
+POSTERS = 8
+TAKE_TIMEOUT = (5.0, 95.0)        # connect, read: the platform long-polls up to 90 s
+POST_TIMEOUT = (5.0, 60.0)
+POST_ATTEMPTS = 5
+REDELIVER_EVERY = 5.0
+
+
+class Backoff:
+    """Exponential backoff with jitter; reset() after a success."""
+
+    def __init__(self, first: float, cap: float):
+        self.first, self.cap, self.current = first, cap, 0.0
+
+    def next(self) -> float:
+        self.current = self.first if self.current == 0 else min(self.cap, self.current * 2)
+        return self.current * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self.current = 0.0
+
+
+@dataclass
+class _Post:
+    kind: str            # "done", "stream", "progress"
+    job_id: str
+    url: str
+    body: Any
+    attempts: int = 0
+    replaced: bool = False   # a refused result was already replaced by an error record
+
+
+@dataclass
+class _Taken:
+    job_id: str
+    stopped_by_platform: bool = False
+    result: JobResult | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class RunPodSource(JobListener):
+    def __init__(self, settings: Settings, target, env=None, supervisor: Supervisor | None = None):
+        self.settings = settings
+        self.urls = RunPodUrls.from_env(env)
+        self.sup = supervisor or Supervisor(settings, target)
+        self.stopping = threading.Event()
+        self.taking_done = threading.Event()
+        self._cond = threading.Condition()
+        self._taken: dict[str, _Taken] = {}
+        self._posters = [queue.Queue() for _ in range(POSTERS)]
+        self._undelivered: list[_Post] = []
+        self._undelivered_lock = threading.Lock()
+        self._signals = 0
+        self._take_session = self._session()
+
+    # --- running ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        self.sup.start()
+        log.info("--- gpu-worker %s | RunPod worker %s ---", __version__, self.urls.worker_id)
+        for i, q in enumerate(self._posters):
+            self._thread(self._poster, f"poster-{i}", q)
+        self._thread(self._redeliver, "redeliver")
+        self._thread(self._heartbeat, "heartbeat")
+        if self.urls.stop() is not None:
+            self._thread(self._stop_poll, "stop-poll")
+        else:
+            log.warning("RUNPOD_WEBHOOK_GET_JOB has no /job-take/: per-job stop is disabled")
+        self._thread(self._take_loop, "take")
+        while not self.stopping.wait(0.5):
+            if self.sup.state is not WorkerState.RUNNING:
+                break
+        return self._shutdown()
+
+    def _thread(self, fn, name, *args) -> threading.Thread:
+        t = threading.Thread(target=fn, args=args, name=f"gpu-worker-{name}", daemon=True)
+        t.start()
+        return t
+
+    def _session(self) -> requests.Session:
+        s = requests.Session()
+        s.headers.update({"Authorization": self.urls.api_key,
+                          "User-Agent": f"gpu-worker/{__version__} (runpod-compatible)"})
+        return s
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("%s: no new jobs; running jobs have %gs to finish",
+                     signal.Signals(signum).name, self.settings.shutdown_grace)
+            self.stopping.set()
+            return
+        log.warning("second signal: stopping at once")
+        child = self.sup.child
+        if child is not None:
+            child.proc.signal_group(signal.SIGKILL)
+        import os
+        os._exit(1)
+
+    def _shutdown(self) -> int:
+        self.stopping.set()
+        deadline = time.monotonic() + self.settings.shutdown_grace
+        with self._cond:
+            self._cond.wait_for(lambda: not self._taken, max(0.0, deadline - time.monotonic()))
+        self.sup.stop(0)
+        self.sup.join(self.settings.stop_grace * 3 + 10)
+        self._take_session.close()        # abandon a long-poll still waiting for a job
+        for q in self._posters:
+            q.put(None)
+        flush_until = time.monotonic() + 15
+        for q in self._posters:
+            while q.unfinished_tasks and time.monotonic() < flush_until:
+                time.sleep(0.05)
+        self._redeliver_once(final=True)
+        if self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN):
+            self._report_unhealthy()
+            return 1
+        log.info("stopped")
+        return 0
+
+    def _report_unhealthy(self) -> None:
+        url = self.urls.unhealthy(self.sup.state.value, self.sup.failure_message or "", __version__)
+        if url:
+            try:
+                self._session().get(url, timeout=2)
+            except requests.RequestException:
+                pass
+
+    # --- taking jobs -----------------------------------------------------------------------
+
+    def _room(self) -> int:
+        child = self.sup.child
+        if child is None or child.state not in (ChildState.READY, ChildState.BUSY) \
+                or child.refresh_reason is not None:
+            return 0
+        with self._cond:
+            return max(0, child.concurrency - len(self._taken))
+
+    def _take_loop(self) -> None:
+        empty = Backoff(0.05, 1.0)
+        failing = Backoff(0.5, 10.0)
+        try:
+            while not self.stopping.is_set():
+                room = self._room()
+                if room <= 0:
+                    with self._cond:
+                        self._cond.wait(0.05)
+                    continue
+                t0 = time.monotonic()
+                try:
+                    jobs = self._take(room)
+                except (requests.RequestException, ValueError) as exc:
+                    if self.stopping.is_set():
+                        break
+                    wait = failing.next()
+                    log.warning("job take failed (%s); retrying in %.1fs", exc, wait)
+                    self.stopping.wait(wait)
+                    continue
+                failing.reset()
+                if not jobs:
+                    # a platform that long-polls answers slowly; a fast "nothing" gets backoff
+                    if time.monotonic() - t0 < 0.5:
+                        self.stopping.wait(empty.next())
+                    continue
+                empty.reset()
+                for job in jobs:
+                    self._accept(job)
+        finally:
+            self.taking_done.set()
+
+    def _take(self, room: int) -> list:
+        with self._cond:
+            in_progress = bool(self._taken)
+        batch = room if self._batching() else 1
+        resp = self._take_session.get(self.urls.take(batch, in_progress), timeout=TAKE_TIMEOUT)
+        if resp.status_code in (204, 400):
+            return []
+        if resp.status_code == 429:
+            log.warning("job take: 429 Too Many Requests; waiting 5s")
+            self.stopping.wait(5)
+            return []
+        resp.raise_for_status()
+        if not resp.content or "json" not in resp.headers.get("Content-Type", ""):
+            return []
+        data = resp.json()
+        if isinstance(data, dict):
+            return [data]
+        if isinstance(data, list):
+            return data
+        raise ValueError(f"job take answered {type(data).__name__}, not a job")
+
+    def _batching(self) -> bool:
+        child = self.sup.child
+        return child is not None and child.concurrency > 1
+
+    def _accept(self, job: Any) -> None:
+        job_id = job.get("id") if isinstance(job, dict) else None
+        if not isinstance(job_id, str) or not job_id:
+            log.error("the queue sent a job without an id; it cannot be reported: %.200r", job)
+            return
+        with self._cond:
+            if job_id in self._taken:
+                log.warning("job %s delivered again while it runs; ignoring the copy", job_id,
+                            extra={"job_id": job_id})
+                return
+            self._taken[job_id] = _Taken(job_id)
+        log.info("job taken", extra={"job_id": job_id})
+        self.sup.submit(job, self)      # a job without input is refused there, and reported
+
+    # --- the job's events (supervisor thread: only queue work) ---------------------------
+
+    def _poster_for(self, job_id: str) -> queue.Queue:
+        return self._posters[zlib.crc32(job_id.encode()) % POSTERS]
+
+    def on_progress(self, job_id: str, value: Any) -> None:
+        self._poster_for(job_id).put(_Post("progress", job_id, self.urls.done(job_id, False),
+                                           {"status": "IN_PROGRESS", "output": value}))
+
+    def on_chunk(self, job_id: str, value: Any) -> None:
+        self._poster_for(job_id).put(_Post("stream", job_id, self.urls.stream(job_id),
+                                           {"output": value}))
+
+    def on_result(self, result: JobResult) -> None:
+        with self._cond:
+            taken = self._taken.pop(result.job_id, None)
+            self._cond.notify_all()
+        if taken is not None and taken.stopped_by_platform and \
+                result.state is JobState.CANCELLED:
+            log.info("job stopped by the platform", extra={"job_id": result.job_id})
+            return          # as the SDK: the platform asked, it expects no result
+        body = dict(result.body)
+        if result.refresh and self.settings.refresh_stops_pod:
+            body["stopPod"] = True
+        streamed = self.sup.handler_kind in ("generator", "async_generator")
+        level = logging.INFO if result.state is JobState.COMPLETED else logging.WARNING
+        log.log(level, "job %s (%s) in %d ms", result.state.value, result.reason.value,
+                result.execution_ms, extra={"job_id": result.job_id})
+        self._poster_for(result.job_id).put(
+            _Post("done", result.job_id, self.urls.done(result.job_id, streamed),
+                  self._fit(result.job_id, body)))
+
+    def _fit(self, job_id: str, body: dict) -> Any:
+        """The body, or a FAILED error body if it is over the size limit (never lost)."""
+        limit = self.settings.max_result_mb
+        if not limit:
+            return body
+        size = len(json.dumps(body, ensure_ascii=False).encode())
+        if size <= limit * 2**20:
+            return body
+        log.error("result of %.1f MiB is over the %g MiB limit", size / 2**20, limit,
+                  extra={"job_id": job_id})
+        return self._too_large(f"the job's result is {size / 2**20:.1f} MiB; the limit is "
+                               f"{limit:g} MiB (WORKER_MAX_RESULT_MB). Store large outputs "
+                               "elsewhere (e.g. a bucket) and return a link.")
+
+    def _too_large(self, text: str) -> dict:
+        return {"error": error_record("ResultTooLarge", text, "", self.urls.worker_id,
+                                      self.settings.hostname)}
+
+    # --- posting ---------------------------------------------------------------------------
+
+    def _poster(self, q: queue.Queue) -> None:
+        session = self._session()
+        while True:
+            post = q.get()
+            try:
+                if post is None:
+                    return
+                if not self._deliver(session, post) and post.kind == "done":
+                    with self._undelivered_lock:
+                        self._undelivered.append(post)
+                    log.error("result could not be delivered after %d tries; kept, and "
+                              "retried every %gs", post.attempts, REDELIVER_EVERY,
+                              extra={"job_id": post.job_id})
+            finally:
+                q.task_done()
+
+    def _deliver(self, session: requests.Session, post: _Post, attempts: int = POST_ATTEMPTS) -> bool:
+        backoff = Backoff(0.25, 4.0)
+        for _ in range(attempts):
+            post.attempts += 1
+            try:
+                data = json.dumps(post.body, ensure_ascii=False).encode()
+                resp = session.post(post.url, data=data, timeout=POST_TIMEOUT, headers={
+                    "Content-Type": "application/x-www-form-urlencoded", "charset": "utf-8"})
+                if resp.status_code < 400:
+                    return True
+                if resp.status_code in (400, 413) and post.kind == "done" and not post.replaced:
+                    # refused (too large for the platform?): report FAILED, not nothing
+                    post.replaced = True
+                    post.body = self._too_large(
+                        f"the queue refused the result with HTTP {resp.status_code}: "
+                        f"{resp.text[:200]}")
+                    continue
+                if resp.status_code < 500 and resp.status_code != 429:
+                    # the queue refused it for good: retrying cannot help
+                    log.error("%s post refused: HTTP %d %s", post.kind, resp.status_code,
+                              resp.text[:200], extra={"job_id": post.job_id})
+                    return True
+                problem = f"HTTP {resp.status_code}"
+            except requests.RequestException as exc:
+                problem = type(exc).__name__
+            if self.stopping.is_set() and self.taking_done.is_set() and attempts > 1:
+                wait = 0.1
+            else:
+                wait = backoff.next()
+            log.warning("%s post failed (%s); retrying in %.2fs", post.kind, problem, wait,
+                        extra={"job_id": post.job_id})
+            time.sleep(wait)
+        return False
+
+    def _redeliver(self) -> None:
+        while not self.stopping.wait(REDELIVER_EVERY):
+            self._redeliver_once()
+
+    def _redeliver_once(self, final: bool = False) -> None:
+        with self._undelivered_lock:
+            pending, self._undelivered = self._undelivered, []
+        if not pending:
+            return
+        session = self._session()
+        for post in pending:
+            if self._deliver(session, post, attempts=2 if final else 1):
+                log.info("result delivered after %d tries", post.attempts,
+                         extra={"job_id": post.job_id})
+            else:
+                with self._undelivered_lock:
+                    self._undelivered.append(post)
+        if final:
+            for post in self._undelivered:
+                log.error("result NOT delivered before exit: %s",
+                          json.dumps(post.body, ensure_ascii=False)[:2000],
+                          extra={"job_id": post.job_id})
+
+    # --- heartbeat and stop channel -------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        if not (self.urls.ping and self.urls.api_key):
+            log.info("no heartbeat: RUNPOD_WEBHOOK_PING or RUNPOD_AI_API_KEY is not set")
+            return
+        session = self._session()
+        while True:
+            with self._cond:
+                ids = list(self._taken)
+            try:
+                session.get(self.urls.heartbeat(ids, __version__),
+                            timeout=max(2.0, 2 * self.urls.ping_interval))
+            except requests.RequestException as exc:
+                log.warning("heartbeat failed: %s", exc)
+            if self.stopping.wait(self.urls.ping_interval) and self.taking_done.is_set() \
+                    and not ids:
+                return
+
+    def _stop_poll(self) -> None:
+        session = self._session()
+        url = self.urls.stop()
+        while not self.stopping.is_set():
+            t0 = time.monotonic()
+            try:
+                resp = session.get(url, timeout=TAKE_TIMEOUT)
+                ids = []
+                if resp.status_code == 429:
+                    self.stopping.wait(5)
+                    continue
+                if resp.status_code == 200 and resp.content:
+                    ids = [i for i in resp.json().get("jobsToStop", []) if isinstance(i, str)]
+            except (requests.RequestException, ValueError, AttributeError) as exc:
+                log.debug("stop poll failed: %s", exc)
+                self.stopping.wait(1)
+                continue
+            for job_id in ids:
+                with self._cond:
+                    taken = self._taken.get(job_id)
+                    if taken is not None:
+                        taken.stopped_by_platform = True
+                if taken is not None:
+                    log.info("the platform asked to stop this job", extra={"job_id": job_id})
+                    self.sup.cancel(job_id)
+            if not ids and time.monotonic() - t0 < 0.5:
+                self.stopping.wait(1)
