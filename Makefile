@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench gpu-test clean
+.PHONY: run oneshot test bench gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,9 +14,12 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# The main job: for now the seed's one-shot local test of an example handler
-# (reads examples/test_input.json from the working directory, as the SDK does).
+# The main job: a worker serving the example handler on the local API (127.0.0.1:8000);
+# it prints a curl line to try. `make oneshot` runs the seed's one-shot local test.
 run: $(STAMP)
+	cd examples && ../$(BIN)/python -m worker serve standard.py
+
+oneshot: $(STAMP)
 	cd examples && ../$(BIN)/python standard.py
 
 test: $(STAMP)

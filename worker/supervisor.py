@@ -154,8 +154,10 @@ class Supervisor:
         """Queue a job. Its listener hears exactly one on_result."""
         self._command("submit", (job, listener, time.monotonic()))
 
-    def cancel(self, job_id: str) -> None:
-        self._command("cancel", job_id)
+    def cancel(self, job_id: str, queued_only: bool = False) -> None:
+        """End a job as CANCELLED: dropped if queued, stopped if running (unless
+        queued_only)."""
+        self._command("cancel", (job_id, queued_only))
 
     def refresh(self, reason: str = "requested") -> None:
         """Replace the child once it is idle."""
@@ -283,7 +285,8 @@ class Supervisor:
         self._active_ids.add(tracked.id)
         self.pending.append(tracked)
 
-    def _cmd_cancel(self, job_id: str) -> None:
+    def _cmd_cancel(self, arg) -> None:
+        job_id, queued_only = arg
         for tracked in self.pending:
             if tracked.id == job_id:
                 self.pending.remove(tracked)
@@ -291,7 +294,7 @@ class Supervisor:
                                                   Reason.CANCELLED, "cancelled before it started"))
                 return
         tracked = self.in_flight.get(job_id)
-        if tracked is not None:
+        if tracked is not None and not queued_only:
             self._abandon(tracked, JobState.CANCELLED, Reason.CANCELLED, "cancelled")
 
     def _cmd_refresh(self, reason: str) -> None:

@@ -1,3 +1,5 @@
+import time
+
 import worker
 
 
@@ -12,6 +14,7 @@ def handler(job):
             yield {"refresh_worker": True, "i": i}
             continue
         yield {"i": i}
+        time.sleep(inp.get("delay", 0))
 
 
 worker.start({"handler": handler})

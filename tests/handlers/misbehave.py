@@ -73,6 +73,10 @@ def handler(job):
         for i in range(inp.get("n", 3)):
             worker.progress_update(job, {"step": i})
         return "progressed"
+    if do == "progress_sleep":
+        worker.progress_update(job, {"stage": "halfway"})
+        time.sleep(inp.get("seconds", 60))
+        return "slept"
     if do == "argv":
         return sys.argv[1:]
     raise AssertionError(f"unknown action {do!r}")

@@ -1,0 +1,195 @@
+"""The local API's in-memory queue: job records in the cloud's shapes, in front of the
+supervisor.
+
+Records are written from the supervisor's thread (events) and read from the server's event
+loop, under one lock. Finished records expire after WORKER_RESULT_TTL seconds.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from ..jobs import JobResult, JobState
+from ..supervisor import JobListener, Supervisor
+
+log = logging.getLogger("worker.api")
+_NONE = object()
+
+
+@dataclass
+class Record:
+    id: str
+    webhook: str | None
+    created: float = field(default_factory=time.monotonic)
+    status: JobState = JobState.IN_QUEUE
+    started: float | None = None
+    finished: float | None = None
+    progress: Any = _NONE
+    chunks: list = field(default_factory=list)
+    result: JobResult | None = None
+    done: asyncio.Event | None = None
+
+    def view(self, worker_id: str) -> dict:
+        """The cloud's /status shape."""
+        out: dict = {"id": self.id, "status": self.status.value}
+        if self.started is not None:
+            out["delayTime"] = int((self.started - self.created) * 1000)
+        if self.result is not None:
+            out["delayTime"] = self.result.delay_ms
+            out["executionTime"] = self.result.execution_ms
+            out.update(self.result.body)
+        elif self.status is JobState.IN_PROGRESS and self.progress is not _NONE:
+            out["output"] = self.progress
+        if worker_id:
+            out["workerId"] = worker_id
+        return out
+
+
+class JobStore(JobListener):
+    def __init__(self, supervisor: Supervisor, loop: asyncio.AbstractEventLoop,
+                 ttl: float, worker_id: str = ""):
+        self.sup = supervisor
+        self.loop = loop
+        self.ttl = ttl
+        self.worker_id = worker_id
+        self.records: dict[str, Record] = {}
+        self.lock = threading.Lock()
+        self.counts = {"completed": 0, "failed": 0}
+        self._webhooks: queue.Queue = queue.Queue()
+        threading.Thread(target=self._webhook_loop, name="gpu-worker-webhooks",
+                         daemon=True).start()
+
+    # --- called from the server's loop ---------------------------------------------------
+
+    def submit(self, body: dict) -> Record:
+        job = {k: v for k, v in body.items() if k in ("input", "webhook", "policy", "s3Config")}
+        job["id"] = str(uuid.uuid4())
+        webhook = body.get("webhook") if isinstance(body.get("webhook"), str) else None
+        rec = Record(job["id"], webhook, done=asyncio.Event())
+        with self.lock:
+            self.records[rec.id] = rec
+        self.sup.submit(job, self)
+        return rec
+
+    def get(self, job_id: str) -> Record | None:
+        with self.lock:
+            return self.records.get(job_id)
+
+    def view(self, rec: Record) -> dict:
+        with self.lock:
+            return rec.view(self.worker_id)
+
+    def take_stream(self, rec: Record) -> dict:
+        """Chunks produced since the last call, and the status."""
+        with self.lock:
+            chunks, rec.chunks = rec.chunks, []
+            return {"id": rec.id, "status": rec.status.value,
+                    "stream": [{"output": c} for c in chunks]}
+
+    async def wait(self, rec: Record, timeout: float) -> dict:
+        try:
+            await asyncio.wait_for(rec.done.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return self.view(rec)
+
+    def cancel(self, rec: Record) -> None:
+        self.sup.cancel(rec.id)
+
+    def purge(self) -> int:
+        with self.lock:
+            queued = [r.id for r in self.records.values() if r.status is JobState.IN_QUEUE]
+        for job_id in queued:
+            self.sup.cancel(job_id, queued_only=True)
+        return len(queued)
+
+    def health(self) -> dict:
+        with self.lock:
+            in_queue = sum(r.status is JobState.IN_QUEUE for r in self.records.values())
+            running = sum(r.status is JobState.IN_PROGRESS for r in self.records.values())
+            counts = dict(self.counts)
+        snap = self.sup.snapshot()
+        child = snap["child"]
+        busy = child is not None and child["state"] == "busy"
+        return {
+            "jobs": {"completed": counts["completed"], "failed": counts["failed"],
+                     "inProgress": running, "inQueue": in_queue, "retried": 0},
+            "workers": {"idle": int(child is not None and not busy), "running": int(busy),
+                        "unhealthy": int(snap["state"] != "running")},
+            "worker": snap,
+        }
+
+    def sweep(self) -> int:
+        """Drop finished records older than the TTL."""
+        now = time.monotonic()
+        with self.lock:
+            old = [k for k, r in self.records.items()
+                   if r.finished is not None and now - r.finished > self.ttl]
+            for k in old:
+                del self.records[k]
+        return len(old)
+
+    # --- supervisor events (its thread) --------------------------------------------------
+
+    def on_start(self, job_id: str) -> None:
+        with self.lock:
+            rec = self.records.get(job_id)
+            if rec is not None:
+                rec.status, rec.started = JobState.IN_PROGRESS, time.monotonic()
+
+    def on_progress(self, job_id: str, value: Any) -> None:
+        with self.lock:
+            rec = self.records.get(job_id)
+            if rec is not None:
+                rec.progress = value
+
+    def on_chunk(self, job_id: str, value: Any) -> None:
+        with self.lock:
+            rec = self.records.get(job_id)
+            if rec is not None:
+                rec.chunks.append(value)
+
+    def on_result(self, result: JobResult) -> None:
+        with self.lock:
+            rec = self.records.get(result.job_id)
+            if rec is None:
+                return
+            rec.status, rec.result, rec.finished = result.state, result, time.monotonic()
+            if result.state is JobState.COMPLETED:
+                self.counts["completed"] += 1
+            elif result.state in (JobState.FAILED, JobState.TIMED_OUT):
+                self.counts["failed"] += 1
+            payload = rec.view(self.worker_id) if rec.webhook else None
+        self.loop.call_soon_threadsafe(rec.done.set)
+        if payload is not None:
+            self._webhooks.put((rec.webhook, payload))
+
+    # --- webhooks --------------------------------------------------------------------------
+
+    def _webhook_loop(self) -> None:
+        session = requests.Session()
+        while True:
+            url, payload = self._webhooks.get()
+            for attempt in range(4):
+                try:
+                    resp = session.post(url, json=payload, timeout=10)
+                    if resp.status_code < 500:
+                        if resp.status_code >= 400:
+                            log.warning("webhook %s refused: HTTP %d", url, resp.status_code,
+                                        extra={"job_id": payload["id"]})
+                        break
+                except requests.RequestException as exc:
+                    log.warning("webhook %s failed: %s", url, exc,
+                                extra={"job_id": payload["id"]})
+                time.sleep(0.5 * 2 ** attempt)
+            else:
+                log.error("webhook %s not delivered after 4 tries", url,
+                          extra={"job_id": payload["id"]})

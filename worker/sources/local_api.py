@@ -1,0 +1,242 @@
+"""The local API: a RunPod endpoint on your machine (FastAPI + uvicorn).
+
+Routes at the root and under /v2/{endpoint_id}/, so the official client works unchanged:
+
+    runpod.endpoint_url_base = "http://127.0.0.1:8000/v2"
+    runpod.Endpoint("local").run_sync({"prompt": "hi"})
+
+Jobs really queue: /run returns at once and the job runs in the background; /runsync
+waits; /cancel stops the job; /stream returns chunks as they come.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import signal
+import sys
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from ..config import Settings
+from ..jobs import JobState
+from ..supervisor import Supervisor, WorkerState
+from ..version import __version__
+from .job_store import JobStore
+
+log = logging.getLogger("worker.api")
+
+RUNSYNC_WAIT_MS = 90_000
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over the limit with 413 before buffering them
+    (Content-Length checked up front; chunked bodies counted as they arrive)."""
+
+    def __init__(self, app, limits: dict):
+        self.app = app
+        self.limits = limits        # route suffix ("/run") -> bytes
+
+    def _limit(self, path: str) -> int | None:
+        return self.limits.get("/" + path.rstrip("/").rsplit("/", 1)[-1])
+
+    async def __call__(self, scope, receive, send):
+        limit = self._limit(scope["path"]) if scope["type"] == "http" else None
+        if limit is None:
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    if int(value) > limit:
+                        return await _reject(send, limit)
+                except ValueError:
+                    return await _json(send, 400, {"error": "bad Content-Length"})
+        seen = 0
+        started = False
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge()
+            return message
+
+        async def watched(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _TooLarge:
+            if not started:
+                await _reject(send, limit)
+
+
+async def _reject(send, limit: int):
+    await _json(send, 413, {"error": f"request body is over the {limit / 2**20:g} MB limit "
+                                     "for this route; store large inputs elsewhere and pass "
+                                     "a link"})
+
+
+async def _json(send, code: int, body: dict):
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": code,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def create_app(settings: Settings, target=None, supervisor: Supervisor | None = None) -> FastAPI:
+    state: dict = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        sup = supervisor or Supervisor(settings, target)
+        sup.start()
+        store = JobStore(sup, asyncio.get_running_loop(), settings.result_ttl, settings.worker_id)
+        state.update(sup=sup, store=store)
+        sweeper = asyncio.create_task(_sweep(store, settings.result_ttl))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            sup.stop(settings.shutdown_grace)
+            await asyncio.get_running_loop().run_in_executor(
+                None, sup.join, settings.shutdown_grace + settings.stop_grace * 3 + 5)
+
+    app = FastAPI(title="gpu-worker local API", version=__version__, lifespan=lifespan,
+                  description="A RunPod serverless endpoint on your machine. Routes also "
+                              "answer under /v2/{endpoint_id}/ for the official client.")
+
+    def store() -> JobStore:
+        return state["store"]
+
+    def authorised(request: Request) -> None:
+        token = settings.api_token
+        if not token:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(401, "a valid 'Authorization: Bearer <WORKER_API_TOKEN>' "
+                                     "header is required")
+
+    async def job_body(request: Request) -> dict:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise HTTPException(400, f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise HTTPException(400, "the request body must be a JSON object with an 'input'")
+        if "input" not in body:
+            raise HTTPException(400, "the request body has no 'input'")
+        if body.get("webhook") is not None and not (
+                isinstance(body["webhook"], str)
+                and body["webhook"].startswith(("http://", "https://"))):
+            raise HTTPException(400, "'webhook' must be an http(s) URL")
+        return body
+
+    def record(job_id: str):
+        rec = store().get(job_id)
+        if rec is None:
+            raise HTTPException(404, f"no job with id {job_id!r} (unknown, or expired)")
+        return rec
+
+    def refuse_if_down() -> None:
+        sup = state["sup"]
+        if sup.state is not WorkerState.RUNNING:
+            raise HTTPException(503, f"the worker cannot run jobs: {sup.failure_message}")
+
+    router = APIRouter(dependencies=[Depends(authorised)])
+
+    @router.post("/run", summary="Queue a job; returns its id at once")
+    async def run(request: Request):
+        body = await job_body(request)
+        refuse_if_down()
+        rec = store().submit(body)
+        return {"id": rec.id, "status": JobState.IN_QUEUE.value}
+
+    @router.post("/runsync", summary="Run a job and wait for its result")
+    async def runsync(request: Request, wait: int = RUNSYNC_WAIT_MS):
+        body = await job_body(request)
+        refuse_if_down()
+        rec = store().submit(body)
+        wait_s = min(max(wait, 1000), 300_000) / 1000.0
+        return await store().wait(rec, wait_s)
+
+    @router.api_route("/status/{job_id}", methods=["GET", "POST"], summary="A job's state")
+    async def status(job_id: str):
+        return store().view(record(job_id))
+
+    @router.api_route("/stream/{job_id}", methods=["GET", "POST"],
+                      summary="Chunks a generator produced since the last call")
+    async def stream(job_id: str):
+        return store().take_stream(record(job_id))
+
+    @router.post("/cancel/{job_id}", summary="Stop a job (queued or running)")
+    async def cancel(job_id: str):
+        rec = record(job_id)
+        if not rec.status.final:
+            store().cancel(rec)
+            await store().wait(rec, settings.stop_grace + 5)
+        return {"id": rec.id, "status": store().view(rec)["status"]}
+
+    @router.post("/purge-queue", summary="Drop every queued job")
+    async def purge_queue():
+        return {"removed": store().purge(), "status": "completed"}
+
+    public = APIRouter()      # /health answers without the token
+
+    @public.get("/health", summary="Job counts and the worker's state")
+    async def health():
+        return store().health()
+
+    for r in (router, public):
+        app.include_router(r)
+        app.include_router(r, prefix="/v2/{endpoint_id}",
+                           generate_unique_id_function=lambda route: f"v2_{route.name}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
+                            headers=exc.headers)
+
+    app.add_middleware(BodyLimit, limits={"/run": int(settings.max_run_mb * 2**20),
+                                          "/runsync": int(settings.max_runsync_mb * 2**20)})
+    return app
+
+
+async def _sweep(store: JobStore, ttl: float) -> None:
+    while True:
+        await asyncio.sleep(max(0.5, min(60.0, ttl / 2)))
+        store.sweep()
+
+
+def serve(settings: Settings, target) -> int:
+    import uvicorn
+    app = create_app(settings, target)
+    host, port = settings.api_host, settings.api_port
+    auth = f" -H 'Authorization: Bearer {settings.api_token}'" if settings.api_token else ""
+    print(f"--- gpu-worker {__version__} | local API on http://{host}:{port} "
+          f"(docs: http://{host}:{port}/docs) ---\n"
+          f"try: curl -s -X POST http://{host}:{port}/runsync{auth} "
+          "-H 'Content-Type: application/json' -d '{\"input\": {\"prompt\": \"hello\"}}'",
+          file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+                            timeout_graceful_shutdown=int(settings.shutdown_grace) or None)
+    # uvicorn re-raises the signal that stopped it to the handler it found; make that
+    # one harmless so a SIGTERM'd server exits 0 after its graceful shutdown.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    uvicorn.Server(config).run()
+    return 0
