@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run oneshot test bench gpu-test clean
+.PHONY: run oneshot test bench bench-api gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q 'torch==2.13.0'
 	$(BIN)/python bench/bench_core.py
+
+bench-api: $(STAMP)
+	$(BIN)/python bench/bench_api.py
 
 gpu-test: $(STAMP)
 	$(BIN)/python -m pytest -q gpu_tests

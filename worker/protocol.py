@@ -30,7 +30,7 @@ def _message(kind: str):
     def wrap(cls):
         cls = dataclass(cls)
         cls.KIND = kind
-        cls._names = tuple(f.name for f in fields(cls))
+        cls._names = tuple(f.name for f in fields(cls) if f.name != "raw")
         _REGISTRY[kind] = cls
         return cls
     return wrap
@@ -41,6 +41,14 @@ def _message(kind: str):
 @_message("run")
 class Run(Message):
     job: dict
+    raw: bytes | None = None     # the job's JSON as received: forwarded without re-encoding
+
+    def encode(self) -> bytes:
+        if self.raw is None:
+            payload = _encode([self.KIND, self.job]).encode()
+        else:
+            payload = b'["run",' + self.raw + b"]"
+        return _HEADER.pack(len(payload)) + payload
 
 
 @_message("cancel")

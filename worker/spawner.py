@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 
 import multiprocess
@@ -18,6 +19,17 @@ from .child import ChildSpec, child_main
 from .config import Settings
 
 log = logging.getLogger("worker")
+
+
+def _grow_buffers(fd: int, size: int = 4 * 2**20) -> None:
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)   # the kernel caps it at its max
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 class ChildProcess:
@@ -109,6 +121,8 @@ class Spawner:
     def spawn(self, target, settings: Settings) -> ChildProcess:
         ctx = self.ctx
         control, child_control = ctx.Pipe(duplex=True)
+        for conn in (control, child_control):   # big jobs cross in fewer round trips
+            _grow_buffers(conn.fileno())
         out_r, out_w = ctx.Pipe(duplex=False)
         err_r, err_w = ctx.Pipe(duplex=False)
         life_r, life_w = ctx.Pipe(duplex=False)

@@ -63,6 +63,7 @@ class _Job:
     deadline: float | None = None
     crashes: int = 0
     finished: bool = False
+    raw: bytes | None = None
 
     @property
     def id(self) -> str:
@@ -150,9 +151,10 @@ class Supervisor:
         self._thread.start()
         return self
 
-    def submit(self, job: dict, listener: JobListener) -> None:
-        """Queue a job. Its listener hears exactly one on_result."""
-        self._command("submit", (job, listener, time.monotonic()))
+    def submit(self, job: dict, listener: JobListener, raw: bytes | None = None) -> None:
+        """Queue a job. Its listener hears exactly one on_result. `raw`, when given, is
+        the job's exact JSON encoding: it goes to the child as is (no re-encoding)."""
+        self._command("submit", (job, listener, time.monotonic(), raw))
 
     def cancel(self, job_id: str, queued_only: bool = False) -> None:
         """End a job as CANCELLED: dropped if queued, stopped if running (unless
@@ -265,16 +267,16 @@ class Supervisor:
             getattr(self, f"_cmd_{name}")(arg)
 
     def _cmd_submit(self, arg) -> None:
-        raw, listener, submitted = arg
+        given, listener, submitted, raw = arg
         try:
-            job = validate_job(raw)
+            job = validate_job(given)
         except JobError as exc:
-            job_id = raw.get("id") if isinstance(raw, dict) and isinstance(raw.get("id"), str) \
-                else "unknown"
+            job_id = given.get("id") if isinstance(given, dict) and \
+                isinstance(given.get("id"), str) else "unknown"
             self._report(_Job({"id": job_id}, listener, submitted),
                          self._refusal(job_id, str(exc)))
             return
-        tracked = _Job(job, listener, submitted)
+        tracked = _Job(job, listener, submitted, raw=raw)
         if self.state is not WorkerState.RUNNING or self._shutdown_at is not None:
             self._report(tracked, self._refusal(job["id"], self._unavailable()))
             return
@@ -537,7 +539,8 @@ class Supervisor:
             limit = execution_timeout(tracked.job, self.settings.job_timeout)
             tracked.deadline = now + limit if limit > 0 else None
             try:
-                self._send(P.Run(tracked.job))
+                self._send(P.Run(tracked.job, tracked.raw))
+                tracked.raw = None      # sent: a retry after a crash re-encodes the dict
             except (TypeError, ValueError) as exc:
                 self._report(tracked, self._refusal(tracked.id, f"the job is not JSON: {exc}"))
                 continue

@@ -22,6 +22,7 @@ from ..supervisor import JobListener, Supervisor
 
 log = logging.getLogger("worker.api")
 _NONE = object()
+JOB_KEYS = ("input", "webhook", "policy", "s3Config")
 
 
 @dataclass
@@ -69,14 +70,22 @@ class JobStore(JobListener):
 
     # --- called from the server's loop ---------------------------------------------------
 
-    def submit(self, body: dict) -> Record:
-        job = {k: v for k, v in body.items() if k in ("input", "webhook", "policy", "s3Config")}
+    def submit(self, body: dict, raw: bytes | None = None) -> Record:
+        """Queue a request body ({"input", ...}). `raw` is the body as received: when it
+        holds only the keys a job carries, the child gets it with our id spliced in,
+        without re-encoding (a 10 MB input costs one parse, not a parse and an encode)."""
+        job = {k: v for k, v in body.items() if k in JOB_KEYS}
         job["id"] = str(uuid.uuid4())
+        forward = None
+        if raw is not None and len(job) == len(body) + 1:
+            head = raw.lstrip()
+            if head[:1] == b"{":
+                forward = b'{"id":"' + job["id"].encode() + b'",' + head[1:]
         webhook = body.get("webhook") if isinstance(body.get("webhook"), str) else None
         rec = Record(job["id"], webhook, done=asyncio.Event())
         with self.lock:
             self.records[rec.id] = rec
-        self.sup.submit(job, self)
+        self.sup.submit(job, self, forward)
         return rec
 
     def get(self, job_id: str) -> Record | None:

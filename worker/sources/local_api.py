@@ -19,7 +19,7 @@ import signal
 import sys
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from ..config import Settings
 from ..jobs import JobState
@@ -130,7 +130,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
             raise HTTPException(401, "a valid 'Authorization: Bearer <WORKER_API_TOKEN>' "
                                      "header is required")
 
-    async def job_body(request: Request) -> dict:
+    async def job_body(request: Request) -> tuple:
         raw = await request.body()
         try:
             body = json.loads(raw)
@@ -144,7 +144,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
                 isinstance(body["webhook"], str)
                 and body["webhook"].startswith(("http://", "https://"))):
             raise HTTPException(400, "'webhook' must be an http(s) URL")
-        return body
+        return body, raw
 
     def record(job_id: str):
         rec = store().get(job_id)
@@ -157,31 +157,31 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         if sup.state is not WorkerState.RUNNING:
             raise HTTPException(503, f"the worker cannot run jobs: {sup.failure_message}")
 
-    router = APIRouter(dependencies=[Depends(authorised)])
+    router = APIRouter(dependencies=[Depends(authorised)] if settings.api_token else [])
 
     @router.post("/run", summary="Queue a job; returns its id at once")
     async def run(request: Request):
-        body = await job_body(request)
+        body, raw = await job_body(request)
         refuse_if_down()
-        rec = store().submit(body)
+        rec = store().submit(body, raw)
         return {"id": rec.id, "status": JobState.IN_QUEUE.value}
 
     @router.post("/runsync", summary="Run a job and wait for its result")
     async def runsync(request: Request, wait: int = RUNSYNC_WAIT_MS):
-        body = await job_body(request)
+        body, raw = await job_body(request)
         refuse_if_down()
-        rec = store().submit(body)
+        rec = store().submit(body, raw)
         wait_s = min(max(wait, 1000), 300_000) / 1000.0
-        return await store().wait(rec, wait_s)
+        return _json_response(await store().wait(rec, wait_s))
 
     @router.api_route("/status/{job_id}", methods=["GET", "POST"], summary="A job's state")
     async def status(job_id: str):
-        return store().view(record(job_id))
+        return _json_response(store().view(record(job_id)))
 
     @router.api_route("/stream/{job_id}", methods=["GET", "POST"],
                       summary="Chunks a generator produced since the last call")
     async def stream(job_id: str):
-        return store().take_stream(record(job_id))
+        return _json_response(store().take_stream(record(job_id)))
 
     @router.post("/cancel/{job_id}", summary="Stop a job (queued or running)")
     async def cancel(job_id: str):
@@ -214,6 +214,12 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
     app.add_middleware(BodyLimit, limits={"/run": int(settings.max_run_mb * 2**20),
                                           "/runsync": int(settings.max_runsync_mb * 2**20)})
     return app
+
+
+def _json_response(content: dict) -> Response:
+    # Outputs are JSON already: skip FastAPI's recursive jsonable_encoder walk.
+    return Response(json.dumps(content, ensure_ascii=False).encode(),
+                    media_type="application/json")
 
 
 async def _sweep(store: JobStore, ttl: float) -> None:

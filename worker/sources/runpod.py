@@ -35,7 +35,7 @@ from .runpod_urls import RunPodUrls
 
 log = logging.getLogger("worker.runpod")
 
-POSTERS = 8
+POSTERS = 4
 TAKE_TIMEOUT = (5.0, 95.0)        # connect, read: the platform long-polls up to 90 s
 POST_TIMEOUT = (5.0, 60.0)
 POST_ATTEMPTS = 5
@@ -116,6 +116,7 @@ class RunPodSource(JobListener):
 
     def _session(self) -> requests.Session:
         s = requests.Session()
+        s.trust_env = False     # as the SDK's aiohttp session: no proxy/netrc lookups per call
         s.headers.update({"Authorization": self.urls.api_key,
                           "User-Agent": f"gpu-worker/{__version__} (runpod-compatible)"})
         return s
@@ -176,18 +177,18 @@ class RunPodSource(JobListener):
         if child is None or child.state not in (ChildState.READY, ChildState.BUSY) \
                 or child.refresh_reason is not None:
             return 0
-        with self._cond:
-            return max(0, child.concurrency - len(self._taken))
+        return max(0, child.concurrency - len(self._taken))
 
     def _take_loop(self) -> None:
         empty = Backoff(0.05, 1.0)
         failing = Backoff(0.5, 10.0)
         try:
             while not self.stopping.is_set():
+                with self._cond:     # wait for a free slot (on_result notifies)
+                    self._cond.wait_for(lambda: self._room() > 0 or self.stopping.is_set(),
+                                        0.25)
                 room = self._room()
                 if room <= 0:
-                    with self._cond:
-                        self._cond.wait(0.05)
                     continue
                 t0 = time.monotonic()
                 try:
