@@ -63,10 +63,12 @@ class Collector(JobListener):
 
 
 class Harness:
-    def __init__(self, handler: str, argv=(), sink=None, **settings):
+    def __init__(self, handler: str, argv=(), sink=None, probe=None, **settings):
         path = handler if os.path.isabs(handler) else str(HANDLERS / handler)
         self.settings = Settings(**{**FAST, **settings})
         kwargs = {"output_sink": sink} if sink else {}
+        if probe is not None:
+            kwargs["probe"] = probe
         self.sup = Supervisor(self.settings, ScriptTarget(path, list(argv)), **kwargs).start()
         self.listener = Collector()
         self._n = 0

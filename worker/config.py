@@ -45,6 +45,16 @@ class Settings:
     max_rss_mb: float = _setting(0.0, ("WORKER_MAX_RSS_MB",), None,
                                  "Replace the child, between jobs, when its process tree's "
                                  "resident memory exceeds this many MiB; 0 = never.")
+    max_vram_mb: float = _setting(0.0, ("WORKER_MAX_VRAM_MB",), None,
+                                  "Replace the child, between jobs, when GPU memory in use has "
+                                  "grown this many MiB over the baseline taken before it "
+                                  "started (or its own torch reservation has); 0 = never.")
+    max_vram_fraction: float = _setting(0.0, ("WORKER_MAX_VRAM_FRACTION",), None,
+                                        "The same limit as a fraction of the devices' memory "
+                                        "(e.g. 0.9); 0 = never.")
+    refresh_on_oom: bool = _setting(True, ("WORKER_REFRESH_ON_OOM",), None,
+                                    "A job that fails with CUDA out of memory fails clearly and "
+                                    "the child is replaced before the next job.")
     refresh_worker: bool = _setting(False, ("WORKER_REFRESH_WORKER",), None,
                                     "Replace the child after every job (start() key "
                                     "refresh_worker).")

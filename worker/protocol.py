@@ -100,12 +100,13 @@ class Done(Message):
     body: dict
     refresh: bool
     concurrency: int
+    peak_vram_mb: float | None = None    # torch's peak allocation during the job, if CUDA
 
 
 @_message("heartbeat")
 class Heartbeat(Message):
     rss: int             # bytes, the child process itself
-    gpu: Any             # the child's own allocator figures when it has them, else None
+    gpu: Any             # torch allocator figures (MiB) once the child uses CUDA, else None
 
 
 class ProtocolError(ValueError):

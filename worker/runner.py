@@ -85,7 +85,7 @@ class ChildRuntime:
                     finally:
                         os._exit(70)
                 try:
-                    self.send(P.Heartbeat(_rss(), None))
+                    self.send(P.Heartbeat(_rss(), torch_memory()))
                 except OSError:
                     os._exit(70)
         threading.Thread(target=run, name="gpu-worker-heartbeat", daemon=True).start()
@@ -167,6 +167,7 @@ class ChildRuntime:
 
     def _start_job(self, job: dict) -> None:
         job_id = job["id"]
+        _reset_peak()
         if self.mode == "inline":
             self.inline_job = job_id
             try:
@@ -224,8 +225,9 @@ class ChildRuntime:
         if self.stopping:
             return  # the parent has already ended this job
         self.concurrency = self._concurrency(self.concurrency)
+        peak = torch_memory()
         msg = P.Done(job_id, outcome.state.value, outcome.reason.value, outcome.body,
-                     outcome.refresh, self.concurrency)
+                     outcome.refresh, self.concurrency, peak and peak["peak_mb"])
         try:
             self.send(msg)
         except (TypeError, ValueError) as exc:
@@ -278,6 +280,41 @@ class ChildRuntime:
 
 def _raise_in_thread(ident: int, exc_type: type) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
+
+
+def _cuda():
+    """torch.cuda, only if the handler imported torch and initialised CUDA (never do it for
+    them: that would create a context in a child that does not use the GPU)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    try:
+        return torch.cuda if torch.cuda.is_initialized() else None
+    except Exception:
+        return None
+
+
+def torch_memory() -> dict | None:
+    """The child's own view of its GPU memory: NVML cannot attribute memory to processes
+    inside a container, torch's allocator can."""
+    cuda = _cuda()
+    if cuda is None:
+        return None
+    try:
+        return {"allocated_mb": cuda.memory_allocated() / 2**20,
+                "reserved_mb": cuda.memory_reserved() / 2**20,
+                "peak_mb": cuda.max_memory_allocated() / 2**20}
+    except Exception:
+        return None
+
+
+def _reset_peak() -> None:
+    cuda = _cuda()
+    if cuda is not None:
+        try:
+            cuda.reset_peak_memory_stats()
+        except Exception:
+            pass
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

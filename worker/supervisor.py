@@ -23,6 +23,7 @@ from . import protocol as P
 from .config import Settings
 from .jobs import (JobError, JobResult, JobState, Reason, execution_timeout, failure,
                    validate_job)
+from .monitor import classify_xid, make_probe
 from .output import OutputPump
 from .spawner import ChildProcess, Spawner
 
@@ -88,10 +89,29 @@ class _Child:
     stop_step: int = 0
     stop_next: float | None = None
     setup_error: tuple | None = None
+    torch: dict | None = None            # the child's allocator figures (heartbeat)
     preloaded: list = field(default_factory=list)
     reader: P.FrameReader = field(default_factory=P.FrameReader)
     outbox: bytearray = field(default_factory=bytearray)
     cancels: dict = field(default_factory=dict)   # job id -> deadline for the child's ack
+
+
+# Errors after which a CUDA context cannot be trusted: every later call fails too.
+STICKY_CUDA = ("illegal memory access", "device-side assert", "cudaErrorIllegalAddress",
+               "unspecified launch failure", "CUDA error")
+CUDA_OOM = ("CUDA out of memory", "OutOfMemoryError", "CUDA_ERROR_OUT_OF_MEMORY")
+
+
+def cuda_failure(error: Any, refresh_on_oom: bool = True) -> str | None:
+    """The reason to replace the child after this failed job, if it is a CUDA one."""
+    if error is None:
+        return None
+    text = error if isinstance(error, str) else str(error)
+    if any(p in text for p in CUDA_OOM):
+        return "the job ran out of GPU memory" if refresh_on_oom else None
+    if any(p in text for p in STICKY_CUDA):
+        return "the job hit a sticky CUDA error (the context cannot be trusted)"
+    return None
 
 
 def describe_exit(code: int | None) -> str:
@@ -115,13 +135,14 @@ def _log_child_line(stream: str, line: str, job_ids: tuple) -> None:
 
 class Supervisor:
     def __init__(self, settings: Settings, target: Any, spawner: Spawner | None = None,
-                 output_sink: Callable | None = None,
-                 rss_of_tree: Callable[[int], int] | None = None):
+                 output_sink: Callable | None = None, probe: Any = None):
         self.settings = settings
         self.target = target
         self.spawner = spawner or Spawner(settings.start_method, settings.preload)
         self.output_sink = output_sink or _log_child_line
-        self.rss_of_tree = rss_of_tree or _rss_of_tree
+        self.probe = probe               # monitor.HostProbe/NvmlProbe, or any .read(pid)
+        self.baseline_mb = 0.0           # device memory in use before the child started
+        self._probe_stop = threading.Event()
         self.state = WorkerState.RUNNING
         self.failure_message: str | None = None
         self.child: _Child | None = None
@@ -148,6 +169,11 @@ class Supervisor:
     # --- public API (any thread) ---------------------------------------------------------
 
     def start(self) -> "Supervisor":
+        if self.probe is None:
+            self.probe = make_probe()
+        watch = getattr(self.probe, "watch_xids", None)
+        if watch is not None:
+            watch(lambda xid, what: self._command("xid", (xid, what)), self._probe_stop)
         self._thread.start()
         return self
 
@@ -203,11 +229,22 @@ class Supervisor:
                 "mode": child.mode, "concurrency": child.concurrency,
                 "preloaded": child.preloaded,
                 "jobs_run": child.jobs_run, "rss_bytes": child.rss},
+            "memory": self._memory(child),
             "restarts": max(0, self.spawns - 1),
             "jobs": {"pending": len(self.pending), "in_progress": len(self.in_flight),
                      "finished": self.jobs_finished},
             "failure": self.failure_message,
         }
+
+    def _memory(self, child: "_Child | None") -> dict:
+        try:
+            reading = self.probe.read(child.proc.pid if child else None)
+        except Exception as exc:       # a monitor must never break the worker
+            return {"probe": "error", "error": str(exc)}
+        out = reading.to_dict()
+        out["baseline_mb"] = self.baseline_mb
+        out["child_torch"] = child.torch if child else None
+        return out
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -250,6 +287,7 @@ class Supervisor:
                 self.child.proc.close()
             raise
         finally:
+            self._probe_stop.set()
             if self.state is WorkerState.RUNNING:
                 self.state = WorkerState.STOPPED
             self._notify()
@@ -303,6 +341,23 @@ class Supervisor:
         if self.child is not None and self.child.refresh_reason is None:
             self.child.refresh_reason = reason
 
+    def _cmd_xid(self, arg) -> None:
+        xid, what = arg
+        if what == "xid" and classify_xid(xid) == "replace":
+            log.warning("GPU reported application Xid %d: the worker process's CUDA context "
+                        "is poisoned; replacing it after the running job", xid)
+            self._cmd_refresh(f"GPU Xid {xid}")
+            return
+        self.state = WorkerState.BROKEN
+        self.failure_message = (f"the GPU is unhealthy ({what} {xid if xid >= 0 else ''})"
+                                .replace(" )", ")"))
+        log.error("%s: no more jobs; the platform should replace this worker",
+                  self.failure_message)
+        self._fail_all(Reason.REFUSED, "GpuUnhealthy", self.failure_message)
+        if self.child is not None:
+            self._begin_stop(self.failure_message, interrupt=True)
+        self._notify()
+
     def _cmd_stop(self, grace: float) -> None:
         if self._shutdown_at is None:
             self._shutdown_at = time.monotonic() + max(0.0, grace)
@@ -317,6 +372,7 @@ class Supervisor:
                 or self._shutdown_at is not None):
             return
         settings = self.settings
+        self.baseline_mb = self._device_used()
         proc = self.spawner.spawn(self.target, settings)
         self.spawns += 1
         pump = OutputPump({proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"},
@@ -464,6 +520,7 @@ class Supervisor:
                 self._call(tracked.listener.on_progress, msg.job_id, msg.value)
         elif isinstance(msg, P.Heartbeat):
             child.rss = msg.rss
+            child.torch = msg.gpu
         elif isinstance(msg, P.Ready):
             self._on_ready(child, msg)
         elif isinstance(msg, P.SetupFailed):
@@ -502,8 +559,16 @@ class Supervisor:
         result = JobResult(msg.job_id, JobState(msg.state), Reason(msg.reason), msg.body,
                            msg.refresh, int((tracked.started - tracked.submitted) * 1000),
                            int((now - tracked.started) * 1000))
+        if msg.peak_vram_mb is not None:
+            result.extra["peak_vram_mb"] = msg.peak_vram_mb
         self._report(tracked, result)
+        log.log(logging.INFO if result.state is JobState.COMPLETED else logging.WARNING,
+                "job %s (%s) in %d ms%s", result.state.value, result.reason.value,
+                result.execution_ms, "" if msg.peak_vram_mb is None else
+                f", peak VRAM {msg.peak_vram_mb:.0f} MiB", extra={"job_id": msg.job_id})
         settings = self.settings
+        if child.refresh_reason is None and result.state is JobState.FAILED:
+            child.refresh_reason = cuda_failure(result.error, settings.refresh_on_oom)
         if child.refresh_reason is None:
             if msg.refresh:
                 child.refresh_reason = "the job asked for refresh_worker"
@@ -513,11 +578,39 @@ class Supervisor:
                 child.refresh_reason = f"it ran {child.jobs_run} jobs (WORKER_MAX_JOBS_PER_CHILD)"
         if not self.in_flight and child.state is ChildState.BUSY:
             child.state = ChildState.READY
-            if child.refresh_reason is None and settings.max_rss_mb > 0:
-                rss = self.rss_of_tree(child.proc.pid)
-                if rss > settings.max_rss_mb * 1024 * 1024:
-                    child.refresh_reason = (f"its resident memory is {rss / 2**20:.0f} MiB "
-                                            f"(WORKER_MAX_RSS_MB={settings.max_rss_mb:g})")
+            if child.refresh_reason is None:
+                child.refresh_reason = self._memory_policy(child)
+
+    def _memory_policy(self, child: _Child) -> str | None:
+        """Between jobs: is the child over a memory limit? (Never during a job.)"""
+        s = self.settings
+        vram_limit = s.max_vram_mb
+        if s.max_rss_mb <= 0 and vram_limit <= 0 and s.max_vram_fraction <= 0:
+            return None
+        try:
+            reading = self.probe.read(child.proc.pid)
+        except Exception as exc:
+            log.warning("memory probe failed: %s", exc)
+            return None
+        if s.max_rss_mb > 0 and reading.child_rss_mb > s.max_rss_mb:
+            return (f"its resident memory is {reading.child_rss_mb:.0f} MiB "
+                    f"(WORKER_MAX_RSS_MB={s.max_rss_mb:g})")
+        if s.max_vram_fraction > 0 and reading.device_total_mb:
+            fraction_limit = s.max_vram_fraction * reading.device_total_mb
+            vram_limit = min(vram_limit, fraction_limit) if vram_limit else fraction_limit
+        if vram_limit > 0:
+            grown = max(reading.device_used_mb - self.baseline_mb,
+                        (child.torch or {}).get("reserved_mb", 0.0))
+            if grown > vram_limit:
+                return (f"GPU memory in use grew {grown:.0f} MiB over its baseline of "
+                        f"{self.baseline_mb:.0f} MiB (limit {vram_limit:.0f} MiB)")
+        return None
+
+    def _device_used(self) -> float:
+        try:
+            return self.probe.read(None).device_used_mb
+        except Exception:
+            return 0.0
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -692,20 +785,3 @@ class Supervisor:
         self.pending.clear()
         self.in_flight.clear()
         self._running_ids = ()
-
-
-def _rss_of_tree(pid: int) -> int:
-    """Resident memory of a process and its descendants, in bytes."""
-    import psutil
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total

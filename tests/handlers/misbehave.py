@@ -77,6 +77,10 @@ def handler(job):
         worker.progress_update(job, {"stage": "halfway"})
         time.sleep(inp.get("seconds", 60))
         return "slept"
+    if do == "cuda_error":   # what torch raises after a kernel fault
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    if do == "cuda_oom":
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
     if do == "argv":
         return sys.argv[1:]
     raise AssertionError(f"unknown action {do!r}")

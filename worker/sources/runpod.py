@@ -276,9 +276,6 @@ class RunPodSource(JobListener):
         if result.refresh and self.settings.refresh_stops_pod:
             body["stopPod"] = True
         streamed = self.sup.handler_kind in ("generator", "async_generator")
-        level = logging.INFO if result.state is JobState.COMPLETED else logging.WARNING
-        log.log(level, "job %s (%s) in %d ms", result.state.value, result.reason.value,
-                result.execution_ms, extra={"job_id": result.job_id})
         self._poster_for(result.job_id).put(
             _Post("done", result.job_id, self.urls.done(result.job_id, streamed),
                   self._fit(result.job_id, body)))

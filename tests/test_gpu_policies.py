@@ -1,0 +1,156 @@
+"""GPU monitoring and its policies on a machine without a GPU: the host fallback for real,
+and every policy decision with readings injected through the probe interface."""
+import logging
+import threading
+
+import pytest
+
+from worker import monitor
+from worker.jobs import JobState, Reason
+from worker.monitor import DeviceReading, HostProbe, Reading, classify_xid, make_probe
+from worker.supervisor import WorkerState, cuda_failure
+
+
+class ScriptedProbe:
+    """Device readings a test sets, read through the same .read(pid) as NvmlProbe."""
+
+    def __init__(self, used_mb=1000.0, total_mb=16000.0):
+        self.used_mb = used_mb
+        self.total_mb = total_mb
+        self.lock = threading.Lock()
+
+    def read(self, child_pid=None) -> Reading:
+        with self.lock:
+            used = self.used_mb
+        dev = DeviceReading(0, "GPU-test", "Scripted GPU", self.total_mb, used,
+                            self.total_mb - used)
+        return Reading("scripted", child_rss_mb=10.0, devices=[dev])
+
+
+@pytest.fixture
+def scripted(harness):
+    return lambda probe, **settings: harness("misbehave.py", probe=probe, **settings)
+
+
+def test_no_gpu_falls_back_to_the_host_probe_with_one_log_line(caplog, harness):
+    caplog.set_level(logging.INFO, logger="worker.monitor")
+    probe = make_probe()
+    assert isinstance(probe, HostProbe) and probe.name == "host"
+    assert sum("no GPU monitoring" in r.message for r in caplog.records) == 1
+    h = harness("misbehave.py")
+    pid = h.run({"do": "ok"}).output["pid"]
+    memory = h.sup.snapshot()["memory"]
+    assert memory["probe"] == "host" and memory["devices"] == []
+    assert memory["child_rss_mb"] > 5
+    assert h.sup.child_pid == pid
+
+
+def test_host_probe_reads_cgroup_v2_files(tmp_path):
+    (tmp_path / "memory.current").write_text("104857600\n")
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n")
+    r = HostProbe(str(tmp_path)).read(None)
+    assert (r.cgroup_mb, r.cgroup_limit_mb, r.oom_kills) == (100.0, None, 2)
+
+
+def test_vram_growth_over_the_limit_replaces_the_child_between_jobs(scripted):
+    probe = ScriptedProbe(used_mb=1000)
+    h = scripted(probe, max_vram_mb=500)
+    first = h.run({"do": "ok"})
+    assert h.sup.baseline_mb == 1000
+    probe.used_mb = 1400                       # grew 400 MiB: under the limit
+    same = h.run({"do": "ok"})
+    assert same.output["pid"] == first.output["pid"]
+    probe.used_mb = 1700                       # grew 700 MiB: over
+    leaked = h.run({"do": "ok"})
+    assert leaked.state is JobState.COMPLETED  # never interrupted
+    probe.used_mb = 1000                       # the old child's memory is back
+    after = h.run({"do": "ok"})
+    assert after.output["pid"] != leaked.output["pid"] and after.output["calls"] == 1
+
+
+def test_vram_fraction_limit(scripted):
+    probe = ScriptedProbe(used_mb=1000, total_mb=10000)
+    h = scripted(probe, max_vram_fraction=0.1)     # 1,000 MiB
+    first = h.run({"do": "ok"})
+    probe.used_mb = 2500
+    h.run({"do": "ok"})
+    probe.used_mb = 1000
+    assert h.run({"do": "ok"}).output["pid"] != first.output["pid"]
+
+
+def test_sticky_cuda_error_fails_the_job_and_replaces_the_child(harness):
+    h = harness("misbehave.py")
+    pid = h.run({"do": "ok"}).output["pid"]
+    bad = h.run({"do": "cuda_error"})
+    assert bad.state is JobState.FAILED and bad.reason is Reason.HANDLER_ERROR
+    after = h.run({"do": "ok"})
+    assert after.state is JobState.COMPLETED and after.output["pid"] != pid
+
+
+@pytest.mark.parametrize("refresh_on_oom, replaced", [(True, True), (False, False)])
+def test_cuda_oom_fails_clearly_and_refresh_is_configurable(harness, refresh_on_oom, replaced):
+    h = harness("misbehave.py", refresh_on_oom=refresh_on_oom)
+    pid = h.run({"do": "ok"}).output["pid"]
+    oom = h.run({"do": "cuda_oom"})
+    assert oom.state is JobState.FAILED and "CUDA out of memory" in oom.error
+    assert (h.run({"do": "ok"}).output["pid"] != pid) is replaced
+
+
+def test_application_xid_replaces_the_child(harness):
+    h = harness("misbehave.py")
+    pid = h.run({"do": "ok"}).output["pid"]
+    h.sup._command("xid", (43, "xid"))
+    h.sup.wait_until(lambda s: s.spawns == 2 and s.child_state is not None
+                     and s.child_state.value == "ready", 30)
+    assert h.run({"do": "ok"}).output["pid"] != pid
+    assert h.sup.state is WorkerState.RUNNING
+
+
+def test_hardware_xid_makes_the_worker_unhealthy(harness):
+    h = harness("misbehave.py")
+    h.run({"do": "ok"})
+    h.sup._command("xid", (79, "xid"))
+    h.sup.wait_until(lambda s: s.state is WorkerState.BROKEN, 10)
+    late = h.run({"do": "ok"})
+    assert late.reason is Reason.REFUSED and "GPU is unhealthy" in late.error
+
+
+def test_classification():
+    assert [classify_xid(x) for x in (13, 31, 43, 45, 68, 109)] == ["replace"] * 6
+    assert [classify_xid(x) for x in (48, 63, 74, 79, 94, 119)] == ["unhealthy"] * 6
+    assert cuda_failure("RuntimeError: CUDA error: device-side assert triggered")
+    assert cuda_failure('{"error_message": "CUDA out of memory. Tried"}') == \
+        "the job ran out of GPU memory"
+    assert cuda_failure("CUDA out of memory", refresh_on_oom=False) is None
+    assert cuda_failure("ValueError: bad input") is None
+
+
+class _FakeNvml:
+    """Stands in for the pynvml module (a third-party library) to check the mapping of
+    CUDA_VISIBLE_DEVICES to NVML devices."""
+
+    def __init__(self, uuids):
+        self.uuids = uuids
+
+    def nvmlDeviceGetCount(self):
+        return len(self.uuids)
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return f"h{i}"
+
+    def nvmlDeviceGetUUID(self, handle):
+        return self.uuids[int(handle[1:])].encode()
+
+
+@pytest.mark.parametrize("visible, expected", [
+    (None, [(0, "h0"), (1, "h1"), (2, "h2")]),
+    ("2,0", [(0, "h2"), (1, "h0")]),
+    ("GPU-bbb", [(0, "h1")]),
+    ("GPU-ccc,GPU-aaa", [(0, "h2"), (1, "h0")]),
+    ("1,7,2", [(0, "h1")]),                 # CUDA stops at the first invalid entry
+    ("none", []),
+])
+def test_visible_devices_map_by_uuid(visible, expected):
+    nvml = _FakeNvml(["GPU-aaa", "GPU-bbb", "GPU-ccc"])
+    assert monitor._visible_handles(nvml, visible) == expected
