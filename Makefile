@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run oneshot test bench bench-api gpu-test clean
+.PHONY: run oneshot test bench bench-api gpu-test lint docker-build docker-build-cpu run-gpu run-gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,13 +14,15 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-# The main job: a worker serving the example handler on the local API (127.0.0.1:8000);
-# it prints a curl line to try. `make oneshot` runs the seed's one-shot local test.
+# The main job: a worker serving the embeddings example (a real model, on the GPU if
+# there is one) on the local API, 127.0.0.1:8000; it prints a curl line to try.
+# `make oneshot` runs the seed's one-shot local test of the same handler.
 run: $(STAMP)
-	cd examples && ../$(BIN)/python -m worker serve standard.py
+	cd examples/embeddings && WORKER_PRELOAD=torch,sentence_transformers \
+		../../$(BIN)/python -m worker serve handler.py
 
 oneshot: $(STAMP)
-	cd examples && ../$(BIN)/python standard.py
+	cd examples/embeddings && ../../$(BIN)/python handler.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -35,6 +37,24 @@ bench-api: $(STAMP)
 
 gpu-test: $(STAMP)
 	$(BIN)/python -m pytest -q gpu_tests
+
+# No Docker engine runs on the development machines: build and run these where one does.
+IMAGE ?= gpu-worker
+lint: $(STAMP)
+	$(BIN)/hadolint --failure-threshold warning docker/Dockerfile docker/Dockerfile.cpu
+
+docker-build:
+	docker build -f docker/Dockerfile -t $(IMAGE):gpu .
+
+docker-build-cpu:
+	docker build -f docker/Dockerfile.cpu -t $(IMAGE):cpu .
+
+run-gpu:
+	docker run --rm --gpus all -p 8000:8000 -e WORKER_SERVE_API=true \
+		-e WORKER_API_HOST=0.0.0.0 $(IMAGE):gpu
+
+run-gpu-test:
+	docker run --rm --gpus all $(IMAGE):gpu
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

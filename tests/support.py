@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psutil
+import requests
 
 from worker.child import ScriptTarget
 from worker.config import Settings
@@ -128,3 +131,57 @@ def oneshot_body(stdout: str):
     import json
     head = stdout.index("\n", stdout.index("--- job ")) + 1
     return json.JSONDecoder().raw_decode(stdout[head:])[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, handler: str, tmp_path, **env):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp_path / f"api-{self.port}.log"
+        full_env = {**os.environ, "WORKER_STOP_GRACE": "1", "WORKER_SHUTDOWN_GRACE": "1",
+                    **{k: str(v) for k, v in env.items()}}
+        full_env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "worker", "serve", str(HANDLERS / handler),
+                 "--rp_api_port", str(self.port)], env=full_env, stdout=out,
+                stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                worker = requests.get(f"{self.url}/health", timeout=1).json()["worker"]
+                if worker["child"] or worker["state"] != "running":
+                    return
+            except (requests.RequestException, KeyError, TypeError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError("server did not start:\n" + self.log.read_text())
+
+    def post(self, path, body=None, **kw):
+        return requests.post(f"{self.url}{path}", json=body, timeout=60, **kw)
+
+    def get(self, path, **kw):
+        return requests.get(f"{self.url}{path}", timeout=60, **kw)
+
+    def until(self, job_id, predicate, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.get(f"/status/{job_id}").json()
+            if predicate(status):
+                return status
+            time.sleep(0.05)
+        raise AssertionError(f"status never matched: {status}")
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            assert self.proc.wait(30) == 0, self.log.read_text()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()

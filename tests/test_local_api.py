@@ -1,9 +1,6 @@
 """The local API with a real server on loopback, driven by requests and by the official
 runpod client."""
 import json
-import os
-import socket
-import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,60 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from tests.support import HANDLERS, PYTHON
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, handler: str, tmp_path, **env):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp_path / f"api-{self.port}.log"
-        full_env = {**os.environ, "WORKER_STOP_GRACE": "1", "WORKER_SHUTDOWN_GRACE": "1",
-                    **{k: str(v) for k, v in env.items()}}
-        full_env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(
-                [PYTHON, "-m", "worker", "serve", str(HANDLERS / handler),
-                 "--rp_api_port", str(self.port)], env=full_env, stdout=out,
-                stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/health", timeout=1).json()["worker"]["child"]:
-                    return
-            except (requests.RequestException, KeyError, TypeError):
-                pass
-            time.sleep(0.1)
-        raise AssertionError("server did not start:\n" + self.log.read_text())
-
-    def post(self, path, body=None, **kw):
-        return requests.post(f"{self.url}{path}", json=body, timeout=60, **kw)
-
-    def get(self, path, **kw):
-        return requests.get(f"{self.url}{path}", timeout=60, **kw)
-
-    def until(self, job_id, predicate, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.get(f"/status/{job_id}").json()
-            if predicate(status):
-                return status
-            time.sleep(0.05)
-        raise AssertionError(f"status never matched: {status}")
-
-    def close(self):
-        self.proc.terminate()
-        try:
-            assert self.proc.wait(30) == 0, self.log.read_text()
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
+from tests.support import Server
 
 
 @pytest.fixture(scope="module")
@@ -72,20 +16,6 @@ def api(tmp_path_factory):
     s = Server("misbehave.py", tmp_path_factory.mktemp("api"))
     yield s
     s.close()
-
-
-@pytest.fixture
-def server(tmp_path):
-    made = []
-
-    def make(handler="misbehave.py", **env):
-        s = Server(handler, tmp_path, **env)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 def test_run_then_status(api):

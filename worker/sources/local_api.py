@@ -216,6 +216,18 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
     return app
 
 
+def _example_body() -> str:
+    """The handler's own ./test_input.json, when it has one, for the curl line."""
+    try:
+        with open("test_input.json", encoding="utf-8") as f:
+            body = json.load(f)
+        if isinstance(body, dict) and "input" in body:
+            return json.dumps({"input": body["input"]}, ensure_ascii=False).replace("'", "")
+    except (OSError, ValueError):
+        pass
+    return '{"input": {"prompt": "hello"}}'
+
+
 def _json_response(content: dict) -> Response:
     # Outputs are JSON already: skip FastAPI's recursive jsonable_encoder walk.
     return Response(json.dumps(content, ensure_ascii=False).encode(),
@@ -236,7 +248,7 @@ def serve(settings: Settings, target) -> int:
     print(f"--- gpu-worker {__version__} | local API on http://{host}:{port} "
           f"(docs: http://{host}:{port}/docs) ---\n"
           f"try: curl -s -X POST http://{host}:{port}/runsync{auth} "
-          "-H 'Content-Type: application/json' -d '{\"input\": {\"prompt\": \"hello\"}}'",
+          f"-H 'Content-Type: application/json' -d '{_example_body()}'",
           file=sys.stderr, flush=True)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                             timeout_graceful_shutdown=int(settings.shutdown_grace) or None)
