@@ -88,13 +88,14 @@ def child_main(spec: ChildSpec) -> None:
     _capture_output(spec.stdout.fileno(), spec.stderr.fileno())
     spec.stdout.close()
     spec.stderr.close()
+    settings = Settings.from_dict(spec.settings)
     for name in SCRUBBED_ENV:
-        os.environ.pop(name, None)
+        if name not in settings.child_env_pass:
+            os.environ.pop(name, None)
     os.chdir(spec.cwd)
     _allow_own_children()
 
-    runtime = ChildRuntime(spec.control.fileno(), Settings.from_dict(spec.settings), started,
-                           preloaded)
+    runtime = ChildRuntime(spec.control.fileno(), settings, started, preloaded)
     runtime.activate()
     runtime.watch(spec.lifeline.fileno())
     runpod_compat.install()

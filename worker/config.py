@@ -103,6 +103,10 @@ class Settings:
     max_runsync_mb: float = _setting(20.0, ("WORKER_MAX_RUNSYNC_MB",), None,
                                      "Local API: largest /runsync request body, MiB.",
                                      config=False)
+    child_env_pass: tuple = _setting((), ("WORKER_CHILD_ENV_PASS",), None,
+                                     "Secrets the child normally never sees "
+                                     "(RUNPOD_AI_API_KEY, WORKER_API_TOKEN) that it may "
+                                     "see after all, comma-separated.", config=False)
     worker_id: str = _setting("", ("RUNPOD_POD_ID",), None,
                               "Worker id used in error records (the SDK's RUNPOD_POD_ID).",
                               config=False)
@@ -153,7 +157,8 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Settings":
-        return cls(**{k: tuple(v) if k == "preload" else v for k, v in data.items()})
+        return cls(**{k: tuple(v) if k in ("preload", "child_env_pass") else v
+                      for k, v in data.items()})
 
 
 def config_keys() -> set[str]:

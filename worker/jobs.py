@@ -5,6 +5,7 @@ Pure functions and plain data: imported by the parent and by the child.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import traceback
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ class JobError(ValueError):
     """A job that cannot be accepted (bad shape); the message says why."""
 
 
-NO_OUTPUT = object()  # the SDK drops the "output" key when a returned dict is empty
+NO_OUTPUT = object()
+SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,200}")  # the SDK drops the "output" key when a returned dict is empty
 
 
 def validate_job(job: Any, default_id: str | None = None) -> dict:
@@ -56,6 +58,9 @@ def validate_job(job: Any, default_id: str | None = None) -> dict:
         job = {**job, "id": default_id}
     if not isinstance(job["id"], str) or not job["id"]:
         raise JobError("the job 'id' must be a non-empty string")
+    if not SAFE_ID.fullmatch(job["id"]):
+        raise JobError("the job 'id' must be 1-200 characters of letters, digits and "
+                       "._:- (it goes into URLs and log lines)")
     return job
 
 

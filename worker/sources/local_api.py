@@ -136,6 +136,8 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise HTTPException(400, f"the request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise HTTPException(400, "the request body is nested too deeply") from None
         if not isinstance(body, dict):
             raise HTTPException(400, "the request body must be a JSON object with an 'input'")
         if "input" not in body:

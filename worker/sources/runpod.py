@@ -193,7 +193,7 @@ class RunPodSource(JobListener):
                 t0 = time.monotonic()
                 try:
                     jobs = self._take(room)
-                except (requests.RequestException, ValueError) as exc:
+                except (requests.RequestException, ValueError, RecursionError) as exc:
                     if self.stopping.is_set():
                         break
                     wait = failing.next()
