@@ -62,6 +62,17 @@ class FakeRunPod:
         self.server.shutdown()
         self.server.server_close()
 
+    def pause(self) -> None:
+        """Stop listening: connections are refused until resume()."""
+        self.server.shutdown()
+        self.server.server_close()
+
+    def resume(self) -> None:
+        self.server = _Server(("127.0.0.1", self.port), self._handler_class())
+        self.server.daemon_threads = True
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
     def env(self, worker_id: str = "w1") -> dict:
         return {
             "RUNPOD_WEBHOOK_GET_JOB": f"{self.base}/job-take/$ID?gpu=SIM",
@@ -152,10 +163,18 @@ class FakeRunPod:
                     with fake.lock:
                         fake.lock.wait_for(lambda: fake.queue, max(0, deadline - time.monotonic()))
                         jobs = [fake.queue.popleft() for _ in range(min(n, len(fake.queue)))]
-                        fake.takes.append((query, [j.get("id") for j in jobs if isinstance(j, dict)]))
+                        fake.takes.append((query, [j.get("id") for j in jobs
+                                                   if isinstance(j, dict)]))
                         fake.lock.notify_all()
                     if not jobs:
                         return self._send(204)
+                    if isinstance(jobs[0], bytes):         # a raw, possibly broken, answer
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(jobs[0])))
+                        self.end_headers()
+                        self.wfile.write(jobs[0])
+                        return
                     return self._send(200, jobs if op == "job-take-batch" else jobs[0])
                 if op == "job-stop":
                     deadline = time.monotonic() + fake.long_poll

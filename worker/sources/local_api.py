@@ -32,6 +32,24 @@ log = logging.getLogger("worker.api")
 RUNSYNC_WAIT_MS = 90_000
 
 
+# The request body, described for /docs and for schema-driven fuzzing (the routes read
+# the raw body themselves, to forward it without re-encoding).
+JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["input"],
+    "properties": {"input": {"description": "the handler's input (any JSON)"},
+                   "webhook": {"type": "string", "format": "uri"},
+                   "policy": {"type": "object", "properties": {
+                       "executionTimeout": {"type": "integer", "minimum": 1}}}}}}}}}
+_ERROR = {"content": {"application/json": {"schema": {
+    "type": "object", "required": ["error"], "properties": {"error": {}}}}}}
+_WHY = {400: "bad request body", 401: "missing or wrong token", 404: "unknown or expired job",
+        413: "request body over the limit", 503: "the worker cannot run jobs"}
+
+
+def _errors(*codes) -> dict:
+    return {code: {"description": _WHY[code], **_ERROR} for code in codes}
+
+
 class _TooLarge(Exception):
     pass
 
@@ -159,16 +177,19 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         if sup.state is not WorkerState.RUNNING:
             raise HTTPException(503, f"the worker cannot run jobs: {sup.failure_message}")
 
-    router = APIRouter(dependencies=[Depends(authorised)] if settings.api_token else [])
+    router = APIRouter(dependencies=[Depends(authorised)] if settings.api_token else [],
+                       responses=_errors(401) if settings.api_token else {})
 
-    @router.post("/run", summary="Queue a job; returns its id at once")
+    @router.post("/run", summary="Queue a job; returns its id at once",
+                 openapi_extra=JOB_BODY, responses=_errors(400, 413, 503))
     async def run(request: Request):
         body, raw = await job_body(request)
         refuse_if_down()
         rec = store().submit(body, raw)
         return {"id": rec.id, "status": JobState.IN_QUEUE.value}
 
-    @router.post("/runsync", summary="Run a job and wait for its result")
+    @router.post("/runsync", summary="Run a job and wait for its result",
+                 openapi_extra=JOB_BODY, responses=_errors(400, 413, 503))
     async def runsync(request: Request, wait: int = RUNSYNC_WAIT_MS):
         body, raw = await job_body(request)
         refuse_if_down()
@@ -176,16 +197,19 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         wait_s = min(max(wait, 1000), 300_000) / 1000.0
         return _json_response(await store().wait(rec, wait_s))
 
-    @router.api_route("/status/{job_id}", methods=["GET", "POST"], summary="A job's state")
+    @router.api_route("/status/{job_id}", methods=["GET", "POST"], summary="A job's state",
+                      responses=_errors(404))
     async def status(job_id: str):
         return _json_response(store().view(record(job_id)))
 
     @router.api_route("/stream/{job_id}", methods=["GET", "POST"],
-                      summary="Chunks a generator produced since the last call")
+                      summary="Chunks a generator produced since the last call",
+                      responses=_errors(404))
     async def stream(job_id: str):
         return _json_response(store().take_stream(record(job_id)))
 
-    @router.post("/cancel/{job_id}", summary="Stop a job (queued or running)")
+    @router.post("/cancel/{job_id}", summary="Stop a job (queued or running)",
+                 responses=_errors(404))
     async def cancel(job_id: str):
         rec = record(job_id)
         if not rec.status.final:

@@ -1,0 +1,92 @@
+"""Faults in the queue and signals at bad moments, against the stand-in RunPod queue."""
+import json
+import signal
+import time
+
+import psutil
+
+from tests.fake_runpod import FakeRunPod
+from tests.test_runpod_queue import Worker, fake, start  # noqa: F401  (fixtures)
+
+
+def test_queue_down_during_a_job_result_is_delivered_once_it_is_back(fake, start):
+    w = start()
+    fake.add_jobs([{"id": "slow", "input": {"do": "sleep", "seconds": 1.0}}])
+    assert fake.wait_for(lambda f: any(ids == ["slow"] for _, ids in f.takes), 30)
+    fake.pause()                 # refused connections: the result cannot be posted
+    time.sleep(3)
+    fake.resume()
+    final = fake.wait_final(["slow"], timeout=60)["slow"]
+    assert final["output"] == "slept" and len(fake.finals["slow"]) == 1
+    fake.add_jobs([{"id": "next", "input": {"do": "ok"}}])
+    fake.wait_final(["next"], timeout=60)
+    assert w.stop() == 0
+
+
+def test_slow_answers_are_waited_for(tmp_path):
+    slow = lambda kind, n: "slow" if kind in ("done", "take") and n <= 3 else None  # noqa
+    with FakeRunPod(long_poll=0.3, fault=slow) as q:
+        w = Worker(q, "misbehave.py", tmp_path)
+        try:
+            q.add_jobs([{"id": f"s{i}", "input": {"do": "ok"}} for i in range(5)])
+            q.wait_final([f"s{i}" for i in range(5)], timeout=60)
+            assert all(len(q.finals[f"s{i}"]) == 1 for i in range(5))
+            assert w.stop() == 0
+        finally:
+            if w.proc.poll() is None:
+                w.proc.kill()
+
+
+def test_a_job_delivered_twice_while_it_runs_runs_once(fake, start):
+    w = start("conc_async.py")
+    job = {"id": "dup", "input": {"delay": 0.5}}
+    fake.add_jobs([job, dict(job), {"id": "other", "input": {"delay": 0.1}}])
+    fake.wait_final(["dup", "other"], timeout=30)
+    time.sleep(1.0)                     # a second run of "dup" would have posted by now
+    assert len(fake.finals["dup"]) == 1
+    assert "delivered again while it runs" in w.text()
+    assert w.stop() == 0
+
+
+def test_malformed_jobs_from_the_queue(fake, start):
+    w = start()
+    fake.add_jobs([b"{this is not json", b"[" * 50_000 + b"]" * 50_000,
+                   b'["not a job object"]', {"input": {"no": "id"}},
+                   {"id": "no-input"}, {"id": "bad id/../x", "input": {}},
+                   {"id": "fine", "input": {"do": "ok"}}])
+    finals = fake.wait_final(["no-input", "fine"], timeout=60)
+    assert "no 'input'" in json.loads(finals["no-input"]["error"])["error_message"]
+    assert "output" in finals["fine"]
+    assert w.proc.poll() is None          # still serving
+    assert w.stop() == 0
+    assert "without an id" in w.text()
+
+
+def test_the_worker_is_idle_while_the_queue_is_empty(fake, start):
+    w = start()
+    parent = psutil.Process(w.proc.pid)
+    assert fake.wait_for(lambda f: len(f.takes) > 0, 30)
+    time.sleep(0.5)
+    procs = [parent, *parent.children(recursive=True)]
+    before = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+    time.sleep(3)
+    after = sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+    assert after - before < 0.3, f"{after - before:.2f} s of CPU in 3 s with nothing to do"
+    assert w.stop() == 0
+
+
+def test_sigterm_during_setup_exits_cleanly(fake, start):
+    w = start("slow_setup.py")
+    time.sleep(1.0)
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(30) == 0
+    assert not fake.finals
+
+
+def test_sigterm_during_a_refresh(fake, start):
+    w = start()
+    fake.add_jobs([{"id": "r", "input": {"do": "refresh"}}])
+    fake.wait_final(["r"], timeout=30)
+    w.proc.send_signal(signal.SIGTERM)     # the child is being replaced right now
+    assert w.proc.wait(30) == 0
+    assert len(fake.finals["r"]) == 1
