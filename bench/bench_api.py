@@ -14,7 +14,6 @@ use. Prints figures; asserts nothing.
 import argparse
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -53,11 +52,7 @@ def queue_rate(cmd, handler, jobs, seconds) -> tuple:
         try:
             q.wait_for(lambda f: len(f.finals) >= jobs, seconds)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            end(proc)
         done = len(q.finals)
         dupes = sum(len(v) - 1 for v in q.finals.values())
         span = (q.last_done_at or 0) - (q.first_done_at or 0)
@@ -127,11 +122,15 @@ def runsync_latency(cmd, handler, extra, bodies) -> list:
             out[name] = times
         return out
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        end(proc)
+
+
+def end(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def pct(values, p) -> float:

@@ -1,5 +1,7 @@
 import pytest
 
+from tests.fake_runpod import FakeRunPod
+
 from tests.support import harness_fixture
 
 harness = pytest.fixture(harness_fixture, name="harness")
@@ -19,3 +21,26 @@ def server(tmp_path):
     yield make
     for s in made:
         s.close()
+
+
+@pytest.fixture
+def fake():
+    with FakeRunPod(long_poll=0.3) as q:
+        yield q
+
+
+@pytest.fixture
+def start(fake, tmp_path):
+    started = []
+
+    def make(handler="misbehave.py", **env):
+        from tests.support import Worker
+        w = Worker(fake, handler, tmp_path, **env)
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -185,3 +186,23 @@ class Server:
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
+
+
+class Worker:
+    """`python -m worker <handler>` against a stand-in queue, with its log in a file."""
+
+    def __init__(self, queue, handler: str, tmp_path, **env):
+        self.log = tmp_path / "worker.log"
+        full_env = {**os.environ, **queue.env(), "WORKER_STOP_GRACE": "1",
+                    **{k: str(v) for k, v in env.items()}}
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen([PYTHON, "-m", "worker", str(HANDLERS / handler)],
+                                         env=full_env, stdout=out, stderr=subprocess.STDOUT)
+
+    def stop(self, timeout=60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def text(self) -> str:
+        return self.log.read_text()

@@ -2,13 +2,12 @@
 API. After each, the worker serves the next job, no process of the job remains, and the
 job's final state and reason are right."""
 import json
-import time
 
 import pytest
 
 from tests.fake_runpod import FakeRunPod
 from tests.support import gone
-from tests.test_runpod_queue import Worker
+from tests.support import Worker
 
 SETTINGS = {"WORKER_JOB_TIMEOUT": "1", "WORKER_STOP_GRACE": "0.5",
             "WORKER_JOB_MAX_CRASHES": "2", "WORKER_RETURN_AGGREGATE_STREAM": "true"}

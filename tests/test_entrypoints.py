@@ -1,8 +1,6 @@
 """The two entry points, the one-shot local test and the drop-in for runpod handlers,
 as a user runs them: real command lines."""
 import json
-import os
-import sys
 
 import pytest
 

@@ -55,7 +55,7 @@ def test_failures_are_reported_with_their_error(api):
 
 def test_cancel_really_stops_a_running_job(api):
     job_id = api.post("/run", {"input": {"do": "sleep", "seconds": 60}}).json()["id"]
-    before = api.until(job_id, lambda s: s["status"] == "IN_PROGRESS")
+    api.until(job_id, lambda s: s["status"] == "IN_PROGRESS")
     r = api.post(f"/cancel/{job_id}")
     assert r.json() == {"id": job_id, "status": "CANCELLED"}
     assert api.get(f"/status/{job_id}").json()["status"] == "CANCELLED"

@@ -6,7 +6,7 @@ import time
 import psutil
 
 from tests.fake_runpod import FakeRunPod
-from tests.test_runpod_queue import Worker, fake, start  # noqa: F401  (fixtures)
+from tests.support import Worker
 
 
 def test_queue_down_during_a_job_result_is_delivered_once_it_is_back(fake, start):

@@ -1,56 +1,11 @@
 """The RunPod worker protocol against the stand-in queue: a real worker process, real HTTP
 on loopback, real signals."""
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
-import pytest
-
 from tests.fake_runpod import FakeRunPod
-from tests.support import HANDLERS, PYTHON
-
-
-class Worker:
-    def __init__(self, queue: FakeRunPod, handler: str, tmp_path, **env):
-        self.log = tmp_path / "worker.log"
-        full_env = {**os.environ, **queue.env(), "WORKER_STOP_GRACE": "1",
-                    **{k: str(v) for k, v in env.items()}}
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([PYTHON, "-m", "worker", str(HANDLERS / handler)],
-                                         env=full_env, stdout=out, stderr=subprocess.STDOUT)
-
-    def stop(self, timeout=60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def text(self) -> str:
-        return self.log.read_text()
-
-
-@pytest.fixture
-def fake():
-    with FakeRunPod(long_poll=0.3) as q:
-        yield q
-
-
-@pytest.fixture
-def start(fake, tmp_path):
-    started = []
-
-    def make(handler="misbehave.py", **env):
-        w = Worker(fake, handler, tmp_path, **env)
-        started.append(w)
-        return w
-
-    yield make
-    for w in started:
-        if w.proc.poll() is None:
-            w.proc.kill()
-            w.proc.wait()
+from tests.support import Worker
 
 
 def _jobs(n, prefix="j", **inp):
@@ -223,8 +178,8 @@ def test_sigterm_during_a_job_finishes_and_reports_it(fake, start):
                    {"id": "queued", "input": {"do": "ok"}}])
     assert fake.wait_for(lambda f: any(ids == ["running"] for _, ids in f.takes), 30)
     w.proc.send_signal(signal.SIGTERM)
-    assert w.proc.wait(60) == 0
-    assert fake.finals["running"][0]["output"] == "slept"
+    assert w.proc.wait(60) == 0, w.text()
+    assert fake.finals["running"][0].get("output") == "slept", w.text()
     assert not fake.finals.get("queued")           # never taken: still the platform's
     assert list(fake.queue)[0]["id"] == "queued"
 

@@ -1,6 +1,5 @@
 """Security defaults: loopback by default, the token, secrets kept from user code, job ids
 checked before they reach URLs or logs, hostile bodies refused without a server error."""
-import socket
 from pathlib import Path
 
 import psutil
@@ -26,7 +25,9 @@ def test_the_child_does_not_see_the_queue_key_or_the_api_token(monkeypatch):
     monkeypatch.setenv("RUNPOD_AI_API_KEY", "secret-key")
     monkeypatch.setenv("WORKER_API_TOKEN", "secret-token")
     # the forkserver keeps the environment it started with: start a fresh one
+    import multiprocess
     from multiprocess import forkserver
+    assert not multiprocess.active_children()
     forkserver._forkserver._stop()
     h = Harness("misbehave.py")
     try:

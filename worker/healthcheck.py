@@ -7,7 +7,6 @@ heartbeat) there is nothing to ask here: exit 0.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import urllib.request
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import protocol as P
 from .config import Settings, config_keys
-from .handlers import Interrupted, Kind, Outcome, detect_kind, run_async, run_sync
+from .handlers import Interrupted, Outcome, detect_kind, run_async, run_sync
 from .jobs import JobState, Reason, exception_record
 
 _current: "ChildRuntime | None" = None

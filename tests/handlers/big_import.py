@@ -1,6 +1,4 @@
 """Holds 300 MiB from import time, like a model; reports its supervisor's memory."""
-import os
-
 import psutil
 
 import worker

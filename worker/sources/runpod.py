@@ -16,19 +16,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import random
 import signal
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import requests
 
 from ..config import Settings
-from ..jobs import JobResult, JobState, Reason, error_record
+from ..jobs import JobResult, JobState, error_record
 from ..supervisor import ChildState, JobListener, Supervisor, WorkerState
 from ..version import __version__
 from .runpod_urls import RunPodUrls
@@ -70,8 +71,6 @@ class _Post:
 class _Taken:
     job_id: str
     stopped_by_platform: bool = False
-    result: JobResult | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class RunPodSource(JobListener):
@@ -138,17 +137,20 @@ class RunPodSource(JobListener):
         child = self.sup.child
         if child is not None:
             child.proc.signal_group(signal.SIGKILL)
-        import os
         os._exit(1)
 
     def _shutdown(self) -> int:
         self.stopping.set()
         deadline = time.monotonic() + self.settings.shutdown_grace
+        # A take may be on its way back with a job: wait for the take thread too, so that
+        # job runs instead of being refused. Closing the session cuts a long-poll short
+        # where the connection allows it.
+        self._take_session.close()
         with self._cond:
-            self._cond.wait_for(lambda: not self._taken, max(0.0, deadline - time.monotonic()))
+            self._cond.wait_for(lambda: self.taking_done.is_set() and not self._taken,
+                                max(0.0, deadline - time.monotonic()))
         self.sup.stop(0)
         self.sup.join(self.settings.stop_grace * 3 + 10)
-        self._take_session.close()        # abandon a long-poll still waiting for a job
         for q in self._posters:
             q.put(None)
         flush_until = time.monotonic() + 15
@@ -211,6 +213,8 @@ class RunPodSource(JobListener):
                     self._accept(job)
         finally:
             self.taking_done.set()
+            with self._cond:
+                self._cond.notify_all()
 
     def _take(self, room: int) -> list:
         with self._cond:
