@@ -63,8 +63,17 @@ class _Post:
     job_id: str
     url: str
     body: Any
+    data: bytes | None = None    # the body encoded, once
     attempts: int = 0
     replaced: bool = False   # a refused result was already replaced by an error record
+
+    def encoded(self) -> bytes:
+        if self.data is None:
+            self.data = json.dumps(self.body, ensure_ascii=False).encode()
+        return self.data
+
+    def replace(self, body: dict) -> None:
+        self.body, self.data, self.replaced = body, None, True
 
 
 @dataclass
@@ -280,23 +289,22 @@ class RunPodSource(JobListener):
         if result.refresh and self.settings.refresh_stops_pod:
             body["stopPod"] = True
         streamed = self.sup.handler_kind in ("generator", "async_generator")
-        self._poster_for(result.job_id).put(
-            _Post("done", result.job_id, self.urls.done(result.job_id, streamed),
-                  self._fit(result.job_id, body)))
+        post = _Post("done", result.job_id, self.urls.done(result.job_id, streamed), body)
+        self._fit(post)
+        self._poster_for(result.job_id).put(post)
 
-    def _fit(self, job_id: str, body: dict) -> Any:
-        """The body, or a FAILED error body if it is over the size limit (never lost)."""
+    def _fit(self, post: _Post) -> None:
+        """Over the size limit, the result becomes a FAILED error body (never lost)."""
         limit = self.settings.max_result_mb
-        if not limit:
-            return body
-        size = len(json.dumps(body, ensure_ascii=False).encode())
-        if size <= limit * 2**20:
-            return body
+        size = len(post.encoded())
+        if not limit or size <= limit * 2**20:
+            return
         log.error("result of %.1f MiB is over the %g MiB limit", size / 2**20, limit,
-                  extra={"job_id": job_id})
-        return self._too_large(f"the job's result is {size / 2**20:.1f} MiB; the limit is "
-                               f"{limit:g} MiB (WORKER_MAX_RESULT_MB). Store large outputs "
-                               "elsewhere (e.g. a bucket) and return a link.")
+                  extra={"job_id": post.job_id})
+        post.replace(self._too_large(
+            f"the job's result is {size / 2**20:.1f} MiB; the limit is {limit:g} MiB "
+            "(WORKER_MAX_RESULT_MB). Store large outputs elsewhere (e.g. a bucket) and "
+            "return a link."))
 
     def _too_large(self, text: str) -> dict:
         return {"error": error_record("ResultTooLarge", text, "", self.urls.worker_id,
@@ -325,17 +333,15 @@ class RunPodSource(JobListener):
         for _ in range(attempts):
             post.attempts += 1
             try:
-                data = json.dumps(post.body, ensure_ascii=False).encode()
-                resp = session.post(post.url, data=data, timeout=POST_TIMEOUT, headers={
+                resp = session.post(post.url, data=post.encoded(), timeout=POST_TIMEOUT, headers={
                     "Content-Type": "application/x-www-form-urlencoded", "charset": "utf-8"})
                 if resp.status_code < 400:
                     return True
                 if resp.status_code in (400, 413) and post.kind == "done" and not post.replaced:
                     # refused (too large for the platform?): report FAILED, not nothing
-                    post.replaced = True
-                    post.body = self._too_large(
+                    post.replace(self._too_large(
                         f"the queue refused the result with HTTP {resp.status_code}: "
-                        f"{resp.text[:200]}")
+                        f"{resp.text[:200]}"))
                     continue
                 if resp.status_code < 500 and resp.status_code != 429:
                     # the queue refused it for good: retrying cannot help
@@ -374,7 +380,7 @@ class RunPodSource(JobListener):
         if final:
             for post in self._undelivered:
                 log.error("result NOT delivered before exit: %s",
-                          json.dumps(post.body, ensure_ascii=False)[:2000],
+                          post.encoded()[:2000].decode(errors="replace"),
                           extra={"job_id": post.job_id})
 
     # --- heartbeat and stop channel -------------------------------------------------------
