@@ -17,9 +17,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from worker.child import ScriptTarget          # noqa: E402
+from worker.targets import ScriptTarget          # noqa: E402
 from worker.config import Settings             # noqa: E402
-from worker.supervisor import JobListener, Supervisor  # noqa: E402
+from worker.parent.supervisor import JobListener, Supervisor  # noqa: E402
 
 
 class Counter(JobListener):

@@ -23,9 +23,9 @@ PRELOAD = ("torch", "sentence_transformers")
 
 def one_case(preload: bool, rounds: int) -> dict:
     sys.path.insert(0, str(ROOT))
-    from worker.child import ScriptTarget
+    from worker.targets import ScriptTarget
     from worker.config import Settings
-    from worker.supervisor import JobListener, Supervisor
+    from worker.parent.supervisor import JobListener, Supervisor
 
     class Wait(JobListener):
         def __init__(self):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.support import EXAMPLES, Harness
 from worker.jobs import JobState
-from worker.monitor import NvmlProbe
+from worker.parent.monitor import NvmlProbe
 
 HANDLER = str(Path(__file__).resolve().parent / "handlers_cuda.py")
 SLOW = dict(setup_timeout=300)
@@ -48,7 +48,7 @@ def test_refresh_returns_device_memory_to_the_baseline():
     h = Harness(HANDLER, **SLOW)
     try:
         assert isinstance(h.sup.probe, NvmlProbe)
-        baseline = h.sup.baseline_mb
+        baseline = h.sup.status.baseline_mb
         h.run({"do": "leak", "mb": 1024}, timeout=300)
         assert h.sup.probe.read(None).device_used_mb > baseline + 900
         h.sup.refresh("test")
@@ -103,7 +103,7 @@ def test_embeddings_model_loads_once_per_child_on_cuda():
         a = h.run({"texts": ["a cat", "a kitten"]}, timeout=300)
         b = h.run({"text": "stocks"})
         assert a.output["device"] == "cuda" and b.output["device"] == "cuda"
-        assert h.sup.spawns == 1
+        assert h.sup.status.spawns == 1
         assert a.extra.get("peak_vram_mb", 0) > 0
     finally:
         h.close()

@@ -13,10 +13,10 @@ from pathlib import Path
 import psutil
 import requests
 
-from worker.child import ScriptTarget
+from worker.targets import ScriptTarget
 from worker.config import Settings
 from worker.jobs import JobResult
-from worker.supervisor import JobListener, Supervisor
+from worker.parent.supervisor import JobListener, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = Path(__file__).resolve().parent / "handlers"

@@ -34,7 +34,7 @@ def test_embeddings_have_real_properties(harness):
     # the model loaded once: a second job is served by the same process
     again = h.run({"text": "A cat sits on the mat."})
     assert again.output["embeddings"][0] == pytest.approx(cat, abs=1e-5)
-    assert h.sup.spawns == 1
+    assert h.sup.status.spawns == 1
     bad = h.run({"texts": []})
     assert bad.state is JobState.FAILED and "needs 'text'" in bad.error
 

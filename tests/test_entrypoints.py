@@ -117,7 +117,7 @@ def test_missing_handler_file():
 
 def test_import_worker_stays_light():
     code = ("import sys, worker; "
-            "print(sorted(m for m in ('torch', 'pynvml', 'multiprocess', 'worker.supervisor') "
+            "print(sorted(m for m in ('torch', 'pynvml', 'multiprocess', 'worker.parent.supervisor') "
             "if m in sys.modules))")
     proc = run_cli([PYTHON, "-c", code])
     assert proc.stdout.strip() == "[]", proc.stderr

@@ -5,10 +5,11 @@ import threading
 
 import pytest
 
-from worker import monitor
+from worker.parent import monitor
 from worker.jobs import JobState, Reason
-from worker.monitor import DeviceReading, HostProbe, Reading, classify_xid, make_probe
-from worker.supervisor import WorkerState, cuda_failure
+from worker.parent.monitor import DeviceReading, HostProbe, Reading, classify_xid, make_probe
+from worker.parent.recycling import cuda_failure
+from worker.parent.supervisor import WorkerState
 
 
 class ScriptedProbe:
@@ -57,7 +58,7 @@ def test_vram_growth_over_the_limit_replaces_the_child_between_jobs(scripted):
     probe = ScriptedProbe(used_mb=1000)
     h = scripted(probe, max_vram_mb=500)
     first = h.run({"do": "ok"})
-    assert h.sup.baseline_mb == 1000
+    assert h.sup.status.baseline_mb == 1000
     probe.used_mb = 1400                       # grew 400 MiB: under the limit
     same = h.run({"do": "ok"})
     assert same.output["pid"] == first.output["pid"]
@@ -100,7 +101,7 @@ def test_cuda_oom_fails_clearly_and_refresh_is_configurable(harness, refresh_on_
 def test_application_xid_replaces_the_child(harness):
     h = harness("misbehave.py")
     pid = h.run({"do": "ok"}).output["pid"]
-    h.sup._command("xid", (43, "xid"))
+    h.sup.gpu_event(43, "xid")
     h.sup.wait_until(lambda s: s.spawns == 2 and s.child_state is not None
                      and s.child_state.value == "ready", 30)
     assert h.run({"do": "ok"}).output["pid"] != pid
@@ -110,7 +111,7 @@ def test_application_xid_replaces_the_child(harness):
 def test_hardware_xid_makes_the_worker_unhealthy(harness):
     h = harness("misbehave.py")
     h.run({"do": "ok"})
-    h.sup._command("xid", (79, "xid"))
+    h.sup.gpu_event(79, "xid")
     h.sup.wait_until(lambda s: s.state is WorkerState.BROKEN, 10)
     late = h.run({"do": "ok"})
     assert late.reason is Reason.REFUSED and "GPU is unhealthy" in late.error

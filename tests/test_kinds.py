@@ -59,7 +59,7 @@ def test_generator_chunk_can_ask_for_refresh(harness):
     assert first.refresh and first.output == [{"i": 0}, {"i": 1}, {"i": 2}]
     h.sup.wait_until(lambda s: s.spawns == 2 and s.child_state is not None
                      and s.child_state.value == "ready", 30)
-    assert h.sup.spawns == 2
+    assert h.sup.status.spawns == 2
 
 
 def test_progress_updates_arrive_in_order_before_the_result(harness):

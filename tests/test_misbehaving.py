@@ -7,7 +7,7 @@ import pytest
 
 from tests.support import gone
 from worker.jobs import JobState, Reason
-from worker.supervisor import WorkerState
+from worker.parent.supervisor import WorkerState
 
 
 def _ok_after(h, old_pid=None, same_child=None):
@@ -143,7 +143,7 @@ def test_a_job_that_keeps_killing_the_child_fails_for_good(harness):
     assert "killed the worker process 2 times" in _record(results[job])["error_message"]
     assert results[after].state is JobState.COMPLETED
     assert h.listener.counts[job] == 1
-    assert h.sup.spawns == 3
+    assert h.sup.status.spawns == 3
 
 
 def test_restart_storm_breaker_stops_respawning(harness):
@@ -151,7 +151,7 @@ def test_restart_storm_breaker_stops_respawning(harness):
     ids = [h.submit({"do": "os_exit"}) for _ in range(3)] + [h.submit({"do": "ok"})]
     results = h.listener.wait(ids)
     assert h.sup.state is WorkerState.BROKEN
-    assert h.sup.spawns == 3
+    assert h.sup.status.spawns == 3
     last = _record(results[ids[-1]])
     assert last["error_type"] == "WorkerBroken" and "3 times" in last["error_message"]
     late = h.run({"do": "ok"})
@@ -169,7 +169,7 @@ def test_raise_at_import_is_reported_once_with_traceback_and_no_respawn(harness,
     assert "RuntimeError: model weights missing" in info["error_message"]
     assert 'raise RuntimeError("model weights missing")' in info["error_traceback"]
     assert h.run({}).reason is Reason.REFUSED
-    assert h.sup.spawns == 1
+    assert h.sup.status.spawns == 1
     assert sum("handler setup failed" in r.message for r in caplog.records) == 1
 
 
@@ -178,7 +178,7 @@ def test_exit_at_import_shows_the_exit_code_and_last_output(harness):
     info = _record(h.run({}))
     assert "exited with code 3 during setup" in info["error_message"]
     assert "loading the model..." in info["error_traceback"]
-    assert h.sup.spawns == 1
+    assert h.sup.status.spawns == 1
 
 
 def test_sys_exit_at_import(harness):
@@ -190,7 +190,7 @@ def test_setup_that_never_finishes_hits_the_setup_deadline(harness):
     h = harness("slow_setup.py", setup_timeout=1.0)
     info = _record(h.run({}))
     assert "setup did not finish within 1s" in info["error_message"]
-    assert h.sup.spawns == 1
+    assert h.sup.status.spawns == 1
 
 
 def test_module_without_start_or_handler_is_a_setup_failure(harness):
@@ -210,7 +210,7 @@ def test_cancel_pending_and_running_inline_jobs(harness):
     pid = _ok_after(h)
     running = h.submit({"do": "sleep", "seconds": 60})
     queued = h.submit({"do": "ok"})
-    h.sup.wait_until(lambda s: running in s.in_flight, 10)
+    h.sup.wait_until(lambda s: running in s.running, 10)
     h.sup.cancel(queued)
     h.sup.cancel(running)
     results = h.listener.wait([running, queued])
@@ -224,7 +224,7 @@ def test_cancel_async_task_keeps_the_child(harness):
     h = harness("async_plain.py")
     first = h.run({"delay": 0})
     job = h.submit({"delay": 60})
-    h.sup.wait_until(lambda s: job in s.in_flight, 10)
+    h.sup.wait_until(lambda s: job in s.running, 10)
     h.sup.cancel(job)
     assert h.listener.wait([job])[job].state is JobState.CANCELLED
     after = h.run({"delay": 0})
@@ -261,7 +261,7 @@ from tests.support import Harness
 if __name__ == "__main__":   # children re-import the parent's main module, as with spawn
     h = Harness("misbehave.py")
     h.submit({{"do": "sleep_with_grandchild", "pidfile": {str(pidfile)!r}}})
-    h.sup.wait_until(lambda s: s.in_flight, 30)
+    h.sup.wait_until(lambda s: s.running, 30)
     print(h.sup.child_pid, flush=True)
     time.sleep(600)
 """)

@@ -17,7 +17,7 @@ from multiprocess import forkserver
 
 from tests.support import Harness
 from worker.jobs import JobState
-from worker.supervisor import ChildState, JobListener
+from worker.parent.supervisor import ChildState, JobListener
 
 
 class Watcher(JobListener):
@@ -32,10 +32,9 @@ class Watcher(JobListener):
         self.violations = []
 
     def on_start(self, job_id):
-        child = self.sup.child
-        if child is None or child.state is not ChildState.BUSY:
-            self.violations.append(f"{job_id} dispatched to a child in state "
-                                   f"{child.state if child else None}")
+        state = self.sup.status.child_state
+        if state is not ChildState.BUSY:
+            self.violations.append(f"{job_id} dispatched to a child in state {state}")
         alive = _live_children()
         if alive > 1:
             self.violations.append(f"{alive} children alive when {job_id} started")

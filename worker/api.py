@@ -1,10 +1,12 @@
-"""The public API: start() and progress_update(), as runpod.serverless has them."""
+"""The public API, in one place: start() and progress_update(), as runpod.serverless has
+them. Inside a child they are the child runtime's; anywhere else start() hands over to a
+parent (the launcher)."""
 from __future__ import annotations
 
 import sys
 from typing import Any
 
-from . import runner
+from .child import runtime
 
 
 def start(config: dict) -> None:
@@ -14,19 +16,17 @@ def start(config: dict) -> None:
     a supervisor: a handler script re-executes itself as `python -m worker script.py`, so
     nothing the script loaded stays in the parent.
     """
-    rt = runner.current()
-    if rt is not None:
-        rt.serve(config)
+    if runtime.current() is not None:
+        runtime.start(config)
         return
-    from . import launch
+    from .parent import launch       # the parent's machinery, only when we become one
     launch.start_outside_child(config)
 
 
 def progress_update(job: Any, progress: Any) -> None:
     """Report progress for a running job. It reaches the parent before the job's result."""
-    rt = runner.current()
-    if rt is not None:
-        rt.progress(job, progress)
+    if runtime.current() is not None:
+        runtime.progress_update(job, progress)
         return
     job_id = job.get("id") if isinstance(job, dict) else job
     print(f"progress [{job_id}]: {progress}", file=sys.stderr)

@@ -42,8 +42,7 @@ class JobError(ValueError):
     """A job that cannot be accepted (bad shape); the message says why."""
 
 
-NO_OUTPUT = object()
-SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,200}")  # the SDK drops the "output" key when a returned dict is empty
+SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,200}")   # ids go into URLs and log lines
 
 
 def validate_job(job: Any, default_id: str | None = None) -> dict:

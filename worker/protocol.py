@@ -1,24 +1,54 @@
 """The parent <-> child messages: one small dataclass each, framed JSON on a socketpair.
 
+Shared by both sides of the process boundary (like jobs.py, config.py and targets.py).
 JSON rather than pickle: a job is JSON already, an output must be JSON anyway (so encoding
 is the serialisability check), and nothing that came from the network is ever unpickled.
-A frame is a 4-byte big-endian length and a JSON array [kind, field, ...].
+A frame is a 4-byte big-endian length and a JSON array [kind, field, ...]. Typed values
+(handler kind and mode, job state and reason) cross as their enum's value and are enums
+again on the other side.
 """
 from __future__ import annotations
 
 import json
 import struct
 from dataclasses import dataclass, fields
+from enum import Enum
 from typing import Any, ClassVar
+
+from .jobs import JobState, Reason
 
 _HEADER = struct.Struct("!I")
 _REGISTRY: dict[str, type] = {}
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
+class Kind(str, Enum):
+    """What the handler function is."""
+    SYNC = "sync"
+    GENERATOR = "generator"
+    ASYNC = "async"
+    ASYNC_GENERATOR = "async_generator"
+
+    @property
+    def is_async(self) -> bool:
+        return self in (Kind.ASYNC, Kind.ASYNC_GENERATOR)
+
+    @property
+    def streams(self) -> bool:
+        return self in (Kind.GENERATOR, Kind.ASYNC_GENERATOR)
+
+
+class HandlerMode(str, Enum):
+    """How the child runs jobs; it decides how a job is stopped."""
+    INLINE = "inline"     # sync handler in the main thread: stopping a job means a new child
+    THREADS = "threads"   # sync handler with a concurrency_modifier: a thread per job
+    TASKS = "tasks"       # async handler: an asyncio task per job
+
+
 class Message:
     KIND: ClassVar[str] = ""
     _names: ClassVar[tuple] = ()
+    _enums: ClassVar[dict] = {}      # field name -> enum type, restored on decode
 
     def encode(self) -> bytes:
         """The framed bytes; raises TypeError/ValueError if a value is not JSON."""
@@ -26,12 +56,13 @@ class Message:
         return _HEADER.pack(len(payload)) + payload
 
 
-def _message(kind: str):
+def _message(tag: str, **enums: type):
     def wrap(cls):
         cls = dataclass(cls)
-        cls.KIND = kind
+        cls.KIND = tag
         cls._names = tuple(f.name for f in fields(cls) if f.name != "raw")
-        _REGISTRY[kind] = cls
+        cls._enums = enums
+        _REGISTRY[tag] = cls
         return cls
     return wrap
 
@@ -63,15 +94,13 @@ class Stop(Message):
 
 # --- child -> parent ------------------------------------------------------------------
 
-@_message("ready")
+@_message("ready", kind=Kind, mode=HandlerMode)
 class Ready(Message):
-    pid: int
-    kind: str            # handler kind: sync, generator, async, async_generator
-    mode: str            # how jobs run: inline (main thread), threads, tasks
+    kind: Kind
+    mode: HandlerMode
     concurrency: int
     config: dict         # start() keys that name settings (they override the parent's)
     preloaded: list      # preload modules that were already imported when the child began
-    setup_s: float
 
 
 @_message("setup_failed")
@@ -92,11 +121,11 @@ class Chunk(Message):
     value: Any
 
 
-@_message("done")
+@_message("done", state=JobState, reason=Reason)
 class Done(Message):
     job_id: str
-    state: str
-    reason: str
+    state: JobState
+    reason: Reason
     body: dict
     refresh: bool
     concurrency: int
@@ -116,7 +145,10 @@ class ProtocolError(ValueError):
 def decode(payload: bytes) -> Message:
     try:
         kind, *values = json.loads(payload)
-        return _REGISTRY[kind](*values)
+        msg = _REGISTRY[kind](*values)
+        for name, enum in msg._enums.items():
+            setattr(msg, name, enum(getattr(msg, name)))
+        return msg
     except (ValueError, KeyError, TypeError) as exc:
         raise ProtocolError(f"bad message from the other side: {exc}") from None
 

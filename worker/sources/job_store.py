@@ -18,7 +18,7 @@ from typing import Any
 import requests
 
 from ..jobs import JobResult, JobState
-from ..supervisor import JobListener, Supervisor
+from ..parent.supervisor import ChildState, JobListener, Supervisor, WorkerState
 
 log = logging.getLogger("worker.api")
 _NONE = object()
@@ -126,13 +126,13 @@ class JobStore(JobListener):
             running = sum(r.status is JobState.IN_PROGRESS for r in self.records.values())
             counts = dict(self.counts)
         snap = self.sup.snapshot()
-        child = snap["child"]
-        busy = child is not None and child["state"] == "busy"
+        status = self.sup.status
+        busy = status.child_state is ChildState.BUSY
         return {
             "jobs": {"completed": counts["completed"], "failed": counts["failed"],
                      "inProgress": running, "inQueue": in_queue, "retried": 0},
-            "workers": {"idle": int(child is not None and not busy), "running": int(busy),
-                        "unhealthy": int(snap["state"] != "running")},
+            "workers": {"idle": int(status.child_pid is not None and not busy),
+                        "running": int(busy), "unhealthy": int(status.state is not WorkerState.RUNNING)},
             "worker": snap,
         }
 

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..config import Settings
 from ..jobs import JobState
-from ..supervisor import Supervisor, WorkerState
+from ..parent.supervisor import Supervisor, WorkerState
 from ..version import __version__
 from .job_store import JobStore
 
@@ -130,7 +130,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
             sweeper.cancel()
             sup.stop(settings.shutdown_grace)
             await asyncio.get_running_loop().run_in_executor(
-                None, sup.join, settings.shutdown_grace + settings.stop_grace * 3 + 5)
+                None, sup.join, settings.shutdown_grace + sup.settings.stop_grace * 3 + 5)
 
     app = FastAPI(title="gpu-worker local API", version=__version__, lifespan=lifespan,
                   description="A RunPod serverless endpoint on your machine. Routes also "
@@ -173,9 +173,9 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         return rec
 
     def refuse_if_down() -> None:
-        sup = state["sup"]
-        if sup.state is not WorkerState.RUNNING:
-            raise HTTPException(503, f"the worker cannot run jobs: {sup.failure_message}")
+        status = state["sup"].status
+        if status.state is not WorkerState.RUNNING:
+            raise HTTPException(503, f"the worker cannot run jobs: {status.failure}")
 
     router = APIRouter(dependencies=[Depends(authorised)] if settings.api_token else [],
                        responses=_errors(401) if settings.api_token else {})
@@ -214,7 +214,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         rec = record(job_id)
         if not rec.status.final:
             store().cancel(rec)
-            await store().wait(rec, settings.stop_grace + 5)
+            await store().wait(rec, state["sup"].settings.stop_grace + 5)
         return {"id": rec.id, "status": store().view(rec)["status"]}
 
     @router.post("/purge-queue", summary="Drop every queued job")

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from ..config import Settings
 from ..jobs import JobError, JobResult, JobState, validate_job
-from ..supervisor import ChildState, JobListener, Supervisor, WorkerState
+from ..parent.supervisor import ChildState, JobListener, Supervisor, WorkerState
 from ..version import __version__
 
 TEST_INPUT_FILE = "test_input.json"
@@ -53,7 +53,7 @@ class _Printer(JobListener):
         print(text, file=self.out, flush=True)
 
     def on_start(self, job_id: str) -> None:
-        self.child_pid = self.supervisor.child_pid
+        self.child_pid = self.supervisor.status.child_pid
 
     def on_progress(self, job_id: str, value: Any) -> None:
         self._print(f"progress: {json.dumps(value, ensure_ascii=False)}")
@@ -114,12 +114,13 @@ def _show_refresh(supervisor: Supervisor, old_pid: int, out: TextIO) -> None:
     limit = supervisor.settings.setup_timeout + supervisor.settings.stop_grace * 3 + 5
     supervisor.wait_until(lambda s: s.state is not WorkerState.RUNNING or (
         s.child_pid not in (None, old_pid) and s.child_state is ChildState.READY), limit)
-    if supervisor.child_state is ChildState.READY and supervisor.child_pid != old_pid:
-        print(f"refresh_worker: fresh worker process {supervisor.child_pid} ready in "
+    status = supervisor.status
+    if status.child_state is ChildState.READY and status.child_pid != old_pid:
+        print(f"refresh_worker: fresh worker process {status.child_pid} ready in "
               f"{time.monotonic() - t0:.2f}s (was {old_pid})", file=out, flush=True)
     else:
         print(f"refresh_worker: the fresh worker process did not start: "
-              f"{supervisor.failure_message or supervisor.state.value}", file=out, flush=True)
+              f"{status.failure or status.state.value}", file=out, flush=True)
 
 
 def _show_result(result: JobResult, out: TextIO) -> bool:

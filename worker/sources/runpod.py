@@ -30,7 +30,7 @@ import requests
 
 from ..config import Settings
 from ..jobs import JobResult, JobState, error_record
-from ..supervisor import ChildState, JobListener, Supervisor, WorkerState
+from ..parent.supervisor import JobListener, Supervisor, WorkerState
 from ..version import __version__
 from .runpod_urls import RunPodUrls
 
@@ -84,7 +84,6 @@ class _Taken:
 
 class RunPodSource(JobListener):
     def __init__(self, settings: Settings, target, env=None, supervisor: Supervisor | None = None):
-        self.settings = settings
         self.urls = RunPodUrls.from_env(env)
         self.sup = supervisor or Supervisor(settings, target)
         self.stopping = threading.Event()
@@ -96,6 +95,11 @@ class RunPodSource(JobListener):
         self._undelivered_lock = threading.Lock()
         self._signals = 0
         self._take_session = self._session()
+
+    @property
+    def settings(self) -> Settings:
+        """The supervisor's effective settings (start() keys included): never a copy."""
+        return self.sup.settings
 
     # --- running ---------------------------------------------------------------------------
 
@@ -143,9 +147,7 @@ class RunPodSource(JobListener):
             self.stopping.set()
             return
         log.warning("second signal: stopping at once")
-        child = self.sup.child
-        if child is not None:
-            child.proc.signal_group(signal.SIGKILL)
+        self.sup.kill_child_group(signal.SIGKILL)
         os._exit(1)
 
     def _shutdown(self) -> int:
@@ -184,11 +186,7 @@ class RunPodSource(JobListener):
     # --- taking jobs -----------------------------------------------------------------------
 
     def _room(self) -> int:
-        child = self.sup.child
-        if child is None or child.state not in (ChildState.READY, ChildState.BUSY) \
-                or child.refresh_reason is not None:
-            return 0
-        return max(0, child.concurrency - len(self._taken))
+        return max(0, self.sup.status.capacity - len(self._taken))
 
     def _take_loop(self) -> None:
         empty = Backoff(0.05, 1.0)
@@ -247,8 +245,7 @@ class RunPodSource(JobListener):
         raise ValueError(f"job take answered {type(data).__name__}, not a job")
 
     def _batching(self) -> bool:
-        child = self.sup.child
-        return child is not None and child.concurrency > 1
+        return self.sup.status.concurrency > 1
 
     def _accept(self, job: Any) -> None:
         job_id = job.get("id") if isinstance(job, dict) else None
@@ -288,7 +285,7 @@ class RunPodSource(JobListener):
         body = dict(result.body)
         if result.refresh and self.settings.refresh_stops_pod:
             body["stopPod"] = True
-        streamed = self.sup.handler_kind in ("generator", "async_generator")
+        streamed = self.sup.status.streams
         post = _Post("done", result.job_id, self.urls.done(result.job_id, streamed), body)
         self._fit(post)
         self._poster_for(result.job_id).put(post)

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+from ..targets import ModuleTarget, ValueTarget
+
 
 def start_outside_child(config: dict) -> None:
     if not isinstance(config, dict) or not callable(config.get("handler")):
@@ -18,7 +20,6 @@ def start_outside_child(config: dict) -> None:
         _reexec(os.path.realpath(main_file), sys.argv[1:])
 
     from . import cli
-    from .child import ModuleTarget, ValueTarget
     if module_name in (None, "__main__"):
         target = ValueTarget(dict(config))   # a REPL or notebook handler crosses by value
     else:

@@ -5,10 +5,10 @@ import argparse
 import os
 import sys
 
-from . import config as cfg
-from . import logs
-from .child import ScriptTarget
-from .version import __version__
+from .. import config as cfg
+from .. import logs
+from ..targets import ScriptTarget
+from ..version import __version__
 
 
 def _parser(with_script: bool) -> argparse.ArgumentParser:
@@ -78,12 +78,12 @@ def run_mode(settings: cfg.Settings, target) -> int:
     one-shot local test."""
     logs.configure(settings.log_level)
     if settings.serve_api:
-        from .sources import local_api
+        from ..sources import local_api
         return local_api.serve(settings, target)
     if os.environ.get("RUNPOD_WEBHOOK_GET_JOB") and settings.test_input is None:
-        from .sources.runpod import RunPodSource
+        from ..sources.runpod import RunPodSource
         return RunPodSource(settings, target).run()
-    from .sources import oneshot
+    from ..sources import oneshot
     return oneshot.run(settings, target)
 
 

@@ -19,9 +19,10 @@ _TARGETS = {
 
 
 def _patch(module) -> None:
-    from . import api
+    from . import runtime
+    replacements = {"start": runtime.start, "progress_update": runtime.progress_update}
     for name in _TARGETS.get(module.__name__, ()):
-        setattr(module, name, getattr(api, name))
+        setattr(module, name, replacements[name])
 
 
 class _Finder(importlib.abc.MetaPathFinder):

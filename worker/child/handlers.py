@@ -5,21 +5,10 @@ import asyncio
 import functools
 import inspect
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Callable
 
-from .jobs import JobState, Reason, StreamCollector, normalise_return
-
-
-class Kind(str, Enum):
-    SYNC = "sync"
-    GENERATOR = "generator"
-    ASYNC = "async"
-    ASYNC_GENERATOR = "async_generator"
-
-    @property
-    def is_async(self) -> bool:
-        return self in (Kind.ASYNC, Kind.ASYNC_GENERATOR)
+from ..jobs import JobState, Reason, StreamCollector, normalise_return
+from ..protocol import Kind
 
 
 class Interrupted(BaseException):

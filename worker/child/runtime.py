@@ -15,14 +15,15 @@ import select
 import signal
 import sys
 import threading
-import time
 import traceback
 from typing import Any
 
-from . import protocol as P
-from .config import Settings, config_keys
+from .. import protocol as P
+from ..config import Settings, config_keys
+from ..jobs import JobState, Reason, exception_record
+from ..protocol import HandlerMode
 from .handlers import Interrupted, Outcome, detect_kind, run_async, run_sync
-from .jobs import JobState, Reason, exception_record
+from .memory import reset_peak, rss, torch_memory
 
 _current: "ChildRuntime | None" = None
 
@@ -32,11 +33,24 @@ def current() -> "ChildRuntime | None":
     return _current
 
 
+def start(config: dict) -> None:
+    """start() as the handler module sees it in a child (also the official SDK's, which
+    runpod_compat redirects here): the job loop runs inside this call."""
+    if _current is None:
+        raise RuntimeError("not a gpu-worker child process")
+    _current.serve(config)
+
+
+def progress_update(job: Any, progress: Any) -> None:
+    if _current is None:
+        raise RuntimeError("not a gpu-worker child process")
+    _current.progress(job, progress)
+
+
 class ChildRuntime:
-    def __init__(self, fd: int, settings: Settings, started: float, preloaded: list):
+    def __init__(self, fd: int, settings: Settings, preloaded: list):
         self.fd = fd
         self.settings = settings
-        self.started = started
         self.preloaded = preloaded
         self.served = False
         self.stopping = False
@@ -85,7 +99,7 @@ class ChildRuntime:
                     finally:
                         os._exit(70)
                 try:
-                    self.send(P.Heartbeat(_rss(), torch_memory()))
+                    self.send(P.Heartbeat(rss(), torch_memory()))
                 except OSError:
                     os._exit(70)
         threading.Thread(target=run, name="gpu-worker-heartbeat", daemon=True).start()
@@ -110,14 +124,13 @@ class ChildRuntime:
         self.settings = self.settings.with_config(overrides)
         self.aggregate = self.settings.return_aggregate_stream
         if self.kind.is_async:
-            self.mode = "tasks"
+            self.mode = HandlerMode.TASKS
         elif self.modifier is not None:
-            self.mode = "threads"
+            self.mode = HandlerMode.THREADS
         else:
-            self.mode = "inline"
+            self.mode = HandlerMode.INLINE
         self.concurrency = self._concurrency(1)
-        self.send(P.Ready(os.getpid(), self.kind.value, self.mode, self.concurrency, overrides,
-                          self.preloaded, round(time.monotonic() - self.started, 4)))
+        self.send(P.Ready(self.kind, self.mode, self.concurrency, overrides, self.preloaded))
         if not self.stopping:
             asyncio.run(self._main())
 
@@ -167,8 +180,8 @@ class ChildRuntime:
 
     def _start_job(self, job: dict) -> None:
         job_id = job["id"]
-        _reset_peak()
-        if self.mode == "inline":
+        reset_peak()
+        if self.mode is HandlerMode.INLINE:
             self.inline_job = job_id
             try:
                 outcome = run_sync(self.handler, self.kind, job, self._emitter(job_id),
@@ -179,7 +192,7 @@ class ChildRuntime:
             finally:
                 self.inline_job = None
             self._report(job_id, outcome)
-        elif self.mode == "threads":
+        elif self.mode is HandlerMode.THREADS:
             threading.Thread(target=self._run_thread, args=(job,), daemon=True,
                              name=f"job-{job_id}").start()
         else:
@@ -226,15 +239,15 @@ class ChildRuntime:
             return  # the parent has already ended this job
         self.concurrency = self._concurrency(self.concurrency)
         peak = torch_memory()
-        msg = P.Done(job_id, outcome.state.value, outcome.reason.value, outcome.body,
-                     outcome.refresh, self.concurrency, peak and peak["peak_mb"])
+        msg = P.Done(job_id, outcome.state, outcome.reason, outcome.body, outcome.refresh,
+                     self.concurrency, peak and peak["peak_mb"])
         try:
             self.send(msg)
         except (TypeError, ValueError) as exc:
             error = self.record(TypeError(
                 f"the handler returned a value that is not JSON-serialisable: {exc}"))
-            self.send(P.Done(job_id, JobState.FAILED.value, Reason.HANDLER_ERROR.value,
-                             {"error": error}, outcome.refresh, self.concurrency))
+            self.send(P.Done(job_id, JobState.FAILED, Reason.HANDLER_ERROR, {"error": error},
+                             outcome.refresh, self.concurrency))
 
     def progress(self, job: Any, value: Any) -> None:
         job_id = job.get("id") if isinstance(job, dict) else str(job)
@@ -280,49 +293,3 @@ class ChildRuntime:
 
 def _raise_in_thread(ident: int, exc_type: type) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
-
-
-def _cuda():
-    """torch.cuda, only if the handler imported torch and initialised CUDA (never do it for
-    them: that would create a context in a child that does not use the GPU)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return None
-    try:
-        return torch.cuda if torch.cuda.is_initialized() else None
-    except Exception:
-        return None
-
-
-def torch_memory() -> dict | None:
-    """The child's own view of its GPU memory: NVML cannot attribute memory to processes
-    inside a container, torch's allocator can."""
-    cuda = _cuda()
-    if cuda is None:
-        return None
-    try:
-        return {"allocated_mb": cuda.memory_allocated() / 2**20,
-                "reserved_mb": cuda.memory_reserved() / 2**20,
-                "peak_mb": cuda.max_memory_allocated() / 2**20}
-    except Exception:
-        return None
-
-
-def _reset_peak() -> None:
-    cuda = _cuda()
-    if cuda is not None:
-        try:
-            cuda.reset_peak_memory_stats()
-        except Exception:
-            pass
-
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return 0

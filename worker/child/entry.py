@@ -9,77 +9,36 @@ import importlib
 import os
 import runpy
 import sys
-import time
 import traceback
-from dataclasses import dataclass, field
-from typing import Any
 
-from . import protocol as P
+from .. import protocol as P
+from ..config import Settings
+from ..targets import ChildSpec, ModuleTarget, ScriptTarget, ValueTarget
 from . import runpod_compat
-from .config import Settings
 from .handlers import Interrupted
-from .runner import ChildRuntime
+from .runtime import ChildRuntime
 
 # Secrets the handler has no use for: the queue's key and the local API's token.
 SCRUBBED_ENV = ("RUNPOD_AI_API_KEY", "WORKER_API_TOKEN")
 
 
-@dataclass
-class ScriptTarget:
-    """A handler file, run as __main__ (as `python handler.py` would)."""
-    path: str
-    argv: list = field(default_factory=list)
-
-    def run(self, runtime: ChildRuntime) -> dict:
-        sys.argv = [self.path, *self.argv]
-        sys.path.insert(0, os.path.dirname(self.path))
-        return runpy.run_path(self.path, run_name="__main__")
-
-    def describe(self) -> str:
-        return os.path.basename(self.path)
-
-
-@dataclass
-class ModuleTarget:
-    """An importable module that calls start() when imported."""
-    name: str
-    argv: list = field(default_factory=list)
-
-    def run(self, runtime: ChildRuntime) -> dict:
-        sys.argv = [self.name, *self.argv]
-        return vars(importlib.import_module(self.name))
-
-    def describe(self) -> str:
-        return self.name
-
-
-@dataclass
-class ValueTarget:
-    """A start() config that crossed by value (a handler defined in a REPL or notebook)."""
-    config: Any
-
-    def run(self, runtime: ChildRuntime) -> dict:
-        runtime.serve(dict(self.config))
+def run_target(target, runtime: ChildRuntime) -> dict:
+    """Run the handler's code; returns the module's namespace (start() may never return
+    from here: the job loop runs inside it)."""
+    if isinstance(target, ScriptTarget):
+        sys.argv = [target.path, *target.argv]
+        sys.path.insert(0, os.path.dirname(target.path))
+        return runpy.run_path(target.path, run_name="__main__")
+    if isinstance(target, ModuleTarget):
+        sys.argv = [target.name, *target.argv]
+        return vars(importlib.import_module(target.name))
+    if isinstance(target, ValueTarget):
+        runtime.serve(dict(target.config))
         return {}
-
-    def describe(self) -> str:
-        return getattr(self.config.get("handler"), "__qualname__", "handler")
-
-
-@dataclass
-class ChildSpec:
-    target: Any
-    settings: dict
-    cwd: str
-    preload: list
-    control: Any     # Connection: the child's end of the control socketpair
-    stdout: Any      # Connection: write end of the stdout capture pipe
-    stderr: Any      # Connection: write end of the stderr capture pipe
-    lifeline: Any    # Connection: read end; EOF means the parent died
+    raise TypeError(f"unknown target {target!r}")
 
 
 def child_main(spec: ChildSpec) -> None:
-    started = time.monotonic()
     preloaded = [m for m in spec.preload if m in sys.modules]
     try:
         os.setpgid(0, 0)  # lead our own group: a stop kills grandchildren too
@@ -95,13 +54,13 @@ def child_main(spec: ChildSpec) -> None:
     os.chdir(spec.cwd)
     _allow_own_children()
 
-    runtime = ChildRuntime(spec.control.fileno(), settings, started, preloaded)
+    runtime = ChildRuntime(spec.control.fileno(), settings, preloaded)
     runtime.activate()
     runtime.watch(spec.lifeline.fileno())
     runpod_compat.install()
     code = 0
     try:
-        namespace = spec.target.run(runtime)
+        namespace = run_target(spec.target, runtime)
         if not runtime.served:
             handler = namespace.get("handler") if isinstance(namespace, dict) else None
             if not callable(handler):

@@ -15,8 +15,9 @@ import time
 import multiprocess
 from multiprocess import forkserver
 
-from .child import ChildSpec, child_main
-from .config import Settings
+from ..child.entry import child_main
+from ..config import Settings
+from ..targets import ChildSpec
 
 log = logging.getLogger("worker")
 
@@ -96,7 +97,7 @@ class Spawner:
         if method == "forkserver":
             try:
                 self.ctx = multiprocess.get_context("forkserver")
-                self._use_preload(["worker.child", *self.preload])
+                self._use_preload(["worker.child.entry", *self.preload])
             except ValueError:
                 log.warning("forkserver is not available here; children start with spawn")
                 self.method = "spawn"

@@ -1,0 +1,74 @@
+"""What the supervisor core asks the loop to do, and what a job source hears.
+
+The core (core.py) never does I/O: each event it handles returns a list of these actions,
+and the loop (supervisor.py) carries them out in order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .. import protocol as P
+from ..jobs import JobResult
+
+
+class JobListener:
+    """What a job source hears about its job. Called from the supervisor's thread: keep
+    these quick (hand off to your own thread or loop)."""
+
+    def on_start(self, job_id: str) -> None: ...
+    def on_progress(self, job_id: str, value: Any) -> None: ...
+    def on_chunk(self, job_id: str, value: Any) -> None: ...
+    def on_result(self, result: JobResult) -> None: ...
+
+
+@dataclass
+class Spawn:
+    """Start a child; answer with core.spawned(pid, baseline_mb) or core.spawn_failed()."""
+
+
+@dataclass
+class Send:
+    """Write a message to the child's channel (encoded by the core, which owns the
+    decision of what to do with a job that is not JSON)."""
+    msg: P.Message
+    data: bytes
+
+
+@dataclass
+class Signal:
+    sig: int
+    group: bool = False      # the child's whole process group, not the child alone
+
+
+@dataclass
+class ReadMemory:
+    """Read the memory probe for the child; answer with core.memory(reading)."""
+    pid: int
+
+
+@dataclass
+class Started:
+    listener: JobListener
+    job_id: str
+
+
+@dataclass
+class Progressed:
+    listener: JobListener
+    job_id: str
+    value: Any
+
+
+@dataclass
+class Chunked:
+    listener: JobListener
+    job_id: str
+    value: Any
+
+
+@dataclass
+class Ended:
+    """The job's one final record."""
+    listener: JobListener
+    result: JobResult

@@ -1,0 +1,74 @@
+"""The jobs the supervisor holds (queued, in the child) and their one final report.
+
+Owned by the supervisor core, used from its thread only. `report` is the single place a
+job ends: it turns into one `Ended` action, and never a second time.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from typing import Callable
+
+from ..config import Settings
+from ..jobs import JobResult, JobState, Reason, failure
+from .actions import Ended, JobListener
+
+
+@dataclass
+class TrackedJob:
+    job: dict
+    listener: JobListener
+    submitted: float
+    raw: bytes | None = None
+    started: float = 0.0
+    deadline: float | None = None
+    crashes: int = 0
+    finished: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.job["id"]
+
+
+class JobBook:
+    def __init__(self, out: list, settings: Callable[[], Settings]):
+        self._out = out                   # the core's action list for the current step
+        self._settings = settings
+        self.pending: collections.deque[TrackedJob] = collections.deque()
+        self.in_flight: dict[str, TrackedJob] = {}
+        self.active_ids: set = set()      # ids pending or in flight
+        self.finished = 0
+
+    def report(self, tracked: TrackedJob, result: JobResult, counted: bool = True) -> None:
+        if tracked.finished:
+            return
+        tracked.finished = True
+        if counted:
+            self.active_ids.discard(tracked.id)
+        self.finished += 1
+        self._out.append(Ended(tracked.listener, result))
+
+    def refuse(self, tracked: TrackedJob, text: str, counted: bool = True) -> None:
+        self.report(tracked, self.failure(tracked.id, JobState.FAILED, Reason.REFUSED,
+                                          "JobRefused", text), counted)
+
+    def end(self, tracked: TrackedJob, state: JobState, reason: Reason, text: str, now: float,
+            error_type: str) -> None:
+        """End a job the worker decided about (timeout, cancel, lost child), with times."""
+        result = self.failure(tracked.id, state, reason, error_type, text)
+        if tracked.started:
+            result.delay_ms = int((tracked.started - tracked.submitted) * 1000)
+            result.execution_ms = int((now - tracked.started) * 1000)
+        self.report(tracked, result)
+
+    def fail_all(self, reason: Reason, error_type: str, text: str, details: str = "") -> None:
+        for tracked in list(self.pending) + list(self.in_flight.values()):
+            self.report(tracked, self.failure(tracked.id, JobState.FAILED, reason, error_type,
+                                              text, details))
+        self.pending.clear()
+        self.in_flight.clear()
+
+    def failure(self, job_id: str, state: JobState, reason: Reason, error_type: str, text: str,
+                details: str = "") -> JobResult:
+        s = self._settings()
+        return failure(job_id, state, reason, error_type, text, s.worker_id, s.hostname, details)

@@ -1,0 +1,153 @@
+"""One child's lifecycle as the parent sees it: a pure state machine (no I/O, no clock).
+
+    STARTING ──Ready──► READY ⇄ BUSY ──begin_stop──► STOPPING ──exit──► (gone)
+        └─────────────────────begin_stop───────────────┘
+
+A stop escalates, stop_grace apart: a Stop message (plus SIGUSR1 when a handler runs in
+the child's main thread or setup is under way) → SIGTERM to the process group → SIGKILL.
+Why a child stopped (StopCause) and how it ended (ExitCause) are enums, so the core never
+compares reason strings.
+"""
+from __future__ import annotations
+
+import enum
+import signal
+from dataclasses import dataclass, field
+
+from .. import protocol as P
+from ..protocol import HandlerMode, Kind
+from .actions import Send, Signal
+
+
+class ChildState(str, enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    BUSY = "busy"
+    STOPPING = "stopping"
+
+
+class StopCause(enum.Enum):
+    """Why the parent stops a child."""
+    REFRESH = "refresh"                  # recycling: refresh_worker, max jobs, memory, CUDA
+    JOB_ENDED = "job ended"              # an inline job timed out or was cancelled
+    CANCEL_IGNORED = "cancel ignored"    # a thread or task did not stop when cancelled
+    HUNG = "hung"                        # no heartbeat: counts as a death
+    SETUP_TIMEOUT = "setup timeout"
+    SHUTDOWN = "shutdown"
+    GPU_UNHEALTHY = "gpu unhealthy"
+
+    @property
+    def counts_as_death(self) -> bool:
+        return self is StopCause.HUNG
+
+
+class ExitCause(enum.Enum):
+    """How a child's life ended, decided once when its exit is seen."""
+    SETUP_FAILED = "setup failed"          # the module raised before start()
+    SETUP_TIMEOUT = "setup timeout"
+    SETUP_DIED = "died during setup"
+    STOPPED_IN_SETUP = "stopped in setup"  # shutdown or GPU failure while it started
+    STOPPED = "stopped"                    # a planned stop
+    HUNG = "hung"                          # stopped for silence: a death
+    CRASHED = "crashed"                    # died by itself: a death
+
+    @property
+    def in_setup(self) -> bool:
+        return self in (ExitCause.SETUP_FAILED, ExitCause.SETUP_TIMEOUT, ExitCause.SETUP_DIED,
+                        ExitCause.STOPPED_IN_SETUP)
+
+    @property
+    def is_death(self) -> bool:
+        return self in (ExitCause.HUNG, ExitCause.CRASHED)
+
+
+@dataclass
+class ChildRecord:
+    pid: int
+    started: float
+    setup_deadline: float | None
+    last_beat: float
+    baseline_mb: float = 0.0           # device memory in use before it started
+    state: ChildState = ChildState.STARTING
+    kind: Kind | None = None
+    mode: HandlerMode | None = None
+    concurrency: int = 1
+    preloaded: list = field(default_factory=list)
+    rss: int = 0
+    torch: dict | None = None          # the child's allocator figures (heartbeat)
+    jobs_run: int = 0
+    refresh_reason: str | None = None  # replace once idle
+    checking_memory: bool = False      # a memory reading is on its way: hold dispatch
+    setup_error: tuple | None = None   # (message, traceback) from SetupFailed
+    stop_cause: StopCause | None = None
+    stop_text: str = ""
+    stop_step: int = 0
+    stop_next: float | None = None
+    cancels: dict = field(default_factory=dict)   # job id -> deadline for the child's ack
+
+    @property
+    def live(self) -> bool:
+        return self.state in (ChildState.READY, ChildState.BUSY)
+
+    @property
+    def accepting(self) -> bool:
+        """Ready for another job now (given a free slot)."""
+        return self.live and self.refresh_reason is None and not self.checking_memory
+
+    def ready(self, msg: P.Ready) -> bool:
+        if self.state is not ChildState.STARTING:
+            return False
+        self.state = ChildState.READY
+        self.kind, self.mode, self.concurrency = msg.kind, msg.mode, max(1, msg.concurrency)
+        self.preloaded = list(msg.preloaded)
+        return True
+
+    def begin_stop(self, cause: StopCause, text: str, now: float, grace: float,
+                   interrupt: bool = False) -> list:
+        """Cooperative first: a Stop message, and SIGUSR1 to interrupt a handler running in
+        the child's main thread (or its setup)."""
+        if self.stop_cause is not None:
+            return []
+        actions: list = []
+        if interrupt or self.state is ChildState.STARTING:
+            actions.append(Signal(signal.SIGUSR1))
+        self.stop_cause, self.stop_text = cause, text
+        self.state = ChildState.STOPPING
+        self.stop_step = 0
+        self.stop_next = now + grace
+        stop = P.Stop(text)
+        actions.append(Send(stop, stop.encode()))
+        return actions
+
+    def escalate(self, now: float, grace: float) -> Signal:
+        """The next step of a stop that is taking too long: SIGTERM, then SIGKILL."""
+        self.stop_step += 1
+        sig = signal.SIGTERM if self.stop_step == 1 else signal.SIGKILL
+        self.stop_next = now + grace if self.stop_step == 1 else None
+        return Signal(sig, group=True)
+
+    def exit_cause(self) -> ExitCause:
+        if self.setup_error is not None:
+            return ExitCause.SETUP_FAILED
+        if self.stop_cause is StopCause.SETUP_TIMEOUT:
+            return ExitCause.SETUP_TIMEOUT
+        if self.state is ChildState.STARTING:
+            return ExitCause.SETUP_DIED
+        if self.kind is None and self.stop_cause is not None:
+            return ExitCause.STOPPED_IN_SETUP
+        if self.stop_cause is None:
+            return ExitCause.CRASHED
+        if self.stop_cause.counts_as_death:
+            return ExitCause.HUNG
+        return ExitCause.STOPPED
+
+    def deadline(self, heartbeat_timeout: float) -> float | None:
+        """The child's nearest clock."""
+        if self.state is ChildState.STOPPING:
+            return self.stop_next
+        if self.state is ChildState.STARTING:
+            return self.setup_deadline
+        times = list(self.cancels.values())
+        if heartbeat_timeout > 0:
+            times.append(self.last_beat + heartbeat_timeout)
+        return min(times) if times else None

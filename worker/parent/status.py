@@ -1,0 +1,70 @@
+"""The supervisor's read-only status: what other threads (sources, the local API, tests)
+may know. The loop publishes a fresh, frozen copy after every step; readers never touch
+the supervisor's own state."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ..config import Settings
+from ..protocol import HandlerMode, Kind
+from .lifecycle import ChildState
+
+
+class WorkerState(str, enum.Enum):
+    RUNNING = "running"
+    SETUP_FAILED = "setup_failed"   # final: the module cannot start; no respawn loop
+    BROKEN = "broken"               # final: the restart-storm breaker tripped, or the GPU
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Status:
+    settings: Settings                 # the effective settings (start() keys applied)
+    state: WorkerState
+    failure: str | None
+    child_pid: int | None
+    child_state: ChildState | None
+    kind: Kind | None                  # the handler's kind, as the last ready child said
+    mode: HandlerMode | None
+    concurrency: int
+    capacity: int                      # jobs the child would take now (0: not accepting)
+    preloaded: tuple
+    jobs_run: int                      # by the current child
+    rss_bytes: int
+    torch: dict | None
+    baseline_mb: float
+    spawns: int                        # children started so far
+    pending: int
+    running: tuple                     # ids of jobs in the child now
+    log_ids: tuple                     # ids to tag the child's output with
+    finished: int
+    last_ready_s: float | None
+
+    @property
+    def restarts(self) -> int:
+        return max(0, self.spawns - 1)
+
+    @property
+    def streams(self) -> bool:
+        return self.kind is not None and self.kind.streams
+
+    @property
+    def ready(self) -> bool:
+        return self.child_state in (ChildState.READY, ChildState.BUSY)
+
+    def to_dict(self) -> dict:
+        """The /health shape of the worker (without memory)."""
+        return {
+            "state": self.state.value,
+            "child": None if self.child_pid is None else {
+                "pid": self.child_pid, "state": self.child_state.value,
+                "kind": self.kind.value if self.mode and self.kind else "",
+                "mode": self.mode.value if self.mode else "",
+                "concurrency": self.concurrency, "preloaded": list(self.preloaded),
+                "jobs_run": self.jobs_run, "rss_bytes": self.rss_bytes},
+            "restarts": self.restarts,
+            "jobs": {"pending": self.pending, "in_progress": len(self.running),
+                     "finished": self.finished},
+            "failure": self.failure,
+        }

@@ -1,0 +1,303 @@
+"""The supervisor's loop: one thread that feeds events to the core and carries out the
+actions it returns.
+
+The public methods (any thread) only queue commands and wake the loop. The loop waits on
+one selector: the child's channel, the child's exit sentinel and a wake-up pipe, with a
+timeout set by the core's nearest deadline. After every step it publishes a frozen
+Status: the only view of the supervisor other threads get.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import selectors
+import threading
+import time
+from typing import Any, Callable
+
+from ..config import Settings
+from ..jobs import JobResult
+from . import actions as A
+from .actions import JobListener
+from .channel import Channel
+from .core import SupervisorCore
+from .lifecycle import ChildState
+from .monitor import make_probe
+from .output import OutputPump
+from .spawner import ChildProcess, Spawner
+from .status import Status, WorkerState
+
+log = logging.getLogger("worker")
+child_log = logging.getLogger("worker.child")
+
+__all__ = ["Supervisor", "JobListener", "JobResult", "ChildState", "WorkerState", "Status"]
+
+
+def _log_child_line(stream: str, line: str, job_ids: tuple) -> None:
+    child_log.info("%s: %s", stream, line, extra={"job_id": ",".join(job_ids) or None})
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, target: Any, spawner: Spawner | None = None,
+                 output_sink: Callable | None = None, probe: Any = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.target = target
+        self.spawner = spawner or Spawner(settings.start_method, settings.preload)
+        self.core = SupervisorCore(settings, tuple(self.spawner.preload),
+                                   check_preload=self.spawner.method == "forkserver")
+        self.output_sink = output_sink or _log_child_line
+        self.probe = probe               # monitor.HostProbe/NvmlProbe, or any .read(pid)
+        self.clock = clock
+        self.status: Status = self.core.status()
+        self._proc: ChildProcess | None = None
+        self._channel: Channel | None = None
+        self._pump: OutputPump | None = None
+        self._probe_stop = threading.Event()
+        self._commands: collections.deque = collections.deque()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="gpu-worker-supervisor",
+                                        daemon=True)
+
+    # --- public API (any thread) ---------------------------------------------------------
+
+    def start(self) -> "Supervisor":
+        if self.probe is None:
+            self.probe = make_probe()
+        watch = getattr(self.probe, "watch_xids", None)
+        if watch is not None:
+            watch(self.gpu_event, self._probe_stop)
+        self._thread.start()
+        return self
+
+    def submit(self, job: dict, listener: JobListener, raw: bytes | None = None) -> None:
+        """Queue a job. Its listener hears exactly one on_result. `raw`, when given, is
+        the job's exact JSON encoding: it goes to the child as is (no re-encoding)."""
+        self._command(self.core.submit, job, listener, self.clock(), raw)
+
+    def cancel(self, job_id: str, queued_only: bool = False) -> None:
+        """End a job as CANCELLED: dropped if queued, stopped if running (unless
+        queued_only)."""
+        self._command(self.core.cancel, job_id, queued_only)
+
+    def refresh(self, reason: str = "requested") -> None:
+        """Replace the child once it is idle."""
+        self._command(self.core.refresh, reason)
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop taking jobs; let running ones finish for `grace` seconds; stop the child."""
+        self._command(self.core.stop, grace)
+
+    def gpu_event(self, xid: int, what: str) -> None:
+        """An Xid or ECC event from NVML (the probe's watcher thread)."""
+        self._command(self.core.gpu_event, xid, what)
+
+    def kill_child_group(self, sig: int) -> None:
+        """Signal the child's process group now (a second SIGTERM: no time for courtesy)."""
+        proc = self._proc
+        if proc is not None:
+            proc.signal_group(sig)
+
+    def join(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def wait_until(self, predicate: Callable[[Status], bool],
+                   timeout: float | None = None) -> bool:
+        """Wait until `predicate(status)` holds."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(self.status), timeout)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """True once a child is ready; False if the worker failed or the time ran out."""
+        self.wait_until(lambda s: s.ready or s.state is not WorkerState.RUNNING, timeout)
+        return self.status.ready
+
+    # Shorthands for the published status.
+    settings = property(lambda self: self.status.settings)
+    state = property(lambda self: self.status.state)
+    failure_message = property(lambda self: self.status.failure)
+    child_state = property(lambda self: self.status.child_state)
+    child_pid = property(lambda self: self.status.child_pid)
+
+    def snapshot(self) -> dict:
+        """The worker for /health: the status, and memory read now."""
+        status = self.status
+        out = status.to_dict()
+        try:
+            reading = self.probe.read(status.child_pid)
+            out["memory"] = {**reading.to_dict(), "baseline_mb": status.baseline_mb,
+                             "child_torch": status.torch}
+        except Exception as exc:       # a monitor must never break the worker
+            out["memory"] = {"probe": "error", "error": str(exc)}
+        return out
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _command(self, fn: Callable, *args: Any) -> None:
+        with self._close_lock:
+            if self._closed:
+                return      # the loop has ended: a late command has nothing to reach
+            self._commands.append((fn, args))
+            try:
+                os.write(self._wake_w, b"\0")
+            except (BlockingIOError, OSError):
+                pass   # the pipe is full of wake-ups already
+
+    def _loop(self) -> None:
+        core = self.core
+        try:
+            self._apply(core.start(self.clock()))
+            while True:
+                while self._commands:
+                    fn, args = self._commands.popleft()
+                    self._apply(fn(*args, self.clock()))
+                if core.finished:
+                    break
+                deadline = core.next_deadline()
+                timeout = None if deadline is None else max(0.0, deadline - self.clock())
+                exited = False
+                for key, events in self._sel.select(timeout):
+                    if key.data == "wake":
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                    elif key.data == "ctrl":
+                        if events & selectors.EVENT_WRITE:
+                            self._channel.flush()
+                            self._watch_writes()
+                        if events & selectors.EVENT_READ:
+                            self._read()
+                    elif key.data == "exit":
+                        exited = True
+                if exited:        # last: the channel's final messages are read first
+                    self._child_exited()
+                self._apply(core.tick(self.clock()))
+        except Exception:
+            log.exception("supervisor loop failed")
+            self._apply(core.fail_everything("WorkerError", "the worker's supervisor failed"))
+            if self._proc is not None:
+                self._proc.close()
+            raise
+        finally:
+            self._probe_stop.set()
+            close = getattr(self.probe, "close", None)
+            if close is not None:
+                close()
+            if core.state is WorkerState.RUNNING:
+                core.state = WorkerState.STOPPED
+            self._publish()
+            with self._close_lock:
+                self._closed = True
+                self._sel.close()
+                for fd in (self._wake_r, self._wake_w):
+                    os.close(fd)
+
+    def _publish(self) -> None:
+        self.status = self.core.status()
+        with self._changed:
+            self._changed.notify_all()
+
+    def _apply(self, actions: list) -> None:
+        """Carry out the core's actions in order; the status is published first, so a
+        listener called here sees the state that led to its event."""
+        if actions:
+            self.status = self.core.status()
+        for action in actions:
+            handler = self._HANDLERS[type(action)]
+            handler(self, action)
+        self._publish()
+
+    def _spawn(self, action: A.Spawn) -> None:
+        baseline = self._device_used()
+        try:
+            proc = self.spawner.spawn(self.target, self.core.settings)
+        except Exception as exc:
+            log.exception("could not start the worker process")
+            self._apply(self.core.spawn_failed(f"{type(exc).__name__}: {exc}", self.clock()))
+            return
+        self._proc = proc
+        self._channel = Channel(proc.fd)
+        self._pump = OutputPump({proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"},
+                                lambda: self.status.log_ids, self.output_sink)
+        self._pump.start()
+        self._sel.register(proc.fd, selectors.EVENT_READ, "ctrl")
+        self._sel.register(proc.sentinel, selectors.EVENT_READ, "exit")
+        log.debug("child %d starting (%s)", proc.pid, self.spawner.method)
+        self._apply(self.core.spawned(proc.pid, baseline, self.clock()))
+
+    def _send(self, action: A.Send) -> None:
+        if self._channel is not None:
+            self._channel.send(action.data)
+            self._watch_writes()
+
+    def _signal(self, action: A.Signal) -> None:
+        if self._proc is None:
+            return
+        if action.group:
+            self._proc.signal_group(action.sig)
+        else:
+            self._proc.signal(action.sig)
+
+    def _read_memory(self, action: A.ReadMemory) -> None:
+        try:
+            reading = self.probe.read(action.pid)
+        except Exception as exc:
+            log.warning("memory probe failed: %s", exc)
+            reading = None
+        self._apply(self.core.memory(reading, self.clock()))
+
+    def _tell(self, action) -> None:
+        try:
+            if isinstance(action, A.Ended):
+                action.listener.on_result(action.result)
+            elif isinstance(action, A.Started):
+                action.listener.on_start(action.job_id)
+            elif isinstance(action, A.Progressed):
+                action.listener.on_progress(action.job_id, action.value)
+            else:
+                action.listener.on_chunk(action.job_id, action.value)
+        except Exception:
+            log.exception("a job listener failed")
+
+    _HANDLERS = {A.Spawn: _spawn, A.Send: _send, A.Signal: _signal,
+                 A.ReadMemory: _read_memory, A.Started: _tell, A.Progressed: _tell,
+                 A.Chunked: _tell, A.Ended: _tell}
+
+    # --- the child's channel and exit ----------------------------------------------------
+
+    def _watch_writes(self) -> None:
+        channel = self._channel
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if channel.waiting else 0)
+        if self._sel.get_key(channel.fd).events != events:
+            self._sel.modify(channel.fd, events, "ctrl")
+
+    def _read(self) -> None:
+        for msg in self._channel.read():
+            self._apply(self.core.message(msg, self.clock()))
+
+    def _child_exited(self) -> None:
+        proc = self._proc
+        self._read()                      # results written before the exit still count
+        self._sel.unregister(proc.fd)
+        self._sel.unregister(proc.sentinel)
+        code = proc.exitcode()
+        proc.close()                      # SIGKILLs leftovers in its group
+        self._pump.finish()
+        tail = list(self._pump.tail)
+        self._proc = self._channel = self._pump = None
+        self._apply(self.core.exited(code, tail, self.clock()))
+
+    def _device_used(self) -> float:
+        try:
+            return self.probe.read(None).device_used_mb
+        except Exception:
+            return 0.0
