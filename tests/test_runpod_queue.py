@@ -223,3 +223,18 @@ def test_json_log_lines_with_the_job_id_on_runpod(fake, start):
     assert any(l["requestId"] == "logged" and l["message"] == "job taken" for l in lines)
     assert any(l["requestId"] == "logged" and "from print" in l["message"] for l in lines)
     assert all(set(l) == {"requestId", "message", "level"} for l in lines)
+
+
+def test_settings_given_only_to_start_reach_the_queue_source(fake, start):
+    """max_result_mb and refresh_stops_pod from the start() dict, with nothing in the
+    environment: the source reads the one effective Settings, not a copy of its own."""
+    w = start("start_settings.py")
+    fake.add_jobs([{"id": "small", "input": {}}, {"id": "big", "input": {"big": True}},
+                   {"id": "fresh", "input": {"refresh": True}}])
+    finals = fake.wait_final(["small", "big", "fresh"])
+    info = json.loads(finals["big"]["error"])
+    assert info["error_type"] == "ResultTooLarge" and "limit is 0.01 MiB" in info["error_message"]
+    assert "output" not in finals["big"]
+    assert finals["fresh"]["stopPod"] is True
+    assert "stopPod" not in finals["small"]
+    assert w.stop() == 0

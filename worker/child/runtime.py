@@ -13,7 +13,6 @@ import ctypes
 import os
 import select
 import signal
-import sys
 import threading
 import traceback
 from typing import Any

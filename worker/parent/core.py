@@ -16,7 +16,8 @@ from ..config import Settings, SettingsError
 from ..jobs import JobError, JobResult, JobState, Reason, execution_timeout, validate_job
 from ..protocol import HandlerMode
 from . import recycling
-from .actions import Chunked, JobListener, Progressed, ReadMemory, Send, Spawn, Started
+from .actions import (Chunked, JobListener, Progressed, ReadMemory, Send, Signal, Spawn,
+                      Started)
 from .breaker import RestartBreaker
 from .jobbook import JobBook, TrackedJob
 from .lifecycle import ChildRecord, ChildState, ExitCause, StopCause
@@ -47,9 +48,6 @@ class SupervisorCore:
         self.log_ids: tuple = ()           # jobs the child's output lines belong to
 
     # --- events ------------------------------------------------------------------------
-
-    def start(self, now: float) -> list:
-        return self._step(now)
 
     def submit(self, given: Any, listener: JobListener, submitted: float,
                raw: bytes | None, now: float) -> list:
@@ -159,6 +157,7 @@ class SupervisorCore:
         return self._step(now)
 
     def tick(self, now: float) -> list:
+        """Time has passed (also the first event: it asks for the first child)."""
         return self._step(now)
 
     def fail_everything(self, error_type: str, text: str) -> list:
@@ -207,6 +206,10 @@ class SupervisorCore:
         self._check_clocks(now)
         self._ensure_child()
         self._dispatch(now)
+        if self.finished:            # no child will come for what is still queued
+            for tracked in self.pending:
+                self.jobs.refuse(tracked, "the worker is shutting down")
+            self.pending.clear()
         out = self._out[:]
         self._out.clear()
         return out
@@ -255,31 +258,15 @@ class SupervisorCore:
         if child is None:
             return
         s = self.settings
-        if child.state is ChildState.STOPPING:
-            if child.stop_next is not None and now >= child.stop_next:
-                sig = child.escalate(now, s.stop_grace)
-                log.warning("child %d did not stop within %.1fs; sending %s to its process "
-                            "group", child.pid, s.stop_grace, sig.sig.name)
-                self._out.append(sig)
-            return
-        if child.state is ChildState.STARTING:
-            if child.setup_deadline is not None and now >= child.setup_deadline:
-                self._stop_child(StopCause.SETUP_TIMEOUT, "setup timeout", now)
-            elif self.shutdown_at is not None:
-                self._stop_child(StopCause.SHUTDOWN, "shutdown", now)
-            return
-        hb = s.heartbeat_timeout
-        if hb > 0 and now - child.last_beat > hb:
-            self._stop_child(StopCause.HUNG, f"no heartbeat for {now - child.last_beat:.0f}s "
-                             "(hung?)", now, interrupt=True)
-            return
-        for job_id, deadline in list(child.cancels.items()):
-            if now >= deadline:
-                self._stop_child(StopCause.CANCEL_IGNORED,
-                                 f"job {job_id} did not stop when cancelled", now, interrupt=True)
-                return
-        if self.shutdown_at is not None and (not self.in_flight or now >= self.shutdown_at):
-            self._stop_child(StopCause.SHUTDOWN, "shutdown", now, interrupt=bool(self.in_flight))
+        due = child.due(now, s.stop_grace, s.heartbeat_timeout, self.shutdown_at,
+                        busy=bool(self.in_flight))
+        if isinstance(due, Signal):
+            log.warning("child %d did not stop within %.1fs; sending %s to its process "
+                        "group", child.pid, s.stop_grace, due.sig.name)
+            self._out.append(due)
+        elif due is not None:
+            cause, text, interrupt = due
+            self._stop_child(cause, text, now, interrupt)
 
     # --- the child's messages and exit ---------------------------------------------------
 
@@ -337,15 +324,8 @@ class SupervisorCore:
         how = recycling.describe_exit(code)
         cause = child.exit_cause()
         if cause.in_setup:
-            if cause is ExitCause.SETUP_TIMEOUT:
-                message = (f"setup did not finish within {self.settings.setup_timeout:g}s "
-                           "(WORKER_SETUP_TIMEOUT)")
-            elif cause is ExitCause.SETUP_FAILED:
-                message = child.setup_error[0]
-            elif cause is ExitCause.SETUP_DIED and self.shutdown_at is None:
-                message = f"the worker process {how} during setup"
-            else:
-                message = None            # stopped during setup on purpose
+            message = child.setup_failure(cause, how, self.settings.setup_timeout,
+                                          self.shutdown_at is not None)
             if message is not None:
                 details = child.setup_error[1] if child.setup_error else ""
                 self._setup_failed(message, details, tail)
@@ -361,7 +341,7 @@ class SupervisorCore:
             text = reason_text
             if cause is ExitCause.CRASHED:
                 tracked.crashes += 1
-                if tracked.crashes < self.settings.job_max_crashes:
+                if tracked.crashes < self.settings.job_max_crashes and self.shutdown_at is None:
                     log.warning("job %s: %s; retrying on a fresh child (%d/%d)", tracked.id,
                                 reason_text, tracked.crashes, self.settings.job_max_crashes)
                     self.pending.appendleft(tracked)

@@ -141,6 +141,41 @@ class ChildRecord:
             return ExitCause.HUNG
         return ExitCause.STOPPED
 
+    def due(self, now: float, grace: float, heartbeat_timeout: float,
+            shutdown_at: float | None, busy: bool):
+        """What this child's clocks call for at `now`: the next step of a stop (a Signal),
+        a stop to begin (cause, text, interrupt), or None."""
+        if self.state is ChildState.STOPPING:
+            if self.stop_next is not None and now >= self.stop_next:
+                return self.escalate(now, grace)
+            return None
+        if self.state is ChildState.STARTING:
+            if self.setup_deadline is not None and now >= self.setup_deadline:
+                return StopCause.SETUP_TIMEOUT, "setup timeout", False
+            if shutdown_at is not None:
+                return StopCause.SHUTDOWN, "shutdown", False
+            return None
+        if heartbeat_timeout > 0 and now - self.last_beat > heartbeat_timeout:
+            return StopCause.HUNG, f"no heartbeat for {now - self.last_beat:.0f}s (hung?)", True
+        for job_id, deadline in self.cancels.items():
+            if now >= deadline:
+                return (StopCause.CANCEL_IGNORED, f"job {job_id} did not stop when cancelled",
+                        True)
+        if shutdown_at is not None and (not busy or now >= shutdown_at):
+            return StopCause.SHUTDOWN, "shutdown", busy
+        return None
+
+    def setup_failure(self, cause: ExitCause, how: str, setup_timeout: float,
+                      shutting_down: bool) -> str | None:
+        """Why the handler could not start, or None if we stopped it during setup."""
+        if cause is ExitCause.SETUP_TIMEOUT:
+            return f"setup did not finish within {setup_timeout:g}s (WORKER_SETUP_TIMEOUT)"
+        if cause is ExitCause.SETUP_FAILED:
+            return self.setup_error[0]
+        if cause is ExitCause.SETUP_DIED and not shutting_down:
+            return f"the worker process {how} during setup"
+        return None
+
     def deadline(self, heartbeat_timeout: float) -> float | None:
         """The child's nearest clock."""
         if self.state is ChildState.STOPPING:

@@ -154,7 +154,7 @@ class Supervisor:
     def _loop(self) -> None:
         core = self.core
         try:
-            self._apply(core.start(self.clock()))
+            self._apply(core.tick(self.clock()))
             while True:
                 while self._commands:
                     fn, args = self._commands.popleft()

@@ -5,24 +5,19 @@ Threads, none of which runs user code (that is in the child):
   while the child is ready and has room; backs off on empty answers and on errors;
 - stop: long-polls job-stop; a listed job is really stopped (task cancel or child stop);
 - heartbeat: pings with the ids of the jobs in progress;
-- posters: post progress, stream chunks and results, in order for each job (a job is
-  pinned to one poster), retrying connection errors and 5xx with backoff; a result that
-  still cannot be delivered is kept and retried by the redelivery thread, never dropped;
+- posters and redelivery (runpod_delivery.py): progress, stream chunks and results, in
+  order for each job, retried; a result is never dropped;
 - the main thread waits for SIGTERM/SIGINT: stop taking jobs, let running ones finish
   within WORKER_SHUTDOWN_GRACE, report them, stop the child, exit 0. A second signal
   stops at once.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import queue
-import random
 import signal
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,48 +27,12 @@ from ..config import Settings
 from ..jobs import JobResult, JobState, error_record
 from ..parent.supervisor import JobListener, Supervisor, WorkerState
 from ..version import __version__
+from .runpod_delivery import Backoff, Delivery, Post
 from .runpod_urls import RunPodUrls
 
 log = logging.getLogger("worker.runpod")
 
-POSTERS = 4
 TAKE_TIMEOUT = (5.0, 95.0)        # connect, read: the platform long-polls up to 90 s
-POST_TIMEOUT = (5.0, 60.0)
-POST_ATTEMPTS = 5
-REDELIVER_EVERY = 5.0
-
-
-class Backoff:
-    """Exponential backoff with jitter; reset() after a success."""
-
-    def __init__(self, first: float, cap: float):
-        self.first, self.cap, self.current = first, cap, 0.0
-
-    def next(self) -> float:
-        self.current = self.first if self.current == 0 else min(self.cap, self.current * 2)
-        return self.current * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self.current = 0.0
-
-
-@dataclass
-class _Post:
-    kind: str            # "done", "stream", "progress"
-    job_id: str
-    url: str
-    body: Any
-    data: bytes | None = None    # the body encoded, once
-    attempts: int = 0
-    replaced: bool = False   # a refused result was already replaced by an error record
-
-    def encoded(self) -> bytes:
-        if self.data is None:
-            self.data = json.dumps(self.body, ensure_ascii=False).encode()
-        return self.data
-
-    def replace(self, body: dict) -> None:
-        self.body, self.data, self.replaced = body, None, True
 
 
 @dataclass
@@ -90,9 +49,8 @@ class RunPodSource(JobListener):
         self.taking_done = threading.Event()
         self._cond = threading.Condition()
         self._taken: dict[str, _Taken] = {}
-        self._posters = [queue.Queue() for _ in range(POSTERS)]
-        self._undelivered: list[_Post] = []
-        self._undelivered_lock = threading.Lock()
+        self.delivery = Delivery(self._session, self._too_large,
+                                 lambda: self.stopping.is_set() and self.taking_done.is_set())
         self._signals = 0
         self._take_session = self._session()
 
@@ -107,9 +65,7 @@ class RunPodSource(JobListener):
         self._install_signals()
         self.sup.start()
         log.info("--- gpu-worker %s | RunPod worker %s ---", __version__, self.urls.worker_id)
-        for i, q in enumerate(self._posters):
-            self._thread(self._poster, f"poster-{i}", q)
-        self._thread(self._redeliver, "redeliver")
+        self.delivery.start(self.stopping)
         self._thread(self._heartbeat, "heartbeat")
         if self.urls.stop() is not None:
             self._thread(self._stop_poll, "stop-poll")
@@ -162,13 +118,7 @@ class RunPodSource(JobListener):
                                 max(0.0, deadline - time.monotonic()))
         self.sup.stop(0)
         self.sup.join(self.settings.stop_grace * 3 + 10)
-        for q in self._posters:
-            q.put(None)
-        flush_until = time.monotonic() + 15
-        for q in self._posters:
-            while q.unfinished_tasks and time.monotonic() < flush_until:
-                time.sleep(0.05)
-        self._redeliver_once(final=True)
+        self.delivery.close()
         if self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN):
             self._report_unhealthy()
             return 1
@@ -263,16 +213,12 @@ class RunPodSource(JobListener):
 
     # --- the job's events (supervisor thread: only queue work) ---------------------------
 
-    def _poster_for(self, job_id: str) -> queue.Queue:
-        return self._posters[zlib.crc32(job_id.encode()) % POSTERS]
-
     def on_progress(self, job_id: str, value: Any) -> None:
-        self._poster_for(job_id).put(_Post("progress", job_id, self.urls.done(job_id, False),
-                                           {"status": "IN_PROGRESS", "output": value}))
+        self.delivery.put(Post("progress", job_id, self.urls.done(job_id, False),
+                               {"status": "IN_PROGRESS", "output": value}))
 
     def on_chunk(self, job_id: str, value: Any) -> None:
-        self._poster_for(job_id).put(_Post("stream", job_id, self.urls.stream(job_id),
-                                           {"output": value}))
+        self.delivery.put(Post("stream", job_id, self.urls.stream(job_id), {"output": value}))
 
     def on_result(self, result: JobResult) -> None:
         with self._cond:
@@ -286,11 +232,11 @@ class RunPodSource(JobListener):
         if result.refresh and self.settings.refresh_stops_pod:
             body["stopPod"] = True
         streamed = self.sup.status.streams
-        post = _Post("done", result.job_id, self.urls.done(result.job_id, streamed), body)
+        post = Post("done", result.job_id, self.urls.done(result.job_id, streamed), body)
         self._fit(post)
-        self._poster_for(result.job_id).put(post)
+        self.delivery.put(post)
 
-    def _fit(self, post: _Post) -> None:
+    def _fit(self, post: Post) -> None:
         """Over the size limit, the result becomes a FAILED error body (never lost)."""
         limit = self.settings.max_result_mb
         size = len(post.encoded())
@@ -306,79 +252,6 @@ class RunPodSource(JobListener):
     def _too_large(self, text: str) -> dict:
         return {"error": error_record("ResultTooLarge", text, "", self.urls.worker_id,
                                       self.settings.hostname)}
-
-    # --- posting ---------------------------------------------------------------------------
-
-    def _poster(self, q: queue.Queue) -> None:
-        session = self._session()
-        while True:
-            post = q.get()
-            try:
-                if post is None:
-                    return
-                if not self._deliver(session, post) and post.kind == "done":
-                    with self._undelivered_lock:
-                        self._undelivered.append(post)
-                    log.error("result could not be delivered after %d tries; kept, and "
-                              "retried every %gs", post.attempts, REDELIVER_EVERY,
-                              extra={"job_id": post.job_id})
-            finally:
-                q.task_done()
-
-    def _deliver(self, session: requests.Session, post: _Post, attempts: int = POST_ATTEMPTS) -> bool:
-        backoff = Backoff(0.25, 4.0)
-        for _ in range(attempts):
-            post.attempts += 1
-            try:
-                resp = session.post(post.url, data=post.encoded(), timeout=POST_TIMEOUT, headers={
-                    "Content-Type": "application/x-www-form-urlencoded", "charset": "utf-8"})
-                if resp.status_code < 400:
-                    return True
-                if resp.status_code in (400, 413) and post.kind == "done" and not post.replaced:
-                    # refused (too large for the platform?): report FAILED, not nothing
-                    post.replace(self._too_large(
-                        f"the queue refused the result with HTTP {resp.status_code}: "
-                        f"{resp.text[:200]}"))
-                    continue
-                if resp.status_code < 500 and resp.status_code != 429:
-                    # the queue refused it for good: retrying cannot help
-                    log.error("%s post refused: HTTP %d %s", post.kind, resp.status_code,
-                              resp.text[:200], extra={"job_id": post.job_id})
-                    return True
-                problem = f"HTTP {resp.status_code}"
-            except requests.RequestException as exc:
-                problem = type(exc).__name__
-            if self.stopping.is_set() and self.taking_done.is_set() and attempts > 1:
-                wait = 0.1
-            else:
-                wait = backoff.next()
-            log.warning("%s post failed (%s); retrying in %.2fs", post.kind, problem, wait,
-                        extra={"job_id": post.job_id})
-            time.sleep(wait)
-        return False
-
-    def _redeliver(self) -> None:
-        while not self.stopping.wait(REDELIVER_EVERY):
-            self._redeliver_once()
-
-    def _redeliver_once(self, final: bool = False) -> None:
-        with self._undelivered_lock:
-            pending, self._undelivered = self._undelivered, []
-        if not pending:
-            return
-        session = self._session()
-        for post in pending:
-            if self._deliver(session, post, attempts=2 if final else 1):
-                log.info("result delivered after %d tries", post.attempts,
-                         extra={"job_id": post.job_id})
-            else:
-                with self._undelivered_lock:
-                    self._undelivered.append(post)
-        if final:
-            for post in self._undelivered:
-                log.error("result NOT delivered before exit: %s",
-                          post.encoded()[:2000].decode(errors="replace"),
-                          extra={"job_id": post.job_id})
 
     # --- heartbeat and stop channel -------------------------------------------------------
 

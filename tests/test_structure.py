@@ -1,0 +1,113 @@
+"""The package's shape: no import circle, small modules, and the process boundary in the
+tree (the child's code never reaches into the parent's, the parent never imports torch)."""
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "worker"
+MAX_LINES = 420
+SHARED = {"worker.protocol", "worker.jobs", "worker.config", "worker.targets",
+          "worker.version", "worker.logs"}
+
+
+def _modules() -> dict:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(name: str, path: Path, known: set) -> set:
+    """Modules of the package this one imports, at the top or inside a function."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                found.add(sub if sub in known else base)
+    return {m for m in found if m in known and m != name}
+
+
+def graph() -> dict:
+    mods = _modules()
+    known = set(mods)
+    return {name: _imports(name, path, known) for name, path in mods.items()}
+
+
+def cycles(g: dict) -> list:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in g[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in g:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circle():
+    assert cycles(graph()) == []
+
+
+def test_the_checker_finds_a_circle():
+    g = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(g) == [["a", "b", "c"]]
+    assert "worker.parent.core" in graph()["worker.parent.supervisor"]
+
+
+def test_no_module_is_large():
+    sizes = {p.name: len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {k: v for k, v in sizes.items() if v > MAX_LINES} == {}
+
+
+def test_the_child_never_imports_the_parent_side():
+    g = graph()
+    for name, deps in g.items():
+        if name.startswith("worker.child"):
+            allowed = {d for d in deps if d.startswith("worker.child") or d in SHARED}
+            assert deps == allowed, f"{name} imports {deps - allowed}"
+
+
+def test_the_parent_reaches_the_child_only_through_its_entry_point():
+    g = graph()
+    for name, deps in g.items():
+        if name.startswith(("worker.parent", "worker.sources")):
+            into_child = {d for d in deps if d.startswith("worker.child")}
+            assert into_child <= {"worker.child.entry"}, (name, into_child)
+
+
+def test_the_parent_never_imports_torch_or_cuda():
+    for path in list((PACKAGE / "parent").rglob("*.py")) + list((PACKAGE / "sources").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        assert not {n for n in names if n.split(".")[0] in ("torch", "cupy", "jax")}, path
