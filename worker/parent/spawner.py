@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import socket
-import time
 
 import multiprocess
 from multiprocess import forkserver
@@ -43,7 +42,6 @@ class ChildProcess:
         self.stdout = stdout        # Connection, read end
         self.stderr = stderr
         self.lifeline = lifeline    # Connection, write end: closing it tells the child
-        self.started = time.monotonic()
 
     @property
     def fd(self) -> int:

@@ -1,10 +1,10 @@
 """The supervisor's read-only status: what other threads (sources, the local API, tests)
-may know. The loop publishes a fresh, frozen copy after every step; readers never touch
+may know. The loop publishes a fresh, immutable copy after every step; readers never touch
 the supervisor's own state."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..config import Settings
 from ..protocol import HandlerMode, Kind
@@ -18,8 +18,7 @@ class WorkerState(str, enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True)
-class Status:
+class Status(NamedTuple):      # a tuple: immutable, and cheap to make after every step
     settings: Settings                 # the effective settings (start() keys applied)
     state: WorkerState
     failure: str | None

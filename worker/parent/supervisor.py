@@ -180,7 +180,9 @@ class Supervisor:
                         exited = True
                 if exited:        # last: the channel's final messages are read first
                     self._child_exited()
-                self._apply(core.tick(self.clock()))
+                deadline = core.next_deadline()   # every event checked the clocks already;
+                if deadline is not None and deadline <= self.clock():   # time alone did not
+                    self._apply(core.tick(self.clock()))
         except Exception:
             log.exception("supervisor loop failed")
             self._apply(core.fail_everything("WorkerError", "the worker's supervisor failed"))
@@ -207,14 +209,14 @@ class Supervisor:
             self._changed.notify_all()
 
     def _apply(self, actions: list) -> None:
-        """Carry out the core's actions in order; the status is published first, so a
-        listener called here sees the state that led to its event."""
-        if actions:
-            self.status = self.core.status()
+        """Publish the status after the core's step, then carry out its actions in order (a
+        listener called here sees the state that led to its event). Spawn and ReadMemory
+        feed the core again and publish their own step."""
+        self.status = self.core.status()
         for action in actions:
-            handler = self._HANDLERS[type(action)]
-            handler(self, action)
-        self._publish()
+            self._HANDLERS[type(action)](self, action)
+        with self._changed:
+            self._changed.notify_all()
 
     def _spawn(self, action: A.Spawn) -> None:
         baseline = self._device_used()

@@ -89,7 +89,7 @@ def run(settings: Settings, target, out: TextIO | None = None) -> int:
             _show_refresh(supervisor, printer.child_pid, out)
     finally:
         supervisor.stop()
-        supervisor.join(timeout=settings.stop_grace * 3 + 5)
+        supervisor.join(timeout=supervisor.settings.stop_grace * 3 + 5)
     ok = _show_result(result, out)
     if ok and expected is not _NOTHING:
         ok = _compare(result.output, expected, out)
