@@ -48,7 +48,7 @@ class HandlerMode(str, Enum):
 class Message:
     KIND: ClassVar[str] = ""
     _names: ClassVar[tuple] = ()
-    _enums: ClassVar[dict] = {}      # field name -> enum type, restored on decode
+    _enums: ClassVar[dict] = {}      # field name -> {value: enum member}, for decoding
 
     def encode(self) -> bytes:
         """The framed bytes; raises TypeError/ValueError if a value is not JSON."""
@@ -61,7 +61,7 @@ def _message(tag: str, **enums: type):
         cls = dataclass(cls)
         cls.KIND = tag
         cls._names = tuple(f.name for f in fields(cls) if f.name != "raw")
-        cls._enums = enums
+        cls._enums = {name: {m.value: m for m in enum} for name, enum in enums.items()}
         _REGISTRY[tag] = cls
         return cls
     return wrap
@@ -146,8 +146,8 @@ def decode(payload: bytes) -> Message:
     try:
         kind, *values = json.loads(payload)
         msg = _REGISTRY[kind](*values)
-        for name, enum in msg._enums.items():
-            setattr(msg, name, enum(getattr(msg, name)))
+        for name, members in msg._enums.items():
+            setattr(msg, name, members[getattr(msg, name)])
         return msg
     except (ValueError, KeyError, TypeError) as exc:
         raise ProtocolError(f"bad message from the other side: {exc}") from None

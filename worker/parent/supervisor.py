@@ -53,6 +53,8 @@ class Supervisor:
         self._proc: ChildProcess | None = None
         self._channel: Channel | None = None
         self._pump: OutputPump | None = None
+        self._watching_writes = False
+        self._dirty = False              # the core changed since the last publish
         self._probe_stop = threading.Event()
         self._commands: collections.deque = collections.deque()
         self._closed = False
@@ -161,10 +163,13 @@ class Supervisor:
                     self._apply(fn(*args, self.clock()))
                 if core.finished:
                     break
+                if self._dirty:
+                    self._publish()
                 deadline = core.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - self.clock())
                 exited = False
-                for key, events in self._sel.select(timeout):
+                ready = self._sel.select(timeout)
+                for key, events in ready:
                     if key.data == "wake":
                         try:
                             os.read(self._wake_r, 4096)
@@ -180,8 +185,7 @@ class Supervisor:
                         exited = True
                 if exited:        # last: the channel's final messages are read first
                     self._child_exited()
-                deadline = core.next_deadline()   # every event checked the clocks already;
-                if deadline is not None and deadline <= self.clock():   # time alone did not
+                if not ready:     # every event checks the clocks; a timeout is time alone
                     self._apply(core.tick(self.clock()))
         except Exception:
             log.exception("supervisor loop failed")
@@ -204,19 +208,21 @@ class Supervisor:
                     os.close(fd)
 
     def _publish(self) -> None:
+        self._dirty = False
         self.status = self.core.status()
         with self._changed:
             self._changed.notify_all()
 
     def _apply(self, actions: list) -> None:
-        """Publish the status after the core's step, then carry out its actions in order (a
-        listener called here sees the state that led to its event). Spawn and ReadMemory
-        feed the core again and publish their own step."""
+        """Carry out the core's actions in order, the status published first (a listener
+        called here sees the state that led to its event). Spawn and ReadMemory feed the
+        core again. Waiters are woken once per turn of the loop (`_publish`)."""
+        self._dirty = True
+        if not actions:
+            return
         self.status = self.core.status()
         for action in actions:
             self._HANDLERS[type(action)](self, action)
-        with self._changed:
-            self._changed.notify_all()
 
     def _spawn(self, action: A.Spawn) -> None:
         baseline = self._device_used()
@@ -228,6 +234,7 @@ class Supervisor:
             return
         self._proc = proc
         self._channel = Channel(proc.fd)
+        self._watching_writes = False
         self._pump = OutputPump({proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"},
                                 lambda: self.status.log_ids, self.output_sink)
         self._pump.start()
@@ -277,9 +284,11 @@ class Supervisor:
     # --- the child's channel and exit ----------------------------------------------------
 
     def _watch_writes(self) -> None:
+        """Watch for writable only while the channel holds unsent bytes."""
         channel = self._channel
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if channel.waiting else 0)
-        if self._sel.get_key(channel.fd).events != events:
+        if channel.waiting != self._watching_writes:
+            self._watching_writes = channel.waiting
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if channel.waiting else 0)
             self._sel.modify(channel.fd, events, "ctrl")
 
     def _read(self) -> None:
