@@ -276,3 +276,14 @@ if __name__ == "__main__":   # children re-import the parent's main module, as w
     parent.wait()
     assert gone(child_pid, timeout=10)
     assert gone(grandchild, timeout=10)
+
+
+def test_a_job_submitted_after_the_supervisor_stopped_is_refused_not_lost(harness):
+    h = harness("misbehave.py")
+    h.run({"do": "ok"})
+    h.sup.stop()
+    assert h.sup.join(30)
+    late = h.run({"do": "ok"}, timeout=5)
+    assert late.state is JobState.FAILED and late.reason is Reason.REFUSED
+    assert "stopped" in late.error_info()["error_message"]
+    assert h.listener.counts[late.job_id] == 1

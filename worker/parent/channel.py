@@ -14,6 +14,7 @@ class Channel:
         self._reader = P.FrameReader()
         self._outbox = bytearray()
         self.closed = False
+        self.eof = False          # the child closed its end (its exit is seen separately)
 
     @property
     def waiting(self) -> bool:
@@ -57,6 +58,7 @@ class Channel:
             except OSError:
                 data = b""
             if not data:
+                self.eof = True
                 break
             messages.extend(P.decode(frame) for frame in self._reader.feed(data))
         return messages

@@ -17,7 +17,7 @@ import time
 from typing import Any, Callable
 
 from ..config import Settings
-from ..jobs import JobResult
+from ..jobs import JobResult, JobState, Reason, failure
 from . import actions as A
 from .actions import JobListener
 from .channel import Channel
@@ -82,7 +82,8 @@ class Supervisor:
     def submit(self, job: dict, listener: JobListener, raw: bytes | None = None) -> None:
         """Queue a job. Its listener hears exactly one on_result. `raw`, when given, is
         the job's exact JSON encoding: it goes to the child as is (no re-encoding)."""
-        self._command(self.core.submit, job, listener, self.clock(), raw)
+        if not self._command(self.core.submit, job, listener, self.clock(), raw):
+            self._refuse_late(job, listener)
 
     def cancel(self, job_id: str, queued_only: bool = False) -> None:
         """End a job as CANCELLED: dropped if queued, stopped if running (unless
@@ -143,15 +144,29 @@ class Supervisor:
 
     # --- the loop ------------------------------------------------------------------------
 
-    def _command(self, fn: Callable, *args: Any) -> None:
+    def _command(self, fn: Callable, *args: Any) -> bool:
+        """Queue a command for the loop; False once the loop has ended."""
         with self._close_lock:
             if self._closed:
-                return      # the loop has ended: a late command has nothing to reach
+                return False
             self._commands.append((fn, args))
             try:
                 os.write(self._wake_w, b"\0")
             except (BlockingIOError, OSError):
                 pass   # the pipe is full of wake-ups already
+            return True
+
+    def _refuse_late(self, job: Any, listener: JobListener) -> None:
+        """A job that reached a supervisor whose loop has ended still gets its one result."""
+        job_id = job.get("id") if isinstance(job, dict) else None
+        s = self.settings
+        result = failure(job_id if isinstance(job_id, str) else "unknown", JobState.FAILED,
+                         Reason.REFUSED, "JobRefused", "the worker has stopped", s.worker_id,
+                         s.hostname)
+        try:
+            listener.on_result(result)
+        except Exception:
+            log.exception("a job listener failed")
 
     def _loop(self) -> None:
         core = self.core
@@ -168,8 +183,7 @@ class Supervisor:
                 deadline = core.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - self.clock())
                 exited = False
-                ready = self._sel.select(timeout)
-                for key, events in ready:
+                for key, events in self._sel.select(timeout):
                     if key.data == "wake":
                         try:
                             os.read(self._wake_r, 4096)
@@ -185,7 +199,8 @@ class Supervisor:
                         exited = True
                 if exited:        # last: the channel's final messages are read first
                     self._child_exited()
-                if not ready:     # every event checks the clocks; a timeout is time alone
+                deadline = core.next_deadline()     # events check the clocks too, but
+                if deadline is not None and deadline <= self.clock():   # not when none come
                     self._apply(core.tick(self.clock()))
         except Exception:
             log.exception("supervisor loop failed")
@@ -206,6 +221,10 @@ class Supervisor:
                 self._sel.close()
                 for fd in (self._wake_r, self._wake_w):
                     os.close(fd)
+            for fn, args in self._commands:       # queued as the loop ended
+                if fn == core.submit:
+                    self._refuse_late(args[0], args[1])
+            self._commands.clear()
 
     def _publish(self) -> None:
         self._dirty = False
@@ -286,19 +305,25 @@ class Supervisor:
     def _watch_writes(self) -> None:
         """Watch for writable only while the channel holds unsent bytes."""
         channel = self._channel
+        if channel.eof:
+            return                 # no longer in the selector; the exit comes next
         if channel.waiting != self._watching_writes:
             self._watching_writes = channel.waiting
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if channel.waiting else 0)
             self._sel.modify(channel.fd, events, "ctrl")
 
     def _read(self) -> None:
-        for msg in self._channel.read():
+        channel = self._channel
+        for msg in channel.read():
             self._apply(self.core.message(msg, self.clock()))
+        if channel.eof and self._sel.get_map().get(channel.fd) is not None:
+            self._sel.unregister(channel.fd)    # else a closed end reads ready for ever
 
     def _child_exited(self) -> None:
         proc = self._proc
         self._read()                      # results written before the exit still count
-        self._sel.unregister(proc.fd)
+        if self._sel.get_map().get(proc.fd) is not None:
+            self._sel.unregister(proc.fd)
         self._sel.unregister(proc.sentinel)
         code = proc.exitcode()
         proc.close()                      # SIGKILLs leftovers in its group
