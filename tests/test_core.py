@@ -88,9 +88,14 @@ class Driver(A.JobListener):
         job = {"id": job_id, "input": {}, **extra}
         self.apply(self.core.submit(job, self, self.now, None, self.now))
 
+    def run_of(self, job_id):
+        """The token of the last run of this job sent to a child."""
+        return [m.run for m in self.sent if isinstance(m, P.Run) and m.job["id"] == job_id][-1]
+
     def done(self, job_id, state=JobState.COMPLETED, body=None, refresh=False, concurrency=1):
         reason = Reason.COMPLETED if state is JobState.COMPLETED else Reason.HANDLER_ERROR
-        self.msg(P.Done(job_id, state, reason, body or {"output": job_id}, refresh, concurrency))
+        self.msg(P.Done(self.run_of(job_id), state, reason, body or {"output": job_id},
+                        refresh, concurrency))
 
     def exit(self, code):
         self.apply(self.core.exited(code, ["last line"], self.now))
@@ -157,9 +162,9 @@ def test_cancel_of_a_thread_job_cancels_it_in_the_child_and_the_late_ack_is_igno
     assert d.runs() == ["x", "y"]
     d.apply(d.core.cancel("x", False, d.now))
     assert d.result("x").state is JobState.CANCELLED
-    assert isinstance(d.sent[-1], P.Cancel) and d.sent[-1].job_id == "x"
+    assert isinstance(d.sent[-1], P.Cancel) and d.sent[-1].run == d.run_of("x")
     assert d.signals == [] and d.child.state is ChildState.BUSY
-    d.msg(P.Done("x", JobState.CANCELLED, Reason.CANCELLED, {}, False, 2))   # the ack
+    d.msg(P.Done(d.run_of("x"), JobState.CANCELLED, Reason.CANCELLED, {}, False, 2))  # the ack
     assert len(d.results["x"]) == 1
     d.done("y")
     assert d.result("y").state is JobState.COMPLETED and d.child.pid == 101
@@ -189,19 +194,25 @@ def test_cancel_of_a_queued_job_never_sends_it():
     assert d.runs() == [] and d.result("q").state is JobState.CANCELLED
 
 
-def test_a_crash_fails_every_job_in_flight_and_the_queue_goes_to_the_next_child():
+def test_a_crash_with_several_jobs_reruns_each_alone_and_fails_only_the_one_that_crashes():
     d = Driver()
     d.ready(mode=HandlerMode.THREADS, concurrency=2)
     for j in ("a", "b", "c"):
         d.submit(j)
-    d.exit(-11)
-    for j in ("a", "b"):
-        r = d.result(j)
-        assert r.state is JobState.FAILED and r.reason is Reason.WORKER_LOST
-        assert "killed by SIGSEGV during the job" in r.error_info()["error_message"]
-    assert "c" not in d.results and d.child.pid == 102
+    d.exit(-11)                      # a and b were in the child: either may be the cause
+    assert not d.results and d.child.pid == 102
+    d.ready(mode=HandlerMode.THREADS, concurrency=2)
+    assert d.runs() == ["a", "b", "a"]          # a alone, although there is room for two
+    d.done("a")
+    assert d.runs()[-1] == "b" and len(d.core.in_flight) == 1
+    d.exit(-11)                      # b alone: b is the poison
+    r = d.result("b")
+    assert r.state is JobState.FAILED and r.reason is Reason.WORKER_LOST
+    assert "killed by SIGSEGV during the job" in r.error_info()["error_message"]
+    assert d.result("a").state is JobState.COMPLETED
     d.ready(mode=HandlerMode.THREADS, concurrency=2)
     assert d.runs()[-1] == "c"
+    assert d.core.state is WorkerState.RUNNING
 
 
 def test_a_job_that_crashes_its_child_is_retried_up_to_job_max_crashes():
@@ -233,7 +244,8 @@ def test_the_breaker_counts_deaths_in_its_window_and_then_refuses_everything():
         d.submit(f"j{t}")
         d.exit(-9)
     assert d.core.state is WorkerState.BROKEN and d.child is None
-    assert "died 3 times within 60s" in d.core.failure_message
+    assert "3 worker processes in a row died before finishing a job, within 60s" \
+        in d.core.failure_message
     d.submit("late")
     assert d.result("late").reason is Reason.REFUSED
     spawned = d.next_pid
@@ -428,7 +440,7 @@ def test_every_job_ends_exactly_once_and_runs_only_on_a_live_child(events):
             d.ready(kind=Kind.ASYNC if ev[1] is HandlerMode.TASKS else Kind.SYNC, mode=ev[1],
                     concurrency=ev[2])
         elif kind == "done" and d.child is not None:
-            running = list(d.core.in_flight)
+            running = [t.id for t in d.core.in_flight.values()]
             if running:
                 d.done(running[ev[1] % len(running)], refresh=ev[2],
                        concurrency=d.child.concurrency)

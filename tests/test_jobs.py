@@ -74,7 +74,7 @@ def test_stream_collector():
     assert col.accept({"refresh_worker": True, "b": 1}) == {"b": 1}
     assert col.accept({"error": "boom"}) is StreamCollector.STOP
     assert col.refresh
-    assert col.body() == {"output": ["a", {"b": 1}], "error": "boom"}
+    assert col.body() == {"error": "boom"}     # an error chunk: the error alone, as the SDK
     quiet = StreamCollector(aggregate=False)
     quiet.accept("a")
     assert quiet.body() == {"output": []}

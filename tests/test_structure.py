@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "worker"
 MAX_LINES = 420
 SHARED = {"worker.protocol", "worker.jobs", "worker.config", "worker.targets",
-          "worker.version", "worker.logs"}
+          "worker.version", "worker.logs", "worker.jsonlimits"}
 
 
 def _modules() -> dict:

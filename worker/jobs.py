@@ -60,15 +60,35 @@ def validate_job(job: Any, default_id: str | None = None) -> dict:
     if not SAFE_ID.fullmatch(job["id"]):
         raise JobError("the job 'id' must be 1-200 characters of letters, digits and "
                        "._:- (it goes into URLs and log lines)")
+    policy = job.get("policy")
+    if policy is not None:
+        if not isinstance(policy, dict):
+            raise JobError("the job 'policy' must be an object")
+        ms = policy.get("executionTimeout")
+        if ms is not None and not (isinstance(ms, (int, float)) and not isinstance(ms, bool)
+                                   and 0 <= ms <= MAX_TIMEOUT_MS):
+            raise JobError("policy.executionTimeout must be a number of milliseconds from 0 "
+                           f"(the worker's default) to {MAX_TIMEOUT_MS} (30 days), "
+                           f"not {_short(ms)}")
     return job
 
 
+MAX_TIMEOUT_MS = 30 * 24 * 3600 * 1000
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def execution_timeout(job: dict, default_s: float) -> float:
-    """Seconds the job may run: policy.executionTimeout (ms) if given, else the default."""
+    """Seconds the job may run: policy.executionTimeout (ms, checked by validate_job) if
+    given and not 0, else the default."""
     policy = job.get("policy")
     if isinstance(policy, dict):
         ms = policy.get("executionTimeout")
-        if isinstance(ms, (int, float)) and not isinstance(ms, bool) and ms > 0:
+        if isinstance(ms, (int, float)) and not isinstance(ms, bool) and \
+                0 < ms <= MAX_TIMEOUT_MS:
             return ms / 1000.0
     return default_s
 
@@ -182,8 +202,9 @@ class StreamCollector:
         return chunk
 
     def body(self, error: Any = None) -> dict:
+        if error is None and self.error is not None:
+            return {"error": self.error}     # an error chunk: the SDK posts the error alone
         body: dict = {"output": self.chunks if self.aggregate else []}
-        error = error if error is not None else self.error
         if error is not None:
             body["error"] = error
         return body

@@ -10,6 +10,7 @@ again on the other side.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass, fields
 from enum import Enum
@@ -69,22 +70,27 @@ def _message(tag: str, **enums: type):
 
 # --- parent -> child ------------------------------------------------------------------
 
+# A run is one attempt at a job in one child. The parent numbers runs; every message about
+# a running job names its run, never its job id alone, so a late answer from an abandoned
+# run can never be taken for the answer of a newer run of the same id.
+
 @_message("run")
 class Run(Message):
+    run: int
     job: dict
     raw: bytes | None = None     # the job's JSON as received: forwarded without re-encoding
 
     def encode(self) -> bytes:
         if self.raw is None:
-            payload = _encode([self.KIND, self.job]).encode()
+            payload = _encode([self.KIND, self.run, self.job]).encode()
         else:
-            payload = b'["run",' + self.raw + b"]"
+            payload = b'["run",%d,' % self.run + self.raw + b"]"
         return _HEADER.pack(len(payload)) + payload
 
 
 @_message("cancel")
 class Cancel(Message):
-    job_id: str
+    run: int
 
 
 @_message("stop")
@@ -111,19 +117,19 @@ class SetupFailed(Message):
 
 @_message("progress")
 class Progress(Message):
-    job_id: str
+    run: int
     value: Any
 
 
 @_message("chunk")
 class Chunk(Message):
-    job_id: str
+    run: int
     value: Any
 
 
 @_message("done", state=JobState, reason=Reason)
 class Done(Message):
-    job_id: str
+    run: int
     state: JobState
     reason: Reason
     body: dict
@@ -142,15 +148,46 @@ class ProtocolError(ValueError):
     pass
 
 
+@dataclass
+class Garbled(Message):
+    """A frame that could not be decoded, with the run it names when that much is legible:
+    the guard that turns it into that one job's failure instead of a dead loop."""
+    tag: str | None
+    run: int | None
+    error: str
+
+
+_HEAD = re.compile(rb'\s*\[\s*"([a-z_]{1,20})"\s*(?:,\s*(\d{1,18})\s*[,\]])?')
+
+
 def decode(payload: bytes) -> Message:
+    """The message in a frame; any failure at all (bad JSON, nesting too deep for this
+    side's stack, a wrong shape) becomes a Garbled message rather than an exception."""
     try:
         kind, *values = json.loads(payload)
         msg = _REGISTRY[kind](*values)
         for name, members in msg._enums.items():
             setattr(msg, name, members[getattr(msg, name)])
         return msg
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ProtocolError(f"bad message from the other side: {exc}") from None
+    except Exception as exc:    # noqa: BLE001 - the boundary: whatever it is, it is one frame's
+        head = _HEAD.match(payload[:64])
+        tag = head.group(1).decode() if head else None
+        run = int(head.group(2)) if head and head.group(2) else None
+        return Garbled(tag, run, f"{type(exc).__name__}: {exc}"[:500])
+
+
+# The child's stdout/stderr lines written by a job's own thread or task start with
+# LINE_TAG + job id + LINE_END (child/joblog.py); the parent strips it (output.py).
+LINE_TAG, LINE_END = "\x1e", "\x1f"     # ASCII record/unit separators: never in a job id
+
+
+def split_tag(line: str) -> tuple[str | None, str]:
+    """(job id, line) for a tagged line, (None, line) otherwise."""
+    if line.startswith(LINE_TAG):
+        end = line.find(LINE_END, 1, 260)
+        if end > 0:
+            return line[1:end], line[end + 1:]
+    return None, line
 
 
 class FrameReader:

@@ -13,13 +13,11 @@ import traceback
 
 from .. import protocol as P
 from ..config import Settings
-from ..targets import ChildSpec, ModuleTarget, ScriptTarget, ValueTarget
-from . import runpod_compat
+from ..targets import SECRET_ENV, ChildSpec, ModuleTarget, ScriptTarget, ValueTarget
+from . import joblog, runpod_compat
 from .handlers import Interrupted
 from .runtime import ChildRuntime
 
-# Secrets the handler has no use for: the queue's key and the local API's token.
-SCRUBBED_ENV = ("RUNPOD_AI_API_KEY", "WORKER_API_TOKEN")
 
 
 def run_target(target, runtime: ChildRuntime) -> dict:
@@ -47,10 +45,13 @@ def child_main(spec: ChildSpec) -> None:
     _capture_output(spec.stdout.fileno(), spec.stderr.fileno())
     spec.stdout.close()
     spec.stderr.close()
+    joblog.install()
     settings = Settings.from_dict(spec.settings)
-    for name in SCRUBBED_ENV:
-        if name not in settings.child_env_pass:
-            os.environ.pop(name, None)
+    # The parent started our process without its secrets (spawner.py); the ones the user
+    # asked to pass come in the spec, into os.environ only.
+    for name in SECRET_ENV:
+        os.environ.pop(name, None)
+    os.environ.update(spec.env)
     os.chdir(spec.cwd)
     _allow_own_children()
 

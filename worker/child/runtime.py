@@ -13,6 +13,7 @@ import ctypes
 import os
 import select
 import signal
+import sys
 import threading
 import traceback
 from typing import Any
@@ -20,7 +21,9 @@ from typing import Any
 from .. import protocol as P
 from ..config import Settings, config_keys
 from ..jobs import JobState, Reason, exception_record
+from ..jsonlimits import MAX_DEPTH, nesting
 from ..protocol import HandlerMode
+from . import joblog
 from .handlers import Interrupted, Outcome, detect_kind, run_async, run_sync
 from .memory import reset_peak, rss, torch_memory
 
@@ -53,13 +56,14 @@ class ChildRuntime:
         self.preloaded = preloaded
         self.served = False
         self.stopping = False
-        self.inline_job: str | None = None
+        self.inline_job: int | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._reader = P.FrameReader()
         self._wlock = threading.Lock()
-        self._tasks: dict[str, asyncio.Task] = {}
-        self._threads: dict[str, int] = {}
-        self._cancelled: set[str] = set()
+        self._runs: dict[str, int] = {}            # job id -> its run (one per id at a time)
+        self._tasks: dict[int, asyncio.Task] = {}  # run -> task
+        self._threads: dict[int, int] = {}         # run -> thread ident
+        self._cancelled: set[int] = set()
         self._done: asyncio.Future | None = None
 
     # --- plumbing -------------------------------------------------------------------------
@@ -72,7 +76,22 @@ class ChildRuntime:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def send(self, msg: P.Message) -> None:
-        data = msg.encode()
+        self.send_bytes(msg.encode())
+
+    def send_checked(self, msg: P.Message, levels: int) -> None:
+        """Send a message that carries a value from user code: any failure to encode it
+        (not JSON, a number JSON cannot hold, a lone surrogate, nesting beyond MAX_DEPTH
+        below the message's own `levels`) raises ValueError with the reason."""
+        try:
+            data = msg.encode()
+        except Exception as exc:   # noqa: BLE001 - TypeError, ValueError, RecursionError...
+            raise ValueError(f"it is not JSON-serialisable ({type(exc).__name__}: {exc})"[:800]) \
+                from None
+        if nesting(data, MAX_DEPTH + levels) > MAX_DEPTH + levels:
+            raise ValueError(f"it nests arrays/objects more than {MAX_DEPTH} levels deep")
+        self.send_bytes(data)
+
+    def send_bytes(self, data: bytes) -> None:
         with self._wlock:
             view = memoryview(data)
             while view:
@@ -167,103 +186,133 @@ class ChildRuntime:
         for frame in self._reader.feed(data):
             msg = P.decode(frame)
             if isinstance(msg, P.Run):
-                self._start_job(msg.job)
+                try:
+                    self._start_job(msg.run, msg.job)
+                except Exception as exc:   # noqa: BLE001 - the job's failure, not the loop's
+                    self.send(P.Done(msg.run, JobState.FAILED, Reason.HANDLER_ERROR,
+                                     {"error": self.record(exc)}, False, self.concurrency))
             elif isinstance(msg, P.Cancel):
-                self._cancel(msg.job_id)
+                self._cancel(msg.run)
             elif isinstance(msg, P.Stop):
                 self._stop()
+            else:
+                self._unreadable(msg)
             if self.stopping:
                 break
 
+    def _unreadable(self, msg: P.Message) -> None:
+        """A frame this side cannot read: that run fails; anything else ends the child (the
+        parent sees a crash) rather than leaving a job that never ends."""
+        if isinstance(msg, P.Garbled) and msg.tag == "run" and msg.run is not None:
+            error = self.record(ValueError(f"the job could not be read in the worker "
+                                           f"process: {msg.error}"))
+            self.send(P.Done(msg.run, JobState.FAILED, Reason.HANDLER_ERROR, {"error": error},
+                             False, self.concurrency))
+            return
+        print(f"gpu-worker: unreadable message from the parent ({msg!r:.300}); exiting",
+              file=sys.__stderr__, flush=True)
+        os._exit(70)
+
     # --- running jobs --------------------------------------------------------------------
 
-    def _start_job(self, job: dict) -> None:
+    def _start_job(self, run: int, job: dict) -> None:
         job_id = job["id"]
+        self._runs[job_id] = run
         reset_peak()
         if self.mode is HandlerMode.INLINE:
-            self.inline_job = job_id
+            self.inline_job = run
+            token = joblog.current_job.set(job_id)
             try:
-                outcome = run_sync(self.handler, self.kind, job, self._emitter(job_id),
+                outcome = run_sync(self.handler, self.kind, job, self._emitter(run),
                                    self.aggregate, self.record)
             except Interrupted:
                 self._finish()
                 return
             finally:
                 self.inline_job = None
-            self._report(job_id, outcome)
+                joblog.current_job.reset(token)
+            self._report(run, job_id, outcome)
         elif self.mode is HandlerMode.THREADS:
-            threading.Thread(target=self._run_thread, args=(job,), daemon=True,
+            threading.Thread(target=self._run_thread, args=(run, job), daemon=True,
                              name=f"job-{job_id}").start()
         else:
-            self._tasks[job_id] = self.loop.create_task(self._run_task(job))
+            self._tasks[run] = self.loop.create_task(self._run_task(run, job))
 
-    def _run_thread(self, job: dict) -> None:
+    def _run_thread(self, run: int, job: dict) -> None:
         job_id = job["id"]
-        self._threads[job_id] = threading.get_ident()
+        joblog.current_job.set(job_id)       # a fresh thread: its own context
+        self._threads[run] = threading.get_ident()
         try:
-            outcome = run_sync(self.handler, self.kind, job, self._emitter(job_id),
+            outcome = run_sync(self.handler, self.kind, job, self._emitter(run),
                                self.aggregate, self.record)
         except Interrupted:
             outcome = Outcome(JobState.CANCELLED, Reason.CANCELLED, {})
         finally:
-            self._threads.pop(job_id, None)
-        self._report(job_id, outcome)
+            self._threads.pop(run, None)
+        self._report(run, job_id, outcome)
 
-    async def _run_task(self, job: dict) -> None:
+    async def _run_task(self, run: int, job: dict) -> None:
         job_id = job["id"]
+        joblog.current_job.set(job_id)       # a task runs in a copy of the context
         try:
-            outcome = await run_async(self.handler, self.kind, job, self._emitter(job_id),
+            outcome = await run_async(self.handler, self.kind, job, self._emitter(run),
                                       self.aggregate, self.record)
         except (asyncio.CancelledError, Interrupted):
             outcome = Outcome(JobState.CANCELLED, Reason.CANCELLED, {})
         finally:
-            self._tasks.pop(job_id, None)
-        if job_id in self._cancelled or outcome.state is not JobState.CANCELLED:
-            self._cancelled.discard(job_id)
-            self._report(job_id, outcome)
+            self._tasks.pop(run, None)
+        if run in self._cancelled or outcome.state is not JobState.CANCELLED:
+            self._cancelled.discard(run)
+            self._report(run, job_id, outcome)
         else:  # a CancelledError the handler raised by itself is a failure, not a cancel
-            self._report(job_id, Outcome(JobState.FAILED, Reason.HANDLER_ERROR,
-                                         {"error": self.record(asyncio.CancelledError())}))
+            self._report(run, job_id, Outcome(JobState.FAILED, Reason.HANDLER_ERROR,
+                                              {"error": self.record(asyncio.CancelledError())}))
 
-    def _emitter(self, job_id: str):
+    def _emitter(self, run: int):
         def emit(chunk: Any) -> None:
             try:
-                self.send(P.Chunk(job_id, chunk))
-            except (TypeError, ValueError) as exc:
-                raise TypeError(f"a stream chunk is not JSON-serialisable: {exc}") from None
+                self.send_checked(P.Chunk(run, chunk), 1)
+            except ValueError as exc:
+                raise TypeError(f"a stream chunk cannot be sent: {exc}") from None
         return emit
 
-    def _report(self, job_id: str, outcome: Outcome) -> None:
+    def _report(self, run: int, job_id: str, outcome: Outcome) -> None:
+        joblog.job_ended(job_id)       # its last partial line, tagged, before its result
+        if self._runs.get(job_id) == run:
+            del self._runs[job_id]
         if self.stopping:
             return  # the parent has already ended this job
         self.concurrency = self._concurrency(self.concurrency)
         peak = torch_memory()
-        msg = P.Done(job_id, outcome.state, outcome.reason, outcome.body, outcome.refresh,
+        msg = P.Done(run, outcome.state, outcome.reason, outcome.body, outcome.refresh,
                      self.concurrency, peak and peak["peak_mb"])
         try:
-            self.send(msg)
-        except (TypeError, ValueError) as exc:
-            error = self.record(TypeError(
-                f"the handler returned a value that is not JSON-serialisable: {exc}"))
-            self.send(P.Done(job_id, JobState.FAILED, Reason.HANDLER_ERROR, {"error": error},
+            self.send_checked(msg, 2)
+        except ValueError as exc:
+            what = "stream" if self.kind.streams else "returned value"
+            error = self.record(TypeError(f"the handler's {what} cannot be sent back: {exc}"))
+            self.send(P.Done(run, JobState.FAILED, Reason.HANDLER_ERROR, {"error": error},
                              outcome.refresh, self.concurrency))
 
     def progress(self, job: Any, value: Any) -> None:
         job_id = job.get("id") if isinstance(job, dict) else str(job)
+        run = self._runs.get(job_id)
+        if run is None:
+            return     # not a job running here (or it has ended): nobody is listening
         try:
-            self.send(P.Progress(job_id, value))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"progress_update value is not JSON-serialisable: {exc}") from None
+            self.send_checked(P.Progress(run, value), 1)
+        except ValueError as exc:
+            raise TypeError(f"progress_update value cannot be sent: {exc}") from None
 
     # --- cancel and stop ------------------------------------------------------------------
 
-    def _cancel(self, job_id: str) -> None:
-        task = self._tasks.get(job_id)
+    def _cancel(self, run: int) -> None:
+        task = self._tasks.get(run)
         if task is not None:
-            self._cancelled.add(job_id)
+            self._cancelled.add(run)
             task.cancel()
             return
-        ident = self._threads.get(job_id)
+        ident = self._threads.get(run)
         if ident is not None:
             _raise_in_thread(ident, Interrupted)
 

@@ -4,7 +4,9 @@ Each event (a command from a source, a message or the exit of the child, the mem
 reading it asked for, the passing of time) comes with the current time and returns the
 actions the loop must carry out (actions.py). Every job ends in exactly one final state,
 reported once, through an `Ended` action. Tests drive this class directly, with a fake
-clock, in microseconds; supervisor.py wires it to a real child.
+clock, in microseconds; supervisor.py wires it to a real child. The events about the
+child itself (its messages, its exit) are in child_events.py; the rules of crash blame in
+blame.py.
 """
 from __future__ import annotations
 
@@ -12,22 +14,22 @@ import logging
 from typing import Any
 
 from .. import protocol as P
-from ..config import Settings, SettingsError
-from ..jobs import JobError, JobResult, JobState, Reason, execution_timeout, validate_job
+from ..config import Settings
+from ..jobs import SAFE_ID, JobError, JobState, Reason, execution_timeout, validate_job
 from ..protocol import HandlerMode
-from . import recycling
-from .actions import (Chunked, JobListener, Progressed, ReadMemory, Send, Signal, Spawn,
-                      Started)
+from . import blame, recycling
+from .actions import JobListener, Send, Signal, Spawn, Started
 from .breaker import RestartBreaker
+from .child_events import ChildEvents
 from .jobbook import JobBook, TrackedJob
-from .lifecycle import ChildRecord, ChildState, ExitCause, StopCause
+from .lifecycle import ChildRecord, ChildState, StopCause
 from .monitor import classify_xid
 from .status import Status, WorkerState
 
 log = logging.getLogger("worker")
 
 
-class SupervisorCore:
+class SupervisorCore(ChildEvents):
     def __init__(self, settings: Settings, preload: tuple = (), check_preload: bool = False):
         self.settings = settings          # the one effective Settings (start() keys applied)
         self.preload = list(preload)
@@ -44,6 +46,7 @@ class SupervisorCore:
         self.shutdown_at: float | None = None
         self.spawns = 0
         self.last_ready_s: float | None = None
+        self.runs = 0                      # run tokens issued (protocol.Run)
         self.handler_kind: P.Kind | None = None
         self.log_ids: tuple = ()           # jobs the child's output lines belong to
 
@@ -53,10 +56,11 @@ class SupervisorCore:
                raw: bytes | None, now: float) -> list:
         try:
             job = validate_job(given)
-        except JobError as exc:
-            job_id = given.get("id") if isinstance(given, dict) and \
-                isinstance(given.get("id"), str) else "unknown"
-            self.jobs.refuse(TrackedJob({"id": job_id}, listener, submitted), str(exc))
+        except Exception as exc:    # noqa: BLE001 - JobError, or whatever a strange job raises
+            text = str(exc) if isinstance(exc, JobError) else \
+                f"the job could not be read: {type(exc).__name__}: {exc}"
+            self.jobs.refuse(TrackedJob({"id": _some_id(given)}, listener, submitted),
+                             text[:1000])
             return self._step(now)
         tracked = TrackedJob(job, listener, submitted, raw)
         if self.state is not WorkerState.RUNNING or self.shutdown_at is not None:
@@ -76,7 +80,7 @@ class SupervisorCore:
                 self.jobs.end(tracked, JobState.CANCELLED, Reason.CANCELLED,
                               "cancelled before it started", now, "Cancelled")
                 return self._step(now)
-        tracked = self.in_flight.get(job_id)
+        tracked = self._running(job_id)
         if tracked is not None and not queued_only:
             self._abandon(tracked, JobState.CANCELLED, Reason.CANCELLED, "cancelled", now)
         return self._step(now)
@@ -120,26 +124,6 @@ class SupervisorCore:
         self._setup_failed(f"the worker process could not be started: {error}", "")
         return self._step(now)
 
-    def message(self, msg: P.Message, now: float) -> list:
-        child = self.child
-        if child is None:
-            return []
-        child.last_beat = now
-        if isinstance(msg, P.Done):
-            self._on_done(child, msg, now)
-        elif isinstance(msg, (P.Chunk, P.Progress)):
-            tracked = self.in_flight.get(msg.job_id)
-            if tracked is not None:
-                event = Chunked if isinstance(msg, P.Chunk) else Progressed
-                self._out.append(event(tracked.listener, msg.job_id, msg.value))
-        elif isinstance(msg, P.Heartbeat):
-            child.rss, child.torch = msg.rss, msg.gpu
-        elif isinstance(msg, P.Ready):
-            self._on_ready(child, msg, now)
-        elif isinstance(msg, P.SetupFailed):
-            child.setup_error = (msg.message, msg.traceback)
-        return self._step(now)
-
     def memory(self, reading: Any, now: float) -> list:
         """The reading asked for with ReadMemory (None if the probe failed)."""
         child = self.child
@@ -147,13 +131,6 @@ class SupervisorCore:
             child.checking_memory = False
             if reading is not None and child.refresh_reason is None:
                 child.refresh_reason = recycling.memory_verdict(reading, child, self.settings)
-        return self._step(now)
-
-    def exited(self, code: int | None, output_tail: list, now: float) -> list:
-        child, self.child = self.child, None
-        self.log_ids = ()
-        if child is not None:
-            self._on_exit(child, code, output_tail, now)
         return self._step(now)
 
     def tick(self, now: float) -> list:
@@ -168,12 +145,40 @@ class SupervisorCore:
         self._out.clear()
         return out
 
+    def internal_error(self, text: str, job: Any, listener: JobListener | None,
+                       now: float) -> list:
+        """An event raised inside the core (a bug, or input nothing anticipated). The job
+        it carried, if any, fails; the child, whose jobs may have been left half-handled,
+        is replaced with them failed; queued jobs go on."""
+        self._out.clear()
+        held = [*self.pending, *self.in_flight.values()]
+        if listener is not None and not any(t.listener is listener and t.job is job
+                                            for t in held):
+            tracked = TrackedJob({"id": _some_id(job)}, listener, now)
+            self.jobs.refuse(tracked, f"the worker failed on this job: {text}"[:1000],
+                             counted=False)
+        for tracked in list(self.in_flight.values()):
+            self.jobs.end(tracked, JobState.FAILED, Reason.WORKER_LOST,
+                          f"the worker failed while this job ran: {text}"[:1000], now,
+                          "WorkerError")
+        self.in_flight.clear()
+        self.log_ids = ()
+        if self.child is not None and self.child.state is not ChildState.STOPPING:
+            self._stop_child(StopCause.INTERNAL_ERROR, "internal error", now, interrupt=True)
+        return self._step(now)
+
     # --- queries -----------------------------------------------------------------------
 
     @property
     def finished(self) -> bool:
         """Shut down, with no child left: the loop may end."""
         return self.shutdown_at is not None and self.child is None and not self.spawning
+
+    def _running(self, job_id: str) -> TrackedJob | None:
+        for tracked in self.in_flight.values():
+            if tracked.id == job_id:
+                return tracked
+        return None
 
     def next_deadline(self) -> float | None:
         times = [t.deadline for t in self.in_flight.values() if t.deadline is not None]
@@ -197,7 +202,8 @@ class SupervisorCore:
             c.mode if c else None, c.concurrency if c else 1, capacity,
             tuple(c.preloaded) if c else (), c.jobs_run if c else 0, c.rss if c else 0,
             c.torch if c else None, c.baseline_mb if c else 0.0, self.spawns,
-            len(self.pending), tuple(self.in_flight), self.log_ids, self.jobs.finished,
+            len(self.pending), tuple(t.id for t in self.in_flight.values()), self.log_ids,
+            self.jobs.finished,
             self.last_ready_s)
 
     # --- the step after every event ---------------------------------------------------
@@ -231,22 +237,38 @@ class SupervisorCore:
             return
         while (self.pending and child.accepting and self.shutdown_at is None
                and len(self.in_flight) < child.concurrency):
-            tracked = self.pending.popleft()
+            tracked = self._next_pending(child)
+            if tracked is None:
+                break
             tracked.started = now
             limit = execution_timeout(tracked.job, self.settings.job_timeout)
             tracked.deadline = now + limit if limit > 0 else None
-            msg = P.Run(tracked.job, tracked.raw)
+            self.runs += 1
+            tracked.run = self.runs
+            msg = P.Run(tracked.run, tracked.job, tracked.raw)
             try:
                 data = msg.encode()
-            except (TypeError, ValueError, RecursionError) as exc:
-                self.jobs.refuse(tracked, f"the job is not JSON: {exc}")
+            except Exception as exc:   # noqa: BLE001 - not JSON, a lone surrogate, too deep...
+                self.jobs.refuse(tracked, f"the job cannot be sent to the worker process: "
+                                          f"{type(exc).__name__}: {exc}"[:1000])
                 continue
-            tracked.raw = None      # sent: a retry after a crash re-encodes the dict
             self._out.append(Send(msg, data))
-            self.in_flight[tracked.id] = tracked
-            self.log_ids = tuple(self.in_flight)
+            self.in_flight[tracked.run] = tracked
+            self.log_ids = self._running_ids()
             child.state = ChildState.BUSY
             self._out.append(Started(tracked.listener, tracked.id))
+
+    def _next_pending(self, child: ChildRecord) -> TrackedJob | None:
+        i = blame.next_runnable(self.pending, self.in_flight.values(),
+                                child.abandoned_ids if child.cancels else ())
+        if i is None:
+            return None
+        tracked = self.pending[i]
+        del self.pending[i]
+        return tracked
+
+    def _running_ids(self) -> tuple:
+        return tuple(t.id for t in self.in_flight.values())
 
     def _check_clocks(self, now: float) -> None:
         for tracked in list(self.in_flight.values()):
@@ -268,97 +290,6 @@ class SupervisorCore:
             cause, text, interrupt = due
             self._stop_child(cause, text, now, interrupt)
 
-    # --- the child's messages and exit ---------------------------------------------------
-
-    def _on_ready(self, child: ChildRecord, msg: P.Ready, now: float) -> None:
-        if not child.ready(msg):
-            return
-        self.handler_kind = msg.kind
-        if msg.config:
-            try:
-                self.settings = self.settings.with_config(msg.config)
-            except SettingsError as exc:     # the child checked them; this is a safety net
-                log.error("start() settings ignored: %s", exc)
-        self.last_ready_s = now - child.started
-        log.info("child %d ready in %.2fs (handler: %s, %s, concurrency %d%s)",
-                 child.pid, self.last_ready_s, msg.kind.value, msg.mode.value, child.concurrency,
-                 f"; preloaded: {', '.join(msg.preloaded)}" if msg.preloaded else "")
-        missing = [m for m in self.preload if m not in msg.preloaded]
-        if missing and self.check_preload:
-            log.warning("preload modules not loaded in the forkserver (import failed?): %s",
-                        ", ".join(missing))
-
-    def _on_done(self, child: ChildRecord, msg: P.Done, now: float) -> None:
-        child.concurrency = max(1, msg.concurrency)
-        child.cancels.pop(msg.job_id, None)
-        tracked = self.in_flight.pop(msg.job_id, None)
-        # Output still in the pipe belongs to the job that just ended, not to nobody.
-        self.log_ids = tuple(self.in_flight) or (msg.job_id,)
-        if tracked is None:
-            return   # already ended by the worker (timeout, cancel): this is the child's ack
-        child.jobs_run += 1
-        result = JobResult(msg.job_id, msg.state, msg.reason, msg.body, msg.refresh,
-                           int((tracked.started - tracked.submitted) * 1000),
-                           int((now - tracked.started) * 1000))
-        if msg.peak_vram_mb is not None:
-            result.extra["peak_vram_mb"] = msg.peak_vram_mb
-        self.jobs.report(tracked, result)
-        log.log(logging.INFO if result.state is JobState.COMPLETED else logging.WARNING,
-                "job %s (%s) in %d ms%s", result.state.value, result.reason.value,
-                result.execution_ms, "" if msg.peak_vram_mb is None else
-                f", peak VRAM {msg.peak_vram_mb:.0f} MiB", extra={"job_id": msg.job_id})
-        if child.refresh_reason is None:
-            child.refresh_reason = recycling.after_job(result, child, self.settings)
-        self._maybe_idle(child)
-
-    def _maybe_idle(self, child: ChildRecord) -> None:
-        """A busy child with no job left is ready; between jobs, check its memory."""
-        if self.in_flight or child.state is not ChildState.BUSY:
-            return
-        child.state = ChildState.READY
-        if child.refresh_reason is None and recycling.watches_memory(self.settings):
-            child.checking_memory = True
-            self._out.append(ReadMemory(child.pid))
-
-    def _on_exit(self, child: ChildRecord, code: int | None, tail: list, now: float) -> None:
-        how = recycling.describe_exit(code)
-        cause = child.exit_cause()
-        if cause.in_setup:
-            message = child.setup_failure(cause, how, self.settings.setup_timeout,
-                                          self.shutdown_at is not None)
-            if message is not None:
-                details = child.setup_error[1] if child.setup_error else ""
-                self._setup_failed(message, details, tail)
-            return
-        if cause.is_death:
-            self.breaker.record(now, self.settings.restart_window)
-        if cause is ExitCause.CRASHED:
-            reason_text = f"the worker process {how} during the job"
-        else:
-            reason_text = f"the worker process was stopped ({child.stop_text}) during the job"
-        for tracked in sorted(self.in_flight.values(), key=lambda t: t.started, reverse=True):
-            del self.in_flight[tracked.id]
-            text = reason_text
-            if cause is ExitCause.CRASHED:
-                tracked.crashes += 1
-                if tracked.crashes < self.settings.job_max_crashes and self.shutdown_at is None:
-                    log.warning("job %s: %s; retrying on a fresh child (%d/%d)", tracked.id,
-                                reason_text, tracked.crashes, self.settings.job_max_crashes)
-                    self.pending.appendleft(tracked)
-                    continue
-                if tracked.crashes > 1:
-                    text = (f"{reason_text}; it has now killed the worker process "
-                            f"{tracked.crashes} times")
-            log.error("job %s failed: %s", tracked.id, text)
-            self.jobs.end(tracked, JobState.FAILED, Reason.WORKER_LOST, text, now, "WorkerLost")
-        if cause is ExitCause.CRASHED:
-            log.error("child %d %s", child.pid, how)
-        if cause.is_death and self.breaker.tripped(self.settings.restart_limit):
-            self.failure_message = (f"the worker process died {len(self.breaker.deaths)} times "
-                                    f"within {self.settings.restart_window:g}s; not respawning "
-                                    "(WORKER_RESTART_LIMIT)")
-            self._break(self.failure_message, "WorkerBroken")
-
     # --- endings ------------------------------------------------------------------------
 
     def _stop_child(self, cause: StopCause, text: str, now: float,
@@ -370,12 +301,13 @@ class SupervisorCore:
             self._out.extend(actions)
 
     def _abandon(self, tracked: TrackedJob, state: JobState, reason: Reason, text: str,
-                 now: float) -> None:
+                 now: float, error_type: str | None = None) -> None:
         """End a running job now (timeout or cancel) and make sure its work stops."""
         child = self.child
-        del self.in_flight[tracked.id]
-        self.log_ids = tuple(self.in_flight)
-        error_type = "TimedOut" if state is JobState.TIMED_OUT else "Cancelled"
+        del self.in_flight[tracked.run]
+        self.log_ids = self._running_ids()
+        if error_type is None:
+            error_type = "TimedOut" if state is JobState.TIMED_OUT else "Cancelled"
         self.jobs.end(tracked, state, reason, text, now, error_type)
         if child is None or child.state is ChildState.STOPPING:
             return
@@ -383,9 +315,9 @@ class SupervisorCore:
             self._stop_child(StopCause.JOB_ENDED, f"job {tracked.id} {reason.value}", now,
                              interrupt=True)
             return
-        cancel = P.Cancel(tracked.id)
+        cancel = P.Cancel(tracked.run)
         self._out.append(Send(cancel, cancel.encode()))
-        child.cancels[tracked.id] = now + self.settings.stop_grace
+        child.cancels[tracked.run] = (tracked.id, now + self.settings.stop_grace)
         if not self.in_flight and child.state is ChildState.BUSY:
             child.state = ChildState.READY
 
@@ -414,3 +346,12 @@ class SupervisorCore:
     def _fail_all(self, reason: Reason, error_type: str, text: str, details: str = "") -> None:
         self.jobs.fail_all(reason, error_type, text, details)
         self.log_ids = ()
+
+
+def _some_id(job: Any) -> str:
+    """The job's id for a refusal, when it is one that may go into URLs and logs."""
+    try:
+        job_id = job.get("id") if isinstance(job, dict) else None
+    except Exception:   # noqa: BLE001 - a dict subclass that fails even here
+        job_id = None
+    return job_id if isinstance(job_id, str) and SAFE_ID.fullmatch(job_id) else "unknown"

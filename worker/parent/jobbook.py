@@ -22,7 +22,9 @@ class TrackedJob:
     raw: bytes | None = None
     started: float = 0.0
     deadline: float | None = None
-    crashes: int = 0
+    crashes: int = 0          # crashes of a child this job ran in alone
+    suspect: bool = False     # in a child that crashed with other jobs: next run alone
+    run: int = 0              # the current run's token (protocol.Run), 0 before the first
     finished: bool = False
 
     @property
@@ -35,7 +37,7 @@ class JobBook:
         self._out = out                   # the core's action list for the current step
         self._settings = settings
         self.pending: collections.deque[TrackedJob] = collections.deque()
-        self.in_flight: dict[str, TrackedJob] = {}
+        self.in_flight: dict[int, TrackedJob] = {}   # run -> job, in the child now
         self.active_ids: set = set()      # ids pending or in flight
         self.finished = 0
 

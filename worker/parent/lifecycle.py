@@ -35,6 +35,8 @@ class StopCause(enum.Enum):
     SETUP_TIMEOUT = "setup timeout"
     SHUTDOWN = "shutdown"
     GPU_UNHEALTHY = "gpu unhealthy"
+    PROTOCOL = "protocol"                # the child sent what the parent cannot read
+    INTERNAL_ERROR = "internal error"    # the parent failed on an event about this child
 
     @property
     def counts_as_death(self) -> bool:
@@ -83,11 +85,17 @@ class ChildRecord:
     stop_text: str = ""
     stop_step: int = 0
     stop_next: float | None = None
-    cancels: dict = field(default_factory=dict)   # job id -> deadline for the child's ack
+    cancels: dict = field(default_factory=dict)   # run -> (job id, deadline for its ack)
 
     @property
     def live(self) -> bool:
         return self.state in (ChildState.READY, ChildState.BUSY)
+
+    @property
+    def abandoned_ids(self) -> set:
+        """Ids of runs ended by the parent that the child has not let go of yet: a new job
+        with one of these ids waits for the old run to be gone."""
+        return {job_id for job_id, _ in self.cancels.values()}
 
     @property
     def accepting(self) -> bool:
@@ -157,7 +165,7 @@ class ChildRecord:
             return None
         if heartbeat_timeout > 0 and now - self.last_beat > heartbeat_timeout:
             return StopCause.HUNG, f"no heartbeat for {now - self.last_beat:.0f}s (hung?)", True
-        for job_id, deadline in self.cancels.items():
+        for job_id, deadline in self.cancels.values():
             if now >= deadline:
                 return (StopCause.CANCEL_IGNORED, f"job {job_id} did not stop when cancelled",
                         True)
@@ -182,7 +190,7 @@ class ChildRecord:
             return self.stop_next
         if self.state is ChildState.STARTING:
             return self.setup_deadline
-        times = list(self.cancels.values())
+        times = [deadline for _, deadline in self.cancels.values()]
         if heartbeat_timeout > 0:
             times.append(self.last_beat + heartbeat_timeout)
         return min(times) if times else None

@@ -1,8 +1,10 @@
 """The parent's reader of a child's captured stdout/stderr.
 
 A thread of its own, so a handler that floods its output never delays control messages.
-Each line goes to a sink with the ids of the jobs running when it was read; the last
-lines are kept for error messages (a crash at import is explained by its stderr).
+Each line goes to a sink with its job id: the one the child tagged it with (a line a job's
+own Python code wrote), else the ids of the jobs running when it was read (output from C
+code or subprocesses). The last lines are kept for error messages (a crash at import is
+explained by its stderr).
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import selectors
 import threading
 import time
 from typing import Callable
+
+from ..protocol import split_tag
 
 MAX_LINE = 16384
 Sink = Callable[[str, str, tuple], None]   # (stream name, line, job ids)
@@ -74,11 +78,15 @@ class OutputPump(threading.Thread):
             self._partial[fd] = rest
         if not lines:
             return
-        ids = self._job_ids()
+        running = None
         name = self._streams[fd]
         for raw in lines:
             if not raw and final:
                 continue
-            line = raw.decode("utf-8", "replace").rstrip("\r")
+            job, line = split_tag(raw.decode("utf-8", "replace").rstrip("\r"))
+            if job is not None:
+                ids = (job,)
+            else:      # fd-level output (C code, subprocesses): every job in the child
+                ids = running = self._job_ids() if running is None else running
             self.tail.append(f"{name}: {line}")
             self._sink(name, line, ids)

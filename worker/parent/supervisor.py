@@ -31,7 +31,16 @@ from .status import Status, WorkerState
 log = logging.getLogger("worker")
 child_log = logging.getLogger("worker.child")
 
-__all__ = ["Supervisor", "JobListener", "JobResult", "ChildState", "WorkerState", "Status"]
+__all__ = ["Supervisor", "JobListener", "JobResult", "ChildState", "WorkerState", "Status",
+           "exit_process"]
+
+
+def exit_process(message: str) -> None:
+    """on_fatal for the command-line sources: a worker whose supervisor loop died cannot
+    run jobs and must not look alive; the child follows through its lifeline."""
+    log.critical("%s; exiting", message)
+    logging.shutdown()
+    os._exit(70)
 
 
 def _log_child_line(stream: str, line: str, job_ids: tuple) -> None:
@@ -41,7 +50,8 @@ def _log_child_line(stream: str, line: str, job_ids: tuple) -> None:
 class Supervisor:
     def __init__(self, settings: Settings, target: Any, spawner: Spawner | None = None,
                  output_sink: Callable | None = None, probe: Any = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 on_fatal: Callable[[str], None] | None = None):
         self.target = target
         self.spawner = spawner or Spawner(settings.start_method, settings.preload)
         self.core = SupervisorCore(settings, tuple(self.spawner.preload),
@@ -49,6 +59,7 @@ class Supervisor:
         self.output_sink = output_sink or _log_child_line
         self.probe = probe               # monitor.HostProbe/NvmlProbe, or any .read(pid)
         self.clock = clock
+        self.on_fatal = on_fatal         # the loop itself died: the process should exit
         self.status: Status = self.core.status()
         self._proc: ChildProcess | None = None
         self._channel: Channel | None = None
@@ -168,14 +179,27 @@ class Supervisor:
         except Exception:
             log.exception("a job listener failed")
 
+    def _guarded(self, fn: Callable, *args: Any) -> None:
+        """Feed one event to the core and carry out its actions. Whatever goes wrong fails
+        the job the event carried (and the child's jobs, which may be half-handled), never
+        the loop."""
+        try:
+            self._apply(fn(*args, self.clock()))
+        except Exception as exc:    # noqa: BLE001 - the guard of the supervisor's loop
+            log.exception("internal error on %s", getattr(fn, "__name__", fn))
+            job, listener = (args[0], args[1]) if fn == self.core.submit else (None, None)
+            self._apply(self.core.internal_error(f"{type(exc).__name__}: {exc}", job,
+                                                 listener, self.clock()))
+
     def _loop(self) -> None:
         core = self.core
+        fatal = None
         try:
-            self._apply(core.tick(self.clock()))
+            self._guarded(core.tick)
             while True:
                 while self._commands:
                     fn, args = self._commands.popleft()
-                    self._apply(fn(*args, self.clock()))
+                    self._guarded(fn, *args)
                 if core.finished:
                     break
                 if self._dirty:
@@ -201,13 +225,17 @@ class Supervisor:
                     self._child_exited()
                 deadline = core.next_deadline()     # events check the clocks too, but
                 if deadline is not None and deadline <= self.clock():   # not when none come
-                    self._apply(core.tick(self.clock()))
-        except Exception:
+                    self._guarded(core.tick)
+        except Exception as exc:    # noqa: BLE001 - even the guards failed: end it loudly
+            fatal = f"the worker's supervisor failed: {type(exc).__name__}: {exc}"
             log.exception("supervisor loop failed")
-            self._apply(core.fail_everything("WorkerError", "the worker's supervisor failed"))
+            core.state, core.failure_message = WorkerState.BROKEN, fatal
+            try:
+                self._apply(core.fail_everything("WorkerError", fatal))
+            except Exception:   # noqa: BLE001
+                log.exception("could not fail the jobs held")
             if self._proc is not None:
                 self._proc.close()
-            raise
         finally:
             self._probe_stop.set()
             close = getattr(self.probe, "close", None)
@@ -225,6 +253,8 @@ class Supervisor:
                 if fn == core.submit:
                     self._refuse_late(args[0], args[1])
             self._commands.clear()
+        if fatal is not None and self.on_fatal is not None:
+            self.on_fatal(fatal)
 
     def _publish(self) -> None:
         self._dirty = False
@@ -249,7 +279,7 @@ class Supervisor:
             proc = self.spawner.spawn(self.target, self.core.settings)
         except Exception as exc:
             log.exception("could not start the worker process")
-            self._apply(self.core.spawn_failed(f"{type(exc).__name__}: {exc}", self.clock()))
+            self._guarded(self.core.spawn_failed, f"{type(exc).__name__}: {exc}")
             return
         self._proc = proc
         self._channel = Channel(proc.fd)
@@ -260,7 +290,7 @@ class Supervisor:
         self._sel.register(proc.fd, selectors.EVENT_READ, "ctrl")
         self._sel.register(proc.sentinel, selectors.EVENT_READ, "exit")
         log.debug("child %d starting (%s)", proc.pid, self.spawner.method)
-        self._apply(self.core.spawned(proc.pid, baseline, self.clock()))
+        self._guarded(self.core.spawned, proc.pid, baseline)
 
     def _send(self, action: A.Send) -> None:
         if self._channel is not None:
@@ -281,7 +311,7 @@ class Supervisor:
         except Exception as exc:
             log.warning("memory probe failed: %s", exc)
             reading = None
-        self._apply(self.core.memory(reading, self.clock()))
+        self._guarded(self.core.memory, reading)
 
     def _tell(self, action) -> None:
         try:
@@ -315,7 +345,7 @@ class Supervisor:
     def _read(self) -> None:
         channel = self._channel
         for msg in channel.read():
-            self._apply(self.core.message(msg, self.clock()))
+            self._guarded(self.core.message, msg)
         if channel.eof and self._sel.get_map().get(channel.fd) is not None:
             self._sel.unregister(channel.fd)    # else a closed end reads ready for ever
 
@@ -330,7 +360,7 @@ class Supervisor:
         self._pump.finish()
         tail = list(self._pump.tail)
         self._proc = self._channel = self._pump = None
-        self._apply(self.core.exited(code, tail, self.clock()))
+        self._guarded(self.core.exited, code, tail)
 
     def _device_used(self) -> float:
         try:

@@ -1,0 +1,117 @@
+"""JSON that every part of the worker can carry: one reader for bytes from the outside, and
+the nesting limit that keeps every encoder and decoder on both sides of the child within
+Python's recursion limit.
+
+Shared by the parent (edges: HTTP bodies, the queue's jobs) and the child (outputs).
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+# Nesting allowed in a job's body and in an output. Python's json (C) encoder and decoder
+# recurse once per level and fail near the interpreter's limit (1000) minus the stack they
+# run on, which differs between a thread, an event loop and a handler: 200 leaves every
+# one of them far from it.
+MAX_DEPTH = 200
+
+_NOT_SHAPE = bytes(range(256)).translate(None, b'"[]{}')   # bytes that are not structure
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_ID_KEY = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]')
+
+
+class JSONRefused(ValueError):
+    """Bytes that are not JSON the worker accepts; the message says why, for a 400."""
+
+
+def nesting(data: bytes, limit: int = MAX_DEPTH) -> int:
+    """How deep arrays and objects nest in valid JSON `data`; any answer up to `limit` is
+    exact or an upper bound, a deeper one is limit + 1.
+
+    Only bytes-level operations (C speed): drop escapes and everything but quotes and
+    brackets, drop what was inside strings, then strip the innermost pairs, one level per
+    pass. A 5 MB body of small objects costs about 0.1 s; one with fewer than `limit`
+    brackets costs two counts."""
+    brackets = data.count(b"[") + data.count(b"{")
+    if brackets <= limit:
+        return brackets
+    reduced = data.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_SHAPE)
+    shape = b"".join(reduced.split(b'"')[::2]).translate(_SQUARE)
+    depth = 0
+    while shape and depth <= limit:
+        inner = shape.replace(b"[]", b"")
+        if len(inner) == len(shape):
+            break
+        shape, depth = inner, depth + 1
+    return depth
+
+
+def _no_constant(name: str):
+    raise JSONRefused(f"{name} is not a JSON number")
+
+
+def loads(data: bytes, what: str = "the body") -> Any:
+    """Parse bytes from outside: UTF-8 JSON only (a UTF-8 byte-order mark is allowed), no
+    NaN/Infinity, no unpaired surrogate escapes, nesting at most MAX_DEPTH. Anything else
+    raises JSONRefused with a message a client can act on."""
+    if data[:3] == b"\xef\xbb\xbf":
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JSONRefused(f"{what} is not UTF-8 (byte {exc.start}); send UTF-8 JSON") from None
+    depth = nesting(data)
+    if depth > MAX_DEPTH:
+        raise JSONRefused(f"{what} nests arrays/objects more than {MAX_DEPTH} levels deep")
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except JSONRefused:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise JSONRefused(f"{what} is not valid JSON: {exc}") from None
+    if _SURROGATE.search(data):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise JSONRefused(f"{what} has an unpaired UTF-16 surrogate escape (\\ud800-"
+                              "\\udfff); such a string cannot be encoded") from None
+    return value
+
+
+def job_ids(data: bytes) -> list[str]:
+    """The ids of the jobs in a job-take answer that cannot be parsed: the string values
+    of "id" keys in the top-level object, or in the objects of a top-level array. A job
+    we cannot read can still be reported FAILED under its id instead of vanishing."""
+    found: list[str] = []
+    depth = 0
+    want = None          # the depth at which "id" names a job: 1 (object) or 2 (array)
+    key: bytes | None = None
+    expect_value = False
+    for m in _ID_KEY.finditer(data):
+        tok = m.group()
+        if tok in (b"[", b"{"):
+            if want is None:
+                want = 1 if tok == b"{" else 2
+            depth += 1
+            key, expect_value = None, False
+        elif tok in (b"]", b"}"):
+            depth -= 1
+            key, expect_value = None, False
+        elif tok == b":":
+            expect_value = key == b'"id"'
+        elif tok == b",":
+            key, expect_value = None, False
+        elif depth == want:
+            if expect_value:
+                try:
+                    value = json.loads(tok)
+                except ValueError:
+                    value = None
+                if isinstance(value, str) and value not in found:
+                    found.append(value)
+                key, expect_value = None, False
+            else:
+                key = tok
+    return found
