@@ -39,12 +39,20 @@ class ValueTarget:
         return getattr(self.config.get("handler"), "__qualname__", "handler")
 
 
+# Secrets the handler has no use for: the queue's key and the local API's token. They are
+# kept out of the child's environment, its /proc/self/environ and its settings, unless
+# named in WORKER_CHILD_ENV_PASS (then they come in `env`).
+SECRET_ENV = ("RUNPOD_AI_API_KEY", "WORKER_API_TOKEN")
+SECRET_SETTINGS = ("api_token",)
+
+
 @dataclass
 class ChildSpec:
     target: Any
-    settings: dict
+    settings: dict   # without SECRET_SETTINGS
     cwd: str
     preload: list
+    env: dict        # secrets passed on purpose (WORKER_CHILD_ENV_PASS)
     control: Any     # Connection: the child's end of the control socketpair
     stdout: Any      # Connection: write end of the stdout capture pipe
     stderr: Any      # Connection: write end of the stderr capture pipe

@@ -6,19 +6,35 @@ fork of it, so modules it preloaded (e.g. torch) are already imported in every c
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
+import threading
 
 import multiprocess
 from multiprocess import forkserver
 
 from ..child.entry import child_main
 from ..config import Settings
-from ..targets import ChildSpec
+from ..targets import SECRET_ENV, SECRET_SETTINGS, ChildSpec
 
 log = logging.getLogger("worker")
+_env_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_secrets():
+    """Start processes without the secrets in their exec environment: the forkserver (and
+    so every child forked from it) or a spawned interpreter would otherwise carry them in
+    /proc/self/environ, whatever the child later removes from os.environ."""
+    with _env_lock:
+        saved = {name: os.environ.pop(name) for name in SECRET_ENV if name in os.environ}
+        try:
+            yield
+        finally:
+            os.environ.update(saved)
 
 
 def _grow_buffers(fd: int, size: int = 4 * 2**20) -> None:
@@ -125,12 +141,16 @@ class Spawner:
         out_r, out_w = ctx.Pipe(duplex=False)
         err_r, err_w = ctx.Pipe(duplex=False)
         life_r, life_w = ctx.Pipe(duplex=False)
-        spec = ChildSpec(target, settings.to_dict(), os.getcwd(), self.preload,
+        passed = {name: os.environ[name] for name in settings.child_env_pass
+                  if name in SECRET_ENV and name in os.environ}
+        given = {k: v for k, v in settings.to_dict().items() if k not in SECRET_SETTINGS}
+        spec = ChildSpec(target, given, os.getcwd(), self.preload, passed,
                          child_control, out_w, err_w, life_r)
         process = ctx.Process(target=child_main, args=(spec,), name="gpu-worker-child",
                               daemon=True)
         try:
-            process.start()
+            with _without_secrets():
+                process.start()
         finally:
             for conn in (child_control, out_w, err_w, life_r):
                 conn.close()
