@@ -32,6 +32,8 @@ class FakeRunPod:
         self.long_poll = long_poll
         self.api_key = api_key
         self.fault = fault               # (kind, n-th request of that kind) -> None|"500"|"drop"|"slow"
+        self.job_fault: Callable[[str, str], str | None] | None = None   # (kind, job id) -> same
+        self.done_at: dict = {}          # job id -> when its final body arrived
         self.lock = threading.Condition()
         self.queue: collections.deque = collections.deque()
         self.stop_ids: list = []
@@ -198,8 +200,11 @@ class FakeRunPod:
                     return self._send(404, {"error": "no such route"})
                 if self._fault(kind):
                     return
-                body = json.loads(raw)
                 job_id = rest[1]
+                what = fake.job_fault(kind, job_id) if fake.job_fault else None
+                if what == "500":
+                    return self._send(500, {"error": "injected for this job"})
+                body = json.loads(raw)
                 with fake.lock:
                     if kind == "stream":
                         fake.streams[job_id].append(body)
@@ -212,6 +217,7 @@ class FakeRunPod:
                         fake.final_query[job_id] = query
                         fake.order[job_id].append("done")
                         now = time.monotonic()
+                        fake.done_at.setdefault(job_id, now)
                         fake.first_done_at = fake.first_done_at or now
                         fake.last_done_at = now
                     fake.lock.notify_all()

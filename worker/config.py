@@ -67,8 +67,9 @@ class Settings:
     start_method: str = _setting("forkserver", ("WORKER_START_METHOD",), None,
                                  "forkserver (fast respawn) or spawn.", config=False)
     restart_limit: int = _setting(5, ("WORKER_RESTART_LIMIT",), None,
-                                  "Unplanned child deaths within restart_window that stop "
-                                  "respawning (the worker is then unhealthy).")
+                                  "Children in a row that die (crash or hang) before finishing "
+                                  "a job, within restart_window, that stop respawning (the "
+                                  "worker is then unhealthy). A finished job resets the count.")
     restart_window: float = _setting(60.0, ("WORKER_RESTART_WINDOW",), None,
                                      "Seconds over which restart_limit counts deaths.")
     job_max_crashes: int = _setting(1, ("WORKER_JOB_MAX_CRASHES",), None,
@@ -103,6 +104,12 @@ class Settings:
     max_runsync_mb: float = _setting(20.0, ("WORKER_MAX_RUNSYNC_MB",), None,
                                      "Local API: largest /runsync request body, MiB.",
                                      config=False)
+    api_queue_jobs: int = _setting(1000, ("WORKER_API_QUEUE_JOBS",), None,
+                                   "Local API: jobs that may wait in the queue; past it /run "
+                                   "and /runsync answer 429 with Retry-After.", config=False)
+    api_queue_mb: float = _setting(256.0, ("WORKER_API_QUEUE_MB",), None,
+                                   "Local API: MiB of request bodies that may wait in the queue; "
+                                   "past it 429 with Retry-After.", config=False)
     child_env_pass: tuple = _setting((), ("WORKER_CHILD_ENV_PASS",), None,
                                      "Secrets the child normally never sees "
                                      "(RUNPOD_AI_API_KEY, WORKER_API_TOKEN) that it may "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.error
 import urllib.request
 
 from .config import Settings, SettingsError
@@ -19,12 +20,18 @@ def check(settings: Settings, timeout: float = 4.0) -> tuple[bool, str]:
     host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
     url = f"http://{host}:{settings.api_port}/health"
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            health = json.load(resp)
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                health = json.load(resp)
+        except urllib.error.HTTPError as exc:    # 503: the body still says why
+            health = json.load(exc)
     except (OSError, ValueError) as exc:
         return False, f"{url}: {exc}"
-    state = (health.get("worker") or {}).get("state")
-    return state == "running", f"worker {state}"
+    worker = health.get("worker") or {}
+    state = worker.get("state")
+    if state == "running":
+        return True, "worker running"
+    return False, f"worker {state}: {worker.get('failure')}"
 
 
 def main() -> int:

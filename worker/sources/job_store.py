@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,13 @@ from ..parent.supervisor import ChildState, JobListener, Supervisor, WorkerState
 log = logging.getLogger("worker.api")
 _NONE = object()
 JOB_KEYS = ("input", "webhook", "policy", "s3Config")
+WEBHOOK_SENDERS = 16             # webhooks in flight at once, each for its own job
+WEBHOOK_TRIES = 4
+WEBHOOK_TIMEOUT = (3.0, 10.0)    # connect, read: a stuck receiver holds one sender at most ~45 s
+
+
+class QueueFull(Exception):
+    """The local queue holds WORKER_API_QUEUE_JOBS jobs or WORKER_API_QUEUE_MB of bodies."""
 
 
 @dataclass
@@ -37,6 +44,7 @@ class Record:
     chunks: list = field(default_factory=list)
     result: JobResult | None = None
     done: asyncio.Event | None = None
+    size: int = 0                  # bytes of its body while it waits in the queue
 
     def view(self, worker_id: str) -> dict:
         """The cloud's /status shape."""
@@ -56,24 +64,27 @@ class Record:
 
 class JobStore(JobListener):
     def __init__(self, supervisor: Supervisor, loop: asyncio.AbstractEventLoop,
-                 ttl: float, worker_id: str = ""):
+                 ttl: float, worker_id: str = "", max_jobs: int = 0, max_bytes: int = 0):
         self.sup = supervisor
         self.loop = loop
         self.ttl = ttl
         self.worker_id = worker_id
+        self.max_jobs, self.max_bytes = max_jobs, max_bytes     # 0: no bound
         self.records: dict[str, Record] = {}
         self.lock = threading.Lock()
         self.counts = {"completed": 0, "failed": 0}
-        self._webhooks: queue.Queue = queue.Queue()
-        threading.Thread(target=self._webhook_loop, name="gpu-worker-webhooks",
-                         daemon=True).start()
+        self.queued = 0                # jobs waiting, and the bytes of their bodies
+        self.queued_bytes = 0
+        self._webhooks = ThreadPoolExecutor(WEBHOOK_SENDERS, "gpu-worker-webhook")
 
     # --- called from the server's loop ---------------------------------------------------
 
     def submit(self, body: dict, raw: bytes | None = None) -> Record:
-        """Queue a request body ({"input", ...}). `raw` is the body as received: when it
-        holds only the keys a job carries, the child gets it with our id spliced in,
-        without re-encoding (a 10 MB input costs one parse, not a parse and an encode)."""
+        """Queue a request body ({"input", ...}), checked by the caller. `raw` is the body
+        as received: when it holds only the keys a job carries, the child gets it with our
+        id spliced in, without re-encoding (a 10 MB input costs one parse, not a parse and
+        an encode), and the parsed input is not kept: each job is held once. Raises
+        QueueFull past the queue's bounds."""
         job = {k: v for k, v in body.items() if k in JOB_KEYS}
         job["id"] = str(uuid.uuid4())
         forward = None
@@ -81,12 +92,29 @@ class JobStore(JobListener):
             head = raw.lstrip()
             if head[:1] == b"{":
                 forward = b'{"id":"' + job["id"].encode() + b'",' + head[1:]
+                job["input"] = None     # it travels in `forward`; the parent never reads it
+        size = len(raw) if raw is not None else 0
         webhook = body.get("webhook") if isinstance(body.get("webhook"), str) else None
-        rec = Record(job["id"], webhook, done=asyncio.Event())
+        rec = Record(job["id"], webhook, done=asyncio.Event(), size=size)
         with self.lock:
+            if self.max_jobs and self.queued + 1 > self.max_jobs:
+                raise QueueFull(f"the queue is full ({self.queued} jobs waiting; "
+                                "WORKER_API_QUEUE_JOBS); retry later")
+            if self.max_bytes and self.queued and self.queued_bytes + size > self.max_bytes:
+                raise QueueFull(f"the queue is full ({self.queued_bytes / 2**20:.1f} MiB "
+                                "waiting; WORKER_API_QUEUE_MB); retry later")
             self.records[rec.id] = rec
+            self.queued += 1
+            self.queued_bytes += size
         self.sup.submit(job, self, forward)
         return rec
+
+    def _dequeued(self, rec: Record) -> None:
+        """The record left the queue (started or ended); call with the lock held."""
+        if rec.size >= 0:
+            self.queued -= 1
+            self.queued_bytes -= rec.size
+            rec.size = -1
 
     def get(self, job_id: str) -> Record | None:
         with self.lock:
@@ -153,6 +181,7 @@ class JobStore(JobListener):
             rec = self.records.get(job_id)
             if rec is not None:
                 rec.status, rec.started = JobState.IN_PROGRESS, time.monotonic()
+                self._dequeued(rec)
 
     def on_progress(self, job_id: str, value: Any) -> None:
         with self.lock:
@@ -171,34 +200,44 @@ class JobStore(JobListener):
             rec = self.records.get(result.job_id)
             if rec is None:
                 return
+            self._dequeued(rec)
             rec.status, rec.result, rec.finished = result.state, result, time.monotonic()
             if result.state is JobState.COMPLETED:
                 self.counts["completed"] += 1
             elif result.state in (JobState.FAILED, JobState.TIMED_OUT):
                 self.counts["failed"] += 1
             payload = rec.view(self.worker_id) if rec.webhook else None
-        self.loop.call_soon_threadsafe(rec.done.set)
+        try:
+            self.loop.call_soon_threadsafe(rec.done.set)
+        except RuntimeError:
+            pass          # the server's loop has closed: nobody waits any more
         if payload is not None:
-            self._webhooks.put((rec.webhook, payload))
+            try:
+                self._webhooks.submit(self._send_webhook, rec.webhook, payload)
+            except RuntimeError:
+                log.error("webhook %s not sent: the worker is shutting down", rec.webhook,
+                          extra={"job_id": payload["id"]})
 
     # --- webhooks --------------------------------------------------------------------------
 
-    def _webhook_loop(self) -> None:
+    def _send_webhook(self, url: str, payload: dict) -> None:
+        """One job's webhook, tried WEBHOOK_TRIES times; in a pool, so a receiver that never
+        answers holds up only its own job's webhook."""
         session = requests.Session()
-        while True:
-            url, payload = self._webhooks.get()
-            for attempt in range(4):
+        try:
+            for attempt in range(WEBHOOK_TRIES):
                 try:
-                    resp = session.post(url, json=payload, timeout=10)
+                    resp = session.post(url, json=payload, timeout=WEBHOOK_TIMEOUT)
                     if resp.status_code < 500:
                         if resp.status_code >= 400:
                             log.warning("webhook %s refused: HTTP %d", url, resp.status_code,
                                         extra={"job_id": payload["id"]})
-                        break
+                        return
                 except requests.RequestException as exc:
                     log.warning("webhook %s failed: %s", url, exc,
                                 extra={"job_id": payload["id"]})
                 time.sleep(0.5 * 2 ** attempt)
-            else:
-                log.error("webhook %s not delivered after 4 tries", url,
-                          extra={"job_id": payload["id"]})
+            log.error("webhook %s not delivered after %d tries", url, WEBHOOK_TRIES,
+                      extra={"job_id": payload["id"]})
+        finally:
+            session.close()

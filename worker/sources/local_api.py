@@ -22,10 +22,11 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..config import Settings
-from ..jobs import JobState
-from ..parent.supervisor import Supervisor, WorkerState
+from ..jobs import JobError, JobState, validate_job
+from ..jsonlimits import JSONRefused, loads
+from ..parent.supervisor import Supervisor, WorkerState, exit_process
 from ..version import __version__
-from .job_store import JobStore
+from .job_store import JobStore, QueueFull
 
 log = logging.getLogger("worker.api")
 
@@ -43,7 +44,8 @@ JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {"
 _ERROR = {"content": {"application/json": {"schema": {
     "type": "object", "required": ["error"], "properties": {"error": {}}}}}}
 _WHY = {400: "bad request body", 401: "missing or wrong token", 404: "unknown or expired job",
-        413: "request body over the limit", 503: "the worker cannot run jobs"}
+        413: "request body over the limit", 429: "the queue is full (see Retry-After)",
+        503: "the worker cannot run jobs"}
 
 
 def _errors(*codes) -> dict:
@@ -119,9 +121,10 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        sup = supervisor or Supervisor(settings, target)
+        sup = supervisor or Supervisor(settings, target, on_fatal=exit_process)
         sup.start()
-        store = JobStore(sup, asyncio.get_running_loop(), settings.result_ttl, settings.worker_id)
+        store = JobStore(sup, asyncio.get_running_loop(), settings.result_ttl, settings.worker_id,
+                         settings.api_queue_jobs, int(settings.api_queue_mb * 2**20))
         state.update(sup=sup, store=store)
         sweeper = asyncio.create_task(_sweep(store, settings.result_ttl))
         try:
@@ -132,9 +135,14 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
             await asyncio.get_running_loop().run_in_executor(
                 None, sup.join, settings.shutdown_grace + sup.settings.stop_grace * 3 + 5)
 
+    # With a token, the docs would describe (and /docs try) routes a stranger cannot use,
+    # and give away the endpoint's shape: they are off, like every route but /health.
+    docs = {} if not settings.api_token else {"docs_url": None, "redoc_url": None,
+                                              "openapi_url": None}
     app = FastAPI(title="gpu-worker local API", version=__version__, lifespan=lifespan,
                   description="A RunPod serverless endpoint on your machine. Routes also "
-                              "answer under /v2/{endpoint_id}/ for the official client.")
+                              "answer under /v2/{endpoint_id}/ for the official client.",
+                  **docs)
 
     def store() -> JobStore:
         return state["store"]
@@ -151,15 +159,19 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
     async def job_body(request: Request) -> tuple:
         raw = await request.body()
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise HTTPException(400, f"the request body is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise HTTPException(400, "the request body is nested too deeply") from None
+            body = loads(raw, "the request body")
+        except JSONRefused as exc:
+            raise HTTPException(400, str(exc)) from None
+        if raw[:3] == b"\xef\xbb\xbf":
+            raw = raw[3:]          # what is forwarded is what was read
         if not isinstance(body, dict):
             raise HTTPException(400, "the request body must be a JSON object with an 'input'")
         if "input" not in body:
             raise HTTPException(400, "the request body has no 'input'")
+        try:
+            validate_job({**body, "id": "checked"})      # policy; the id is ours to give
+        except JobError as exc:
+            raise HTTPException(400, str(exc)) from None
         if body.get("webhook") is not None and not (
                 isinstance(body["webhook"], str)
                 and body["webhook"].startswith(("http://", "https://"))):
@@ -177,23 +189,29 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         if status.state is not WorkerState.RUNNING:
             raise HTTPException(503, f"the worker cannot run jobs: {status.failure}")
 
+    def submit(body: dict, raw: bytes):
+        try:
+            return store().submit(body, raw)
+        except QueueFull as exc:
+            raise HTTPException(429, str(exc), headers={"Retry-After": "1"}) from None
+
     router = APIRouter(dependencies=[Depends(authorised)] if settings.api_token else [],
                        responses=_errors(401) if settings.api_token else {})
 
     @router.post("/run", summary="Queue a job; returns its id at once",
-                 openapi_extra=JOB_BODY, responses=_errors(400, 413, 503))
+                 openapi_extra=JOB_BODY, responses=_errors(400, 413, 429, 503))
     async def run(request: Request):
         body, raw = await job_body(request)
         refuse_if_down()
-        rec = store().submit(body, raw)
+        rec = submit(body, raw)
         return {"id": rec.id, "status": JobState.IN_QUEUE.value}
 
     @router.post("/runsync", summary="Run a job and wait for its result",
-                 openapi_extra=JOB_BODY, responses=_errors(400, 413, 503))
+                 openapi_extra=JOB_BODY, responses=_errors(400, 413, 429, 503))
     async def runsync(request: Request, wait: int = RUNSYNC_WAIT_MS):
         body, raw = await job_body(request)
         refuse_if_down()
-        rec = store().submit(body, raw)
+        rec = submit(body, raw)
         wait_s = min(max(wait, 1000), 300_000) / 1000.0
         return _json_response(await store().wait(rec, wait_s))
 
@@ -223,9 +241,12 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
 
     public = APIRouter()      # /health answers without the token
 
-    @public.get("/health", summary="Job counts and the worker's state")
+    @public.get("/health", summary="Job counts and the worker's state; 503 when the worker "
+                                   "cannot run jobs (the reason is in worker.failure)")
     async def health():
-        return store().health()
+        body = store().health()
+        ok = state["sup"].status.state is WorkerState.RUNNING
+        return _json_response(body, 200 if ok else 503)
 
     for r in (router, public):
         app.include_router(r)
@@ -254,9 +275,10 @@ def _example_body() -> str:
     return '{"input": {"prompt": "hello"}}'
 
 
-def _json_response(content: dict) -> Response:
-    # Outputs are JSON already: skip FastAPI's recursive jsonable_encoder walk.
-    return Response(json.dumps(content, ensure_ascii=False).encode(),
+def _json_response(content: dict, code: int = 200) -> Response:
+    # Outputs are JSON already (the child checked them): skip FastAPI's recursive
+    # jsonable_encoder walk.
+    return Response(json.dumps(content, ensure_ascii=False).encode(), status_code=code,
                     media_type="application/json")
 
 

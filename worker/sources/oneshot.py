@@ -15,7 +15,8 @@ from typing import Any, TextIO
 
 from ..config import Settings
 from ..jobs import JobError, JobResult, JobState, validate_job
-from ..parent.supervisor import ChildState, JobListener, Supervisor, WorkerState
+from ..parent.supervisor import (ChildState, JobListener, Supervisor, WorkerState,
+                                 exit_process)
 from ..version import __version__
 
 TEST_INPUT_FILE = "test_input.json"
@@ -77,7 +78,7 @@ def run(settings: Settings, target, out: TextIO | None = None) -> int:
         return 1
     print(f"--- gpu-worker {__version__} | one-shot test of {target.describe()} "
           f"(job {job['id']}) ---", file=out, flush=True)
-    supervisor = Supervisor(settings, target)
+    supervisor = Supervisor(settings, target, on_fatal=exit_process)
     printer = _Printer(out, supervisor)
     supervisor.start()
     supervisor.submit(job, printer)

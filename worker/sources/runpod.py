@@ -24,15 +24,17 @@ from typing import Any
 import requests
 
 from ..config import Settings
-from ..jobs import JobResult, JobState, error_record
-from ..parent.supervisor import JobListener, Supervisor, WorkerState
+from ..jobs import SAFE_ID, JobResult, JobState, Reason, error_record, failure
+from ..jsonlimits import JSONRefused, job_ids, loads
+from ..parent.supervisor import JobListener, Supervisor, WorkerState, exit_process
 from ..version import __version__
 from .runpod_delivery import Backoff, Delivery, Post
+from .runpod_take import TakeAborted, TakeClient, TakeError
 from .runpod_urls import RunPodUrls
 
 log = logging.getLogger("worker.runpod")
 
-TAKE_TIMEOUT = (5.0, 95.0)        # connect, read: the platform long-polls up to 90 s
+STOP_POLL_TIMEOUT = (5.0, 95.0)   # connect, read: the platform long-polls up to 90 s
 
 
 @dataclass
@@ -44,15 +46,16 @@ class _Taken:
 class RunPodSource(JobListener):
     def __init__(self, settings: Settings, target, env=None, supervisor: Supervisor | None = None):
         self.urls = RunPodUrls.from_env(env)
-        self.sup = supervisor or Supervisor(settings, target)
+        self.sup = supervisor or Supervisor(settings, target, on_fatal=exit_process)
         self.stopping = threading.Event()
         self.taking_done = threading.Event()
+        self.finished = threading.Event()      # shutdown is over: the heartbeat ends
         self._cond = threading.Condition()
         self._taken: dict[str, _Taken] = {}
         self.delivery = Delivery(self._session, self._too_large,
                                  lambda: self.stopping.is_set() and self.taking_done.is_set())
         self._signals = 0
-        self._take_session = self._session()
+        self._taker = TakeClient(self._headers())
 
     @property
     def settings(self) -> Settings:
@@ -82,11 +85,14 @@ class RunPodSource(JobListener):
         t.start()
         return t
 
+    def _headers(self) -> dict:
+        return {"Authorization": self.urls.api_key,
+                "User-Agent": f"gpu-worker/{__version__} (runpod-compatible)"}
+
     def _session(self) -> requests.Session:
         s = requests.Session()
         s.trust_env = False     # as the SDK's aiohttp session: no proxy/netrc lookups per call
-        s.headers.update({"Authorization": self.urls.api_key,
-                          "User-Agent": f"gpu-worker/{__version__} (runpod-compatible)"})
+        s.headers.update(self._headers())
         return s
 
     def _install_signals(self) -> None:
@@ -109,21 +115,23 @@ class RunPodSource(JobListener):
     def _shutdown(self) -> int:
         self.stopping.set()
         deadline = time.monotonic() + self.settings.shutdown_grace
-        # A take may be on its way back with a job: wait for the take thread too, so that
-        # job runs instead of being refused. Closing the session cuts a long-poll short
-        # where the connection allows it.
-        self._take_session.close()
-        with self._cond:
-            self._cond.wait_for(lambda: self.taking_done.is_set() and not self._taken,
-                                max(0.0, deadline - time.monotonic()))
-        self.sup.stop(0)
-        self.sup.join(self.settings.stop_grace * 3 + 10)
-        self.delivery.close()
-        if self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN):
-            self._report_unhealthy()
-            return 1
-        log.info("stopped")
-        return 0
+        # The take in flight is cut at once (an idle worker exits in well under a second);
+        # a job it already brought back runs within the grace, or is refused and reported.
+        self._taker.abort()
+        try:
+            with self._cond:
+                self._cond.wait_for(lambda: self.taking_done.is_set() and not self._taken,
+                                    max(0.0, deadline - time.monotonic()))
+            self.sup.stop(0)
+            self.sup.join(self.settings.stop_grace * 3 + 10)
+            self.delivery.close()
+            if self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN):
+                self._report_unhealthy()
+                return 1
+            log.info("stopped")
+            return 0
+        finally:
+            self.finished.set()
 
     def _report_unhealthy(self) -> None:
         url = self.urls.unhealthy(self.sup.state.value, self.sup.failure_message or "", __version__)
@@ -152,7 +160,9 @@ class RunPodSource(JobListener):
                 t0 = time.monotonic()
                 try:
                     jobs = self._take(room)
-                except (requests.RequestException, ValueError, RecursionError) as exc:
+                except TakeAborted:
+                    break
+                except (TakeError, ValueError) as exc:
                     if self.stopping.is_set():
                         break
                     wait = failing.next()
@@ -177,30 +187,50 @@ class RunPodSource(JobListener):
         with self._cond:
             in_progress = bool(self._taken)
         batch = room if self._batching() else 1
-        resp = self._take_session.get(self.urls.take(batch, in_progress), timeout=TAKE_TIMEOUT)
-        if resp.status_code in (204, 400):
+        status, content_type, body = self._taker.get(self.urls.take(batch, in_progress))
+        if status in (204, 400):
             return []
-        if resp.status_code == 429:
+        if status == 429:
             log.warning("job take: 429 Too Many Requests; waiting 5s")
             self.stopping.wait(5)
             return []
-        resp.raise_for_status()
-        if not resp.content or "json" not in resp.headers.get("Content-Type", ""):
+        if status >= 300:
+            raise TakeError(f"HTTP {status}")
+        if not body or "json" not in content_type:
             return []
-        data = resp.json()
+        try:
+            data = loads(body, "the job-take answer")
+        except JSONRefused as exc:
+            self._unreadable(body, str(exc))
+            return []
         if isinstance(data, dict):
             return [data]
         if isinstance(data, list):
             return data
         raise ValueError(f"job take answered {type(data).__name__}, not a job")
 
+    def _unreadable(self, body: bytes, why: str) -> None:
+        """Jobs the queue sent that cannot be read are reported FAILED under the ids that
+        can be found in them, never dropped in silence."""
+        ids = job_ids(body)
+        if not ids:
+            log.error("the queue sent an answer that is not a job, with no job id in it "
+                      "(%s): %.200r", why, body[:200])
+        for job_id in ids:
+            log.error("the queue sent a job that cannot be read: %s", why,
+                      extra={"job_id": job_id})
+            self.on_result(failure(job_id, JobState.FAILED, Reason.REFUSED, "JobRefused",
+                                   f"the worker could not read this job: {why}",
+                                   self.urls.worker_id, self.settings.hostname))
+
     def _batching(self) -> bool:
         return self.sup.status.concurrency > 1
 
     def _accept(self, job: Any) -> None:
         job_id = job.get("id") if isinstance(job, dict) else None
-        if not isinstance(job_id, str) or not job_id:
-            log.error("the queue sent a job without an id; it cannot be reported: %.200r", job)
+        if not isinstance(job_id, str) or not SAFE_ID.fullmatch(job_id):
+            log.error("the queue sent a job without an id (or with one that cannot go into a "
+                      "URL); it cannot be reported: %.200r", job)
             return
         with self._cond:
             if job_id in self._taken:
@@ -239,7 +269,14 @@ class RunPodSource(JobListener):
     def _fit(self, post: Post) -> None:
         """Over the size limit, the result becomes a FAILED error body (never lost)."""
         limit = self.settings.max_result_mb
-        size = len(post.encoded())
+        try:
+            size = len(post.encoded())
+        except Exception as exc:     # noqa: BLE001 - the child checked it; never lose it here
+            post.replace({"error": error_record(
+                "ResultUnencodable", f"the job's result could not be encoded: "
+                f"{type(exc).__name__}: {exc}"[:1000], "", self.urls.worker_id,
+                self.settings.hostname)})
+            return
         if not limit or size <= limit * 2**20:
             return
         log.error("result of %.1f MiB is over the %g MiB limit", size / 2**20, limit,
@@ -268,8 +305,9 @@ class RunPodSource(JobListener):
                             timeout=max(2.0, 2 * self.urls.ping_interval))
             except requests.RequestException as exc:
                 log.warning("heartbeat failed: %s", exc)
-            if self.stopping.wait(self.urls.ping_interval) and self.taking_done.is_set() \
-                    and not ids:
+            # Its own clock during the drain too (waiting on `stopping` would return at once
+            # once it is set, and ping in a loop).
+            if self.finished.wait(self.urls.ping_interval):
                 return
 
     def _stop_poll(self) -> None:
@@ -278,7 +316,7 @@ class RunPodSource(JobListener):
         while not self.stopping.is_set():
             t0 = time.monotonic()
             try:
-                resp = session.get(url, timeout=TAKE_TIMEOUT)
+                resp = session.get(url, timeout=STOP_POLL_TIMEOUT)
                 ids = []
                 if resp.status_code == 429:
                     self.stopping.wait(5)

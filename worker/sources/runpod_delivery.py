@@ -1,19 +1,21 @@
 """Delivery of a RunPod worker's posts: progress, stream chunks and results.
 
-Posts of one job go in order (a job is pinned to one poster thread); connection errors,
-5xx and 429 are retried with backoff; a result the queue refuses as too large (400/413)
-becomes a FAILED error record rather than nothing; a result that still cannot be
-delivered is kept and retried every REDELIVER_EVERY seconds until the worker exits.
+Each job has a lane: its posts go in order (progress and chunks before the result), one at
+a time, while other jobs' lanes are posted by other threads, so one job's retries never
+hold back another job's result. A progress update waiting behind a post in flight is
+replaced by a newer one (only the latest value matters). Connection errors, 5xx and 429
+are retried with backoff; a result the queue refuses as too large (400/413) becomes a
+FAILED error record rather than nothing; a result that still cannot be delivered is kept
+and retried every REDELIVER_EVERY seconds until the worker exits.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
-import queue
 import random
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,7 +23,8 @@ import requests
 
 log = logging.getLogger("worker.runpod")
 
-POSTERS = 4
+MAX_POSTERS = 32           # lanes posted at once; more wait for a free poster
+POSTER_IDLE_S = 30.0       # a poster thread with nothing to do for this long ends
 POST_TIMEOUT = (5.0, 60.0)
 POST_ATTEMPTS = 5
 REDELIVER_EVERY = 5.0
@@ -66,48 +69,86 @@ class Delivery:
         self._session = session              # a new session per thread
         self._refused_body = refused_body    # the error body for a result the queue refused
         self._hurry = hurry                  # shutting down: retry fast, the exit is near
-        self._queues = [queue.Queue() for _ in range(POSTERS)]
+        self._cond = threading.Condition()
+        self._lanes: dict[str, collections.deque] = {}   # job id -> posts not yet started
+        self._ready: collections.deque[str] = collections.deque()   # lanes with no poster
+        self._posters = 0
+        self._idle = 0
+        self._closing = False
         self._undelivered: list[Post] = []
         self._lock = threading.Lock()
 
     def start(self, stopping: threading.Event) -> None:
-        for i, q in enumerate(self._queues):
-            threading.Thread(target=self._poster, args=(q,), name=f"gpu-worker-poster-{i}",
-                             daemon=True).start()
-
         def redeliver():
             while not stopping.wait(REDELIVER_EVERY):
                 self.redeliver_once()
         threading.Thread(target=redeliver, name="gpu-worker-redeliver", daemon=True).start()
 
     def put(self, post: Post) -> None:
-        self._queues[zlib.crc32(post.job_id.encode()) % POSTERS].put(post)
+        with self._cond:
+            lane = self._lanes.get(post.job_id)
+            if lane is None:
+                lane = self._lanes[post.job_id] = collections.deque()
+                self._ready.append(post.job_id)
+            elif post.kind == "progress" and lane and lane[-1].kind == "progress":
+                lane[-1].body, lane[-1].data = post.body, None    # coalesced: the latest wins
+                return
+            lane.append(post)
+            if len(self._ready) > self._idle and self._posters < MAX_POSTERS:
+                self._posters += 1
+                threading.Thread(target=self._poster, name="gpu-worker-poster",
+                                 daemon=True).start()
+            self._cond.notify()
 
     def close(self, flush_s: float = 15.0) -> None:
-        """Stop the posters once what they hold is posted; then a last redelivery."""
-        for q in self._queues:
-            q.put(None)
-        flush_until = time.monotonic() + flush_s
-        for q in self._queues:
-            while q.unfinished_tasks and time.monotonic() < flush_until:
-                time.sleep(0.05)
+        """Wait (up to flush_s) until every lane is posted; then a last redelivery."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: not self._lanes, flush_s)
         self.redeliver_once(final=True)
 
-    def _poster(self, q: queue.Queue) -> None:
+    def _poster(self) -> None:
         session = self._session()
+        try:
+            while True:
+                with self._cond:
+                    while not self._ready:
+                        if self._closing:
+                            return
+                        self._idle += 1
+                        woken = self._cond.wait(POSTER_IDLE_S)
+                        self._idle -= 1
+                        if not woken and not self._ready:
+                            return
+                    job_id = self._ready.popleft()
+                self._drain(session, job_id)
+        finally:
+            with self._cond:
+                self._posters -= 1
+            session.close()
+
+    def _drain(self, session: requests.Session, job_id: str) -> None:
+        """Post one job's lane in order until it is empty (this thread owns it till then)."""
         while True:
-            post = q.get()
-            try:
-                if post is None:
+            with self._cond:
+                lane = self._lanes[job_id]
+                if not lane:
+                    del self._lanes[job_id]
+                    self._cond.notify_all()
                     return
-                if not self.deliver(session, post) and post.kind == "done":
-                    with self._lock:
-                        self._undelivered.append(post)
-                    log.error("result could not be delivered after %d tries; kept, and "
-                              "retried every %gs", post.attempts, REDELIVER_EVERY,
-                              extra={"job_id": post.job_id})
-            finally:
-                q.task_done()
+                post = lane.popleft()
+            try:
+                delivered = self.deliver(session, post)
+            except Exception:     # noqa: BLE001 - a post must never end its poster
+                log.exception("%s post failed", post.kind, extra={"job_id": post.job_id})
+                delivered = False
+            if not delivered and post.kind == "done":
+                with self._lock:
+                    self._undelivered.append(post)
+                log.error("result could not be delivered after %d tries; kept, and "
+                          "retried every %gs", post.attempts, REDELIVER_EVERY,
+                          extra={"job_id": post.job_id})
 
     def deliver(self, session: requests.Session, post: Post,
                 attempts: int = POST_ATTEMPTS) -> bool:
