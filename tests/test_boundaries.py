@@ -1,0 +1,174 @@
+"""Where bytes and objects cross into and out of the child: every job ends once, with a
+clear error where it must fail, and the next job still runs. Real supervisors over real
+children (tests/handlers/edges.py in each of its modes)."""
+import os
+
+import pytest
+
+from worker.jobs import JobState, Reason
+from worker.jsonlimits import MAX_DEPTH
+
+MODES = ["inline", "threads", "tasks"]
+
+
+def message(result):
+    return result.error_info()["error_message"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_outputs_nested_up_to_the_limit_pass_and_deeper_ones_fail_clearly(harness, mode):
+    h = harness("edges.py", argv=[mode])
+    ok = h.run({"do": "nest", "depth": MAX_DEPTH})
+    assert ok.state is JobState.COMPLETED, ok.error
+    depth, value = 0, ok.output
+    while isinstance(value, list):
+        depth, value = depth + 1, value[0]
+    assert depth == MAX_DEPTH
+    for depth in (MAX_DEPTH + 1, 900, 1000, 5000):     # over the limit, near and past Python's
+        bad = h.run({"do": "nest", "depth": depth})
+        assert bad.state is JobState.FAILED and bad.reason is Reason.HANDLER_ERROR
+        assert "cannot be sent back" in message(bad), message(bad)
+    assert h.run({"do": "echo", "echo": 1}).output["echo"] == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["big", "surrogate", "bytes"])
+def test_values_json_cannot_carry_fail_that_job_only(harness, mode, kind):
+    h = harness("edges.py", argv=[mode])
+    bad = h.run({"do": "value", "kind": kind})
+    assert bad.state is JobState.FAILED and "cannot be sent back" in message(bad)
+    assert h.run({"do": "echo", "echo": kind}).output["echo"] == kind
+
+
+@pytest.mark.parametrize("depth, ok", [(MAX_DEPTH - 1, True), (MAX_DEPTH + 5, False)])
+def test_a_job_input_nested_past_the_limit_is_refused_by_the_child_not_lost(harness, depth, ok):
+    """A job handed straight to the supervisor (no HTTP edge) still ends once."""
+    h = harness("edges.py")
+    value = "x"
+    for _ in range(depth):
+        value = [value]
+    result = h.run({"do": "echo", "echo": value})
+    assert (result.state is JobState.COMPLETED) == ok
+
+
+@pytest.mark.parametrize("timeout", [10 ** 400, -5, "1000", float("inf"), float("nan"), True,
+                                     [1], 30 * 24 * 3600 * 1000 + 1])
+def test_an_execution_timeout_that_is_not_a_sane_number_is_refused_and_the_worker_goes_on(
+        harness, timeout):
+    h = harness("edges.py")
+    bad = h.run({"do": "echo"}, policy={"executionTimeout": timeout})
+    assert bad.state is JobState.FAILED and bad.reason is Reason.REFUSED
+    assert "executionTimeout" in message(bad)
+    assert h.run({"do": "echo", "echo": 2}, policy={"executionTimeout": 0}).output["echo"] == 2
+
+
+def test_a_job_that_breaks_the_supervisor_fails_alone_and_the_loop_goes_on(harness):
+    class Hostile(dict):
+        def get(self, *a):
+            raise OSError("a job object that fails when read")
+
+    h = harness("edges.py")
+    h.sup.submit(Hostile(id="hostile", input={}), h.listener)
+    result = h.listener.wait(["unknown"])["unknown"]
+    assert result.state is JobState.FAILED and "OSError" in message(result)
+    assert h.run({"do": "echo", "echo": 3}).output["echo"] == 3
+    assert h.sup.join(0) is False
+
+
+def test_a_job_id_reused_while_its_abandoned_run_ends_gets_its_own_result(harness):
+    """Threads mode: the first run times out but its thread is in a C sleep, so its
+    cancellation (and the child's acknowledgement) comes later. The second run of the same
+    id waits for it, then reports its own result, not the old run's CANCELLED."""
+    h = harness("edges.py", argv=["threads"])
+    h.sup.submit({"id": "same", "input": {"do": "sleep", "seconds": 1.5, "tag": "old"},
+                  "policy": {"executionTimeout": 200}}, h.listener)
+    h.listener.wait_for(lambda c: "same" in c.results)
+    first = h.listener.results.pop("same")
+    assert first.state is JobState.TIMED_OUT
+    h.sup.submit({"id": "same", "input": {"do": "sleep", "seconds": 0.1, "tag": "new"}},
+                 h.listener)
+    second = h.listener.wait(["same"])["same"]
+    assert second.state is JobState.COMPLETED and second.output == {"slept": 0.1, "tag": "new"}
+
+
+@pytest.mark.parametrize("mode", ["threads", "tasks"])
+def test_a_crash_fails_only_the_job_that_causes_it_not_its_neighbours(harness, mode):
+    h = harness("edges.py", argv=[mode], job_max_crashes=1)
+    good = [h.submit({"do": "sleep", "seconds": 0.5, "tag": i}) for i in range(3)]
+    poison = h.submit({"do": "segfault", "after": 0.1})
+    results = h.listener.wait(good + [poison])
+    for job in good:
+        assert results[job].state is JobState.COMPLETED, results[job].error
+    assert results[poison].state is JobState.FAILED
+    assert results[poison].reason is Reason.WORKER_LOST
+    assert "SIGSEGV" in message(results[poison])
+    assert h.sup.state.value == "running"
+
+
+def test_poison_inputs_between_successes_never_trip_the_breaker(harness):
+    h = harness("edges.py", restart_limit=2, restart_window=600)
+    jobs = [h.submit({"do": "segfault"} if i % 3 == 2 else {"do": "echo", "echo": i})
+            for i in range(12)]
+    results = h.listener.wait(jobs)
+    states = [results[j].state for j in jobs]
+    assert states == [JobState.FAILED if i % 3 == 2 else JobState.COMPLETED for i in range(12)]
+    assert h.sup.state.value == "running"
+
+
+def test_children_that_die_before_finishing_any_job_trip_the_breaker(harness):
+    h = harness("edges.py", restart_limit=3, restart_window=600)
+    jobs = [h.submit({"do": "segfault"}) for _ in range(5)]
+    results = h.listener.wait(jobs)
+    assert all(r.state is JobState.FAILED for r in results.values())
+    assert h.sup.wait_until(lambda s: s.state.value == "broken", 30)
+    assert "3 worker processes in a row died before finishing a job" in h.sup.failure_message
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_line_a_job_prints_carries_its_id_even_an_unfinished_last_line(harness, mode):
+    lines = []
+    h = harness("edges.py", argv=[mode], sink=lambda stream, line, ids: lines.append((line, ids)))
+    jobs = [h.submit({"do": "print", "n": 3, "gap": 0.02}) for _ in range(3)]
+    h.listener.wait(jobs)
+    h.run({"do": "echo"})           # the sink has every line of the jobs before by now
+    for job in jobs:
+        mine = [(line, ids) for line, ids in lines if line.startswith(job + " ")]
+        assert [line for line, _ in mine] == [f"{job} line {i}" for i in range(3)] + \
+            [f"{job} partial"], lines
+        assert all(ids == (job,) for _, ids in mine), mine
+
+
+def test_progress_values_the_supervisor_hears_are_the_jobs_own(harness):
+    h = harness("edges.py", argv=["threads"])
+    jobs = [h.submit({"do": "progress", "n": 50}) for _ in range(4)]
+    results = h.listener.wait(jobs)
+    for job in jobs:
+        assert results[job].output == {"progressed": 50}
+        assert h.listener.of("progress", job) == [{"i": i} for i in range(50)]
+
+
+def test_secrets_are_not_in_the_childs_environment_its_proc_environ_or_its_settings(
+        monkeypatch):
+    import multiprocess
+    from multiprocess import forkserver
+
+    from tests.support import Harness
+    names = ["RUNPOD_AI_API_KEY", "WORKER_API_TOKEN"]
+    monkeypatch.setenv("RUNPOD_AI_API_KEY", "secret-key")
+    monkeypatch.setenv("WORKER_API_TOKEN", "secret-token")
+    assert not multiprocess.active_children()
+    forkserver._forkserver._stop()        # a forkserver started earlier keeps its environment
+    h = Harness("edges.py", api_token="secret-token")
+    try:
+        seen = h.run({"do": "environ", "names": names + ["PATH"]}).output
+        assert seen == {"proc": ["PATH"], "os": ["PATH"], "api_token": ""}
+    finally:
+        h.close()
+    h = Harness("edges.py", child_env_pass=("RUNPOD_AI_API_KEY",))
+    try:
+        seen = h.run({"do": "environ", "names": names}).output
+        assert seen == {"proc": [], "os": ["RUNPOD_AI_API_KEY"], "api_token": ""}
+    finally:
+        h.close()
+        forkserver._forkserver._stop()
+    assert os.environ["RUNPOD_AI_API_KEY"] == "secret-key"     # the parent keeps its own
