@@ -142,7 +142,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--only", choices=["queue", "runsync"])
+    ap.add_argument("--ours-only", action="store_true",
+                    help="skip runpod-python (e.g. to compare two commits of ours)")
     args = ap.parse_args()
+    if args.ours_only:
+        return ours_only(args)
     ensure_sdk()
     print(f"machine: {os.cpu_count()} cpus, Python {sys.version.split()[0]}; "
           "runpod-python 1.12.0 in bench/.venv-runpod")
@@ -161,9 +165,7 @@ def main():
 
     if args.only == "queue":
         return
-    small = (b'{"input": {"prompt": "hi"}}', 300)
-    big = (b'{"input": {"data": "' + b"a" * (10 * 2**20 - 64) + b'"}}', 30)
-    bodies = {"trivial input": small, "10 MB input": big}
+    bodies = runsync_bodies()
     ours = runsync_latency(OURS, "rp_trivial.py", ["--rp_serve_api"], bodies)
     sdk = runsync_latency(SDK, "rp_trivial.py", ["--rp_serve_api"], bodies)
     for name in bodies:
@@ -171,6 +173,33 @@ def main():
               f"{pct(ours[name], 99):.2f} ms; runpod-python dev server p50 "
               f"{pct(sdk[name], 50):.2f} ms, p99 {pct(sdk[name], 99):.2f} ms "
               f"({len(ours[name])} requests each)")
+
+
+def runsync_bodies() -> dict:
+    small = (b'{"input": {"prompt": "hi"}}', 300)
+    big = (b'{"input": {"data": "' + b"a" * (10 * 2**20 - 64) + b'"}}', 30)
+    return {"trivial input": small, "10 MB input": big}
+
+
+def ours_only(args) -> None:
+    """Our figures alone: the `python -m worker` found from the current directory (run
+    from outside the repository with PYTHONPATH=<checkout> to measure another commit)."""
+    where = subprocess.run([OURS[0], "-c", "import worker; print(worker.__file__)"],
+                           capture_output=True, text=True).stdout.strip()
+    print(f"gpu-worker from {where}")
+    if args.only != "queue":
+        ours = runsync_latency(OURS, "rp_trivial.py", ["--rp_serve_api"], runsync_bodies())
+        for name, times in ours.items():
+            print(f"/runsync, {name}: p50 {pct(times, 50):.2f} ms, p99 {pct(times, 99):.2f} ms")
+    if args.only != "runsync":
+        for label, handler, jobs in (("trivial sync handler, concurrency 1", "rp_trivial.py",
+                                      4000),
+                                     ("async handler awaiting 50 ms, concurrency 32",
+                                      "rp_async.py", 6000)):
+            for _ in range(2):
+                rate = queue_rate(OURS, handler, jobs, args.seconds)
+                print(f"queue, {label}: {rate[0]:,.1f} jobs/s ({rate[1]} done, "
+                      f"{rate[2]} duplicates)")
 
 
 if __name__ == "__main__":

@@ -76,19 +76,21 @@ def test_a_job_that_breaks_the_supervisor_fails_alone_and_the_loop_goes_on(harne
 
 
 def test_a_job_id_reused_while_its_abandoned_run_ends_gets_its_own_result(harness):
-    """Threads mode: the first run times out but its thread is in a C sleep, so its
-    cancellation (and the child's acknowledgement) comes later. The second run of the same
-    id waits for it, then reports its own result, not the old run's CANCELLED."""
+    """Threads mode: the first run times out at 0.2 s but its thread is in a C sleep, so
+    its cancellation (and the child's acknowledgement) comes at 1 s. The second run of the
+    same id, submitted at once and longer, must report its own result, not the old run's
+    late CANCELLED (matching by id did that), and never run beside the old one."""
     h = harness("edges.py", argv=["threads"])
-    h.sup.submit({"id": "same", "input": {"do": "sleep", "seconds": 1.5, "tag": "old"},
+    h.sup.submit({"id": "same", "input": {"do": "sleep", "seconds": 1.0, "tag": "old"},
                   "policy": {"executionTimeout": 200}}, h.listener)
     h.listener.wait_for(lambda c: "same" in c.results)
     first = h.listener.results.pop("same")
     assert first.state is JobState.TIMED_OUT
-    h.sup.submit({"id": "same", "input": {"do": "sleep", "seconds": 0.1, "tag": "new"}},
+    h.sup.submit({"id": "same", "input": {"do": "sleep", "seconds": 1.5, "tag": "new"}},
                  h.listener)
     second = h.listener.wait(["same"])["same"]
-    assert second.state is JobState.COMPLETED and second.output == {"slept": 0.1, "tag": "new"}
+    assert second.state is JobState.COMPLETED, second.error
+    assert second.output == {"slept": 1.5, "tag": "new"}
 
 
 @pytest.mark.parametrize("mode", ["threads", "tasks"])
@@ -172,3 +174,41 @@ def test_secrets_are_not_in_the_childs_environment_its_proc_environ_or_its_setti
         h.close()
         forkserver._forkserver._stop()
     assert os.environ["RUNPOD_AI_API_KEY"] == "secret-key"     # the parent keeps its own
+
+
+def test_if_the_loop_itself_fails_its_jobs_fail_the_child_goes_and_on_fatal_is_called():
+    """The clock is the loop's one injected dependency; one that breaks mid-job makes the
+    loop fail outside every per-event guard."""
+    import threading
+    import time as _time
+
+    from tests.support import FAST, HANDLERS, Collector, gone
+    from worker.config import Settings
+    from worker.parent.supervisor import Supervisor
+    from worker.targets import ScriptTarget
+    broken = threading.Event()
+
+    def clock():
+        if broken.is_set():
+            raise RuntimeError("the clock broke")
+        return _time.monotonic()
+
+    fatal = []
+    sup = Supervisor(Settings(**FAST), ScriptTarget(str(HANDLERS / "edges.py"), []),
+                     clock=clock, on_fatal=fatal.append).start()
+    listener = Collector()
+    sup.submit({"id": "running", "input": {"do": "sleep", "seconds": 30}}, listener)
+    assert sup.wait_until(lambda s: "running" in s.running, 30)
+    pid = sup.child_pid
+    broken.set()
+    sup.cancel("nothing-to-cancel")          # wakes the loop: it reads the clock and fails
+    assert sup.join(30)
+    result = listener.wait(["running"])["running"]
+    assert result.state is JobState.FAILED and "supervisor failed" in message(result)
+    assert fatal and "the clock broke" in fatal[0]
+    assert sup.state.value == "broken" and "the clock broke" in sup.failure_message
+    assert gone(pid)
+    broken.clear()
+    late = Collector()
+    sup.submit({"id": "late", "input": {}}, late)
+    assert late.wait(["late"])["late"].reason is Reason.REFUSED

@@ -23,7 +23,8 @@ import requests
 
 log = logging.getLogger("worker.runpod")
 
-MAX_POSTERS = 32           # lanes posted at once; more wait for a free poster
+POSTERS = 4                # posters whose posts go through: more only cost GIL time
+MAX_POSTERS = 32           # with the ones stuck retrying: a slow lane never blocks the rest
 POSTER_IDLE_S = 30.0       # a poster thread with nothing to do for this long ends
 POST_TIMEOUT = (5.0, 60.0)
 POST_ATTEMPTS = 5
@@ -74,6 +75,7 @@ class Delivery:
         self._ready: collections.deque[str] = collections.deque()   # lanes with no poster
         self._posters = 0
         self._idle = 0
+        self._retrying = 0        # posters in the retries of a failing post
         self._closing = False
         self._undelivered: list[Post] = []
         self._lock = threading.Lock()
@@ -94,11 +96,22 @@ class Delivery:
                 lane[-1].body, lane[-1].data = post.body, None    # coalesced: the latest wins
                 return
             lane.append(post)
-            if len(self._ready) > self._idle and self._posters < MAX_POSTERS:
-                self._posters += 1
-                threading.Thread(target=self._poster, name="gpu-worker-poster",
-                                 daemon=True).start()
+            self._grow()
             self._cond.notify()
+
+    def _grow(self) -> None:
+        """Another poster when lanes wait with no idle poster and fewer than POSTERS are
+        making progress (the others retry); call with the lock held."""
+        if (len(self._ready) > self._idle and self._posters - self._retrying < POSTERS
+                and self._posters < MAX_POSTERS):
+            self._posters += 1
+            threading.Thread(target=self._poster, name="gpu-worker-poster",
+                             daemon=True).start()
+
+    def _retry_began(self) -> None:
+        with self._cond:
+            self._retrying += 1
+            self._grow()
 
     def close(self, flush_s: float = 15.0) -> None:
         """Wait (up to flush_s) until every lane is posted; then a last redelivery."""
@@ -138,11 +151,21 @@ class Delivery:
                     self._cond.notify_all()
                     return
                 post = lane.popleft()
+            retried = False
+
+            def retrying() -> None:       # once per post: this poster now counts as stuck
+                nonlocal retried
+                if not retried:
+                    retried = True
+                    self._retry_began()
             try:
-                delivered = self.deliver(session, post)
+                delivered = self.deliver(session, post, on_retry=retrying)
             except Exception:     # noqa: BLE001 - a post must never end its poster
                 log.exception("%s post failed", post.kind, extra={"job_id": post.job_id})
                 delivered = False
+            if retried:
+                with self._cond:
+                    self._retrying -= 1
             if not delivered and post.kind == "done":
                 with self._lock:
                     self._undelivered.append(post)
@@ -151,7 +174,8 @@ class Delivery:
                           extra={"job_id": post.job_id})
 
     def deliver(self, session: requests.Session, post: Post,
-                attempts: int = POST_ATTEMPTS) -> bool:
+                attempts: int = POST_ATTEMPTS,
+                on_retry: Callable[[], Any] = lambda: None) -> bool:
         backoff = Backoff(0.25, 4.0)
         for _ in range(attempts):
             post.attempts += 1
@@ -174,6 +198,7 @@ class Delivery:
                 problem = f"HTTP {resp.status_code}"
             except requests.RequestException as exc:
                 problem = type(exc).__name__
+            on_retry()
             wait = 0.1 if self._hurry() and attempts > 1 else backoff.next()
             log.warning("%s post failed (%s); retrying in %.2fs", post.kind, problem, wait,
                         extra={"job_id": post.job_id})
