@@ -128,11 +128,21 @@ def test_children_that_die_before_finishing_any_job_trip_the_breaker(harness):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_every_line_a_job_prints_carries_its_id_even_an_unfinished_last_line(harness, mode):
+    import threading
     lines = []
-    h = harness("edges.py", argv=[mode], sink=lambda stream, line, ids: lines.append((line, ids)))
+    arrived = threading.Condition()
+
+    def sink(stream, line, ids):
+        with arrived:
+            lines.append((line, ids))
+            arrived.notify_all()
+
+    h = harness("edges.py", argv=[mode], sink=sink)
     jobs = [h.submit({"do": "print", "n": 3, "gap": 0.02}) for _ in range(3)]
     h.listener.wait(jobs)
-    h.run({"do": "echo"})           # the sink has every line of the jobs before by now
+    with arrived:      # the output pipe and the result channel are read by two threads
+        assert arrived.wait_for(lambda: sum(line.endswith(" partial") for line, _ in lines)
+                                == len(jobs), 30), lines
     for job in jobs:
         mine = [(line, ids) for line, ids in lines if line.startswith(job + " ")]
         assert [line for line, _ in mine] == [f"{job} line {i}" for i in range(3)] + \

@@ -186,6 +186,25 @@ def test_a_task_that_ignores_its_cancel_gets_its_child_replaced():
     assert d.child.pid == 102 and len(d.core.breaker.deaths) == 0
 
 
+def test_unreadable_frames_fail_their_run_or_replace_the_child():
+    d = Driver()
+    d.ready(mode=HandlerMode.THREADS, concurrency=2)
+    d.submit("a")
+    d.submit("b")
+    d.msg(P.Garbled("chunk", d.run_of("a"), "RecursionError: too deep"))
+    assert d.result("a").error_info()["error_type"] == "ChunkUnreadable"
+    assert isinstance(d.sent[-1], P.Cancel)            # its run is stopped in the child
+    d.msg(P.Garbled("done", d.run_of("b"), "ValueError: bad"))
+    r = d.result("b")
+    assert r.state is JobState.FAILED and "could not be read" in r.error_info()["error_message"]
+    assert d.child.pid == 101 and d.stops() == []
+    d.msg(P.Garbled("done", d.run_of("a"), "ValueError: bad ack"))   # a's ack, unreadable
+    assert not d.child.cancels
+    d.msg(P.Garbled(None, None, "JSONDecodeError"))     # nothing legible: the channel is suspect
+    assert d.stops() and d.stops()[-1].startswith("unreadable message")
+    assert all(len(rs) == 1 for rs in d.results.values())
+
+
 def test_cancel_of_a_queued_job_never_sends_it():
     d = Driver()
     d.submit("q")

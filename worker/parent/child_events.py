@@ -97,6 +97,8 @@ class ChildEvents:
         tracked = self.in_flight.get(msg.run) if msg.run is not None else None
         log.error("unreadable %s message from child %d: %s", msg.tag or "unknown", child.pid,
                   msg.error)
+        if msg.tag == "done" and msg.run is not None:
+            child.cancels.pop(msg.run, None)     # an abandoned run's ack, even unreadable
         if tracked is not None and msg.tag == "done":
             del self.in_flight[msg.run]
             child.jobs_run += 1

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..config import Settings
-from ..jobs import JobError, JobState, validate_job
+from ..jobs import MAX_TIMEOUT_MS, JobError, JobState, validate_job
 from ..jsonlimits import JSONRefused, loads
 from ..parent.supervisor import Supervisor, WorkerState, exit_process
 from ..version import __version__
@@ -40,7 +40,8 @@ JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {"
     "properties": {"input": {"description": "the handler's input (any JSON)"},
                    "webhook": {"type": "string", "format": "uri"},
                    "policy": {"type": "object", "properties": {
-                       "executionTimeout": {"type": "integer", "minimum": 1}}}}}}}}}
+                       "executionTimeout": {"type": "number", "minimum": 0,
+                                            "maximum": MAX_TIMEOUT_MS}}}}}}}}}
 _ERROR = {"content": {"application/json": {"schema": {
     "type": "object", "required": ["error"], "properties": {"error": {}}}}}}
 _WHY = {400: "bad request body", 401: "missing or wrong token", 404: "unknown or expired job",
