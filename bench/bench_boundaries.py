@@ -61,14 +61,7 @@ def drain_pings() -> None:
 
 def delivery() -> None:
     with FakeRunPod(long_poll=0.3) as q:
-        fails = {"n": 0}
-
-        def fault(kind, job_id):
-            if kind == "done" and job_id == "stubborn" and fails["n"] < 4:
-                fails["n"] += 1
-                return "500"
-            return None
-        q.job_fault = fault
+        q.fail_results("stubborn", 4)
         w = Worker(q, "conc_sync.py", TMP)
         q.add_jobs([{"id": "stubborn", "input": {"delay": 0.2}},
                     {"id": "quick", "input": {"delay": 0.4}}])

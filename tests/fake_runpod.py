@@ -92,6 +92,18 @@ class FakeRunPod:
             self.queue.extend(jobs)
             self.lock.notify_all()
 
+    def fail_results(self, job_id: str, times: int) -> dict:
+        """Answer 500 to this job's first `times` result posts; the dict counts them."""
+        failed = {"n": 0}
+
+        def fault(kind, failing_id):
+            if kind == "done" and failing_id == job_id and failed["n"] < times:
+                failed["n"] += 1
+                return "500"
+            return None
+        self.job_fault = fault
+        return failed
+
     def stop_job(self, job_id: str) -> None:
         with self.lock:
             self.stop_ids.append(job_id)

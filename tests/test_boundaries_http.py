@@ -225,15 +225,7 @@ def test_the_heartbeat_keeps_its_interval_while_running_jobs_drain(fake, start):
 
 
 def test_one_jobs_retries_do_not_hold_back_another_jobs_result(fake, start):
-    fails = {"n": 0}
-
-    def fault(kind, job_id):
-        if kind == "done" and job_id == "stubborn" and fails["n"] < 4:
-            fails["n"] += 1
-            return "500"
-        return None
-
-    fake.job_fault = fault
+    fails = fake.fail_results("stubborn", 4)
     w = start("conc_sync.py")
     fake.add_jobs([{"id": "stubborn", "input": {"delay": 0.2}},
                    {"id": "quick", "input": {"delay": 0.4}}])

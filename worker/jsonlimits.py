@@ -32,8 +32,7 @@ def nesting(data: bytes, limit: int = MAX_DEPTH) -> int:
 
     Only bytes-level operations (C speed): drop escapes and everything but quotes and
     brackets, drop what was inside strings, then strip the innermost pairs, one level per
-    pass. A 5 MB body of small objects costs about 0.1 s; one with fewer than `limit`
-    brackets costs two counts."""
+    pass. A body with fewer than `limit` brackets (most bodies) costs two byte counts."""
     brackets = data.count(b"[") + data.count(b"{")
     if brackets <= limit:
         return brackets

@@ -144,10 +144,6 @@ class Heartbeat(Message):
     gpu: Any             # torch allocator figures (MiB) once the child uses CUDA, else None
 
 
-class ProtocolError(ValueError):
-    pass
-
-
 @dataclass
 class Garbled(Message):
     """A frame that could not be decoded, with the run it names when that much is legible:

@@ -162,7 +162,7 @@ class RunPodSource(JobListener):
                     jobs = self._take(room)
                 except TakeAborted:
                     break
-                except (TakeError, ValueError) as exc:
+                except Exception as exc:   # noqa: BLE001 - TakeError, a strange answer...: retry
                     if self.stopping.is_set():
                         break
                     wait = failing.next()
@@ -239,7 +239,13 @@ class RunPodSource(JobListener):
                 return
             self._taken[job_id] = _Taken(job_id)
         log.info("job taken", extra={"job_id": job_id})
-        self.sup.submit(job, self)      # a job without input is refused there, and reported
+        try:
+            self.sup.submit(job, self)  # a job without input is refused there, and reported
+        except Exception as exc:       # noqa: BLE001 - never a taken job without a report
+            log.exception("job could not be handed to the supervisor", extra={"job_id": job_id})
+            self.on_result(failure(job_id, JobState.FAILED, Reason.REFUSED, "JobRefused",
+                                   f"the worker could not accept this job: {exc}",
+                                   self.urls.worker_id, self.settings.hostname))
 
     # --- the job's events (supervisor thread: only queue work) ---------------------------
 
@@ -323,7 +329,7 @@ class RunPodSource(JobListener):
                     continue
                 if resp.status_code == 200 and resp.content:
                     ids = [i for i in resp.json().get("jobsToStop", []) if isinstance(i, str)]
-            except (requests.RequestException, ValueError, AttributeError) as exc:
+            except Exception as exc:   # noqa: BLE001 - the stop channel must outlive any answer
                 log.debug("stop poll failed: %s", exc)
                 self.stopping.wait(1)
                 continue

@@ -77,8 +77,7 @@ class Delivery:
         self._idle = 0
         self._retrying = 0        # posters in the retries of a failing post
         self._closing = False
-        self._undelivered: list[Post] = []
-        self._lock = threading.Lock()
+        self._undelivered: list[Post] = []      # results that ran out of tries (under _cond)
 
     def start(self, stopping: threading.Event) -> None:
         def redeliver():
@@ -167,7 +166,7 @@ class Delivery:
                 with self._cond:
                     self._retrying -= 1
             if not delivered and post.kind == "done":
-                with self._lock:
+                with self._cond:
                     self._undelivered.append(post)
                 log.error("result could not be delivered after %d tries; kept, and "
                           "retried every %gs", post.attempts, REDELIVER_EVERY,
@@ -206,7 +205,7 @@ class Delivery:
         return False
 
     def redeliver_once(self, final: bool = False) -> None:
-        with self._lock:
+        with self._cond:
             pending, self._undelivered = self._undelivered, []
         if not pending:
             return
@@ -216,7 +215,7 @@ class Delivery:
                 log.info("result delivered after %d tries", post.attempts,
                          extra={"job_id": post.job_id})
             else:
-                with self._lock:
+                with self._cond:
                     self._undelivered.append(post)
         if final:
             for post in self._undelivered:
