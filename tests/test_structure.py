@@ -7,6 +7,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "worker"
 MAX_LINES = 420
 SHARED = {"worker.protocol", "worker.jobs", "worker.config", "worker.targets",
           "worker.version", "worker.logs", "worker.jsonlimits"}
+# The SDK's helpers (worker.serverless.*: logger, fitness registry, utils) serve both sides.
+HELPERS = "worker.serverless."
 
 
 def _modules() -> dict:
@@ -93,7 +95,8 @@ def test_the_child_never_imports_the_parent_side():
     g = graph()
     for name, deps in g.items():
         if name.startswith("worker.child"):
-            allowed = {d for d in deps if d.startswith("worker.child") or d in SHARED}
+            allowed = {d for d in deps
+                       if d.startswith(("worker.child", HELPERS)) or d in SHARED}
             assert deps == allowed, f"{name} imports {deps - allowed}"
 
 
@@ -111,3 +114,10 @@ def test_the_parent_never_imports_torch_or_cuda():
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not {n for n in names if n.split(".")[0] in ("torch", "cupy", "jax")}, path
+
+
+def test_the_sdk_helpers_stay_out_of_both_sides():
+    for name, deps in graph().items():
+        if name.startswith(HELPERS):
+            assert not {d for d in deps if d.startswith(("worker.parent", "worker.sources",
+                                                          "worker.child"))}, (name, deps)

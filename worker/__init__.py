@@ -1,9 +1,17 @@
 """gpu-worker: RunPod-style handlers in a supervised child process.
 
 Importing this package stays light: no torch, no NVML, no multiprocessing machinery.
+When a handler script run as `python handler.py` imports it at its top, the process hands
+over to the worker's entry point right here, before the script's own code runs
+(handover.py).
 """
-from . import serverless
-from .api import progress_update, start
-from .version import __version__
+from . import handover as _handover
 
-__all__ = ["start", "progress_update", "serverless", "__version__"]
+_handover.hand_over_early()
+
+from . import serverless  # noqa: E402
+from .api import progress_update, start  # noqa: E402
+from .serverless.logger import RunPodLogger  # noqa: E402
+from .version import __version__  # noqa: E402
+
+__all__ = ["start", "progress_update", "serverless", "RunPodLogger", "__version__"]

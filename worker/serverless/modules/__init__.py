@@ -1,0 +1,1 @@
+"""`worker.serverless.modules.rp_logger`: where the SDK keeps RunPodLogger."""
