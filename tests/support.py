@@ -191,12 +191,13 @@ class Server:
 class Worker:
     """`python -m worker <handler>` against a stand-in queue, with its log in a file."""
 
-    def __init__(self, queue, handler: str, tmp_path, **env):
+    def __init__(self, queue, handler: str, tmp_path, entry: str = "module", args=(), **env):
         self.log = tmp_path / "worker.log"
         full_env = {**os.environ, **queue.env(), "WORKER_STOP_GRACE": "1",
                     **{k: str(v) for k, v in env.items()}}
+        head = [PYTHON] if entry == "script" else [PYTHON, "-m", "worker"]
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([PYTHON, "-m", "worker", str(HANDLERS / handler)],
+            self.proc = subprocess.Popen([*head, str(HANDLERS / handler), *args],
                                          env=full_env, stdout=out, stderr=subprocess.STDOUT)
 
     def stop(self, timeout=60) -> int:

