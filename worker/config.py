@@ -110,6 +110,34 @@ class Settings:
     api_queue_mb: float = _setting(256.0, ("WORKER_API_QUEUE_MB",), None,
                                    "Local API: MiB of request bodies that may wait in the queue; "
                                    "past it 429 with Retry-After.", config=False)
+    rp_debugger: bool = _setting(False, ("WORKER_RP_DEBUGGER",), "--rp_debugger",
+                                 "Add the rp_debugger timings (FunctionTimer/LineTimer) and "
+                                 "system info to each dict output as `rp_debugger`, as the "
+                                 "SDK's flag does. Checkpoints are cleared after every job "
+                                 "either way.", config=False)
+    fitness_checks: str = _setting("auto", ("WORKER_FITNESS_CHECKS",), None,
+                                   "Run the fitness checks the handler registered "
+                                   "(register_fitness_check) before the first child takes "
+                                   "jobs: auto (on the RunPod queue and in load-balancing "
+                                   "mode, as the SDK), on, off.", config=False)
+    gpu_check: bool = _setting(True, ("WORKER_GPU_CHECK",), None,
+                               "Before the first child takes jobs, when NVML sees a GPU: CUDA "
+                               "must initialise in the child and each device take a small "
+                               "allocation and memset; else the worker is unhealthy.",
+                               config=False)
+    realtime_port: int = _setting(0, ("RUNPOD_REALTIME_PORT",), None,
+                                  "Serve the local API on 0.0.0.0 at this port (the SDK's "
+                                  "realtime mode); 0 = off.", config=False)
+    load_balancer: bool = _setting(False, ("WORKER_LOAD_BALANCER",), "--load_balancer",
+                                   "RunPod load-balancing endpoint: the job routes on PORT, "
+                                   "GET /ping on PORT_HEALTH, no queue. Also on when "
+                                   "PORT_HEALTH is set outside the RunPod queue.", config=False)
+    port: int = _setting(80, ("PORT",), None,
+                         "Load-balancing mode: the port of the job routes (0.0.0.0).",
+                         config=False)
+    port_health: int = _setting(0, ("PORT_HEALTH",), None,
+                                "Load-balancing mode: the port of GET /ping; 0 = PORT.",
+                                config=False)
     child_env_pass: tuple = _setting((), ("WORKER_CHILD_ENV_PASS",), None,
                                      "Secrets the child normally never sees "
                                      "(RUNPOD_AI_API_KEY, WORKER_API_TOKEN) that it may "
@@ -127,6 +155,9 @@ class Settings:
                                 config=False)
 
     def __post_init__(self):
+        if self.fitness_checks not in ("auto", "on", "off"):
+            raise SettingsError(f"fitness_checks must be auto, on or off, "
+                                f"not {self.fitness_checks!r}")
         if self.start_method not in ("forkserver", "spawn"):
             raise SettingsError(f"start_method must be forkserver or spawn, "
                                 f"not {self.start_method!r}")

@@ -11,6 +11,7 @@ import os
 import sys
 
 MAX_MESSAGE = 4096
+_SDK_NAMES = {"WARNING": "WARN", "CRITICAL": "ERROR"}     # RunPodLogger's level names
 
 
 def _clip(text: str) -> str:
@@ -40,7 +41,8 @@ class JsonFormatter(logging.Formatter):
             message += "\n" + self.formatException(record.exc_info)
         return json.dumps({"requestId": getattr(record, "job_id", None),
                            "message": _clip(message),
-                           "level": record.levelname}, ensure_ascii=False)
+                           "level": _SDK_NAMES.get(record.levelname, record.levelname)},
+                          ensure_ascii=False)
 
 
 def configure(level: str, json_lines: bool | None = None) -> None:

@@ -57,3 +57,4 @@ class ChildSpec:
     stdout: Any      # Connection: write end of the stdout capture pipe
     stderr: Any      # Connection: write end of the stderr capture pipe
     lifeline: Any    # Connection: read end; EOF means the parent died
+    checks: bool = False   # run the fitness checks before Ready (the worker's first child)

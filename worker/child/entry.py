@@ -5,6 +5,7 @@ SDK's, redirected) the job loop begins inside that call, exactly where the SDK w
 """
 from __future__ import annotations
 
+import atexit
 import importlib
 import os
 import runpy
@@ -14,7 +15,8 @@ import traceback
 from .. import protocol as P
 from ..config import Settings
 from ..targets import SECRET_ENV, ChildSpec, ModuleTarget, ScriptTarget, ValueTarget
-from . import joblog, runpod_compat
+from . import joblog, runpod_compat, sdk_hooks
+from .fitness_run import Unfit
 from .handlers import Interrupted
 from .runtime import ChildRuntime
 
@@ -37,6 +39,7 @@ def run_target(target, runtime: ChildRuntime) -> dict:
 
 
 def child_main(spec: ChildSpec) -> None:
+    sdk_hooks.child_started()
     preloaded = [m for m in spec.preload if m in sys.modules]
     try:
         os.setpgid(0, 0)  # lead our own group: a stop kills grandchildren too
@@ -56,6 +59,7 @@ def child_main(spec: ChildSpec) -> None:
     _allow_own_children()
 
     runtime = ChildRuntime(spec.control.fileno(), settings, preloaded)
+    runtime.checks = spec.checks
     runtime.activate()
     runtime.watch(spec.lifeline.fileno())
     runpod_compat.install()
@@ -79,21 +83,34 @@ def child_main(spec: ChildSpec) -> None:
         else:
             _report_setup_failure(runtime, exc)
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-    # Skip interpreter teardown: user threads must not keep a stopping child alive.
+        _run_exit_hooks()
+    # Skip the rest of interpreter teardown: user threads must not keep a stopping child
+    # alive.
     os._exit(code)
 
 
+def _run_exit_hooks() -> None:
+    """The module's atexit hooks (a cache sync, a temp-dir cleanup), as a normal exit
+    would run them; the parent's stop grace bounds how long they may take."""
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:      # noqa: B902 - a second stop signal lands here
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
 def _report_setup_failure(runtime: ChildRuntime, exc: BaseException) -> None:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if isinstance(exc, SystemExit):
         message = f"the handler module called sys.exit({exc.code!r}) during setup"
+    elif isinstance(exc, Unfit):
+        message, tb = str(exc), ""      # one clear line: the check and its reason
     else:
         message = f"{type(exc).__name__}: {exc}"
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         runtime.send(P.SetupFailed(message, tb))
     except OSError:

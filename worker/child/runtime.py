@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import os
 import select
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -23,7 +25,7 @@ from ..config import Settings, config_keys
 from ..jobs import JobState, Reason, exception_record
 from ..jsonlimits import MAX_DEPTH, nesting
 from ..protocol import HandlerMode
-from . import joblog
+from . import fitness_run, joblog, sdk_hooks
 from .handlers import Interrupted, Outcome, detect_kind, run_async, run_sync
 from .memory import reset_peak, rss, torch_memory
 
@@ -55,6 +57,8 @@ class ChildRuntime:
         self.settings = settings
         self.preloaded = preloaded
         self.served = False
+        self.checks = False             # run the fitness checks before Ready
+        self.ready_at = 0.0
         self.stopping = False
         self.inline_job: int | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -132,12 +136,16 @@ class ChildRuntime:
         if not isinstance(config, dict) or "handler" not in config:
             raise TypeError("start() needs a dict with a 'handler' key, e.g. "
                             "start({'handler': handler})")
-        self.served = True
         self.handler = config["handler"]
         self.kind = detect_kind(self.handler)
         self.modifier = config.get("concurrency_modifier")
         if self.modifier is not None and not callable(self.modifier):
             raise TypeError("concurrency_modifier must be a function: int -> int")
+        self.ready_at = time.perf_counter()
+        if self.checks:      # a failure raises out of start(): a setup failure
+            fitness_run.run(self.settings.fitness_checks == "on", self.settings.gpu_check)
+        self.served = True
+        config.setdefault("rp_args", self._rp_args())     # what the SDK's start() fills in
         overrides = {k: v for k, v in config.items() if k in config_keys()}
         self.settings = self.settings.with_config(overrides)
         self.aggregate = self.settings.return_aggregate_stream
@@ -151,6 +159,18 @@ class ChildRuntime:
         self.send(P.Ready(self.kind, self.mode, self.concurrency, overrides, self.preloaded))
         if not self.stopping:
             asyncio.run(self._main())
+
+    def _rp_args(self) -> dict:
+        s = self.settings
+        test_input = None
+        if s.test_input is not None:
+            try:
+                test_input = json.loads(s.test_input)
+            except ValueError:
+                pass
+        return {"rp_log_level": s.log_level, "rp_debugger": s.rp_debugger,
+                "rp_serve_api": s.serve_api, "rp_api_port": s.api_port,
+                "rp_api_concurrency": 1, "rp_api_host": s.api_host, "test_input": test_input}
 
     def _concurrency(self, current: int) -> int:
         if self.modifier is None:
@@ -283,6 +303,10 @@ class ChildRuntime:
         if self.stopping:
             return  # the parent has already ended this job
         self.concurrency = self._concurrency(self.concurrency)
+        try:
+            sdk_hooks.after_job(outcome.body, self.settings.rp_debugger, self.ready_at)
+        except Exception:      # noqa: BLE001 - the job's result matters more
+            traceback.print_exc()
         peak = torch_memory()
         msg = P.Done(run, outcome.state, outcome.reason, outcome.body, outcome.refresh,
                      self.concurrency, peak and peak["peak_mb"])

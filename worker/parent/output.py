@@ -9,6 +9,8 @@ explained by its stderr).
 from __future__ import annotations
 
 import collections
+import json
+import logging
 import os
 import selectors
 import threading
@@ -18,6 +20,9 @@ from typing import Callable
 from ..protocol import split_tag
 
 MAX_LINE = 16384
+# RunPodLogger's levels (the SDK's and ours) as logging levels.
+SDK_LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO,
+              "TIP": logging.INFO, "WARN": logging.WARNING, "ERROR": logging.ERROR}
 Sink = Callable[[str, str, tuple], None]   # (stream name, line, job ids)
 
 
@@ -90,3 +95,22 @@ class OutputPump(threading.Thread):
                 ids = running = self._job_ids() if running is None else running
             self.tail.append(f"{name}: {line}")
             self._sink(name, line, ids)
+
+
+def sdk_line(line: str) -> tuple | None:
+    """(level, message, job id) for a line RunPodLogger wrote — JSON
+    {"requestId", "message", "level"} or `LEVEL  | message` —, else None."""
+    if line.startswith('{"requestId"'):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return None
+        if isinstance(record, dict) and record.keys() == {"requestId", "message", "level"} \
+                and record["level"] in SDK_LEVELS:
+            job = record["requestId"]
+            return (SDK_LEVELS[record["level"]], str(record["message"]),
+                    job if isinstance(job, str) else None)
+        return None
+    if line[7:9] == "| " and line[:7].rstrip() in SDK_LEVELS:
+        return SDK_LEVELS[line[:7].rstrip()], line[9:], None
+    return None

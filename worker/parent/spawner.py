@@ -133,7 +133,7 @@ class Spawner:
             server._stop()
         self.ctx.set_forkserver_preload(modules)
 
-    def spawn(self, target, settings: Settings) -> ChildProcess:
+    def spawn(self, target, settings: Settings, checks: bool = False) -> ChildProcess:
         ctx = self.ctx
         control, child_control = ctx.Pipe(duplex=True)
         for conn in (control, child_control):   # big jobs cross in fewer round trips
@@ -145,7 +145,7 @@ class Spawner:
                   if name in SECRET_ENV and name in os.environ}
         given = {k: v for k, v in settings.to_dict().items() if k not in SECRET_SETTINGS}
         spec = ChildSpec(target, given, os.getcwd(), self.preload, passed,
-                         child_control, out_w, err_w, life_r)
+                         child_control, out_w, err_w, life_r, checks)
         process = ctx.Process(target=child_main, args=(spec,), name="gpu-worker-child",
                               daemon=True)
         try:

@@ -24,7 +24,7 @@ from .channel import Channel
 from .core import SupervisorCore
 from .lifecycle import ChildState
 from .monitor import make_probe
-from .output import OutputPump
+from .output import OutputPump, sdk_line
 from .spawner import ChildProcess, Spawner
 from .status import Status, WorkerState
 
@@ -44,6 +44,15 @@ def exit_process(message: str) -> None:
 
 
 def _log_child_line(stream: str, line: str, job_ids: tuple) -> None:
+    sdk = sdk_line(line)          # a RunPodLogger line keeps its level and its job
+    if sdk is not None:
+        level, message, job_id = sdk
+        for job in job_ids:               # the text form repeats the job id we tag with
+            if message.startswith(f"{job} | "):
+                message = message[len(job) + 3:]
+                break
+        child_log.log(level, "%s", message, extra={"job_id": job_id or ",".join(job_ids) or None})
+        return
     child_log.info("%s: %s", stream, line, extra={"job_id": ",".join(job_ids) or None})
 
 
@@ -276,7 +285,9 @@ class Supervisor:
     def _spawn(self, action: A.Spawn) -> None:
         baseline = self._device_used()
         try:
-            proc = self.spawner.spawn(self.target, self.core.settings)
+            # Fitness checks run until a child has passed them and reached Ready.
+            proc = self.spawner.spawn(self.target, self.core.settings,
+                                      checks=self.core.last_ready_s is None)
         except Exception as exc:
             log.exception("could not start the worker process")
             self._guarded(self.core.spawn_failed, f"{type(exc).__name__}: {exc}")

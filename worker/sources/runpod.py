@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -134,7 +135,12 @@ class RunPodSource(JobListener):
             self.finished.set()
 
     def _report_unhealthy(self) -> None:
-        url = self.urls.unhealthy(self.sup.state.value, self.sup.failure_message or "", __version__)
+        reason = self.sup.failure_message or ""
+        check = self.sup.state.value
+        unfit = re.search(r"fitness check (\S+) failed: (.*)", reason, re.S)
+        if unfit:                  # the SDK names the failing check
+            check, reason = unfit.group(1), unfit.group(2)
+        url = self.urls.unhealthy(check, reason, __version__)
         if url:
             try:
                 self._session().get(url, timeout=2)

@@ -1,0 +1,23 @@
+"""The built-in GPU fitness check on a real GPU: the driver API path through ctypes, in a
+process of its own (the check creates and releases a CUDA context), and a worker whose
+first child passes it before Ready."""
+import subprocess
+import sys
+
+from tests.support import HANDLERS, PYTHON, run_cli
+
+
+def test_the_driver_api_check_passes_on_this_gpu():
+    code = ("from worker.child import gpu_check; n = gpu_check.expected(); assert n > 0, n; "
+            "print(gpu_check.check())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "passed the CUDA check" in proc.stdout
+
+
+def test_a_worker_runs_the_check_before_its_first_job():
+    proc = run_cli([PYTHON, "-m", "worker", str(HANDLERS / "runpod_style.py"),
+                    "--test_input", '{"input": {"prompt": "x"}}'])
+    assert proc.returncode == 0, proc.stderr
+    assert "passed the CUDA check" in proc.stderr
