@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -30,8 +31,6 @@ def _parser(with_script: bool) -> argparse.ArgumentParser:
                            help=text)
     p.add_argument("--rp_api_concurrency", default=None, metavar="N",
                    help="accepted for compatibility; the local API runs one process")
-    p.add_argument("--rp_debugger", action="store_true",
-                   help="accepted for compatibility with runpod-python; has no effect")
     p.add_argument("--version", action="version", version=f"gpu-worker {__version__}")
     return p
 
@@ -73,17 +72,30 @@ def run(target, argv: list, config: dict) -> int:
 
 
 def run_mode(settings: cfg.Settings, target) -> int:
-    """Pick the job source as runpod-python does: the local API if asked for; the RunPod
-    queue when RUNPOD_WEBHOOK_GET_JOB is set and no test input is given; else the
-    one-shot local test."""
+    """Pick the job source as runpod-python does — the local API if asked for, then the
+    realtime port, then the RunPod queue when RUNPOD_WEBHOOK_GET_JOB is set and no test
+    input is given, else the one-shot local test — with load balancing (ours) before the
+    queue."""
     logs.configure(settings.log_level)
+    queue = bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB")) and settings.test_input is None
+    balanced = not settings.serve_api and not settings.realtime_port and (
+        settings.load_balancer or (bool(os.environ.get("PORT_HEALTH")) and not queue
+                                   and settings.test_input is None))
+    if settings.fitness_checks == "auto":      # the SDK runs them in production only
+        settings = dataclasses.replace(settings,
+                                       fitness_checks="on" if queue or balanced else "off")
     if settings.serve_api:
         from ..sources import local_api
         return local_api.serve(settings, target)
-    if os.environ.get("RUNPOD_WEBHOOK_GET_JOB") and settings.test_input is None:
+    if settings.realtime_port:
+        from ..sources import local_api
+        return local_api.serve(dataclasses.replace(settings, api_host="0.0.0.0",
+                                                   api_port=settings.realtime_port), target)
+    if balanced:
+        from ..sources import load_balancer
+        return load_balancer.serve(settings, target)
+    if queue:
         from ..sources.runpod import RunPodSource
         return RunPodSource(settings, target).run()
     from ..sources import oneshot
     return oneshot.run(settings, target)
-
-

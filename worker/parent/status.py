@@ -52,6 +52,14 @@ class Status(NamedTuple):      # a tuple: immutable, and cheap to make after eve
     def ready(self) -> bool:
         return self.child_state in (ChildState.READY, ChildState.BUSY)
 
+    def ping_code(self) -> int:
+        """GET /ping as RunPod's load balancer reads it: 200 a child can take jobs, 204
+        a child is starting (or being replaced), 503 the worker cannot run jobs (setup
+        failed, the breaker tripped, the GPU is unhealthy, stopped)."""
+        if self.state is not WorkerState.RUNNING:
+            return 503
+        return 200 if self.ready else 204
+
     def to_dict(self) -> dict:
         """The /health shape of the worker (without memory)."""
         return {

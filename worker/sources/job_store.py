@@ -13,7 +13,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import requests
 
@@ -64,7 +64,8 @@ class Record:
 
 class JobStore(JobListener):
     def __init__(self, supervisor: Supervisor, loop: asyncio.AbstractEventLoop,
-                 ttl: float, worker_id: str = "", max_jobs: int = 0, max_bytes: int = 0):
+                 ttl: float, worker_id: str = "", max_jobs: int = 0, max_bytes: int = 0,
+                 capacity: Callable[[], int] | None = None):
         self.sup = supervisor
         self.loop = loop
         self.ttl = ttl
@@ -73,6 +74,8 @@ class JobStore(JobListener):
         self.records: dict[str, Record] = {}
         self.lock = threading.Lock()
         self.counts = {"completed": 0, "failed": 0}
+        self.capacity = capacity       # load balancing: jobs the child takes now; no queue
+        self.active = 0                # jobs submitted and not ended
         self.queued = 0                # jobs waiting, and the bytes of their bodies
         self.queued_bytes = 0
         self._webhooks = ThreadPoolExecutor(WEBHOOK_SENDERS, "gpu-worker-webhook")
@@ -97,6 +100,9 @@ class JobStore(JobListener):
         webhook = body.get("webhook") if isinstance(body.get("webhook"), str) else None
         rec = Record(job["id"], webhook, done=asyncio.Event(), size=size)
         with self.lock:
+            if self.capacity is not None and self.active + 1 > self.capacity():
+                raise QueueFull(f"the worker is at capacity ({self.active} jobs running) "
+                                "and keeps no queue (load-balancing mode); retry later")
             if self.max_jobs and self.queued + 1 > self.max_jobs:
                 raise QueueFull(f"the queue is full ({self.queued} jobs waiting; "
                                 "WORKER_API_QUEUE_JOBS); retry later")
@@ -104,6 +110,7 @@ class JobStore(JobListener):
                 raise QueueFull(f"the queue is full ({self.queued_bytes / 2**20:.1f} MiB "
                                 "waiting; WORKER_API_QUEUE_MB); retry later")
             self.records[rec.id] = rec
+            self.active += 1
             self.queued += 1
             self.queued_bytes += size
         self.sup.submit(job, self, forward)
@@ -201,6 +208,8 @@ class JobStore(JobListener):
             if rec is None:
                 return
             self._dequeued(rec)
+            if rec.finished is None:
+                self.active -= 1
             rec.status, rec.result, rec.finished = result.state, result, time.monotonic()
             if result.state is JobState.COMPLETED:
                 self.counts["completed"] += 1

@@ -15,6 +15,7 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -117,15 +118,20 @@ async def _json(send, code: int, body: dict):
     await send({"type": "http.response.body", "body": data})
 
 
-def create_app(settings: Settings, target=None, supervisor: Supervisor | None = None) -> FastAPI:
+def create_app(settings: Settings, target=None, supervisor: Supervisor | None = None,
+               balanced: bool = False) -> FastAPI:
+    """The API; `balanced` (load-balancing mode) keeps no queue: a job beyond what the
+    child takes now is refused at once (429)."""
     state: dict = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         sup = supervisor or Supervisor(settings, target, on_fatal=exit_process)
         sup.start()
+        capacity = (lambda: sup.status.concurrency if sup.status.ready else 0) \
+            if balanced else None
         store = JobStore(sup, asyncio.get_running_loop(), settings.result_ttl, settings.worker_id,
-                         settings.api_queue_jobs, int(settings.api_queue_mb * 2**20))
+                         settings.api_queue_jobs, int(settings.api_queue_mb * 2**20), capacity)
         state.update(sup=sup, store=store)
         sweeper = asyncio.create_task(_sweep(store, settings.result_ttl))
         try:
@@ -242,12 +248,30 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
 
     public = APIRouter()      # /health answers without the token
 
+    @public.get("/ping", summary="RunPod's load-balancer probe: 200 ready, 204 starting, "
+                                 "503 the worker cannot run jobs", status_code=200,
+                responses={204: {"description": "a child is starting"},
+                           503: {"description": "the worker cannot run jobs"}})
+    async def ping():
+        return ping_response(state["sup"].status if "sup" in state else None)
+
     @public.get("/health", summary="Job counts and the worker's state; 503 when the worker "
                                    "cannot run jobs (the reason is in worker.failure)")
     async def health():
         body = store().health()
         ok = state["sup"].status.state is WorkerState.RUNNING
         return _json_response(body, 200 if ok else 503)
+
+    endpoint_id = os.environ.get("RUNPOD_ENDPOINT_ID")
+    if endpoint_id:       # the SDK's realtime route: the run's result body, nothing else
+        @router.post(f"/{endpoint_id}/realtime", summary="Run a job; its output or error",
+                     openapi_extra=JOB_BODY, responses=_errors(400, 413, 429, 503))
+        async def realtime(request: Request):
+            body, raw = await job_body(request)
+            refuse_if_down()
+            rec = submit(body, raw)
+            await rec.done.wait()
+            return _json_response(rec.result.body)
 
     for r in (router, public):
         app.include_router(r)
@@ -259,6 +283,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
                             headers=exc.headers)
 
+    app.state.gpu_worker = state          # the load balancer's /ping port reads it
     app.add_middleware(BodyLimit, limits={"/run": int(settings.max_run_mb * 2**20),
                                           "/runsync": int(settings.max_runsync_mb * 2**20)})
     return app
@@ -276,6 +301,15 @@ def _example_body() -> str:
     return '{"input": {"prompt": "hello"}}'
 
 
+def ping_response(status) -> Response:
+    code = 204 if status is None else status.ping_code()
+    if code == 204:
+        return Response(status_code=204)
+    body = {"status": "healthy"} if code == 200 else {"status": "unhealthy",
+                                                      "failure": status.failure}
+    return _json_response(body, code)
+
+
 def _json_response(content: dict, code: int = 200) -> Response:
     # Outputs are JSON already (the child checked them): skip FastAPI's recursive
     # jsonable_encoder walk.
@@ -290,7 +324,6 @@ async def _sweep(store: JobStore, ttl: float) -> None:
 
 
 def serve(settings: Settings, target) -> int:
-    import uvicorn
     app = create_app(settings, target)
     host, port = settings.api_host, settings.api_port
     auth = f" -H 'Authorization: Bearer {settings.api_token}'" if settings.api_token else ""
@@ -299,7 +332,13 @@ def serve(settings: Settings, target) -> int:
           f"try: curl -s -X POST http://{host}:{port}/runsync{auth} "
           f"-H 'Content-Type: application/json' -d '{_example_body()}'",
           file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning",
+    return run_server(app, settings)
+
+
+def run_server(app: FastAPI, settings: Settings) -> int:
+    import uvicorn
+    config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
+                            log_level="warning",
                             timeout_graceful_shutdown=int(settings.shutdown_grace) or None)
     # uvicorn re-raises the signal that stopped it to the handler it found; make that
     # one harmless so a SIGTERM'd server exits 0 after its graceful shutdown.
