@@ -236,3 +236,21 @@ def test_the_gpu_check_expects_no_gpu_here_and_none_when_hidden(monkeypatch):
         pytest.skip("NVML works here: a GPU machine runs gpu_tests/")
     except pynvml.NVMLError:
         assert gpu_check.expected() == 0
+
+
+def test_what_ran_before_the_handover_is_not_orphaned(tmp_path):
+    """A subprocess started above `import worker` would survive the exec: it is ended,
+    and the script starts it again in the child, which owns it."""
+    runs = tmp_path / "runs"
+    script = tmp_path / "early.py"
+    script.write_text("import os, subprocess, sys\n"
+                      "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+                      "open(os.environ['RUNS_FILE'], 'a').write(f'{p.pid}\\n')\n"
+                      "import worker as runpod\n"
+                      "runpod.serverless.start({'handler': lambda job: 'ok'})\n")
+    proc = run_cli([PYTHON, str(script), "--test_input", '{"input": {}}'],
+                   env={"RUNS_FILE": str(runs)})
+    assert proc.returncode == 0, proc.stderr
+    pids = [int(p) for p in runs.read_text().split()]
+    assert len(pids) == 2 and "ending 1 process(es)" in proc.stderr
+    assert all(gone(pid) for pid in pids)

@@ -89,8 +89,10 @@ def hand_over_early() -> None:
 
 def reexec(script: str, args: list) -> None:
     """Replace this process with `python -m worker script args` (the same interpreter and
-    interpreter flags)."""
+    interpreter flags). Subprocesses this first run started would be orphaned by exec (and
+    started again by the script in the child): they end first."""
     import subprocess
+    _end_own_children()
     argv = [sys.executable, *subprocess._args_from_interpreter_flags(), "-m", "worker",
             script, *args]
     for stream in (sys.stdout, sys.stderr):
@@ -99,3 +101,23 @@ def reexec(script: str, args: list) -> None:
         except Exception:
             pass
     os.execv(sys.executable, argv)
+
+
+def _end_own_children(grace: float = 5.0) -> None:
+    import psutil
+    children = psutil.Process().children(recursive=True)
+    if not children:
+        return
+    print(f"gpu-worker: ending {len(children)} process(es) the script started before "
+          "handing over; it starts them again in the worker", file=sys.stderr)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass

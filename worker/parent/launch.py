@@ -15,12 +15,10 @@ def start_outside_child(config: dict) -> None:
     if script is not None:
         # `import worker` came too late to hand over before the script ran (it sits in a
         # function, e.g. main()). Re-run the whole script in the worker, so main() and
-        # whatever it sets up belong to the child; what this first run started would be
-        # orphaned by exec and started again there, so it ends now.
+        # whatever it sets up belong to the child (reexec ends what this run started).
         print("gpu-worker: the script ran before handing over to the worker (put "
               "`import worker` at the top of the script, or run `python -m worker "
               f"{sys.argv[0]}`); it runs again in the worker process", file=sys.stderr)
-        _end_own_children()
         handover.reexec(script, sys.argv[1:])
 
     from . import cli
@@ -31,18 +29,3 @@ def start_outside_child(config: dict) -> None:
         target = ModuleTarget(module_name, sys.argv[1:])
     sys.exit(cli.run(target, sys.argv[1:], config))
 
-
-def _end_own_children(grace: float = 5.0) -> None:
-    import psutil
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        try:
-            child.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(children, timeout=grace)
-    for child in alive:
-        try:
-            child.kill()
-        except psutil.Error:
-            pass
