@@ -177,19 +177,23 @@ class FakeRunPod:
                     with fake.lock:
                         fake.lock.wait_for(lambda: fake.queue, max(0, deadline - time.monotonic()))
                         jobs = [fake.queue.popleft() for _ in range(min(n, len(fake.queue)))]
-                        fake.takes.append((query, [j.get("id") for j in jobs
-                                                   if isinstance(j, dict)]))
-                        fake.lock.notify_all()
-                    if not jobs:
-                        return self._send(204)
-                    if isinstance(jobs[0], bytes):         # a raw, possibly broken, answer
-                        self.send_response(200)
-                        self.send_header("Content-Type", "application/json")
-                        self.send_header("Content-Length", str(len(jobs[0])))
-                        self.end_headers()
-                        self.wfile.write(jobs[0])
-                        return
-                    return self._send(200, jobs if op == "job-take-batch" else jobs[0])
+                    try:
+                        if not jobs:
+                            self._send(204)
+                        elif isinstance(jobs[0], bytes):     # a raw, possibly broken, answer
+                            self.send_response(200)
+                            self.send_header("Content-Type", "application/json")
+                            self.send_header("Content-Length", str(len(jobs[0])))
+                            self.end_headers()
+                            self.wfile.write(jobs[0])
+                        else:
+                            self._send(200, jobs if op == "job-take-batch" else jobs[0])
+                    finally:     # a take is recorded once its answer is on the wire
+                        with fake.lock:
+                            fake.takes.append((query, [j.get("id") for j in jobs
+                                                       if isinstance(j, dict)]))
+                            fake.lock.notify_all()
+                    return
                 if op == "job-stop":
                     deadline = time.monotonic() + fake.long_poll
                     with fake.lock:

@@ -40,6 +40,12 @@ class Started:
         raise AssertionError(f"{url} never answered {code}: {seen[-5:]}\n"
                              + self.log.read_text())
 
+    def status_until(self, url, state, timeout=60):
+        deadline = time.monotonic() + timeout
+        while (status := requests.get(url, timeout=5).json()["status"]) != state:
+            assert time.monotonic() < deadline, f"{url} stayed {status}, never {state}"
+            time.sleep(0.02)
+
     def close(self):
         self.proc.terminate()
         assert self.proc.wait(30) == 0, self.log.read_text()
@@ -101,18 +107,12 @@ def test_a_job_beyond_capacity_is_refused_at_once(tmp_path):
         w.until(f"{base}/ping", 200)
         job = requests.post(f"{base}/run", json={"input": {"hold": str(hold)}}, timeout=30)
         job_id = job.json()["id"]
-        w.until(f"{base}/status/{job_id}", 200)
-        deadline = time.monotonic() + 30
-        while requests.get(f"{base}/status/{job_id}").json()["status"] != "IN_PROGRESS":
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        w.status_until(f"{base}/status/{job_id}", "IN_PROGRESS")
         busy = requests.post(f"{base}/runsync", json={"input": {}}, timeout=30)
         assert busy.status_code == 429 and busy.headers["Retry-After"] == "1"
         assert "no queue" in busy.json()["error"]
         hold.touch()
-        result = w.until(f"{base}/status/{job_id}", 200)
-        while result.json()["status"] != "COMPLETED":
-            result = requests.get(f"{base}/status/{job_id}")
+        w.status_until(f"{base}/status/{job_id}", "COMPLETED")
         after = requests.post(f"{base}/runsync", json={"input": {}}, timeout=30)
         assert after.status_code == 200 and after.json()["status"] == "COMPLETED"
     finally:

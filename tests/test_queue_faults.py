@@ -90,3 +90,45 @@ def test_sigterm_during_a_refresh(fake, start):
     w.proc.send_signal(signal.SIGTERM)     # the child is being replaced right now
     assert w.proc.wait(30) == 0
     assert len(fake.finals["r"]) == 1
+
+
+def test_an_answer_already_arriving_is_not_cut_by_a_stop():
+    """SIGTERM while the queue's answer is on its way: the platform has handed the job to
+    this worker, so the take finishes reading it (and the job runs or is reported)."""
+    import socket as _socket
+    import threading as _threading
+    import time as _time
+    from worker.sources.runpod_take import TakeClient
+
+    server = _socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    headers_sent, release = _threading.Event(), _threading.Event()
+    body = b'{"id": "in-flight", "input": {}}'
+
+    def answer():
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        headers_sent.set()
+        release.wait(10)
+        conn.sendall(body)
+        conn.close()
+
+    _threading.Thread(target=answer, daemon=True).start()
+    client = TakeClient({})
+    got = {}
+    taker = _threading.Thread(target=lambda: got.update(
+        answer=client.get(f"http://127.0.0.1:{server.getsockname()[1]}/job-take/w1")))
+    taker.start()
+    assert headers_sent.wait(10)
+    deadline = _time.monotonic() + 10
+    while not client._answering:        # the status line has been read: the answer is here
+        assert _time.monotonic() < deadline
+        _time.sleep(0.005)
+    client.abort()
+    release.set()
+    taker.join(10)
+    server.close()
+    assert got["answer"] == (200, "application/json", body)

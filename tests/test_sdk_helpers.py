@@ -277,3 +277,30 @@ def test_no_line_breaks_the_reader(line):
     from worker.parent.output import sdk_line
     parsed = sdk_line(line)
     assert parsed is None or (isinstance(parsed[1], str) and parsed[0] > 0)
+
+
+def test_a_deeply_nested_line_is_just_a_line():
+    from worker.parent.output import sdk_line
+    line = '{"requestId": ' + "[" * 16000 + "]" * 16000 + "}"
+    assert sdk_line(line) is None
+
+
+def test_the_output_pump_outlives_a_failing_sink():
+    """A sink that raises on a line must not stop the reading of the rest."""
+    import os
+    from worker.parent.output import OutputPump
+    seen = []
+
+    def sink(stream, line, ids):
+        if line == "boom":
+            raise RuntimeError("sink failed")
+        seen.append(line)
+
+    r, w = os.pipe()
+    pump = OutputPump({r: "stdout"}, lambda: (), sink)
+    pump.start()
+    os.write(w, b"first\nboom\nlast\n")
+    os.close(w)
+    pump.join(10)
+    os.close(r)
+    assert seen == ["first", "last"] and not pump.is_alive()

@@ -94,7 +94,7 @@ class Settings:
     api_port: int = _setting(8000, ("WORKER_API_PORT",), "--rp_api_port",
                              "Local API port.", config=False)
     api_token: str = _setting("", ("WORKER_API_TOKEN",), None,
-                              "Local API: when set, every route but /health needs "
+                              "Local API: when set, every route but /health and /ping needs "
                               "`Authorization: Bearer <token>`.", config=False)
     result_ttl: float = _setting(1800.0, ("WORKER_RESULT_TTL",), None,
                                  "Local API: seconds a finished job's record is kept.",

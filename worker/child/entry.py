@@ -58,6 +58,9 @@ def child_main(spec: ChildSpec) -> None:
     os.chdir(spec.cwd)
     _allow_own_children()
 
+    # Exit hooks registered before the module runs are the forkserver's (its preloads,
+    # multiprocess); the ones to run at the end are the module's own.
+    atexit._clear()
     runtime = ChildRuntime(spec.control.fileno(), settings, preloaded)
     runtime.checks = spec.checks
     runtime.activate()
@@ -91,7 +94,8 @@ def child_main(spec: ChildSpec) -> None:
 
 def _run_exit_hooks() -> None:
     """The module's atexit hooks (a cache sync, a temp-dir cleanup), as a normal exit
-    would run them; the parent's stop grace bounds how long they may take."""
+    would run them — after a stop, or a setup failure; not after a crash or a kill. The
+    parent's stop grace bounds how long they may take."""
     try:
         atexit._run_exitfuncs()
     except BaseException:      # noqa: B902 - a second stop signal lands here

@@ -94,7 +94,11 @@ class OutputPump(threading.Thread):
             else:      # fd-level output (C code, subprocesses): every job in the child
                 ids = running = self._job_ids() if running is None else running
             self.tail.append(f"{name}: {line}")
-            self._sink(name, line, ids)
+            try:
+                self._sink(name, line, ids)
+            except Exception:      # noqa: BLE001 - a line must never stop the reading
+                logging.getLogger("worker").exception("could not log a line of the child's "
+                                                      "output: %r", line[:200])
 
 
 def sdk_line(line: str) -> tuple | None:
@@ -103,7 +107,7 @@ def sdk_line(line: str) -> tuple | None:
     if line.startswith('{"requestId"'):
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):     # a line that only looks like one
             return None
         if isinstance(record, dict) and record.keys() == {"requestId", "message", "level"} \
                 and record["level"] in SDK_LEVELS:

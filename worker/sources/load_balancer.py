@@ -38,16 +38,13 @@ def start_ping_server(port: int, status, host: str = "0.0.0.0") -> ThreadingHTTP
             if self.path.split("?", 1)[0] != "/ping":
                 self.send_error(404)
                 return
-            current = status()
-            code = 204 if current is None else current.ping_code()
-            body = b"" if code == 204 else (b'{"status": "healthy"}' if code == 200
-                                            else b'{"status": "unhealthy"}')
-            self.send_response(code)
-            if body:
+            answer = local_api.ping_response(status())
+            self.send_response(answer.status_code)
+            if answer.status_code != 204:        # a 204 has no body and no length
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(answer.body)))
             self.end_headers()
-            self.wfile.write(body)
+            self.wfile.write(answer.body)
 
         def log_message(self, *args):
             pass

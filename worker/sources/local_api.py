@@ -143,7 +143,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
                 None, sup.join, settings.shutdown_grace + sup.settings.stop_grace * 3 + 5)
 
     # With a token, the docs would describe (and /docs try) routes a stranger cannot use,
-    # and give away the endpoint's shape: they are off, like every route but /health.
+    # and give away the endpoint's shape: they are off, like every route but /health and /ping.
     docs = {} if not settings.api_token else {"docs_url": None, "redoc_url": None,
                                               "openapi_url": None}
     app = FastAPI(title="gpu-worker local API", version=__version__, lifespan=lifespan,
@@ -246,7 +246,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
     async def purge_queue():
         return {"removed": store().purge(), "status": "completed"}
 
-    public = APIRouter()      # /health answers without the token
+    public = APIRouter()      # /health and /ping answer without the token
 
     @public.get("/ping", summary="RunPod's load-balancer probe: 200 ready, 204 starting, "
                                  "503 the worker cannot run jobs", status_code=200,

@@ -4,10 +4,15 @@ A take long-polls (the platform holds it up to 90 s). On SIGTERM an idle worker 
 wait that out, and closing a `requests.Session` does not interrupt a request in flight;
 shutting down the socket does, at once. So the take uses http.client on a connection this
 class owns (kept alive between takes, as a session would).
+
+An answer that has begun to arrive is never cut: the platform has handed its jobs to this
+worker, and cutting the read would lose them. abort() lets that read finish (it is quick),
+and the jobs are run within the shutdown grace or refused and reported.
 """
 from __future__ import annotations
 
 import http.client
+import select
 import socket
 import threading
 from urllib.parse import urlsplit
@@ -31,6 +36,7 @@ class TakeClient:
         self._conn: http.client.HTTPConnection | None = None
         self._origin: tuple | None = None
         self._aborted = False
+        self._answering = False      # the answer's status line has been read
 
     def get(self, url: str) -> tuple[int, str, bytes]:
         """(status, content type, body) of a GET; raises TakeError or TakeAborted."""
@@ -45,23 +51,27 @@ class TakeClient:
                     raise OSError("aborted")
             conn.request("GET", path or "/", headers=self.headers)
             resp = conn.getresponse()
+            self._answering = True
             body = resp.read()
         except (OSError, http.client.HTTPException, ValueError) as exc:
             self._drop(conn)
             if self._aborted:
                 raise TakeAborted() from None
             raise TakeError(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            self._answering = False
         if resp.will_close:
             self._drop(conn)
         return resp.status, resp.getheader("Content-Type", "") or "", body
 
     def abort(self) -> None:
-        """Cut the take in flight, if any, and refuse any later one."""
+        """Cut the take in flight, if any — unless its answer is arriving — and refuse any
+        later one."""
         with self._lock:
             self._aborted = True
             conn = self._conn
         sock = conn.sock if conn is not None else None
-        if sock is not None:
+        if sock is not None and not self._answering and not _readable(sock):
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -87,3 +97,11 @@ class TakeClient:
         with self._lock:
             if self._conn is conn:
                 self._conn = None
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Bytes of an answer (or its end) are waiting to be read."""
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
