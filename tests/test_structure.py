@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "worker"
 MAX_LINES = 420
 SHARED = {"worker.protocol", "worker.jobs", "worker.config", "worker.targets",
-          "worker.version", "worker.logs", "worker.jsonlimits"}
+          "worker.version", "worker.logs", "worker.jsonlimits", "worker.gpus"}
 # The SDK's helpers (worker.serverless.*: logger, fitness registry, utils) serve both sides.
 HELPERS = "worker.serverless."
 

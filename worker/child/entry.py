@@ -15,7 +15,7 @@ import traceback
 from .. import protocol as P
 from ..config import Settings
 from ..targets import SECRET_ENV, ChildSpec, ModuleTarget, ScriptTarget, ValueTarget
-from . import joblog, runpod_compat, sdk_hooks
+from . import fork_safety, joblog, runpod_compat, sdk_hooks
 from .fitness_run import Unfit
 from .handlers import Interrupted
 from .runtime import ChildRuntime
@@ -54,6 +54,7 @@ def child_main(spec: ChildSpec) -> None:
     # asked to pass come in the spec, into os.environ only.
     for name in SECRET_ENV:
         os.environ.pop(name, None)
+    fork_safety.restore()
     os.environ.update(spec.env)
     os.chdir(spec.cwd)
     _allow_own_children()
@@ -68,6 +69,7 @@ def child_main(spec: ChildSpec) -> None:
     runpod_compat.install()
     code = 0
     try:
+        fork_safety.check(spec.preload)
         namespace = run_target(spec.target, runtime)
         if not runtime.served:
             handler = namespace.get("handler") if isinstance(namespace, dict) else None
@@ -111,7 +113,7 @@ def _report_setup_failure(runtime: ChildRuntime, exc: BaseException) -> None:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if isinstance(exc, SystemExit):
         message = f"the handler module called sys.exit({exc.code!r}) during setup"
-    elif isinstance(exc, Unfit):
+    elif isinstance(exc, (Unfit, fork_safety.CudaBeforeFork)):
         message, tb = str(exc), ""      # one clear line: the check and its reason
     else:
         message = f"{type(exc).__name__}: {exc}"

@@ -19,26 +19,35 @@ def _cuda():
 
 
 def torch_memory() -> dict | None:
-    """The child's own view of its GPU memory: NVML cannot attribute memory to processes
-    inside a container, torch's allocator can."""
+    """The child's own view of its GPU memory, summed over every device it may use (a
+    handler on cuda:1 counts too): NVML cannot attribute memory to processes inside a
+    container, torch's allocator can. Reading a device's allocator figures creates no
+    context on it."""
     cuda = _cuda()
     if cuda is None:
         return None
     try:
-        return {"allocated_mb": cuda.memory_allocated() / 2**20,
-                "reserved_mb": cuda.memory_reserved() / 2**20,
-                "peak_mb": cuda.max_memory_allocated() / 2**20}
+        out = {"allocated_mb": 0.0, "reserved_mb": 0.0, "peak_mb": 0.0}
+        for device in range(cuda.device_count()):
+            out["allocated_mb"] += cuda.memory_allocated(device) / 2**20
+            out["reserved_mb"] += cuda.memory_reserved(device) / 2**20
+            out["peak_mb"] += cuda.max_memory_allocated(device) / 2**20
+        return out
     except Exception:
         return None
 
 
 def reset_peak() -> None:
+    """Start a new peak on every device (call it only when no other job is running: the
+    peak is the child's, and a reset would erase a running job's)."""
     cuda = _cuda()
-    if cuda is not None:
-        try:
-            cuda.reset_peak_memory_stats()
-        except Exception:
-            pass
+    if cuda is None:
+        return
+    try:
+        for device in range(cuda.device_count()):
+            cuda.reset_peak_memory_stats(device)
+    except Exception:
+        pass
 
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

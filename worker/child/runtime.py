@@ -143,7 +143,8 @@ class ChildRuntime:
             raise TypeError("concurrency_modifier must be a function: int -> int")
         self.ready_at = time.perf_counter()
         if self.checks:      # a failure raises out of start(): a setup failure
-            fitness_run.run(self.settings.fitness_checks == "on", self.settings.gpu_check)
+            fitness_run.run(self.settings.fitness_checks == "on", self.settings.gpu_check,
+                            self.settings.require_gpu)
         self.served = True
         config.setdefault("rp_args", self._rp_args())     # what the SDK's start() fills in
         overrides = {k: v for k, v in config.items() if k in config_keys()}
@@ -238,7 +239,8 @@ class ChildRuntime:
     def _start_job(self, run: int, job: dict) -> None:
         job_id = job["id"]
         self._runs[job_id] = run
-        reset_peak()
+        if len(self._runs) == 1:     # jobs running beside it keep their peak: a job's
+            reset_peak()             # peak is the child's while it ran
         if self.mode is HandlerMode.INLINE:
             self.inline_job = run
             token = joblog.current_job.set(job_id)

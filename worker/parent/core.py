@@ -49,6 +49,7 @@ class SupervisorCore(ChildEvents):
         self.runs = 0                      # run tokens issued (protocol.Run)
         self.handler_kind: P.Kind | None = None
         self.log_ids: tuple = ()           # jobs the child's output lines belong to
+        self.gpu_events: tuple = ()        # the last NVML events: (what, what was done)
 
     # --- events ------------------------------------------------------------------------
 
@@ -99,16 +100,35 @@ class SupervisorCore(ChildEvents):
         return self._step(now)
 
     def gpu_event(self, xid: int, what: str, now: float) -> list:
-        if what == "xid" and classify_xid(xid) == "replace":
-            log.warning("GPU reported application Xid %d: the worker process's CUDA context "
-                        "is poisoned; replacing it after the running job", xid)
-            return self.refresh(f"GPU Xid {xid}", now)
-        self.failure_message = (f"the GPU is unhealthy ({what} {xid if xid >= 0 else ''})"
-                                .replace(" )", ")"))
-        self._break(self.failure_message, "GpuUnhealthy",
-                    "no more jobs; the platform should replace this worker")
-        if self.child is not None:
-            self._stop_child(StopCause.GPU_UNHEALTHY, self.failure_message, now, interrupt=True)
+        """An Xid or ECC event from NVML. Events carry no process: an application Xid is
+        put on the child that could have caused it, the one running jobs now."""
+        kind = classify_xid(xid) if what == "xid" else "unhealthy"
+        label = f"Xid {xid}" if what == "xid" else what
+        child = self.child
+        if kind == "note":
+            action = "noted"
+            log.info("GPU reported %s: recorded by the driver, nothing to do", label)
+        elif kind == "replace":
+            if child is None or child.refresh_reason is not None or child.stop_cause:
+                action = "ignored: the worker process is already being replaced"
+            elif child.jobs_run == 0 and not self.in_flight:
+                action = "ignored: it belongs to a worker process already replaced"
+            else:
+                action = "replace"
+                log.warning("GPU reported application %s: the worker process's CUDA context "
+                            "is poisoned; replacing it after the running job", label)
+                child.refresh_reason = f"GPU {label}"
+            if action != "replace":
+                log.info("GPU reported application %s, %s", label, action[9:])
+        else:
+            action = "unhealthy"
+            self.failure_message = f"the GPU is unhealthy ({label})"
+            self._break(self.failure_message, "GpuUnhealthy",
+                        "no more jobs; the platform should replace this worker")
+            if child is not None:
+                self._stop_child(StopCause.GPU_UNHEALTHY, self.failure_message, now,
+                                 interrupt=True)
+        self.gpu_events = (*self.gpu_events, (label, action))[-10:]
         return self._step(now)
 
     def spawned(self, pid: int, baseline_mb: float, now: float) -> list:
@@ -117,6 +137,11 @@ class SupervisorCore(ChildEvents):
         self.spawns += 1
         self.child = ChildRecord(pid, now, now + s.setup_timeout if s.setup_timeout > 0 else None,
                                  last_beat=now, baseline_mb=baseline_mb)
+        return self._step(now)
+
+    def spawn_skipped(self, now: float) -> list:
+        """The loop did not start the child it was asked for: the worker is stopping."""
+        self.spawning = False
         return self._step(now)
 
     def spawn_failed(self, error: str, now: float) -> list:
@@ -204,7 +229,7 @@ class SupervisorCore(ChildEvents):
             c.torch if c else None, c.baseline_mb if c else 0.0, self.spawns,
             len(self.pending), tuple(t.id for t in self.in_flight.values()), self.log_ids,
             self.jobs.finished,
-            self.last_ready_s)
+            self.last_ready_s, self.gpu_events)
 
     # --- the step after every event ---------------------------------------------------
 

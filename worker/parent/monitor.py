@@ -1,7 +1,7 @@
 """What the parent knows about memory: the GPU through NVML, the host through psutil/cgroup.
 
 NVML creates no CUDA context, so the parent may use it. One probe is chosen at start:
-NvmlProbe when NVML loads and sees a device, else HostProbe, with one log line saying
+NvmlProbe when NVML loads and can read a device the child may use, else HostProbe, with one log line saying
 why. Both answer the same `read(child_pid)`, so policies (and their tests) do not care
 which one is behind it; a test can hand the supervisor any object with that method.
 """
@@ -13,11 +13,19 @@ import threading
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from ..gpus import visible_devices
+
 log = logging.getLogger("worker.monitor")
 
-# NVIDIA's device plugin treats these as application errors: the GPU is fine, the process
-# that caused them is not (its CUDA context is poisoned).
-APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 109})
+# Xids after which the process that caused them must go but the GPU is fine: the
+# application errors NVIDIA's device plugin skips, and 94 (a contained ECC error: NVIDIA's
+# Xid catalogue asks only for the application to be restarted).
+APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 94, 109})
+# Recorded by the driver with nothing to do: 63 (a page retired or a row remapped) and 92
+# (a high single-bit ECC rate, corrected).
+NOTE_XIDS = frozenset({63, 92})
+XID_WAIT_MS = 1000          # how long one NVML wait blocks (a stop is seen within it)
+MAX_WAIT_FAILURES = 3       # waits failing in a row, other than timeouts: stop watching
 
 
 @dataclass
@@ -76,22 +84,33 @@ class HostProbe:
 
 
 class NvmlProbe(HostProbe):
-    """Device-level truth for the GPUs the child may use, mapped by UUID."""
+    """Device-level truth for the GPUs the child may use (gpus.py maps them). Only devices
+    whose memory NVML answers for at start are kept, so a reading never fails on one."""
     name = "nvml"
 
     def __init__(self, visible: str | None = None, cgroup_root: str = "/sys/fs/cgroup"):
         super().__init__(cgroup_root)
         import pynvml
         self.nvml = pynvml
+        self._xid_thread: threading.Thread | None = None
         pynvml.nvmlInit()
         try:
-            self.handles = _visible_handles(pynvml, visible)
+            found = visible_devices(pynvml, visible)
+            self.handles, self.skipped = [], list(found.skipped)
+            for index, handle, uuid in found.handles:
+                try:                 # a test read: a MIG slice may refuse memory info
+                    pynvml.nvmlDeviceGetMemoryInfo(handle)
+                except pynvml.NVMLError as exc:
+                    self.skipped.append(f"device {index} ({uuid}): memory info: {exc}")
+                    continue
+                self.handles.append((index, handle))
         except Exception:
             pynvml.nvmlShutdown()
             raise
         if not self.handles:
             pynvml.nvmlShutdown()
-            raise RuntimeError("NVML sees no GPU that CUDA_VISIBLE_DEVICES allows")
+            why = "; ".join(self.skipped) or "CUDA_VISIBLE_DEVICES allows none"
+            raise RuntimeError(f"NVML can read no GPU this worker may use ({why})")
 
     def read(self, child_pid: int | None = None) -> Reading:
         reading = super().read(child_pid)
@@ -113,44 +132,71 @@ class NvmlProbe(HostProbe):
         return dev
 
     def watch_xids(self, on_xid: Callable[[int, str], None], stop: threading.Event) -> bool:
-        """Start a thread waiting on NVML Xid/ECC events; False if the driver refuses."""
+        """Start a thread waiting on NVML Xid/ECC events; False if the driver refuses.
+        `on_xid(xid, what)`: what is "xid", or a text for events without an Xid (-1)."""
         n = self.nvml
         try:
             event_set = n.nvmlEventSetCreate()
-            wanted = n.nvmlEventTypeXidCriticalError | n.nvmlEventTypeDoubleBitEccError
-            registered = 0
-            for _, handle in self.handles:
-                mask = wanted & n.nvmlDeviceGetSupportedEventTypes(handle)
-                if mask:
-                    n.nvmlDeviceRegisterEvents(handle, mask, event_set)
-                    registered += 1
-            if not registered:
-                n.nvmlEventSetFree(event_set)
-                return False
         except n.NVMLError as exc:
             log.info("NVML events unavailable (%s): Xid watching off", exc)
             return False
+        wanted = n.nvmlEventTypeXidCriticalError | n.nvmlEventTypeDoubleBitEccError
+        registered = 0
+        for index, handle in self.handles:
+            try:     # a MIG slice takes no events: its GPU does
+                target = _parent_gpu(n, handle)
+                mask = wanted & n.nvmlDeviceGetSupportedEventTypes(target)
+                if mask:
+                    n.nvmlDeviceRegisterEvents(target, mask, event_set)
+                    registered += 1
+            except n.NVMLError as exc:
+                log.info("device %d reports no Xid events (%s)", index, exc)
+        if not registered:
+            _quiet(lambda: n.nvmlEventSetFree(event_set))
+            log.info("no device reports Xid events: Xid watching off")
+            return False
+        self._xid_thread = threading.Thread(target=self._wait_events,
+                                            args=(event_set, on_xid, stop),
+                                            name="gpu-worker-xid", daemon=True)
+        self._xid_thread.start()
+        return True
 
-        def run():
+    def _wait_events(self, event_set, on_xid, stop: threading.Event) -> None:
+        n = self.nvml
+        failures = 0
+        try:
             while not stop.is_set():
                 try:
-                    data = n.nvmlEventSetWait_v2(event_set, 5000)
+                    data = n.nvmlEventSetWait_v2(event_set, XID_WAIT_MS)
                 except n.NVMLError as exc:
-                    if getattr(exc, "value", None) == n.NVML_ERROR_TIMEOUT:
+                    code = getattr(exc, "value", None)
+                    if code == n.NVML_ERROR_TIMEOUT:
+                        failures = 0
                         continue
-                    log.warning("NVML event wait failed: %s", exc)
-                    stop.wait(5)
+                    if stop.is_set():
+                        break
+                    if code == n.NVML_ERROR_GPU_IS_LOST:
+                        on_xid(-1, "GPU is lost")
+                        break
+                    failures += 1
+                    if failures >= MAX_WAIT_FAILURES:
+                        log.warning("NVML event wait failed %d times in a row (%s): Xid "
+                                    "watching off", failures, exc)
+                        break
+                    stop.wait(1.0)
                     continue
-                if data.eventType == n.nvmlEventTypeXidCriticalError:
+                failures = 0
+                if data.eventType & n.nvmlEventTypeXidCriticalError:
                     on_xid(int(data.eventData), "xid")
                 else:
                     on_xid(-1, "double-bit ECC error")
-            n.nvmlEventSetFree(event_set)
-
-        threading.Thread(target=run, name="gpu-worker-xid", daemon=True).start()
-        return True
+        finally:
+            _quiet(lambda: n.nvmlEventSetFree(event_set))
 
     def close(self) -> None:
+        thread = self._xid_thread
+        if thread is not None:
+            thread.join(XID_WAIT_MS / 1000 + 1)   # its stop event is set by now
         try:
             self.nvml.nvmlShutdown()
         except Exception:
@@ -169,36 +215,28 @@ def make_probe(visible: str | None = None) -> HostProbe:
         return HostProbe()
     names = ", ".join(f"{i}:{_text(probe.nvml.nvmlDeviceGetName(h))}" for i, h in probe.handles)
     log.info("GPU monitoring through NVML: %s", names)
+    for why in probe.skipped:
+        log.warning("GPU not monitored: %s", why)
     return probe
 
 
 def classify_xid(xid: int) -> str:
-    """'replace' (the child's context is poisoned) or 'unhealthy' (the GPU is not fine)."""
-    return "replace" if xid in APPLICATION_XIDS else "unhealthy"
+    """'replace' (the process's context is poisoned, the GPU is fine), 'note' (recorded by
+    the driver, nothing to do) or 'unhealthy' (the GPU needs a reset or is gone)."""
+    if xid in APPLICATION_XIDS:
+        return "replace"
+    if xid in NOTE_XIDS:
+        return "note"
+    return "unhealthy"
 
 
-def _visible_handles(nvml, visible: str | None) -> list:
-    """(CUDA index, NVML handle) for each device CUDA_VISIBLE_DEVICES allows. NVML ignores
-    that variable, so map by UUID (or by index, when it lists indices)."""
-    count = nvml.nvmlDeviceGetCount()
-    all_handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-    if visible is None or visible.strip() in ("", "all"):
-        return list(enumerate(all_handles))
-    if visible.strip() in ("none", "void", "-1"):
-        return []
-    by_uuid = {_text(nvml.nvmlDeviceGetUUID(h)): h for h in all_handles}
-    out = []
-    for cuda_index, item in enumerate(x.strip() for x in visible.split(",")):
-        if item.isdigit():
-            if int(item) >= count:
-                break            # CUDA stops at the first invalid entry
-            out.append((cuda_index, all_handles[int(item)]))
-        else:
-            match = [h for u, h in by_uuid.items() if u == item or u.startswith(item)]
-            if not match:
-                break
-            out.append((cuda_index, match[0]))
-    return out
+def _parent_gpu(nvml, handle):
+    try:
+        if nvml.nvmlDeviceIsMigDeviceHandle(handle):
+            return nvml.nvmlDeviceGetDeviceHandleFromMigDeviceHandle(handle)
+    except (nvml.NVMLError, AttributeError):
+        pass
+    return handle
 
 
 def rss_of_tree(pid: int) -> int:

@@ -111,7 +111,9 @@ class Spawner:
         if method == "forkserver":
             try:
                 self.ctx = multiprocess.get_context("forkserver")
-                self._use_preload(["worker.child.entry", *self.preload])
+                # preload_first keeps the preloads from initialising CUDA there
+                self._use_preload(["worker.child.preload_first", "worker.child.entry",
+                                   *self.preload])
             except ValueError:
                 log.warning("forkserver is not available here; children start with spawn")
                 self.method = "spawn"

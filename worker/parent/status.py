@@ -39,6 +39,7 @@ class Status(NamedTuple):      # a tuple: immutable, and cheap to make after eve
     log_ids: tuple                     # ids to tag the child's output with
     finished: int
     last_ready_s: float | None
+    gpu_events: tuple = ()             # the last NVML events: (what, what was done)
 
     @property
     def restarts(self) -> int:
@@ -74,4 +75,6 @@ class Status(NamedTuple):      # a tuple: immutable, and cheap to make after eve
             "jobs": {"pending": self.pending, "in_progress": len(self.running),
                      "finished": self.finished},
             "failure": self.failure,
+            "gpu_events": [{"event": what, "action": action}
+                           for what, action in self.gpu_events],
         }

@@ -19,9 +19,11 @@ from typing import Any, Callable
 from ..config import Settings
 from ..jobs import JobResult, JobState, Reason, failure
 from . import actions as A
+from . import device_settle
 from .actions import JobListener
 from .channel import Channel
 from .core import SupervisorCore
+from .health_file import HealthFile
 from .lifecycle import ChildState
 from .monitor import make_probe
 from .output import OutputPump, sdk_line
@@ -75,6 +77,8 @@ class Supervisor:
         self._pump: OutputPump | None = None
         self._watching_writes = False
         self._dirty = False              # the core changed since the last publish
+        self._previous_baseline: float | None = None   # of the child that exited last
+        self._health = HealthFile(settings.health_file) if settings.health_file else None
         self._probe_stop = threading.Event()
         self._commands: collections.deque = collections.deque()
         self._closed = False
@@ -268,6 +272,8 @@ class Supervisor:
     def _publish(self) -> None:
         self._dirty = False
         self.status = self.core.status()
+        if self._health is not None:
+            self._health.update(self.status)
         with self._changed:
             self._changed.notify_all()
 
@@ -283,7 +289,27 @@ class Supervisor:
             self._HANDLERS[type(action)](self, action)
 
     def _spawn(self, action: A.Spawn) -> None:
-        baseline = self._device_used()
+        """Start a child once the one before it has given its device memory back
+        (device_settle.py); the wait, when there is one, runs off the loop."""
+        previous, self._previous_baseline = self._previous_baseline, None
+        used = self._device_used()
+        if device_settle.settled(used, previous):
+            self._start_child(used)
+            return
+
+        def wait():
+            used = device_settle.wait(self._device_used, previous, self._probe_stop,
+                                      lambda: self.core.shutdown_at is not None)
+            self._command(self._settled, used)
+        threading.Thread(target=wait, daemon=True, name="gpu-worker-settle").start()
+
+    def _settled(self, used: float, now: float) -> list:
+        if self.core.shutdown_at is not None:
+            return self.core.spawn_skipped(now)
+        self._start_child(used)
+        return []
+
+    def _start_child(self, baseline: float) -> None:
         try:
             # Fitness checks run until a child has passed them and reached Ready.
             proc = self.spawner.spawn(self.target, self.core.settings,
@@ -362,6 +388,8 @@ class Supervisor:
 
     def _child_exited(self) -> None:
         proc = self._proc
+        if self.core.child is not None:
+            self._previous_baseline = self.core.child.baseline_mb
         self._read()                      # results written before the exit still count
         if self._sel.get_map().get(proc.fd) is not None:
             self._sel.unregister(proc.fd)
