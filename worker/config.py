@@ -125,6 +125,15 @@ class Settings:
                                "must initialise in the child and each device take a small "
                                "allocation and memset; else the worker is unhealthy.",
                                config=False)
+    require_gpu: bool = _setting(False, ("WORKER_REQUIRE_GPU",), None,
+                                 "The first child must find a usable GPU: NVML sees one, "
+                                 "CUDA passes the GPU check, and torch (if installed) is "
+                                 "built for a CUDA the driver supports; else the worker is "
+                                 "unhealthy. The GPU image sets it.", config=False)
+    health_file: str = _setting("", ("WORKER_HEALTH_FILE",), None,
+                                "Write the worker's state to this file on every change, for "
+                                "`python -m worker.healthcheck` (the image's HEALTHCHECK) "
+                                "in every mode; empty = off.", config=False)
     realtime_port: int = _setting(0, ("RUNPOD_REALTIME_PORT",), None,
                                   "Serve the local API on 0.0.0.0 at this port (the SDK's "
                                   "realtime mode); 0 = off.", config=False)

@@ -1,12 +1,14 @@
 """`python -m worker.healthcheck`: the Docker HEALTHCHECK.
 
-With the local API on (WORKER_SERVE_API=true), healthy means /health answers and the
-worker can run jobs (exit 0), else exit 1. Without it (on RunPod the platform watches the
-heartbeat) there is nothing to ask here: exit 0.
+Healthy (exit 0) means the worker can run jobs; else exit 1 with the reason. It asks what
+the worker offers: the health file (WORKER_HEALTH_FILE, written in every mode; the images
+set it) and, with the local API on, GET /health. Both must say so when both are there.
+With neither there is nothing to ask: exit 0.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -15,8 +17,37 @@ from .config import Settings, SettingsError
 
 
 def check(settings: Settings, timeout: float = 4.0) -> tuple[bool, str]:
-    if not settings.serve_api:
-        return True, "local API off: nothing to check"
+    if not settings.health_file and not settings.serve_api:
+        return True, "no health file and no local API: nothing to check"
+    if settings.health_file:
+        ok, why = check_file(settings.health_file)
+        if not ok or not settings.serve_api:
+            return ok, why
+    return check_api(settings, timeout)
+
+
+def check_file(path: str) -> tuple[bool, str]:
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        pid, state = int(record["pid"]), record["state"]
+    except FileNotFoundError:
+        return False, f"{path} is not written yet: the worker has not started"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return False, f"{path} cannot be read: {exc}"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False, f"the worker (pid {pid}) that wrote {path} is not running"
+    except PermissionError:
+        pass                          # alive, another user's
+    if state == "running":
+        return True, "worker running" + ("" if record.get("ready") else
+                                         " (its worker process is starting)")
+    return False, f"worker {state}: {record.get('failure')}"
+
+
+def check_api(settings: Settings, timeout: float) -> tuple[bool, str]:
     host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
     url = f"http://{host}:{settings.api_port}/health"
     try:

@@ -18,7 +18,7 @@ class Unfit(RuntimeError):
     """A fitness check failed; the message names it and says why."""
 
 
-def run(user_checks: bool, builtin_gpu: bool) -> None:
+def run(user_checks: bool, builtin_gpu: bool, require_gpu: bool = False) -> None:
     started = time.perf_counter()
     ran = 0
     if user_checks:
@@ -43,17 +43,34 @@ def run(user_checks: bool, builtin_gpu: bool) -> None:
                 raise Unfit(f"fitness check {name} failed: {type(exc).__name__}: {exc}") \
                     from None
             ran += 1
-    if builtin_gpu and gpu_check.expected():
-        try:
-            summary = gpu_check.check()
-        except Exception as exc:             # noqa: BLE001
-            raise Unfit(f"fitness check gpu failed: {exc} (WORKER_GPU_CHECK=false skips "
-                        "this check)") from None
-        print(f"gpu-worker: {summary}", file=sys.stderr)
-        ran += 1
+    if builtin_gpu or require_gpu:
+        ran += _gpu(require_gpu)
     if ran:
         print(f"gpu-worker: {ran} fitness check(s) passed "
               f"({(time.perf_counter() - started) * 1000:.0f} ms)", file=sys.stderr)
+
+
+def _gpu(require_gpu: bool) -> int:
+    """The built-in GPU check; with require_gpu, no usable CUDA is a failure too."""
+    def unfit(why: str) -> Unfit:
+        return Unfit(f"fitness check gpu failed: {why}")
+    if not gpu_check.expected():
+        if require_gpu:
+            raise unfit("WORKER_REQUIRE_GPU is set but no GPU is visible (no NVIDIA driver "
+                        "in the container, or CUDA_VISIBLE_DEVICES hides them; run it with "
+                        "--gpus all or on a GPU worker)")
+        return 0
+    try:
+        summary = gpu_check.check()
+    except Exception as exc:             # noqa: BLE001
+        raise unfit(f"{exc} (WORKER_GPU_CHECK=false skips this check)") from None
+    mismatch = gpu_check.torch_mismatch()
+    if mismatch and require_gpu:
+        raise unfit(mismatch)
+    if mismatch:
+        print(f"gpu-worker: ERROR: {mismatch}", file=sys.stderr)
+    print(f"gpu-worker: {summary}", file=sys.stderr)
+    return 1
 
 
 async def _await(value):

@@ -9,7 +9,12 @@ GPU memory for it.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
+import re
+import sys
+
+from ..gpus import visible_devices
 
 SIZE = 1 << 20       # 1 MiB
 
@@ -19,17 +24,16 @@ class GpuUnfit(RuntimeError):
 
 
 def expected() -> int:
-    """How many GPUs NVML sees for this process (0 when there is no driver, or
-    CUDA_VISIBLE_DEVICES hides them all)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return 0
+    """How many GPUs NVML sees for this process, CUDA_VISIBLE_DEVICES applied as CUDA
+    applies it (0 when there is no driver, or the variable hides them all)."""
     try:
         import pynvml
         pynvml.nvmlInit()
     except Exception:
         return 0
     try:
-        return pynvml.nvmlDeviceGetCount()
+        found = visible_devices(pynvml, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return len(found.handles) + len(found.skipped)
     except Exception:
         return 0
     finally:
@@ -90,3 +94,50 @@ def check() -> str:
             cuda.cuCtxSetCurrent(None)
             cuda.cuDevicePrimaryCtxRelease_v2(device)
     return f"{count.value} GPU(s) passed the CUDA check"
+
+
+def driver_cuda() -> tuple | None:
+    """The newest CUDA version the driver supports, (major, minor); None without one."""
+    try:
+        cuda = _driver()
+    except GpuUnfit:
+        return None
+    version = ctypes.c_int()
+    if cuda.cuDriverGetVersion(ctypes.byref(version)) != 0:
+        return None
+    return version.value // 1000, version.value % 1000 // 10
+
+
+def torch_cuda() -> tuple | None:
+    """The CUDA version torch was built for, (major, minor), read without importing torch
+    when it is not imported yet; None for a CPU build or no torch."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        text = getattr(getattr(torch, "version", None), "cuda", None)
+    else:
+        spec = importlib.util.find_spec("torch")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        try:
+            with open(os.path.join(spec.submodule_search_locations[0], "version.py")) as f:
+                found = re.search(r"^cuda\b[^=\n]*=\s*['\"]([0-9.]+)['\"]", f.read(), re.M)
+        except OSError:
+            return None
+        text = found and found.group(1)
+    if not text:
+        return None
+    major, _, minor = text.partition(".")
+    return int(major), int(minor or 0)
+
+
+def torch_mismatch() -> str | None:
+    """Why torch cannot use this driver's CUDA (it would run on the CPU), or None. Within
+    one major version the driver runs newer minor versions (CUDA's minor version
+    compatibility); a newer major version needs a newer driver."""
+    built, driver = torch_cuda(), driver_cuda()
+    if built is None or driver is None or built[0] <= driver[0]:
+        return None
+    return (f"torch is built for CUDA {built[0]}.{built[1]} but the driver supports CUDA "
+            f"{driver[0]}.{driver[1]}: torch.cuda.is_available() is False and the handler "
+            f"would run on the CPU. Use a host whose driver supports CUDA {built[0]}, or an "
+            f"image with a torch built for CUDA {driver[0]}.x (README: GPU image)")
