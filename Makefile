@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run oneshot test bench bench-api gpu-test lint docker-build docker-build-cpu run-gpu run-gpu-test clean
+.PHONY: run oneshot test bench bench-api gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,24 @@ bench-api: $(STAMP)
 
 gpu-test: $(STAMP)
 	$(BIN)/python -m pytest -q gpu_tests
+
+# Everything that needs a GPU, in one command, on a bare GPU machine with no network: the
+# machine's own Python and CUDA torch, plus the small wheels `make gpu-wheels` fetched
+# here into .whl-gpu/ (for GPU_PYVER). No GPU: it says which checks it skipped and why.
+gpu-check:
+	bash gpu_tests/check.sh
+
+GPU_PYVER ?= 3.12
+GPU_WHEELS := multiprocess==0.70.19 dill==0.4.1 fastapi==0.165.0 starlette==1.10.0 \
+	pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	uvicorn==0.54.0 opentelemetry-api==1.45.2 typing_extensions==4.16.0
+gpu-wheels: $(STAMP)
+	rm -rf .whl-gpu
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: \
+		--python-version $(GPU_PYVER) --implementation cp --platform manylinux_2_28_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl-gpu \
+		$(GPU_WHEELS)
+	du -sh .whl-gpu
 
 # No Docker engine runs on the development machines: build and run these where one does.
 IMAGE ?= gpu-worker

@@ -1,32 +1,58 @@
-"""GPU tests: collected everywhere, run only where CUDA is usable.
+"""GPU tests: collected everywhere, run only where they can.
 
-Presence is checked through NVML (no CUDA context in the test process), so these tests can
-also assert that the parent never holds one.
+Every test here needs an NVIDIA GPU that NVML sees; tests marked `torch_cuda` also need a
+CUDA build of torch (a CPU build on a GPU machine skips them, it does not fail them).
+Both are found without a CUDA context in the test process (NVML, and torch asked in a
+subprocess), so the tests can assert that the parent never holds one.
 """
+import functools
+import subprocess
+import sys
+
 import pytest
 
 
-def _gpu_count() -> int:
+@functools.lru_cache(maxsize=None)
+def gpu_count() -> tuple:
+    """(devices NVML sees, why none)."""
     try:
         import pynvml
         pynvml.nvmlInit()
-        try:
-            return pynvml.nvmlDeviceGetCount()
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return 0
+    except Exception as exc:  # noqa: BLE001 - no library, no driver
+        return 0, f"no NVIDIA driver here (NVML: {exc})"
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+    finally:
+        pynvml.nvmlShutdown()
+    return count, "NVML sees no GPU"
 
 
-def _torch_cuda_build() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("torch") is not None
+@functools.lru_cache(maxsize=None)
+def torch_cuda() -> tuple:
+    """(torch is a CUDA build, what it is), asked in a subprocess."""
+    code = "import torch; print(torch.__version__, torch.version.cuda or '')"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120)
+    except subprocess.TimeoutExpired:
+        return False, "importing torch took over 120 s"
+    if proc.returncode != 0:
+        return False, "torch is not installed"
+    version, _, cuda = proc.stdout.strip().partition(" ")
+    if not cuda:
+        return False, f"torch {version} is a CPU build: these tests need a CUDA build"
+    return True, f"torch {version} (CUDA {cuda})"
 
 
 def pytest_collection_modifyitems(config, items):
-    if _gpu_count() > 0 and _torch_cuda_build():
+    mine = [item for item in items if "gpu_tests" in str(item.fspath)]
+    if not mine:
         return
-    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (NVML) and torch installed")
-    for item in items:
-        if "gpu_tests" in str(item.fspath):
-            item.add_marker(skip)
+    count, why = gpu_count()
+    for item in mine:
+        if count == 0:
+            item.add_marker(pytest.mark.skip(reason=why))
+        elif item.get_closest_marker("torch_cuda"):
+            ok, what = torch_cuda()
+            if not ok:
+                item.add_marker(pytest.mark.skip(reason=what))

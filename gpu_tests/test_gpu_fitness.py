@@ -17,7 +17,17 @@ def test_the_driver_api_check_passes_on_this_gpu():
 
 
 def test_a_worker_runs_the_check_before_its_first_job():
-    proc = run_cli([PYTHON, "-m", "worker", str(HANDLERS / "runpod_style.py"),
-                    "--test_input", '{"input": {"prompt": "x"}}'])
+    proc = run_cli([PYTHON, "-m", "worker", str(HANDLERS / "misbehave.py"),
+                    "--test_input", '{"input": {"do": "ok"}}'],
+                   env={"WORKER_REQUIRE_GPU": "true"})
     assert proc.returncode == 0, proc.stderr
     assert "passed the CUDA check" in proc.stderr
+    assert "torch is built for CUDA" not in proc.stderr      # no driver/torch mismatch
+
+
+def test_hidden_gpus_fail_a_worker_that_requires_one():
+    proc = run_cli([PYTHON, "-m", "worker", str(HANDLERS / "misbehave.py"),
+                    "--test_input", '{"input": {"do": "ok"}}'],
+                   env={"WORKER_REQUIRE_GPU": "true", "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 1
+    assert "WORKER_REQUIRE_GPU is set but no GPU is visible" in proc.stderr

@@ -1,0 +1,157 @@
+"""The GPU rows of docs/benchmarks.md, on whatever NVIDIA GPU this machine has: the tiny
+model of gpu_tests/handlers_model.py (built at import, no download) and the misbehaving
+CUDA handler of gpu_tests/handlers_cuda.py.
+
+    python bench/bench_gpu.py [--refreshes 5]      # `make gpu-check` runs it
+
+Rows, one line each ("ROW name: figure"):
+- cold start: `python -m worker handler.py --test_input ...` from launch to exit, as the
+  user runs it, and a supervisor from creation to its first result;
+- refresh → next job with WORKER_PRELOAD=torch: median of --refreshes;
+- VRAM: in use before the worker, with its child, after a refresh, after it stopped;
+- CUDA OOM → the next job succeeds (in a fresh child), and how long that took;
+- a kernel fault (device-side assert) → the child replaced, once, and how long it took.
+
+This process is the parent: it never imports torch. Prints figures; exits 1 when a row's
+outcome is wrong (a next job that failed, VRAM not back), so a check can rely on it.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support import Harness            # noqa: E402
+from worker.jobs import JobState             # noqa: E402
+from worker.parent.monitor import NvmlProbe  # noqa: E402
+
+MODEL = str(ROOT / "gpu_tests" / "handlers_model.py")
+CUDA = str(ROOT / "gpu_tests" / "handlers_cuda.py")
+SLOW = dict(setup_timeout=300)
+failures = []
+
+
+def row(name: str, text: str, ok: bool = True) -> None:
+    print(f"ROW {name}: {text}{'' if ok else '  <-- WRONG'}", flush=True)
+    if not ok:
+        failures.append(name)
+
+
+def used_mb() -> float:
+    probe = NvmlProbe()
+    try:
+        return probe.read(None).device_used_mb
+    finally:
+        probe.close()
+
+
+def settle(baseline: float, timeout: float = 20.0) -> float:
+    deadline = time.monotonic() + timeout
+    while (now := used_mb()) > baseline + 64 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return now
+
+
+def cold_start() -> None:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "worker", MODEL, "--test_input",
+                           json.dumps({"input": {"text": "a cat"}})], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    took = time.perf_counter() - started
+    ok = proc.returncode == 0 and '"device": "cuda"' in proc.stdout
+    row("cold start, one-shot CLI (launch to exit, tiny model on the GPU)",
+        f"{took:.2f} s" + ("" if ok else f" (exit {proc.returncode}: {proc.stderr[-300:]})"), ok)
+    for preload in ((), ("torch",)):
+        started = time.perf_counter()
+        h = Harness(MODEL, preload=preload, **SLOW)
+        try:
+            first = h.run({"text": "a cat"}, timeout=300)
+            took = time.perf_counter() - started
+        finally:
+            h.close()
+        row(f"cold start, supervisor to first result (preload {list(preload)})",
+            f"{took:.2f} s", first.state is JobState.COMPLETED)
+
+
+def refresh_and_vram(n: int) -> None:
+    before = used_mb()
+    h = Harness(MODEL, preload=("torch",), **SLOW)
+    try:
+        first = h.run({"text": "a cat"}, timeout=300)
+        with_child = used_mb()
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            h.sup.refresh("bench")
+            result = h.run({"text": "a cat"}, timeout=300)
+            times.append((time.perf_counter() - started) * 1000)
+            if result.output["first"] != first.output["first"]:
+                row("refresh answers", "different answers after a refresh", False)
+        after_refresh = used_mb()
+        baseline = h.sup.status.baseline_mb
+    finally:
+        h.close()
+    stopped = settle(before)
+    row("refresh -> next job done, WORKER_PRELOAD=torch, tiny model (median)",
+        f"{statistics.median(times):.0f} ms (min {min(times):.0f}, max {max(times):.0f}, "
+        f"n={n})")
+    row("VRAM in use: before / with child / after refreshes / stopped",
+        f"{before:.0f} / {with_child:.0f} / {after_refresh:.0f} / {stopped:.0f} MiB; "
+        f"the last child's baseline {baseline:.0f} MiB",
+        abs(after_refresh - with_child) <= 64 and stopped <= before + 64
+        and abs(baseline - before) <= 64)
+
+
+def oom_and_fault() -> None:
+    h = Harness(CUDA, **SLOW)
+    try:
+        pid = h.run({}, timeout=300).output["pid"]
+        oom = h.run({"do": "oom"})
+        started = time.perf_counter()
+        nxt = h.run({}, timeout=300)
+        took = time.perf_counter() - started
+        row("CUDA OOM -> next job succeeds (in a fresh child)",
+            f"{took * 1000:.0f} ms", oom.state is JobState.FAILED
+            and nxt.state is JobState.COMPLETED and nxt.output["pid"] != pid)
+        spawns = h.sup.status.spawns
+        pid = nxt.output["pid"]
+        bad = h.run({"do": "assert"})
+        started = time.perf_counter()
+        nxt = h.run({}, timeout=300)
+        took = time.perf_counter() - started
+        again = h.run({})
+        status = h.sup.status
+        row("kernel fault -> child replaced once, next job succeeds",
+            f"{took * 1000:.0f} ms; NVML events: {list(status.gpu_events) or 'none'}",
+            bad.state is JobState.FAILED and nxt.state is JobState.COMPLETED
+            and nxt.output["pid"] != pid and again.output["pid"] == nxt.output["pid"]
+            and status.spawns == spawns + 1)
+    finally:
+        h.close()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--refreshes", type=int, default=5)
+    args = p.parse_args()
+    probe = NvmlProbe()
+    names = [probe.nvml.nvmlDeviceGetName(h) for _, h in probe.handles]
+    driver = probe.nvml.nvmlSystemGetDriverVersion()
+    probe.close()
+    print(f"GPU: {', '.join(map(str, names))}; driver {driver}", flush=True)
+    for step in (cold_start, lambda: refresh_and_vram(args.refreshes), oom_and_fault):
+        try:
+            step()
+        except Exception as exc:   # noqa: BLE001 - one row's failure must not hide the rest
+            row(getattr(step, "__name__", "refresh and VRAM"),
+                f"{type(exc).__name__}: {exc}", False)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
