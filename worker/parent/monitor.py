@@ -24,7 +24,7 @@ APPLICATION_XIDS = frozenset({13, 31, 43, 45, 68, 94, 109})
 # Recorded by the driver with nothing to do: 63 (a page retired or a row remapped) and 92
 # (a high single-bit ECC rate, corrected).
 NOTE_XIDS = frozenset({63, 92})
-XID_WAIT_MS = 1000          # how long one NVML wait blocks (a stop is seen within it)
+XID_WAIT_MS = 500           # how long one NVML wait blocks (a stop is seen within it)
 MAX_WAIT_FAILURES = 3       # waits failing in a row, other than timeouts: stop watching
 
 
@@ -196,7 +196,7 @@ class NvmlProbe(HostProbe):
     def close(self) -> None:
         thread = self._xid_thread
         if thread is not None:
-            thread.join(XID_WAIT_MS / 1000 + 1)   # its stop event is set by now
+            thread.join(XID_WAIT_MS / 1000 + 0.5)   # its stop event is set by now
         try:
             self.nvml.nvmlShutdown()
         except Exception:
