@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from gpu_tests import device_used_mb as used_mb, settle  # noqa: E402
 from tests.support import Harness            # noqa: E402
 from worker.jobs import JobState             # noqa: E402
 from worker.parent.monitor import NvmlProbe  # noqa: E402
@@ -40,21 +41,6 @@ def row(name: str, text: str, ok: bool = True) -> None:
     print(f"ROW {name}: {text}{'' if ok else '  <-- WRONG'}", flush=True)
     if not ok:
         failures.append(name)
-
-
-def used_mb() -> float:
-    probe = NvmlProbe()
-    try:
-        return probe.read(None).device_used_mb
-    finally:
-        probe.close()
-
-
-def settle(baseline: float, timeout: float = 20.0) -> float:
-    deadline = time.monotonic() + timeout
-    while (now := used_mb()) > baseline + 64 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return now
 
 
 def cold_start() -> None:
@@ -139,7 +125,11 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--refreshes", type=int, default=5)
     args = p.parse_args()
-    probe = NvmlProbe()
+    try:
+        probe = NvmlProbe()
+    except Exception as exc:   # noqa: BLE001 - no library, no driver, no device
+        print(f"bench_gpu: needs an NVIDIA GPU ({type(exc).__name__}: {exc})", flush=True)
+        return 2
     names = [probe.nvml.nvmlDeviceGetName(h) for _, h in probe.handles]
     driver = probe.nvml.nvmlSystemGetDriverVersion()
     probe.close()

@@ -4,11 +4,11 @@ preloads that touch CUDA are handled."""
 import importlib.util
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from gpu_tests import device_used_mb as _used, settle as _settle
 from tests.support import EXAMPLES, Harness
 from worker.jobs import JobState
 from worker.parent.monitor import NvmlProbe
@@ -26,25 +26,6 @@ def _parent_has_no_cuda_context():
     assert "torch" not in sys.modules
     maps = Path(f"/proc/{os.getpid()}/maps").read_text()
     assert "libcuda.so" not in maps
-
-
-def _used() -> float:
-    probe = NvmlProbe()
-    try:
-        return probe.read(None).device_used_mb
-    finally:
-        probe.close()
-
-
-def _settle(baseline, margin_mb=64, timeout=20):
-    """Device memory in use back within margin of the baseline (the driver frees a dead
-    process's memory a moment after it exits)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        used = _used()
-        if used <= baseline + margin_mb or time.monotonic() > deadline:
-            return used
-        time.sleep(0.2)
 
 
 def test_child_uses_cuda_and_the_parent_stays_clean():
