@@ -40,6 +40,30 @@ def run(code_or_args, timeout: float, env: dict | None = None) -> subprocess.Com
         return subprocess.CompletedProcess(args, 124, out, f"timed out after {timeout:.0f} s")
 
 
+def keep_log(name: str, proc: subprocess.CompletedProcess) -> None:
+    """The whole output of a check, for the one who has to find out why it failed."""
+    folder = os.environ.get("GPU_CHECK_LOGS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        Path(folder, f"{name}.log").write_text(f"{proc.stdout}\n--- stderr ---\n{proc.stderr}")
+
+
+def pytest_check(name: str, args: list, timeout: float) -> tuple:
+    """Run pytest; print each FAILED/ERROR/SKIPPED line and, for failures, the first lines
+    of each assertion (pytest's "E " lines), so one run on a GPU says what went wrong."""
+    proc = run([PY, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", *args], timeout)
+    keep_log(name, proc)
+    text = proc.stdout + proc.stderr
+    for line in text.splitlines():
+        if line.startswith(("SKIPPED", "FAILED", "ERROR")):
+            print(f"    {line[:300]}", flush=True)
+    errors = [line for line in text.splitlines() if line.startswith(("E ", "_____"))]
+    if proc.returncode not in (0, 5):
+        for line in errors[:60]:
+            print(f"    | {line[:240]}", flush=True)
+    return proc, last_line(proc.stdout) or last_line(proc.stderr)
+
+
 def last_line(text: str) -> str:
     lines = [x for x in text.strip().splitlines() if x.strip()]
     return lines[-1][:300] if lines else ""
@@ -106,12 +130,7 @@ def check_fitness(nvml: str) -> str:
 
 
 def check_gpu_tests() -> str:
-    proc = run([PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "gpu_tests"], 270)
-    text = proc.stdout + proc.stderr
-    for line in text.splitlines():
-        if line.startswith(("SKIPPED", "FAILED", "ERROR")):
-            print(f"    {line[:300]}", flush=True)
-    summary = last_line(proc.stdout) or last_line(proc.stderr)
+    proc, summary = pytest_check("gpu_tests", ["gpu_tests"], 270)
     passed = int(m.group(1)) if (m := re.search(r"(\d+) passed", summary)) else 0
     if proc.returncode == 0 and passed:
         return report("gpu_tests", "PASS", summary)
@@ -131,13 +150,8 @@ GPU_SENSITIVE = ["tests/test_gpu_monitor.py", "tests/test_gpu_policies.py",
 
 
 def check_cpu_suite_here() -> str:
-    proc = run([PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *GPU_SENSITIVE],
-               120)
-    summary = last_line(proc.stdout) or last_line(proc.stderr)
+    proc, summary = pytest_check("cpu-suite-gpu-paths", GPU_SENSITIVE, 120)
     if proc.returncode != 0:
-        for line in proc.stdout.splitlines():
-            if line.startswith(("FAILED", "ERROR")):
-                print(f"    {line[:300]}", flush=True)
         return report("cpu-suite-gpu-paths", "FAIL", summary)
     return report("cpu-suite-gpu-paths", "PASS", summary)
 
@@ -147,6 +161,7 @@ def check_bench(torch_cuda: str) -> str:
         return report("gpu-bench", "SKIP", "needs a GPU and a CUDA build of torch "
                                            "(see torch-cuda)")
     proc = run([PY, "bench/bench_gpu.py", "--refreshes", "5"], 150)
+    keep_log("gpu-bench", proc)
     for line in proc.stdout.splitlines():
         if line.startswith(("ROW", "GPU:")):
             print(f"    {line}", flush=True)
