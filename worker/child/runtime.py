@@ -198,13 +198,13 @@ class ChildRuntime:
 
     def _on_readable(self) -> None:
         try:
-            data = os.read(self.fd, 1 << 20)
+            frames = self._reader.read_from(self.fd)
         except BlockingIOError:
             return
-        if not data:  # the parent closed the channel
+        if frames is None:  # the parent closed the channel
             self._finish()
             return
-        for frame in self._reader.feed(data):
+        for frame in frames:
             msg = P.decode(frame)
             if isinstance(msg, P.Run):
                 try:

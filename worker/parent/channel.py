@@ -50,15 +50,18 @@ class Channel:
     def read(self) -> list:
         """Every whole message that has arrived (empty at EOF or when none has)."""
         messages = []
+        reader = self._reader
         while True:
             try:
-                data = os.read(self.fd, 1 << 20)
+                frames = reader.read_from(self.fd)
             except BlockingIOError:
                 break
             except OSError:
-                data = b""
-            if not data:
+                frames = None
+            if frames is None:
                 self.eof = True
                 break
-            messages.extend(P.decode(frame) for frame in self._reader.feed(data))
+            messages.extend(P.decode(frame) for frame in frames)
+            if reader.drained:       # a short read: asking again would only say EAGAIN
+                break
         return messages

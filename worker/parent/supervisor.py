@@ -77,6 +77,9 @@ class Supervisor:
         self._pump: OutputPump | None = None
         self._watching_writes = False
         self._dirty = False              # the core changed since the last publish
+        self._fresh = False              # self.status was computed after the last change
+        self._wake_pending = False       # a wake-up byte is in the pipe, not yet read
+        self._loop_ident: int | None = None
         self._previous_baseline: float | None = None   # of the child that exited last
         self._health = HealthFile(settings.health_file) if settings.health_file else None
         self._probe_stop = threading.Event()
@@ -174,6 +177,11 @@ class Supervisor:
             if self._closed:
                 return False
             self._commands.append((fn, args))
+            # The loop drains every command before it waits, so it needs waking only when
+            # it may be waiting: not from its own thread, not twice before it reads.
+            if self._wake_pending or threading.get_ident() == self._loop_ident:
+                return True
+            self._wake_pending = True
             try:
                 os.write(self._wake_w, b"\0")
             except (BlockingIOError, OSError):
@@ -196,6 +204,7 @@ class Supervisor:
         """Feed one event to the core and carry out its actions. Whatever goes wrong fails
         the job the event carried (and the child's jobs, which may be half-handled), never
         the loop."""
+        self._fresh = False
         try:
             self._apply(fn(*args, self.clock()))
         except Exception as exc:    # noqa: BLE001 - the guard of the supervisor's loop
@@ -207,6 +216,7 @@ class Supervisor:
     def _loop(self) -> None:
         core = self.core
         fatal = None
+        self._loop_ident = threading.get_ident()
         try:
             self._guarded(core.tick)
             while True:
@@ -220,8 +230,10 @@ class Supervisor:
                 deadline = core.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - self.clock())
                 exited = False
-                for key, events in self._sel.select(timeout):
+                ready = self._sel.select(timeout)
+                for key, events in ready:
                     if key.data == "wake":
+                        self._wake_pending = False    # before the commands are drained
                         try:
                             os.read(self._wake_r, 4096)
                         except BlockingIOError:
@@ -236,13 +248,14 @@ class Supervisor:
                         exited = True
                 if exited:        # last: the channel's final messages are read first
                     self._child_exited()
-                deadline = core.next_deadline()     # events check the clocks too, but
-                if deadline is not None and deadline <= self.clock():   # not when none come
+                # Events check the clocks too, but not when none came (or only a flush).
+                if deadline is not None and deadline <= self.clock():
                     self._guarded(core.tick)
         except Exception as exc:    # noqa: BLE001 - even the guards failed: end it loudly
             fatal = f"the worker's supervisor failed: {type(exc).__name__}: {exc}"
             log.exception("supervisor loop failed")
             core.state, core.failure_message = WorkerState.BROKEN, fatal
+            self._fresh = False
             try:
                 self._apply(core.fail_everything("WorkerError", fatal))
             except Exception:   # noqa: BLE001
@@ -256,6 +269,7 @@ class Supervisor:
                 close()
             if core.state is WorkerState.RUNNING:
                 core.state = WorkerState.STOPPED
+            self._fresh = False
             self._publish()
             with self._close_lock:
                 self._closed = True
@@ -271,22 +285,33 @@ class Supervisor:
 
     def _publish(self) -> None:
         self._dirty = False
-        self.status = self.core.status()
+        if not self._fresh:
+            self.status = self.core.status()
+            self._fresh = True
         if self._health is not None:
             self._health.update(self.status)
         with self._changed:
             self._changed.notify_all()
 
     def _apply(self, actions: list) -> None:
-        """Carry out the core's actions in order, the status published first (a listener
-        called here sees the state that led to its event). Spawn and ReadMemory feed the
+        """Carry out the core's actions in order, listeners last, the status published
+        first (a listener called here sees the state that led to its event). Spawn and ReadMemory feed the
         core again. Waiters are woken once per turn of the loop (`_publish`)."""
         self._dirty = True
         if not actions:
             return
-        self.status = self.core.status()
-        for action in actions:
-            self._HANDLERS[type(action)](self, action)
+        if not self._fresh:
+            self.status = self.core.status()
+            self._fresh = True
+        tells = []
+        for action in actions:       # the child's next job goes out before the listeners
+            handler = self._HANDLERS[type(action)]      # hear of the last one: it runs
+            if handler is Supervisor._tell:              # while they do (2 cores)
+                tells.append(action)
+            else:
+                handler(self, action)
+        for action in tells:
+            self._tell(action)
 
     def _spawn(self, action: A.Spawn) -> None:
         """Start a child once the one before it has given its device memory back
