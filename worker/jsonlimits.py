@@ -73,6 +73,11 @@ def _count_to(data: bytes, byte: bytes, stop: int) -> int:
 def _refusal(data: bytes, exc: Exception, what: str) -> JSONRefused:
     """The reason msgspec gave, in words a client can act on."""
     text = str(exc)
+    if not isinstance(exc, UnicodeDecodeError):
+        try:
+            bytes(data).decode("utf-8")
+        except UnicodeDecodeError as bad:
+            exc = bad
     if isinstance(exc, UnicodeDecodeError):
         return JSONRefused(f"{what} is not UTF-8 (byte {exc.start}); send UTF-8 JSON")
     if "surrogate" in text or (_SURROGATE.search(data) and "truncated" in text):
@@ -112,7 +117,7 @@ def parse(data: bytes) -> Any:
     try:
         return _decode(data)
     except (msgspec.MsgspecError, ValueError):
-        return json.loads(data)
+        return json.loads(bytes(data))
 
 
 def job_ids(data: bytes) -> list[str]:

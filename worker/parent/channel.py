@@ -2,6 +2,7 @@
 (a big job never blocks the loop) and reads that yield whole messages."""
 from __future__ import annotations
 
+import collections
 import os
 
 from .. import protocol as P
@@ -12,7 +13,7 @@ class Channel:
         self.fd = fd
         os.set_blocking(fd, False)
         self._reader = P.FrameReader()
-        self._outbox = bytearray()
+        self._outbox: collections.deque = collections.deque()   # memoryviews not yet sent
         self.closed = False
         self.eof = False          # the child closed its end (its exit is seen separately)
 
@@ -21,31 +22,45 @@ class Channel:
         """Bytes wait for the socket to drain (the loop then also watches for writable)."""
         return bool(self._outbox)
 
-    def send(self, data: bytes) -> None:
+    def send(self, data) -> None:
+        """Send a frame: bytes, or a tuple of bytes-like parts (a forwarded body is never
+        copied into one piece; writev sends the parts as they are)."""
         if self.closed:
             return
+        parts = (data,) if isinstance(data, (bytes, bytearray)) else data
         if self._outbox:
-            self._outbox += data
+            self._outbox.extend(memoryview(p) for p in parts)
             return
         try:
-            n = os.write(self.fd, data)
+            n = os.writev(self.fd, parts)
         except BlockingIOError:
             n = 0
         except OSError:
             self.closed = True    # the child is gone; its exit is seen through the sentinel
             return
-        if n < len(data):
-            self._outbox += data[n:]
+        for part in parts:        # what the socket did not take waits, uncopied
+            if n >= len(part):
+                n -= len(part)
+                continue
+            self._outbox.append(memoryview(part)[n:])
+            n = 0
 
     def flush(self) -> None:
+        box = self._outbox
         try:
-            n = os.write(self.fd, self._outbox)
+            n = os.writev(self.fd, [box[i] for i in range(min(len(box), 64))])
         except BlockingIOError:
             return
         except OSError:
             self.closed = True
-            n = len(self._outbox)
-        del self._outbox[:n]
+            box.clear()
+            return
+        while n and box:
+            if n >= len(box[0]):
+                n -= len(box.popleft())
+            else:
+                box[0] = box[0][n:]
+                n = 0
 
     def read(self) -> list:
         """Every whole message that has arrived (empty at EOF or when none has)."""

@@ -54,7 +54,7 @@ class SupervisorCore(ChildEvents):
     # --- events ------------------------------------------------------------------------
 
     def submit(self, given: Any, listener: JobListener, submitted: float,
-               raw: bytes | None, now: float) -> list:
+               raw: Any, now: float) -> list:
         try:
             job = validate_job(given)
         except Exception as exc:    # noqa: BLE001 - JobError, or whatever a strange job raises

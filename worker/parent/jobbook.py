@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from ..config import Settings
 from ..jobs import JobResult, JobState, Reason, failure
@@ -19,7 +19,7 @@ class TrackedJob:
     job: dict
     listener: JobListener
     submitted: float
-    raw: bytes | None = None
+    raw: Any = None
     started: float = 0.0
     deadline: float | None = None
     crashes: int = 0          # crashes of a child this job ran in alone

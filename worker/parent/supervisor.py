@@ -106,9 +106,10 @@ class Supervisor:
         self._thread.start()
         return self
 
-    def submit(self, job: dict, listener: JobListener, raw: bytes | None = None) -> None:
+    def submit(self, job: dict, listener: JobListener, raw: Any = None) -> None:
         """Queue a job. Its listener hears exactly one on_result. `raw`, when given, is
-        the job's exact JSON encoding: it goes to the child as is (no re-encoding)."""
+        the job's exact JSON encoding (bytes, or a tuple of bytes-like parts that join to
+        it): it goes to the child as is (no re-encoding, no copy)."""
         if not self._command(self.core.submit, job, listener, self.clock(), raw):
             self._refuse_late(job, listener)
 

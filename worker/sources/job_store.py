@@ -94,7 +94,7 @@ class JobStore(JobListener):
         if raw is not None and len(job) == len(body) + 1:
             head = raw.lstrip()
             if head[:1] == b"{":
-                forward = b'{"id":"' + job["id"].encode() + b'",' + head[1:]
+                forward = (b'{"id":"%s",' % job["id"].encode(), memoryview(head)[1:])
                 job["input"] = None     # it travels in `forward`; the parent never reads it
         size = len(raw) if raw is not None else 0
         webhook = body.get("webhook") if isinstance(body.get("webhook"), str) else None
