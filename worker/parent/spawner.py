@@ -14,11 +14,11 @@ import socket
 import threading
 
 import multiprocess
-from multiprocess import forkserver
+from multiprocess import forkserver, spawn as mp_spawn
 
 from ..child.entry import child_main
 from ..config import Settings
-from ..targets import SECRET_ENV, SECRET_SETTINGS, ChildSpec
+from ..targets import SECRET_ENV, SECRET_SETTINGS, ChildSpec, ValueTarget
 
 log = logging.getLogger("worker")
 _env_lock = threading.Lock()
@@ -46,6 +46,25 @@ def _grow_buffers(fd: int, size: int = 4 * 2**20) -> None:
         pass
     finally:
         sock.close()
+
+
+CHILD_NAME = "gpu-worker-child"
+_preparation_data = mp_spawn.get_preparation_data
+
+
+def _without_main(name: str) -> dict:
+    """multiprocess re-runs the parent's __main__ script in every child so that objects
+    defined there unpickle. Ours run worker.child.entry on a target named by path or
+    module, never the parent's script: rerunning it (a bench, or a program that embeds
+    the supervisor) cost 37 ms per refresh, and ran its module-level code again."""
+    data = _preparation_data(name)
+    if name == CHILD_NAME:
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+mp_spawn.get_preparation_data = _without_main
 
 
 class ChildProcess:
@@ -148,8 +167,9 @@ class Spawner:
         given = {k: v for k, v in settings.to_dict().items() if k not in SECRET_SETTINGS}
         spec = ChildSpec(target, given, os.getcwd(), self.preload, passed,
                          child_control, out_w, err_w, life_r, checks)
-        process = ctx.Process(target=child_main, args=(spec,), name="gpu-worker-child",
-                              daemon=True)
+        # A handler given as a value may come from the parent's __main__: keep the fixup.
+        name = f"{CHILD_NAME}-value" if isinstance(target, ValueTarget) else CHILD_NAME
+        process = ctx.Process(target=child_main, args=(spec,), name=name, daemon=True)
         try:
             with _without_secrets():
                 process.start()

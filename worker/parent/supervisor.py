@@ -19,7 +19,7 @@ from typing import Any, Callable
 from ..config import Settings
 from ..jobs import JobResult, JobState, Reason, failure
 from . import actions as A
-from . import device_settle
+from . import device_settle, preloads
 from .actions import JobListener
 from .channel import Channel
 from .core import SupervisorCore
@@ -64,7 +64,10 @@ class Supervisor:
                  clock: Callable[[], float] = time.monotonic,
                  on_fatal: Callable[[str], None] | None = None):
         self.target = target
-        self.spawner = spawner or Spawner(settings.start_method, settings.preload)
+        self.spawner = spawner or Spawner(
+            settings.start_method,
+            settings.preload + tuple(m for m in preloads.implied(target)
+                                     if m not in settings.preload))
         self.core = SupervisorCore(settings, tuple(self.spawner.preload),
                                    check_preload=self.spawner.method == "forkserver")
         self.output_sink = output_sink or _log_child_line
@@ -92,6 +95,8 @@ class Supervisor:
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._changed = threading.Condition()
+        self._capacity_watchers: list = []
+        self._published_capacity = 0
         self._thread = threading.Thread(target=self._loop, name="gpu-worker-supervisor",
                                         daemon=True)
 
@@ -145,6 +150,11 @@ class Supervisor:
         """Wait until `predicate(status)` holds."""
         with self._changed:
             return self._changed.wait_for(lambda: predicate(self.status), timeout)
+
+    def on_capacity(self, fn: Callable[[], None]) -> None:
+        """Call `fn` (from the loop's thread; it must be quick) whenever the number of jobs
+        the worker takes now changes: a source waiting for room hears of it at once."""
+        self._capacity_watchers.append(fn)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """True once a child is ready; False if the worker failed or the time ran out."""
@@ -293,6 +303,13 @@ class Supervisor:
             self._health.update(self.status)
         with self._changed:
             self._changed.notify_all()
+        if self.status.capacity != self._published_capacity:
+            self._published_capacity = self.status.capacity
+            for fn in self._capacity_watchers:
+                try:
+                    fn()
+                except Exception:      # noqa: BLE001 - a watcher must not break the loop
+                    log.exception("a capacity watcher failed")
 
     def _apply(self, actions: list) -> None:
         """Carry out the core's actions in order, listeners last, the status published

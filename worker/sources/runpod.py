@@ -53,6 +53,7 @@ class RunPodSource(JobListener):
         self.finished = threading.Event()      # shutdown is over: the heartbeat ends
         self._cond = threading.Condition()
         self._taken: dict[str, _Taken] = {}
+        self.sup.on_capacity(self._room_changed)     # a fresh child: take at once
         self.delivery = Delivery(self._session, self._too_large,
                                  lambda: self.stopping.is_set() and self.taking_done.is_set())
         self._signals = 0
@@ -151,6 +152,10 @@ class RunPodSource(JobListener):
 
     def _room(self) -> int:
         return max(0, self.sup.status.capacity - len(self._taken))
+
+    def _room_changed(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def _take_loop(self) -> None:
         empty = Backoff(0.05, 1.0)
