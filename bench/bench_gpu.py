@@ -7,7 +7,8 @@ CUDA handler of gpu_tests/handlers_cuda.py.
 Rows, one line each ("ROW name: figure"):
 - cold start: `python -m worker handler.py --test_input ...` from launch to exit, as the
   user runs it, and a supervisor from creation to its first result;
-- refresh → next job with WORKER_PRELOAD=torch: median of --refreshes;
+- refresh → next job with WORKER_PRELOAD=torch: median of --refreshes; the same with
+  WORKER_WARM_REFRESH and the model built on the CPU at import;
 - VRAM: in use before the worker, with its child, after a refresh, after it stopped;
 - CUDA OOM → the next job succeeds (in a fresh child), and how long that took;
 - a kernel fault (device-side assert) → the child replaced, once, and how long it took.
@@ -33,6 +34,7 @@ from worker.parent.monitor import NvmlProbe  # noqa: E402
 
 MODEL = str(ROOT / "gpu_tests" / "handlers_model.py")
 CUDA = str(ROOT / "gpu_tests" / "handlers_cuda.py")
+MODEL_WARM = str(ROOT / "gpu_tests" / "handlers_model_warm.py")
 SLOW = dict(setup_timeout=300)
 failures = []
 
@@ -93,6 +95,28 @@ def refresh_and_vram(n: int) -> None:
         and abs(baseline - before) <= 64)
 
 
+def warm_refresh(n: int) -> None:
+    """The same tiny model written for WORKER_WARM_REFRESH (built on the CPU at import, moved
+    to the GPU on each child's first job): refresh -> next job done."""
+    h = Harness(MODEL_WARM, preload=("torch",), warm_refresh=True, **SLOW)
+    try:
+        first = h.run({"text": "a cat"}, timeout=300)
+        times, same = [], True
+        for _ in range(n):
+            started = time.perf_counter()
+            h.sup.refresh("bench")
+            result = h.run({"text": "a cat"}, timeout=300)
+            times.append((time.perf_counter() - started) * 1000)
+            same = same and result.output["first"] == first.output["first"]
+        status = h.sup.snapshot()["warm_refresh"]
+    finally:
+        h.close()
+    row("warm refresh -> next job done, tiny model on the CPU at import, GPU on first job "
+        "(median)", f"{statistics.median(times):.0f} ms (min {min(times):.0f}, max "
+        f"{max(times):.0f}, n={n}); warm refresh: {status}",
+        same and status == "on" and first.output["device"] == "cuda")
+
+
 def oom_and_fault() -> None:
     h = Harness(CUDA, **SLOW)
     try:
@@ -134,7 +158,8 @@ def main() -> int:
     driver = probe.nvml.nvmlSystemGetDriverVersion()
     probe.close()
     print(f"GPU: {', '.join(map(str, names))}; driver {driver}", flush=True)
-    for step in (cold_start, lambda: refresh_and_vram(args.refreshes), oom_and_fault):
+    for step in (cold_start, lambda: refresh_and_vram(args.refreshes),
+                 lambda: warm_refresh(args.refreshes), oom_and_fault):
         try:
             step()
         except Exception as exc:   # noqa: BLE001 - one row's failure must not hide the rest

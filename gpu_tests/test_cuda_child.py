@@ -157,3 +157,29 @@ def test_embeddings_model_loads_once_per_child_on_cuda():
         assert a.extra.get("peak_vram_mb", 0) > 0
     finally:
         h.close()
+
+
+def test_warm_refresh_refuses_an_import_that_put_weights_on_the_gpu():
+    h = Harness(MODEL, preload=("torch",), warm_refresh=True, **SLOW)
+    try:
+        out = h.run({"text": "a cat"}, timeout=300)
+        assert out.state is JobState.COMPLETED and out.output["device"] == "cuda"
+        status = h.sup.snapshot()["warm_refresh"]
+        assert status.startswith("refused:") and "CUDA" in status, status
+    finally:
+        h.close()
+
+
+def test_warm_refresh_with_weights_on_the_cpu_at_import_serves_from_the_gpu():
+    h = Harness(str(HERE / "handlers_model_warm.py"), preload=("torch",), warm_refresh=True,
+                **SLOW)
+    try:
+        a = h.run({"text": "a cat"}, timeout=300)
+        h.sup.refresh("test")
+        b = h.run({"text": "a cat"}, timeout=300)
+        assert h.sup.snapshot()["warm_refresh"] == "on"
+        assert a.output["device"] == b.output["device"] == "cuda"
+        assert a.output["pid"] != b.output["pid"] and a.output["first"] == b.output["first"]
+    finally:
+        h.close()
+    _parent_has_no_cuda_context()

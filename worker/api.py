@@ -16,7 +16,7 @@ def start(config: dict) -> None:
     a supervisor: a handler script re-executes itself as `python -m worker script.py`, so
     nothing the script loaded stays in the parent.
     """
-    if runtime.current() is not None:
+    if runtime.current() is not None or runtime.recording():
         runtime.start(config)
         return
     from .parent import launch       # the parent's machinery, only when we become one

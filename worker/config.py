@@ -64,6 +64,12 @@ class Settings:
     preload: tuple = _setting((), ("WORKER_PRELOAD",), "--preload",
                               "Comma-separated modules the forkserver imports once, so a fresh "
                               "child starts with them loaded (e.g. torch).", config=False)
+    warm_refresh: bool = _setting(False, ("WORKER_WARM_REFRESH",), "--warm_refresh",
+                                  "The forkserver imports the handler module once (its start() "
+                                  "recorded, not run); every fresh child is a fork of that "
+                                  "import, so a refresh skips the module body. Refused, with a "
+                                  "log line, when the import initialises CUDA or starts threads "
+                                  "or processes (children then start cold).", config=False)
     start_method: str = _setting("forkserver", ("WORKER_START_METHOD",), None,
                                  "forkserver (fast respawn) or spawn.", config=False)
     restart_limit: int = _setting(5, ("WORKER_RESTART_LIMIT",), None,

@@ -120,6 +120,13 @@ class SetupFailed(Message):
     traceback: str
 
 
+@_message("warm_refused")
+class WarmRefused(Message):
+    """The forkserver's warm import cannot be used (warm_import.py says why); the child
+    exits and the parent restarts the forkserver without it."""
+    reason: str
+
+
 @_message("progress")
 class Progress(Message):
     run: int

@@ -5,6 +5,7 @@ how to run each target, the parent only builds and describes them.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,3 +59,20 @@ class ChildSpec:
     stderr: Any      # Connection: write end of the stderr capture pipe
     lifeline: Any    # Connection: read end; EOF means the parent died
     checks: bool = False   # run the fitness checks before Ready (the worker's first child)
+
+
+# WORKER_WARM_REFRESH: the variable that tells a starting forkserver which target to import
+# (child/warm_import.py), and the key that names that target on both sides.
+WARM_ENV = "GPU_WORKER_WARM"
+
+
+def warm_key(target) -> str | None:
+    """The target as the forkserver imports it (JSON), or None: a handler given as a value
+    lives in the parent and cannot be imported there."""
+    if isinstance(target, ScriptTarget):
+        kind, where = "script", target.path
+    elif isinstance(target, ModuleTarget):
+        kind, where = "module", target.name
+    else:
+        return None
+    return json.dumps({"kind": kind, "where": where, "argv": list(target.argv)}, sort_keys=True)

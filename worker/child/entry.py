@@ -14,8 +14,8 @@ import traceback
 
 from .. import protocol as P
 from ..config import Settings
-from ..targets import SECRET_ENV, ChildSpec, ModuleTarget, ScriptTarget, ValueTarget
-from . import fork_safety, joblog, runpod_compat, sdk_hooks
+from ..targets import SECRET_ENV, ChildSpec, ModuleTarget, ScriptTarget, ValueTarget, warm_key
+from . import fork_safety, joblog, runpod_compat, sdk_hooks, warm_import
 from .fitness_run import Unfit
 from .handlers import Interrupted
 from .runtime import ChildRuntime
@@ -36,6 +36,27 @@ def run_target(target, runtime: ChildRuntime) -> dict:
         runtime.serve(dict(target.config))
         return {}
     raise TypeError(f"unknown target {target!r}")
+
+
+def warm_state(target) -> "warm_import.Warm | None":
+    """The forkserver's import of this very target, if it made one (WORKER_WARM_REFRESH)."""
+    state = warm_import.STATE
+    key = warm_key(target)
+    return state if state is not None and key is not None and state.key == key else None
+
+
+def _serve_warm(warm, target, runtime: ChildRuntime) -> dict:
+    """Serve the config the warm import recorded (the module's body already ran, in the
+    forkserver, up to its start() call)."""
+    if warm.torch_threads is not None:
+        sys.modules["torch"].set_num_threads(warm.torch_threads)
+    config = warm.config
+    if config is None:
+        print(f"gpu-worker: {target.describe()} did not call start(); serving its `handler` "
+              "function", file=sys.stderr)
+        config = {"handler": warm.namespace["handler"]}
+    runtime.serve(config)
+    return warm.namespace
 
 
 def child_main(spec: ChildSpec) -> None:
@@ -67,10 +88,19 @@ def child_main(spec: ChildSpec) -> None:
     runtime.activate()
     runtime.watch(spec.lifeline.fileno())
     runpod_compat.install()
+    warm = warm_state(spec.target)
+    for func, args, kwargs in warm.exit_hooks if warm is not None else ():
+        atexit.register(func, *args, **kwargs)     # the module's own, from its import
+    if warm is not None and warm.refused:
+        runtime.send(P.WarmRefused(warm.refused))      # the parent restarts the forkserver
+        os._exit(0)
     code = 0
     try:
         fork_safety.check(spec.preload)
-        namespace = run_target(spec.target, runtime)
+        if warm is not None:
+            namespace = _serve_warm(warm, spec.target, runtime)
+        else:
+            namespace = run_target(spec.target, runtime)
         if not runtime.served:
             handler = namespace.get("handler") if isinstance(namespace, dict) else None
             if not callable(handler):

@@ -37,10 +37,32 @@ def current() -> "ChildRuntime | None":
     return _current
 
 
+class Recorded(BaseException):
+    """start() during a warm import (warm_import.py): its config, recorded; it unwinds
+    the module's body where a child's job loop would have begun."""
+
+    def __init__(self, config: Any):
+        super().__init__("start() recorded for warm refresh")
+        self.config = config
+
+
+_recording = False
+
+
+def recording(on: bool | None = None) -> bool:
+    """Whether start() records instead of serving (the forkserver's warm import)."""
+    global _recording
+    if on is not None:
+        _recording = on
+    return _recording
+
+
 def start(config: dict) -> None:
     """start() as the handler module sees it in a child (also the official SDK's, which
     runpod_compat redirects here): the job loop runs inside this call."""
     if _current is None:
+        if _recording:
+            raise Recorded(config)
         raise RuntimeError("not a gpu-worker child process")
     _current.serve(config)
 

@@ -28,6 +28,12 @@ class Spawn:
 
 
 @dataclass
+class WarmOff:
+    """The forkserver's warm import was refused: children start cold from now on."""
+    reason: str
+
+
+@dataclass
 class Send:
     """Write a message to the child's channel (encoded by the core, which owns the
     decision of what to do with a job that is not JSON)."""

@@ -11,7 +11,7 @@ from .. import protocol as P
 from ..config import SettingsError
 from ..jobs import JobResult, JobState, Reason
 from . import blame, recycling
-from .actions import Chunked, Progressed, ReadMemory
+from .actions import Chunked, Progressed, ReadMemory, WarmOff
 from .lifecycle import ChildRecord, ChildState, ExitCause, StopCause
 
 log = logging.getLogger("worker")
@@ -36,6 +36,8 @@ class ChildEvents:
             self._on_ready(child, msg, now)
         elif isinstance(msg, P.SetupFailed):
             child.setup_error = (msg.message, msg.traceback)
+        elif isinstance(msg, P.WarmRefused):
+            child.warm_refused = msg.reason
         elif isinstance(msg, P.Garbled):
             self._on_garbled(child, msg, now)
         return self._step(now)
@@ -126,6 +128,11 @@ class ChildEvents:
             self._out.append(ReadMemory(child.pid))
 
     def _on_exit(self, child: ChildRecord, code: int | None, tail: list, now: float) -> None:
+        if child.warm_refused is not None and not child.jobs_run:
+            log.warning("warm refresh refused: %s; children start cold (the forkserver is "
+                        "restarted without the handler module)", child.warm_refused)
+            self._out.append(WarmOff(child.warm_refused))
+            return
         how = recycling.describe_exit(code)
         cause = child.exit_cause()
         if cause.in_setup:

@@ -81,6 +81,7 @@ class ChildRecord:
     refresh_reason: str | None = None  # replace once idle
     checking_memory: bool = False      # a memory reading is on its way: hold dispatch
     setup_error: tuple | None = None   # (message, traceback) from SetupFailed
+    warm_refused: str | None = None    # WarmRefused: it exits, and the next starts cold
     stop_cause: StopCause | None = None
     stop_text: str = ""
     stop_step: int = 0

@@ -19,6 +19,8 @@ from typing import Callable
 
 from ..protocol import split_tag
 
+child_log = logging.getLogger("worker.child")
+
 MAX_LINE = 16384
 # RunPodLogger's levels (the SDK's and ours) as logging levels.
 SDK_LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO,
@@ -118,3 +120,17 @@ def sdk_line(line: str) -> tuple | None:
     if line[7:9] == "| " and line[:7].rstrip() in SDK_LEVELS:
         return SDK_LEVELS[line[:7].rstrip()], line[9:], None
     return None
+
+
+def log_child_line(stream: str, line: str, job_ids: tuple) -> None:
+    """The default sink: a child's line into the parent's log, under its job."""
+    sdk = sdk_line(line)          # a RunPodLogger line keeps its level and its job
+    if sdk is not None:
+        level, message, job_id = sdk
+        for job in job_ids:               # the text form repeats the job id we tag with
+            if message.startswith(f"{job} | "):
+                message = message[len(job) + 3:]
+                break
+        child_log.log(level, "%s", message, extra={"job_id": job_id or ",".join(job_ids) or None})
+        return
+    child_log.info("%s: %s", stream, line, extra={"job_id": ",".join(job_ids) or None})

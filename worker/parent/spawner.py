@@ -14,26 +14,31 @@ import socket
 import threading
 
 import multiprocess
+import psutil
 from multiprocess import forkserver, spawn as mp_spawn
 
 from ..child.entry import child_main
 from ..config import Settings
-from ..targets import SECRET_ENV, SECRET_SETTINGS, ChildSpec, ValueTarget
+from ..targets import SECRET_ENV, SECRET_SETTINGS, WARM_ENV, ChildSpec, ValueTarget, warm_key
 
 log = logging.getLogger("worker")
 _env_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def _without_secrets():
+def _without_secrets(extra: dict | None = None):
     """Start processes without the secrets in their exec environment: the forkserver (and
     so every child forked from it) or a spawned interpreter would otherwise carry them in
-    /proc/self/environ, whatever the child later removes from os.environ."""
+    /proc/self/environ, whatever the child later removes from os.environ. `extra` is set
+    for the while (what a forkserver starting now must read at its start)."""
     with _env_lock:
         saved = {name: os.environ.pop(name) for name in SECRET_ENV if name in os.environ}
+        os.environ.update(extra or {})
         try:
             yield
         finally:
+            for name in extra or {}:
+                os.environ.pop(name, None)
             os.environ.update(saved)
 
 
@@ -124,15 +129,15 @@ class ChildProcess:
 
 
 class Spawner:
-    def __init__(self, method: str = "forkserver", preload: tuple = ()):
+    def __init__(self, method: str = "forkserver", preload: tuple = (), warm=None):
+        """`warm`: the target the forkserver should import itself (WORKER_WARM_REFRESH)."""
         self.preload = list(preload)
         self.method = method
+        self.warm_key = None
+        self.warm_status = "off"
         if method == "forkserver":
             try:
                 self.ctx = multiprocess.get_context("forkserver")
-                # preload_first keeps the preloads from initialising CUDA there
-                self._use_preload(["worker.child.preload_first", "worker.child.entry",
-                                   *self.preload])
             except ValueError:
                 log.warning("forkserver is not available here; children start with spawn")
                 self.method = "spawn"
@@ -140,19 +145,45 @@ class Spawner:
             if self.method != "spawn":
                 raise ValueError(f"start method must be forkserver or spawn, not {method!r}")
             self.ctx = multiprocess.get_context("spawn")
+        if warm is not None:
+            self.warm_key = warm_key(warm)
+            self.warm_status = "on" if self.warm_key and self.method == "forkserver" else (
+                "off: needs the forkserver and a handler file or module")
+            if self.method != "forkserver":
+                self.warm_key = None
 
-    def _use_preload(self, modules: list) -> None:
+    def warm_off(self, reason: str) -> None:
+        """Children start cold from now on (the next spawn restarts the forkserver)."""
+        self.warm_key = None
+        self.warm_status = f"refused: {reason}"
+
+    def _modules(self) -> list:
+        # preload_first keeps the preloads from initialising CUDA there; the warm import
+        # comes last, after everything it may use.
+        return ["worker.child.preload_first", "worker.child.entry", *self.preload,
+                *(["worker.child.warm_preload"] if self.warm_key else []),
+                "worker.child.preload_last"]
+
+    def _ensure_server(self) -> None:
+        """The forkserver, running with this spawner's preload and warm target. One runs
+        per process: restart it for another list, but only with no child alive (children
+        hold it open, and stopping it would wait for them)."""
+        global _server_warm_key
         server = forkserver._forkserver
-        if server._forkserver_pid is not None and server._preload_modules != modules:
-            # A forkserver keeps the preload it started with (one per process). Restart it
-            # for a new list, but only with no child alive: children hold it open, and
-            # stopping it would wait for them.
+        modules = self._modules()
+        if server._forkserver_pid is not None and (
+                server._preload_modules != modules or _server_warm_key != self.warm_key):
             if multiprocess.active_children():
                 log.warning("the forkserver already runs with preload %s; keeping it",
                             server._preload_modules)
                 return
+            if _server_warm_key is not None:
+                _end_warm_server(server._forkserver_pid)
             server._stop()
-        self.ctx.set_forkserver_preload(modules)
+        if server._forkserver_pid is None:
+            self.ctx.set_forkserver_preload(modules)
+            server.ensure_running()
+            _server_warm_key = self.warm_key
 
     def spawn(self, target, settings: Settings, checks: bool = False) -> ChildProcess:
         ctx = self.ctx
@@ -170,10 +201,29 @@ class Spawner:
         # A handler given as a value may come from the parent's __main__: keep the fixup.
         name = f"{CHILD_NAME}-value" if isinstance(target, ValueTarget) else CHILD_NAME
         process = ctx.Process(target=child_main, args=(spec,), name=name, daemon=True)
+        warm_env = {WARM_ENV: self.warm_key} if self.warm_key else {}
         try:
-            with _without_secrets():
+            with _without_secrets(warm_env):
+                if self.method == "forkserver":
+                    self._ensure_server()
                 process.start()
         finally:
             for conn in (child_control, out_w, err_w, life_r):
                 conn.close()
         return ChildProcess(process, control, out_r, err_r, life_w)
+
+
+_server_warm_key = None        # the warm target of the forkserver running now
+
+
+def _end_warm_server(pid: int) -> None:
+    """A forkserver that imported the handler may hold what its import started (a thread
+    that would keep it from exiting, a process): end them and it, now that no child of
+    ours is alive."""
+    try:
+        server = psutil.Process(pid)
+        for proc in server.children(recursive=True):
+            proc.kill()
+        server.kill()
+    except psutil.Error:
+        pass

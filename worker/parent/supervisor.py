@@ -8,7 +8,6 @@ Status: the only view of the supervisor other threads get.
 """
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import selectors
@@ -26,12 +25,12 @@ from .core import SupervisorCore
 from .health_file import HealthFile
 from .lifecycle import ChildState
 from .monitor import make_probe
-from .output import OutputPump, sdk_line
+from .commands import Commands
+from .output import OutputPump, log_child_line
 from .spawner import ChildProcess, Spawner
 from .status import Status, WorkerState
 
 log = logging.getLogger("worker")
-child_log = logging.getLogger("worker.child")
 
 __all__ = ["Supervisor", "JobListener", "JobResult", "ChildState", "WorkerState", "Status",
            "exit_process"]
@@ -45,19 +44,6 @@ def exit_process(message: str) -> None:
     os._exit(70)
 
 
-def _log_child_line(stream: str, line: str, job_ids: tuple) -> None:
-    sdk = sdk_line(line)          # a RunPodLogger line keeps its level and its job
-    if sdk is not None:
-        level, message, job_id = sdk
-        for job in job_ids:               # the text form repeats the job id we tag with
-            if message.startswith(f"{job} | "):
-                message = message[len(job) + 3:]
-                break
-        child_log.log(level, "%s", message, extra={"job_id": job_id or ",".join(job_ids) or None})
-        return
-    child_log.info("%s: %s", stream, line, extra={"job_id": ",".join(job_ids) or None})
-
-
 class Supervisor:
     def __init__(self, settings: Settings, target: Any, spawner: Spawner | None = None,
                  output_sink: Callable | None = None, probe: Any = None,
@@ -67,10 +53,11 @@ class Supervisor:
         self.spawner = spawner or Spawner(
             settings.start_method,
             settings.preload + tuple(m for m in preloads.implied(target)
-                                     if m not in settings.preload))
+                                     if m not in settings.preload),
+            warm=target if settings.warm_refresh else None)
         self.core = SupervisorCore(settings, tuple(self.spawner.preload),
                                    check_preload=self.spawner.method == "forkserver")
-        self.output_sink = output_sink or _log_child_line
+        self.output_sink = output_sink or log_child_line
         self.probe = probe               # monitor.HostProbe/NvmlProbe, or any .read(pid)
         self.clock = clock
         self.on_fatal = on_fatal         # the loop itself died: the process should exit
@@ -81,19 +68,12 @@ class Supervisor:
         self._watching_writes = False
         self._dirty = False              # the core changed since the last publish
         self._fresh = False              # self.status was computed after the last change
-        self._wake_pending = False       # a wake-up byte is in the pipe, not yet read
-        self._loop_ident: int | None = None
         self._previous_baseline: float | None = None   # of the child that exited last
         self._health = HealthFile(settings.health_file) if settings.health_file else None
         self._probe_stop = threading.Event()
-        self._commands: collections.deque = collections.deque()
-        self._closed = False
-        self._close_lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._commands = Commands()
         self._sel = selectors.DefaultSelector()
-        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._sel.register(self._commands.wake_fd, selectors.EVENT_READ, "wake")
         self._changed = threading.Condition()
         self._capacity_watchers: list = []
         self._published_capacity = 0
@@ -172,6 +152,7 @@ class Supervisor:
         """The worker for /health: the status, and memory read now."""
         status = self.status
         out = status.to_dict()
+        out["warm_refresh"] = self.spawner.warm_status
         try:
             reading = self.probe.read(status.child_pid)
             out["memory"] = {**reading.to_dict(), "baseline_mb": status.baseline_mb,
@@ -184,20 +165,7 @@ class Supervisor:
 
     def _command(self, fn: Callable, *args: Any) -> bool:
         """Queue a command for the loop; False once the loop has ended."""
-        with self._close_lock:
-            if self._closed:
-                return False
-            self._commands.append((fn, args))
-            # The loop drains every command before it waits, so it needs waking only when
-            # it may be waiting: not from its own thread, not twice before it reads.
-            if self._wake_pending or threading.get_ident() == self._loop_ident:
-                return True
-            self._wake_pending = True
-            try:
-                os.write(self._wake_w, b"\0")
-            except (BlockingIOError, OSError):
-                pass   # the pipe is full of wake-ups already
-            return True
+        return self._commands.put(fn, args)
 
     def _refuse_late(self, job: Any, listener: JobListener) -> None:
         """A job that reached a supervisor whose loop has ended still gets its one result."""
@@ -227,13 +195,12 @@ class Supervisor:
     def _loop(self) -> None:
         core = self.core
         fatal = None
-        self._loop_ident = threading.get_ident()
+        self._commands.loop_ident = threading.get_ident()
         try:
             self._guarded(core.tick)
             while True:
-                while self._commands:
-                    fn, args = self._commands.popleft()
-                    self._guarded(fn, *args)
+                while (command := self._commands.take()) is not None:
+                    self._guarded(command[0], *command[1])
                 if core.finished:
                     break
                 if self._dirty:
@@ -244,11 +211,7 @@ class Supervisor:
                 ready = self._sel.select(timeout)
                 for key, events in ready:
                     if key.data == "wake":
-                        self._wake_pending = False    # before the commands are drained
-                        try:
-                            os.read(self._wake_r, 4096)
-                        except BlockingIOError:
-                            pass
+                        self._commands.woken()
                     elif key.data == "ctrl":
                         if events & selectors.EVENT_WRITE:
                             self._channel.flush()
@@ -282,15 +245,10 @@ class Supervisor:
                 core.state = WorkerState.STOPPED
             self._fresh = False
             self._publish()
-            with self._close_lock:
-                self._closed = True
-                self._sel.close()
-                for fd in (self._wake_r, self._wake_w):
-                    os.close(fd)
-            for fn, args in self._commands:       # queued as the loop ended
+            self._sel.close()
+            for fn, args in self._commands.close():       # queued as the loop ended
                 if fn == core.submit:
                     self._refuse_late(args[0], args[1])
-            self._commands.clear()
         if fatal is not None and self.on_fatal is not None:
             self.on_fatal(fatal)
 
@@ -406,7 +364,10 @@ class Supervisor:
         except Exception:
             log.exception("a job listener failed")
 
-    _HANDLERS = {A.Spawn: _spawn, A.Send: _send, A.Signal: _signal,
+    def _warm_off(self, action: A.WarmOff) -> None:
+        self.spawner.warm_off(action.reason)
+
+    _HANDLERS = {A.Spawn: _spawn, A.Send: _send, A.Signal: _signal, A.WarmOff: _warm_off,
                  A.ReadMemory: _read_memory, A.Started: _tell, A.Progressed: _tell,
                  A.Chunked: _tell, A.Ended: _tell}
 
