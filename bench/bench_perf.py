@@ -138,7 +138,10 @@ def tree_pss(cmd: list, env: dict, jobs: int) -> dict:
             top = psutil.Process(proc.pid)
             out = {}
             for p in [top, *top.children(recursive=True)]:
-                line = " ".join(p.cmdline())
+                try:
+                    line = " ".join(p.cmdline())
+                except psutil.ZombieProcess:
+                    continue      # runpod-python's import leaves one (py-cpuinfo's)
                 role = ("parent" if p.pid == proc.pid else "resource tracker"
                         if "resource_tracker" in line else
                         "forkserver" if p.ppid() == proc.pid else "child")

@@ -105,7 +105,7 @@ def test_the_parent_reaches_the_child_only_through_its_entry_point():
     for name, deps in g.items():
         if name.startswith(("worker.parent", "worker.sources")):
             into_child = {d for d in deps if d.startswith("worker.child")}
-            assert into_child <= {"worker.child.entry"}, (name, into_child)
+            assert into_child <= {"worker.child.boot"}, (name, into_child)
 
 
 def test_the_parent_never_imports_torch_or_cuda():

@@ -6,8 +6,6 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from .child import runtime
-
 
 def start(config: dict) -> None:
     """Serve `config["handler"]`.
@@ -16,6 +14,7 @@ def start(config: dict) -> None:
     a supervisor: a handler script re-executes itself as `python -m worker script.py`, so
     nothing the script loaded stays in the parent.
     """
+    from .child import runtime      # here: `import worker` stays light in the parent
     if runtime.current() is not None or runtime.recording():
         runtime.start(config)
         return
@@ -25,6 +24,7 @@ def start(config: dict) -> None:
 
 def progress_update(job: Any, progress: Any) -> None:
     """Report progress for a running job. It reaches the parent before the job's result."""
+    from .child import runtime
     if runtime.current() is not None:
         runtime.progress_update(job, progress)
         return

@@ -15,9 +15,9 @@ import threading
 
 import multiprocess
 import psutil
-from multiprocess import forkserver, spawn as mp_spawn
+from multiprocess import forkserver, resource_tracker, spawn as mp_spawn
 
-from ..child.entry import child_main
+from ..child.boot import child_main
 from ..config import Settings
 from ..targets import SECRET_ENV, SECRET_SETTINGS, WARM_ENV, ChildSpec, ValueTarget, warm_key
 
@@ -181,6 +181,7 @@ class Spawner:
                 _end_warm_server(server._forkserver_pid)
             server._stop()
         if server._forkserver_pid is None:
+            _no_resource_tracker()
             self.ctx.set_forkserver_preload(modules)
             server.ensure_running()
             _server_warm_key = self.warm_key
@@ -214,6 +215,17 @@ class Spawner:
 
 
 _server_warm_key = None        # the warm target of the forkserver running now
+
+
+def _no_resource_tracker() -> None:
+    """multiprocess starts a resource tracker process (a Python interpreter, 11 MB of PSS)
+    for named semaphores and shared memory that a process might leak. Neither the worker
+    nor its children use multiprocess's: the tracker's pipe is /dev/null instead. A handler
+    that uses multiprocessing (the standard library) gets that library's own tracker."""
+    tracker = resource_tracker._resource_tracker
+    with tracker._lock:
+        if tracker._fd is None:
+            tracker._fd = os.open(os.devnull, os.O_WRONLY)
 
 
 def _end_warm_server(pid: int) -> None:
