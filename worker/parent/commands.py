@@ -39,12 +39,15 @@ class Commands:
             return True
 
     def woken(self) -> None:
-        """The loop saw the pipe readable: read it, before draining the queue."""
-        self._pending = False
+        """The loop saw the pipe readable: read it, then clear the flag, before draining
+        the queue. In that order: a put between the read and the clear writes nothing, and
+        is drained next; cleared first, a put's byte could be read with the earlier one,
+        leaving the flag set on an empty pipe, and the loop asleep on later commands."""
         try:
             os.read(self.wake_fd, 4096)
         except BlockingIOError:
             pass
+        self._pending = False
 
     def take(self) -> tuple | None:
         """The next command, or None."""
