@@ -8,8 +8,8 @@ each child serves the recorded config. Each child starts from the state the impo
 never from a used one.
 
 A fork carries neither CUDA nor threads nor child processes. If the import initialised
-CUDA, started a thread (an OpenMP pool after a warm-up forward pass counts) or a process,
-or raised, the warm state is refused: the first child reports why (one log line in the
+CUDA, left a thread running (a native one counts: an OpenMP pool does not survive a fork)
+or started a process, or raised, the warm state is refused: the first child reports why (one log line in the
 parent), and the parent restarts the forkserver without it; children start cold.
 
 The forkserver's last preload (warm_preload.py) calls load(); the target comes in
@@ -28,6 +28,7 @@ import types
 from dataclasses import dataclass, field
 
 from ..targets import WARM_ENV
+
 
 @dataclass
 class Warm:

@@ -161,8 +161,7 @@ class Spawner:
         # preload_first keeps the preloads from initialising CUDA there; the warm import
         # comes last, after everything it may use.
         return ["worker.child.preload_first", "worker.child.entry", *self.preload,
-                *(["worker.child.warm_preload"] if self.warm_key else []),
-                "worker.child.preload_last"]
+                *(["worker.child.warm_preload"] if self.warm_key else [])]
 
     def _ensure_server(self) -> None:
         """The forkserver, running with this spawner's preload and warm target. One runs
