@@ -113,19 +113,21 @@ def embeddings_rows(rounds: int) -> None:
 
 def memory_rows(jobs: int) -> None:
     handler = str(HERE / "handlers" / "rp_embeddings.py")
-    env = {**QUIET, "WORKER_PRELOAD": "torch,sentence_transformers"}
-    ours = tree_pss([*OURS, handler], env, jobs)
-    sdk = tree_pss([MAIN_PY, handler], {}, jobs)
-    total, sdk_total = sum(ours.values()), sum(sdk.values())
-    parts = ", ".join(f"{k} {v:.0f}" for k, v in ours.items())
-    print(f"PSS of the processes serving the embeddings example (after {jobs} jobs): "
-          f"gpu-worker {total:.0f} MB ({parts}); runpod-python {sdk_total:.0f} MB "
-          f"({len(sdk)} process); ratio {total / sdk_total:.2f} (target <= 1.1)", flush=True)
+    sdk = sum(v[0] for v in tree_pss([MAIN_PY, handler], {}, jobs).values())
+    preload = {**QUIET, "WORKER_PRELOAD": "torch,sentence_transformers"}
+    for label, env in (("preloaded imports", preload),
+                       ("+ WORKER_WARM_REFRESH", {**preload, "WORKER_WARM_REFRESH": "true"})):
+        ours = tree_pss([*OURS, handler], env, jobs)
+        total = sum(v[0] for v in ours.values())
+        parts = ", ".join(f"{k} {pss:.0f} (USS {uss:.0f})" for k, (pss, uss) in ours.items())
+        print(f"PSS of the processes serving the embeddings example (after {jobs} jobs), "
+              f"{label}: gpu-worker {total:.0f} MB ({parts}); runpod-python {sdk:.0f} MB "
+              f"(1 process); ratio {total / sdk:.2f} (target <= 1.1)", flush=True)
 
 
 def tree_pss(cmd: list, env: dict, jobs: int) -> dict:
-    """Serve `jobs` jobs from the stand-in queue, then read the PSS (MB) of the process and
-    its descendants, named by their role."""
+    """Serve `jobs` jobs from the stand-in queue, then read the PSS and USS (MB) of the
+    process and its descendants, named by their role."""
     import psutil
     with FakeRunPod(long_poll=0.5) as q:
         q.add_jobs([{"id": f"m{i}", "input": {"text": f"text {i}"}} for i in range(jobs)])
@@ -145,7 +147,9 @@ def tree_pss(cmd: list, env: dict, jobs: int) -> dict:
                 role = ("parent" if p.pid == proc.pid else "resource tracker"
                         if "resource_tracker" in line else
                         "forkserver" if p.ppid() == proc.pid else "child")
-                out[role] = out.get(role, 0.0) + p.memory_full_info().pss / 2**20
+                mem = p.memory_full_info()
+                pss, uss = out.get(role, (0.0, 0.0))
+                out[role] = (pss + mem.pss / 2**20, uss + mem.uss / 2**20)
             return out
         finally:
             bench_api.end(proc)

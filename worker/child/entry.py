@@ -50,13 +50,23 @@ def _serve_warm(warm, target, runtime: ChildRuntime) -> dict:
     forkserver, up to its start() call)."""
     if warm.torch_threads is not None:
         sys.modules["torch"].set_num_threads(warm.torch_threads)
-    config = warm.config
-    if config is None:
-        print(f"gpu-worker: {target.describe()} did not call start(); serving its `handler` "
-              "function", file=sys.stderr)
-        config = {"handler": warm.namespace["handler"]}
-    runtime.serve(config)
+    if warm.config is not None:
+        runtime.serve(warm.config)
+    else:
+        serve_module_handler(warm.namespace, target, runtime)
     return warm.namespace
+
+
+def serve_module_handler(namespace, target, runtime: ChildRuntime) -> None:
+    """A module that never called start(): serve its `handler` function, as the SDK's
+    users expect of a file that only defines one."""
+    handler = namespace.get("handler") if isinstance(namespace, dict) else None
+    if not callable(handler):
+        raise RuntimeError(f"{target.describe()} finished without calling "
+                           "start({'handler': ...}) and defines no handler function")
+    print(f"gpu-worker: {target.describe()} did not call start(); serving its `handler` "
+          "function", file=sys.stderr)
+    runtime.serve({"handler": handler})
 
 
 def child_main(spec: ChildSpec) -> None:
@@ -102,13 +112,7 @@ def child_main(spec: ChildSpec) -> None:
         else:
             namespace = run_target(spec.target, runtime)
         if not runtime.served:
-            handler = namespace.get("handler") if isinstance(namespace, dict) else None
-            if not callable(handler):
-                raise RuntimeError(f"{spec.target.describe()} finished without calling "
-                                   "start({'handler': ...}) and defines no handler function")
-            print(f"gpu-worker: {spec.target.describe()} did not call start(); "
-                  "serving its `handler` function", file=sys.stderr)
-            runtime.serve({"handler": handler})
+            serve_module_handler(namespace, spec.target, runtime)
     except Interrupted:
         pass
     except BaseException as exc:  # noqa: B902 - everything here is a setup failure

@@ -1,6 +1,6 @@
 """What the forkserver imports besides WORKER_PRELOAD.
 
-A handler written for the official SDK imports `runpod`, which takes 1.4 s to import
+A handler written for the official SDK imports `runpod`, which takes 1.5 s to import
 (its rp_debugger asks py-cpuinfo about the CPU in a subprocess at import time). Each
 fresh child paid that on every refresh; imported once in the forkserver, every child
 has it. The parent reads the handler's source text only (it never imports the user's

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from .. import protocol as P
 from ..config import Settings
 from ..jobs import JobResult, JobState, Reason, failure
 from . import actions as A
@@ -270,8 +271,9 @@ class Supervisor:
                     log.exception("a capacity watcher failed")
 
     def _apply(self, actions: list) -> None:
-        """Carry out the core's actions in order, listeners last, the status published
-        first (a listener called here sees the state that led to its event). Spawn and ReadMemory feed the
+        """Carry out the core's actions in order, the status published first (a listener
+        called here sees the state that led to its event); a job's Run goes out first, so
+        the child works while the rest is done (2 cores). Spawn and ReadMemory feed the
         core again. Waiters are woken once per turn of the loop (`_publish`)."""
         self._dirty = True
         if not actions:
@@ -279,15 +281,12 @@ class Supervisor:
         if not self._fresh:
             self.status = self.core.status()
             self._fresh = True
-        tells = []
-        for action in actions:       # the child's next job goes out before the listeners
-            handler = self._HANDLERS[type(action)]      # hear of the last one: it runs
-            if handler is Supervisor._tell:              # while they do (2 cores)
-                tells.append(action)
-            else:
-                handler(self, action)
-        for action in tells:
-            self._tell(action)
+        runs = [a for a in actions if type(a) is A.Send and isinstance(a.msg, P.Run)]
+        for action in runs:
+            self._send(action)
+        for action in actions:
+            if not (type(action) is A.Send and isinstance(action.msg, P.Run)):
+                self._HANDLERS[type(action)](self, action)
 
     def _spawn(self, action: A.Spawn) -> None:
         """Start a child once the one before it has given its device memory back
