@@ -23,7 +23,9 @@ def handler(job):
         torch.cuda.synchronize()
     x = torch.full((1024,), float(inp.get("x", 1)), device=DEVICE)
     return {"pid": os.getpid(), "sum": float((WEIGHTS @ x).sum().item()),
-            "device": torch.cuda.get_device_name(0)}
+            "device": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "child": os.environ.get("WORKER_CHILD_INDEX")}
 
 
 worker.start({"handler": handler})

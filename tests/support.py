@@ -170,6 +170,17 @@ class Server:
     def get(self, path, **kw):
         return requests.get(f"{self.url}{path}", timeout=60, **kw)
 
+    def health_until(self, predicate, timeout=60):
+        """/health's worker once `predicate` holds for it (a child that fails setup is
+        first seen starting: wait for the event, not a sleep)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            worker = self.get("/health").json()["worker"]
+            if predicate(worker):
+                return worker
+            time.sleep(0.05)
+        raise AssertionError(f"/health never matched: {worker}")
+
     def until(self, job_id, predicate, timeout=30):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

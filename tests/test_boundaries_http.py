@@ -90,6 +90,7 @@ def test_with_a_token_every_route_but_health_needs_it_docs_included(server):
 
 def test_health_is_503_with_the_reason_when_the_worker_cannot_run_jobs(server):
     s = server("raise_at_import.py")
+    s.health_until(lambda w: w["state"] != "running")
     r = s.get("/health")
     assert r.status_code == 503 and r.json()["worker"]["state"] == "setup_failed"
     assert r.json()["worker"]["failure"]

@@ -21,11 +21,14 @@ CLOCKS = dict(stop_grace=1.0, setup_timeout=30.0, heartbeat_timeout=10.0)
 class Driver(A.JobListener):
     """Plays the loop: answers Spawn and ReadMemory, records the rest."""
 
-    def __init__(self, **overrides):
-        self.core = SupervisorCore(Settings(**{**CLOCKS, **overrides}))
+    def __init__(self, devices=None, **overrides):
+        self.core = SupervisorCore(Settings(**{**CLOCKS, **overrides}), devices=devices)
         self.now = 0.0
         self.next_pid = 100
-        self.sent: list = []          # messages to the child, in order
+        self.sent: list = []          # messages to the children, in order
+        self.sent_to: list = []       # (slot, message), in order
+        self.spawned: list = []       # Spawn actions
+        self.warm_offs: list = []     # WarmOff reasons
         self.signals: list = []       # (signal, group)
         self.events: list = []
         self.results: dict = {}       # job id -> [results]
@@ -50,19 +53,22 @@ class Driver(A.JobListener):
         for a in actions:
             if isinstance(a, A.Spawn):
                 self.next_pid += 1
-                self.apply(self.core.spawned(self.next_pid, 0.0, self.now))
+                self.spawned.append(a)
+                self.apply(self.core.spawned(a.slot, self.next_pid, 0.0, self.now))
             elif isinstance(a, A.Send):
                 assert a.data == a.msg.encode()
-                child = self.core.child
+                slot = self.core.slots[a.slot]
+                child = slot.child
                 if isinstance(a.msg, P.Run):     # only to a live child, never to one going
                     assert child.state is ChildState.BUSY and child.stop_cause is None
                 if isinstance(a.msg, P.Stop) and a.msg.reason.startswith("refresh"):
-                    assert not self.core.in_flight, "a refresh interrupted a running job"
+                    assert not slot.in_flight, "a refresh interrupted a running job"
                 self.sent.append(a.msg)
+                self.sent_to.append((a.slot, a.msg))
             elif isinstance(a, A.Signal):
                 self.signals.append((a.sig, a.group))
             elif isinstance(a, A.ReadMemory):
-                self.apply(self.core.memory(self.reading, self.now))
+                self.apply(self.core.memory(a.slot, self.reading, self.now))
             elif isinstance(a, A.Started):
                 a.listener.on_start(a.job_id)
             elif isinstance(a, A.Progressed):
@@ -71,6 +77,8 @@ class Driver(A.JobListener):
                 a.listener.on_chunk(a.job_id, a.value)
             elif isinstance(a, A.Ended):
                 a.listener.on_result(a.result)
+            elif isinstance(a, A.WarmOff):
+                self.warm_offs.append(a.reason)
             else:
                 raise AssertionError(f"unknown action {a!r}")
 
@@ -78,11 +86,39 @@ class Driver(A.JobListener):
         self.now = t
         self.apply(self.core.tick(t))
 
-    def ready(self, kind=Kind.SYNC, mode=HandlerMode.INLINE, concurrency=1, config=None):
-        self.msg(P.Ready(kind, mode, concurrency, config or {}, []))
+    def worker_event(self, ev) -> bool:
+        """A random sequence's event that is not about one child; False if it is."""
+        kind = ev[0]
+        if kind == "wait":
+            self.at(self.now + ev[1])
+        elif kind == "refresh":
+            self.apply(self.core.refresh("hypothesis", self.now))
+        elif kind == "stop":
+            self.apply(self.core.stop(ev[1], self.now))
+        elif kind == "cancel":
+            self.apply(self.core.cancel(f"j{ev[1]}", ev[2], self.now))
+        else:
+            return False
+        return True
 
-    def msg(self, m):
-        self.apply(self.core.message(m, self.now))
+    def wind_down(self):
+        """Stop, let every stop escalate and every child exit: the core must finish."""
+        self.apply(self.core.stop(0.0, self.now))
+        for _ in range(10):
+            live = [s.index for s in self.core.slots if s.child is not None]
+            if not live:
+                break
+            self.at(self.now + 5)
+            for i in live:
+                self.exit(-9, slot=i)
+        assert self.core.finished
+
+    def ready(self, kind=Kind.SYNC, mode=HandlerMode.INLINE, concurrency=1, config=None,
+              slot=0):
+        self.msg(P.Ready(kind, mode, concurrency, config or {}, []), slot)
+
+    def msg(self, m, slot=0):
+        self.apply(self.core.message(slot, m, self.now))
 
     def submit(self, job_id, **extra):
         job = {"id": job_id, "input": {}, **extra}
@@ -92,13 +128,21 @@ class Driver(A.JobListener):
         """The token of the last run of this job sent to a child."""
         return [m.run for m in self.sent if isinstance(m, P.Run) and m.job["id"] == job_id][-1]
 
-    def done(self, job_id, state=JobState.COMPLETED, body=None, refresh=False, concurrency=1):
+    def done(self, job_id, state=JobState.COMPLETED, body=None, refresh=False, concurrency=1,
+             slot=None):
         reason = Reason.COMPLETED if state is JobState.COMPLETED else Reason.HANDLER_ERROR
-        self.msg(P.Done(self.run_of(job_id), state, reason, body or {"output": job_id},
-                        refresh, concurrency))
+        run = self.run_of(job_id)
+        if slot is None:
+            slot = self.slot_of(job_id)
+        self.msg(P.Done(run, state, reason, body or {"output": job_id}, refresh, concurrency),
+                 slot)
 
-    def exit(self, code):
-        self.apply(self.core.exited(code, ["last line"], self.now))
+    def slot_of(self, job_id):
+        """The slot the last run of this job was sent to."""
+        return [i for i, m in self.sent_to if isinstance(m, P.Run) and m.job["id"] == job_id][-1]
+
+    def exit(self, code, slot=0):
+        self.apply(self.core.exited(slot, code, ["last line"], self.now))
 
     @property
     def child(self):
@@ -453,8 +497,8 @@ def test_every_job_ends_exactly_once_and_runs_only_on_a_live_child(events):
             submitted.add(job_id)
             extra = {"policy": {"executionTimeout": ev[2]}} if ev[2] else {}
             d.submit(job_id, **extra)
-        elif kind == "cancel":
-            d.apply(d.core.cancel(f"j{ev[1]}", ev[2], d.now))
+        elif d.worker_event(ev):
+            pass
         elif kind == "ready" and d.child is not None and d.child.state is ChildState.STARTING:
             d.ready(kind=Kind.ASYNC if ev[1] is HandlerMode.TASKS else Kind.SYNC, mode=ev[1],
                     concurrency=ev[2])
@@ -465,24 +509,11 @@ def test_every_job_ends_exactly_once_and_runs_only_on_a_live_child(events):
                        concurrency=d.child.concurrency)
         elif kind == "exit" and d.child is not None:
             d.exit(ev[1])
-        elif kind == "wait":
-            d.at(d.now + ev[1])
-        elif kind == "refresh":
-            d.apply(d.core.refresh("hypothesis", d.now))
-        elif kind == "stop":
-            d.apply(d.core.stop(ev[1], d.now))
         child = d.child
         if child is not None and d.core.in_flight:
             assert child.state in (ChildState.BUSY, ChildState.STOPPING)
         assert len(d.core.in_flight) <= (child.concurrency if child else 0)
-    # wind down: stop, let every stop escalate, every child exit
-    d.apply(d.core.stop(0.0, d.now))
-    for _ in range(10):
-        if d.child is None:
-            break
-        d.at(d.now + 5)
-        d.exit(-9)
-    assert d.core.finished
+    d.wind_down()
     assert set(d.results) == submitted
     assert all(len(rs) == 1 for rs in d.results.values()), d.results
     assert all(r.state.final for rs in d.results.values() for r in rs)

@@ -147,6 +147,7 @@ def test_healthcheck_against_the_local_api(server):
                  env={"WORKER_SERVE_API": "true", "WORKER_API_PORT": str(s.port)})
     assert ok.returncode == 0 and "healthy: worker running" in ok.stdout
     broken = server("raise_at_import.py")
+    broken.health_until(lambda w: w["state"] != "running")
     bad = run_cli([PYTHON, "-m", "worker.healthcheck"],
                   env={"WORKER_SERVE_API": "true", "WORKER_API_PORT": str(broken.port)})
     assert bad.returncode == 1 and "setup_failed" in bad.stdout

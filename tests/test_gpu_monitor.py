@@ -218,7 +218,7 @@ def test_one_fault_replaces_the_child_once(nvml, harness):
     driver's Xid for the same fault arrives: the fresh child, which has run nothing, keeps
     its place."""
     fake = nvml()
-    h = harness("misbehave.py", probe=NvmlProbe())
+    h = harness("misbehave.py", probe=NvmlProbe(), gpus_per_child=0)     # one child
     first = h.run({"do": "ok"}).output["pid"]
     assert h.run({"do": "cuda_error"}).state is JobState.FAILED
     fresh = h.run({"do": "ok"}).output["pid"]
@@ -235,7 +235,7 @@ def test_one_fault_replaces_the_child_once(nvml, harness):
 
 def test_an_application_xid_after_jobs_replaces_the_child_and_94_is_one(nvml, harness):
     fake = nvml()
-    h = harness("misbehave.py", probe=NvmlProbe())
+    h = harness("misbehave.py", probe=NvmlProbe(), gpus_per_child=0)     # one child
     pid = h.run({"do": "ok"}).output["pid"]
     fake.xid(94)                       # a contained ECC error: restart the application
     assert _events(h, 1)[-1] == ("Xid 94", "replace")
@@ -344,3 +344,20 @@ def test_torchs_cuda_version_is_read_without_importing_it(tmp_path):
         (fake / "version.py").write_text(f"__version__ = '2.13.0'\n{text}\ngit = 'x'\n")
         proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, env=env)
         assert proc.stdout.strip() == expected, proc.stderr
+
+
+def test_one_child_per_gpu_by_uuid_with_its_own_memory_reading(nvml, harness, tmp_path):
+    """Three GPUs that NVML sees: three children by default, each given one GPU's UUID in
+    its CUDA_VISIBLE_DEVICES, and /health reads each child's memory on its own GPU."""
+    nvml()
+    h = harness("children.py", probe=NvmlProbe())
+    assert [c.devices for c in h.sup.status.children] == [(u,) for u in UUIDS]
+    go = tmp_path / "go"
+    jobs = [h.submit({"wait": str(go)}) for _ in UUIDS]
+    assert h.sup.wait_until(lambda s: len(s.running) == 3, 30)
+    go.touch()
+    seen = sorted(r.output["devices"] for r in h.listener.wait(jobs).values())
+    assert seen == sorted(UUIDS)
+    children = h.sup.snapshot()["children"]
+    assert [[d["uuid"] for d in c["memory"]["devices"]] for c in children] == \
+        [[u] for u in UUIDS]

@@ -72,6 +72,16 @@ class Settings:
                                   "or processes (children then start cold).", config=False)
     start_method: str = _setting("forkserver", ("WORKER_START_METHOD",), None,
                                  "forkserver (fast respawn) or spawn.", config=False)
+    children: int = _setting(0, ("WORKER_CHILDREN",), "--children",
+                             "How many children run jobs side by side, each with its own "
+                             "handler module, model and GPU slice; 0 = one per slice of "
+                             "gpus_per_child GPUs, or 1 when no GPU is visible.",
+                             config=False)
+    gpus_per_child: int = _setting(None, ("WORKER_GPUS_PER_CHILD",), "--gpus_per_child",
+                                   "GPUs each child sees (its CUDA_VISIBLE_DEVICES); 0 = one "
+                                   "child with every GPU (a model that spans GPUs). Default: "
+                                   "the GPUs divided evenly among WORKER_CHILDREN, else 1.",
+                                   config=False)
     restart_limit: int = _setting(5, ("WORKER_RESTART_LIMIT",), None,
                                   "Children in a row that die (crash or hang) before finishing "
                                   "a job, within restart_window, that stop respawning (the "

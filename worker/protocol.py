@@ -148,6 +148,7 @@ class Done(Message):
     refresh: bool
     concurrency: int
     peak_vram_mb: float | None = None    # torch's peak allocation during the job, if CUDA
+    gpu: Any = None                      # torch's figures now (as a heartbeat's), if CUDA
 
 
 @_message("heartbeat")

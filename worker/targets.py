@@ -53,7 +53,7 @@ class ChildSpec:
     settings: dict   # without SECRET_SETTINGS
     cwd: str
     preload: list
-    env: dict        # secrets passed on purpose (WORKER_CHILD_ENV_PASS)
+    env: dict        # secrets passed on purpose (WORKER_CHILD_ENV_PASS), its GPUs
     control: Any     # Connection: the child's end of the control socketpair
     stdout: Any      # Connection: write end of the stdout capture pipe
     stderr: Any      # Connection: write end of the stderr capture pipe

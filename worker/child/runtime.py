@@ -333,7 +333,7 @@ class ChildRuntime:
             traceback.print_exc()
         peak = torch_memory()
         msg = P.Done(run, outcome.state, outcome.reason, outcome.body, outcome.refresh,
-                     self.concurrency, peak and peak["peak_mb"])
+                     self.concurrency, peak and peak["peak_mb"], peak)
         try:
             self.send_checked(msg, 2)
         except ValueError as exc:

@@ -1,11 +1,12 @@
 """What the supervisor core asks the loop to do, and what a job source hears.
 
 The core (core.py) never does I/O: each event it handles returns a list of these actions,
-and the loop (supervisor.py) carries them out in order.
+and the loop (supervisor.py) carries them out in order. Actions about a child name its
+slot (the index of the child among the worker's children).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import protocol as P
@@ -24,7 +25,11 @@ class JobListener:
 
 @dataclass
 class Spawn:
-    """Start a child; answer with core.spawned(pid, baseline_mb) or core.spawn_failed()."""
+    """Start a child in `slot`; answer with core.spawned(slot, pid, baseline_mb) or
+    core.spawn_failed(slot, error)."""
+    slot: int = 0
+    env: dict = field(default_factory=dict)   # its CUDA_VISIBLE_DEVICES, WORKER_CHILD_INDEX
+    checks: bool = False                      # fitness checks before Ready (slot's first)
 
 
 @dataclass
@@ -39,18 +44,21 @@ class Send:
     decision of what to do with a job that is not JSON)."""
     msg: P.Message
     data: bytes
+    slot: int = 0
 
 
 @dataclass
 class Signal:
     sig: int
     group: bool = False      # the child's whole process group, not the child alone
+    slot: int = 0
 
 
 @dataclass
 class ReadMemory:
-    """Read the memory probe for the child; answer with core.memory(reading)."""
+    """Read the memory probe for the child; answer with core.memory(slot, reading)."""
     pid: int
+    slot: int = 0
 
 
 @dataclass

@@ -19,37 +19,50 @@ from ..jobs import SAFE_ID, JobError, JobState, Reason, execution_timeout, valid
 from ..protocol import HandlerMode
 from . import blame, recycling
 from .actions import JobListener, Send, Signal, Spawn, Started
-from .breaker import RestartBreaker
+from . import placement
 from .child_events import ChildEvents
+from .failures import Failures
 from .jobbook import JobBook, TrackedJob
 from .lifecycle import ChildRecord, ChildState, StopCause
 from .monitor import classify_xid
-from .status import Status, WorkerState
+from .slots import Slot
+from .status import ChildView, Status, WorkerState
 
 log = logging.getLogger("worker")
 
 
-class SupervisorCore(ChildEvents):
-    def __init__(self, settings: Settings, preload: tuple = (), check_preload: bool = False):
+class SupervisorCore(ChildEvents, Failures):
+    def __init__(self, settings: Settings, preload: tuple = (), check_preload: bool = False,
+                 devices: list | None = None):
+        """`devices`: each child's GPUs (placement.plan), one entry per child; one child
+        with the parent's devices when not given."""
         self.settings = settings          # the one effective Settings (start() keys applied)
         self.preload = list(preload)
         self.check_preload = check_preload
         self.state = WorkerState.RUNNING
         self.failure_message: str | None = None
-        self.child: ChildRecord | None = None
-        self.spawning = False
+        devices = list(devices or [()])
+        self.slots = [Slot(i, tuple(d), shared) for i, (d, shared)
+                      in enumerate(zip(devices, placement.shared(devices)))]
         self._out: list = []               # actions of the current step
         self.jobs = JobBook(self._out, lambda: self.settings)
         self.pending = self.jobs.pending
-        self.in_flight = self.jobs.in_flight
-        self.breaker = RestartBreaker()
         self.shutdown_at: float | None = None
+        self.warm_off = False              # WarmOff asked: start none until all are gone
         self.spawns = 0
         self.last_ready_s: float | None = None
         self.runs = 0                      # run tokens issued (protocol.Run)
         self.handler_kind: P.Kind | None = None
-        self.log_ids: tuple = ()           # jobs the child's output lines belong to
         self.gpu_events: tuple = ()        # the last NVML events: (what, what was done)
+
+    # One-child views (a worker with one child; tests).
+    child = property(lambda self: self.slots[0].child)
+    breaker = property(lambda self: self.slots[0].breaker)
+
+    @property
+    def in_flight(self) -> dict:
+        """Every job in a child now, by run (a copy: each slot owns its own)."""
+        return {run: t for slot in self.slots for run, t in slot.in_flight.items()}
 
     # --- events ------------------------------------------------------------------------
 
@@ -81,14 +94,20 @@ class SupervisorCore(ChildEvents):
                 self.jobs.end(tracked, JobState.CANCELLED, Reason.CANCELLED,
                               "cancelled before it started", now, "Cancelled")
                 return self._step(now)
-        tracked = self._running(job_id)
-        if tracked is not None and not queued_only:
-            self._abandon(tracked, JobState.CANCELLED, Reason.CANCELLED, "cancelled", now)
+        if not queued_only:
+            for slot in self.slots:
+                tracked = slot.find(job_id)
+                if tracked is not None:
+                    self._abandon(slot, tracked, JobState.CANCELLED, Reason.CANCELLED,
+                                  "cancelled", now)
+                    break
         return self._step(now)
 
     def refresh(self, reason: str, now: float) -> list:
-        if self.child is not None and self.child.refresh_reason is None:
-            self.child.refresh_reason = reason
+        """Replace every child once it is idle."""
+        for slot in self.slots:
+            if slot.child is not None and slot.child.refresh_reason is None:
+                slot.child.refresh_reason = reason
         return self._step(now)
 
     def stop(self, grace: float, now: float) -> list:
@@ -101,23 +120,27 @@ class SupervisorCore(ChildEvents):
 
     def gpu_event(self, xid: int, what: str, now: float) -> list:
         """An Xid or ECC event from NVML. Events carry no process: an application Xid is
-        put on the child that could have caused it, the one running jobs now."""
+        put on the children that could have caused it, the ones running jobs now."""
         kind = classify_xid(xid) if what == "xid" else "unhealthy"
         label = f"Xid {xid}" if what == "xid" else what
-        child = self.child
         if kind == "note":
             action = "noted"
             log.info("GPU reported %s: recorded by the driver, nothing to do", label)
         elif kind == "replace":
-            if child is None or child.refresh_reason is not None or child.stop_cause:
+            live = [s.child for s in self.slots if s.child is not None
+                    and s.child.refresh_reason is None and not s.child.stop_cause]
+            busy = [c for c in live if c.jobs_run or self.slots[c.slot].in_flight]
+            if not live:
                 action = "ignored: the worker process is already being replaced"
-            elif child.jobs_run == 0 and not self.in_flight:
+            elif not busy:
                 action = "ignored: it belongs to a worker process already replaced"
             else:
                 action = "replace"
-                log.warning("GPU reported application %s: the worker process's CUDA context "
-                            "is poisoned; replacing it after the running job", label)
-                child.refresh_reason = f"GPU {label}"
+                log.warning("GPU reported application %s: the CUDA context of worker "
+                            "process %s is poisoned; replacing it after the running job",
+                            label, ", ".join(str(c.pid) for c in busy))
+                for child in busy:
+                    child.refresh_reason = f"GPU {label}"
             if action != "replace":
                 log.info("GPU reported application %s, %s", label, action[9:])
         else:
@@ -125,47 +148,55 @@ class SupervisorCore(ChildEvents):
             self.failure_message = f"the GPU is unhealthy ({label})"
             self._break(self.failure_message, "GpuUnhealthy",
                         "no more jobs; the platform should replace this worker")
-            if child is not None:
-                self._stop_child(StopCause.GPU_UNHEALTHY, self.failure_message, now,
-                                 interrupt=True)
+            for slot in self.slots:
+                if slot.child is not None:
+                    self._stop_child(slot, StopCause.GPU_UNHEALTHY, self.failure_message,
+                                     now, interrupt=True)
         self.gpu_events = (*self.gpu_events, (label, action))[-10:]
         return self._step(now)
 
-    def spawned(self, pid: int, baseline_mb: float, now: float) -> list:
+    def spawned(self, index: int, pid: int, baseline_mb: float, now: float) -> list:
         s = self.settings
-        self.spawning = False
+        slot = self.slots[index]
+        slot.spawning = False
+        slot.spawns += 1
         self.spawns += 1
-        self.child = ChildRecord(pid, now, now + s.setup_timeout if s.setup_timeout > 0 else None,
-                                 last_beat=now, baseline_mb=baseline_mb)
+        slot.child = ChildRecord(pid, now, now + s.setup_timeout if s.setup_timeout > 0
+                                 else None, last_beat=now, baseline_mb=baseline_mb,
+                                 slot=index)
         return self._step(now)
 
-    def spawn_skipped(self, now: float) -> list:
+    def spawn_skipped(self, index: int, now: float) -> list:
         """The loop did not start the child it was asked for: the worker is stopping."""
-        self.spawning = False
+        self.slots[index].spawning = False
         return self._step(now)
 
-    def spawn_failed(self, error: str, now: float) -> list:
-        self.spawning = False
-        self._setup_failed(f"the worker process could not be started: {error}", "")
+    def spawn_failed(self, index: int, error: str, now: float) -> list:
+        slot = self.slots[index]
+        slot.spawning = False
+        self._child_setup_failed(slot, f"the worker process could not be started: {error}",
+                                 "", [])
         return self._step(now)
 
-    def memory(self, reading: Any, now: float) -> list:
-        """The reading asked for with ReadMemory (None if the probe failed)."""
-        child = self.child
+    def memory(self, index: int, reading: Any, now: float) -> list:
+        """The reading asked for with ReadMemory (None if the probe failed), of the
+        slot's child and its GPUs."""
+        slot = self.slots[index]
+        child = slot.child
         if child is not None and child.checking_memory:
             child.checking_memory = False
             if reading is not None and child.refresh_reason is None:
-                child.refresh_reason = recycling.memory_verdict(reading, child, self.settings)
+                child.refresh_reason = recycling.memory_verdict(reading, child, self.settings,
+                                                                own_only=slot.shared)
         return self._step(now)
 
     def tick(self, now: float) -> list:
-        """Time has passed (also the first event: it asks for the first child)."""
+        """Time has passed (also the first event: it asks for the first children)."""
         return self._step(now)
 
     def fail_everything(self, error_type: str, text: str) -> list:
         """The loop itself failed: every job still held ends now."""
-        self.jobs.fail_all(Reason.REFUSED, error_type, text)
-        self.log_ids = ()
+        self._fail_all(Reason.REFUSED, error_type, text)
         out = self._out[:]
         self._out.clear()
         return out
@@ -173,8 +204,8 @@ class SupervisorCore(ChildEvents):
     def internal_error(self, text: str, job: Any, listener: JobListener | None,
                        now: float) -> list:
         """An event raised inside the core (a bug, or input nothing anticipated). The job
-        it carried, if any, fails; the child, whose jobs may have been left half-handled,
-        is replaced with them failed; queued jobs go on."""
+        it carried, if any, fails; the children, whose jobs may have been left
+        half-handled, are replaced with them failed; queued jobs go on."""
         self._out.clear()
         held = [*self.pending, *self.in_flight.values()]
         if listener is not None and not any(t.listener is listener and t.job is job
@@ -182,14 +213,16 @@ class SupervisorCore(ChildEvents):
             tracked = TrackedJob({"id": _some_id(job)}, listener, now)
             self.jobs.refuse(tracked, f"the worker failed on this job: {text}"[:1000],
                              counted=False)
-        for tracked in list(self.in_flight.values()):
-            self.jobs.end(tracked, JobState.FAILED, Reason.WORKER_LOST,
-                          f"the worker failed while this job ran: {text}"[:1000], now,
-                          "WorkerError")
-        self.in_flight.clear()
-        self.log_ids = ()
-        if self.child is not None and self.child.state is not ChildState.STOPPING:
-            self._stop_child(StopCause.INTERNAL_ERROR, "internal error", now, interrupt=True)
+        for slot in self.slots:
+            for tracked in list(slot.in_flight.values()):
+                self.jobs.end(tracked, JobState.FAILED, Reason.WORKER_LOST,
+                              f"the worker failed while this job ran: {text}"[:1000], now,
+                              "WorkerError")
+            slot.in_flight.clear()
+            slot.log_ids = ()
+            if slot.child is not None and slot.child.state is not ChildState.STOPPING:
+                self._stop_child(slot, StopCause.INTERNAL_ERROR, "internal error", now,
+                                 interrupt=True)
         return self._step(now)
 
     # --- queries -----------------------------------------------------------------------
@@ -197,45 +230,34 @@ class SupervisorCore(ChildEvents):
     @property
     def finished(self) -> bool:
         """Shut down, with no child left: the loop may end."""
-        return self.shutdown_at is not None and self.child is None and not self.spawning
-
-    def _running(self, job_id: str) -> TrackedJob | None:
-        for tracked in self.in_flight.values():
-            if tracked.id == job_id:
-                return tracked
-        return None
+        return self.shutdown_at is not None and not any(
+            s.child is not None or s.spawning for s in self.slots)
 
     def next_deadline(self) -> float | None:
-        times = [t.deadline for t in self.in_flight.values() if t.deadline is not None]
-        child = self.child
-        if child is not None:
-            times.append(child.deadline(self.settings.heartbeat_timeout))
-            if self.shutdown_at is not None:
-                times.append(self.shutdown_at)
+        times = []
+        heartbeat = self.settings.heartbeat_timeout
+        for slot in self.slots:
+            times.extend(t.deadline for t in slot.in_flight.values() if t.deadline is not None)
+            child = slot.child
+            if child is not None:
+                times.append(child.deadline(heartbeat))
+                if self.shutdown_at is not None:
+                    times.append(self.shutdown_at)
         times = [t for t in times if t is not None]
         return min(times) if times else None
 
     def status(self) -> Status:
-        c = self.child
-        capacity = 0
-        if c is not None and c.accepting and self.state is WorkerState.RUNNING \
-                and self.shutdown_at is None:
-            capacity = c.concurrency
-        return Status(
-            self.settings, self.state, self.failure_message,
-            c.pid if c else None, c.state if c else None, self.handler_kind,
-            c.mode if c else None, c.concurrency if c else 1, capacity,
-            tuple(c.preloaded) if c else (), c.jobs_run if c else 0, c.rss if c else 0,
-            c.torch if c else None, c.baseline_mb if c else 0.0, self.spawns,
-            len(self.pending), tuple(t.id for t in self.in_flight.values()), self.log_ids,
-            self.jobs.finished,
-            self.last_ready_s, self.gpu_events)
+        running = self.state is WorkerState.RUNNING and self.shutdown_at is None
+        return Status(self.settings, self.state, self.failure_message, self.handler_kind,
+                      tuple(_view(s, running) for s in self.slots), self.spawns,
+                      len(self.pending), self.jobs.finished, self.last_ready_s,
+                      self.gpu_events)
 
     # --- the step after every event ---------------------------------------------------
 
     def _step(self, now: float) -> list:
         self._check_clocks(now)
-        self._ensure_child()
+        self._ensure_children()
         self._dispatch(now)
         if self.finished:            # no child will come for what is still queued
             for tracked in self.pending:
@@ -245,132 +267,129 @@ class SupervisorCore(ChildEvents):
         self._out.clear()
         return out
 
-    def _ensure_child(self) -> None:
-        if (self.child is None and not self.spawning and self.state is WorkerState.RUNNING
-                and self.shutdown_at is None):
-            self.spawning = True
-            self._out.append(Spawn())
+    def _ensure_children(self) -> None:
+        if self.state is not WorkerState.RUNNING or self.shutdown_at is not None:
+            return
+        if self.warm_off:     # the forkserver restarts cold only with no child alive
+            if any(s.child is not None or s.spawning for s in self.slots):
+                return
+            self.warm_off = False
+        for slot in self.slots:
+            if slot.child is None and not slot.spawning and slot.out is None:
+                slot.spawning = True
+                self._out.append(Spawn(slot.index, slot.env(), checks=not slot.ever_ready))
 
     def _dispatch(self, now: float) -> None:
-        child = self.child
-        if child is None:
+        for slot in self.slots:
+            child = slot.child
+            if child is not None and child.live and child.refresh_reason \
+                    and not slot.in_flight and not child.checking_memory:
+                log.info("refreshing the worker process%s: %s", slot.label(self.slots),
+                         child.refresh_reason)
+                self._stop_child(slot, StopCause.REFRESH, f"refresh: {child.refresh_reason}",
+                                 now)
+        if not self.pending or self.shutdown_at is not None:
             return
-        if child.live and child.refresh_reason and not self.in_flight \
-                and not child.checking_memory:
-            log.info("refreshing the worker process: %s", child.refresh_reason)
-            self._stop_child(StopCause.REFRESH, f"refresh: {child.refresh_reason}", now)
+        open_slots = [s for s in self.slots if s.room() > 0]
+        while self.pending and open_slots:
+            if len(open_slots) > 1:      # the least loaded, then the longest idle, first
+                open_slots.sort(key=lambda s: (len(s.in_flight) / s.child.concurrency,
+                                               s.last_run))
+            for slot in open_slots:
+                child = slot.child
+                i = blame.next_runnable(self.pending, slot.in_flight.values(),
+                                        child.abandoned_ids if child.cancels else ())
+                if i is not None:
+                    tracked = self.pending[i]
+                    del self.pending[i]
+                    self._start(slot, tracked, now)
+                    if slot.room() <= 0:
+                        open_slots.remove(slot)
+                    break
+            else:
+                return
+
+    def _start(self, slot: Slot, tracked: TrackedJob, now: float) -> None:
+        tracked.started = now
+        limit = execution_timeout(tracked.job, self.settings.job_timeout)
+        tracked.deadline = now + limit if limit > 0 else None
+        self.runs += 1
+        tracked.run = self.runs
+        msg = P.Run(tracked.run, tracked.job, tracked.raw)
+        try:
+            data = msg.encode()
+        except Exception as exc:   # noqa: BLE001 - not JSON, a lone surrogate, too deep...
+            self.jobs.refuse(tracked, f"the job cannot be sent to the worker process: "
+                                      f"{type(exc).__name__}: {exc}"[:1000])
             return
-        while (self.pending and child.accepting and self.shutdown_at is None
-               and len(self.in_flight) < child.concurrency):
-            tracked = self._next_pending(child)
-            if tracked is None:
-                break
-            tracked.started = now
-            limit = execution_timeout(tracked.job, self.settings.job_timeout)
-            tracked.deadline = now + limit if limit > 0 else None
-            self.runs += 1
-            tracked.run = self.runs
-            msg = P.Run(tracked.run, tracked.job, tracked.raw)
-            try:
-                data = msg.encode()
-            except Exception as exc:   # noqa: BLE001 - not JSON, a lone surrogate, too deep...
-                self.jobs.refuse(tracked, f"the job cannot be sent to the worker process: "
-                                          f"{type(exc).__name__}: {exc}"[:1000])
-                continue
-            self._out.append(Send(msg, data))
-            self.in_flight[tracked.run] = tracked
-            self.log_ids = self._running_ids()
-            child.state = ChildState.BUSY
-            self._out.append(Started(tracked.listener, tracked.id))
-
-    def _next_pending(self, child: ChildRecord) -> TrackedJob | None:
-        i = blame.next_runnable(self.pending, self.in_flight.values(),
-                                child.abandoned_ids if child.cancels else ())
-        if i is None:
-            return None
-        tracked = self.pending[i]
-        del self.pending[i]
-        return tracked
-
-    def _running_ids(self) -> tuple:
-        return tuple(t.id for t in self.in_flight.values())
+        self._out.append(Send(msg, data, slot.index))
+        slot.in_flight[tracked.run] = tracked
+        slot.last_run = tracked.run
+        slot.log_ids = slot.running_ids()
+        slot.child.state = ChildState.BUSY
+        self._out.append(Started(tracked.listener, tracked.id))
 
     def _check_clocks(self, now: float) -> None:
-        for tracked in list(self.in_flight.values()):
-            if tracked.deadline is not None and now >= tracked.deadline:
-                limit = tracked.deadline - tracked.started
-                self._abandon(tracked, JobState.TIMED_OUT, Reason.TIMED_OUT,
-                              f"the job ran longer than its execution timeout of {limit:g}s", now)
-        child = self.child
-        if child is None:
-            return
         s = self.settings
-        due = child.due(now, s.stop_grace, s.heartbeat_timeout, self.shutdown_at,
-                        busy=bool(self.in_flight))
-        if isinstance(due, Signal):
-            log.warning("child %d did not stop within %.1fs; sending %s to its process "
-                        "group", child.pid, s.stop_grace, due.sig.name)
-            self._out.append(due)
-        elif due is not None:
-            cause, text, interrupt = due
-            self._stop_child(cause, text, now, interrupt)
+        for slot in self.slots:
+            for tracked in list(slot.in_flight.values()):
+                if tracked.deadline is not None and now >= tracked.deadline:
+                    limit = tracked.deadline - tracked.started
+                    self._abandon(slot, tracked, JobState.TIMED_OUT, Reason.TIMED_OUT,
+                                  f"the job ran longer than its execution timeout of "
+                                  f"{limit:g}s", now)
+            child = slot.child
+            if child is None:
+                continue
+            due = child.due(now, s.stop_grace, s.heartbeat_timeout, self.shutdown_at,
+                            busy=bool(slot.in_flight))
+            if isinstance(due, Signal):
+                log.warning("child %d did not stop within %.1fs; sending %s to its process "
+                            "group", child.pid, s.stop_grace, due.sig.name)
+                self._out.append(due)
+            elif due is not None:
+                cause, text, interrupt = due
+                self._stop_child(slot, cause, text, now, interrupt)
 
     # --- endings ------------------------------------------------------------------------
 
-    def _stop_child(self, cause: StopCause, text: str, now: float,
+    def _stop_child(self, slot: Slot, cause: StopCause, text: str, now: float,
                     interrupt: bool = False) -> None:
-        child = self.child
+        child = slot.child
         actions = child.begin_stop(cause, text, now, self.settings.stop_grace, interrupt)
         if actions:
             log.info("stopping child %d: %s", child.pid, text)
             self._out.extend(actions)
 
-    def _abandon(self, tracked: TrackedJob, state: JobState, reason: Reason, text: str,
-                 now: float, error_type: str | None = None) -> None:
+    def _abandon(self, slot: Slot, tracked: TrackedJob, state: JobState, reason: Reason,
+                 text: str, now: float, error_type: str | None = None) -> None:
         """End a running job now (timeout or cancel) and make sure its work stops."""
-        child = self.child
-        del self.in_flight[tracked.run]
-        self.log_ids = self._running_ids()
+        child = slot.child
+        del slot.in_flight[tracked.run]
+        slot.log_ids = slot.running_ids()
         if error_type is None:
             error_type = "TimedOut" if state is JobState.TIMED_OUT else "Cancelled"
         self.jobs.end(tracked, state, reason, text, now, error_type)
         if child is None or child.state is ChildState.STOPPING:
             return
         if child.mode is HandlerMode.INLINE:
-            self._stop_child(StopCause.JOB_ENDED, f"job {tracked.id} {reason.value}", now,
-                             interrupt=True)
+            self._stop_child(slot, StopCause.JOB_ENDED, f"job {tracked.id} {reason.value}",
+                             now, interrupt=True)
             return
         cancel = P.Cancel(tracked.run)
-        self._out.append(Send(cancel, cancel.encode()))
+        self._out.append(Send(cancel, cancel.encode(), slot.index))
         child.cancels[tracked.run] = (tracked.id, now + self.settings.stop_grace)
-        if not self.in_flight and child.state is ChildState.BUSY:
+        if not slot.in_flight and child.state is ChildState.BUSY:
             child.state = ChildState.READY
 
-    def _setup_failed(self, message: str, details: str, tail: list = ()) -> None:
-        self.state = WorkerState.SETUP_FAILED
-        self.failure_message = message
-        text = f"handler setup failed: {message}"
-        if details:
-            text += "\n" + details.rstrip()
-        elif tail:
-            text += "\nlast output of the worker process:\n" + "\n".join(tail)
-        log.error(text)
-        self._fail_all(Reason.REFUSED, "SetupFailed", f"handler setup failed: {message}",
-                       details or "\n".join(tail))
-
-    def _break(self, message: str, error_type: str, advice: str = "") -> None:
-        self.state = WorkerState.BROKEN
-        log.error("%s%s", message, f": {advice}" if advice else "")
-        self._fail_all(Reason.REFUSED, error_type, message)
-
-    def _unavailable(self) -> str:
-        if self.state is WorkerState.RUNNING:
-            return "the worker is shutting down"
-        return f"the worker cannot run jobs: {self.failure_message}"
-
-    def _fail_all(self, reason: Reason, error_type: str, text: str, details: str = "") -> None:
-        self.jobs.fail_all(reason, error_type, text, details)
-        self.log_ids = ()
+def _view(slot: Slot, running: bool) -> ChildView:
+    c = slot.child
+    return ChildView(slot.index, slot.devices, c.pid if c else None, c.state if c else None,
+                     c.mode if c else None, c.concurrency if c else 1,
+                     c.concurrency if running and c is not None and c.accepting else 0,
+                     tuple(c.preloaded) if c else (), c.jobs_run if c else 0,
+                     c.rss if c else 0, c.torch if c else None, c.baseline_mb if c else 0.0,
+                     slot.running_ids(), slot.log_ids, slot.out, slot.spawns)
 
 
 def _some_id(job: Any) -> str:

@@ -1,7 +1,8 @@
-"""The jobs the supervisor holds (queued, in the child) and their one final report.
+"""The jobs the supervisor holds and their one final report.
 
-Owned by the supervisor core, used from its thread only. `report` is the single place a
-job ends: it turns into one `Ended` action, and never a second time.
+Owned by the supervisor core, used from its thread only. The queue is here; a job in a
+child is in that child's slot (slots.py). `report` is the single place a job ends: it
+turns into one `Ended` action, and never a second time.
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ class JobBook:
         self._out = out                   # the core's action list for the current step
         self._settings = settings
         self.pending: collections.deque[TrackedJob] = collections.deque()
-        self.in_flight: dict[int, TrackedJob] = {}   # run -> job, in the child now
         self.active_ids: set = set()      # ids pending or in flight
         self.finished = 0
 
@@ -63,12 +63,13 @@ class JobBook:
             result.execution_ms = int((now - tracked.started) * 1000)
         self.report(tracked, result)
 
-    def fail_all(self, reason: Reason, error_type: str, text: str, details: str = "") -> None:
-        for tracked in list(self.pending) + list(self.in_flight.values()):
+    def fail_all(self, running: list, reason: Reason, error_type: str, text: str,
+                 details: str = "") -> None:
+        """Fail the queue and `running` (the jobs in children, whose slots let go of them)."""
+        for tracked in list(self.pending) + list(running):
             self.report(tracked, self.failure(tracked.id, JobState.FAILED, reason, error_type,
                                               text, details))
         self.pending.clear()
-        self.in_flight.clear()
 
     def failure(self, job_id: str, state: JobState, reason: Reason, error_type: str, text: str,
                 details: str = "") -> JobResult:

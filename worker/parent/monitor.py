@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 from ..gpus import visible_devices
@@ -60,6 +60,14 @@ class Reading:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def only(self, devices: tuple) -> "Reading":
+        """The reading of these devices alone (a child's CUDA_VISIBLE_DEVICES entries:
+        UUIDs or indices); the whole reading when `devices` is empty."""
+        if not devices:
+            return self
+        keep = [d for d in self.devices if d.uuid in devices or str(d.index) in devices]
+        return replace(self, devices=keep)
 
 
 class HostProbe:

@@ -46,8 +46,11 @@ def watches_memory(settings: Settings) -> bool:
     return settings.max_rss_mb > 0 or settings.max_vram_mb > 0 or settings.max_vram_fraction > 0
 
 
-def memory_verdict(reading: Any, child: ChildRecord, settings: Settings) -> str | None:
-    """Between jobs: is the child over a memory limit? `reading` is a monitor.Reading."""
+def memory_verdict(reading: Any, child: ChildRecord, settings: Settings,
+                   own_only: bool = False) -> str | None:
+    """Between jobs: is the child over a memory limit? `reading` is a monitor.Reading of
+    the child's GPUs. `own_only`: another child shares them, so the device's growth is not
+    this child's; only its own allocator's reservation counts."""
     s = settings
     if s.max_rss_mb > 0 and reading.child_rss_mb > s.max_rss_mb:
         return (f"its resident memory is {reading.child_rss_mb:.0f} MiB "
@@ -57,8 +60,8 @@ def memory_verdict(reading: Any, child: ChildRecord, settings: Settings) -> str 
         fraction_limit = s.max_vram_fraction * reading.device_total_mb
         vram_limit = min(vram_limit, fraction_limit) if vram_limit else fraction_limit
     if vram_limit > 0:
-        grown = max(reading.device_used_mb - child.baseline_mb,
-                    (child.torch or {}).get("reserved_mb", 0.0))
+        own = (child.torch or {}).get("reserved_mb", 0.0)
+        grown = own if own_only else max(reading.device_used_mb - child.baseline_mb, own)
         if grown > vram_limit:
             return (f"GPU memory in use grew {grown:.0f} MiB over its baseline of "
                     f"{child.baseline_mb:.0f} MiB (limit {vram_limit:.0f} MiB)")

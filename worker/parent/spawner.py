@@ -185,7 +185,11 @@ class Spawner:
             server.ensure_running()
             _server_warm_key = self.warm_key
 
-    def spawn(self, target, settings: Settings, checks: bool = False) -> ChildProcess:
+    def spawn(self, target, settings: Settings, checks: bool = False,
+              env: dict | None = None) -> ChildProcess:
+        """Start a child. `env`: variables its environment gets (its CUDA_VISIBLE_DEVICES):
+        a forkserver's children inherit the forkserver's environment, so they travel in
+        the spec."""
         ctx = self.ctx
         control, child_control = ctx.Pipe(duplex=True)
         for conn in (control, child_control):   # big jobs cross in fewer round trips
@@ -195,6 +199,7 @@ class Spawner:
         life_r, life_w = ctx.Pipe(duplex=False)
         passed = {name: os.environ[name] for name in settings.child_env_pass
                   if name in SECRET_ENV and name in os.environ}
+        passed.update(env or {})
         given = {k: v for k, v in settings.to_dict().items() if k not in SECRET_SETTINGS}
         spec = ChildSpec(target, given, os.getcwd(), self.preload, passed,
                          child_control, out_w, err_w, life_r, checks)

@@ -18,32 +18,78 @@ class WorkerState(str, enum.Enum):
     STOPPED = "stopped"
 
 
+class ChildView(NamedTuple):
+    """One child (one slot) as published."""
+    slot: int
+    devices: tuple                     # its CUDA_VISIBLE_DEVICES entries; () = the parent's
+    pid: int | None
+    state: ChildState | None
+    mode: HandlerMode | None
+    concurrency: int
+    capacity: int                      # jobs it would take now, in all (0: not accepting)
+    preloaded: tuple
+    jobs_run: int                      # by the child in it now
+    rss_bytes: int
+    torch: dict | None
+    baseline_mb: float
+    running: tuple                     # ids of the jobs in it now
+    log_ids: tuple                     # ids to tag its output with
+    out: str | None                    # out of service, and why
+    spawns: int
+
+    @property
+    def ready(self) -> bool:
+        return self.state in (ChildState.READY, ChildState.BUSY)
+
+    def to_dict(self) -> dict:
+        return {"slot": self.slot, "devices": list(self.devices), "pid": self.pid,
+                "state": self.state.value if self.state else ("out" if self.out else None),
+                "mode": self.mode.value if self.mode else "",
+                "concurrency": self.concurrency, "preloaded": list(self.preloaded),
+                "jobs_run": self.jobs_run, "rss_bytes": self.rss_bytes,
+                "running": len(self.running), "restarts": max(0, self.spawns - 1),
+                "out_of_service": self.out}
+
+
 class Status(NamedTuple):      # a tuple: immutable, and cheap to make after every step
     settings: Settings                 # the effective settings (start() keys applied)
     state: WorkerState
     failure: str | None
-    child_pid: int | None
-    child_state: ChildState | None
     kind: Kind | None                  # the handler's kind, as the last ready child said
-    mode: HandlerMode | None
-    concurrency: int
-    capacity: int                      # jobs the child would take now (0: not accepting)
-    preloaded: tuple
-    jobs_run: int                      # by the current child
-    rss_bytes: int
-    torch: dict | None
-    baseline_mb: float
+    children: tuple                    # ChildView, one per slot
     spawns: int                        # children started so far
     pending: int
-    running: tuple                     # ids of jobs in the child now
-    log_ids: tuple                     # ids to tag the child's output with
     finished: int
     last_ready_s: float | None
     gpu_events: tuple = ()             # the last NVML events: (what, what was done)
 
+    # The first child, for a worker with one (and its logs, tests, the one-shot runner).
+    child_pid = property(lambda self: self.children[0].pid)
+    child_state = property(lambda self: self.children[0].state)
+    mode = property(lambda self: self.children[0].mode)
+    preloaded = property(lambda self: self.children[0].preloaded)
+    jobs_run = property(lambda self: self.children[0].jobs_run)
+    rss_bytes = property(lambda self: self.children[0].rss_bytes)
+    torch = property(lambda self: self.children[0].torch)
+    baseline_mb = property(lambda self: self.children[0].baseline_mb)
+
+    @property
+    def concurrency(self) -> int:
+        """Jobs the ready children run at once, together (1 before any is ready)."""
+        return sum(c.concurrency for c in self.children if c.ready) or 1
+
+    @property
+    def capacity(self) -> int:
+        """Jobs the worker would hold in its children now (0: none is accepting)."""
+        return sum(c.capacity for c in self.children)
+
+    @property
+    def running(self) -> tuple:
+        return tuple(i for c in self.children for i in c.running)
+
     @property
     def restarts(self) -> int:
-        return max(0, self.spawns - 1)
+        return max(0, self.spawns - len(self.children))
 
     @property
     def streams(self) -> bool:
@@ -51,7 +97,13 @@ class Status(NamedTuple):      # a tuple: immutable, and cheap to make after eve
 
     @property
     def ready(self) -> bool:
-        return self.child_state in (ChildState.READY, ChildState.BUSY)
+        """A child can take jobs."""
+        return any(c.ready for c in self.children)
+
+    @property
+    def degraded(self) -> bool:
+        """Running, with some children out of service."""
+        return self.state is WorkerState.RUNNING and any(c.out for c in self.children)
 
     def ping_code(self) -> int:
         """GET /ping as RunPod's load balancer reads it: 200 a child can take jobs, 204
@@ -63,14 +115,17 @@ class Status(NamedTuple):      # a tuple: immutable, and cheap to make after eve
 
     def to_dict(self) -> dict:
         """The /health shape of the worker (without memory)."""
+        first = self.children[0]
         return {
             "state": self.state.value,
-            "child": None if self.child_pid is None else {
-                "pid": self.child_pid, "state": self.child_state.value,
-                "kind": self.kind.value if self.mode and self.kind else "",
-                "mode": self.mode.value if self.mode else "",
-                "concurrency": self.concurrency, "preloaded": list(self.preloaded),
-                "jobs_run": self.jobs_run, "rss_bytes": self.rss_bytes},
+            "degraded": self.degraded,
+            "child": None if first.pid is None else {
+                "pid": first.pid, "state": first.state.value,
+                "kind": self.kind.value if first.mode and self.kind else "",
+                "mode": first.mode.value if first.mode else "",
+                "concurrency": first.concurrency, "preloaded": list(first.preloaded),
+                "jobs_run": first.jobs_run, "rss_bytes": first.rss_bytes},
+            "children": [c.to_dict() for c in self.children],
             "restarts": self.restarts,
             "jobs": {"pending": self.pending, "in_progress": len(self.running),
                      "finished": self.finished},

@@ -2,8 +2,8 @@
 actions it returns.
 
 The public methods (any thread) only queue commands and wake the loop. The loop waits on
-one selector: the child's channel, the child's exit sentinel and a wake-up pipe, with a
-timeout set by the core's nearest deadline. After every step it publishes a frozen
+one selector: each child's channel and exit sentinel (child_io.py) and a wake-up pipe,
+with a timeout set by the core's nearest deadline. After every step it publishes a frozen
 Status: the only view of the supervisor other threads get.
 """
 from __future__ import annotations
@@ -19,16 +19,16 @@ from .. import protocol as P
 from ..config import Settings
 from ..jobs import JobResult, JobState, Reason, failure
 from . import actions as A
-from . import device_settle, preloads
+from . import placement, preloads
 from .actions import JobListener
-from .channel import Channel
+from .child_io import ChildIO, ChildWiring, _only
+from .commands import Commands
 from .core import SupervisorCore
 from .health_file import HealthFile
 from .lifecycle import ChildState
 from .monitor import make_probe
-from .commands import Commands
-from .output import OutputPump, log_child_line
-from .spawner import ChildProcess, Spawner
+from .output import log_child_line
+from .spawner import Spawner
 from .status import Status, WorkerState
 
 log = logging.getLogger("worker")
@@ -45,31 +45,40 @@ def exit_process(message: str) -> None:
     os._exit(70)
 
 
-class Supervisor:
+class Supervisor(ChildWiring):
     def __init__(self, settings: Settings, target: Any, spawner: Spawner | None = None,
                  output_sink: Callable | None = None, probe: Any = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_fatal: Callable[[str], None] | None = None):
+                 on_fatal: Callable[[str], None] | None = None,
+                 devices: list | None = None, one_child: bool = False):
+        """`devices`: each child's GPUs, one entry per child; by default placement.plan
+        of the GPUs visible here, WORKER_CHILDREN and WORKER_GPUS_PER_CHILD (only its
+        first child with `one_child`)."""
         self.target = target
         self.spawner = spawner or Spawner(
             settings.start_method,
             settings.preload + tuple(m for m in preloads.implied(target)
                                      if m not in settings.preload),
             warm=target if settings.warm_refresh else None)
+        if devices is None:
+            devices = placement.plan(
+                placement.visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES")),
+                settings.gpus_per_child, settings.children)[:1 if one_child else None]
+        if len(devices) > 1:
+            log.info("%d children: %s", len(devices), "; ".join(
+                f"{i}: {','.join(d) or 'no GPU'}" for i, d in enumerate(devices)))
         self.core = SupervisorCore(settings, tuple(self.spawner.preload),
-                                   check_preload=self.spawner.method == "forkserver")
+                                   check_preload=self.spawner.method == "forkserver",
+                                   devices=devices)
         self.output_sink = output_sink or log_child_line
         self.probe = probe               # monitor.HostProbe/NvmlProbe, or any .read(pid)
         self.clock = clock
         self.on_fatal = on_fatal         # the loop itself died: the process should exit
         self.status: Status = self.core.status()
-        self._proc: ChildProcess | None = None
-        self._channel: Channel | None = None
-        self._pump: OutputPump | None = None
-        self._watching_writes = False
+        self._io: list[ChildIO | None] = [None] * len(devices)     # per slot
         self._dirty = False              # the core changed since the last publish
         self._fresh = False              # self.status was computed after the last change
-        self._previous_baseline: float | None = None   # of the child that exited last
+        self._previous_baseline: list = [None] * len(devices)   # of the slot's last child
         self._health = HealthFile(settings.health_file) if settings.health_file else None
         self._probe_stop = threading.Event()
         self._commands = Commands()
@@ -117,10 +126,11 @@ class Supervisor:
         self._command(self.core.gpu_event, xid, what)
 
     def kill_child_group(self, sig: int) -> None:
-        """Signal the child's process group now (a second SIGTERM: no time for courtesy)."""
-        proc = self._proc
-        if proc is not None:
-            proc.signal_group(sig)
+        """Signal every child's process group now (a second SIGTERM: no time for
+        courtesy)."""
+        for io in list(self._io):
+            if io is not None:
+                io.proc.signal_group(sig)
 
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
@@ -150,7 +160,8 @@ class Supervisor:
     child_pid = property(lambda self: self.status.child_pid)
 
     def snapshot(self) -> dict:
-        """The worker for /health: the status, and memory read now."""
+        """The worker for /health: the status, and memory read now (each child's with its
+        GPUs, when there are several)."""
         status = self.status
         out = status.to_dict()
         out["warm_refresh"] = self.spawner.warm_status
@@ -158,6 +169,11 @@ class Supervisor:
             reading = self.probe.read(status.child_pid)
             out["memory"] = {**reading.to_dict(), "baseline_mb": status.baseline_mb,
                              "child_torch": status.torch}
+            if len(status.children) > 1:
+                for view, entry in zip(status.children, out["children"]):
+                    mine = _only(self.probe.read(view.pid), view.devices)
+                    entry["memory"] = {**mine.to_dict(), "baseline_mb": view.baseline_mb,
+                                       "child_torch": view.torch}
         except Exception as exc:       # a monitor must never break the worker
             out["memory"] = {"probe": "error", "error": str(exc)}
         return out
@@ -208,21 +224,23 @@ class Supervisor:
                     self._publish()
                 deadline = core.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - self.clock())
-                exited = False
+                exited = []
                 ready = self._sel.select(timeout)
                 for key, events in ready:
                     if key.data == "wake":
                         self._commands.woken()
-                    elif key.data == "ctrl":
+                        continue
+                    what, index = key.data
+                    if what == "ctrl":
                         if events & selectors.EVENT_WRITE:
-                            self._channel.flush()
-                            self._watch_writes()
+                            self._io[index].channel.flush()
+                            self._watch_writes(index)
                         if events & selectors.EVENT_READ:
-                            self._read()
-                    elif key.data == "exit":
-                        exited = True
-                if exited:        # last: the channel's final messages are read first
-                    self._child_exited()
+                            self._read(index)
+                    else:
+                        exited.append(index)
+                for index in exited:   # last: the channel's final messages are read first
+                    self._child_exited(index)
                 # Events check the clocks too, but not when none came (or only a flush).
                 if deadline is not None and deadline <= self.clock():
                     self._guarded(core.tick)
@@ -235,8 +253,9 @@ class Supervisor:
                 self._apply(core.fail_everything("WorkerError", fatal))
             except Exception:   # noqa: BLE001
                 log.exception("could not fail the jobs held")
-            if self._proc is not None:
-                self._proc.close()
+            for io in self._io:
+                if io is not None:
+                    io.proc.close()
         finally:
             self._probe_stop.set()
             close = getattr(self.probe, "close", None)
@@ -288,68 +307,6 @@ class Supervisor:
             if not (type(action) is A.Send and isinstance(action.msg, P.Run)):
                 self._HANDLERS[type(action)](self, action)
 
-    def _spawn(self, action: A.Spawn) -> None:
-        """Start a child once the one before it has given its device memory back
-        (device_settle.py); the wait, when there is one, runs off the loop."""
-        previous, self._previous_baseline = self._previous_baseline, None
-        used = self._device_used()
-        if device_settle.settled(used, previous):
-            self._start_child(used)
-            return
-
-        def wait():
-            used = device_settle.wait(self._device_used, previous, self._probe_stop,
-                                      lambda: self.core.shutdown_at is not None)
-            self._command(self._settled, used)
-        threading.Thread(target=wait, daemon=True, name="gpu-worker-settle").start()
-
-    def _settled(self, used: float, now: float) -> list:
-        if self.core.shutdown_at is not None:
-            return self.core.spawn_skipped(now)
-        self._start_child(used)
-        return []
-
-    def _start_child(self, baseline: float) -> None:
-        try:
-            # Fitness checks run until a child has passed them and reached Ready.
-            proc = self.spawner.spawn(self.target, self.core.settings,
-                                      checks=self.core.last_ready_s is None)
-        except Exception as exc:
-            log.exception("could not start the worker process")
-            self._guarded(self.core.spawn_failed, f"{type(exc).__name__}: {exc}")
-            return
-        self._proc = proc
-        self._channel = Channel(proc.fd)
-        self._watching_writes = False
-        self._pump = OutputPump({proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"},
-                                lambda: self.status.log_ids, self.output_sink)
-        self._pump.start()
-        self._sel.register(proc.fd, selectors.EVENT_READ, "ctrl")
-        self._sel.register(proc.sentinel, selectors.EVENT_READ, "exit")
-        log.debug("child %d starting (%s)", proc.pid, self.spawner.method)
-        self._guarded(self.core.spawned, proc.pid, baseline)
-
-    def _send(self, action: A.Send) -> None:
-        if self._channel is not None:
-            self._channel.send(action.data)
-            self._watch_writes()
-
-    def _signal(self, action: A.Signal) -> None:
-        if self._proc is None:
-            return
-        if action.group:
-            self._proc.signal_group(action.sig)
-        else:
-            self._proc.signal(action.sig)
-
-    def _read_memory(self, action: A.ReadMemory) -> None:
-        try:
-            reading = self.probe.read(action.pid)
-        except Exception as exc:
-            log.warning("memory probe failed: %s", exc)
-            reading = None
-        self._guarded(self.core.memory, reading)
-
     def _tell(self, action) -> None:
         try:
             if isinstance(action, A.Ended):
@@ -366,46 +323,7 @@ class Supervisor:
     def _warm_off(self, action: A.WarmOff) -> None:
         self.spawner.warm_off(action.reason)
 
-    _HANDLERS = {A.Spawn: _spawn, A.Send: _send, A.Signal: _signal, A.WarmOff: _warm_off,
-                 A.ReadMemory: _read_memory, A.Started: _tell, A.Progressed: _tell,
-                 A.Chunked: _tell, A.Ended: _tell}
-
-    # --- the child's channel and exit ----------------------------------------------------
-
-    def _watch_writes(self) -> None:
-        """Watch for writable only while the channel holds unsent bytes."""
-        channel = self._channel
-        if channel.eof:
-            return                 # no longer in the selector; the exit comes next
-        if channel.waiting != self._watching_writes:
-            self._watching_writes = channel.waiting
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if channel.waiting else 0)
-            self._sel.modify(channel.fd, events, "ctrl")
-
-    def _read(self) -> None:
-        channel = self._channel
-        for msg in channel.read():
-            self._guarded(self.core.message, msg)
-        if channel.eof and self._sel.get_map().get(channel.fd) is not None:
-            self._sel.unregister(channel.fd)    # else a closed end reads ready for ever
-
-    def _child_exited(self) -> None:
-        proc = self._proc
-        if self.core.child is not None:
-            self._previous_baseline = self.core.child.baseline_mb
-        self._read()                      # results written before the exit still count
-        if self._sel.get_map().get(proc.fd) is not None:
-            self._sel.unregister(proc.fd)
-        self._sel.unregister(proc.sentinel)
-        code = proc.exitcode()
-        proc.close()                      # SIGKILLs leftovers in its group
-        self._pump.finish()
-        tail = list(self._pump.tail)
-        self._proc = self._channel = self._pump = None
-        self._guarded(self.core.exited, code, tail)
-
-    def _device_used(self) -> float:
-        try:
-            return self.probe.read(None).device_used_mb
-        except Exception:
-            return 0.0
+    _HANDLERS = {A.Spawn: ChildWiring._spawn, A.Send: ChildWiring._send,
+                 A.Signal: ChildWiring._signal, A.WarmOff: _warm_off,
+                 A.ReadMemory: ChildWiring._read_memory, A.Started: _tell,
+                 A.Progressed: _tell, A.Chunked: _tell, A.Ended: _tell}

@@ -162,12 +162,15 @@ class JobStore(JobListener):
             counts = dict(self.counts)
         snap = self.sup.snapshot()
         status = self.sup.status
-        busy = status.child_state is ChildState.BUSY
+        up = status.state is WorkerState.RUNNING
+        states = [c.state for c in status.children]
         return {
             "jobs": {"completed": counts["completed"], "failed": counts["failed"],
                      "inProgress": running, "inQueue": in_queue, "retried": 0},
-            "workers": {"idle": int(status.child_pid is not None and not busy),
-                        "running": int(busy), "unhealthy": int(status.state is not WorkerState.RUNNING)},
+            "workers": {"idle": sum(s is ChildState.READY for s in states) if up else 0,
+                        "running": sum(s is ChildState.BUSY for s in states) if up else 0,
+                        "unhealthy": sum(c.out is not None for c in status.children)
+                        if up else len(states)},
             "worker": snap,
         }
 

@@ -78,7 +78,8 @@ def run(settings: Settings, target, out: TextIO | None = None) -> int:
         return 1
     print(f"--- gpu-worker {__version__} | one-shot test of {target.describe()} "
           f"(job {job['id']}) ---", file=out, flush=True)
-    supervisor = Supervisor(settings, target, on_fatal=exit_process)
+    # One job: one child (the first GPU slice), whatever WORKER_CHILDREN says.
+    supervisor = Supervisor(settings, target, on_fatal=exit_process, one_child=True)
     printer = _Printer(out, supervisor)
     supervisor.start()
     supervisor.submit(job, printer)
