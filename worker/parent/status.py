@@ -63,15 +63,20 @@ class Status(NamedTuple):      # a tuple: immutable, and cheap to make after eve
     last_ready_s: float | None
     gpu_events: tuple = ()             # the last NVML events: (what, what was done)
 
+    @property
+    def first(self) -> ChildView:
+        """The first child that runs (slot 0's when none does): the one-child view."""
+        return next((c for c in self.children if c.pid is not None), self.children[0])
+
     # The first child, for a worker with one (and its logs, tests, the one-shot runner).
-    child_pid = property(lambda self: self.children[0].pid)
-    child_state = property(lambda self: self.children[0].state)
-    mode = property(lambda self: self.children[0].mode)
-    preloaded = property(lambda self: self.children[0].preloaded)
-    jobs_run = property(lambda self: self.children[0].jobs_run)
-    rss_bytes = property(lambda self: self.children[0].rss_bytes)
-    torch = property(lambda self: self.children[0].torch)
-    baseline_mb = property(lambda self: self.children[0].baseline_mb)
+    child_pid = property(lambda self: self.first.pid)
+    child_state = property(lambda self: self.first.state)
+    mode = property(lambda self: self.first.mode)
+    preloaded = property(lambda self: self.first.preloaded)
+    jobs_run = property(lambda self: self.first.jobs_run)
+    rss_bytes = property(lambda self: self.first.rss_bytes)
+    torch = property(lambda self: self.first.torch)
+    baseline_mb = property(lambda self: self.first.baseline_mb)
 
     @property
     def concurrency(self) -> int:
@@ -115,7 +120,7 @@ class Status(NamedTuple):      # a tuple: immutable, and cheap to make after eve
 
     def to_dict(self) -> dict:
         """The /health shape of the worker (without memory)."""
-        first = self.children[0]
+        first = self.first
         return {
             "state": self.state.value,
             "degraded": self.degraded,
