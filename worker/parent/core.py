@@ -49,7 +49,6 @@ class SupervisorCore(ChildEvents, Failures):
         self.pending = self.jobs.pending
         self.shutdown_at: float | None = None
         self.warm_off = False              # WarmOff asked: start none until all are gone
-        self.spawns = 0
         self.last_ready_s: float | None = None
         self.runs = 0                      # run tokens issued (protocol.Run)
         self.handler_kind: P.Kind | None = None
@@ -58,6 +57,11 @@ class SupervisorCore(ChildEvents, Failures):
     # One-child views (a worker with one child; tests).
     child = property(lambda self: self.slots[0].child)
     breaker = property(lambda self: self.slots[0].breaker)
+
+    @property
+    def spawns(self) -> int:
+        """Children started so far, in every slot."""
+        return sum(s.spawns for s in self.slots)
 
     @property
     def in_flight(self) -> dict:
@@ -160,7 +164,6 @@ class SupervisorCore(ChildEvents, Failures):
         slot = self.slots[index]
         slot.spawning = False
         slot.spawns += 1
-        self.spawns += 1
         slot.child = ChildRecord(pid, now, now + s.setup_timeout if s.setup_timeout > 0
                                  else None, last_beat=now, baseline_mb=baseline_mb,
                                  slot=index)

@@ -37,7 +37,7 @@ class Failures:
 
     def _slot_out(self, slot: Slot, message: str, final: WorkerState, details: str = "",
                   tail: list = ()) -> None:
-        slot.out, slot.out_final = message, final
+        slot.out = message
         left = sum(s.out is None for s in self.slots)
         if left:
             log.error("child%s is out of service (%s); %d of %d children go on",

@@ -104,6 +104,7 @@ class NvmlProbe(HostProbe):
         pynvml.nvmlInit()
         try:
             found = visible_devices(pynvml, visible)
+            self.uuids = [uuid for _, _, uuid in found.handles]   # CUDA's order (placement)
             self.handles, self.skipped = [], list(found.skipped)
             for index, handle, uuid in found.handles:
                 try:                 # a test read: a MIG slice may refuse memory info

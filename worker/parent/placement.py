@@ -13,9 +13,13 @@ from ..gpus import tokens, visible_devices
 log = logging.getLogger("worker")
 
 
-def visible_gpus(visible: str | None) -> list[str]:
+def visible_gpus(visible: str | None, probe=None) -> list[str]:
     """The GPUs this worker may use, as CUDA_VISIBLE_DEVICES entries; [] when there are
-    none (no NVML and no CUDA_VISIBLE_DEVICES list)."""
+    none (no NVML and no CUDA_VISIBLE_DEVICES list). An NVML probe already knows them (one
+    NVML start, not two: it can take a second on a machine without the persistence
+    daemon)."""
+    if getattr(probe, "uuids", None) is not None:
+        return list(probe.uuids)
     try:
         import pynvml
         pynvml.nvmlInit()

@@ -25,7 +25,6 @@ class Slot:
     ever_ready: bool = False       # a child here has passed setup (and its checks)
     setup_failures: int = 0        # in a row, since a child here was last ready
     out: str | None = None         # out of service, and why: no child starts here again
-    out_final: object = None       # the WorkerState the worker takes if every slot is out
     revivable: bool = False        # out before any slot was ready: tried again once one is
     spawns: int = 0
     last_run: int = 0              # the run it got last: among idle slots, the oldest first

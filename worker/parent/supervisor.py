@@ -60,9 +60,11 @@ class Supervisor(ChildWiring):
             settings.preload + tuple(m for m in preloads.implied(target)
                                      if m not in settings.preload),
             warm=target if settings.warm_refresh else None)
+        # monitor.HostProbe/NvmlProbe, or any .read(pid); made here: placement uses it
+        self.probe = probe if probe is not None else make_probe()
         if devices is None:
             devices = placement.plan(
-                placement.visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES")),
+                placement.visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), self.probe),
                 settings.gpus_per_child, settings.children)[:1 if one_child else None]
         if len(devices) > 1:
             log.info("%d children: %s", len(devices), "; ".join(
@@ -71,7 +73,6 @@ class Supervisor(ChildWiring):
                                    check_preload=self.spawner.method == "forkserver",
                                    devices=devices)
         self.output_sink = output_sink or log_child_line
-        self.probe = probe               # monitor.HostProbe/NvmlProbe, or any .read(pid)
         self.clock = clock
         self.on_fatal = on_fatal         # the loop itself died: the process should exit
         self.status: Status = self.core.status()
@@ -93,8 +94,6 @@ class Supervisor(ChildWiring):
     # --- public API (any thread) ---------------------------------------------------------
 
     def start(self) -> "Supervisor":
-        if self.probe is None:
-            self.probe = make_probe()
         watch = getattr(self.probe, "watch_xids", None)
         if watch is not None:
             watch(self.gpu_event, self._probe_stop)
