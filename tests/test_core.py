@@ -29,6 +29,7 @@ class Driver(A.JobListener):
         self.sent_to: list = []       # (slot, message), in order
         self.spawned: list = []       # Spawn actions
         self.warm_offs: list = []     # WarmOff reasons
+        self.readied: list = []       # ChildReady: (slot, setup seconds)
         self.signals: list = []       # (signal, group)
         self.events: list = []
         self.results: dict = {}       # job id -> [results]
@@ -79,6 +80,8 @@ class Driver(A.JobListener):
                 a.listener.on_result(a.result)
             elif isinstance(a, A.WarmOff):
                 self.warm_offs.append(a.reason)
+            elif isinstance(a, A.ChildReady):
+                self.readied.append((a.slot, a.setup_s))
             else:
                 raise AssertionError(f"unknown action {a!r}")
 
@@ -517,3 +520,43 @@ def test_every_job_ends_exactly_once_and_runs_only_on_a_live_child(events):
     assert set(d.results) == submitted
     assert all(len(rs) == 1 for rs in d.results.values()), d.results
     assert all(r.state.final for rs in d.results.values() for r in rs)
+
+
+def test_each_start_says_why_and_each_job_its_times():
+    """Spawn.cause and ChildReady (the metrics' child starts and setup time), and a
+    result's delay, setup wait and execution, on a fake clock."""
+    d = Driver(max_jobs_per_child=3)
+    d.submit("a")                       # queued at 0 while the first child sets up
+    d.at(2.0)
+    d.ready()                           # ready after 2 s
+    d.at(3.0)
+    d.done("a")
+    a = d.result("a")
+    assert (a.delay_ms, a.setup_wait_ms, a.execution_ms) == (2000, 2000, 1000)
+    d.submit("b")                       # a ready child: no setup wait
+    d.at(3.5)
+    d.done("b", refresh=True)           # refresh_worker: replaced
+    b = d.result("b")
+    assert (b.delay_ms, b.setup_wait_ms, b.execution_ms) == (0, 0, 500)
+    d.submit("c")                       # queued while the old child stops
+    d.at(4.0)
+    d.exit(0)
+    d.at(4.5)
+    d.ready()
+    d.at(5.0)
+    d.done("c")
+    c = d.result("c")
+    assert (c.delay_ms, c.setup_wait_ms, c.execution_ms) == (1000, 1000, 500)
+    d.submit("slow", policy={"executionTimeout": 1000})
+    d.at(6.0)                           # timed out: an inline job's child is replaced
+    d.exit(-15)
+    d.ready()
+    d.submit("boom")
+    d.exit(-9)                          # crashed during the job
+    d.ready()
+    for job in ("x", "y", "z"):         # WORKER_MAX_JOBS_PER_CHILD=3: recycled
+        d.submit(job)
+        d.done(job)
+    d.exit(0)
+    assert [s.cause for s in d.spawned] == ["first", "refresh", "timeout", "crash", "recycle"]
+    assert [round(t, 3) for _, t in d.readied] == [2.0, 0.5, 0.0, 0.0]

@@ -150,6 +150,14 @@ class Settings:
                                 "Write the worker's state to this file on every change, for "
                                 "`python -m worker.healthcheck` (the image's HEALTHCHECK) "
                                 "in every mode; empty = off.", config=False)
+    metrics_port: int = _setting(0, ("WORKER_METRICS_PORT",), None,
+                                 "Serve Prometheus metrics at /metrics on this port, in any "
+                                 "mode, without a token (the local API's own /metrics is "
+                                 "behind WORKER_API_TOKEN); 0 = off.", config=False)
+    metrics_host: str = _setting("127.0.0.1", ("WORKER_METRICS_HOST",), None,
+                                 "Address of the metrics port: loopback unless told (e.g. "
+                                 "0.0.0.0 for a scraper outside the container).",
+                                 config=False)
     realtime_port: int = _setting(0, ("RUNPOD_REALTIME_PORT",), None,
                                   "Serve the local API on 0.0.0.0 at this port (the SDK's "
                                   "realtime mode); 0 = off.", config=False)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from . import tracing
 from .version import __version__
 
 
@@ -60,6 +61,8 @@ def validate_job(job: Any, default_id: str | None = None) -> dict:
     if not SAFE_ID.fullmatch(job["id"]):
         raise JobError("the job 'id' must be 1-200 characters of letters, digits and "
                        "._:- (it goes into URLs and log lines)")
+    if "traceparent" in job and tracing.valid(job["traceparent"]) is None:
+        job = {k: v for k, v in job.items() if k != "traceparent"}    # ignored (W3C)
     policy = job.get("policy")
     if policy is not None:
         if not isinstance(policy, dict):
@@ -103,7 +106,24 @@ class JobResult:
     refresh: bool = False
     delay_ms: int = 0
     execution_ms: int = 0
+    setup_wait_ms: int = 0     # of the delay, the time no child was ready (a start, a refresh)
+    ran: bool = False          # it started in a child: the times above are its own
+    trace: str | None = None   # the job's W3C traceparent, when it came with one
     extra: dict = field(default_factory=dict)
+
+    def times(self) -> dict:
+        """The time breakdown every final record carries, in RunPod's names (ms)."""
+        if not self.ran:
+            return {}
+        return {"delayTime": self.delay_ms, "executionTime": self.execution_ms,
+                "setupWaitTime": self.setup_wait_ms}
+
+    def times_text(self) -> str:
+        if not self.ran:
+            return ""
+        return (f" in {self.execution_ms} ms (queued {self.delay_ms} ms"
+                + (f", {self.setup_wait_ms} ms of it waiting for a child's setup"
+                   if self.setup_wait_ms else "") + ")")
 
     @property
     def output(self) -> Any:

@@ -1,7 +1,8 @@
 """Parent logging: readable lines, or JSON lines with the job id when running on RunPod
 (RUNPOD_ENDPOINT_ID set), as runpod-python does: {"requestId", "message", "level"}.
 
-Pass the job id as `extra={"job_id": ...}`.
+Pass the job id as `extra={"job_id": ...}`; a job that came with a W3C traceparent has
+its trace id in the line too (tracing.TRACES).
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import logging
 import os
 import sys
+
+from .tracing import TRACES
 
 MAX_MESSAGE = 4096
 _SDK_NAMES = {"WARNING": "WARN", "CRITICAL": "ERROR"}     # RunPodLogger's level names
@@ -30,7 +33,8 @@ class TextFormatter(logging.Formatter):
         line = super().format(record)
         if job_id:
             head, _, rest = line.partition(" | ")
-            line = f"{head} | {job_id} | {rest}"
+            trace = TRACES.get(job_id)
+            line = f"{head} | {job_id}{f' trace={trace}' if trace else ''} | {rest}"
         return _clip(line)
 
 
@@ -39,10 +43,13 @@ class JsonFormatter(logging.Formatter):
         message = record.getMessage()
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
-        return json.dumps({"requestId": getattr(record, "job_id", None),
-                           "message": _clip(message),
-                           "level": _SDK_NAMES.get(record.levelname, record.levelname)},
-                          ensure_ascii=False)
+        job_id = getattr(record, "job_id", None)
+        line = {"requestId": job_id, "message": _clip(message),
+                "level": _SDK_NAMES.get(record.levelname, record.levelname)}
+        trace = TRACES.get(job_id) if job_id else None
+        if trace:
+            line["traceId"] = trace
+        return json.dumps(line, ensure_ascii=False)
 
 
 def configure(level: str, json_lines: bool | None = None) -> None:

@@ -16,6 +16,7 @@ import threading
 from typing import Any
 
 from ..protocol import LINE_END as END, LINE_TAG as TAG
+from ..redraws import Redraws
 
 MAX_PENDING = 16384             # a line without an end goes out in pieces
 
@@ -27,6 +28,7 @@ class JobTaggedStream:
     def __init__(self, stream: Any):
         self._stream = stream
         self._pending: dict[str, str] = {}
+        self._redraws = Redraws()
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:     # encoding, buffer, fileno, isatty, ...
@@ -40,7 +42,15 @@ class JobTaggedStream:
         with self._lock:
             text = self._pending.pop(job, "") + text
             *lines, rest = text.split("\n")
-            if len(rest) > MAX_PENDING:
+            if lines:
+                self._redraws.ended(job)
+            if "\r" in rest:      # a progress bar: its state now and then, not every redraw
+                head, _, tail = rest.rpartition("\r")
+                state, show = self._redraws.drawn(job, head)
+                rest = "\r" + (tail or state)
+                if show is not None:
+                    lines.append(show)
+            elif len(rest) > MAX_PENDING:
                 lines.append(rest)
                 rest = ""
             if rest:
@@ -57,6 +67,7 @@ class JobTaggedStream:
     def flush_job(self, job: str) -> None:
         with self._lock:
             rest = self._pending.pop(job, "")
+            self._redraws.ended(job)
         if rest:
             self._stream.write(f"{TAG}{job}{END}{rest}\n")
         self._stream.flush()

@@ -30,6 +30,14 @@ class Spawn:
     slot: int = 0
     env: dict = field(default_factory=dict)   # its CUDA_VISIBLE_DEVICES, WORKER_CHILD_INDEX
     checks: bool = False                      # fitness checks before Ready (slot's first)
+    cause: str = "first"                      # why: first, refresh, crash... (metrics)
+
+
+@dataclass
+class ChildReady:
+    """A child passed setup in `setup_s` seconds (metrics; nothing to carry out)."""
+    slot: int
+    setup_s: float
 
 
 @dataclass

@@ -12,7 +12,7 @@ from .. import protocol as P
 from ..config import SettingsError
 from ..jobs import JobResult, JobState, Reason
 from . import blame, recycling
-from .actions import Chunked, Progressed, ReadMemory, WarmOff
+from .actions import ChildReady, Chunked, Progressed, ReadMemory, WarmOff
 from .lifecycle import ChildRecord, ChildState, ExitCause, StopCause
 from .slots import Slot
 from .status import WorkerState
@@ -68,6 +68,7 @@ class ChildEvents:
             except SettingsError as exc:     # the child checked them; this is a safety net
                 log.error("start() settings ignored: %s", exc)
         self.last_ready_s = now - child.started
+        self._out.append(ChildReady(slot.index, self.last_ready_s))
         log.info("child %d%s ready in %.2fs (handler: %s, %s, concurrency %d%s)",
                  child.pid, slot.label(self.slots), self.last_ready_s, msg.kind.value,
                  msg.mode.value, child.concurrency,
@@ -90,18 +91,14 @@ class ChildEvents:
         slot.log_ids = slot.running_ids() or (tracked.id,)
         child.jobs_run += 1
         tracked.suspect = False
-        result = JobResult(tracked.id, msg.state, msg.reason, msg.body, msg.refresh,
-                           int((tracked.started - tracked.submitted) * 1000),
-                           int((now - tracked.started) * 1000))
+        result = tracked.timed(JobResult(tracked.id, msg.state, msg.reason, msg.body,
+                                         msg.refresh), now)
         if msg.peak_vram_mb is not None:
             result.extra["peak_vram_mb"] = msg.peak_vram_mb
-        self.jobs.report(tracked, result)
-        log.log(logging.INFO if result.state is JobState.COMPLETED else logging.WARNING,
-                "job %s (%s) in %d ms%s", result.state.value, result.reason.value,
-                result.execution_ms, "" if msg.peak_vram_mb is None else
-                f", peak VRAM {msg.peak_vram_mb:.0f} MiB", extra={"job_id": tracked.id})
-        if child.refresh_reason is None:
-            child.refresh_reason = recycling.after_job(result, child, self.settings)
+        self.jobs.report(tracked, result)      # logged with its times by the loop
+        verdict = recycling.after_job(result, child, self.settings)
+        if verdict is not None:
+            child.replace_when_idle(*verdict)
         self._maybe_idle(slot, child)
 
     def _on_garbled(self, slot: Slot, child: ChildRecord, msg: P.Garbled, now: float) -> None:
@@ -147,9 +144,11 @@ class ChildEvents:
                             "is restarted without the handler module)", child.warm_refused)
                 self._out.append(WarmOff(child.warm_refused))
             self.warm_off = True
+            slot.next_cause = "warm_off"
             return
         how = recycling.describe_exit(code)
         cause = child.exit_cause()
+        slot.next_cause = child.start_cause(cause)
         if cause.in_setup:
             message = child.setup_failure(cause, how, self.settings.setup_timeout,
                                           self.shutdown_at is not None)

@@ -25,7 +25,7 @@ from .failures import Failures
 from .jobbook import JobBook, TrackedJob
 from .lifecycle import ChildRecord, ChildState, StopCause
 from .monitor import classify_xid
-from .slots import Slot
+from .slots import NoChildClock, Slot
 from .status import ChildView, Status, WorkerState
 
 log = logging.getLogger("worker")
@@ -53,6 +53,7 @@ class SupervisorCore(ChildEvents, Failures):
         self.runs = 0                      # run tokens issued (protocol.Run)
         self.handler_kind: P.Kind | None = None
         self.gpu_events: tuple = ()        # the last NVML events: (what, what was done)
+        self.no_child = NoChildClock()     # a job's setup wait: how far it moved meanwhile
 
     # One-child views (a worker with one child; tests).
     child = property(lambda self: self.slots[0].child)
@@ -80,7 +81,8 @@ class SupervisorCore(ChildEvents, Failures):
             self.jobs.refuse(TrackedJob({"id": _some_id(given)}, listener, submitted),
                              text[:1000])
             return self._step(now)
-        tracked = TrackedJob(job, listener, submitted, raw)
+        tracked = TrackedJob(job, listener, submitted, raw,
+                             setup_mark=self.no_child.at(now))
         if self.state is not WorkerState.RUNNING or self.shutdown_at is not None:
             self.jobs.refuse(tracked, self._unavailable())
         elif tracked.id in self.jobs.active_ids:
@@ -110,8 +112,8 @@ class SupervisorCore(ChildEvents, Failures):
     def refresh(self, reason: str, now: float) -> list:
         """Replace every child once it is idle."""
         for slot in self.slots:
-            if slot.child is not None and slot.child.refresh_reason is None:
-                slot.child.refresh_reason = reason
+            if slot.child is not None:
+                slot.child.replace_when_idle(reason, "refresh")
         return self._step(now)
 
     def stop(self, grace: float, now: float) -> list:
@@ -144,7 +146,7 @@ class SupervisorCore(ChildEvents, Failures):
                             "process %s is poisoned; replacing it after the running job",
                             label, ", ".join(str(c.pid) for c in busy))
                 for child in busy:
-                    child.refresh_reason = f"GPU {label}"
+                    child.replace_when_idle(f"GPU {label}", "gpu")
             if action != "replace":
                 log.info("GPU reported application %s, %s", label, action[9:])
         else:
@@ -189,8 +191,8 @@ class SupervisorCore(ChildEvents, Failures):
         if child is not None and child.checking_memory:
             child.checking_memory = False
             if reading is not None and child.refresh_reason is None:
-                child.refresh_reason = recycling.memory_verdict(reading, child, self.settings,
-                                                                own_only=slot.shared)
+                child.replace_when_idle(recycling.memory_verdict(
+                    reading, child, self.settings, own_only=slot.shared), "memory")
         return self._step(now)
 
     def tick(self, now: float) -> list:
@@ -259,6 +261,8 @@ class SupervisorCore(ChildEvents, Failures):
     # --- the step after every event ---------------------------------------------------
 
     def _step(self, now: float) -> list:
+        self.no_child.update(any(s.child is not None and s.child.live for s in self.slots),
+                             now)
         self._check_clocks(now)
         self._ensure_children()
         self._dispatch(now)
@@ -280,7 +284,8 @@ class SupervisorCore(ChildEvents, Failures):
         for slot in self.slots:
             if slot.child is None and not slot.spawning and slot.out is None:
                 slot.spawning = True
-                self._out.append(Spawn(slot.index, slot.env(), checks=not slot.ever_ready))
+                self._out.append(Spawn(slot.index, slot.env(), checks=not slot.ever_ready,
+                                       cause=slot.next_cause if slot.spawns else "first"))
 
     def _dispatch(self, now: float) -> None:
         for slot in self.slots:
@@ -314,6 +319,7 @@ class SupervisorCore(ChildEvents, Failures):
 
     def _start(self, slot: Slot, tracked: TrackedJob, now: float) -> None:
         tracked.started = now
+        tracked.setup_wait = self.no_child.at(now) - tracked.setup_mark
         limit = execution_timeout(tracked.job, self.settings.job_timeout)
         tracked.deadline = now + limit if limit > 0 else None
         self.runs += 1
@@ -376,6 +382,7 @@ class SupervisorCore(ChildEvents, Failures):
         if child is None or child.state is ChildState.STOPPING:
             return
         if child.mode is HandlerMode.INLINE:
+            child.restart_as = "timeout" if state is JobState.TIMED_OUT else "cancel"
             self._stop_child(slot, StopCause.JOB_ENDED, f"job {tracked.id} {reason.value}",
                              now, interrupt=True)
             return
@@ -392,7 +399,8 @@ def _view(slot: Slot, running: bool) -> ChildView:
                      c.concurrency if running and c is not None and c.accepting else 0,
                      tuple(c.preloaded) if c else (), c.jobs_run if c else 0,
                      c.rss if c else 0, c.torch if c else None, c.baseline_mb if c else 0.0,
-                     slot.running_ids(), slot.log_ids, slot.out, slot.spawns)
+                     slot.running_ids(), slot.log_ids, slot.out, slot.spawns,
+                     len(slot.breaker.deaths))
 
 
 def _some_id(job: Any) -> str:

@@ -22,6 +22,7 @@ class Failures:
         several, the slot is tried again (up to restart_limit times in a row) once any
         child has been ready, and is taken out of service otherwise; the worker fails only
         when no slot is left."""
+        slot.next_cause = "setup_failed"
         if len(self.slots) == 1:
             self._setup_failed(message, details, tail)
             return

@@ -27,6 +27,17 @@ class TrackedJob:
     suspect: bool = False     # in a child that crashed with other jobs: next run alone
     run: int = 0              # the current run's token (protocol.Run), 0 before the first
     finished: bool = False
+    setup_mark: float = 0.0   # the core's no-child clock when it came
+    setup_wait: float = 0.0   # how far that clock moved before its (last) start
+
+    def timed(self, result: JobResult, now: float) -> JobResult:
+        """The result with the job's times (ms): queue delay, execution, setup wait."""
+        if self.started:
+            result.ran = True
+            result.delay_ms = int((self.started - self.submitted) * 1000)
+            result.execution_ms = int((now - self.started) * 1000)
+            result.setup_wait_ms = int(self.setup_wait * 1000)
+        return result
 
     @property
     def id(self) -> str:
@@ -45,6 +56,7 @@ class JobBook:
         if tracked.finished:
             return
         tracked.finished = True
+        result.trace = tracked.job.get("traceparent")
         if counted:
             self.active_ids.discard(tracked.id)
         self.finished += 1
@@ -57,11 +69,8 @@ class JobBook:
     def end(self, tracked: TrackedJob, state: JobState, reason: Reason, text: str, now: float,
             error_type: str) -> None:
         """End a job the worker decided about (timeout, cancel, lost child), with times."""
-        result = self.failure(tracked.id, state, reason, error_type, text)
-        if tracked.started:
-            result.delay_ms = int((tracked.started - tracked.submitted) * 1000)
-            result.execution_ms = int((now - tracked.started) * 1000)
-        self.report(tracked, result)
+        self.report(tracked, tracked.timed(self.failure(tracked.id, state, reason, error_type,
+                                                        text), now))
 
     def fail_all(self, running: list, reason: Reason, error_type: str, text: str,
                  details: str = "") -> None:

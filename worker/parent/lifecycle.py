@@ -63,6 +63,13 @@ class ExitCause(enum.Enum):
         return self in (ExitCause.HUNG, ExitCause.CRASHED)
 
 
+# The start cause that follows a stop, unless the stop's caller said more (restart_as).
+_START_CAUSES = {StopCause.REFRESH: "refresh", StopCause.JOB_ENDED: "timeout",
+                 StopCause.CANCEL_IGNORED: "cancel", StopCause.HUNG: "hung",
+                 StopCause.SETUP_TIMEOUT: "setup_failed", StopCause.GPU_UNHEALTHY: "gpu",
+                 StopCause.PROTOCOL: "error", StopCause.INTERNAL_ERROR: "error"}
+
+
 @dataclass
 class ChildRecord:
     pid: int
@@ -79,6 +86,7 @@ class ChildRecord:
     torch: dict | None = None          # the child's allocator figures (heartbeat)
     jobs_run: int = 0
     refresh_reason: str | None = None  # replace once idle
+    restart_as: str = ""               # why its successor starts, when the stop says less
     checking_memory: bool = False      # a memory reading is on its way: hold dispatch
     setup_error: tuple | None = None   # (message, traceback) from SetupFailed
     warm_refused: str | None = None    # WarmRefused: it exits, and the next starts cold
@@ -103,6 +111,23 @@ class ChildRecord:
     def accepting(self) -> bool:
         """Ready for another job now (given a free slot)."""
         return self.live and self.refresh_reason is None and not self.checking_memory
+
+    def replace_when_idle(self, reason: str | None, cause: str) -> None:
+        """Recycle it once idle (the first reason given wins); `cause` labels the next
+        child's start."""
+        if reason is not None and self.refresh_reason is None:
+            self.refresh_reason, self.restart_as = reason, cause
+
+    def start_cause(self, exit_cause: ExitCause) -> str:
+        """Why the next child in its place starts (gpu_worker_child_starts_total)."""
+        if exit_cause is ExitCause.CRASHED:
+            return "crash"
+        if exit_cause in (ExitCause.SETUP_FAILED, ExitCause.SETUP_TIMEOUT,
+                          ExitCause.SETUP_DIED):
+            return "setup_failed"
+        if self.restart_as:
+            return self.restart_as
+        return _START_CAUSES.get(self.stop_cause, "other")
 
     def ready(self, msg: P.Ready) -> bool:
         if self.state is not ChildState.STARTING:

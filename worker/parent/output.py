@@ -4,7 +4,8 @@ A thread of its own, so a handler that floods its output never delays control me
 Each line goes to a sink with its job id: the one the child tagged it with (a line a job's
 own Python code wrote), else the ids of the jobs running when it was read (output from C
 code or subprocesses). The last lines are kept for error messages (a crash at import is
-explained by its stderr).
+explained by its stderr). A progress bar drawn with carriage returns is logged as its final
+state, and its state so far at most every few seconds (redraws.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import time
 from typing import Callable
 
 from ..protocol import split_tag
+from ..redraws import PROGRESS_EVERY, Redraws, last_drawn
 
 child_log = logging.getLogger("worker.child")
 
@@ -30,13 +32,14 @@ Sink = Callable[[str, str, tuple], None]   # (stream name, line, job ids)
 
 class OutputPump(threading.Thread):
     def __init__(self, streams: dict, job_ids: Callable[[], tuple], sink: Sink,
-                 tail: int = 40):
+                 tail: int = 40, progress_every: float = PROGRESS_EVERY):
         super().__init__(name="gpu-worker-output", daemon=True)
         self._streams = streams          # fd -> "stdout" | "stderr"
         self._job_ids = job_ids
         self._sink = sink
         self.tail: collections.deque = collections.deque(maxlen=tail)
         self._partial = {fd: b"" for fd in streams}
+        self._redraws = Redraws(progress_every)    # progress bars: their state, now and then
         self._give_up_at: float | None = None
 
     def finish(self, timeout: float = 1.0) -> None:
@@ -78,7 +81,15 @@ class OutputPump(threading.Thread):
         buf = self._partial.get(fd, b"") + data
         lines = buf.split(b"\n")
         rest = b"" if final else lines.pop()
-        if len(rest) > MAX_LINE:     # a line without end: pass it on in pieces
+        if lines:                    # a line ended: a bar drawn next has its own clock
+            self._redraws.ended(fd)
+        if b"\r" in rest:           # a bar being drawn: keep its state, show it now and then
+            head, _, tail = rest.rpartition(b"\r")
+            state, show = self._redraws.drawn(fd, head.decode("utf-8", "replace"))
+            rest = b"\r" + (tail or state.encode())
+            if show is not None:
+                lines.append(show.encode())
+        elif len(rest) > MAX_LINE:     # a line without end: pass it on in pieces
             lines.append(rest)
             rest = b""
         if not final:
@@ -91,6 +102,10 @@ class OutputPump(threading.Thread):
             if not raw and final:
                 continue
             job, line = split_tag(raw.decode("utf-8", "replace").rstrip("\r"))
+            if "\r" in line:           # drawn over: its final state, not the raw redraws
+                line = last_drawn(line)
+                if not line:
+                    continue
             if job is not None:
                 ids = (job,)
             else:      # fd-level output (C code, subprocesses): every job in the child

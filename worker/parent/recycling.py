@@ -27,18 +27,19 @@ def cuda_failure(error: Any, refresh_on_oom: bool = True) -> str | None:
     return None
 
 
-def after_job(result: JobResult, child: ChildRecord, settings: Settings) -> str | None:
-    """The reason to replace the child once it is idle, judged from the job that ended."""
+def after_job(result: JobResult, child: ChildRecord, settings: Settings) -> tuple | None:
+    """(reason, start cause) to replace the child once it is idle, judged from the job
+    that ended; the cause labels the next child's start (metrics)."""
     if result.state is JobState.FAILED:
         reason = cuda_failure(result.error, settings.refresh_on_oom)
         if reason:
-            return reason
+            return reason, "cuda_error"
     if result.refresh:
-        return "the job asked for refresh_worker"
+        return "the job asked for refresh_worker", "refresh"
     if settings.refresh_worker:
-        return "refresh_worker is set"
+        return "refresh_worker is set", "refresh"
     if settings.max_jobs_per_child and child.jobs_run >= settings.max_jobs_per_child:
-        return f"it ran {child.jobs_run} jobs (WORKER_MAX_JOBS_PER_CHILD)"
+        return f"it ran {child.jobs_run} jobs (WORKER_MAX_JOBS_PER_CHILD)", "recycle"
     return None
 
 

@@ -27,6 +27,7 @@ class Slot:
     out: str | None = None         # out of service, and why: no child starts here again
     revivable: bool = False        # out before any slot was ready: tried again once one is
     spawns: int = 0
+    next_cause: str = "first"      # why its next child starts (lifecycle.start_cause)
     last_run: int = 0              # the run it got last: among idle slots, the oldest first
 
     def env(self) -> dict:
@@ -58,3 +59,22 @@ class Slot:
             return ""
         return f" (slot {self.index}" + (f", {','.join(self.devices)})" if self.devices
                                          else ")")
+
+
+class NoChildClock:
+    """Seconds the worker has had no ready child (a first start, a refresh, a crash),
+    summed: a job's setup wait is how far it moved while the job was queued."""
+
+    def __init__(self):
+        self._total, self._since = 0.0, None
+
+    def update(self, live: bool, now: float) -> None:
+        """After every event: is any child ready now?"""
+        if live and self._since is not None:
+            self._total += now - self._since
+            self._since = None
+        elif not live and self._since is None:
+            self._since = now
+
+    def at(self, now: float) -> float:
+        return self._total + (now - self._since if self._since is not None else 0.0)

@@ -36,6 +36,7 @@ class ChildView(NamedTuple):
     log_ids: tuple                     # ids to tag its output with
     out: str | None                    # out of service, and why
     spawns: int
+    deaths: int = 0                    # its restart breaker's count (restart_limit trips it)
 
     @property
     def ready(self) -> bool:

@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable
 
 from .. import protocol as P
+from .. import tracing
 from ..config import Settings
 from ..jobs import JobResult, JobState, Reason, failure
 from . import actions as A
@@ -26,6 +27,7 @@ from .commands import Commands
 from .core import SupervisorCore
 from .health_file import HealthFile
 from .lifecycle import ChildState
+from .metrics import Metrics
 from .monitor import make_probe
 from .output import log_child_line
 from .spawner import Spawner
@@ -90,6 +92,7 @@ class Supervisor(ChildWiring):
         self._published_capacity = 0
         self._thread = threading.Thread(target=self._loop, name="gpu-worker-supervisor",
                                         daemon=True)
+        self.metrics = Metrics(lambda: self.status, self.probe)
 
     # --- public API (any thread) ---------------------------------------------------------
 
@@ -97,6 +100,9 @@ class Supervisor(ChildWiring):
         watch = getattr(self.probe, "watch_xids", None)
         if watch is not None:
             watch(self.gpu_event, self._probe_stop)
+        s = self.status.settings
+        if s.metrics_port:
+            self.metrics.serve(s.metrics_host, s.metrics_port)
         self._thread.start()
         return self
 
@@ -104,6 +110,8 @@ class Supervisor(ChildWiring):
         """Queue a job. Its listener hears exactly one on_result. `raw`, when given, is
         the job's exact JSON encoding (bytes, or a tuple of bytes-like parts that join to
         it): it goes to the child as is (no re-encoding, no copy)."""
+        self.metrics.received.inc()
+        tracing.TRACES.remember(job)
         if not self._command(self.core.submit, job, listener, self.clock(), raw):
             self._refuse_late(job, listener)
 
@@ -190,6 +198,9 @@ class Supervisor(ChildWiring):
         result = failure(job_id if isinstance(job_id, str) else "unknown", JobState.FAILED,
                          Reason.REFUSED, "JobRefused", "the worker has stopped", s.worker_id,
                          s.hostname)
+        self.metrics.ended(result)
+        if isinstance(job_id, str):
+            tracing.TRACES.ended(job_id)
         try:
             listener.on_result(result)
         except Exception:
@@ -257,6 +268,7 @@ class Supervisor(ChildWiring):
                     io.proc.close()
         finally:
             self._probe_stop.set()
+            self.metrics.close()
             close = getattr(self.probe, "close", None)
             if close is not None:
                 close()
@@ -306,6 +318,26 @@ class Supervisor(ChildWiring):
             if not (type(action) is A.Send and isinstance(action.msg, P.Run)):
                 self._HANDLERS[type(action)](self, action)
 
+    def _spawn_counted(self, action: A.Spawn) -> None:
+        self.metrics.child_starts.labels(action.cause).inc()
+        self._spawn(action)
+
+    def _ready(self, action: A.ChildReady) -> None:
+        self.metrics.setup_seconds.observe(action.setup_s)
+
+    def _ended(self, action: A.Ended) -> None:
+        """A job's one final record: counted, logged with its times, then told."""
+        r = action.result
+        self.metrics.ended(r)
+        vram = r.extra.get("peak_vram_mb")
+        log.log(logging.INFO if r.state is JobState.COMPLETED else logging.WARNING,
+                "job %s (%s)%s%s", r.state.value, r.reason.value, r.times_text(),
+                "" if vram is None else f", peak VRAM {vram:.0f} MiB",
+                extra={"job_id": r.job_id})
+        self._tell(action)
+        if r.trace is not None:
+            tracing.TRACES.ended(r.job_id)
+
     def _tell(self, action) -> None:
         try:
             if isinstance(action, A.Ended):
@@ -322,7 +354,7 @@ class Supervisor(ChildWiring):
     def _warm_off(self, action: A.WarmOff) -> None:
         self.spawner.warm_off(action.reason)
 
-    _HANDLERS = {A.Spawn: ChildWiring._spawn, A.Send: ChildWiring._send,
+    _HANDLERS = {A.Spawn: _spawn_counted, A.Send: ChildWiring._send,
                  A.Signal: ChildWiring._signal, A.WarmOff: _warm_off,
-                 A.ReadMemory: ChildWiring._read_memory, A.Started: _tell,
-                 A.Progressed: _tell, A.Chunked: _tell, A.Ended: _tell}
+                 A.ReadMemory: ChildWiring._read_memory, A.ChildReady: _ready,
+                 A.Started: _tell, A.Progressed: _tell, A.Chunked: _tell, A.Ended: _ended}

@@ -7,6 +7,7 @@ loop, under one lock. Finished records expire after WORKER_RESULT_TTL seconds.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -17,12 +18,13 @@ from typing import Any, Callable
 
 import requests
 
+from .. import tracing
 from ..jobs import JobResult, JobState
 from ..parent.supervisor import ChildState, JobListener, Supervisor, WorkerState
 
 log = logging.getLogger("worker.api")
 _NONE = object()
-JOB_KEYS = ("input", "webhook", "policy", "s3Config")
+JOB_KEYS = ("input", "webhook", "policy", "s3Config", "traceparent")
 WEBHOOK_SENDERS = 16             # webhooks in flight at once, each for its own job
 WEBHOOK_TRIES = 4
 WEBHOOK_TIMEOUT = (3.0, 10.0)    # connect, read: a stuck receiver holds one sender at most ~45 s
@@ -45,6 +47,8 @@ class Record:
     result: JobResult | None = None
     done: asyncio.Event | None = None
     size: int = 0                  # bytes of its body while it waits in the queue
+    trace: str | None = None       # its W3C traceparent (body, else the request's header)
+    delivery_ms: int | None = None     # its webhook, once delivered
 
     def view(self, worker_id: str) -> dict:
         """The cloud's /status shape."""
@@ -52,8 +56,9 @@ class Record:
         if self.started is not None:
             out["delayTime"] = int((self.started - self.created) * 1000)
         if self.result is not None:
-            out["delayTime"] = self.result.delay_ms
-            out["executionTime"] = self.result.execution_ms
+            out.update(self.result.times())
+            if self.delivery_ms is not None:
+                out["deliveryTime"] = self.delivery_ms
             out.update(self.result.body)
         elif self.status is JobState.IN_PROGRESS and self.progress is not _NONE:
             out["output"] = self.progress
@@ -82,23 +87,34 @@ class JobStore(JobListener):
 
     # --- called from the server's loop ---------------------------------------------------
 
-    def submit(self, body: dict, raw: bytes | None = None) -> Record:
+    def submit(self, body: dict, raw: bytes | None = None, header_trace: Any = None) -> Record:
         """Queue a request body ({"input", ...}), checked by the caller. `raw` is the body
         as received: when it holds only the keys a job carries, the child gets it with our
-        id spliced in, without re-encoding (a 10 MB input costs one parse, not a parse and
-        an encode), and the parsed input is not kept: each job is held once. Raises
-        QueueFull past the queue's bounds."""
+        id (and the request's traceparent) spliced in, without re-encoding (a 10 MB input
+        costs one parse, not a parse and an encode), and the parsed input is not kept: each
+        job is held once. The body's own traceparent wins over the header's; an invalid
+        one is ignored. Raises QueueFull past the queue's bounds."""
         job = {k: v for k, v in body.items() if k in JOB_KEYS}
+        own = tracing.valid(body.get("traceparent"))
+        trace = own or tracing.valid(header_trace)
+        plain = len(job) == len(body) and ("traceparent" not in body or own)
+        job.pop("traceparent", None)
+        if trace:
+            job["traceparent"] = trace
         job["id"] = str(uuid.uuid4())
         forward = None
-        if raw is not None and len(job) == len(body) + 1:
+        if raw is not None and plain:
             head = raw.lstrip()
             if head[:1] == b"{":
-                forward = (b'{"id":"%s",' % job["id"].encode(), memoryview(head)[1:])
+                spliced = b'{"id":"%s",' % job["id"].encode()
+                if trace and not own:
+                    spliced += b'"traceparent":"%s",' % trace.encode()
+                forward = (spliced, memoryview(head)[1:])
                 job["input"] = None     # it travels in `forward`; the parent never reads it
         size = len(raw) if raw is not None else 0
+        self.sup.metrics.bytes_in.inc(size)
         webhook = body.get("webhook") if isinstance(body.get("webhook"), str) else None
-        rec = Record(job["id"], webhook, done=asyncio.Event(), size=size)
+        rec = Record(job["id"], webhook, done=asyncio.Event(), size=size, trace=trace)
         with self.lock:
             if self.capacity is not None and self.active + 1 > self.capacity():
                 raise QueueFull(f"the worker is at capacity ({self.active} jobs running) "
@@ -225,31 +241,49 @@ class JobStore(JobListener):
             pass          # the server's loop has closed: nobody waits any more
         if payload is not None:
             try:
-                self._webhooks.submit(self._send_webhook, rec.webhook, payload)
+                self._webhooks.submit(self._send_webhook, rec, payload)
             except RuntimeError:
                 log.error("webhook %s not sent: the worker is shutting down", rec.webhook,
                           extra={"job_id": payload["id"]})
 
     # --- webhooks --------------------------------------------------------------------------
 
-    def _send_webhook(self, url: str, payload: dict) -> None:
+    def _send_webhook(self, rec: Record, payload: dict) -> None:
         """One job's webhook, tried WEBHOOK_TRIES times; in a pool, so a receiver that never
-        answers holds up only its own job's webhook."""
+        answers holds up only its own job's webhook. It carries the job's traceparent."""
+        url, metrics = rec.webhook, self.sup.metrics
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json"}
+        if rec.trace:
+            headers["traceparent"] = rec.trace
         session = requests.Session()
         try:
             for attempt in range(WEBHOOK_TRIES):
                 try:
-                    resp = session.post(url, json=payload, timeout=WEBHOOK_TIMEOUT)
+                    resp = session.post(url, data=data, headers=headers,
+                                        timeout=WEBHOOK_TIMEOUT)
+                    metrics.bytes_out.inc(len(data))
                     if resp.status_code < 500:
                         if resp.status_code >= 400:
+                            metrics.post("webhook", "refused")
                             log.warning("webhook %s refused: HTTP %d", url, resp.status_code,
-                                        extra={"job_id": payload["id"]})
+                                        extra={"job_id": rec.id})
+                            return
+                        took = time.monotonic() - rec.finished
+                        with self.lock:
+                            rec.delivery_ms = int(took * 1000)
+                        metrics.post("webhook", "delivered")
+                        metrics.delivered("webhook", took)
+                        log.info("webhook delivered in %d ms (%d tries)", took * 1000,
+                                 attempt + 1, extra={"job_id": rec.id})
                         return
                 except requests.RequestException as exc:
-                    log.warning("webhook %s failed: %s", url, exc,
-                                extra={"job_id": payload["id"]})
-                time.sleep(0.5 * 2 ** attempt)
+                    log.warning("webhook %s failed: %s", url, exc, extra={"job_id": rec.id})
+                if attempt + 1 < WEBHOOK_TRIES:
+                    metrics.post("webhook", "retry")
+                    time.sleep(0.5 * 2 ** attempt)
+            metrics.post("webhook", "undelivered")
             log.error("webhook %s not delivered after %d tries", url, WEBHOOK_TRIES,
-                      extra={"job_id": payload["id"]})
+                      extra={"job_id": rec.id})
         finally:
             session.close()

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from ..config import Settings
 from ..jobs import MAX_TIMEOUT_MS, JobError, JobState, validate_job
 from ..jsonlimits import JSONRefused, loads
+from ..parent.metrics import CONTENT_TYPE
 from ..parent.supervisor import Supervisor, WorkerState, exit_process
 from ..version import __version__
 from .job_store import JobStore, QueueFull
@@ -40,6 +41,9 @@ JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {"
     "type": "object", "required": ["input"],
     "properties": {"input": {"description": "the handler's input (any JSON)"},
                    "webhook": {"type": "string", "format": "uri"},
+                   "traceparent": {"type": "string", "description":
+                                   "W3C trace context for the job (else the request's "
+                                   "traceparent header); ignored when invalid"},
                    "policy": {"type": "object", "properties": {
                        "executionTimeout": {"type": "number", "minimum": 0,
                                             "maximum": MAX_TIMEOUT_MS}}}}}}}}}
@@ -196,11 +200,17 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         if status.state is not WorkerState.RUNNING:
             raise HTTPException(503, f"the worker cannot run jobs: {status.failure}")
 
-    def submit(body: dict, raw: bytes):
+    def submit(request: Request, body: dict, raw: bytes):
         try:
-            return store().submit(body, raw)
+            return store().submit(body, raw, request.headers.get("traceparent"))
         except QueueFull as exc:
             raise HTTPException(429, str(exc), headers={"Retry-After": "1"}) from None
+
+    def answer(content: dict) -> Response:
+        """A response that carries a job's result (counted as bytes out)."""
+        response = _json_response(content)
+        state["sup"].metrics.bytes_out.inc(len(response.body))
+        return response
 
     router = APIRouter(dependencies=[Depends(authorised)] if settings.api_token else [],
                        responses=_errors(401) if settings.api_token else {})
@@ -210,7 +220,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
     async def run(request: Request):
         body, raw = await job_body(request)
         refuse_if_down()
-        rec = submit(body, raw)
+        rec = submit(request, body, raw)
         return {"id": rec.id, "status": JobState.IN_QUEUE.value}
 
     @router.post("/runsync", summary="Run a job and wait for its result",
@@ -218,20 +228,20 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
     async def runsync(request: Request, wait: int = RUNSYNC_WAIT_MS):
         body, raw = await job_body(request)
         refuse_if_down()
-        rec = submit(body, raw)
+        rec = submit(request, body, raw)
         wait_s = min(max(wait, 1000), 300_000) / 1000.0
-        return _json_response(await store().wait(rec, wait_s))
+        return answer(await store().wait(rec, wait_s))
 
     @router.api_route("/status/{job_id}", methods=["GET", "POST"], summary="A job's state",
                       responses=_errors(404))
     async def status(job_id: str):
-        return _json_response(store().view(record(job_id)))
+        return answer(store().view(record(job_id)))
 
     @router.api_route("/stream/{job_id}", methods=["GET", "POST"],
                       summary="Chunks a generator produced since the last call",
                       responses=_errors(404))
     async def stream(job_id: str):
-        return _json_response(store().take_stream(record(job_id)))
+        return answer(store().take_stream(record(job_id)))
 
     @router.post("/cancel/{job_id}", summary="Stop a job (queued or running)",
                  responses=_errors(404))
@@ -241,6 +251,12 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
             store().cancel(rec)
             await store().wait(rec, state["sup"].settings.stop_grace + 5)
         return {"id": rec.id, "status": store().view(rec)["status"]}
+
+    @router.get("/metrics", summary="Prometheus metrics (text exposition format)",
+                response_class=Response)
+    async def metrics():
+        text = await asyncio.to_thread(state["sup"].metrics.text)   # it may read NVML
+        return Response(text, media_type=CONTENT_TYPE)
 
     @router.post("/purge-queue", summary="Drop every queued job")
     async def purge_queue():
@@ -269,9 +285,9 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         async def realtime(request: Request):
             body, raw = await job_body(request)
             refuse_if_down()
-            rec = submit(body, raw)
+            rec = submit(request, body, raw)
             await rec.done.wait()
-            return _json_response(rec.result.body)
+            return answer(rec.result.body)
 
     for r in (router, public):
         app.include_router(r)

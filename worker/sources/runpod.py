@@ -24,6 +24,7 @@ from typing import Any
 
 import requests
 
+from .. import tracing
 from ..config import Settings
 from ..jobs import SAFE_ID, JobResult, JobState, Reason, error_record, failure
 from ..jsonlimits import JSONRefused, job_ids, loads
@@ -55,7 +56,8 @@ class RunPodSource(JobListener):
         self._taken: dict[str, _Taken] = {}
         self.sup.on_capacity(self._room_changed)     # a fresh child: take at once
         self.delivery = Delivery(self._session, self._too_large,
-                                 lambda: self.stopping.is_set() and self.taking_done.is_set())
+                                 lambda: self.stopping.is_set() and self.taking_done.is_set(),
+                                 self.sup.metrics)
         self._signals = 0
         self._taker = TakeClient(self._headers())
 
@@ -209,6 +211,7 @@ class RunPodSource(JobListener):
             raise TakeError(f"HTTP {status}")
         if not body or "json" not in content_type:
             return []
+        self.sup.metrics.bytes_in.inc(len(body))
         try:
             data = loads(body, "the job-take answer")
         except JSONRefused as exc:
@@ -249,6 +252,7 @@ class RunPodSource(JobListener):
                             extra={"job_id": job_id})
                 return
             self._taken[job_id] = _Taken(job_id)
+        tracing.TRACES.remember(job)
         log.info("job taken", extra={"job_id": job_id})
         try:
             self.sup.submit(job, self)  # a job without input is refused there, and reported

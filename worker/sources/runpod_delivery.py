@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import requests
@@ -54,6 +54,7 @@ class Post:
     data: bytes | None = None    # the body encoded, once
     attempts: int = 0
     replaced: bool = False   # a refused result was already replaced by an error record
+    created: float = field(default_factory=time.monotonic)    # for a result: the job's end
 
     def encoded(self) -> bytes:
         if self.data is None:
@@ -66,7 +67,8 @@ class Post:
 
 class Delivery:
     def __init__(self, session: Callable[[], requests.Session],
-                 refused_body: Callable[[str], dict], hurry: Callable[[], bool]):
+                 refused_body: Callable[[str], dict], hurry: Callable[[], bool], metrics):
+        self._metrics = metrics              # parent.metrics.Metrics: posts, bytes, times
         self._session = session              # a new session per thread
         self._refused_body = refused_body    # the error body for a result the queue refused
         self._hurry = hurry                  # shutting down: retry fast, the exit is near
@@ -166,6 +168,7 @@ class Delivery:
                 with self._cond:
                     self._retrying -= 1
             if not delivered and post.kind == "done":
+                self._metrics.post(post.kind, "undelivered")
                 with self._cond:
                     self._undelivered.append(post)
                 log.error("result could not be delivered after %d tries; kept, and "
@@ -176,33 +179,49 @@ class Delivery:
                 attempts: int = POST_ATTEMPTS,
                 on_retry: Callable[[], Any] = lambda: None) -> bool:
         backoff = Backoff(0.25, 4.0)
+        metrics = self._metrics
         for _ in range(attempts):
             post.attempts += 1
             try:
-                resp = session.post(post.url, data=post.encoded(), timeout=POST_TIMEOUT, headers={
+                data = post.encoded()
+                metrics.bytes_out.inc(len(data))
+                resp = session.post(post.url, data=data, timeout=POST_TIMEOUT, headers={
                     "Content-Type": "application/x-www-form-urlencoded", "charset": "utf-8"})
                 if resp.status_code < 400:
+                    self._delivered(post)
                     return True
                 if resp.status_code in (400, 413) and post.kind == "done" and not post.replaced:
                     # refused (too large for the platform?): report FAILED, not nothing
+                    metrics.post(post.kind, "refused")
                     post.replace(self._refused_body(
                         f"the queue refused the result with HTTP {resp.status_code}: "
                         f"{resp.text[:200]}"))
                     continue
                 if resp.status_code < 500 and resp.status_code != 429:
                     # the queue refused it for good: retrying cannot help
+                    metrics.post(post.kind, "refused")
                     log.error("%s post refused: HTTP %d %s", post.kind, resp.status_code,
                               resp.text[:200], extra={"job_id": post.job_id})
                     return True
                 problem = f"HTTP {resp.status_code}"
             except requests.RequestException as exc:
                 problem = type(exc).__name__
+            metrics.post(post.kind, "retry")
             on_retry()
             wait = 0.1 if self._hurry() and attempts > 1 else backoff.next()
             log.warning("%s post failed (%s); retrying in %.2fs", post.kind, problem, wait,
                         extra={"job_id": post.job_id})
             time.sleep(wait)
         return False
+
+    def _delivered(self, post: Post) -> None:
+        self._metrics.post(post.kind, "delivered")
+        if post.kind == "done":
+            took = time.monotonic() - post.created
+            self._metrics.delivered("runpod", took)
+            log.info("result delivered in %d ms%s", took * 1000,
+                     f" ({post.attempts} tries)" if post.attempts > 1 else "",
+                     extra={"job_id": post.job_id})
 
     def redeliver_once(self, final: bool = False) -> None:
         with self._cond:
