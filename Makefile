@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run oneshot test bench bench-api bench-perf bench-children gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
+.PHONY: run oneshot test bench bench-api bench-perf bench-children bench-metrics gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -48,6 +48,11 @@ bench-perf: $(STAMP)
 # Several children: a 200 ms handler with 1, 2 and 3 children through the stand-in queue.
 bench-children: $(STAMP)
 	$(BIN)/python bench/bench_children.py
+
+# Metrics on against the commit before them: the queue and channel rows, alternated.
+BASE ?= c32cc75
+bench-metrics: $(STAMP)
+	$(BIN)/python bench/bench_metrics.py --base $(BASE)
 
 gpu-test: $(STAMP)
 	$(BIN)/python -m pytest -q gpu_tests

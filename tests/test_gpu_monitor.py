@@ -361,3 +361,22 @@ def test_one_child_per_gpu_by_uuid_with_its_own_memory_reading(nvml, harness, tm
     children = h.sup.snapshot()["children"]
     assert [[d["uuid"] for d in c["memory"]["devices"]] for c in children] == \
         [[u] for u in UUIDS]
+
+
+def test_metrics_show_each_gpu_under_the_child_that_holds_it(nvml, harness):
+    """The metrics collector reads NVML at scrape time: one series per GPU, labelled with
+    the child that holds it and its UUID, parsed with the Prometheus text parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+    fake = nvml()
+    fake.devices[1].used_mb = 1234.0
+    h = harness("children.py", probe=NvmlProbe())
+    assert h.sup.wait_until(lambda s: all(c.ready for c in s.children), 30)
+    series = {(s.name, s.labels.get("child"), s.labels.get("gpu")): s.value
+              for f in text_string_to_metric_families(h.sup.metrics.text().decode())
+              for s in f.samples}
+    used = {k: v for k, v in series.items() if k[0] == "gpu_worker_gpu_memory_used_bytes"}
+    assert used == {("gpu_worker_gpu_memory_used_bytes", str(i), u):
+                    (1234.0 if i == 1 else 500.0) * 2**20 for i, u in enumerate(UUIDS)}
+    assert {k[1] for k in series if k[0] == "gpu_worker_gpu_utilization_ratio"} == \
+        {"0", "1", "2"}
+    assert all(series[("gpu_worker_child_up", str(i), None)] == 1 for i in range(3))

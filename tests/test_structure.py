@@ -6,7 +6,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "worker"
 MAX_LINES = 420
 SHARED = {"worker.protocol", "worker.jobs", "worker.config", "worker.targets",
-          "worker.version", "worker.logs", "worker.jsonlimits", "worker.gpus"}
+          "worker.version", "worker.logs", "worker.jsonlimits", "worker.gpus",
+          "worker.tracing", "worker.redraws"}
 # The SDK's helpers (worker.serverless.*: logger, fitness registry, utils) serve both sides.
 HELPERS = "worker.serverless."
 
