@@ -1,15 +1,16 @@
-"""Metrics on, against the commit before them: bench_perf.py's queue and channel rows for
-this tree and for BASE, alternated, each tree `--rounds` times. This tree runs with
-WORKER_METRICS_PORT set and /metrics scraped every second while the rows run (a far
-shorter interval than Prometheus' usual 15 s); the base tree has no metrics. Same
-machine, same handlers, same stand-in queue.
+"""Metrics on, against the commit before them: the queue rows (bench_api.queue_rate, the
+stand-in queue) and bench_perf.py's channel row, for this tree and for BASE, alternated,
+`--rounds` times; medians at the end. This tree runs with WORKER_METRICS_PORT set and
+/metrics scraped every second during the queue rows (Prometheus' usual interval is 15 s);
+the base tree has no metrics. Same machine, same handler files, same stand-in queue.
 
-    python bench/bench_metrics.py --base c32cc75 --rounds 2
+    python bench/bench_metrics.py --base c32cc75 --rounds 4
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
+import bench_api  # noqa: E402
 from bench_api import free_port  # noqa: E402
 
 
@@ -45,45 +47,91 @@ def scraper(port: int, stop: threading.Event, answered: list) -> None:
             pass
 
 
-def rows(tree: Path, label: str, only: str, metrics: bool, quick: bool) -> None:
+QUEUE = [("trivial handler, concurrency 1", "rp_trivial.py", 6000),
+         ("async handler awaiting 50 ms, concurrency 32", "rp_async.py", 8000)]
+
+
+def queue_row(tree: Path, metrics: bool, seconds: float) -> list:
+    """bench_api.queue_rate for each QUEUE handler, with this tree's worker."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    saved = dict(os.environ)
+    os.environ["PYTHONPATH"] = str(tree)
     if metrics:
-        env["WORKER_METRICS_PORT"] = str(port)
+        os.environ["WORKER_METRICS_PORT"] = str(port)
     stop, answered = threading.Event(), []
     t = threading.Thread(target=scraper, args=(port, stop, answered), daemon=True)
     t.start()
+    try:
+        rates = [bench_api.queue_rate(bench_api.OURS, handler, jobs, seconds)[0]
+                 for _, handler, jobs in QUEUE]
+    finally:
+        stop.set()
+        t.join()
+        os.environ.clear()
+        os.environ.update(saved)
+    if metrics:
+        assert answered, "no scrape was answered"
+    return rates
+
+
+def channel_row(tree: Path) -> float:
+    """bench_perf.py's channel row (the supervisor in its process) from `tree`."""
     out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"),
-                          str(tree / "bench" / "bench_perf.py"), "--only", only,
-                          *(["--quick"] if quick else [])],
-                         cwd="/tmp", env=env, capture_output=True, text=True)
-    stop.set()
-    t.join()
+                          str(tree / "bench" / "bench_perf.py"), "--only", "channel"],
+                         cwd="/tmp", env={**os.environ, "PYTHONPATH": str(tree)},
+                         capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(out.stdout + out.stderr)
-    for line in out.stdout.splitlines():
-        if line.startswith(("queue", "channel")):
-            print(f"{label}: {line}" + (f" [{len(answered)} scrapes answered]"
-                                        if metrics and only == "queue" else ""), flush=True)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("channel"))
+    return float(line.split(": ")[1].split(" jobs/s")[0].replace(",", ""))
+
+
+def per_job_costs(n: int = 100_000) -> None:
+    """What the metrics add to one job in this tree's parent, by call (microseconds)."""
+    import timeit
+    sys.path.insert(0, str(ROOT))
+    from worker.jobs import JobResult, JobState, Reason
+    from worker.parent.metrics import Metrics
+    from worker.parent.monitor import HostProbe
+    m = Metrics(lambda: None, HostProbe())
+    r = JobResult("j", JobState.COMPLETED, Reason.COMPLETED, {}, ran=True, delay_ms=1,
+                  execution_ms=2)
+    calls = {"received": lambda: m.received.inc(), "ended": lambda: m.ended(r),
+             "bytes in + out": lambda: (m.bytes_in.inc(100), m.bytes_out.inc(100)),
+             "post": lambda: m.post("done", "delivered"),
+             "delivered": lambda: m.delivered("runpod", 0.01)}
+    costs = {k: timeit.timeit(f, number=n) / n * 1e6 for k, f in calls.items()}
+    print("per job, in the parent: " + "; ".join(f"{k} {v:.1f} us" for k, v in costs.items())
+          + f"; {sum(costs.values()):.1f} us in all (a RunPod job: all five)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="c32cc75", help="the commit before metrics")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--only", choices=["queue", "channel"], action="append")
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=10.0, help="per queue measurement")
     args = ap.parse_args()
+    per_job_costs()
     base = base_tree(args.base)
+    got: dict = {}
     try:
         for r in range(args.rounds):
-            for only in args.only or ["queue", "channel"]:
-                rows(base, f"base {args.base} (no metrics), round {r + 1}", only, False,
-                     args.quick)
-                rows(ROOT, f"metrics on, round {r + 1}", only, True, args.quick)
+            for label, tree, metrics in ((f"base {args.base}", base, False),
+                                         ("metrics on", ROOT, True)):
+                rates = queue_row(tree, metrics, args.seconds) + [channel_row(tree)]
+                got.setdefault(label, []).append(rates)
+                print(f"round {r + 1}, {label}: " + "; ".join(
+                    f"{name} {rate:,.0f} jobs/s" for name, rate in
+                    zip([q[0] for q in QUEUE] + ["channel"], rates)), flush=True)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
                        capture_output=True)
+    names = [f"queue, {q[0]}" for q in QUEUE] + ["channel, trivial jobs"]
+    for i, name in enumerate(names):
+        b = statistics.median(x[i] for x in got[f"base {args.base}"])
+        m = statistics.median(x[i] for x in got["metrics on"])
+        print(f"median of {args.rounds}, {name}: base {b:,.0f} jobs/s, metrics on "
+              f"{m:,.0f} jobs/s ({m / b - 1:+.1%})")
 
 
 if __name__ == "__main__":
