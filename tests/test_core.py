@@ -520,6 +520,10 @@ def test_every_job_ends_exactly_once_and_runs_only_on_a_live_child(events):
     assert set(d.results) == submitted
     assert all(len(rs) == 1 for rs in d.results.values()), d.results
     assert all(r.state.final for rs in d.results.values() for r in rs)
+    for (r,) in d.results.values():      # a setup wait is part of the delay, never more
+        assert (0 <= r.setup_wait_ms <= r.delay_ms) if r.ran else r.times() == {}
+    assert d.spawned[0].cause == "first" and {s.cause for s in d.spawned} <= {
+        "first", "refresh", "timeout", "cancel", "crash", "hung", "setup_failed", "error"}
 
 
 def test_each_start_says_why_and_each_job_its_times():

@@ -36,7 +36,8 @@ class TrackedJob:
             result.ran = True
             result.delay_ms = int((self.started - self.submitted) * 1000)
             result.execution_ms = int((now - self.started) * 1000)
-            result.setup_wait_ms = int(self.setup_wait * 1000)
+            result.setup_wait_ms = int(min(self.setup_wait, self.started - self.submitted)
+                                       * 1000)
         return result
 
     @property

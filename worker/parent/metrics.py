@@ -98,9 +98,15 @@ class Metrics:
         return prometheus_client.generate_latest(self.registry)
 
     def serve(self, host: str, port: int) -> None:
-        """Serve /metrics on a port of its own (WORKER_METRICS_PORT), in a daemon thread."""
-        self._server, thread = prometheus_client.start_http_server(
-            port, addr=host, registry=self.registry)
+        """Serve /metrics on a port of its own (WORKER_METRICS_PORT), in a daemon thread. A
+        port that cannot be opened is logged: the worker runs its jobs without it."""
+        try:
+            self._server, _ = prometheus_client.start_http_server(
+                port, addr=host, registry=self.registry)
+        except OSError as exc:
+            log.error("metrics port %s:%d could not be opened (%s); serving no metrics "
+                      "there (WORKER_METRICS_PORT)", host, port, exc)
+            return
         log.info("metrics on http://%s:%d/metrics", host, self._server.server_port)
 
     @property
