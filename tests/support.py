@@ -1,6 +1,7 @@
 """Helpers for tests that run real supervisors over real child processes."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
@@ -218,3 +220,38 @@ class Worker:
 
     def text(self) -> str:
         return self.log.read_text()
+
+
+class Hook:
+    """A webhook receiver on loopback: keeps each post's body (`posts`) and headers
+    (`headers`); with `fail_first`, the first delivery gets a 500 (to be retried)."""
+
+    def __init__(self, fail_first: bool = False):
+        self.posts, self.headers = [], []
+        self.cond = threading.Condition()
+        hook = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with hook.cond:
+                    hook.posts.append(body)
+                    hook.headers.append(dict(self.headers))
+                    hook.cond.notify_all()
+                    fail = fail_first and len(hook.posts) == 1
+                self.send_response(500 if fail else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, n: int, timeout: float = 30.0) -> list:
+        """The first n posts' (headers, body), once they came."""
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.posts) >= n, timeout), self.posts
+            return list(zip(self.headers, self.posts))[:n]

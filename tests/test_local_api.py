@@ -1,14 +1,12 @@
 """The local API with a real server on loopback, driven by requests and by the official
 runpod client."""
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
-from tests.support import Server
+from tests.support import Hook, Server
 
 
 @pytest.fixture(scope="module")
@@ -165,33 +163,8 @@ def test_finished_results_expire(server):
         time.sleep(0.1)
 
 
-class _Hook:
-    def __init__(self):
-        self.posts = []
-        self.cond = threading.Condition()
-        hook = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with hook.cond:
-                    hook.posts.append(body)
-                    hook.cond.notify_all()
-                fail = len(hook.posts) == 1         # the first delivery fails: retried
-                self.send_response(500 if fail else 200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 def test_webhooks_on_completion_and_failure_with_retries(api):
-    hook = _Hook()
+    hook = Hook(fail_first=True)
     try:
         ok = api.post("/run", {"input": {"do": "ok"}, "webhook": hook.url}).json()["id"]
         bad = api.post("/run", {"input": {"do": "raise"}, "webhook": hook.url}).json()["id"]

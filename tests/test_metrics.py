@@ -170,3 +170,15 @@ def test_queue_mode_serves_metrics_on_its_own_port_with_posts_and_retries(tmp_pa
     assert got[("gpu_worker_job_delivery_seconds_count", (("via", "runpod"),))] == 3
     assert got[("gpu_worker_payload_bytes_total", (("direction", "in"),))] > 0
     assert f"metrics on http://127.0.0.1:{port}/metrics" in w.text()
+
+
+def test_a_metrics_port_that_cannot_open_is_logged_and_jobs_run_on(harness, caplog):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        h = harness("misbehave.py", metrics_port=port)
+        assert h.run({"do": "ok"}).state.value == "COMPLETED"
+    assert f"metrics port 127.0.0.1:{port} could not be opened" in caplog.text
+    assert h.sup.metrics.port is None

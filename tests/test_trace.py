@@ -5,48 +5,17 @@ import json
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from hypothesis import given, strategies as st
 
 from tests.fake_runpod import FakeRunPod
-from tests.support import Worker
+from tests.support import Hook, Worker
 from worker import tracing
 from worker.parent.output import OutputPump
 from worker.redraws import Redraws, last_drawn
 
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 OTHER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-
-class Hook:
-    """A webhook receiver that keeps each post's headers and body."""
-
-    def __init__(self):
-        self.posts, self.cond = [], threading.Condition()
-        hook = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with hook.cond:
-                    hook.posts.append((dict(self.headers), body))
-                    hook.cond.notify_all()
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait(self, n):
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.posts) >= n, 30)
-            return list(self.posts)
 
 
 def test_the_trace_reaches_the_handler_its_log_lines_and_its_webhook(server):
