@@ -5,6 +5,7 @@ import json
 import time
 
 import requests
+from hypothesis import given, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fake_runpod import FakeRunPod
@@ -182,3 +183,21 @@ def test_a_metrics_port_that_cannot_open_is_logged_and_jobs_run_on(harness, capl
         assert h.run({"do": "ok"}).state.value == "COMPLETED"
     assert f"metrics port 127.0.0.1:{port} could not be opened" in caplog.text
     assert h.sup.metrics.port is None
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e5, allow_nan=False), max_size=50))
+def test_the_loops_histograms_read_as_prometheus_clients_own(values):
+    """The loop tallies without locks; scraped, its histogram must be the one
+    prometheus-client's Histogram would show for the same observations."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+    from worker.parent.metrics import BUCKETS, _Buckets
+    ours, theirs = _Buckets(), CollectorRegistry()
+    reference = Histogram("h", "h", buckets=BUCKETS, registry=theirs)
+    for v in values:
+        ours.observe(v)
+        reference.observe(v)
+    mine = CollectorRegistry()
+    mine.register(type("C", (), {"collect": lambda self: [ours.family("h", "h")]})())
+    a, b = parse(generate_latest(mine).decode()), parse(generate_latest(theirs).decode())
+    assert a.keys() == b.keys()
+    assert all(abs(a[k] - b[k]) <= 1e-6 * max(1.0, abs(b[k])) for k in a)

@@ -23,7 +23,7 @@ from . import placement
 from .child_events import ChildEvents
 from .failures import Failures
 from .jobbook import JobBook, TrackedJob
-from .lifecycle import ChildRecord, ChildState, StopCause
+from .lifecycle import LIVE_STATES, ChildRecord, ChildState, StopCause
 from .monitor import classify_xid
 from .slots import NoChildClock, Slot
 from .status import ChildView, Status, WorkerState
@@ -73,6 +73,7 @@ class SupervisorCore(ChildEvents, Failures):
 
     def submit(self, given: Any, listener: JobListener, submitted: float,
                raw: Any, now: float) -> list:
+        self.jobs.received += 1
         try:
             job = validate_job(given)
         except Exception as exc:    # noqa: BLE001 - JobError, or whatever a strange job raises
@@ -256,13 +257,13 @@ class SupervisorCore(ChildEvents, Failures):
         return Status(self.settings, self.state, self.failure_message, self.handler_kind,
                       tuple(_view(s, running) for s in self.slots), self.spawns,
                       len(self.pending), self.jobs.finished, self.last_ready_s,
-                      self.gpu_events)
+                      self.gpu_events, self.jobs.received)
 
     # --- the step after every event ---------------------------------------------------
 
     def _step(self, now: float) -> list:
-        self.no_child.update(any(s.child is not None and s.child.live for s in self.slots),
-                             now)
+        self.no_child.update(any(s.child is not None and s.child.state in LIVE_STATES
+                                 for s in self.slots), now)
         self._check_clocks(now)
         self._ensure_children()
         self._dispatch(now)

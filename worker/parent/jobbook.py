@@ -52,6 +52,7 @@ class JobBook:
         self.pending: collections.deque[TrackedJob] = collections.deque()
         self.active_ids: set = set()      # ids pending or in flight
         self.finished = 0
+        self.received = 0                 # jobs submitted (each ends once: finished)
 
     def report(self, tracked: TrackedJob, result: JobResult, counted: bool = True) -> None:
         if tracked.finished:

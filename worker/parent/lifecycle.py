@@ -26,6 +26,9 @@ class ChildState(str, enum.Enum):
     STOPPING = "stopping"
 
 
+LIVE_STATES = (ChildState.READY, ChildState.BUSY)     # may take jobs, or runs them
+
+
 class StopCause(enum.Enum):
     """Why the parent stops a child."""
     REFRESH = "refresh"                  # recycling: refresh_worker, max jobs, memory, CUDA
@@ -99,7 +102,7 @@ class ChildRecord:
 
     @property
     def live(self) -> bool:
-        return self.state in (ChildState.READY, ChildState.BUSY)
+        return self.state in LIVE_STATES
 
     @property
     def abandoned_ids(self) -> set:

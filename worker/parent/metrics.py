@@ -1,21 +1,26 @@
 """Prometheus metrics (prometheus-client), in the parent only.
 
-Two kinds: what happens (jobs ending, children starting, posts) is counted as it happens,
-from the supervisor's thread and the sources' threads (prometheus-client's metrics take
-their own locks); what *is* (jobs in flight, each child's state, GPU memory and
+Three kinds. What the supervisor's loop sees happen (jobs ending, children starting) is
+tallied in plain numbers by that one thread (LoopTally: no lock on a job's path) and
+turned into counters and histograms when scraped. What the sources see (posts, webhooks,
+bytes, delivery times) uses prometheus-client's own metrics, which lock, since several
+threads write them. What *is* (jobs in flight, each child's state, GPU memory and
 utilisation) is read at scrape time from the published Status and the memory probe, so it
 costs nothing between scrapes. Each supervisor has its own registry: several workers in
 one process (the tests) never share a series.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 from typing import Any, Callable
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, StateSetMetricFamily
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                   HistogramMetricFamily, StateSetMetricFamily)
+from prometheus_client.utils import floatToGoString
 
 from ..jobs import JobResult
 from .status import Status, WorkerState
@@ -33,57 +38,25 @@ MB = 2**20
 class Metrics:
     def __init__(self, status: Callable[[], Status], probe: Any):
         r = self.registry = CollectorRegistry()
-        self.jobs = Counter("gpu_worker_jobs", "Jobs that reached their final state, by "
-                            "state and reason.", ["state", "reason"], registry=r)
-        self.received = Counter("gpu_worker_jobs_received", "Jobs handed to the worker by "
-                                "its source (queue take, HTTP, one-shot).", registry=r)
-        self.queue_seconds = Histogram(
-            "gpu_worker_job_queue_seconds", "From a job's arrival to its start in a child "
-            "(RunPod's delayTime).", buckets=BUCKETS, registry=r)
-        self.setup_wait = Counter(
-            "gpu_worker_job_setup_wait_seconds", "Of the jobs' queue time, the seconds they "
-            "waited with no child ready (a first start, a refresh, a crash).", registry=r)
-        self.execution_seconds = Histogram(
-            "gpu_worker_job_execution_seconds", "From a job's start in a child to its end "
-            "(RunPod's executionTime).", buckets=BUCKETS, registry=r)
+        self.loop = LoopTally()              # written by the supervisor's loop alone
+        r.register(_Counted(self.loop, status))
         self.delivery_seconds = Histogram(
             "gpu_worker_job_delivery_seconds", "From a job's end to its result delivered: "
             "the RunPod result post, or the webhook.", ["via"], buckets=BUCKETS, registry=r)
-        self.child_starts = Counter(
-            "gpu_worker_child_starts", "Children started, by why: first, refresh, recycle, "
-            "memory, cuda_error, timeout, cancel, crash, hung, setup_failed, gpu, error, "
-            "warm_off.", ["cause"], registry=r)
-        self.setup_seconds = Histogram(
-            "gpu_worker_child_setup_seconds", "From a child's start to its ready (the "
-            "handler module imported, start() called).", buckets=BUCKETS, registry=r)
         self.posts = Counter(
-            "gpu_worker_result_posts", "Posts to the RunPod queue, by kind (done, stream, "
-            "progress) and outcome (delivered, retry, refused, undelivered).",
-            ["kind", "outcome"], registry=r)
+            "gpu_worker_result_posts", "Tries of posts to the RunPod queue (kind done, "
+            "stream, progress) and of webhooks (kind webhook), by outcome: delivered, "
+            "retry, refused, undelivered.", ["kind", "outcome"], registry=r)
         self.payload_bytes = Counter(
             "gpu_worker_payload_bytes", "Bytes of job bodies received (in) and of result "
             "bodies sent (out: posts, HTTP answers, webhooks).", ["direction"], registry=r)
         self.bytes_in = self.payload_bytes.labels("in")
         self.bytes_out = self.payload_bytes.labels("out")
-        self._ended: dict = {}          # (state, reason) -> the counter's child
         r.register(_Now(status, probe))
         prometheus_client.ProcessCollector(registry=r)    # the parent's CPU, memory, fds
         self._server = None
 
-    # --- what happens (any thread) -------------------------------------------------------
-
-    def ended(self, result: JobResult) -> None:
-        key = (result.state, result.reason)
-        counter = self._ended.get(key)
-        if counter is None:
-            counter = self._ended[key] = self.jobs.labels(result.state.value,
-                                                          result.reason.value)
-        counter.inc()
-        if result.ran:
-            self.queue_seconds.observe(result.delay_ms / 1000)
-            self.execution_seconds.observe(result.execution_ms / 1000)
-            if result.setup_wait_ms:
-                self.setup_wait.inc(result.setup_wait_ms / 1000)
+    # --- what happens (the sources' threads: prometheus-client's locked metrics) ------
 
     def delivered(self, via: str, seconds: float) -> None:
         self.delivery_seconds.labels(via).observe(seconds)
@@ -116,6 +89,85 @@ class Metrics:
     def close(self) -> None:
         if self._server is not None:
             threading.Thread(target=self._server.shutdown, daemon=True).start()
+
+
+class LoopTally:
+    """What the supervisor's loop sees happen: jobs ending, children starting and getting
+    ready. One writer (the loop) and plain numbers: no lock on a job's path; the scrape
+    copies them (a copy of a list or dict is one step under the GIL)."""
+
+    def __init__(self):
+        self.jobs: dict = {}             # (state, reason) -> jobs
+        self.starts: dict = {}           # cause -> children started
+        self.setup_wait_s = 0.0
+        self.queue, self.execution, self.setup = _Buckets(), _Buckets(), _Buckets()
+
+    def ended(self, result: JobResult) -> None:
+        key = (result.state.value, result.reason.value)
+        self.jobs[key] = self.jobs.get(key, 0) + 1
+        if result.ran:
+            self.queue.observe(result.delay_ms / 1000)
+            self.execution.observe(result.execution_ms / 1000)
+            self.setup_wait_s += result.setup_wait_ms / 1000
+
+    def started(self, cause: str) -> None:
+        self.starts[cause] = self.starts.get(cause, 0) + 1
+
+
+class _Buckets:
+    """A histogram's counts per bucket (not cumulative) and sum."""
+
+    def __init__(self):
+        self.counts = [0] * (len(BUCKETS) + 1)      # the last: over the largest bound
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.sum += value
+
+    def family(self, name: str, text: str) -> HistogramMetricFamily:
+        counts, total = list(self.counts), self.sum
+        buckets, seen = [], 0
+        for bound, n in zip([*map(floatToGoString, BUCKETS), "+Inf"], counts):
+            seen += n
+            buckets.append((bound, seen))
+        return HistogramMetricFamily(name, text, buckets=buckets, sum_value=total)
+
+
+class _Counted:
+    """The loop's tallies, and the jobs received from the published status."""
+
+    def __init__(self, tally: LoopTally, status: Callable[[], Status]):
+        self._tally = tally
+        self._status = status
+
+    def collect(self):
+        t = self._tally
+        jobs = CounterMetricFamily("gpu_worker_jobs", "Jobs that reached their final state, "
+                                   "by state and reason.", labels=["state", "reason"])
+        for (state, reason), n in sorted(dict(t.jobs).items()):
+            jobs.add_metric([state, reason], n)
+        yield jobs
+        yield CounterMetricFamily("gpu_worker_jobs_received", "Jobs handed to the worker "
+                                  "by its source (queue take, HTTP, one-shot).",
+                                  value=self._status().received)
+        yield t.queue.family("gpu_worker_job_queue_seconds", "From a job's arrival to its "
+                             "start in a child (RunPod's delayTime).")
+        yield CounterMetricFamily(
+            "gpu_worker_job_setup_wait_seconds", "Of the jobs' queue time, the seconds they "
+            "waited with no child ready (a first start, a refresh, a crash).",
+            value=t.setup_wait_s)
+        yield t.execution.family("gpu_worker_job_execution_seconds", "From a job's start in "
+                                 "a child to its end (RunPod's executionTime).")
+        starts = CounterMetricFamily(
+            "gpu_worker_child_starts", "Children started, by why: first, refresh, recycle, "
+            "memory, cuda_error, timeout, cancel, crash, hung, setup_failed, gpu, error, "
+            "warm_off.", labels=["cause"])
+        for cause, n in sorted(dict(t.starts).items()):
+            starts.add_metric([cause], n)
+        yield starts
+        yield t.setup.family("gpu_worker_child_setup_seconds", "From a child's start to its "
+                             "ready (the handler module imported, start() called).")
 
 
 class _Now:

@@ -63,6 +63,7 @@ class Status(NamedTuple):      # a tuple: immutable, and cheap to make after eve
     finished: int
     last_ready_s: float | None
     gpu_events: tuple = ()             # the last NVML events: (what, what was done)
+    received: int = 0                  # jobs submitted to the core, all told
 
     @property
     def first(self) -> ChildView:

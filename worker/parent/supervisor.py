@@ -110,7 +110,6 @@ class Supervisor(ChildWiring):
         """Queue a job. Its listener hears exactly one on_result. `raw`, when given, is
         the job's exact JSON encoding (bytes, or a tuple of bytes-like parts that join to
         it): it goes to the child as is (no re-encoding, no copy)."""
-        self.metrics.received.inc()
         tracing.TRACES.remember(job)
         if not self._command(self.core.submit, job, listener, self.clock(), raw):
             self._refuse_late(job, listener)
@@ -198,7 +197,7 @@ class Supervisor(ChildWiring):
         result = failure(job_id if isinstance(job_id, str) else "unknown", JobState.FAILED,
                          Reason.REFUSED, "JobRefused", "the worker has stopped", s.worker_id,
                          s.hostname)
-        self.metrics.ended(result)
+        self.metrics.loop.ended(result)      # the loop has ended: no other writer
         if isinstance(job_id, str):
             tracing.TRACES.ended(job_id)
         try:
@@ -319,21 +318,22 @@ class Supervisor(ChildWiring):
                 self._HANDLERS[type(action)](self, action)
 
     def _spawn_counted(self, action: A.Spawn) -> None:
-        self.metrics.child_starts.labels(action.cause).inc()
+        self.metrics.loop.started(action.cause)
         self._spawn(action)
 
     def _ready(self, action: A.ChildReady) -> None:
-        self.metrics.setup_seconds.observe(action.setup_s)
+        self.metrics.loop.setup.observe(action.setup_s)
 
     def _ended(self, action: A.Ended) -> None:
         """A job's one final record: counted, logged with its times, then told."""
         r = action.result
-        self.metrics.ended(r)
-        vram = r.extra.get("peak_vram_mb")
-        log.log(logging.INFO if r.state is JobState.COMPLETED else logging.WARNING,
-                "job %s (%s)%s%s", r.state.value, r.reason.value, r.times_text(),
-                "" if vram is None else f", peak VRAM {vram:.0f} MiB",
-                extra={"job_id": r.job_id})
+        self.metrics.loop.ended(r)
+        level = logging.INFO if r.state is JobState.COMPLETED else logging.WARNING
+        if log.isEnabledFor(level):          # a line per job: built only when shown
+            vram = r.extra.get("peak_vram_mb")
+            log.log(level, "job %s (%s)%s%s", r.state.value, r.reason.value, r.times_text(),
+                    "" if vram is None else f", peak VRAM {vram:.0f} MiB",
+                    extra={"job_id": r.job_id})
         self._tell(action)
         if r.trace is not None:
             tracing.TRACES.ended(r.job_id)
