@@ -1,6 +1,7 @@
 """Metrics on, against the commit before them: the queue rows (bench_api.queue_rate, the
-stand-in queue) and bench_perf.py's channel row, for this tree and for BASE, alternated,
-`--rounds` times; medians at the end. This tree runs with WORKER_METRICS_PORT set and
+stand-in queue) and the channel row (bench_core.jobs_per_second, with the parent's CPU
+time per job), for this tree and for BASE, alternated, `--rounds` times; medians at the
+end. This tree runs with WORKER_METRICS_PORT set and
 /metrics scraped every second during the queue rows (Prometheus' usual interval is 15 s);
 the base tree has no metrics. Same machine, same handler files, same stand-in queue.
 
@@ -74,16 +75,31 @@ def queue_row(tree: Path, metrics: bool, seconds: float) -> list:
     return rates
 
 
-def channel_row(tree: Path) -> float:
-    """bench_perf.py's channel row (the supervisor in its process) from `tree`."""
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"),
-                          str(tree / "bench" / "bench_perf.py"), "--only", "channel"],
-                         cwd="/tmp", env={**os.environ, "PYTHONPATH": str(tree)},
+CHANNEL = """
+import sys, time
+def main():
+    tree, n = sys.argv[1], int(sys.argv[2])
+    sys.path[:0] = [tree, tree + "/bench"]
+    import bench_core
+    t0 = time.process_time()
+    rate = bench_core.jobs_per_second("trivial.py", n)
+    print(rate, (time.process_time() - t0) / (n + 200) * 1e6)
+if __name__ == "__main__":
+    main()
+"""
+
+
+def channel_row(tree: Path, jobs: int = 20000) -> tuple:
+    """The channel row of bench_perf.py (bench_core.jobs_per_second: trivial jobs through
+    a supervisor in the bench's process) from `tree`: jobs/s, and the parent's CPU time
+    per job (all its threads; less noisy than the rate on a shared machine)."""
+    out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", CHANNEL, str(tree),
+                          str(jobs)], cwd="/tmp", env={**os.environ, "PYTHONPATH": str(tree)},
                          capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(out.stdout + out.stderr)
-    line = next(x for x in out.stdout.splitlines() if x.startswith("channel"))
-    return float(line.split(": ")[1].split(" jobs/s")[0].replace(",", ""))
+    rate, cpu = out.stdout.split()[-2:]
+    return float(rate), float(cpu)
 
 
 def per_job_costs(n: int = 100_000) -> None:
@@ -109,7 +125,7 @@ def per_job_costs(n: int = 100_000) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default="c32cc75", help="the commit before metrics")
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--seconds", type=float, default=10.0, help="per queue measurement")
     args = ap.parse_args()
     per_job_costs()
@@ -119,20 +135,24 @@ def main() -> None:
         for r in range(args.rounds):
             for label, tree, metrics in ((f"base {args.base}", base, False),
                                          ("metrics on", ROOT, True)):
-                rates = queue_row(tree, metrics, args.seconds) + [channel_row(tree)]
+                rate, cpu = channel_row(tree)
+                rates = queue_row(tree, metrics, args.seconds) + [rate, cpu]
                 got.setdefault(label, []).append(rates)
                 print(f"round {r + 1}, {label}: " + "; ".join(
                     f"{name} {rate:,.0f} jobs/s" for name, rate in
-                    zip([q[0] for q in QUEUE] + ["channel"], rates)), flush=True)
+                    zip([q[0] for q in QUEUE] + ["channel"], rates))
+                    + f" (parent CPU {cpu:.1f} us a job)", flush=True)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
                        capture_output=True)
-    names = [f"queue, {q[0]}" for q in QUEUE] + ["channel, trivial jobs"]
+    names = [f"queue, {q[0]}" for q in QUEUE] + ["channel, trivial jobs",
+                                                 "channel, parent CPU per job"]
     for i, name in enumerate(names):
         b = statistics.median(x[i] for x in got[f"base {args.base}"])
         m = statistics.median(x[i] for x in got["metrics on"])
-        print(f"median of {args.rounds}, {name}: base {b:,.0f} jobs/s, metrics on "
-              f"{m:,.0f} jobs/s ({m / b - 1:+.1%})")
+        unit = " us" if "CPU" in name else " jobs/s"
+        print(f"median of {args.rounds}, {name}: base {b:,.1f}{unit}, metrics on "
+              f"{m:,.1f}{unit} ({m / b - 1:+.1%})")
 
 
 if __name__ == "__main__":
