@@ -157,6 +157,7 @@ def test_queue_mode_serves_metrics_on_its_own_port_with_posts_and_retries(tmp_pa
             while m.last.get(("gpu_worker_result_posts_total",
                               (("kind", "done"), ("outcome", "delivered")))) != 3:
                 assert time.monotonic() < deadline, m.last
+                time.sleep(0.05)
                 m.last = m.now()
             got = m.last
         finally:

@@ -154,3 +154,41 @@ def test_the_pump_never_logs_a_carriage_return(parts):
     os.close(w)
     pump.finish()
     assert not any("\r" in line for line in seen)
+
+
+@given(st.from_regex(r"0[0-9a-e]-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[!-~]{0,20})?",
+                     fullmatch=True),
+       st.dictionaries(st.sampled_from(["input", "webhook", "policy"]),
+                       st.recursive(st.none() | st.integers() | st.text(),
+                                    lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+                                    max_leaves=8), min_size=1))
+def test_a_header_trace_spliced_into_the_forwarded_body_keeps_it_json(trace, body):
+    """The local API forwards the body's bytes with our id and the header's traceparent
+    put in front: whatever characters a valid traceparent holds, the child reads JSON."""
+    from worker.sources.job_store import spliced
+    trace = tracing.valid(trace)
+    raw = json.dumps(body).encode()
+    front, rest = spliced(raw, "job-1", trace)
+    job = json.loads(front + bytes(rest))
+    assert job == {**body, "id": "job-1", **({"traceparent": trace} if trace else {})}
+
+
+def test_a_bar_line_that_never_ends_is_passed_on_in_pieces():
+    """A redraw followed by more than MAX_LINE bytes with no end: passed on while the
+    stream is still open, never held without bound."""
+    r, w = os.pipe()
+    seen, cond = [], threading.Condition()
+
+    def sink(stream, line, ids):
+        with cond:
+            seen.append(line)
+            cond.notify_all()
+
+    pump = OutputPump({r: "stdout"}, lambda: (), sink, progress_every=3600.0)
+    pump.start()
+    os.write(w, b"\rbar" + b"x" * 40000)    # one redraw, then no end and no other \r
+    with cond:
+        assert cond.wait_for(lambda: len("".join(seen)) >= 40003, 10), len("".join(seen))
+    os.close(w)
+    pump.finish()
+    assert "".join(seen) == "bar" + "x" * 40000

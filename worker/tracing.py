@@ -12,8 +12,9 @@ import threading
 import time
 from typing import Any, Callable
 
-# version-traceid-parentid-flags, lowercase hex; a later version may append fields.
-_FORMAT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[^\s]*)?")
+# version-traceid-parentid-flags, lowercase hex; a later version may append fields (kept
+# to visible ASCII: the value goes into HTTP headers and log lines).
+_FORMAT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[!-~]*)?")
 MAX_LENGTH = 512
 
 

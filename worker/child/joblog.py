@@ -50,7 +50,7 @@ class JobTaggedStream:
                 rest = "\r" + (tail or state)
                 if show is not None:
                     lines.append(show)
-            elif len(rest) > MAX_PENDING:
+            if len(rest) > MAX_PENDING:
                 lines.append(rest)
                 rest = ""
             if rest:

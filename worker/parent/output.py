@@ -89,7 +89,7 @@ class OutputPump(threading.Thread):
             rest = b"\r" + (tail or state.encode())
             if show is not None:
                 lines.append(show.encode())
-        elif len(rest) > MAX_LINE:     # a line without end: pass it on in pieces
+        if len(rest) > MAX_LINE:       # a line without end: pass it on in pieces
             lines.append(rest)
             rest = b""
         if not final:

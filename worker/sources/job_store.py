@@ -30,6 +30,18 @@ WEBHOOK_TRIES = 4
 WEBHOOK_TIMEOUT = (3.0, 10.0)    # connect, read: a stuck receiver holds one sender at most ~45 s
 
 
+def spliced(raw: bytes, job_id: str, trace: str | None) -> tuple | None:
+    """The body as received, as parts that join to it with our id (and a traceparent)
+    added in front, or None when it does not start as an object."""
+    head = raw.lstrip()
+    if head[:1] != b"{":
+        return None
+    front = b'{"id":%s,' % json.dumps(job_id).encode()
+    if trace is not None:
+        front += b'"traceparent":%s,' % json.dumps(trace).encode()
+    return front, memoryview(head)[1:]
+
+
 class QueueFull(Exception):
     """The local queue holds WORKER_API_QUEUE_JOBS jobs or WORKER_API_QUEUE_MB of bodies."""
 
@@ -102,15 +114,10 @@ class JobStore(JobListener):
         if trace:
             job["traceparent"] = trace
         job["id"] = str(uuid.uuid4())
-        forward = None
-        if raw is not None and plain:
-            head = raw.lstrip()
-            if head[:1] == b"{":
-                spliced = b'{"id":"%s",' % job["id"].encode()
-                if trace and not own:
-                    spliced += b'"traceparent":"%s",' % trace.encode()
-                forward = (spliced, memoryview(head)[1:])
-                job["input"] = None     # it travels in `forward`; the parent never reads it
+        forward = spliced(raw, job["id"], trace if trace and not own else None) \
+            if raw is not None and plain else None
+        if forward is not None:
+            job["input"] = None     # it travels in `forward`; the parent never reads it
         size = len(raw) if raw is not None else 0
         self.sup.metrics.bytes_in.inc(size)
         webhook = body.get("webhook") if isinstance(body.get("webhook"), str) else None
@@ -251,6 +258,13 @@ class JobStore(JobListener):
     def _send_webhook(self, rec: Record, payload: dict) -> None:
         """One job's webhook, tried WEBHOOK_TRIES times; in a pool, so a receiver that never
         answers holds up only its own job's webhook. It carries the job's traceparent."""
+        try:
+            self._post_webhook(rec, payload)
+        except Exception:    # noqa: BLE001 - the pool would swallow it without a word
+            self.sup.metrics.post("webhook", "undelivered")
+            log.exception("webhook %s not sent", rec.webhook, extra={"job_id": rec.id})
+
+    def _post_webhook(self, rec: Record, payload: dict) -> None:
         url, metrics = rec.webhook, self.sup.metrics
         data = json.dumps(payload, ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json"}
