@@ -99,23 +99,37 @@ def test_a_jobs_progress_bar_is_logged_as_its_final_state(server):
     assert len(lines) == 1 and lines[0].endswith("job bar 100%") and job["id"] in lines[0]
 
 
+class Pumped:
+    """A real pipe read by an OutputPump; the lines it logs, with a condition to wait on."""
+
+    def __init__(self, progress_every: float):
+        r, self.w = os.pipe()
+        self.seen, self.cond = [], threading.Condition()
+        self.pump = OutputPump({r: "stderr"}, lambda: (), self._sink,
+                               progress_every=progress_every)
+        self.pump.start()
+
+    def _sink(self, stream, line, ids):
+        with self.cond:
+            self.seen.append(line)
+            self.cond.notify_all()
+
+    def until(self, predicate):
+        with self.cond:
+            assert self.cond.wait_for(lambda: predicate(self.seen), 10), self.seen
+
+    def close(self):
+        os.close(self.w)
+        self.pump.finish()
+
+
 def test_the_pump_shows_a_bars_state_now_and_then_and_its_last_state_at_the_end():
-    r, w = os.pipe()
-    seen, cond = [], threading.Condition()
-
-    def sink(stream, line, ids):
-        with cond:
-            seen.append(line)
-            cond.notify_all()
-
-    pump = OutputPump({r: "stderr"}, lambda: (), sink, progress_every=0.0)
-    pump.start()
+    p = Pumped(progress_every=0.0)
+    w, seen = p.w, p.seen
     os.write(w, b"\rstep 1\rstep 2")           # step 1 is drawn; step 2 is being drawn
-    with cond:
-        assert cond.wait_for(lambda: seen == ["step 1"], 10), seen
+    p.until(lambda seen: seen == ["step 1"])
     os.write(w, b"\rstep 3\r\n")              # ends: its last state, never the raw line
-    os.close(w)
-    pump.finish()
+    p.close()
     assert seen == ["step 1", "step 3"]
 
 
@@ -176,19 +190,9 @@ def test_a_header_trace_spliced_into_the_forwarded_body_keeps_it_json(trace, bod
 def test_a_bar_line_that_never_ends_is_passed_on_in_pieces():
     """A redraw followed by more than MAX_LINE bytes with no end: passed on while the
     stream is still open, never held without bound."""
-    r, w = os.pipe()
-    seen, cond = [], threading.Condition()
-
-    def sink(stream, line, ids):
-        with cond:
-            seen.append(line)
-            cond.notify_all()
-
-    pump = OutputPump({r: "stdout"}, lambda: (), sink, progress_every=3600.0)
-    pump.start()
-    os.write(w, b"\rbar" + b"x" * 40000)    # one redraw, then no end and no other \r
-    with cond:
-        assert cond.wait_for(lambda: len("".join(seen)) >= 40003, 10), len("".join(seen))
-    os.close(w)
-    pump.finish()
+    p = Pumped(progress_every=3600.0)
+    os.write(p.w, b"\rbar" + b"x" * 40000)    # one redraw, then no end and no other \r
+    p.until(lambda seen: len("".join(seen)) >= 40003)
+    p.close()
+    seen = p.seen
     assert "".join(seen) == "bar" + "x" * 40000
