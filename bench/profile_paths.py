@@ -128,9 +128,10 @@ def runsync_steps() -> None:
 
 def refresh_steps(rounds: int = 7) -> None:
     from worker import protocol as P
-    from worker.parent import core as core_module
-    from worker.parent.spawner import Spawner
-    from worker.parent.supervisor import Supervisor
+    from worker.parent import events as E
+    from worker.parent.child_host import ChildHost
+    from worker.parent.core import SupervisorCore
+    from worker.parent.mp_launcher import MpLauncher
     marks = collections.defaultdict(list)
 
     def wrap(cls, name, key, after=False):
@@ -144,15 +145,15 @@ def refresh_steps(rounds: int = 7) -> None:
                 marks[key].append(time.perf_counter())
             return out
         setattr(cls, name, timed)
-    wrap(Supervisor, "_child_exited", "old child's exit seen")
-    wrap(Spawner, "spawn", "fork returned", after=True)
-    original_message = core_module.SupervisorCore.message
+    wrap(ChildHost, "exited", "old child's exit seen")
+    wrap(MpLauncher, "start", "fork returned", after=True)
+    original_handle = SupervisorCore.handle
 
-    def message(self, msg, now):
-        if isinstance(msg, P.Ready):
+    def handle(self, event, now):
+        if type(event) is E.Message and isinstance(event.msg, P.Ready):
             marks["new child ready"].append(time.perf_counter())
-        return original_message(self, msg, now)
-    core_module.SupervisorCore.message = message
+        return original_handle(self, event, now)
+    SupervisorCore.handle = handle
     sup = bench_core.supervisor("torch_refresh.py", preload=("torch",))
     rows = []
     for r in range(rounds):

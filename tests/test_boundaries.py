@@ -162,14 +162,15 @@ def test_progress_values_the_supervisor_hears_are_the_jobs_own(harness):
 def test_secrets_are_not_in_the_childs_environment_its_proc_environ_or_its_settings(
         monkeypatch):
     import multiprocess
-    from multiprocess import forkserver
+
+    from worker.parent import mp_launcher
 
     from tests.support import Harness
     names = ["RUNPOD_AI_API_KEY", "WORKER_API_TOKEN"]
     monkeypatch.setenv("RUNPOD_AI_API_KEY", "secret-key")
     monkeypatch.setenv("WORKER_API_TOKEN", "secret-token")
     assert not multiprocess.active_children()
-    forkserver._forkserver._stop()        # a forkserver started earlier keeps its environment
+    mp_launcher.stop_template()        # a forkserver started earlier keeps its environment
     h = Harness("edges.py", api_token="secret-token")
     try:
         seen = h.run({"do": "environ", "names": names + ["PATH"]}).output
@@ -182,7 +183,7 @@ def test_secrets_are_not_in_the_childs_environment_its_proc_environ_or_its_setti
         assert seen == {"proc": [], "os": ["RUNPOD_AI_API_KEY"], "api_token": ""}
     finally:
         h.close()
-        forkserver._forkserver._stop()
+        mp_launcher.stop_template()
     assert os.environ["RUNPOD_AI_API_KEY"] == "secret-key"     # the parent keeps its own
 
 
@@ -222,3 +223,29 @@ def test_if_the_loop_itself_fails_its_jobs_fail_the_child_goes_and_on_fatal_is_c
     late = Collector()
     sup.submit({"id": "late", "input": {}}, late)
     assert late.wait(["late"])["late"].reason is Reason.REFUSED
+
+
+@pytest.mark.parametrize("kind", ["Message", "Exited"])
+def test_a_fault_in_the_core_on_a_real_childs_event_fails_that_job_and_the_worker_goes_on(
+        harness, kind):
+    """The loop's guard with a real child: the core raises on the child's next message
+    (a heartbeat or the result) or on its exit; the job in it fails once, the slot is not
+    left waiting for a child that is gone, and the next job runs on a fresh child."""
+    from types import SimpleNamespace
+
+    from tests.support import gone
+    from tests.test_core_guard import arm
+    from worker.parent import events as E
+    h = harness("edges.py")
+    first = h.run({"do": "echo", "echo": 1}).output["pid"]
+    job = "victim"
+    h.sup.submit({"id": job, "input": {"do": "sleep", "seconds": 2} if kind == "Message"
+                  else {"do": "segfault", "after": 0.5}}, h.listener)
+    assert h.sup.wait_until(lambda s: job in s.running, 30)
+    arm(SimpleNamespace(core=h.sup.core), getattr(E, kind), "before")
+    result = h.listener.wait([job])[job]
+    assert result.state is JobState.FAILED and "Injected" in message(result)
+    after = h.run({"do": "echo", "echo": 2})
+    assert after.state is JobState.COMPLETED and after.output["pid"] != first
+    assert h.listener.counts[job] == 1
+    assert gone(first)

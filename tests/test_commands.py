@@ -1,4 +1,4 @@
-"""The supervisor's command queue: a command put from any thread is run by the loop without
+"""The supervisor's event queue: an event put from any thread is taken by the loop without
 waiting for some other event, however the puts interleave with the loop's wake-ups (the
 pipe is written only when the loop may be asleep)."""
 import select
@@ -16,8 +16,8 @@ def test_no_command_waits_for_an_unrelated_event_under_racing_puts():
     def loop():
         commands.loop_ident = threading.get_ident()
         while True:
-            while (cmd := commands.take()) is not None:
-                cmd[0](*cmd[1])
+            while (event := commands.take()) is not None:
+                ran.append(event)
             if producers_done.is_set() and not commands:
                 return
             # Only the wake-up pipe can end this wait: a command left queued with nothing
@@ -32,7 +32,7 @@ def test_no_command_waits_for_an_unrelated_event_under_racing_puts():
 
     def produce(k):
         for i in range(20000):
-            commands.put(ran.append, ((k, i),))
+            commands.put((k, i))
 
     looper = threading.Thread(target=loop)
     looper.start()
@@ -42,22 +42,23 @@ def test_no_command_waits_for_an_unrelated_event_under_racing_puts():
     for p in producers:
         p.join()
     producers_done.set()
-    commands.put(lambda: None, ())           # wakes the loop if it sleeps with nothing left
+    commands.put("last")                     # wakes the loop if it sleeps with nothing left
     looper.join(30)
-    assert not stalls, f"a command waited with nothing to wake the loop (after {stalls[0]})"
-    assert len(ran) == 80000
+    assert not stalls, f"an event waited with nothing to wake the loop (after {stalls[0]})"
+    assert len(ran) == 80001 and ran[-1] == "last"
+    assert sorted(ran[:-1]) == [(k, i) for k in range(4) for i in range(20000)]
     assert commands.close() == []
 
 
 def test_a_put_from_the_loops_own_thread_writes_no_wake_up():
     commands = Commands()
     commands.loop_ident = threading.get_ident()
-    assert commands.put(print, ())
+    assert commands.put("a")
     assert not select.select([commands.wake_fd], [], [], 0)[0]
     commands.loop_ident = None
-    assert commands.put(print, ()) and commands.put(print, ())
+    assert commands.put("b") and commands.put("c")
     assert select.select([commands.wake_fd], [], [], 0)[0]         # one byte for both
     commands.woken()
     assert not select.select([commands.wake_fd], [], [], 0)[0]
-    assert len(commands.close()) == 3
-    assert not commands.put(print, ())                               # closed: refused
+    assert commands.close() == ["a", "b", "c"]
+    assert not commands.put("d")                                     # closed: refused

@@ -1,5 +1,7 @@
-"""The supervisor's decisions, without processes: the core is fed events and a fake time,
-and its actions are checked. (The real-process tests prove the wiring.)"""
+"""The supervisor's decisions, without processes: the core is fed events through the
+loop's own dispatcher (dispatch.py) on a fake clock, and its actions are checked. (The
+real-process tests prove the wiring.)"""
+import collections
 import signal
 
 from hypothesis import HealthCheck, given, settings
@@ -9,7 +11,9 @@ from worker import protocol as P
 from worker.config import Settings
 from worker.jobs import JobState, Reason
 from worker.parent import actions as A
+from worker.parent import events as E
 from worker.parent.core import SupervisorCore
+from worker.parent.dispatch import Dispatcher
 from worker.parent.lifecycle import ChildState
 from worker.parent.monitor import Reading
 from worker.parent.status import WorkerState
@@ -19,22 +23,44 @@ CLOCKS = dict(stop_grace=1.0, setup_timeout=30.0, heartbeat_timeout=10.0)
 
 
 class Driver(A.JobListener):
-    """Plays the loop: answers Spawn and ReadMemory, records the rest."""
+    """Plays the loop's part (dispatch.Effects) through the loop's own dispatcher: answers
+    Settle, Spawn and ReadMemory with their events on a later turn — at once, unless
+    `hold` keeps them until `deliver()` — and records the rest."""
 
-    def __init__(self, devices=None, **overrides):
+    def __init__(self, devices=None, hold=False, **overrides):
         self.core = SupervisorCore(Settings(**{**CLOCKS, **overrides}), devices=devices)
         self.now = 0.0
+        self.dispatcher = Dispatcher(self.core, lambda: self.now, self)
+        self.later: collections.deque = collections.deque()   # outcome events, in order
+        self.hold = hold
         self.next_pid = 100
+        self.pids: dict = {}          # child number -> pid
         self.sent: list = []          # messages to the children, in order
         self.sent_to: list = []       # (slot, message), in order
         self.spawned: list = []       # Spawn actions
+        self.settles: list = []       # Settle actions
         self.warm_offs: list = []     # WarmOff reasons
         self.readied: list = []       # ChildReady: (slot, setup seconds)
         self.signals: list = []       # (signal, group)
+        self.killed: list = []        # child numbers sent SIGKILL
         self.events: list = []
         self.results: dict = {}       # job id -> [results]
         self.reading = None
-        self.apply(self.core.tick(self.now))
+        self.gone: set = set()        # child numbers that have exited (they exit once)
+        self.fail_spawn = False       # the launcher fails: SpawnFailed
+        self.fail_send = 0            # the next n Sends raise in the loop's part
+        self.feed(E.Tick())
+
+    def feed(self, event):
+        self.dispatcher.feed(event)
+        if not self.hold:
+            self.deliver()
+
+    def deliver(self, n=None):
+        """Feed the outcome events waiting for a later turn (the first `n` of them)."""
+        while self.later and n != 0:
+            self.dispatcher.feed(self.later.popleft())
+            n = None if n is None else n - 1
 
     # listener
     def on_start(self, job_id):
@@ -49,45 +75,89 @@ class Driver(A.JobListener):
     def on_result(self, result):
         self.results.setdefault(result.job_id, []).append(result)
 
-    # the loop's part
-    def apply(self, actions):
-        for a in actions:
-            if isinstance(a, A.Spawn):
-                self.next_pid += 1
-                self.spawned.append(a)
-                self.apply(self.core.spawned(a.slot, self.next_pid, 0.0, self.now))
-            elif isinstance(a, A.Send):
-                assert a.data == a.msg.encode()
-                slot = self.core.slots[a.slot]
-                child = slot.child
-                if isinstance(a.msg, P.Run):     # only to a live child, never to one going
-                    assert child.state is ChildState.BUSY and child.stop_cause is None
-                if isinstance(a.msg, P.Stop) and a.msg.reason.startswith("refresh"):
-                    assert not slot.in_flight, "a refresh interrupted a running job"
-                self.sent.append(a.msg)
-                self.sent_to.append((a.slot, a.msg))
-            elif isinstance(a, A.Signal):
-                self.signals.append((a.sig, a.group))
-            elif isinstance(a, A.ReadMemory):
-                self.apply(self.core.memory(a.slot, self.reading, self.now))
-            elif isinstance(a, A.Started):
-                a.listener.on_start(a.job_id)
-            elif isinstance(a, A.Progressed):
-                a.listener.on_progress(a.job_id, a.value)
-            elif isinstance(a, A.Chunked):
-                a.listener.on_chunk(a.job_id, a.value)
-            elif isinstance(a, A.Ended):
-                a.listener.on_result(a.result)
-            elif isinstance(a, A.WarmOff):
-                self.warm_offs.append(a.reason)
-            elif isinstance(a, A.ChildReady):
-                self.readied.append((a.slot, a.setup_s))
-            else:
-                raise AssertionError(f"unknown action {a!r}")
+    # the loop's part (dispatch.Effects)
+    def before(self):
+        pass
 
+    def _slot_of_child(self, cid):
+        return next((s for s in self.core.slots if s.holds(cid)), None)
+
+    def send(self, a):
+        if self.fail_send:
+            self.fail_send -= 1
+            raise RuntimeError("injected: the channel failed")
+        assert a.data == a.msg.encode()
+        slot = self._slot_of_child(a.cid)
+        assert slot is not None, "a message to a child the core does not hold"
+        if isinstance(a.msg, P.Run):     # only to a live child, never to one going
+            assert slot.child.state is ChildState.BUSY and slot.child.stop_cause is None
+        if isinstance(a.msg, P.Stop) and a.msg.reason.startswith("refresh"):
+            assert not slot.in_flight, "a refresh interrupted a running job"
+        self.sent.append(a.msg)
+        self.sent_to.append((slot.index, a.msg))
+
+    def signal(self, a):
+        self.signals.append((a.sig, a.group))
+        if a.sig == signal.SIGKILL:
+            self.killed.append(a.cid)
+            if self._slot_of_child(a.cid) is None and a.cid in self.pids \
+                    and a.cid not in self.gone:
+                # a process the core gave up on: its exit comes, and must change nothing
+                self.gone.add(a.cid)
+                self.later.append(E.Exited(self._spawn_slot(a.cid), a.cid, -9, []))
+
+    def _spawn_slot(self, cid):
+        return next(s.slot for s in self.spawned if s.cid == cid)
+
+    def settle(self, a):
+        self.settles.append(a)
+        self.later.append(E.Settled(a.slot, a.cid, 0.0))
+
+    def spawn(self, a):
+        if self.fail_spawn:
+            self.later.append(E.SpawnFailed(a.slot, a.cid, "OSError: injected"))
+            return
+        self.next_pid += 1
+        self.spawned.append(a)
+        self.pids[a.cid] = self.next_pid
+        self.later.append(E.Spawned(a.slot, a.cid, self.next_pid))
+
+    def read_memory(self, a):
+        self.later.append(E.MemoryRead(a.slot, a.cid, self.reading))
+
+    def warm_off(self, a):
+        self.warm_offs.append(a.reason)
+
+    def child_ready(self, a):
+        self.readied.append((a.slot, a.setup_s))
+
+    def tell(self, a):
+        if isinstance(a, A.Started):
+            a.listener.on_start(a.job_id)
+        elif isinstance(a, A.Progressed):
+            a.listener.on_progress(a.job_id, a.value)
+        else:
+            a.listener.on_chunk(a.job_id, a.value)
+
+    def ended(self, a):
+        a.listener.on_result(a.result)
+
+    # events, as the loop would feed them
     def at(self, t):
         self.now = t
-        self.apply(self.core.tick(t))
+        self.feed(E.Tick())
+
+    def cancel(self, job_id, queued_only=False):
+        self.feed(E.Cancel(job_id, queued_only))
+
+    def refresh(self, reason="requested"):
+        self.feed(E.Refresh(reason))
+
+    def stop(self, grace):
+        self.feed(E.Stop(grace))
+
+    def gpu_event(self, xid, what="xid"):
+        self.feed(E.GpuEvent(xid, what))
 
     def worker_event(self, ev) -> bool:
         """A random sequence's event that is not about one child; False if it is."""
@@ -95,18 +165,45 @@ class Driver(A.JobListener):
         if kind == "wait":
             self.at(self.now + ev[1])
         elif kind == "refresh":
-            self.apply(self.core.refresh("hypothesis", self.now))
+            self.refresh("hypothesis")
         elif kind == "stop":
-            self.apply(self.core.stop(ev[1], self.now))
+            self.stop(ev[1])
         elif kind == "cancel":
-            self.apply(self.core.cancel(f"j{ev[1]}", ev[2], self.now))
+            self.cancel(f"j{ev[1]}", ev[2])
+        elif kind == "deliver":
+            self.deliver(ev[1])
         else:
             return False
         return True
 
+    def play(self, ev):
+        """One step of a random sequence; the id of the job it submitted, if any."""
+        kind = ev[0]
+        if kind == "submit":
+            self.played = getattr(self, "played", 0) + 1
+            job_id = f"j{self.played}"
+            self.submit(job_id, **({"policy": {"executionTimeout": ev[2]}} if ev[2] else {}))
+            return job_id
+        if self.worker_event(ev):
+            return None
+        child = self.child
+        if kind == "ready" and child is not None and child.state is ChildState.STARTING:
+            self.ready(kind=Kind.ASYNC if ev[1] is HandlerMode.TASKS else Kind.SYNC,
+                       mode=ev[1], concurrency=ev[2])
+        elif kind == "done" and child is not None:
+            running = [t.id for t in self.core.in_flight.values()]
+            if running:
+                self.done(running[ev[1] % len(running)], refresh=ev[2],
+                          concurrency=child.concurrency)
+        elif kind == "exit" and child is not None:
+            self.exit(ev[1])
+        return None
+
     def wind_down(self):
         """Stop, let every stop escalate and every child exit: the core must finish."""
-        self.apply(self.core.stop(0.0, self.now))
+        self.hold = False
+        self.deliver()
+        self.stop(0.0)
         for _ in range(10):
             live = [s.index for s in self.core.slots if s.child is not None]
             if not live:
@@ -120,32 +217,44 @@ class Driver(A.JobListener):
               slot=0):
         self.msg(P.Ready(kind, mode, concurrency, config or {}, []), slot)
 
+    def cid(self, slot=0):
+        child = self.core.slots[slot].child
+        return child.cid if child is not None else -1
+
     def msg(self, m, slot=0):
-        self.apply(self.core.message(slot, m, self.now))
+        self.feed(E.Message(slot, self.cid(slot), m))
 
     def submit(self, job_id, **extra):
         job = {"id": job_id, "input": {}, **extra}
-        self.apply(self.core.submit(job, self, self.now, None, self.now))
+        self.feed(E.Submit(job, self, self.now))
 
     def run_of(self, job_id):
         """The token of the last run of this job sent to a child."""
         return [m.run for m in self.sent if isinstance(m, P.Run) and m.job["id"] == job_id][-1]
 
+    def done_msg(self, job_id, state=JobState.COMPLETED, body=None, refresh=False,
+                 concurrency=1):
+        reason = Reason.COMPLETED if state is JobState.COMPLETED else Reason.HANDLER_ERROR
+        return P.Done(self.run_of(job_id), state, reason, body or {"output": job_id}, refresh,
+                      concurrency)
+
     def done(self, job_id, state=JobState.COMPLETED, body=None, refresh=False, concurrency=1,
              slot=None):
-        reason = Reason.COMPLETED if state is JobState.COMPLETED else Reason.HANDLER_ERROR
-        run = self.run_of(job_id)
         if slot is None:
             slot = self.slot_of(job_id)
-        self.msg(P.Done(run, state, reason, body or {"output": job_id}, refresh, concurrency),
-                 slot)
+        self.msg(self.done_msg(job_id, state, body, refresh, concurrency), slot)
 
     def slot_of(self, job_id):
         """The slot the last run of this job was sent to."""
         return [i for i, m in self.sent_to if isinstance(m, P.Run) and m.job["id"] == job_id][-1]
 
-    def exit(self, code, slot=0):
-        self.apply(self.core.exited(slot, code, ["last line"], self.now))
+    def exit(self, code, slot=0, messages=()):
+        """The slot's child exits (a child exits once: a second time is not an event)."""
+        cid = self.cid(slot)
+        if cid == -1 or cid in self.gone:
+            return
+        self.gone.add(cid)
+        self.feed(E.Exited(slot, cid, code, ["last line"], tuple(messages)))
 
     @property
     def child(self):
@@ -207,7 +316,7 @@ def test_cancel_of_a_thread_job_cancels_it_in_the_child_and_the_late_ack_is_igno
     d.submit("x")
     d.submit("y")
     assert d.runs() == ["x", "y"]
-    d.apply(d.core.cancel("x", False, d.now))
+    d.cancel("x")
     assert d.result("x").state is JobState.CANCELLED
     assert isinstance(d.sent[-1], P.Cancel) and d.sent[-1].run == d.run_of("x")
     assert d.signals == [] and d.child.state is ChildState.BUSY
@@ -255,7 +364,7 @@ def test_unreadable_frames_fail_their_run_or_replace_the_child():
 def test_cancel_of_a_queued_job_never_sends_it():
     d = Driver()
     d.submit("q")
-    d.apply(d.core.cancel("q", False, d.now))
+    d.cancel("q")
     d.ready()
     assert d.runs() == [] and d.result("q").state is JobState.CANCELLED
 
@@ -350,7 +459,7 @@ def test_refresh_waits_for_running_jobs_and_holds_the_queue_for_the_fresh_child(
     d = Driver()
     d.ready(mode=HandlerMode.THREADS, concurrency=2)
     d.submit("a")
-    d.apply(d.core.refresh("requested", d.now))
+    d.refresh()
     d.submit("b")
     assert d.runs() == ["a"] and d.stops() == []    # no new job to a child being replaced
     d.done("a", concurrency=2)
@@ -414,7 +523,7 @@ def test_shutdown_lets_the_running_job_finish_within_its_grace_and_refuses_the_q
     d.ready()
     d.submit("run")
     d.submit("queued")
-    d.apply(d.core.stop(10.0, d.now))
+    d.stop(10.0)
     assert d.result("queued").reason is Reason.REFUSED and d.stops() == []
     d.done("run")
     assert d.stops() == ["shutdown"] and d.result("run").state is JobState.COMPLETED
@@ -426,7 +535,7 @@ def test_shutdown_grace_ends_with_an_interrupting_stop():
     d = Driver()
     d.ready()
     d.submit("run")
-    d.apply(d.core.stop(3.0, d.now))
+    d.stop(3.0)
     d.at(2.9)
     assert d.stops() == []
     d.at(3.0)
@@ -459,14 +568,14 @@ def test_an_application_xid_refreshes_after_the_job_and_others_break_the_worker(
     d = Driver()
     d.ready()
     d.submit("a")
-    d.apply(d.core.gpu_event(43, "xid", d.now))
+    d.gpu_event(43)
     assert d.stops() == []
     d.done("a")
     assert d.stops() == ["refresh: GPU Xid 43"]
     d.exit(0)
     d.ready()
     d.submit("b")
-    d.apply(d.core.gpu_event(79, "xid", d.now))
+    d.gpu_event(79)
     assert d.core.state is WorkerState.BROKEN and d.result("b").reason is Reason.REFUSED
     d.exit(-9)
     assert d.core.state is WorkerState.BROKEN and d.child is None
@@ -491,32 +600,14 @@ EVENTS = st.lists(st.one_of(
 def test_every_job_ends_exactly_once_and_runs_only_on_a_live_child(events):
     d = Driver(restart_limit=4, job_max_crashes=2)
     submitted = set()
-    n = 0
     for ev in events:
-        kind = ev[0]
-        if kind == "submit":
-            n += 1
-            job_id = f"j{n}"
-            submitted.add(job_id)
-            extra = {"policy": {"executionTimeout": ev[2]}} if ev[2] else {}
-            d.submit(job_id, **extra)
-        elif d.worker_event(ev):
-            pass
-        elif kind == "ready" and d.child is not None and d.child.state is ChildState.STARTING:
-            d.ready(kind=Kind.ASYNC if ev[1] is HandlerMode.TASKS else Kind.SYNC, mode=ev[1],
-                    concurrency=ev[2])
-        elif kind == "done" and d.child is not None:
-            running = [t.id for t in d.core.in_flight.values()]
-            if running:
-                d.done(running[ev[1] % len(running)], refresh=ev[2],
-                       concurrency=d.child.concurrency)
-        elif kind == "exit" and d.child is not None:
-            d.exit(ev[1])
+        submitted.add(d.play(ev))
         child = d.child
         if child is not None and d.core.in_flight:
             assert child.state in (ChildState.BUSY, ChildState.STOPPING)
         assert len(d.core.in_flight) <= (child.concurrency if child else 0)
     d.wind_down()
+    submitted.discard(None)
     assert set(d.results) == submitted
     assert all(len(rs) == 1 for rs in d.results.values()), d.results
     assert all(r.state.final for rs in d.results.values() for r in rs)
@@ -564,3 +655,33 @@ def test_each_start_says_why_and_each_job_its_times():
     d.exit(0)
     assert [s.cause for s in d.spawned] == ["first", "refresh", "timeout", "crash", "recycle"]
     assert [round(t, 3) for _, t in d.readied] == [2.0, 0.5, 0.0, 0.0]
+
+
+def test_a_refresh_asked_while_the_child_is_being_started_is_not_lost():
+    """Settled and Spawned come on later turns: a refresh in between is kept by the slot
+    and applied once the child exists (it never falls between a start and its record).
+    As with any child asked to refresh, it goes at its first idle moment: when ready."""
+    d = Driver(hold=True)
+    d.submit("a")
+    assert d.child is None and d.core.slots[0].starting is not None
+    d.refresh("asked early")
+    d.deliver()
+    d.ready()
+    assert d.runs() == [] and d.stops() == ["refresh: asked early"]
+    d.hold = False
+    d.exit(0)
+    d.ready()
+    d.done("a")
+    assert d.result("a").state is JobState.COMPLETED
+    assert d.stops() == ["refresh: asked early"]       # asked once, done once
+
+
+def test_events_that_answer_an_action_come_on_a_later_turn_and_in_order():
+    """No re-entrant apply: the core's answer to Settle is Spawn only when Settled is fed."""
+    d = Driver(hold=True)
+    assert [type(e).__name__ for e in d.later] == ["Settled"] and not d.spawned
+    d.deliver(1)
+    assert [type(e).__name__ for e in d.later] == ["Spawned"] and len(d.spawned) == 1
+    assert d.child is None
+    d.deliver(1)
+    assert d.child is not None and d.child.cid == d.spawned[0].cid

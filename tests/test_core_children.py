@@ -98,7 +98,7 @@ def test_cancel_goes_to_the_child_that_runs_the_job():
     d.ready(slot=1, kind=Kind.ASYNC, mode=HandlerMode.TASKS, concurrency=2)
     d.submit("a")
     d.submit("b")
-    d.apply(d.core.cancel("b", False, d.now))
+    d.cancel("b")
     assert [(i, m.run) for i, m in d.sent_to if isinstance(m, P.Cancel)] == \
         [(d.slot_of("b"), d.run_of("b"))]
     assert d.result("b").state is JobState.CANCELLED and "a" not in d.results
@@ -109,7 +109,7 @@ def test_refresh_waits_for_each_child_to_be_idle():
     d.ready(slot=0)
     d.ready(slot=1)
     d.submit("a")
-    d.apply(d.core.refresh("requested", d.now))
+    d.refresh()
     stopped = [i for i, m in d.sent_to if isinstance(m, P.Stop)]
     assert stopped == [1 - d.slot_of("a")]        # the idle one at once
     d.done("a")
@@ -171,7 +171,7 @@ def test_shutdown_stops_every_child_and_finishes_when_all_are_gone():
     d.ready(slot=0)
     d.ready(slot=1)
     d.submit("a")
-    d.apply(d.core.stop(10.0, d.now))
+    d.stop(10.0)
     idle = 1 - d.slot_of("a")
     assert [i for i, m in d.sent_to if isinstance(m, P.Stop)] == [idle]
     d.exit(0, slot=idle)

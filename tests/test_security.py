@@ -26,9 +26,10 @@ def test_the_child_does_not_see_the_queue_key_or_the_api_token(monkeypatch):
     monkeypatch.setenv("WORKER_API_TOKEN", "secret-token")
     # the forkserver keeps the environment it started with: start a fresh one
     import multiprocess
-    from multiprocess import forkserver
+
+    from worker.parent import mp_launcher
     assert not multiprocess.active_children()
-    forkserver._forkserver._stop()
+    mp_launcher.stop_template()
     h = Harness("misbehave.py")
     try:
         seen = h.run({"do": "env", "names": SECRETS + ["PATH"]}).output
@@ -41,7 +42,7 @@ def test_the_child_does_not_see_the_queue_key_or_the_api_token(monkeypatch):
         assert seen == {"RUNPOD_AI_API_KEY": True, "WORKER_API_TOKEN": False}
     finally:
         h.close()
-        forkserver._forkserver._stop()
+        mp_launcher.stop_template()
 
 
 @pytest.mark.parametrize("job_id", ["../../etc/passwd", "a/b", "x y", "id\nFAKE LOG LINE",

@@ -13,10 +13,10 @@ import psutil
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule)
-from multiprocess import forkserver
 
 from tests.support import Harness
 from worker.jobs import JobState
+from worker.parent import mp_launcher
 from worker.parent.supervisor import ChildState, JobListener
 
 
@@ -51,7 +51,7 @@ class Watcher(JobListener):
 
 
 def _live_children() -> int:
-    pid = forkserver._forkserver._forkserver_pid
+    pid = mp_launcher.template_pid()
     if pid is None:
         return 0
     try:

@@ -1,8 +1,9 @@
 """What the supervisor core asks the loop to do, and what a job source hears.
 
 The core (core.py) never does I/O: each event it handles returns a list of these actions,
-and the loop (supervisor.py) carries them out in order. Actions about a child name its
-slot (the index of the child among the worker's children).
+and the loop (dispatch.py, supervisor.py) carries them out in order. Actions about a child
+name it by its number (`cid`); the ones whose outcome the core must hear (Settle, Spawn,
+ReadMemory) are answered with an event on a later turn, never by calling back in.
 """
 from __future__ import annotations
 
@@ -24,10 +25,22 @@ class JobListener:
 
 
 @dataclass
+class Settle:
+    """A child is to start in `slot`: first wait until its GPUs have the memory of the
+    child before it back (`previous_mb`, that child's baseline; None: nothing to wait
+    for). Answered with events.Settled, whose reading is the new child's baseline."""
+    slot: int
+    cid: int                                  # the child's number, given by the core
+    devices: tuple = ()
+    previous_mb: float | None = None
+
+
+@dataclass
 class Spawn:
-    """Start a child in `slot`; answer with core.spawned(slot, pid, baseline_mb) or
-    core.spawn_failed(slot, error)."""
-    slot: int = 0
+    """Start child `cid` in `slot`; answered with events.Spawned or events.SpawnFailed."""
+    slot: int
+    cid: int
+    settings: Any = None                      # the effective Settings it starts with
     env: dict = field(default_factory=dict)   # its CUDA_VISIBLE_DEVICES, WORKER_CHILD_INDEX
     checks: bool = False                      # fitness checks before Ready (slot's first)
     cause: str = "first"                      # why: first, refresh, crash... (metrics)
@@ -48,25 +61,28 @@ class WarmOff:
 
 @dataclass
 class Send:
-    """Write a message to the child's channel (encoded by the core, which owns the
+    """Write a message to child `cid`'s channel (encoded by the core, which owns the
     decision of what to do with a job that is not JSON)."""
     msg: P.Message
     data: bytes
-    slot: int = 0
+    cid: int
 
 
 @dataclass
 class Signal:
     sig: int
+    cid: int
     group: bool = False      # the child's whole process group, not the child alone
-    slot: int = 0
 
 
 @dataclass
 class ReadMemory:
-    """Read the memory probe for the child; answer with core.memory(slot, reading)."""
+    """Read the memory probe for child `cid` and its GPUs; answered with
+    events.MemoryRead."""
+    slot: int
+    cid: int
     pid: int
-    slot: int = 0
+    devices: tuple = ()
 
 
 @dataclass

@@ -1,15 +1,18 @@
-"""Commands for the supervisor's loop from any thread: a queue and a wake-up pipe.
+"""Events for the supervisor's loop from any thread: a queue and a wake-up pipe.
+
+Sources put their commands here (events.Submit, Cancel, ...); so do the loop's own effects
+whose outcome is an event (a child started, a reading taken), for a later turn.
 
 The loop drains every command before it waits on its selector, so it needs waking only
 when it may be waiting: never from its own thread, and once until it has read the byte
-(a burst of 20,000 submits costs one wake-up, not 20,000 writes).
+(a burst of submits costs one wake-up, not one write each).
 """
 from __future__ import annotations
 
 import collections
 import os
 import threading
-from typing import Callable
+from typing import Any
 
 
 class Commands:
@@ -23,12 +26,12 @@ class Commands:
         os.set_blocking(self.wake_fd, False)
         os.set_blocking(self._wake_w, False)
 
-    def put(self, fn: Callable, args: tuple) -> bool:
-        """Queue fn(*args) for the loop; False once the loop has ended."""
+    def put(self, event: Any) -> bool:
+        """Queue an event for the loop; False once the loop has ended."""
         with self._lock:
             if self._closed:
                 return False
-            self._queue.append((fn, args))
+            self._queue.append(event)
             if self._pending or threading.get_ident() == self.loop_ident:
                 return True
             self._pending = True
@@ -49,15 +52,15 @@ class Commands:
             pass
         self._pending = False
 
-    def take(self) -> tuple | None:
-        """The next command, or None."""
+    def take(self) -> Any:
+        """The next event, or None."""
         try:
             return self._queue.popleft()
         except IndexError:
             return None
 
     def close(self) -> list:
-        """No more commands; returns those queued but never run."""
+        """No more events; returns those queued but never handled."""
         with self._lock:
             self._closed = True
             for fd in (self.wake_fd, self._wake_w):

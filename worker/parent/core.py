@@ -1,37 +1,38 @@
 """The supervisor's decisions, with no I/O and no clock of its own.
 
-Each event (a command from a source, a message or the exit of the child, the memory
-reading it asked for, the passing of time) comes with the current time and returns the
-actions the loop must carry out (actions.py). Every job ends in exactly one final state,
-reported once, through an `Ended` action. Tests drive this class directly, with a fake
-clock, in microseconds; supervisor.py wires it to a real child. The events about the
-child itself (its messages, its exit) are in child_events.py; the rules of crash blame in
-blame.py.
+One entry: `handle(event, now) -> actions`. Every input is an event (events.py): a
+command from a source, what a child's host saw, the outcome of an action the loop carried
+out, the passing of time. The actions (actions.py) are what the loop must do; an action
+whose outcome matters (start a child, read memory) is answered by an event on a later
+turn. Every job ends in exactly one final state, reported once, through an `Ended` action.
+
+The core owns what reaches across children: the queue and dispatch, the worker's state,
+what a child that cannot start or a tripped breaker means for the worker, GPU events.
+What touches one child only is its slot's (slots.py). Tests drive the core through the
+same dispatcher as the loop (dispatch.py), on a fake clock.
 """
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any
 
 from .. import protocol as P
-from ..config import Settings
+from ..config import Settings, SettingsError
 from ..jobs import SAFE_ID, JobError, JobState, Reason, execution_timeout, validate_job
-from ..protocol import HandlerMode
-from . import blame, recycling
-from .actions import JobListener, Send, Signal, Spawn, Started
-from . import placement
-from .child_events import ChildEvents
-from .failures import Failures
-from .jobbook import JobBook, TrackedJob
-from .lifecycle import LIVE_STATES, ChildRecord, ChildState, StopCause
-from .monitor import classify_xid
-from .slots import NoChildClock, Slot
-from .status import ChildView, Status, WorkerState
+from . import blame, gpu_events, placement
+from . import events as E
+from .actions import ChildReady, Ended, ReadMemory, Settle, Signal, Spawn, WarmOff
+from .jobbook import JobBook, NoChildClock, TrackedJob
+from .lifecycle import LIVE_STATES, ChildState, StopCause
+from .fate import WorkerFate
+from .slots import Slot
+from .status import Status, WorkerState
 
 log = logging.getLogger("worker")
 
 
-class SupervisorCore(ChildEvents, Failures):
+class SupervisorCore:
     def __init__(self, settings: Settings, preload: tuple = (), check_preload: bool = False,
                  devices: list | None = None):
         """`devices`: each child's GPUs (placement.plan), one entry per child; one child
@@ -39,22 +40,26 @@ class SupervisorCore(ChildEvents, Failures):
         self.settings = settings          # the one effective Settings (start() keys applied)
         self.preload = list(preload)
         self.check_preload = check_preload
-        self.state = WorkerState.RUNNING
-        self.failure_message: str | None = None
-        devices = list(devices or [()])
-        self.slots = [Slot(i, tuple(d), shared) for i, (d, shared)
-                      in enumerate(zip(devices, placement.shared(devices)))]
-        self._out: list = []               # actions of the current step
-        self.jobs = JobBook(self._out, lambda: self.settings)
+        self._actions: list = []           # actions of the current step (shared, in place)
+        self.jobs = JobBook(self._actions, lambda: self.settings)
         self.pending = self.jobs.pending
+        devices = list(devices or [()])
+        self.slots = [Slot(i, tuple(d), shared, self.jobs, lambda: self.settings,
+                           many=len(devices) > 1)
+                      for i, (d, shared) in enumerate(zip(devices, placement.shared(devices)))]
+        self.fate = WorkerFate(self.slots, self.jobs, lambda: self.settings)
         self.shutdown_at: float | None = None
         self.warm_off = False              # WarmOff asked: start none until all are gone
         self.last_ready_s: float | None = None
         self.runs = 0                      # run tokens issued (protocol.Run)
+        self.cids = 0                      # child numbers issued (Settle, Spawn, events)
         self.handler_kind: P.Kind | None = None
         self.gpu_events: tuple = ()        # the last NVML events: (what, what was done)
         self.no_child = NoChildClock()     # a job's setup wait: how far it moved meanwhile
+        self._phase: str | None = None     # "event" or "step" while handling: recover's scope
 
+    state = property(lambda self: self.fate.state)
+    failure_message = property(lambda self: self.fate.message)
     # One-child views (a worker with one child; tests).
     child = property(lambda self: self.slots[0].child)
     breaker = property(lambda self: self.slots[0].breaker)
@@ -69,167 +74,253 @@ class SupervisorCore(ChildEvents, Failures):
         """Every job in a child now, by run (a copy: each slot owns its own)."""
         return {run: t for slot in self.slots for run, t in slot.in_flight.items()}
 
-    # --- events ------------------------------------------------------------------------
+    # --- the one entry -------------------------------------------------------------------
 
-    def submit(self, given: Any, listener: JobListener, submitted: float,
-               raw: Any, now: float) -> list:
-        self.jobs.received += 1
-        try:
-            job = validate_job(given)
-        except Exception as exc:    # noqa: BLE001 - JobError, or whatever a strange job raises
-            text = str(exc) if isinstance(exc, JobError) else \
-                f"the job could not be read: {type(exc).__name__}: {exc}"
-            self.jobs.refuse(TrackedJob({"id": _some_id(given)}, listener, submitted),
-                             text[:1000])
-            return self._step(now)
-        tracked = TrackedJob(job, listener, submitted, raw,
-                             setup_mark=self.no_child.at(now))
-        if self.state is not WorkerState.RUNNING or self.shutdown_at is not None:
-            self.jobs.refuse(tracked, self._unavailable())
-        elif tracked.id in self.jobs.active_ids:
-            self.jobs.refuse(tracked, "a job with this id is already queued or running",
-                             counted=False)
-        else:
-            self.jobs.active_ids.add(tracked.id)
-            self.pending.append(tracked)
-        return self._step(now)
-
-    def cancel(self, job_id: str, queued_only: bool, now: float) -> list:
-        for tracked in self.pending:
-            if tracked.id == job_id:
-                self.pending.remove(tracked)
-                self.jobs.end(tracked, JobState.CANCELLED, Reason.CANCELLED,
-                              "cancelled before it started", now, "Cancelled")
-                return self._step(now)
-        if not queued_only:
-            for slot in self.slots:
-                tracked = slot.find(job_id)
-                if tracked is not None:
-                    self._abandon(slot, tracked, JobState.CANCELLED, Reason.CANCELLED,
-                                  "cancelled", now)
-                    break
-        return self._step(now)
-
-    def refresh(self, reason: str, now: float) -> list:
-        """Replace every child once it is idle."""
-        for slot in self.slots:
-            if slot.child is not None:
-                slot.child.replace_when_idle(reason, "refresh")
-        return self._step(now)
-
-    def stop(self, grace: float, now: float) -> list:
-        if self.shutdown_at is None:
-            self.shutdown_at = now + max(0.0, grace)
-            for tracked in list(self.pending):
-                self.jobs.refuse(tracked, "the worker is shutting down")
-            self.pending.clear()
-        return self._step(now)
-
-    def gpu_event(self, xid: int, what: str, now: float) -> list:
-        """An Xid or ECC event from NVML. Events carry no process: an application Xid is
-        put on the children that could have caused it, the ones running jobs now."""
-        kind = classify_xid(xid) if what == "xid" else "unhealthy"
-        label = f"Xid {xid}" if what == "xid" else what
-        if kind == "note":
-            action = "noted"
-            log.info("GPU reported %s: recorded by the driver, nothing to do", label)
-        elif kind == "replace":
-            live = [s.child for s in self.slots if s.child is not None
-                    and s.child.refresh_reason is None and not s.child.stop_cause]
-            busy = [c for c in live if c.jobs_run or self.slots[c.slot].in_flight]
-            if not live:
-                action = "ignored: the worker process is already being replaced"
-            elif not busy:
-                action = "ignored: it belongs to a worker process already replaced"
-            else:
-                action = "replace"
-                log.warning("GPU reported application %s: the CUDA context of worker "
-                            "process %s is poisoned; replacing it after the running job",
-                            label, ", ".join(str(c.pid) for c in busy))
-                for child in busy:
-                    child.replace_when_idle(f"GPU {label}", "gpu")
-            if action != "replace":
-                log.info("GPU reported application %s, %s", label, action[9:])
-        else:
-            action = "unhealthy"
-            self.failure_message = f"the GPU is unhealthy ({label})"
-            self._break(self.failure_message, "GpuUnhealthy",
-                        "no more jobs; the platform should replace this worker")
-            for slot in self.slots:
-                if slot.child is not None:
-                    self._stop_child(slot, StopCause.GPU_UNHEALTHY, self.failure_message,
-                                     now, interrupt=True)
-        self.gpu_events = (*self.gpu_events, (label, action))[-10:]
-        return self._step(now)
-
-    def spawned(self, index: int, pid: int, baseline_mb: float, now: float) -> list:
-        s = self.settings
-        slot = self.slots[index]
-        slot.spawning = False
-        slot.spawns += 1
-        slot.child = ChildRecord(pid, now, now + s.setup_timeout if s.setup_timeout > 0
-                                 else None, last_beat=now, baseline_mb=baseline_mb,
-                                 slot=index)
-        return self._step(now)
-
-    def spawn_skipped(self, index: int, now: float) -> list:
-        """The loop did not start the child it was asked for: the worker is stopping."""
-        self.slots[index].spawning = False
-        return self._step(now)
-
-    def spawn_failed(self, index: int, error: str, now: float) -> list:
-        slot = self.slots[index]
-        slot.spawning = False
-        self._child_setup_failed(slot, f"the worker process could not be started: {error}",
-                                 "", [])
-        return self._step(now)
-
-    def memory(self, index: int, reading: Any, now: float) -> list:
-        """The reading asked for with ReadMemory (None if the probe failed), of the
-        slot's child and its GPUs."""
-        slot = self.slots[index]
-        child = slot.child
-        if child is not None and child.checking_memory:
-            child.checking_memory = False
-            if reading is not None and child.refresh_reason is None:
-                child.replace_when_idle(recycling.memory_verdict(
-                    reading, child, self.settings, own_only=slot.shared), "memory")
-        return self._step(now)
-
-    def tick(self, now: float) -> list:
-        """Time has passed (also the first event: it asks for the first children)."""
-        return self._step(now)
-
-    def fail_everything(self, error_type: str, text: str) -> list:
-        """The loop itself failed: every job still held ends now."""
-        self._fail_all(Reason.REFUSED, error_type, text)
-        out = self._out[:]
-        self._out.clear()
+    def handle(self, event: E.Event, now: float) -> list:
+        self._phase = "event"
+        self._ON[type(event)](self, event, now)
+        if event.final:
+            self._phase = None
+            return self._take()
+        self._phase = "step"
+        out = self._step(now)
+        self._phase = None
         return out
 
-    def internal_error(self, text: str, job: Any, listener: JobListener | None,
-                       now: float) -> list:
-        """An event raised inside the core (a bug, or input nothing anticipated). The job
-        it carried, if any, fails; the children, whose jobs may have been left
-        half-handled, are replaced with them failed; queued jobs go on."""
-        self._out.clear()
-        held = [*self.pending, *self.in_flight.values()]
-        if listener is not None and not any(t.listener is listener and t.job is job
-                                            for t in held):
-            tracked = TrackedJob({"id": _some_id(job)}, listener, now)
-            self.jobs.refuse(tracked, f"the worker failed on this job: {text}"[:1000],
-                             counted=False)
-        for slot in self.slots:
-            for tracked in list(slot.in_flight.values()):
+    def recover(self, event: E.Event, text: str, now: float) -> list:
+        """Handling `event` raised (a bug, or input nothing anticipated). The job it named
+        fails; the children it may have left half-handled (its own, or every child when
+        the fault came after the event's own part) are replaced with their jobs failed;
+        a job the fault left in neither the queue nor a child fails; the rest goes on.
+        Final reports made before the fault still go out."""
+        phase, self._phase = self._phase, None
+        dropped = [a for a in self._actions if type(a) is not Ended]
+        self._actions[:] = [a for a in self._actions if type(a) is Ended]
+        self._undo(dropped)
+        slot_index, cid, job_id, run = E.what_it_concerns(event)
+        named = self._named(event, slot_index, cid, job_id, run)
+        scope = self.slots
+        if phase == "event" and not event.every_child:     # only what the event reached
+            scope = [s for s in self.slots if s.index == slot_index
+                     or (named is not None and s.in_flight.get(named.run) is named)]
+        if type(event) is E.Exited:         # that child is gone, whatever else failed
+            for slot in self.slots:
+                if slot.holds(cid):
+                    slot.child = None
+        for slot in scope:
+            for tracked in slot.let_go():
                 self.jobs.end(tracked, JobState.FAILED, Reason.WORKER_LOST,
                               f"the worker failed while this job ran: {text}"[:1000], now,
                               "WorkerError")
-            slot.in_flight.clear()
-            slot.log_ids = ()
             if slot.child is not None and slot.child.state is not ChildState.STOPPING:
-                self._stop_child(slot, StopCause.INTERNAL_ERROR, "internal error", now,
-                                 interrupt=True)
+                slot.stop_child(StopCause.INTERNAL_ERROR, "internal error", now, interrupt=True)
+        for slot in self.slots:
+            if cid is not None and slot.starting == cid:
+                slot.starting = None        # its start begins again; a process made for it goes
+                self._actions.append(Signal(signal.SIGKILL, cid, group=True))
+        if type(event) is E.Submit and event.tracked is None:
+            named = TrackedJob({"id": _some_id(event.job)}, event.listener, event.submitted)
+        held = {id(t) for t in self.pending}
+        held.update(id(t) for s in self.slots for t in s.in_flight.values())
+        for tracked in [named, *self.jobs.active.values()]:
+            if tracked is not None and not tracked.finished and (
+                    tracked is named or id(tracked) not in held):
+                self.jobs.unqueue(tracked)
+                self.jobs.end(tracked, JobState.FAILED, Reason.WORKER_LOST if tracked.started
+                              else Reason.REFUSED,
+                              f"the worker failed on this job: {text}"[:1000], now, "WorkerError")
+        if type(event) is E.Stop and self.shutdown_at is None:
+            self.shutdown_at = now           # a stop is never lost, even to a fault
         return self._step(now)
+
+    def _undo(self, dropped: list) -> None:
+        """What the core counted on from actions it will not send: a start it waits for
+        begins again, a memory reading it holds dispatch for is not waited for, a WarmOff
+        it believes said is said again by the next child that refuses."""
+        for action in dropped:
+            kind = type(action)
+            if kind is Settle or kind is Spawn:
+                for slot in self.slots:
+                    if slot.starting == action.cid:
+                        slot.starting = None
+            elif kind is ReadMemory and self.slots[action.slot].holds(action.cid):
+                self.slots[action.slot].child.checking_memory = False
+            elif kind is WarmOff:
+                self.warm_off = False
+
+    def _named(self, event: E.Event, slot: int | None, cid: int | None,
+               job_id: str | None, run: int | None) -> TrackedJob | None:
+        """The job an event concerns, as the core holds it."""
+        if type(event) is E.Submit:
+            return event.tracked
+        if job_id is not None:
+            return self.jobs.active.get(job_id)
+        if run is not None and slot is not None and self.slots[slot].holds(cid):
+            return self.slots[slot].in_flight.get(run)
+        return None
+
+    # --- from the sources ----------------------------------------------------------------
+
+    def _on_submit(self, ev: E.Submit, now: float) -> None:
+        self.jobs.received += 1
+        try:
+            job = validate_job(ev.job)
+        except Exception as exc:    # noqa: BLE001 - JobError, or whatever a strange job raises
+            text = str(exc) if isinstance(exc, JobError) else \
+                f"the job could not be read: {type(exc).__name__}: {exc}"
+            ev.tracked = TrackedJob({"id": _some_id(ev.job)}, ev.listener, ev.submitted)
+            self.jobs.refuse(ev.tracked, text[:1000])
+            return
+        ev.tracked = tracked = TrackedJob(job, ev.listener, ev.submitted, ev.raw,
+                                          setup_mark=self.no_child.at(now))
+        if self.state is not WorkerState.RUNNING or self.shutdown_at is not None:
+            self.jobs.refuse(tracked, self.fate.unavailable())
+        elif tracked.id in self.jobs.active:
+            self.jobs.refuse(tracked, "a job with this id is already queued or running")
+        else:
+            self.jobs.active[tracked.id] = tracked
+            self.pending.append(tracked)
+
+    def _on_cancel(self, ev: E.Cancel, now: float) -> None:
+        for tracked in self.pending:
+            if tracked.id == ev.job_id:
+                self.jobs.unqueue(tracked)
+                self.jobs.end(tracked, JobState.CANCELLED, Reason.CANCELLED,
+                              "cancelled before it started", now, "Cancelled")
+                return
+        if not ev.queued_only:
+            for slot in self.slots:
+                tracked = slot.find(ev.job_id)
+                if tracked is not None:
+                    slot.abandon(tracked, JobState.CANCELLED, Reason.CANCELLED, "cancelled", now)
+                    return
+
+    def _on_refresh(self, ev: E.Refresh, now: float) -> None:
+        """Replace every child once it is idle (one being started, once it exists)."""
+        for slot in self.slots:
+            slot.refresh(ev.reason)
+
+    def _on_stop(self, ev: E.Stop, now: float) -> None:
+        if self.shutdown_at is None:
+            self.shutdown_at = now + max(0.0, ev.grace)
+            for tracked in list(self.pending):
+                self.jobs.refuse(tracked, "the worker is shutting down")
+            self.pending.clear()
+
+    def _on_gpu_event(self, ev: E.GpuEvent, now: float) -> None:
+        """An Xid or ECC event from NVML (gpu_events.py says what it means)."""
+        label, action, busy = gpu_events.judge(ev.xid, ev.what, self.slots)
+        for child in busy:
+            child.replace_when_idle(f"GPU {label}", "gpu")
+        if action == "unhealthy":
+            self.fate.broken(f"the GPU is unhealthy ({label})", "GpuUnhealthy",
+                             "no more jobs; the platform should replace this worker")
+            for slot in self.slots:
+                if slot.child is not None:
+                    slot.stop_child(StopCause.GPU_UNHEALTHY, self.fate.message, now,
+                                    interrupt=True)
+        self.gpu_events = (*self.gpu_events, (label, action))[-10:]
+
+    def _on_tick(self, ev: E.Tick, now: float) -> None:
+        """Time has passed: the step checks the clocks."""
+
+    # --- a child's start, its messages and its exit -----------------------------------------
+
+    def _on_settled(self, ev: E.Settled, now: float) -> None:
+        slot = self.slots[ev.slot]
+        if slot.starting != ev.cid:
+            return
+        if self.state is not WorkerState.RUNNING or self.shutdown_at is not None \
+                or self.warm_off:
+            slot.starting = None           # not now (_ensure_children asks again if needed)
+            return
+        slot.next_baseline = ev.used_mb
+        self._actions.append(Spawn(slot.index, ev.cid, self.settings, slot.env(),
+                                   checks=not slot.ever_ready,
+                                   cause=slot.next_cause if slot.spawns else "first"))
+
+    def _on_spawned(self, ev: E.Spawned, now: float) -> None:
+        slot = self.slots[ev.slot]
+        if slot.starting != ev.cid:       # a start given up on (recover): not ours to keep
+            self._actions.append(Signal(signal.SIGKILL, ev.cid, group=True))
+            return
+        slot.spawned(ev.cid, ev.pid, now)
+
+    def _on_spawn_failed(self, ev: E.SpawnFailed, now: float) -> None:
+        slot = self.slots[ev.slot]
+        if slot.starting != ev.cid:
+            return
+        slot.starting = None
+        self.fate.child_setup_failed(slot, "the worker process could not be started: "
+                                     f"{ev.error}", "", ())
+
+    def _on_message(self, ev: E.Message, now: float) -> None:
+        slot = self.slots[ev.slot]
+        if slot.holds(ev.cid) and slot.message(ev.msg, now):
+            self._ready(slot, ev.msg, now)
+
+    def _on_memory_read(self, ev: E.MemoryRead, now: float) -> None:
+        slot = self.slots[ev.slot]
+        if slot.holds(ev.cid):
+            slot.memory_read(ev.reading)
+
+    def _on_exited(self, ev: E.Exited, now: float) -> None:
+        slot = self.slots[ev.slot]
+        if not slot.holds(ev.cid):
+            return                          # a child the core already let go of
+        for msg in ev.messages:             # its last words: results written still count
+            if slot.message(msg, now):
+                self._ready(slot, msg, now)
+        verdict = slot.exited(ev.code, ev.tail, now, self.shutdown_at is not None)
+        if verdict is None:
+            return
+        if verdict.kind == "warm_refused":
+            if not self.warm_off:     # every child of that forkserver says the same
+                log.warning("warm refresh refused: %s; children start cold (the forkserver "
+                            "is restarted without the handler module)", verdict.message)
+                self._actions.append(WarmOff(verdict.message))
+            self.warm_off = True
+        elif verdict.kind == "setup_failed":
+            self.fate.child_setup_failed(slot, verdict.message, verdict.details, verdict.tail)
+        else:
+            self.fate.slot_out(slot, verdict.message, WorkerState.BROKEN)
+
+    def _ready(self, slot: Slot, msg: P.Ready, now: float) -> None:
+        """A child passed setup: what that means for the worker."""
+        child = slot.child
+        for other in self.slots:       # out before any child was ready: worth a new try
+            if other.revivable:
+                other.out, other.revivable, other.setup_failures = None, False, 0
+        self.handler_kind = msg.kind
+        if msg.config:
+            try:
+                self.settings = self.settings.with_config(msg.config)
+            except SettingsError as exc:     # the child checked them; this is a safety net
+                log.error("start() settings ignored: %s", exc)
+        self.last_ready_s = now - child.started
+        self._actions.append(ChildReady(slot.index, self.last_ready_s))
+        log.info("child %d%s ready in %.2fs (handler: %s, %s, concurrency %d%s)",
+                 child.pid, slot.label(), self.last_ready_s, msg.kind.value,
+                 msg.mode.value, child.concurrency,
+                 f"; preloaded: {', '.join(msg.preloaded)}" if msg.preloaded else "")
+        missing = [m for m in self.preload if m not in msg.preloaded]
+        if missing and self.check_preload:
+            log.warning("preload modules not loaded in the forkserver (import failed?): %s",
+                        ", ".join(missing))
+
+    # --- the loop's end ------------------------------------------------------------------
+
+    def _on_loop_failed(self, ev: E.LoopFailed, now: float) -> None:
+        self.fate.loop_failed(ev.text)
+
+    def _on_loop_ended(self, ev: E.LoopEnded, now: float) -> None:
+        self.fate.loop_ended()
+
+    _ON = {E.Submit: _on_submit, E.Cancel: _on_cancel, E.Refresh: _on_refresh,
+           E.Stop: _on_stop, E.GpuEvent: _on_gpu_event, E.Tick: _on_tick,
+           E.Settled: _on_settled, E.Spawned: _on_spawned, E.SpawnFailed: _on_spawn_failed,
+           E.Message: _on_message, E.MemoryRead: _on_memory_read, E.Exited: _on_exited,
+           E.LoopFailed: _on_loop_failed, E.LoopEnded: _on_loop_ended}
 
     # --- queries -----------------------------------------------------------------------
 
@@ -237,25 +328,22 @@ class SupervisorCore(ChildEvents, Failures):
     def finished(self) -> bool:
         """Shut down, with no child left: the loop may end."""
         return self.shutdown_at is not None and not any(
-            s.child is not None or s.spawning for s in self.slots)
+            s.child is not None or s.starting is not None for s in self.slots)
+
+    def unfinished(self) -> list:
+        """Every job held and not ended (for the loop's very last resort)."""
+        return [t for t in self.jobs.active.values() if not t.finished]
 
     def next_deadline(self) -> float | None:
-        times = []
-        heartbeat = self.settings.heartbeat_timeout
-        for slot in self.slots:
-            times.extend(t.deadline for t in slot.in_flight.values() if t.deadline is not None)
-            child = slot.child
-            if child is not None:
-                times.append(child.deadline(heartbeat))
-                if self.shutdown_at is not None:
-                    times.append(self.shutdown_at)
-        times = [t for t in times if t is not None]
+        heartbeat, shutdown_at = self.settings.heartbeat_timeout, self.shutdown_at
+        times = [t for s in self.slots for t in s.deadlines(heartbeat, shutdown_at)
+                 if t is not None]
         return min(times) if times else None
 
     def status(self) -> Status:
         running = self.state is WorkerState.RUNNING and self.shutdown_at is None
         return Status(self.settings, self.state, self.failure_message, self.handler_kind,
-                      tuple(_view(s, running) for s in self.slots), self.spawns,
+                      tuple(s.view(running) for s in self.slots), self.spawns,
                       len(self.pending), self.jobs.finished, self.last_ready_s,
                       self.gpu_events, self.jobs.received)
 
@@ -264,39 +352,41 @@ class SupervisorCore(ChildEvents, Failures):
     def _step(self, now: float) -> list:
         self.no_child.update(any(s.child is not None and s.child.state in LIVE_STATES
                                  for s in self.slots), now)
-        self._check_clocks(now)
+        for slot in self.slots:
+            slot.check_clocks(now, self.shutdown_at)
         self._ensure_children()
         self._dispatch(now)
         if self.finished:            # no child will come for what is still queued
             for tracked in self.pending:
                 self.jobs.refuse(tracked, "the worker is shutting down")
             self.pending.clear()
-        out = self._out[:]
-        self._out.clear()
+        return self._take()
+
+    def _take(self) -> list:
+        out = self._actions[:]
+        self._actions.clear()
         return out
 
     def _ensure_children(self) -> None:
         if self.state is not WorkerState.RUNNING or self.shutdown_at is not None:
             return
         if self.warm_off:     # the forkserver restarts cold only with no child alive
-            if any(s.child is not None or s.spawning for s in self.slots):
+            if any(s.child is not None or s.starting is not None for s in self.slots):
                 return
             self.warm_off = False
         for slot in self.slots:
-            if slot.child is None and not slot.spawning and slot.out is None:
-                slot.spawning = True
-                self._out.append(Spawn(slot.index, slot.env(), checks=not slot.ever_ready,
-                                       cause=slot.next_cause if slot.spawns else "first"))
+            if slot.wants_child:
+                self.cids += 1
+                slot.starting = self.cids
+                # A GPU shared with another child moves with that child's work: nothing
+                # to wait for (the VRAM limit counts such a child's own reservation only).
+                previous, slot.previous_mb = slot.previous_mb, None
+                self._actions.append(Settle(slot.index, self.cids, slot.devices,
+                                            None if slot.shared else previous))
 
     def _dispatch(self, now: float) -> None:
         for slot in self.slots:
-            child = slot.child
-            if child is not None and child.live and child.refresh_reason \
-                    and not slot.in_flight and not child.checking_memory:
-                log.info("refreshing the worker process%s: %s", slot.label(self.slots),
-                         child.refresh_reason)
-                self._stop_child(slot, StopCause.REFRESH, f"refresh: {child.refresh_reason}",
-                                 now)
+            slot.refresh_if_idle(now)
         if not self.pending or self.shutdown_at is not None:
             return
         open_slots = [s for s in self.slots if s.room() > 0]
@@ -332,76 +422,7 @@ class SupervisorCore(ChildEvents, Failures):
             self.jobs.refuse(tracked, f"the job cannot be sent to the worker process: "
                                       f"{type(exc).__name__}: {exc}"[:1000])
             return
-        self._out.append(Send(msg, data, slot.index))
-        slot.in_flight[tracked.run] = tracked
-        slot.last_run = tracked.run
-        slot.log_ids = slot.running_ids()
-        slot.child.state = ChildState.BUSY
-        self._out.append(Started(tracked.listener, tracked.id))
-
-    def _check_clocks(self, now: float) -> None:
-        s = self.settings
-        for slot in self.slots:
-            for tracked in list(slot.in_flight.values()):
-                if tracked.deadline is not None and now >= tracked.deadline:
-                    limit = tracked.deadline - tracked.started
-                    self._abandon(slot, tracked, JobState.TIMED_OUT, Reason.TIMED_OUT,
-                                  f"the job ran longer than its execution timeout of "
-                                  f"{limit:g}s", now)
-            child = slot.child
-            if child is None:
-                continue
-            due = child.due(now, s.stop_grace, s.heartbeat_timeout, self.shutdown_at,
-                            busy=bool(slot.in_flight))
-            if isinstance(due, Signal):
-                log.warning("child %d did not stop within %.1fs; sending %s to its process "
-                            "group", child.pid, s.stop_grace, due.sig.name)
-                self._out.append(due)
-            elif due is not None:
-                cause, text, interrupt = due
-                self._stop_child(slot, cause, text, now, interrupt)
-
-    # --- endings ------------------------------------------------------------------------
-
-    def _stop_child(self, slot: Slot, cause: StopCause, text: str, now: float,
-                    interrupt: bool = False) -> None:
-        child = slot.child
-        actions = child.begin_stop(cause, text, now, self.settings.stop_grace, interrupt)
-        if actions:
-            log.info("stopping child %d: %s", child.pid, text)
-            self._out.extend(actions)
-
-    def _abandon(self, slot: Slot, tracked: TrackedJob, state: JobState, reason: Reason,
-                 text: str, now: float, error_type: str | None = None) -> None:
-        """End a running job now (timeout or cancel) and make sure its work stops."""
-        child = slot.child
-        del slot.in_flight[tracked.run]
-        slot.log_ids = slot.running_ids()
-        if error_type is None:
-            error_type = "TimedOut" if state is JobState.TIMED_OUT else "Cancelled"
-        self.jobs.end(tracked, state, reason, text, now, error_type)
-        if child is None or child.state is ChildState.STOPPING:
-            return
-        if child.mode is HandlerMode.INLINE:
-            child.restart_as = "timeout" if state is JobState.TIMED_OUT else "cancel"
-            self._stop_child(slot, StopCause.JOB_ENDED, f"job {tracked.id} {reason.value}",
-                             now, interrupt=True)
-            return
-        cancel = P.Cancel(tracked.run)
-        self._out.append(Send(cancel, cancel.encode(), slot.index))
-        child.cancels[tracked.run] = (tracked.id, now + self.settings.stop_grace)
-        if not slot.in_flight and child.state is ChildState.BUSY:
-            child.state = ChildState.READY
-
-def _view(slot: Slot, running: bool) -> ChildView:
-    c = slot.child
-    return ChildView(slot.index, slot.devices, c.pid if c else None, c.state if c else None,
-                     c.mode if c else None, c.concurrency if c else 1,
-                     c.concurrency if running and c is not None and c.accepting else 0,
-                     tuple(c.preloaded) if c else (), c.jobs_run if c else 0,
-                     c.rss if c else 0, c.torch if c else None, c.baseline_mb if c else 0.0,
-                     slot.running_ids(), slot.log_ids, slot.out, slot.spawns,
-                     len(slot.breaker.deaths))
+        slot.take(tracked, msg, data)
 
 
 def _some_id(job: Any) -> str:

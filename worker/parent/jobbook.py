@@ -2,7 +2,8 @@
 
 Owned by the supervisor core, used from its thread only. The queue is here; a job in a
 child is in that child's slot (slots.py). `report` is the single place a job ends: it
-turns into one `Ended` action, and never a second time.
+turns into one `Ended` action, and never a second time. `active` holds every job not yet
+ended, by id, so the core's guard can find a job that a failed step left nowhere.
 """
 from __future__ import annotations
 
@@ -47,26 +48,33 @@ class TrackedJob:
 
 class JobBook:
     def __init__(self, out: list, settings: Callable[[], Settings]):
-        self._out = out                   # the core's action list for the current step
+        self.out = out                    # the core's action list for the current step
         self._settings = settings
         self.pending: collections.deque[TrackedJob] = collections.deque()
-        self.active_ids: set = set()      # ids pending or in flight
+        self.active: dict[str, TrackedJob] = {}   # id -> job, queued or in a child
         self.finished = 0
         self.received = 0                 # jobs submitted (each ends once: finished)
 
-    def report(self, tracked: TrackedJob, result: JobResult, counted: bool = True) -> None:
+    def unqueue(self, tracked: TrackedJob) -> None:
+        """Take this very job out of the queue, if it is there."""
+        for i, queued in enumerate(self.pending):
+            if queued is tracked:
+                del self.pending[i]
+                return
+
+    def report(self, tracked: TrackedJob, result: JobResult) -> None:
         if tracked.finished:
             return
         tracked.finished = True
         result.trace = tracked.job.get("traceparent")
-        if counted:
-            self.active_ids.discard(tracked.id)
+        if self.active.get(tracked.id) is tracked:   # a refused duplicate is not it
+            del self.active[tracked.id]
         self.finished += 1
-        self._out.append(Ended(tracked.listener, result))
+        self.out.append(Ended(tracked.listener, result))
 
-    def refuse(self, tracked: TrackedJob, text: str, counted: bool = True) -> None:
+    def refuse(self, tracked: TrackedJob, text: str) -> None:
         self.report(tracked, self.failure(tracked.id, JobState.FAILED, Reason.REFUSED,
-                                          "JobRefused", text), counted)
+                                          "JobRefused", text))
 
     def end(self, tracked: TrackedJob, state: JobState, reason: Reason, text: str, now: float,
             error_type: str) -> None:
@@ -76,8 +84,9 @@ class JobBook:
 
     def fail_all(self, running: list, reason: Reason, error_type: str, text: str,
                  details: str = "") -> None:
-        """Fail the queue and `running` (the jobs in children, whose slots let go of them)."""
-        for tracked in list(self.pending) + list(running):
+        """Fail the queue, `running` (the jobs in children, whose slots let go of them) and
+        any job a failed step left in neither."""
+        for tracked in [*self.pending, *running, *self.active.values()]:
             self.report(tracked, self.failure(tracked.id, JobState.FAILED, reason, error_type,
                                               text, details))
         self.pending.clear()
@@ -86,3 +95,22 @@ class JobBook:
                 details: str = "") -> JobResult:
         s = self._settings()
         return failure(job_id, state, reason, error_type, text, s.worker_id, s.hostname, details)
+
+
+class NoChildClock:
+    """Seconds the worker has had no ready child (a first start, a refresh, a crash),
+    summed: a job's setup wait is how far it moved while the job was queued."""
+
+    def __init__(self):
+        self._total, self._since = 0.0, None
+
+    def update(self, live: bool, now: float) -> None:
+        """After every event: is any child ready now?"""
+        if live and self._since is not None:
+            self._total += now - self._since
+            self._since = None
+        elif not live and self._since is None:
+            self._since = now
+
+    def at(self, now: float) -> float:
+        return self._total + (now - self._since if self._since is not None else 0.0)

@@ -99,6 +99,7 @@ class ChildRecord:
     stop_next: float | None = None
     cancels: dict = field(default_factory=dict)   # run -> (job id, deadline for its ack)
     slot: int = 0                      # which of the worker's children it is
+    cid: int = 0                       # its number, given by the core (actions name it)
 
     @property
     def live(self) -> bool:
@@ -148,13 +149,13 @@ class ChildRecord:
             return []
         actions: list = []
         if interrupt or self.state is ChildState.STARTING:
-            actions.append(Signal(signal.SIGUSR1, slot=self.slot))
+            actions.append(Signal(signal.SIGUSR1, self.cid))
         self.stop_cause, self.stop_text = cause, text
         self.state = ChildState.STOPPING
         self.stop_step = 0
         self.stop_next = now + grace
         stop = P.Stop(text)
-        actions.append(Send(stop, stop.encode(), self.slot))
+        actions.append(Send(stop, stop.encode(), self.cid))
         return actions
 
     def escalate(self, now: float, grace: float) -> Signal:
@@ -162,7 +163,7 @@ class ChildRecord:
         self.stop_step += 1
         sig = signal.SIGTERM if self.stop_step == 1 else signal.SIGKILL
         self.stop_next = now + grace if self.stop_step == 1 else None
-        return Signal(sig, group=True, slot=self.slot)
+        return Signal(sig, self.cid, group=True)
 
     def exit_cause(self) -> ExitCause:
         if self.setup_error is not None:

@@ -1,34 +1,68 @@
-"""A place for one child: its devices, the child in it now, the jobs that child runs, and
-what the place has been through (restart storms, setup failures). The core keeps one per
-child the worker runs (placement.py decides how many and with which GPUs); a job is in at
-most one slot's `in_flight`.
+"""One place for a child, and the rules that touch only it.
+
+The core keeps one Slot per child the worker runs (placement.py decides how many and with
+which GPUs). A slot owns its child's record, the jobs in that child (`in_flight`, by run),
+what the place has been through (restart storms, setup failures, out of service) and the
+rules for one child: what its messages mean, what its exit means for its jobs (crash blame,
+the breaker), its clocks, how it is stopped. What reaches across slots — the queue,
+dispatch, the worker's state, a child that cannot start — is the core's (core.py): a
+slot's exit returns a `Verdict` for the core to act on instead of deciding for the worker.
+A job is queued (JobBook) or in exactly one slot.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from typing import Callable, NamedTuple
 
+from .. import protocol as P
+from ..config import Settings
+from ..jobs import JobResult, JobState, Reason
+from ..protocol import HandlerMode
+from . import blame, recycling
+from .actions import Chunked, Progressed, ReadMemory, Send, Signal, Started
 from .breaker import RestartBreaker
-from .jobbook import TrackedJob
-from .lifecycle import ChildRecord
+from .jobbook import JobBook, TrackedJob
+from .lifecycle import ChildRecord, ChildState, ExitCause, StopCause
+from .status import ChildView
+
+log = logging.getLogger("worker")
 
 
-@dataclass
+class Verdict(NamedTuple):
+    """What a child's exit means beyond its slot (None from `exited`: nothing)."""
+    kind: str              # "warm_refused", "setup_failed" or "tripped"
+    message: str
+    details: str = ""
+    tail: tuple = ()
+
+
 class Slot:
-    index: int
-    devices: tuple = ()            # its children's CUDA_VISIBLE_DEVICES; () = the parent's
-    shared: bool = False           # another slot uses one of its GPUs
-    child: ChildRecord | None = None
-    spawning: bool = False
-    in_flight: dict = field(default_factory=dict)    # run -> TrackedJob, in its child now
-    log_ids: tuple = ()            # jobs the child's untagged output lines belong to
-    breaker: RestartBreaker = field(default_factory=RestartBreaker)
-    ever_ready: bool = False       # a child here has passed setup (and its checks)
-    setup_failures: int = 0        # in a row, since a child here was last ready
-    out: str | None = None         # out of service, and why: no child starts here again
-    revivable: bool = False        # out before any slot was ready: tried again once one is
-    spawns: int = 0
-    next_cause: str = "first"      # why its next child starts (lifecycle.start_cause)
-    last_run: int = 0              # the run it got last: among idle slots, the oldest first
+    def __init__(self, index: int, devices: tuple, shared: bool, jobs: JobBook,
+                 settings: Callable[[], Settings], many: bool = False):
+        self.index = index
+        self.devices = devices         # its children's CUDA_VISIBLE_DEVICES; () = the parent's
+        self.shared = shared           # another slot uses one of its GPUs
+        self.many = many               # the worker has other slots (log lines say which)
+        self._jobs = jobs
+        self._actions = jobs.out       # the core's actions of the current step
+        self._settings = settings
+        self.child: ChildRecord | None = None
+        self.starting: int | None = None   # the child number being started (Settle/Spawn)
+        self.refresh_asked: str | None = None   # a refresh asked while it was starting
+        self.next_baseline = 0.0           # the settled reading: the baseline of that child
+        self.previous_mb: float | None = None   # the last child's baseline (settle wait)
+        self.in_flight: dict = {}          # run -> TrackedJob, in its child now
+        self.log_ids: tuple = ()           # jobs the child's untagged output lines belong to
+        self.breaker = RestartBreaker()
+        self.ever_ready = False            # a child here has passed setup (and its checks)
+        self.setup_failures = 0            # in a row, since a child here was last ready
+        self.out: str | None = None        # out of service, and why: no child starts here
+        self.revivable = False             # out before any slot was ready: tried once more
+        self.spawns = 0
+        self.next_cause = "first"          # why its next child starts (lifecycle.start_cause)
+        self.last_run = 0                  # the run it got last: among idle slots, oldest first
+
+    # --- what it is ------------------------------------------------------------------------
 
     def env(self) -> dict:
         """What its child's environment gets: its GPUs and its index."""
@@ -36,6 +70,14 @@ class Slot:
         if self.devices:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.devices)
         return env
+
+    def holds(self, cid: int) -> bool:
+        """Child `cid` is the one in this slot now."""
+        return self.child is not None and self.child.cid == cid
+
+    @property
+    def wants_child(self) -> bool:
+        return self.child is None and self.starting is None and self.out is None
 
     def running_ids(self) -> tuple:
         return tuple(t.id for t in self.in_flight.values())
@@ -53,28 +95,280 @@ class Slot:
             return 0
         return max(0, child.concurrency - len(self.in_flight))
 
-    def label(self, slots: list) -> str:
+    def view(self, running: bool) -> ChildView:
+        """As published in the Status (`running`: the worker takes jobs)."""
+        c = self.child
+        return ChildView(self.index, self.devices, c.pid if c else None,
+                         c.state if c else None, c.mode if c else None,
+                         c.concurrency if c else 1,
+                         c.concurrency if running and c is not None and c.accepting else 0,
+                         tuple(c.preloaded) if c else (), c.jobs_run if c else 0,
+                         c.rss if c else 0, c.torch if c else None,
+                         c.baseline_mb if c else 0.0, self.running_ids(), self.log_ids,
+                         self.out, self.spawns, len(self.breaker.deaths))
+
+    def label(self) -> str:
         """' (slot 2, GPU-…)' for log lines, when the worker has several children."""
-        if len(slots) == 1:
+        if not self.many:
             return ""
         return f" (slot {self.index}" + (f", {','.join(self.devices)})" if self.devices
                                          else ")")
 
+    # --- its child -------------------------------------------------------------------------
 
-class NoChildClock:
-    """Seconds the worker has had no ready child (a first start, a refresh, a crash),
-    summed: a job's setup wait is how far it moved while the job was queued."""
+    def spawned(self, cid: int, pid: int, now: float) -> None:
+        s = self._settings()
+        self.starting = None
+        self.spawns += 1
+        self.child = ChildRecord(pid, now, now + s.setup_timeout if s.setup_timeout > 0
+                                 else None, last_beat=now, baseline_mb=self.next_baseline,
+                                 slot=self.index, cid=cid)
+        if self.refresh_asked is not None:
+            self.child.replace_when_idle(self.refresh_asked, "refresh")
+            self.refresh_asked = None
 
-    def __init__(self):
-        self._total, self._since = 0.0, None
+    def refresh(self, reason: str) -> None:
+        """Replace its child once idle; a child being started counts (a refresh never
+        falls between a child's start and its record)."""
+        if self.child is not None:
+            self.child.replace_when_idle(reason, "refresh")
+        elif self.starting is not None and self.refresh_asked is None:
+            self.refresh_asked = reason
 
-    def update(self, live: bool, now: float) -> None:
-        """After every event: is any child ready now?"""
-        if live and self._since is not None:
-            self._total += now - self._since
-            self._since = None
-        elif not live and self._since is None:
-            self._since = now
+    def take(self, tracked: TrackedJob, msg: P.Run, data) -> None:
+        """Run a job in its child (the core chose it, gave it a run and encoded it)."""
+        child = self.child
+        self._actions.append(Send(msg, data, child.cid))
+        self.in_flight[tracked.run] = tracked
+        self.last_run = tracked.run
+        self.log_ids = self.running_ids()
+        child.state = ChildState.BUSY
+        self._actions.append(Started(tracked.listener, tracked.id))
 
-    def at(self, now: float) -> float:
-        return self._total + (now - self._since if self._since is not None else 0.0)
+    def message(self, msg: P.Message, now: float) -> bool:
+        """A message from its child; True when the child has just become ready (the core
+        does what that means for the worker)."""
+        child = self.child
+        child.last_beat = now
+        kind = type(msg)
+        if kind is P.Done:
+            self._done(child, msg, now)
+        elif kind is P.Chunk or kind is P.Progress:
+            tracked = self.in_flight.get(msg.run)
+            if tracked is not None:
+                event = Chunked if kind is P.Chunk else Progressed
+                self._actions.append(event(tracked.listener, tracked.id, msg.value))
+        elif kind is P.Heartbeat:
+            child.rss, child.torch = msg.rss, msg.gpu
+        elif kind is P.Ready:
+            if child.ready(msg):
+                self.ever_ready, self.setup_failures = True, 0
+                return True
+        elif kind is P.SetupFailed:
+            child.setup_error = (msg.message, msg.traceback)
+        elif kind is P.WarmRefused:
+            child.warm_refused = msg.reason
+        elif kind is P.Garbled:
+            self._garbled(child, msg, now)
+        return False
+
+    def memory_read(self, reading) -> None:
+        """The reading its idle child's recycling check asked for (None: the probe failed)."""
+        child = self.child
+        if child.checking_memory:
+            child.checking_memory = False
+            if reading is not None and child.refresh_reason is None:
+                child.replace_when_idle(recycling.memory_verdict(
+                    reading, child, self._settings(), own_only=self.shared), "memory")
+
+    def exited(self, code: int | None, tail: list, now: float,
+               shutting_down: bool) -> Verdict | None:
+        """Its child is gone: its jobs fail or, after a crash, run again (blame.py)."""
+        child, self.child = self.child, None
+        self.previous_mb = child.baseline_mb
+        jobs = self.let_go()
+        s = self._settings()
+        how = recycling.describe_exit(code)
+        if child.warm_refused is not None and not child.jobs_run:
+            self.next_cause = "warm_off"
+            self._lose(jobs, f"the worker process {how}", now)     # none: it never was ready
+            return Verdict("warm_refused", child.warm_refused)
+        cause = child.exit_cause()
+        self.next_cause = child.start_cause(cause)
+        if cause.in_setup:
+            self._lose(jobs, f"the worker process {how}", now)     # none: it never was ready
+            message = child.setup_failure(cause, how, s.setup_timeout, shutting_down)
+            if message is None:
+                return None
+            details = child.setup_error[1] if child.setup_error else ""
+            return Verdict("setup_failed", message, details, tuple(tail))
+        if cause.is_death and child.jobs_run == 0:   # a storm: children die before any job ends
+            self.breaker.record(now, s.restart_window)
+        if cause is ExitCause.CRASHED:
+            reason_text = f"the worker process {how} during the job"
+        else:
+            reason_text = f"the worker process was stopped ({child.stop_text}) during the job"
+        if cause is ExitCause.CRASHED:
+            again, failed = blame.after_crash(jobs, s.job_max_crashes, shutting_down)
+            for tracked in reversed(again):
+                log.warning("job %s: %s; running it again, alone, on a fresh child%s",
+                            tracked.id, reason_text, "" if len(jobs) > 1 else
+                            f" ({tracked.crashes}/{s.job_max_crashes})")
+                self._jobs.pending.appendleft(tracked)
+        else:
+            failed = jobs
+        self._lose(failed, reason_text, now)
+        if cause is ExitCause.CRASHED:
+            log.error("child %d%s %s", child.pid, self.label(), how)
+        if cause.is_death and self.breaker.tripped(s.restart_limit):
+            return Verdict("tripped", f"{len(self.breaker.deaths)} worker processes in a row "
+                                      f"died before finishing a job, within "
+                                      f"{s.restart_window:g}s; not respawning "
+                                      "(WORKER_RESTART_LIMIT)")
+        return None
+
+    # --- its clocks and its stops ----------------------------------------------------------
+
+    def check_clocks(self, now: float, shutdown_at: float | None) -> None:
+        s = self._settings()
+        for tracked in list(self.in_flight.values()):
+            if tracked.deadline is not None and now >= tracked.deadline:
+                limit = tracked.deadline - tracked.started
+                self.abandon(tracked, JobState.TIMED_OUT, Reason.TIMED_OUT,
+                             f"the job ran longer than its execution timeout of {limit:g}s",
+                             now)
+        child = self.child
+        if child is None:
+            return
+        due = child.due(now, s.stop_grace, s.heartbeat_timeout, shutdown_at,
+                        busy=bool(self.in_flight))
+        if isinstance(due, Signal):
+            log.warning("child %d did not stop within %.1fs; sending %s to its process group",
+                        child.pid, s.stop_grace, due.sig.name)
+            self._actions.append(due)
+        elif due is not None:
+            cause, text, interrupt = due
+            self.stop_child(cause, text, now, interrupt)
+
+    def deadlines(self, heartbeat_timeout: float, shutdown_at: float | None) -> list:
+        times = [t.deadline for t in self.in_flight.values() if t.deadline is not None]
+        child = self.child
+        if child is not None:
+            times.append(child.deadline(heartbeat_timeout))
+            if shutdown_at is not None:
+                times.append(shutdown_at)
+        return times
+
+    def refresh_if_idle(self, now: float) -> None:
+        child = self.child
+        if child is not None and child.live and child.refresh_reason \
+                and not self.in_flight and not child.checking_memory:
+            log.info("refreshing the worker process%s: %s", self.label(),
+                     child.refresh_reason)
+            self.stop_child(StopCause.REFRESH, f"refresh: {child.refresh_reason}", now)
+
+    def stop_child(self, cause: StopCause, text: str, now: float,
+                   interrupt: bool = False) -> None:
+        child = self.child
+        actions = child.begin_stop(cause, text, now, self._settings().stop_grace, interrupt)
+        if actions:
+            log.info("stopping child %d: %s", child.pid, text)
+            self._actions.extend(actions)
+
+    def abandon(self, tracked: TrackedJob, state: JobState, reason: Reason, text: str,
+                now: float, error_type: str | None = None) -> None:
+        """End a running job now (timeout or cancel) and make sure its work stops."""
+        child = self.child
+        del self.in_flight[tracked.run]
+        self.log_ids = self.running_ids()
+        if error_type is None:
+            error_type = "TimedOut" if state is JobState.TIMED_OUT else "Cancelled"
+        self._jobs.end(tracked, state, reason, text, now, error_type)
+        if child is None or child.state is ChildState.STOPPING:
+            return
+        if child.mode is HandlerMode.INLINE:
+            child.restart_as = "timeout" if state is JobState.TIMED_OUT else "cancel"
+            self.stop_child(StopCause.JOB_ENDED, f"job {tracked.id} {reason.value}", now,
+                            interrupt=True)
+            return
+        cancel = P.Cancel(tracked.run)
+        self._actions.append(Send(cancel, cancel.encode(), child.cid))
+        child.cancels[tracked.run] = (tracked.id, now + self._settings().stop_grace)
+        if not self.in_flight and child.state is ChildState.BUSY:
+            child.state = ChildState.READY
+
+    def let_go(self) -> list:
+        """Its jobs, which it no longer holds (the core fails them)."""
+        jobs = list(self.in_flight.values())
+        self.in_flight.clear()
+        self.log_ids = ()
+        return jobs
+
+    def _lose(self, jobs: list, reason_text: str, now: float) -> None:
+        for tracked in jobs:
+            text = reason_text
+            if tracked.crashes > 1:
+                text = (f"{reason_text}; it has now killed the worker process "
+                        f"{tracked.crashes} times")
+            log.error("job %s failed: %s", tracked.id, text)
+            self._jobs.end(tracked, JobState.FAILED, Reason.WORKER_LOST, text, now, "WorkerLost")
+
+    # --- messages ----------------------------------------------------------------------
+
+    def _done(self, child: ChildRecord, msg: P.Done, now: float) -> None:
+        child.concurrency = max(1, msg.concurrency)
+        if msg.gpu is not None:       # fresher than the last heartbeat's, for the VRAM check
+            child.torch = msg.gpu
+        child.cancels.pop(msg.run, None)
+        tracked = self.in_flight.pop(msg.run, None)
+        self.breaker.reset()          # the child finished a job: this is no storm
+        if tracked is None:
+            return   # already ended by the worker (timeout, cancel): this is the child's ack
+        # Untagged output still in the pipe belongs to the job that just ended.
+        self.log_ids = self.running_ids() or (tracked.id,)
+        child.jobs_run += 1
+        tracked.suspect = False
+        result = tracked.timed(JobResult(tracked.id, msg.state, msg.reason, msg.body,
+                                         msg.refresh), now)
+        if msg.peak_vram_mb is not None:
+            result.extra["peak_vram_mb"] = msg.peak_vram_mb
+        self._jobs.report(tracked, result)      # logged with its times by the loop
+        verdict = recycling.after_job(result, child, self._settings())
+        if verdict is not None:
+            child.replace_when_idle(*verdict)
+        self._maybe_idle(child)
+
+    def _garbled(self, child: ChildRecord, msg: P.Garbled, now: float) -> None:
+        """A frame from the child that the parent cannot read. A result or chunk names its
+        run: that job fails (its output cannot be delivered as it is); anything else means
+        the channel cannot be trusted, so the child is replaced."""
+        tracked = self.in_flight.get(msg.run) if msg.run is not None else None
+        log.error("unreadable %s message from child %d: %s", msg.tag or "unknown", child.pid,
+                  msg.error)
+        if msg.tag == "done" and msg.run is not None:
+            child.cancels.pop(msg.run, None)     # an abandoned run's ack, even unreadable
+        if tracked is not None and msg.tag == "done":
+            del self.in_flight[msg.run]
+            child.jobs_run += 1
+            self._jobs.end(tracked, JobState.FAILED, Reason.HANDLER_ERROR,
+                           f"the job's result could not be read by the worker: {msg.error}",
+                           now, "ResultUnreadable")
+            self._maybe_idle(child)
+        elif tracked is not None and msg.tag in ("chunk", "progress"):
+            if msg.tag == "chunk":     # a stream with a hole in it is not the stream
+                self.abandon(tracked, JobState.FAILED, Reason.HANDLER_ERROR,
+                             f"a stream chunk could not be read by the worker: {msg.error}",
+                             now, "ChunkUnreadable")
+        elif msg.tag not in ("done", "chunk", "progress", "heartbeat") \
+                and child.state is not ChildState.STOPPING:
+            self.stop_child(StopCause.PROTOCOL, f"unreadable message: {msg.error}", now,
+                            interrupt=True)
+
+    def _maybe_idle(self, child: ChildRecord) -> None:
+        """A busy child with no job left is ready; between jobs, check its memory."""
+        if self.in_flight or child.state is not ChildState.BUSY:
+            return
+        child.state = ChildState.READY
+        if child.refresh_reason is None and recycling.watches_memory(self._settings()):
+            child.checking_memory = True
+            self._actions.append(ReadMemory(self.index, child.cid, child.pid, self.devices))

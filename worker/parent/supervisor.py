@@ -1,10 +1,30 @@
 """The supervisor's loop: one thread that feeds events to the core and carries out the
 actions it returns.
 
-The public methods (any thread) only queue commands and wake the loop. The loop waits on
-one selector: each child's channel and exit sentinel (child_io.py) and a wake-up pipe,
-with a timeout set by the core's nearest deadline. After every step it publishes a frozen
-Status: the only view of the supervisor other threads get.
+A job's path through the parent:
+
+  source thread          loop thread (this module)                         child process
+  ─────────────          ─────────────────────────                         ─────────────
+  submit(job) ─Submit─► event queue ─► Dispatcher.feed ─► core.handle ─► [Send(Run), Started]
+                                                             │
+                        ChildHost.send ◄──── Send(Run) ◄─────┘
+                             └──────────────────── frame ─────────────────► runtime: handler(job)
+  on_start ◄──────────── Started
+                        selector ─► ChildHost.read ─► Message(Progress/Chunk) ◄── frames ──┤
+  on_progress/on_chunk ◄── Progressed/Chunked ◄── core.handle                              │
+                        selector ─► ChildHost.read ─► Message(Done) ◄──────── frame ───────┘
+  on_result ◄─────────── Ended ◄── core.handle (+ ReadMemory?, Send(Stop)?)
+  status (read-only) ◄── published once per turn of the loop
+
+Starting a child: core → Settle (wait for the last child's GPU memory, off the loop when
+there is a wait) → Settled → core → Spawn → Launcher.start → a ChildHost, and Spawned on
+the next turn. Every outcome of an action comes back as an event, never as a call into
+the core (dispatch.py).
+
+The public methods (any thread) only queue events and wake the loop. The loop waits on
+one selector: each child's channel and exit sentinel (registered by its ChildHost) and a
+wake-up pipe, with a timeout set by the core's nearest deadline. After every turn it
+publishes a frozen Status: the only view of the supervisor other threads get.
 """
 from __future__ import annotations
 
@@ -15,22 +35,24 @@ import threading
 import time
 from typing import Any, Callable
 
-from .. import protocol as P
 from .. import tracing
 from ..config import Settings
 from ..jobs import JobResult, JobState, Reason, failure
 from . import actions as A
-from . import placement, preloads
+from . import device_settle, placement, preloads
+from . import events as E
 from .actions import JobListener
-from .child_io import ChildIO, ChildWiring, _only
+from .child_host import ChildHost
 from .commands import Commands
 from .core import SupervisorCore
+from .dispatch import Dispatcher
 from .health_file import HealthFile
+from .launcher import Launcher
 from .lifecycle import ChildState
 from .metrics import Metrics
 from .monitor import make_probe
+from .mp_launcher import MpLauncher
 from .output import log_child_line
-from .spawner import Spawner
 from .status import Status, WorkerState
 
 log = logging.getLogger("worker")
@@ -47,8 +69,8 @@ def exit_process(message: str) -> None:
     os._exit(70)
 
 
-class Supervisor(ChildWiring):
-    def __init__(self, settings: Settings, target: Any, spawner: Spawner | None = None,
+class Supervisor:
+    def __init__(self, settings: Settings, target: Any, launcher: Launcher | None = None,
                  output_sink: Callable | None = None, probe: Any = None,
                  clock: Callable[[], float] = time.monotonic,
                  on_fatal: Callable[[str], None] | None = None,
@@ -57,7 +79,7 @@ class Supervisor(ChildWiring):
         of the GPUs visible here, WORKER_CHILDREN and WORKER_GPUS_PER_CHILD (only its
         first child with `one_child`)."""
         self.target = target
-        self.spawner = spawner or Spawner(
+        self.launcher = launcher or MpLauncher(
             settings.start_method,
             settings.preload + tuple(m for m in preloads.implied(target)
                                      if m not in settings.preload),
@@ -71,28 +93,29 @@ class Supervisor(ChildWiring):
         if len(devices) > 1:
             log.info("%d children: %s", len(devices), "; ".join(
                 f"{i}: {','.join(d) or 'no GPU'}" for i, d in enumerate(devices)))
-        self.core = SupervisorCore(settings, tuple(self.spawner.preload),
-                                   check_preload=self.spawner.method == "forkserver",
+        self.core = SupervisorCore(settings, tuple(self.launcher.preload),
+                                   check_preload=self.launcher.method == "forkserver",
                                    devices=devices)
         self.output_sink = output_sink or log_child_line
         self.clock = clock
         self.on_fatal = on_fatal         # the loop itself died: the process should exit
         self.status: Status = self.core.status()
-        self._io: list[ChildIO | None] = [None] * len(devices)     # per slot
+        self.metrics = Metrics(lambda: self.status, self.probe)
+        self._hosts: dict[int, ChildHost] = {}     # by child number
+        self._dispatcher = Dispatcher(self.core, clock, self)
         self._dirty = False              # the core changed since the last publish
         self._fresh = False              # self.status was computed after the last change
-        self._previous_baseline: list = [None] * len(devices)   # of the slot's last child
         self._health = HealthFile(settings.health_file) if settings.health_file else None
         self._probe_stop = threading.Event()
-        self._commands = Commands()
+        self._stopping = threading.Event()     # stop() was called: a settle wait gives up
+        self._events = Commands()
         self._sel = selectors.DefaultSelector()
-        self._sel.register(self._commands.wake_fd, selectors.EVENT_READ, "wake")
+        self._sel.register(self._events.wake_fd, selectors.EVENT_READ, (None, "wake"))
         self._changed = threading.Condition()
         self._capacity_watchers: list = []
         self._published_capacity = 0
         self._thread = threading.Thread(target=self._loop, name="gpu-worker-supervisor",
                                         daemon=True)
-        self.metrics = Metrics(lambda: self.status, self.probe)
 
     # --- public API (any thread) ---------------------------------------------------------
 
@@ -111,32 +134,32 @@ class Supervisor(ChildWiring):
         the job's exact JSON encoding (bytes, or a tuple of bytes-like parts that join to
         it): it goes to the child as is (no re-encoding, no copy)."""
         tracing.TRACES.remember(job)
-        if not self._command(self.core.submit, job, listener, self.clock(), raw):
+        if not self._events.put(E.Submit(job, listener, self.clock(), raw)):
             self._refuse_late(job, listener)
 
     def cancel(self, job_id: str, queued_only: bool = False) -> None:
         """End a job as CANCELLED: dropped if queued, stopped if running (unless
         queued_only)."""
-        self._command(self.core.cancel, job_id, queued_only)
+        self._events.put(E.Cancel(job_id, queued_only))
 
     def refresh(self, reason: str = "requested") -> None:
         """Replace the child once it is idle."""
-        self._command(self.core.refresh, reason)
+        self._events.put(E.Refresh(reason))
 
     def stop(self, grace: float = 0.0) -> None:
         """Stop taking jobs; let running ones finish for `grace` seconds; stop the child."""
-        self._command(self.core.stop, grace)
+        self._stopping.set()
+        self._events.put(E.Stop(grace))
 
     def gpu_event(self, xid: int, what: str) -> None:
         """An Xid or ECC event from NVML (the probe's watcher thread)."""
-        self._command(self.core.gpu_event, xid, what)
+        self._events.put(E.GpuEvent(xid, what))
 
     def kill_child_group(self, sig: int) -> None:
         """Signal every child's process group now (a second SIGTERM: no time for
         courtesy)."""
-        for io in list(self._io):
-            if io is not None:
-                io.proc.signal_group(sig)
+        for host in list(self._hosts.values()):
+            host.proc.signal_group(sig)
 
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
@@ -166,11 +189,13 @@ class Supervisor(ChildWiring):
     child_pid = property(lambda self: self.status.child_pid)
 
     def snapshot(self) -> dict:
-        """The worker for /health: the status, and memory read now (each child's with its
-        GPUs, when there are several)."""
+        """The worker for /health: the status, the launcher's template, and memory read
+        now (each child's with its GPUs, when there are several)."""
         status = self.status
         out = status.to_dict()
-        out["warm_refresh"] = self.spawner.warm_status
+        launcher = self.launcher.health()
+        out["warm_refresh"] = launcher["warm_refresh"]
+        out["launcher"] = launcher
         try:
             reading = self.probe.read(status.child_pid)
             out["memory"] = {**reading.to_dict(), "baseline_mb": status.baseline_mb,
@@ -185,10 +210,6 @@ class Supervisor(ChildWiring):
         return out
 
     # --- the loop ------------------------------------------------------------------------
-
-    def _command(self, fn: Callable, *args: Any) -> bool:
-        """Queue a command for the loop; False once the loop has ended."""
-        return self._commands.put(fn, args)
 
     def _refuse_late(self, job: Any, listener: JobListener) -> None:
         """A job that reached a supervisor whose loop has ended still gets its one result."""
@@ -205,82 +226,77 @@ class Supervisor(ChildWiring):
         except Exception:
             log.exception("a job listener failed")
 
-    def _guarded(self, fn: Callable, *args: Any) -> None:
-        """Feed one event to the core and carry out its actions. Whatever goes wrong fails
-        the job the event carried (and the child's jobs, which may be half-handled), never
-        the loop."""
+    def _feed(self, event: E.Event) -> None:
         self._fresh = False
-        try:
-            self._apply(fn(*args, self.clock()))
-        except Exception as exc:    # noqa: BLE001 - the guard of the supervisor's loop
-            log.exception("internal error on %s", getattr(fn, "__name__", fn))
-            job, listener = (args[0], args[1]) if fn == self.core.submit else (None, None)
-            self._apply(self.core.internal_error(f"{type(exc).__name__}: {exc}", job,
-                                                 listener, self.clock()))
+        self._dirty = True
+        self._dispatcher.feed(event)
 
     def _loop(self) -> None:
-        core = self.core
+        core, feed, take = self.core, self._feed, self._events.take
         fatal = None
-        self._commands.loop_ident = threading.get_ident()
+        self._events.loop_ident = threading.get_ident()
         try:
-            self._guarded(core.tick)
+            feed(E.Tick())
             while True:
-                while (command := self._commands.take()) is not None:
-                    self._guarded(command[0], *command[1])
+                while (event := take()) is not None:
+                    feed(event)
                 if core.finished:
                     break
                 if self._dirty:
                     self._publish()
                 deadline = core.next_deadline()
                 timeout = None if deadline is None else max(0.0, deadline - self.clock())
-                exited = []
                 ready = self._sel.select(timeout)
-                for key, events in ready:
-                    if key.data == "wake":
-                        self._commands.woken()
-                        continue
-                    what, index = key.data
-                    if what == "ctrl":
-                        if events & selectors.EVENT_WRITE:
-                            self._io[index].channel.flush()
-                            self._watch_writes(index)
-                        if events & selectors.EVENT_READ:
-                            self._read(index)
-                    else:
-                        exited.append(index)
-                for index in exited:   # last: the channel's final messages are read first
-                    self._child_exited(index)
+                exited = [key.data[0] for key, _ in ready if key.data[1] == "exit"]
+                for key, mask in ready:
+                    host, what = key.data
+                    if host is None:
+                        self._events.woken()
+                    elif what == "ctrl" and (not exited or host not in exited):
+                        if mask & selectors.EVENT_WRITE:
+                            host.flush()
+                        if mask & selectors.EVENT_READ:
+                            for event in host.read():
+                                feed(event)
+                for host in exited:   # its last messages come with its exit
+                    del self._hosts[host.cid]
+                    feed(host.exited())
                 # Events check the clocks too, but not when none came (or only a flush).
                 if deadline is not None and deadline <= self.clock():
-                    self._guarded(core.tick)
+                    feed(E.Tick())
         except Exception as exc:    # noqa: BLE001 - even the guards failed: end it loudly
             fatal = f"the worker's supervisor failed: {type(exc).__name__}: {exc}"
             log.exception("supervisor loop failed")
-            core.state, core.failure_message = WorkerState.BROKEN, fatal
-            self._fresh = False
-            try:
-                self._apply(core.fail_everything("WorkerError", fatal))
-            except Exception:   # noqa: BLE001
-                log.exception("could not fail the jobs held")
-            for io in self._io:
-                if io is not None:
-                    io.proc.close()
+            self._last_words(E.LoopFailed(fatal))
+            for host in self._hosts.values():
+                host.close()
         finally:
             self._probe_stop.set()
             self.metrics.close()
             close = getattr(self.probe, "close", None)
             if close is not None:
                 close()
-            if core.state is WorkerState.RUNNING:
-                core.state = WorkerState.STOPPED
-            self._fresh = False
+            self._last_words(E.LoopEnded())
+            self.launcher.close()
             self._publish()
             self._sel.close()
-            for fn, args in self._commands.close():       # queued as the loop ended
-                if fn == core.submit:
-                    self._refuse_late(args[0], args[1])
+            for event in self._events.close():       # queued as the loop ended
+                if type(event) is E.Submit:
+                    self._refuse_late(event.job, event.listener)
         if fatal is not None and self.on_fatal is not None:
             self.on_fatal(fatal)
+
+    def _last_words(self, event: E.Event) -> None:
+        """A final event, straight to the core (no guard is left to recover with), on
+        the system's clock (the given one may be what failed). If even that fails, each
+        job still held is told it failed, here."""
+        self._fresh = False
+        try:
+            self._dispatcher.apply(self.core.handle(event, time.monotonic()))
+        except Exception:   # noqa: BLE001
+            log.exception("the supervisor could not finish cleanly (%s)", type(event).__name__)
+            for job in self.core.unfinished():
+                self._refuse_late(job.job, job.listener)
 
     def _publish(self) -> None:
         self._dirty = False
@@ -299,32 +315,82 @@ class Supervisor(ChildWiring):
                 except Exception:      # noqa: BLE001 - a watcher must not break the loop
                     log.exception("a capacity watcher failed")
 
-    def _apply(self, actions: list) -> None:
-        """Carry out the core's actions in order, the status published first (a listener
-        called here sees the state that led to its event); a job's Run goes out first, so
-        the child works while the rest is done (2 cores). Spawn and ReadMemory feed the
-        core again. Waiters are woken once per turn of the loop (`_publish`)."""
-        self._dirty = True
-        if not actions:
-            return
+    # --- effects: the loop's side of the core's actions (dispatch.Effects) ---------------
+
+    def before(self) -> None:
+        """A listener called now sees the state that led to its event."""
         if not self._fresh:
             self.status = self.core.status()
             self._fresh = True
-        runs = [a for a in actions if type(a) is A.Send and isinstance(a.msg, P.Run)]
-        for action in runs:
-            self._send(action)
-        for action in actions:
-            if not (type(action) is A.Send and isinstance(action.msg, P.Run)):
-                self._HANDLERS[type(action)](self, action)
 
-    def _spawn_counted(self, action: A.Spawn) -> None:
+    def send(self, action: A.Send) -> None:
+        host = self._hosts.get(action.cid)
+        if host is not None:
+            host.send(action.data)
+
+    def signal(self, action: A.Signal) -> None:
+        host = self._hosts.get(action.cid)
+        if host is not None:
+            host.signal(action.sig, action.group)
+
+    def settle(self, action: A.Settle) -> None:
+        """Answer once the slot's GPUs have the last child's memory back (device_settle.py);
+        the wait, when there is one, runs off the loop."""
+        used = self._device_used(action.devices)
+        if device_settle.settled(used, action.previous_mb):
+            self._events.put(E.Settled(action.slot, action.cid, used))
+            return
+
+        def wait():
+            used = device_settle.wait(lambda: self._device_used(action.devices),
+                                      action.previous_mb, self._probe_stop,
+                                      self._stopping.is_set)
+            self._events.put(E.Settled(action.slot, action.cid, used))
+        threading.Thread(target=wait, daemon=True, name="gpu-worker-settle").start()
+
+    def spawn(self, action: A.Spawn) -> None:
         self.metrics.loop.started(action.cause)
-        self._spawn(action)
+        try:
+            proc = self.launcher.start(self.target, action.settings, checks=action.checks,
+                                       env=action.env)
+        except Exception as exc:
+            log.exception("could not start the worker process")
+            self._events.put(E.SpawnFailed(action.slot, action.cid,
+                                           f"{type(exc).__name__}: {exc}"))
+            return
+        slot = action.slot
+        self._hosts[action.cid] = ChildHost(slot, action.cid, proc, self._sel,
+                                            lambda: self.status.children[slot].log_ids,
+                                            self.output_sink)
+        log.debug("child %d starting (%s)", proc.pid, self.launcher.method)
+        self._events.put(E.Spawned(slot, action.cid, proc.pid))
 
-    def _ready(self, action: A.ChildReady) -> None:
+    def read_memory(self, action: A.ReadMemory) -> None:
+        try:
+            reading = _only(self.probe.read(action.pid), action.devices)
+        except Exception as exc:
+            log.warning("memory probe failed: %s", exc)
+            reading = None
+        self._events.put(E.MemoryRead(action.slot, action.cid, reading))
+
+    def warm_off(self, action: A.WarmOff) -> None:
+        self.launcher.warm_off(action.reason)
+
+    def child_ready(self, action: A.ChildReady) -> None:
         self.metrics.loop.setup.observe(action.setup_s)
 
-    def _ended(self, action: A.Ended) -> None:
+    def tell(self, action) -> None:
+        try:
+            if type(action) is A.Started:
+                action.listener.on_start(action.job_id)
+            elif type(action) is A.Progressed:
+                action.listener.on_progress(action.job_id, action.value)
+            else:
+                action.listener.on_chunk(action.job_id, action.value)
+        except Exception:
+            log.exception("a job listener failed")
+
+    def ended(self, action: A.Ended) -> None:
         """A job's one final record: counted, logged with its times, then told."""
         r = action.result
         self.metrics.loop.ended(r)
@@ -334,27 +400,20 @@ class Supervisor(ChildWiring):
             log.log(level, "job %s (%s)%s%s", r.state.value, r.reason.value, r.times_text(),
                     "" if vram is None else f", peak VRAM {vram:.0f} MiB",
                     extra={"job_id": r.job_id})
-        self._tell(action)
+        try:
+            action.listener.on_result(r)
+        except Exception:
+            log.exception("a job listener failed")
         if r.trace is not None:
             tracing.TRACES.ended(r.job_id)
 
-    def _tell(self, action) -> None:
+    def _device_used(self, devices: tuple) -> float:
         try:
-            if isinstance(action, A.Ended):
-                action.listener.on_result(action.result)
-            elif isinstance(action, A.Started):
-                action.listener.on_start(action.job_id)
-            elif isinstance(action, A.Progressed):
-                action.listener.on_progress(action.job_id, action.value)
-            else:
-                action.listener.on_chunk(action.job_id, action.value)
+            return _only(self.probe.read(None), devices).device_used_mb
         except Exception:
-            log.exception("a job listener failed")
+            return 0.0
 
-    def _warm_off(self, action: A.WarmOff) -> None:
-        self.spawner.warm_off(action.reason)
 
-    _HANDLERS = {A.Spawn: _spawn_counted, A.Send: ChildWiring._send,
-                 A.Signal: ChildWiring._signal, A.WarmOff: _warm_off,
-                 A.ReadMemory: ChildWiring._read_memory, A.ChildReady: _ready,
-                 A.Started: _tell, A.Progressed: _tell, A.Chunked: _tell, A.Ended: _ended}
+def _only(reading, devices: tuple):
+    """A probe's reading of one child's GPUs (any probe: a one-child worker asks for all)."""
+    return reading.only(devices) if devices else reading

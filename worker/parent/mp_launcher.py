@@ -1,0 +1,293 @@
+"""The launcher on multiprocess: a forkserver with a preload list (fast respawn), or spawn.
+
+Never plain fork: the parent has threads, and a child forked from it would inherit them
+half-way. The forkserver is a clean single-threaded process started once; each child is a
+fork of it, so modules it preloaded (e.g. torch) are already imported in every child.
+
+Every use of multiprocess's internals in the parent is in this module (tests/
+test_structure.py checks it), and each is checked when the first launcher is made:
+present and behaving, or one log line that says what is lost and the fallback.
+setup.cfg pins the range these were tested with.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import multiprocess
+import psutil
+from multiprocess import forkserver, resource_tracker, spawn as mp_spawn
+
+from ..child.boot import child_main
+from ..config import Settings
+from ..targets import WARM_ENV, ChildSpec, ValueTarget, warm_key
+from .launcher import ChildProcess, Launcher, child_settings, passed_env, without_secrets
+
+log = logging.getLogger("worker")
+
+CHILD_NAME = "gpu-worker-child"
+
+
+# --- multiprocess internals, checked --------------------------------------------------------
+
+def _server():
+    """The process's one ForkServer, if it has the parts used here."""
+    server = getattr(forkserver, "_forkserver", None)
+    for name in ("_forkserver_pid", "_preload_modules", "_stop", "ensure_running"):
+        if not hasattr(server, name):
+            return None
+    if not callable(server._stop) or not (server._forkserver_pid is None
+                                          or isinstance(server._forkserver_pid, int)):
+        return None
+    return server
+
+
+def _check_preparation() -> bool:
+    try:
+        data = mp_spawn.get_preparation_data(CHILD_NAME)
+    except Exception:      # noqa: BLE001 - any failure means it is not what we know
+        return False
+    return isinstance(data, dict)
+
+
+def _check_tracker() -> bool:
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    return hasattr(tracker, "_fd") and hasattr(getattr(tracker, "_lock", None), "__enter__")
+
+
+FEATURES = {   # name: (check, what is lost without it)
+    "forkserver control": (lambda: _server() is not None,
+                           "children start with spawn (WORKER_PRELOAD and warm refresh "
+                           "do nothing; a refresh costs an interpreter start)"),
+    "preparation data": (_check_preparation,
+                         "each child runs the parent's __main__ script again"),
+    "resource tracker": (_check_tracker,
+                         "multiprocess's resource tracker process runs (one more interpreter)"),
+}
+_missing: set | None = None
+
+
+def missing_features() -> set:
+    """The internals that are not as this module expects, checked once (one line each)."""
+    global _missing
+    if _missing is None:
+        _missing = set()
+        for name, (check, lost) in FEATURES.items():
+            if not check():
+                _missing.add(name)
+                log.warning("multiprocess %s does not have the %s this worker was tested "
+                            "with: %s", getattr(multiprocess, "__version__", "?"), name, lost)
+        if "preparation data" not in _missing:
+            mp_spawn.get_preparation_data = _without_main
+    return _missing
+
+
+_preparation_data = mp_spawn.get_preparation_data
+
+
+def _without_main(name: str) -> dict:
+    """multiprocess re-runs the parent's __main__ script in every child so that objects
+    defined there unpickle. Ours run worker.child.entry on a target named by path or
+    module, never the parent's script: rerunning it (a bench, or a program that embeds
+    the supervisor) cost a refresh its whole import, and ran its module-level code again."""
+    data = _preparation_data(name)
+    if name == CHILD_NAME:
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+def _no_resource_tracker() -> None:
+    """multiprocess starts a resource tracker process (a Python interpreter) for named
+    semaphores and shared memory that a process might leak. Neither the worker nor its
+    children use multiprocess's: the tracker's pipe is /dev/null instead. A handler that
+    uses multiprocessing (the standard library) gets that library's own tracker."""
+    if "resource tracker" in missing_features():
+        return
+    tracker = resource_tracker._resource_tracker
+    with tracker._lock:
+        if tracker._fd is None:
+            tracker._fd = os.open(os.devnull, os.O_WRONLY)
+
+
+def template_pid() -> int | None:
+    """The forkserver's pid, if one runs."""
+    server = _server()
+    return None if server is None else server._forkserver_pid
+
+
+def stop_template() -> None:
+    """Stop the forkserver (with no child of it alive: it would wait for them), so the
+    next child starts a fresh one, with the environment of that moment."""
+    server = _server()
+    if server is not None and server._forkserver_pid is not None:
+        if _server_warm_key is not None:
+            _end_warm_server(server._forkserver_pid)
+        server._stop()
+
+
+_server_warm_key = None        # the warm target of the forkserver running now
+
+
+def _end_warm_server(pid: int) -> None:
+    """A forkserver that imported the handler may hold what its import started (a thread
+    that would keep it from exiting, a process): end them and it."""
+    try:
+        server = psutil.Process(pid)
+        for proc in server.children(recursive=True):
+            proc.kill()
+        server.kill()
+    except psutil.Error:
+        pass
+
+
+# --- the launcher ----------------------------------------------------------------------------
+
+class MpChild(ChildProcess):
+    """A child started by multiprocess: its Process and the parent's ends of its pipes."""
+
+    def __init__(self, process, control, stdout, stderr, lifeline):
+        self.process = process
+        self.pid = process.pid
+        self.control = control      # Connection, parent's end; we use its fd directly
+        self.stdout = stdout        # Connection, read end
+        self.stderr = stderr
+        self.lifeline = lifeline    # Connection, write end: closing it tells the child
+        self.fd = control.fileno()
+        self.sentinel = process.sentinel
+        self.stdout_fd = stdout.fileno()
+        self.stderr_fd = stderr.fileno()
+
+    def exitcode(self):
+        return self.process.exitcode
+
+    def release(self) -> None:
+        for conn in (self.control, self.lifeline):
+            try:
+                conn.close()
+            except OSError:
+                pass
+        try:
+            self.process.join(0)
+            self.process.close()
+        except (ValueError, AssertionError):
+            pass
+
+
+def _grow_buffers(fd: int, size: int = 4 * 2**20) -> None:
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)   # the kernel caps it at its max
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class MpLauncher(Launcher):
+    def __init__(self, method: str = "forkserver", preload: tuple = (), warm=None):
+        """`warm`: the target the forkserver should import itself (WORKER_WARM_REFRESH)."""
+        missing = missing_features()
+        self.preload = list(preload)
+        self.method = method
+        self.warm_key = None
+        self.warm_status = "off"
+        if method not in ("forkserver", "spawn"):
+            raise ValueError(f"start method must be forkserver or spawn, not {method!r}")
+        if method == "forkserver" and "forkserver control" in missing:
+            self.method = "spawn"
+        if self.method == "forkserver":
+            try:
+                self.ctx = multiprocess.get_context("forkserver")
+            except ValueError:
+                log.warning("forkserver is not available here; children start with spawn")
+                self.method = "spawn"
+        if self.method == "spawn":
+            self.ctx = multiprocess.get_context("spawn")
+        if warm is not None:
+            self.warm_key = warm_key(warm)
+            self.warm_status = "on" if self.warm_key and self.method == "forkserver" else (
+                "off: needs the forkserver and a handler file or module")
+            if self.method != "forkserver":
+                self.warm_key = None
+
+    def warm_off(self, reason: str) -> None:
+        """Children start cold from now on (the next start restarts the forkserver)."""
+        self.warm_key = None
+        self.warm_status = f"refused: {reason}"
+
+    def health(self) -> dict:
+        pid = template_pid() if self.method == "forkserver" else None
+        if self.method != "forkserver":
+            state = "none: each child is a fresh interpreter"
+        elif pid is None:
+            state = "not started"
+        else:
+            state = "running" if psutil.pid_exists(pid) else "gone"
+        return {"method": self.method, "template": state, "template_pid": pid,
+                "warm_refresh": self.warm_status}
+
+    def _modules(self) -> list:
+        # preload_first keeps the preloads from initialising CUDA there; the warm import
+        # comes last, after everything it may use.
+        return ["worker.child.preload_first", "worker.child.entry", *self.preload,
+                *(["worker.child.warm_preload"] if self.warm_key else [])]
+
+    def _ensure_server(self) -> None:
+        """The forkserver, running with this launcher's preload and warm target. One runs
+        per process: restart it for another list, but only with no child alive (children
+        hold it open, and stopping it would wait for them)."""
+        global _server_warm_key
+        server = _server()
+        modules = self._modules()
+        if server._forkserver_pid is not None and (
+                server._preload_modules != modules or _server_warm_key != self.warm_key):
+            if multiprocess.active_children():
+                log.warning("the forkserver already runs with preload %s; keeping it",
+                            server._preload_modules)
+                return
+            stop_template()
+        if server._forkserver_pid is None:
+            _no_resource_tracker()
+            self.ctx.set_forkserver_preload(modules)
+            server.ensure_running()
+            _server_warm_key = self.warm_key
+
+    def start(self, target, settings: Settings, checks: bool = False,
+              env: dict | None = None) -> MpChild:
+        """Start a child. `env`: variables its environment gets (its CUDA_VISIBLE_DEVICES):
+        a forkserver's children inherit the forkserver's environment, so they travel in
+        the spec."""
+        ctx = self.ctx
+        opened: list = []
+        try:
+            control, child_control = ctx.Pipe(duplex=True)
+            opened += [control, child_control]
+            for conn in (control, child_control):   # big jobs cross in fewer round trips
+                _grow_buffers(conn.fileno())
+            out_r, out_w = ctx.Pipe(duplex=False)
+            opened += [out_r, out_w]
+            err_r, err_w = ctx.Pipe(duplex=False)
+            opened += [err_r, err_w]
+            life_r, life_w = ctx.Pipe(duplex=False)
+            opened += [life_r, life_w]
+            spec = ChildSpec(target, child_settings(settings), os.getcwd(), self.preload,
+                             passed_env(settings, env), child_control, out_w, err_w, life_r,
+                             checks)
+            # A handler given as a value may come from the parent's __main__: keep the fixup.
+            name = f"{CHILD_NAME}-value" if isinstance(target, ValueTarget) else CHILD_NAME
+            process = ctx.Process(target=child_main, args=(spec,), name=name, daemon=True)
+            warm_env = {WARM_ENV: self.warm_key} if self.warm_key else {}
+            with without_secrets(warm_env):
+                if self.method == "forkserver":
+                    self._ensure_server()
+                process.start()
+        except BaseException:
+            for conn in opened:         # nothing of a start that failed stays open
+                conn.close()
+            raise
+        for conn in (child_control, out_w, err_w, life_r):
+            conn.close()
+        return MpChild(process, control, out_r, err_r, life_w)
