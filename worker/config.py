@@ -171,6 +171,13 @@ class Settings:
     port_health: int = _setting(0, ("PORT_HEALTH",), None,
                                 "Load-balancing mode: the port of GET /ping; 0 = PORT.",
                                 config=False)
+    runpod_get_job: str = _setting("", ("RUNPOD_WEBHOOK_GET_JOB",), None,
+                                   "The RunPod queue's job-take URL (the platform sets it): "
+                                   "with it, and no --test_input, jobs come from the RunPod "
+                                   "queue.", config=False)
+    endpoint_id: str = _setting("", ("RUNPOD_ENDPOINT_ID",), None,
+                                "The endpoint's id: the local API also answers POST "
+                                "/{id}/realtime (the SDK's realtime route).", config=False)
     child_env_pass: tuple = _setting((), ("WORKER_CHILD_ENV_PASS",), None,
                                      "Secrets the child normally never sees "
                                      "(RUNPOD_AI_API_KEY, WORKER_API_TOKEN) that it may "

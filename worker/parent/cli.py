@@ -77,9 +77,9 @@ def run_mode(settings: cfg.Settings, target) -> int:
     input is given, else the one-shot local test — with load balancing (ours) before the
     queue."""
     logs.configure(settings.log_level)
-    queue = bool(os.environ.get("RUNPOD_WEBHOOK_GET_JOB")) and settings.test_input is None
+    queue = bool(settings.runpod_get_job) and settings.test_input is None
     balanced = not settings.serve_api and not settings.realtime_port and (
-        settings.load_balancer or (bool(os.environ.get("PORT_HEALTH")) and not queue
+        settings.load_balancer or (bool(settings.port_health) and not queue
                                    and settings.test_input is None))
     if settings.fitness_checks == "auto":      # the SDK runs them in production only
         settings = dataclasses.replace(settings,

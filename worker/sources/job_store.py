@@ -102,7 +102,7 @@ class JobStore(JobListener):
     def submit(self, body: dict, raw: bytes | None = None, header_trace: Any = None) -> Record:
         """Queue a request body ({"input", ...}), checked by the caller. `raw` is the body
         as received: when it holds only the keys a job carries, the child gets it with our
-        id (and the request's traceparent) spliced in, without re-encoding (a 10 MB input
+        id (and the request's traceparent) spliced in, without re-encoding (a large input
         costs one parse, not a parse and an encode), and the parsed input is not kept: each
         job is held once. The body's own traceparent wins over the header's; an invalid
         one is ignored. Raises QueueFull past the queue's bounds."""

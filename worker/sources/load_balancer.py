@@ -15,19 +15,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ..config import Settings
 from ..version import __version__
 from . import local_api
+from .host import SourceHost
 
 
 def serve(settings: Settings, target) -> int:
     port = settings.port
     health = settings.port_health or port
     settings = dataclasses.replace(settings, api_host="0.0.0.0", api_port=port)
-    app = local_api.create_app(settings, target, balanced=True)
+    host = SourceHost(settings, target)
+    app = local_api.create_app(settings, balanced=True, host=host)
     if health != port:
-        state = app.state.gpu_worker
-        start_ping_server(health, lambda: state["sup"].status if "sup" in state else None)
+        start_ping_server(health, lambda: host.sup.status)
     print(f"--- gpu-worker {__version__} | load-balancing mode: job routes on 0.0.0.0:{port}, "
           f"GET /ping on 0.0.0.0:{health} ---", file=sys.stderr, flush=True)
-    return local_api.run_server(app, settings)
+    return local_api.run_server(app, settings, host)
 
 
 def start_ping_server(port: int, status, host: str = "0.0.0.0") -> ThreadingHTTPServer:

@@ -15,8 +15,6 @@ import contextlib
 import hmac
 import json
 import logging
-import os
-import signal
 import sys
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -26,8 +24,9 @@ from ..config import Settings
 from ..jobs import MAX_TIMEOUT_MS, JobError, JobState, validate_job
 from ..jsonlimits import JSONRefused, loads
 from ..parent.metrics import CONTENT_TYPE
-from ..parent.supervisor import Supervisor, WorkerState, exit_process
+from ..parent.supervisor import Supervisor, WorkerState
 from ..version import __version__
+from .host import SourceHost
 from .job_store import JobStore, QueueFull
 
 log = logging.getLogger("worker.api")
@@ -123,15 +122,16 @@ async def _json(send, code: int, body: dict):
 
 
 def create_app(settings: Settings, target=None, supervisor: Supervisor | None = None,
-               balanced: bool = False) -> FastAPI:
+               balanced: bool = False, host: SourceHost | None = None) -> FastAPI:
     """The API; `balanced` (load-balancing mode) keeps no queue: a job beyond what the
-    child takes now is refused at once (429)."""
+    child takes now is refused at once (429). `host`: the source host serve() made (it
+    owns the signals); else one is made when the app starts."""
     state: dict = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        sup = supervisor or Supervisor(settings, target, on_fatal=exit_process)
-        sup.start()
+        source = host or SourceHost(settings, target, supervisor)
+        sup = source.start()
         capacity = (lambda: sup.status.concurrency if sup.status.ready else 0) \
             if balanced else None
         store = JobStore(sup, asyncio.get_running_loop(), settings.result_ttl, settings.worker_id,
@@ -142,9 +142,8 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
             yield
         finally:
             sweeper.cancel()
-            sup.stop(settings.shutdown_grace)
-            await asyncio.get_running_loop().run_in_executor(
-                None, sup.join, settings.shutdown_grace + sup.settings.stop_grace * 3 + 5)
+            await asyncio.get_running_loop().run_in_executor(None, source.stop,
+                                                             settings.shutdown_grace)
 
     # With a token, the docs would describe (and /docs try) routes a stranger cannot use,
     # and give away the endpoint's shape: they are off, like every route but /health and /ping.
@@ -278,7 +277,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         ok = state["sup"].status.state is WorkerState.RUNNING
         return _json_response(body, 200 if ok else 503)
 
-    endpoint_id = os.environ.get("RUNPOD_ENDPOINT_ID")
+    endpoint_id = settings.endpoint_id
     if endpoint_id:       # the SDK's realtime route: the run's result body, nothing else
         @router.post(f"/{endpoint_id}/realtime", summary="Run a job; its output or error",
                      openapi_extra=JOB_BODY, responses=_errors(400, 413, 429, 503))
@@ -340,25 +339,36 @@ async def _sweep(store: JobStore, ttl: float) -> None:
 
 
 def serve(settings: Settings, target) -> int:
-    app = create_app(settings, target)
-    host, port = settings.api_host, settings.api_port
+    host = SourceHost(settings, target)
+    app = create_app(settings, host=host)
+    address = f"http://{settings.api_host}:{settings.api_port}"
     auth = f" -H 'Authorization: Bearer {settings.api_token}'" if settings.api_token else ""
-    print(f"--- gpu-worker {__version__} | local API on http://{host}:{port} "
-          f"(docs: http://{host}:{port}/docs) ---\n"
-          f"try: curl -s -X POST http://{host}:{port}/runsync{auth} "
+    print(f"--- gpu-worker {__version__} | local API on {address} (docs: {address}/docs) ---\n"
+          f"try: curl -s -X POST {address}/runsync{auth} "
           f"-H 'Content-Type: application/json' -d '{_example_body()}'",
           file=sys.stderr, flush=True)
-    return run_server(app, settings)
+    return run_server(app, settings, host)
 
 
-def run_server(app: FastAPI, settings: Settings) -> int:
+def run_server(app: FastAPI, settings: Settings, host: SourceHost) -> int:
+    """uvicorn, with the process's signals left to the source host: a first SIGTERM or
+    SIGINT ends the server gracefully (the app's shutdown stops the supervisor within
+    WORKER_SHUTDOWN_GRACE), a second stops at once."""
     import uvicorn
+
+    class Server(uvicorn.Server):
+        def capture_signals(self):           # uvicorn >= 0.29
+            return contextlib.nullcontext()
+
+        def install_signal_handlers(self):   # older uvicorn
+            pass
+
     config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
                             log_level="warning",
                             timeout_graceful_shutdown=int(settings.shutdown_grace) or None)
-    # uvicorn re-raises the signal that stopped it to the handler it found; make that
-    # one harmless so a SIGTERM'd server exits 0 after its graceful shutdown.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    uvicorn.Server(config).run()
+    server = Server(config)
+    host.handle_signals(lambda name: setattr(server, "should_exit", True),
+                        f"the server stops; running jobs have {settings.shutdown_grace:g}s "
+                        "to finish")
+    server.run()
     return 0

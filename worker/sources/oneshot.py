@@ -15,9 +15,9 @@ from typing import Any, TextIO
 
 from ..config import Settings
 from ..jobs import JobError, JobResult, JobState, validate_job
-from ..parent.supervisor import (ChildState, JobListener, Supervisor, WorkerState,
-                                 exit_process)
+from ..parent.supervisor import ChildState, JobListener, Supervisor, WorkerState
 from ..version import __version__
+from .host import SourceHost
 
 TEST_INPUT_FILE = "test_input.json"
 
@@ -79,19 +79,21 @@ def run(settings: Settings, target, out: TextIO | None = None) -> int:
     print(f"--- gpu-worker {__version__} | one-shot test of {target.describe()} "
           f"(job {job['id']}) ---", file=out, flush=True)
     # One job: one child (the first GPU slice), whatever WORKER_CHILDREN says.
-    supervisor = Supervisor(settings, target, on_fatal=exit_process, one_child=True)
+    host = SourceHost(settings, target, one_child=True)
+    supervisor = host.sup
     printer = _Printer(out, supervisor)
-    supervisor.start()
+    # A first SIGTERM/SIGINT stops the job's child: the job ends (and is shown) at once.
+    host.handle_signals(lambda name: supervisor.stop(0), "the job is stopped")
+    host.start()
     supervisor.submit(job, printer)
     printer.done.wait()
     result = printer.result
     try:
         if (result.refresh or supervisor.settings.refresh_worker) and result.state.final \
-                and printer.child_pid is not None:
-            _show_refresh(supervisor, printer.child_pid, out)
+                and printer.child_pid is not None and not host.signalled.is_set():
+            _show_refresh(host, printer.child_pid, out)
     finally:
-        supervisor.stop()
-        supervisor.join(timeout=supervisor.settings.stop_grace * 3 + 5)
+        host.stop()
     ok = _show_result(result, out)
     if ok and expected is not _NOTHING:
         ok = _compare(result.output, expected, out)
@@ -110,10 +112,11 @@ def _expected(text: str | None) -> Any:
         raise JobError(f"--test_output is not valid JSON: {exc}") from None
 
 
-def _show_refresh(supervisor: Supervisor, old_pid: int, out: TextIO) -> None:
+def _show_refresh(host: SourceHost, old_pid: int, out: TextIO) -> None:
     t0 = time.monotonic()
     print("refresh_worker: replacing the worker process...", file=out, flush=True)
-    limit = supervisor.settings.setup_timeout + supervisor.settings.stop_grace * 3 + 5
+    supervisor = host.sup
+    limit = host.stop_bound(0) + supervisor.settings.setup_timeout   # old one out, new one in
     supervisor.wait_until(lambda s: s.state is not WorkerState.RUNNING or (
         s.child_pid not in (None, old_pid) and s.child_state is ChildState.READY), limit)
     status = supervisor.status

@@ -14,9 +14,7 @@ Threads, none of which runs user code (that is in the child):
 from __future__ import annotations
 
 import logging
-import os
 import re
-import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -28,8 +26,9 @@ from .. import tracing
 from ..config import Settings
 from ..jobs import SAFE_ID, JobResult, JobState, Reason, error_record, failure
 from ..jsonlimits import JSONRefused, job_ids, loads
-from ..parent.supervisor import JobListener, Supervisor, WorkerState, exit_process
+from ..parent.supervisor import JobListener, Supervisor, WorkerState
 from ..version import __version__
+from .host import SourceHost
 from .runpod_delivery import Backoff, Delivery, Post
 from .runpod_take import TakeAborted, TakeClient, TakeError
 from .runpod_urls import RunPodUrls
@@ -48,7 +47,8 @@ class _Taken:
 class RunPodSource(JobListener):
     def __init__(self, settings: Settings, target, env=None, supervisor: Supervisor | None = None):
         self.urls = RunPodUrls.from_env(env)
-        self.sup = supervisor or Supervisor(settings, target, on_fatal=exit_process)
+        self.host = SourceHost(settings, target, supervisor)
+        self.sup = self.host.sup
         self.stopping = threading.Event()
         self.taking_done = threading.Event()
         self.finished = threading.Event()      # shutdown is over: the heartbeat ends
@@ -58,7 +58,6 @@ class RunPodSource(JobListener):
         self.delivery = Delivery(self._session, self._too_large,
                                  lambda: self.stopping.is_set() and self.taking_done.is_set(),
                                  self.sup.metrics)
-        self._signals = 0
         self._taker = TakeClient(self._headers())
 
     @property
@@ -69,8 +68,10 @@ class RunPodSource(JobListener):
     # --- running ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        self._install_signals()
-        self.sup.start()
+        self.host.handle_signals(lambda name: self.stopping.set(),
+                                 f"no new jobs; running jobs have "
+                                 f"{self.settings.shutdown_grace:g}s to finish")
+        self.host.start()
         log.info("--- gpu-worker %s | RunPod worker %s ---", __version__, self.urls.worker_id)
         self.delivery.start(self.stopping)
         self._thread(self._heartbeat, "heartbeat")
@@ -99,23 +100,6 @@ class RunPodSource(JobListener):
         s.headers.update(self._headers())
         return s
 
-    def _install_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            log.info("%s: no new jobs; running jobs have %gs to finish",
-                     signal.Signals(signum).name, self.settings.shutdown_grace)
-            self.stopping.set()
-            return
-        log.warning("second signal: stopping at once")
-        self.sup.kill_child_group(signal.SIGKILL)
-        os._exit(1)
-
     def _shutdown(self) -> int:
         self.stopping.set()
         deadline = time.monotonic() + self.settings.shutdown_grace
@@ -126,8 +110,7 @@ class RunPodSource(JobListener):
             with self._cond:
                 self._cond.wait_for(lambda: self.taking_done.is_set() and not self._taken,
                                     max(0.0, deadline - time.monotonic()))
-            self.sup.stop(0)
-            self.sup.join(self.settings.stop_grace * 3 + 10)
+            self.host.stop(0)
             self.delivery.close()
             if self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN):
                 self._report_unhealthy()

@@ -1,0 +1,107 @@
+"""One source host for every source (sources/host.py): the same signals and the same stop
+bound, whether jobs come from the one-shot test, the local API or the RunPod queue.
+Real processes, real signals."""
+import subprocess
+import time
+
+import psutil
+
+from tests.support import FAST, HANDLERS, PYTHON, Server, gone
+from worker.config import Settings
+from worker.jobs import JobState
+from worker.sources.host import SourceHost
+from worker.targets import ScriptTarget
+
+
+def _wait_in(path, text, proc, timeout=60):
+    """Wait until `text` is in the file the process writes (or it exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text() or proc.poll() is not None:
+            return path.read_text()
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never came:\n{path.read_text()}")
+
+
+def _children(pid):
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def test_the_stop_bound_covers_a_child_that_ignores_every_courtesy():
+    """A job that swallows the Stop message, SIGUSR1 and SIGTERM: the host's stop ends
+    the supervisor within its one bound (the grace, each step of the stop, a margin)."""
+    settings = Settings(**{**FAST, "stop_grace": 0.5})
+    host = SourceHost(settings, ScriptTarget(str(HANDLERS / "misbehave.py"), []))
+    sup = host.start()
+    from tests.support import Collector
+    listener = Collector()
+    sup.submit({"id": "swallow", "input": {"do": "swallow"}}, listener)
+    sup.wait_until(lambda s: "swallow" in s.running, 60)
+    pid = sup.child_pid
+    t0 = time.monotonic()
+    assert host.stop(0.5)
+    assert time.monotonic() - t0 <= host.stop_bound(0.5)
+    assert listener.wait(["swallow"])["swallow"].state is JobState.FAILED
+    assert gone(pid)
+
+
+def test_one_shot_a_signal_stops_the_job_shows_it_and_exits_1(tmp_path):
+    log = tmp_path / "out.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "worker", str(HANDLERS / "edges.py"), "--test_input",
+             '{"input": {"do": "print", "n": 100000, "gap": 0.05}}'],
+            stdout=out, stderr=subprocess.STDOUT, env={**_env(), "WORKER_STOP_GRACE": "1"})
+    try:
+        _wait_in(log, "local_test line 1", proc)
+        children = _children(proc.pid)
+        proc.send_signal(15)
+        assert proc.wait(30) == 1
+        text = log.read_text()
+        assert "SIGTERM: the job is stopped" in text
+        assert "--- job local_test FAILED (worker_lost)" in text, text
+        assert all(gone(c.pid) for c in children)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_local_api_a_second_signal_stops_at_once_and_takes_the_children(tmp_path):
+    server = Server("edges.py", tmp_path, WORKER_SHUTDOWN_GRACE="60")
+    try:
+        job = server.post("/run", {"input": {"do": "sleep", "seconds": 120}}).json()["id"]
+        server.until(job, lambda s: s["status"] == "IN_PROGRESS")
+        children = _children(server.proc.pid)
+        server.proc.send_signal(15)
+        _wait_in(server.log, "SIGTERM: the server stops", server.proc)
+        assert server.proc.poll() is None          # running jobs have their grace
+        server.proc.send_signal(15)
+        assert server.proc.wait(10) == 1
+        assert "second signal" in server.log.read_text()
+        assert children and all(gone(c.pid) for c in children)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+
+
+def test_local_api_first_signal_lets_the_running_job_finish(tmp_path):
+    server = Server("edges.py", tmp_path, WORKER_SHUTDOWN_GRACE="30")
+    try:
+        job = server.post("/run", {"input": {"do": "sleep", "seconds": 1.0}}).json()["id"]
+        server.until(job, lambda s: s["status"] == "IN_PROGRESS")
+        server.proc.send_signal(15)
+        assert server.proc.wait(30) == 0, server.log.read_text()
+        assert "job COMPLETED" in server.log.read_text()
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+
+
+def _env():
+    import os
+    env = dict(os.environ)
+    env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
+    return env
