@@ -172,3 +172,19 @@ def test_the_core_does_no_io_and_owns_no_process():
         assert not names & {"os", "socket", "selectors", "subprocess", "threading",
                             "multiprocess", "psutil"}, (name, names)
 
+
+def test_the_architecture_file_map_names_every_module_and_only_those():
+    """docs/architecture.md has one line per module; it must stay true as modules come
+    and go (the SDK's helpers under serverless/ are one line for the folder)."""
+    import re
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    section = doc[doc.index("## Where things are"):doc.index("## A job's path")]
+    listed = set(re.findall(r"^\s+(?:\S+\.py\s+)*?(\w+\.py)\b", section, re.M))
+    listed |= set(re.findall(r"^\s+(\w+\.py)\s", section, re.M))
+    ours = {p for p in PACKAGE.rglob("*.py") if "serverless" not in p.parts
+            and (p.name != "__init__.py" or p.parent == PACKAGE)}
+    missing = {str(p.relative_to(PACKAGE)) for p in ours
+               if not re.search(rf"(?m)^\s+{re.escape(p.name)}\s", section)}
+    assert missing == set(), f"modules missing from the file map: {missing}"
+    names = {p.name for p in PACKAGE.rglob("*.py")}
+    assert listed <= names, f"the file map names modules that do not exist: {listed - names}"

@@ -5,8 +5,8 @@ Python's recursion limit.
 Shared by the parent (edges: HTTP bodies, the queue's jobs) and the child (outputs, and
 the jobs it is sent).
 
-Bytes are parsed with msgspec: on a 10 MB body it is 4 times faster than the standard
-library and already refuses what we refuse (invalid UTF-8, NaN/Infinity, numbers a float
+Bytes are parsed with msgspec: faster than the standard library on large bodies
+(docs/benchmarks.md) and it already refuses what we refuse (invalid UTF-8, NaN/Infinity, numbers a float
 cannot hold, unpaired surrogate escapes) while keeping big integers exact. Encoding stays
 with the standard library, whose rules for outputs are the ones runpod-python applies
 (bytes refused, NaN carried); docs/benchmarks.md has the figures.
@@ -61,8 +61,8 @@ def nesting(data: bytes, limit: int = MAX_DEPTH) -> int:
 
 
 def _count_to(data: bytes, byte: bytes, stop: int) -> int:
-    """Occurrences of `byte` in `data`, counted up to `stop`: find() is memchr (many times
-    faster than count() on a 10 MB body), and a body rarely holds more than a few."""
+    """Occurrences of `byte` in `data`, counted up to `stop`: find() is memchr (faster
+    than count() on a large body), and a body rarely holds more than a few."""
     n, i = 0, data.find(byte)
     while i >= 0 and n < stop:
         n += 1

@@ -200,10 +200,11 @@ def split_tag(line: str) -> tuple[str | None, str]:
 
 
 class FrameReader:
-    """Reads frames from a socket: small ones through one reusable buffer (a fresh 1 MiB
-    bytes object per read cost an mmap, an mremap and a munmap per message), a large one
+    """Reads frames from a socket: small ones through one reusable buffer (a fresh bytes
+    object per read costs an mmap, an mremap and a munmap per message), a large one
     straight into a buffer of its size, kept for the next large one up to KEEP bytes (a
-    fresh 10 MB buffer costs 5 ms of page faults). A frame is valid until the next read."""
+    fresh large buffer pays its page faults again; docs/benchmarks.md has the figures). A
+    frame is valid until the next read."""
 
     CHUNK = 256 * 1024
     KEEP = 32 * 2**20

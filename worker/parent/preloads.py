@@ -1,7 +1,8 @@
 """What the forkserver imports besides WORKER_PRELOAD.
 
-A handler written for the official SDK imports `runpod`, which takes 1.5 s to import
-(its rp_debugger asks py-cpuinfo about the CPU in a subprocess at import time). Each
+A handler written for the official SDK imports `runpod`, which is slow to import (its
+rp_debugger asks py-cpuinfo about the CPU in a subprocess at import time; the figure is in
+docs/benchmarks.md). Each
 fresh child paid that on every refresh; imported once in the forkserver, every child
 has it. The parent reads the handler's source text only (it never imports the user's
 module) and imports nothing itself: find_spec of a top-level package loads no code.
