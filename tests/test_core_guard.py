@@ -61,7 +61,7 @@ def arm_one(core, table, kind, where):
 
 
 def running(d, job_id, **ready):
-    """A ready child running `job_id`."""
+    """A ready child (with `ready`'s settings) running `job_id`."""
     if d.child is None or d.child.state is ChildState.STARTING:
         d.ready(**ready)
     d.submit(job_id)
@@ -144,9 +144,8 @@ def on_spawn_failed(d, where):
 
 
 def on_memory_read(d, where):
-    d.core.settings = d.core.settings.with_config({"max_rss_mb": 100})
     d.reading = Reading("host", child_rss_mb=50)
-    running(d, "first")
+    running(d, "first", config={"max_rss_mb": 100})
     d.hold = True
     d.done("first")             # idle: its memory is read before the next job
     d.submit("queued")

@@ -44,8 +44,7 @@ class SupervisorCore:
         self.jobs = JobBook(self._actions, lambda: self.settings)
         self.pending = self.jobs.pending
         devices = list(devices or [()])
-        self.slots = [Slot(i, tuple(d), shared, self.jobs, lambda: self.settings,
-                           many=len(devices) > 1)
+        self.slots = [Slot(i, tuple(d), shared, self.jobs, settings, many=len(devices) > 1)
                       for i, (d, shared) in enumerate(zip(devices, placement.shared(devices)))]
         self.fate = WorkerFate(self.slots, self.jobs, lambda: self.settings)
         self.shutdown_at: float | None = None
@@ -57,6 +56,12 @@ class SupervisorCore:
         self.gpu_events: tuple = ()        # the last NVML events: (what, what was done)
         self.no_child = NoChildClock()     # a job's setup wait: how far it moved meanwhile
         self._phase: str | None = None     # "event" or "step" while handling: recover's scope
+
+    def use_settings(self, settings: Settings) -> None:
+        """The effective settings changed (start() keys): every slot uses them at once."""
+        self.settings = settings
+        for slot in self.slots:
+            slot.settings = settings
 
     state = property(lambda self: self.fate.state)
     failure_message = property(lambda self: self.fate.message)
@@ -173,7 +178,7 @@ class SupervisorCore:
             return
         ev.tracked = tracked = TrackedJob(job, ev.listener, ev.submitted, ev.raw,
                                           setup_mark=self.no_child.at(now))
-        if self.state is not WorkerState.RUNNING or self.shutdown_at is not None:
+        if self.fate.state is not WorkerState.RUNNING or self.shutdown_at is not None:
             self.jobs.refuse(tracked, self.fate.unavailable())
         elif tracked.id in self.jobs.active:
             self.jobs.refuse(tracked, "a job with this id is already queued or running")
@@ -230,7 +235,7 @@ class SupervisorCore:
         slot = self.slots[ev.slot]
         if slot.starting != ev.cid:
             return
-        if self.state is not WorkerState.RUNNING or self.shutdown_at is not None \
+        if self.fate.state is not WorkerState.RUNNING or self.shutdown_at is not None \
                 or self.warm_off:
             slot.starting = None           # not now (_ensure_children asks again if needed)
             return
@@ -294,7 +299,7 @@ class SupervisorCore:
         self.handler_kind = msg.kind
         if msg.config:
             try:
-                self.settings = self.settings.with_config(msg.config)
+                self.use_settings(self.settings.with_config(msg.config))
             except SettingsError as exc:     # the child checked them; this is a safety net
                 log.error("start() settings ignored: %s", exc)
         self.last_ready_s = now - child.started
@@ -341,8 +346,9 @@ class SupervisorCore:
         return min(times) if times else None
 
     def status(self) -> Status:
-        running = self.state is WorkerState.RUNNING and self.shutdown_at is None
-        return Status(self.settings, self.state, self.failure_message, self.handler_kind,
+        fate = self.fate
+        running = fate.state is WorkerState.RUNNING and self.shutdown_at is None
+        return Status(self.settings, fate.state, fate.message, self.handler_kind,
                       tuple(s.view(running) for s in self.slots), self.spawns,
                       len(self.pending), self.jobs.finished, self.last_ready_s,
                       self.gpu_events, self.jobs.received)
@@ -352,15 +358,18 @@ class SupervisorCore:
     def _step(self, now: float) -> list:
         self.no_child.update(any(s.child is not None and s.child.state in LIVE_STATES
                                  for s in self.slots), now)
+        shutdown_at = self.shutdown_at
         for slot in self.slots:
-            slot.check_clocks(now, self.shutdown_at)
+            slot.check_clocks(now, shutdown_at)
         self._ensure_children()
         self._dispatch(now)
         if self.finished:            # no child will come for what is still queued
             for tracked in self.pending:
                 self.jobs.refuse(tracked, "the worker is shutting down")
             self.pending.clear()
-        return self._take()
+        out = self._actions[:]
+        self._actions.clear()
+        return out
 
     def _take(self) -> list:
         out = self._actions[:]
@@ -368,7 +377,7 @@ class SupervisorCore:
         return out
 
     def _ensure_children(self) -> None:
-        if self.state is not WorkerState.RUNNING or self.shutdown_at is not None:
+        if self.fate.state is not WorkerState.RUNNING or self.shutdown_at is not None:
             return
         if self.warm_off:     # the forkserver restarts cold only with no child alive
             if any(s.child is not None or s.starting is not None for s in self.slots):

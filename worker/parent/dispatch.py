@@ -67,16 +67,21 @@ class Dispatcher:
         if not actions:
             return
         self._effects.before()
-        if len(actions) > 1 and any(type(a) is A.Send and type(a.msg) is P.Run
-                                    for a in actions):
-            actions = sorted(actions, key=lambda a: not (type(a) is A.Send and
-                                                         type(a.msg) is P.Run))
         run = self._run
         failed = None
+        rest = []
         for action in actions:
+            if type(action) is A.Send and type(action.msg) is P.Run:
+                try:
+                    run[A.Send](action)
+                except Exception as exc:    # noqa: BLE001 - raised below, after the rest
+                    failed = failed or exc
+            else:
+                rest.append(action)
+        for action in rest:
             try:
                 run[type(action)](action)
-            except Exception as exc:    # noqa: BLE001 - raised below, after the rest
+            except Exception as exc:        # noqa: BLE001
                 failed = failed or exc
         if failed is not None:
             raise failed

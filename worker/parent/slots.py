@@ -12,7 +12,7 @@ A job is queued (JobBook) or in exactly one slot.
 from __future__ import annotations
 
 import logging
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from .. import protocol as P
 from ..config import Settings
@@ -38,14 +38,14 @@ class Verdict(NamedTuple):
 
 class Slot:
     def __init__(self, index: int, devices: tuple, shared: bool, jobs: JobBook,
-                 settings: Callable[[], Settings], many: bool = False):
+                 settings: Settings, many: bool = False):
         self.index = index
         self.devices = devices         # its children's CUDA_VISIBLE_DEVICES; () = the parent's
         self.shared = shared           # another slot uses one of its GPUs
         self.many = many               # the worker has other slots (log lines say which)
         self._jobs = jobs
         self._actions = jobs.out       # the core's actions of the current step
-        self._settings = settings
+        self.settings = settings       # the effective settings; the core keeps it current
         self.child: ChildRecord | None = None
         self.starting: int | None = None   # the child number being started (Settle/Spawn)
         self.refresh_asked: str | None = None   # a refresh asked while it was starting
@@ -117,7 +117,7 @@ class Slot:
     # --- its child -------------------------------------------------------------------------
 
     def spawned(self, cid: int, pid: int, now: float) -> None:
-        s = self._settings()
+        s = self.settings
         self.starting = None
         self.spawns += 1
         self.child = ChildRecord(pid, now, now + s.setup_timeout if s.setup_timeout > 0
@@ -179,7 +179,7 @@ class Slot:
             child.checking_memory = False
             if reading is not None and child.refresh_reason is None:
                 child.replace_when_idle(recycling.memory_verdict(
-                    reading, child, self._settings(), own_only=self.shared), "memory")
+                    reading, child, self.settings, own_only=self.shared), "memory")
 
     def exited(self, code: int | None, tail: list, now: float,
                shutting_down: bool) -> Verdict | None:
@@ -187,7 +187,7 @@ class Slot:
         child, self.child = self.child, None
         self.previous_mb = child.baseline_mb
         jobs = self.let_go()
-        s = self._settings()
+        s = self.settings
         how = recycling.describe_exit(code)
         if child.warm_refused is not None and not child.jobs_run:
             self.next_cause = "warm_off"
@@ -230,7 +230,7 @@ class Slot:
     # --- its clocks and its stops ----------------------------------------------------------
 
     def check_clocks(self, now: float, shutdown_at: float | None) -> None:
-        s = self._settings()
+        s = self.settings
         for tracked in list(self.in_flight.values()):
             if tracked.deadline is not None and now >= tracked.deadline:
                 limit = tracked.deadline - tracked.started
@@ -270,7 +270,7 @@ class Slot:
     def stop_child(self, cause: StopCause, text: str, now: float,
                    interrupt: bool = False) -> None:
         child = self.child
-        actions = child.begin_stop(cause, text, now, self._settings().stop_grace, interrupt)
+        actions = child.begin_stop(cause, text, now, self.settings.stop_grace, interrupt)
         if actions:
             log.info("stopping child %d: %s", child.pid, text)
             self._actions.extend(actions)
@@ -293,7 +293,7 @@ class Slot:
             return
         cancel = P.Cancel(tracked.run)
         self._actions.append(Send(cancel, cancel.encode(), child.cid))
-        child.cancels[tracked.run] = (tracked.id, now + self._settings().stop_grace)
+        child.cancels[tracked.run] = (tracked.id, now + self.settings.stop_grace)
         if not self.in_flight and child.state is ChildState.BUSY:
             child.state = ChildState.READY
 
@@ -333,7 +333,7 @@ class Slot:
         if msg.peak_vram_mb is not None:
             result.extra["peak_vram_mb"] = msg.peak_vram_mb
         self._jobs.report(tracked, result)      # logged with its times by the loop
-        verdict = recycling.after_job(result, child, self._settings())
+        verdict = recycling.after_job(result, child, self.settings)
         if verdict is not None:
             child.replace_when_idle(*verdict)
         self._maybe_idle(child)
@@ -369,6 +369,6 @@ class Slot:
         if self.in_flight or child.state is not ChildState.BUSY:
             return
         child.state = ChildState.READY
-        if child.refresh_reason is None and recycling.watches_memory(self._settings()):
+        if child.refresh_reason is None and recycling.watches_memory(self.settings):
             child.checking_memory = True
             self._actions.append(ReadMemory(self.index, child.cid, child.pid, self.devices))

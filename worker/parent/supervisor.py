@@ -227,6 +227,8 @@ class Supervisor:
             log.exception("a job listener failed")
 
     def _feed(self, event: E.Event) -> None:
+        """One event into the core: the status is stale until recomputed, and the turn
+        ends with a publish."""
         self._fresh = False
         self._dirty = True
         self._dispatcher.feed(event)
