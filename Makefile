@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run oneshot test bench bench-api bench-perf bench-children bench-metrics gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
+.PHONY: run oneshot test bench bench-api bench-perf bench-children bench-metrics bench-against gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -53,6 +53,11 @@ bench-children: $(STAMP)
 BASE ?= c32cc75
 bench-metrics: $(STAMP)
 	$(BIN)/python bench/bench_metrics.py --base $(BASE)
+
+# This tree against BASE, alternated: bench_core's rows and bench-perf's queue rows.
+bench-against: $(STAMP)
+	$(BIN)/python -m pip install -q 'torch==2.13.0'
+	$(BIN)/python bench/bench_against.py --base $(BASE)
 
 gpu-test: $(STAMP)
 	$(BIN)/python -m pytest -q gpu_tests
