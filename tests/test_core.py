@@ -583,7 +583,7 @@ def test_an_application_xid_refreshes_after_the_job_and_others_break_the_worker(
 
 # --- random sequences: the invariants hold whatever happens, in any order --------------
 
-EVENTS = st.lists(st.one_of(
+STEPS = (   # what Driver.play understands
     st.tuples(st.just("submit"), st.integers(0, 5), st.sampled_from([0, 500, 3000])),
     st.tuples(st.just("cancel"), st.integers(0, 5), st.booleans()),
     st.tuples(st.just("ready"), st.sampled_from(list(HandlerMode)), st.integers(1, 3)),
@@ -592,7 +592,8 @@ EVENTS = st.lists(st.one_of(
     st.tuples(st.just("wait"), st.floats(0, 20)),
     st.tuples(st.just("refresh")),
     st.tuples(st.just("stop"), st.floats(0, 5)),
-), max_size=40)
+)
+EVENTS = st.lists(st.one_of(*STEPS), max_size=40)
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -15,7 +15,7 @@ from worker.parent.monitor import Reading
 from worker.parent.status import WorkerState
 from worker.protocol import HandlerMode
 
-from .test_core import Driver
+from .test_core import STEPS, Driver
 
 
 class Injected(RuntimeError):
@@ -123,24 +123,23 @@ def on_settled(d, where):
     return None
 
 
-def on_spawned(d, where):
-    replacing(d)
-    d.deliver(1)               # Settled: the Spawn is carried out, Spawned waits
-    assert isinstance(d.later[0], E.Spawned)
-    arm(d, E.Spawned, where)
-    d.deliver()
-    return None
+def at_the_launchers_answer(kind, launcher_fails=False):
+    """The replacement's Settled is delivered, the Spawn carried out, and its answer
+    (Spawned, or SpawnFailed when the launcher fails) is the event that faults."""
+    def scenario(d, where):
+        replacing(d)
+        d.fail_spawn = launcher_fails
+        d.deliver(1)
+        d.fail_spawn = False
+        assert isinstance(d.later[0], kind)
+        arm(d, kind, where)
+        d.deliver()
+        return None
+    return scenario
 
 
-def on_spawn_failed(d, where):
-    replacing(d)
-    d.fail_spawn = True
-    d.deliver(1)               # Settled: the launcher fails, SpawnFailed waits
-    d.fail_spawn = False
-    assert isinstance(d.later[0], E.SpawnFailed)
-    arm(d, E.SpawnFailed, where)
-    d.deliver()
-    return None
+on_spawned = at_the_launchers_answer(E.Spawned)
+on_spawn_failed = at_the_launchers_answer(E.SpawnFailed, launcher_fails=True)
 
 
 def on_memory_read(d, where):
@@ -249,15 +248,8 @@ def test_a_fault_in_an_effect_is_recovered_and_the_other_actions_still_run():
 # --- random faults in random sequences -----------------------------------------------------
 
 EVENTS = st.lists(st.one_of(
-    st.tuples(st.just("submit"), st.integers(0, 5), st.sampled_from([0, 500, 3000])),
-    st.tuples(st.just("cancel"), st.integers(0, 5), st.booleans()),
-    st.tuples(st.just("ready"), st.sampled_from(list(HandlerMode)), st.integers(1, 3)),
-    st.tuples(st.just("done"), st.integers(0, 5), st.booleans()),
-    st.tuples(st.just("exit"), st.sampled_from([0, 1, -9, -11])),
-    st.tuples(st.just("wait"), st.floats(0, 20)),
-    st.tuples(st.just("deliver"), st.integers(0, 3)),
-    st.tuples(st.just("refresh")),
-    st.tuples(st.just("stop"), st.floats(0, 5)),
+    *STEPS,
+    st.tuples(st.just("deliver"), st.integers(0, 3)),     # outcome events held back
     st.tuples(st.just("fault"), st.one_of(st.none(), st.none(), st.none(),
                                           st.sampled_from(list(SCENARIOS))),
               st.sampled_from(["before", "after", "step"])),

@@ -101,3 +101,32 @@ def test_a_start_that_fails_leaves_no_descriptor_open(monkeypatch):
     with pytest.raises(OSError):
         launcher.start(ScriptTarget(str(HANDLERS / "edges.py"), []), Settings(**FAST))
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_child_the_loop_cannot_watch_is_released_not_left_running(monkeypatch):
+    """The launcher started the process but its host could not be made (its output thread
+    would not start): the process is killed and released, and the start is a failure
+    with the reason, not a child nobody can stop."""
+    from worker.parent import child_host
+    launcher = mp_launcher.MpLauncher("forkserver", ())
+    started = []
+    real_start = launcher.start
+
+    def start(*args, **kwargs):
+        proc = real_start(*args, **kwargs)
+        started.append(proc.pid)
+        return proc
+    monkeypatch.setattr(launcher, "start", start)
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(child_host.OutputPump, "start", refuse)
+    sup = Supervisor(Settings(**FAST), ScriptTarget(str(HANDLERS / "edges.py"), []),
+                     launcher=launcher).start()
+    try:
+        assert sup.wait_until(lambda s: s.state.value != "running", 60)
+        assert "can't start new thread" in sup.failure_message
+        assert started and gone(started[0])
+    finally:
+        sup.stop()
+        assert sup.join(30)

@@ -202,9 +202,11 @@ def test_second_signal_stops_at_once(fake, start):
     w = start()
     fake.add_jobs([{"id": "stuck", "input": {"do": "sleep", "seconds": 60}}])
     assert fake.wait_for(lambda f: any(ids == ["stuck"] for _, ids in f.takes), 30)
-    time.sleep(0.3)
+    assert fake.wait_for(lambda f: any("stuck" in str(p) for p in f.pings), 30)   # running
     w.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 30          # the first signal is taken (its line is out)
+    while "SIGTERM: no new jobs" not in w.text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     w.proc.send_signal(signal.SIGTERM)
     assert w.proc.wait(10) == 1
     assert "second signal" in w.text()

@@ -30,11 +30,11 @@ class ChildHost:
         self._watching_writes = False
         self.pump.start()
         sel.register(proc.fd, selectors.EVENT_READ, (self, "ctrl"))
-        sel.register(proc.sentinel, selectors.EVENT_READ, (self, "exit"))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+        try:
+            sel.register(proc.sentinel, selectors.EVENT_READ, (self, "exit"))
+        except BaseException:
+            sel.unregister(proc.fd)           # the caller releases the process
+            raise
 
     def send(self, data) -> None:
         self.channel.send(data)

@@ -8,8 +8,8 @@ core or in an effect, is turned by one guard into the failure of what the event 
 fault was in the step that follows every event. Only if recovery fails too does the
 exception leave `feed` (the loop then ends with the worker broken).
 
-Actions whose outcome the core must hear (a spawn, a memory reading) are answered by
-posting an event for a later turn (`Effects` gets `post`): applying never re-enters the
+Actions whose outcome the core must hear (a settle, a spawn, a memory reading) are
+answered by the effect queueing an event for a later turn: applying never re-enters the
 core.
 """
 from __future__ import annotations

@@ -45,14 +45,6 @@ class Submit(Event):
     raw: Any = None                # the job's exact JSON (bytes or parts), when known
     tracked: Any = None            # set by the core: the job as it holds it (for recover)
 
-    @property
-    def job_id(self) -> str | None:
-        try:
-            found = self.job.get("id") if isinstance(self.job, dict) else None
-        except Exception:          # noqa: BLE001 - a dict subclass that fails even here
-            return None
-        return found if isinstance(found, str) else None
-
 
 @dataclass(slots=True)
 class Cancel(Event):

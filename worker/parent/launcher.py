@@ -83,9 +83,6 @@ class Launcher(abc.ABC):
     def health(self) -> dict:
         """The template as /health shows it: method, state, pid, warm refresh."""
 
-    def close(self) -> None:
-        """The worker is done with it (children are gone)."""
-
 
 def child_settings(settings: Settings) -> dict:
     """The settings a child gets: never the secrets (the local API's token)."""

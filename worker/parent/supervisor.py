@@ -279,7 +279,6 @@ class Supervisor:
             if close is not None:
                 close()
             self._last_words(E.LoopEnded())
-            self.launcher.close()
             self._publish()
             self._sel.close()
             for event in self._events.close():       # queued as the loop ended
@@ -361,9 +360,15 @@ class Supervisor:
                                            f"{type(exc).__name__}: {exc}"))
             return
         slot = action.slot
-        self._hosts[action.cid] = ChildHost(slot, action.cid, proc, self._sel,
-                                            lambda: self.status.children[slot].log_ids,
-                                            self.output_sink)
+        try:
+            host = ChildHost(slot, action.cid, proc, self._sel,
+                             lambda: self.status.children[slot].log_ids, self.output_sink)
+        except Exception as exc:    # noqa: BLE001 - no host: nothing else could stop it
+            log.exception("could not watch the worker process %d", proc.pid)
+            proc.close()
+            self._events.put(E.SpawnFailed(slot, action.cid, f"{type(exc).__name__}: {exc}"))
+            return
+        self._hosts[action.cid] = host
         log.debug("child %d starting (%s)", proc.pid, self.launcher.method)
         self._events.put(E.Spawned(slot, action.cid, proc.pid))
 
