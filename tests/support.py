@@ -169,8 +169,8 @@ class Server:
     def post(self, path, body=None, **kw):
         return requests.post(f"{self.url}{path}", json=body, timeout=60, **kw)
 
-    def get(self, path, **kw):
-        return requests.get(f"{self.url}{path}", timeout=60, **kw)
+    def get(self, path, timeout=60, **kw):
+        return requests.get(f"{self.url}{path}", timeout=timeout, **kw)
 
     def health_until(self, predicate, timeout=60):
         """/health's worker once `predicate` holds for it (a child that fails setup is

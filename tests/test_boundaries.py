@@ -161,7 +161,6 @@ def test_progress_values_the_supervisor_hears_are_the_jobs_own(harness):
 
 def test_secrets_are_not_in_the_childs_environment_its_proc_environ_or_its_settings(
         monkeypatch):
-    import multiprocess
 
     from worker.parent import mp_launcher
 
@@ -169,7 +168,7 @@ def test_secrets_are_not_in_the_childs_environment_its_proc_environ_or_its_setti
     names = ["RUNPOD_AI_API_KEY", "WORKER_API_TOKEN"]
     monkeypatch.setenv("RUNPOD_AI_API_KEY", "secret-key")
     monkeypatch.setenv("WORKER_API_TOKEN", "secret-token")
-    assert not multiprocess.active_children()
+    assert not mp_launcher.live_children()
     mp_launcher.stop_template()        # a forkserver started earlier keeps its environment
     h = Harness("edges.py", api_token="secret-token")
     try:

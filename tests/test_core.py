@@ -48,6 +48,8 @@ class Driver(A.JobListener):
         self.reading = None
         self.gone: set = set()        # child numbers that have exited (they exit once)
         self.fail_spawn = False       # the launcher fails: SpawnFailed
+        self.transient = False        # ... for a moment (EMFILE, a launcher replaced)
+        self.fits = True              # Settled's fit check, after a lost child
         self.fail_send = 0            # the next n Sends raise in the loop's part
         self.feed(E.Tick())
 
@@ -111,11 +113,12 @@ class Driver(A.JobListener):
 
     def settle(self, a):
         self.settles.append(a)
-        self.later.append(E.Settled(a.slot, a.cid, 0.0))
+        self.later.append(E.Settled(a.slot, a.cid, 0.0, self.fits))
 
     def spawn(self, a):
         if self.fail_spawn:
-            self.later.append(E.SpawnFailed(a.slot, a.cid, "OSError: injected"))
+            self.later.append(E.SpawnFailed(a.slot, a.cid, "OSError: injected",
+                                            self.transient))
             return
         self.next_pid += 1
         self.spawned.append(a)
@@ -303,7 +306,7 @@ def test_inline_timeout_stops_the_child_with_escalation_and_a_fresh_one_runs_on(
     assert d.signals[-1] == (signal.SIGTERM, True)
     d.at(4.0)
     assert d.signals[-1] == (signal.SIGKILL, True)
-    d.at(100.0)
+    d.at(8.99)                                      # KILL_WAIT_S after SIGKILL
     assert len(d.signals) == 3                      # nothing after SIGKILL but the exit
     d.exit(-9)
     assert d.child.pid == 102 and len(d.core.breaker.deaths) == 0
@@ -615,7 +618,8 @@ def test_every_job_ends_exactly_once_and_runs_only_on_a_live_child(events):
     for (r,) in d.results.values():      # a setup wait is part of the delay, never more
         assert (0 <= r.setup_wait_ms <= r.delay_ms) if r.ran else r.times() == {}
     assert d.spawned[0].cause == "first" and {s.cause for s in d.spawned} <= {
-        "first", "refresh", "timeout", "cancel", "crash", "hung", "setup_failed", "error"}
+        "first", "refresh", "timeout", "cancel", "crash", "hung", "setup_failed", "error",
+        "lost"}
 
 
 def test_each_start_says_why_and_each_job_its_times():

@@ -6,7 +6,6 @@ import logging
 import os
 import types
 
-import multiprocess
 import pytest
 from multiprocess import forkserver, spawn as mp_spawn
 
@@ -68,11 +67,12 @@ def test_preparation_data_that_does_not_behave_is_reported(recheck, caplog, monk
 
 
 def test_health_reports_the_template_and_stop_template_ends_it():
-    assert not multiprocess.active_children()
+    assert not mp_launcher.live_children()
     mp_launcher.stop_template()
     launcher = mp_launcher.MpLauncher("forkserver", ())
     assert launcher.health() == {"method": "forkserver", "template": "not started",
-                                 "template_pid": None, "warm_refresh": "off"}
+                                 "template_pid": None, "warm_refresh": "off",
+                                 "losses": 0, "last_loss": None}
     sup = Supervisor(Settings(**FAST), ScriptTarget(str(HANDLERS / "edges.py"), []),
                      launcher=launcher).start()
     try:
@@ -101,6 +101,39 @@ def test_a_start_that_fails_leaves_no_descriptor_open(monkeypatch):
     with pytest.raises(OSError):
         launcher.start(ScriptTarget(str(HANDLERS / "edges.py"), []), Settings(**FAST))
     assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_start_that_runs_out_of_descriptors_at_any_point_leaves_none_open():
+    """RLIMIT_NOFILE set so that exactly k more descriptors can be opened, for every k
+    until a start succeeds: each failure closes all it opened (multiprocess's too), and
+    a forkserver that a half-made request killed is replaced by the next start."""
+    import resource
+    launcher = mp_launcher.MpLauncher("forkserver", ())
+    target = ScriptTarget(str(HANDLERS / "edges.py"), [])
+    launcher.start(target, Settings(**FAST)).close()        # the template runs
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    failures = []
+    for k in range(64):
+        before = set(os.listdir("/proc/self/fd"))
+        used = {int(fd) for fd in before}
+        limit, free = 0, 0
+        while free < k or limit in used:
+            free += limit not in used
+            limit += 1
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(limit, 1), hard))
+        try:
+            proc = launcher.start(target, Settings(**FAST))
+        except Exception as exc:          # noqa: BLE001 - recorded and checked
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            failures.append(type(exc).__name__)
+            assert set(os.listdir("/proc/self/fd")) == before, (k, exc)
+            continue
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        proc.close()
+        break
+    else:
+        raise AssertionError("no start succeeded")
+    assert failures and "OSError" in failures
 
 
 def test_a_child_the_loop_cannot_watch_is_released_not_left_running(monkeypatch):

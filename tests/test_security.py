@@ -25,10 +25,9 @@ def test_the_child_does_not_see_the_queue_key_or_the_api_token(monkeypatch):
     monkeypatch.setenv("RUNPOD_AI_API_KEY", "secret-key")
     monkeypatch.setenv("WORKER_API_TOKEN", "secret-token")
     # the forkserver keeps the environment it started with: start a fresh one
-    import multiprocess
 
     from worker.parent import mp_launcher
-    assert not multiprocess.active_children()
+    assert not mp_launcher.live_children()
     mp_launcher.stop_template()
     h = Harness("misbehave.py")
     try:

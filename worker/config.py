@@ -31,6 +31,18 @@ class Settings:
     setup_timeout: float = _setting(600.0, ("WORKER_SETUP_TIMEOUT",), "--setup_timeout",
                                     "Seconds the child may take to import the handler module and "
                                     "reach start() (model loading).", config=False)
+    launch_timeout: float = _setting(10.0, ("WORKER_LAUNCH_TIMEOUT",), None,
+                                     "Seconds the launcher may take to start a child from a "
+                                     "template that has started one before (a fork); past it "
+                                     "the launcher is declared dead and replaced, and the "
+                                     "start tried again. The first start through a new "
+                                     "template has setup_timeout.", config=False)
+    child_oom_score_adj: int = _setting(500, ("WORKER_CHILD_OOM_SCORE_ADJ",), None,
+                                        "How much each child raises its oom_score_adj above "
+                                        "the parent's (up to 1000), so that under memory "
+                                        "pressure the kernel kills a child, whose jobs the "
+                                        "worker fails and replaces, before the forkserver or "
+                                        "the parent; 0 = as the parent.", config=False)
     heartbeat_interval: float = _setting(1.0, ("WORKER_HEARTBEAT_INTERVAL",), None,
                                          "Seconds between the child's liveness heartbeats.",
                                          config=False)

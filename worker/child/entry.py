@@ -89,6 +89,7 @@ def child_main(spec: ChildSpec) -> None:
     os.environ.update(spec.env)
     os.chdir(spec.cwd)
     _allow_own_children()
+    _raise_oom_score(settings.child_oom_score_adj)
 
     # Exit hooks registered before the module runs are the forkserver's (its preloads,
     # multiprocess); the ones to run at the end are the module's own.
@@ -172,6 +173,21 @@ def _capture_output(out_fd: int, err_fd: int) -> None:
             stream.reconfigure(line_buffering=True)
         except Exception:
             pass
+
+
+def _raise_oom_score(by: int) -> None:
+    """Be the OOM killer's pick before the parent and the forkserver: their jobs are
+    failed and the child replaced, theirs would end the worker. Raising needs no
+    privilege; lowering it again does."""
+    if by <= 0:
+        return
+    try:
+        with open("/proc/self/oom_score_adj", "r+") as f:
+            now = int(f.read())
+            f.seek(0)
+            f.write(str(min(1000, now + by)))
+    except (OSError, ValueError):
+        pass
 
 
 def _allow_own_children() -> None:

@@ -33,11 +33,15 @@ class Settle:
     cid: int                                  # the child's number, given by the core
     devices: tuple = ()
     previous_mb: float | None = None
+    # The child before was lost (it did not exit): if its memory is not back, start only
+    # if this many MiB are free (a fit check); None: start after the wait regardless.
+    need_mb: float | None = None
 
 
 @dataclass
 class Spawn:
-    """Start child `cid` in `slot`; answered with events.Spawned or events.SpawnFailed."""
+    """Start child `cid` in `slot` (off the loop: a launcher may hang); answered with
+    events.Spawned or events.SpawnFailed."""
     slot: int
     cid: int
     settings: Any = None                      # the effective Settings it starts with

@@ -10,6 +10,7 @@ from .. import config as cfg
 from .. import logs
 from ..targets import ScriptTarget
 from ..version import __version__
+from . import reaper
 
 
 def _parser(with_script: bool) -> argparse.ArgumentParser:
@@ -77,6 +78,7 @@ def run_mode(settings: cfg.Settings, target) -> int:
     input is given, else the one-shot local test — with load balancing (ours) before the
     queue."""
     logs.configure(settings.log_level)
+    reaper.become_subreaper()      # a child whose forkserver died is still ours to watch
     queue = bool(settings.runpod_get_job) and settings.test_input is None
     balanced = not settings.serve_api and not settings.realtime_port and (
         settings.load_balancer or (bool(settings.port_health) and not queue

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Any
 
 from .. import protocol as P
 from ..config import Settings, SettingsError
-from ..jobs import SAFE_ID, JobError, JobState, Reason, execution_timeout, validate_job
+from ..jobs import JobError, JobState, Reason, execution_timeout, validate_job
 from . import blame, gpu_events, placement
 from . import events as E
 from .actions import ChildReady, Ended, ReadMemory, Settle, Signal, Spawn, WarmOff
-from .jobbook import JobBook, NoChildClock, TrackedJob
+from .jobbook import JobBook, NoChildClock, TrackedJob, some_id
 from .lifecycle import LIVE_STATES, ChildState, StopCause
 from .fate import WorkerFate
 from .slots import Slot
@@ -124,7 +123,7 @@ class SupervisorCore:
                 slot.starting = None        # its start begins again; a process made for it goes
                 self._actions.append(Signal(signal.SIGKILL, cid, group=True))
         if type(event) is E.Submit and event.tracked is None:
-            named = TrackedJob({"id": _some_id(event.job)}, event.listener, event.submitted)
+            named = TrackedJob({"id": some_id(event.job)}, event.listener, event.submitted)
         held = {id(t) for t in self.pending}
         held.update(id(t) for s in self.slots for t in s.in_flight.values())
         for tracked in [named, *self.jobs.active.values()]:
@@ -173,7 +172,7 @@ class SupervisorCore:
         except Exception as exc:    # noqa: BLE001 - JobError, or whatever a strange job raises
             text = str(exc) if isinstance(exc, JobError) else \
                 f"the job could not be read: {type(exc).__name__}: {exc}"
-            ev.tracked = TrackedJob({"id": _some_id(ev.job)}, ev.listener, ev.submitted)
+            ev.tracked = TrackedJob({"id": some_id(ev.job)}, ev.listener, ev.submitted)
             self.jobs.refuse(ev.tracked, text[:1000])
             return
         ev.tracked = tracked = TrackedJob(job, ev.listener, ev.submitted, ev.raw,
@@ -239,6 +238,12 @@ class SupervisorCore:
                 or self.warm_off:
             slot.starting = None           # not now (_ensure_children asks again if needed)
             return
+        if not ev.fits:                    # a lost child still holds what a new one needs
+            slot.starting = None
+            self.fate.slot_out(slot, "a worker process here could not be stopped and its "
+                               f"GPU memory is not back ({ev.used_mb:.0f} MiB in use): no "
+                               "new one starts in its place", WorkerState.BROKEN)
+            return
         slot.next_baseline = ev.used_mb
         self._actions.append(Spawn(slot.index, ev.cid, self.settings, slot.env(),
                                    checks=not slot.ever_ready,
@@ -256,6 +261,11 @@ class SupervisorCore:
         if slot.starting != ev.cid:
             return
         slot.starting = None
+        if ev.transient:                   # not now: again after a backoff
+            verdict = slot.start_failed(ev.error, now)
+            if verdict is not None:
+                self.fate.slot_out(slot, verdict.message, WorkerState.BROKEN)
+            return
         self.fate.child_setup_failed(slot, "the worker process could not be started: "
                                      f"{ev.error}", "", ())
 
@@ -360,7 +370,9 @@ class SupervisorCore:
                                  for s in self.slots), now)
         shutdown_at = self.shutdown_at
         for slot in self.slots:
-            slot.check_clocks(now, shutdown_at)
+            verdict = slot.check_clocks(now, shutdown_at)
+            if verdict is not None:
+                self.fate.slot_out(slot, verdict.message, WorkerState.BROKEN)
         self._ensure_children()
         self._dispatch(now)
         if self.finished:            # no child will come for what is still queued
@@ -390,8 +402,9 @@ class SupervisorCore:
                 # A GPU shared with another child moves with that child's work: nothing
                 # to wait for (the VRAM limit counts such a child's own reservation only).
                 previous, slot.previous_mb = slot.previous_mb, None
+                need, slot.lost_need_mb = slot.lost_need_mb, None
                 self._actions.append(Settle(slot.index, self.cids, slot.devices,
-                                            None if slot.shared else previous))
+                                            None if slot.shared else previous, need))
 
     def _dispatch(self, now: float) -> None:
         for slot in self.slots:
@@ -433,11 +446,3 @@ class SupervisorCore:
             return
         slot.take(tracked, msg, data)
 
-
-def _some_id(job: Any) -> str:
-    """The job's id for a refusal, when it is one that may go into URLs and logs."""
-    try:
-        job_id = job.get("id") if isinstance(job, dict) else None
-    except Exception:   # noqa: BLE001 - a dict subclass that fails even here
-        job_id = None
-    return job_id if isinstance(job_id, str) and SAFE_ID.fullmatch(job_id) else "unknown"

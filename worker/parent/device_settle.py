@@ -20,6 +20,25 @@ BOUND_S = 5.0
 POLL_S = 0.05
 
 
+def used(probe, devices: tuple) -> float:
+    """Device memory in use on `devices` (all the probe sees when ()); 0 if unreadable."""
+    try:
+        reading = probe.read(None)
+        return (reading.only(devices) if devices else reading).device_used_mb
+    except Exception:      # noqa: BLE001 - a probe must never stop a start
+        return 0.0
+
+
+def free(probe, devices: tuple) -> float:
+    """Device memory free on `devices`; 0 if unreadable (nothing fits)."""
+    try:
+        reading = probe.read(None)
+        reading = reading.only(devices) if devices else reading
+        return (reading.device_total_mb or 0.0) - reading.device_used_mb
+    except Exception:      # noqa: BLE001
+        return 0.0
+
+
 def settled(used: float, previous: float | None) -> bool:
     return previous is None or used <= previous + MARGIN_MB
 

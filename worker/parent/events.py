@@ -82,10 +82,12 @@ class Tick(Event):
 @dataclass(slots=True)
 class Settled(Event):
     """The slot's GPUs have their memory back (or the wait gave up): `used_mb` is the
-    baseline of the child about to start."""
+    baseline of the child about to start. `fits`: False when a Settle with need_mb found
+    neither the memory back nor that much free."""
     slot: int
     cid: int
     used_mb: float
+    fits: bool = True
 
 
 @dataclass(slots=True)
@@ -97,9 +99,12 @@ class Spawned(Event):
 
 @dataclass(slots=True)
 class SpawnFailed(Event):
+    """The start failed. `transient`: out of descriptors or memory for a moment, or the
+    launcher died or did not answer in time: worth a retry."""
     slot: int
     cid: int
     error: str
+    transient: bool = False
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..config import Settings
-from ..jobs import JobResult, JobState, Reason, failure
+from ..jobs import SAFE_ID, JobResult, JobState, Reason, failure
 from .actions import Ended, JobListener
 
 
@@ -114,3 +114,12 @@ class NoChildClock:
 
     def at(self, now: float) -> float:
         return self._total + (now - self._since if self._since is not None else 0.0)
+
+
+def some_id(job: Any) -> str:
+    """The job's id for a refusal, when it is one that may go into URLs and logs."""
+    try:
+        job_id = job.get("id") if isinstance(job, dict) else None
+    except Exception:   # noqa: BLE001 - a dict subclass that fails even here
+        job_id = None
+    return job_id if isinstance(job_id, str) and SAFE_ID.fullmatch(job_id) else "unknown"

@@ -6,6 +6,12 @@ preloads, or a fresh interpreter) — and reports the template's health. It deci
 nothing: when to start, replace or keep a child is the core's. The handle it returns,
 `ChildProcess`, is how the parent signals, watches and releases that child.
 
+A child's exit is learned from the child, never only from its launcher (which may be
+killed or stopped while its children live on): `ExitWatch` holds a pidfd on the child's
+pid (or, where pidfd_open is missing or refused, polls /proc). The exit code comes from
+the kernel when the parent is the child's parent (spawn, or an orphan it adopted as
+subreaper: reaper.py), else from the launcher's report, else it is unknown.
+
 Today's implementation is mp_launcher.py (multiprocess's forkserver, or spawn). What
 every launcher must do the same way is here: the secrets never reach a started process's
 environment, and the settings a child gets never hold them.
@@ -14,29 +20,116 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
 import os
+import select
 import signal
 import threading
 
 from ..config import Settings
 from ..targets import SECRET_ENV, SECRET_SETTINGS
+from .reaper import proc_stat
 
 _env_lock = threading.Lock()
 
 
+# What ChildProcess.poll_exit() finds.
+ALIVE = "alive"
+EXITED = "exited"
+PENDING = "pending"      # gone, its code not yet known (the launcher has not reported)
+
+# Start errors that say "not now" rather than "never": the core retries them with backoff.
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM,
+                              errno.ENOBUFS, errno.EINTR})
+
+
+class LauncherGone(Exception):
+    """The launcher did not answer (it was declared dead, or died during the start)."""
+
+
+def transient(exc: BaseException) -> bool:
+    """Is this start error worth a retry: out of descriptors or memory for a moment, or
+    a launcher that died or is being replaced?"""
+    if isinstance(exc, (LauncherGone, EOFError, ConnectionError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
+
+
+class ExitWatch:
+    """Whether one process has exited, learned from the kernel: a pidfd (readable once
+    the process has exited, whoever its parent is), or, where pidfd_open is missing or
+    refused, its /proc entry (gone, a zombie, or another process with its pid)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.fd: int | None = None
+        self._start: str | None = None      # its start time: another process with its pid
+        try:
+            self.fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            try:
+                self._start = _start_time(pid)
+            except OSError:
+                pass                        # read at the first look
+
+    def gone(self) -> bool:
+        """OSError: /proc could not be read now (it says nothing about the process)."""
+        if self.fd is not None:
+            return readable(self.fd)
+        stat = proc_stat(self.pid)
+        if stat is None or stat[0] in ("Z", "X"):
+            return True
+        if self._start is None:
+            self._start = stat[19]
+        return stat[19] != self._start
+
+    def reap(self) -> int | None:
+        """Its exit code if the parent is its parent and it has exited (reaped now);
+        None while it runs. ChildProcessError: not the parent's child."""
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        return None if pid == 0 else os.waitstatus_to_exitcode(status)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _start_time(pid: int) -> str | None:
+    stat = proc_stat(pid)
+    return None if stat is None else stat[19]       # starttime, field 22
+
+
+def readable(fd: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class ChildProcess(abc.ABC):
-    """The parent's handle on one child: its pid, its channel's fd, an fd that becomes
-    readable when it exits, the read ends of its stdout/stderr capture pipes."""
+    """The parent's handle on one child: its pid, its channel's fd, its exit watch (an fd
+    readable once it has exited, or None: poll), the fd where its launcher reports its
+    exit (or None), the read ends of its stdout/stderr capture pipes."""
 
     pid: int
     fd: int
-    sentinel: int
+    exit_fd: int | None
+    report_fd: int | None
     stdout_fd: int
     stderr_fd: int
 
     @abc.abstractmethod
-    def exitcode(self) -> int | None:
-        """Its exit code once it has exited (negative: killed by that signal)."""
+    def poll_exit(self) -> tuple:
+        """(ALIVE, None), (PENDING, None): gone, its code not reported yet, or
+        (EXITED, code): code negative when killed by that signal, None when unknown."""
+
+    @abc.abstractmethod
+    def give_up_code(self) -> None:
+        """It is gone and its code will not come: poll_exit says (EXITED, None)."""
+
+    def report_closed(self) -> bool:
+        """Its launcher's report fd was closed with the child alive: the launcher died."""
+        return False
 
     @abc.abstractmethod
     def release(self) -> None:
@@ -73,7 +166,20 @@ class Launcher(abc.ABC):
     def start(self, target, settings: Settings, checks: bool = False,
               env: dict | None = None) -> ChildProcess:
         """Start a child for `target`. `env`: what its environment gets (its
-        CUDA_VISIBLE_DEVICES, WORKER_CHILD_INDEX); `checks`: run the fitness checks."""
+        CUDA_VISIBLE_DEVICES, WORKER_CHILD_INDEX); `checks`: run the fitness checks.
+        Called off the supervisor's loop (it may block); whatever it opened is closed
+        when it raises."""
+
+    def start_bound(self, settings: Settings) -> float | None:
+        """Seconds a start may take now before the launcher is declared dead."""
+        return settings.launch_timeout or None
+
+    def declare_dead(self, reason: str) -> None:
+        """It did not answer in time: end its template, so that the next start makes a
+        new one (children already started are not touched)."""
+
+    def template_lost(self, reason: str) -> None:
+        """Its template died on its own (a child's report fd closed while it lived)."""
 
     @abc.abstractmethod
     def warm_off(self, reason: str) -> None:

@@ -5,6 +5,8 @@
 
 A stop escalates, stop_grace apart: a Stop message (plus SIGUSR1 when a handler runs in
 the child's main thread or setup is under way) → SIGTERM to the process group → SIGKILL.
+A child not seen to exit KILL_WAIT_S (at least) after SIGKILL is LOST: stuck in the
+kernel (a driver, a frozen cgroup) or its exit not learned; its slot lets go of it.
 Why a child stopped (StopCause) and how it ended (ExitCause) are enums, so the core never
 compares reason strings.
 """
@@ -27,6 +29,8 @@ class ChildState(str, enum.Enum):
 
 
 LIVE_STATES = (ChildState.READY, ChildState.BUSY)     # may take jobs, or runs them
+KILL_WAIT_S = 5.0          # after SIGKILL, at least: past it the child is declared lost
+LOST = "lost"              # what `due` returns for a child past that wait
 
 
 class StopCause(enum.Enum):
@@ -158,11 +162,15 @@ class ChildRecord:
         actions.append(Send(stop, stop.encode(), self.cid))
         return actions
 
-    def escalate(self, now: float, grace: float) -> Signal:
-        """The next step of a stop that is taking too long: SIGTERM, then SIGKILL."""
+    def escalate(self, now: float, grace: float):
+        """The next step of a stop that is taking too long: SIGTERM, then SIGKILL, then
+        LOST."""
         self.stop_step += 1
+        if self.stop_step >= 3:
+            self.stop_next = None
+            return LOST
         sig = signal.SIGTERM if self.stop_step == 1 else signal.SIGKILL
-        self.stop_next = now + grace if self.stop_step == 1 else None
+        self.stop_next = now + (grace if self.stop_step == 1 else max(grace, KILL_WAIT_S))
         return Signal(sig, self.cid, group=True)
 
     def exit_cause(self) -> ExitCause:
@@ -182,8 +190,8 @@ class ChildRecord:
 
     def due(self, now: float, grace: float, heartbeat_timeout: float,
             shutdown_at: float | None, busy: bool):
-        """What this child's clocks call for at `now`: the next step of a stop (a Signal),
-        a stop to begin (cause, text, interrupt), or None."""
+        """What this child's clocks call for at `now`: the next step of a stop (a Signal,
+        or LOST), a stop to begin (cause, text, interrupt), or None."""
         if self.state is ChildState.STOPPING:
             if self.stop_next is not None and now >= self.stop_next:
                 return self.escalate(now, grace)

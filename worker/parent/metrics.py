@@ -161,7 +161,7 @@ class _Counted:
                                  "a child to its end (RunPod's executionTime).")
         starts = CounterMetricFamily(
             "gpu_worker_child_starts", "Children started, by why: first, refresh, recycle, "
-            "memory, cuda_error, timeout, cancel, crash, hung, setup_failed, gpu, error, "
+            "memory, cuda_error, timeout, cancel, crash, hung, setup_failed, gpu, error, lost, "
             "warm_off.", labels=["cause"])
         for cause, n in sorted(dict(t.starts).items()):
             starts.add_metric([cause], n)
@@ -197,6 +197,9 @@ class _Now:
             "gpu_worker_child_breaker_deaths": (
                 "Deaths counted by the child's restart breaker (WORKER_RESTART_LIMIT trips "
                 "it); reset by any finished job.", lambda c: c.deaths),
+            "gpu_worker_child_lost": (
+                "Children in this place declared lost: not seen to exit within their "
+                "deadline after SIGKILL (stuck in the kernel?).", lambda c: c.lost),
             "gpu_worker_child_rss_bytes": ("The child's resident memory (its heartbeat).",
                                            lambda c: c.rss_bytes),
             "gpu_worker_child_torch_reserved_bytes": (

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 
 import multiprocess
 import psutil
-from multiprocess import forkserver, resource_tracker, spawn as mp_spawn
+from multiprocess import forkserver, process as mp_process, resource_tracker, \
+    spawn as mp_spawn
 
 from ..child.boot import child_main
 from ..config import Settings
 from ..targets import WARM_ENV, ChildSpec, ValueTarget, warm_key
-from .launcher import ChildProcess, Launcher, child_settings, passed_env, without_secrets
+from . import reaper
+from .launcher import (ALIVE, EXITED, PENDING, ChildProcess, ExitWatch, Launcher,
+                       child_settings, passed_env, readable, without_secrets)
 
 log = logging.getLogger("worker")
 
@@ -56,6 +61,10 @@ def _check_tracker() -> bool:
     return hasattr(tracker, "_fd") and hasattr(getattr(tracker, "_lock", None), "__enter__")
 
 
+def _check_registry() -> bool:
+    return isinstance(getattr(mp_process, "_children", None), set)
+
+
 FEATURES = {   # name: (check, what is lost without it)
     "forkserver control": (lambda: _server() is not None,
                            "children start with spawn (WORKER_PRELOAD and warm refresh "
@@ -64,6 +73,9 @@ FEATURES = {   # name: (check, what is lost without it)
                          "each child runs the parent's __main__ script again"),
     "resource tracker": (_check_tracker,
                          "multiprocess's resource tracker process runs (one more interpreter)"),
+    "child registry": (_check_registry,
+                       "multiprocess may read a child's exit report first: its code can "
+                       "read 255 after the forkserver died"),
 }
 _missing: set | None = None
 
@@ -117,6 +129,16 @@ def template_pid() -> int | None:
     return None if server is None else server._forkserver_pid
 
 
+_live: set = set()             # pids of the children started here and not yet released
+_start_lock = threading.Lock()  # one start at a time: one forkserver serves the process
+
+
+def live_children() -> int:
+    """Children started here that the parent has not released (the forkserver's children
+    are not multiprocess's: it never hears of them after their start)."""
+    return len(_live)
+
+
 def stop_template() -> None:
     """Stop the forkserver (with no child of it alive: it would wait for them), so the
     next child starts a fresh one, with the environment of that moment."""
@@ -145,9 +167,12 @@ def _end_warm_server(pid: int) -> None:
 # --- the launcher ----------------------------------------------------------------------------
 
 class MpChild(ChildProcess):
-    """A child started by multiprocess: its Process and the parent's ends of its pipes."""
+    """A child started by multiprocess: its Process, the parent's ends of its pipes and
+    its exit watch. A forkserver's child is the forkserver's to reap: its code comes in
+    the forkserver's report (the Process's sentinel), or from the kernel once the parent
+    has adopted it (the forkserver died, reaper.py); a spawned one is the parent's own."""
 
-    def __init__(self, process, control, stdout, stderr, lifeline):
+    def __init__(self, process, control, stdout, stderr, lifeline, forked: bool):
         self.process = process
         self.pid = process.pid
         self.control = control      # Connection, parent's end; we use its fd directly
@@ -155,19 +180,72 @@ class MpChild(ChildProcess):
         self.stderr = stderr
         self.lifeline = lifeline    # Connection, write end: closing it tells the child
         self.fd = control.fileno()
-        self.sentinel = process.sentinel
+        self.watch = ExitWatch(self.pid)
+        self.exit_fd = self.watch.fd
+        self.report_fd = process.sentinel
         self.stdout_fd = stdout.fileno()
         self.stderr_fd = stderr.fileno()
+        self._forked = forked
+        self._code: tuple | None = None      # (code,) once known
+        self._report_eof = False
 
-    def exitcode(self):
-        return self.process.exitcode
+    def poll_exit(self) -> tuple:
+        if self._code is not None:
+            return EXITED, self._code[0]
+        if not self._forked:
+            code = self.process.exitcode        # multiprocess reaps its spawned children
+            if code is None:
+                return (PENDING if self.watch.gone() else ALIVE), None
+        else:
+            try:
+                code = self.watch.reap()        # adopted: the forkserver died
+            except ChildProcessError:           # still the forkserver's: it reports
+                if not self.watch.gone():
+                    return ALIVE, None
+                code = self._report()
+                if code is None:
+                    return PENDING, None
+            else:
+                if code is None:
+                    return ALIVE, None
+        self._code = (code,)
+        return EXITED, code
+
+    def _report(self) -> int | None:
+        if self._report_eof or not readable(self.report_fd):
+            return None
+        try:
+            return forkserver.read_signed(self.report_fd)
+        except (EOFError, OSError):            # it died before it could report
+            self._report_eof = True
+            return None
+
+    def report_closed(self) -> bool:
+        if self._forked and not self._report_eof and readable(self.report_fd) \
+                and not self.watch.gone():
+            self._report_eof = True             # nothing but EOF comes while it lives
+            return True
+        return False
+
+    def give_up_code(self) -> None:
+        if self._code is None:
+            self._code = (None,)
 
     def release(self) -> None:
+        self.watch.close()
+        reaper.released(self.pid)
+        _live.discard(self.pid)
         for conn in (self.control, self.lifeline):
             try:
                 conn.close()
             except OSError:
                 pass
+        popen = getattr(self.process, "_popen", None)
+        if self._forked and popen is not None and popen.returncode is None:
+            # Its code is known here (or never will be): the Popen must not wait for the
+            # forkserver's report to close its fds.
+            code = self._code[0] if self._code is not None else None
+            popen.returncode = 255 if code is None else code
         try:
             self.process.join(0)
             self.process.close()
@@ -194,6 +272,10 @@ class MpLauncher(Launcher):
         self.method = method
         self.warm_key = None
         self.warm_status = "off"
+        self.losses = 0                 # templates that died or were declared dead
+        self.last_loss: str | None = None
+        self._served: int | None = None     # the template pid that last started a child
+        self._lost_pid: int | None = None   # the template already counted as lost
         if method not in ("forkserver", "spawn"):
             raise ValueError(f"start method must be forkserver or spawn, not {method!r}")
         if method == "forkserver" and "forkserver control" in missing:
@@ -225,9 +307,50 @@ class MpLauncher(Launcher):
         elif pid is None:
             state = "not started"
         else:
-            state = "running" if psutil.pid_exists(pid) else "gone"
+            try:
+                stat = reaper.proc_stat(pid)
+            except OSError:
+                stat = ["?"]
+            state = "gone" if stat is None or stat[0] in "ZX" else \
+                "stopped" if stat[0] in "Tt" else "unknown" if stat[0] == "?" else "running"
         return {"method": self.method, "template": state, "template_pid": pid,
-                "warm_refresh": self.warm_status}
+                "warm_refresh": self.warm_status, "losses": self.losses,
+                "last_loss": self.last_loss}
+
+    def start_bound(self, settings: Settings) -> float | None:
+        """A start through a template that has answered before is a fork: launch_timeout.
+        The first through a new one waits for its imports (the warm one imports the
+        handler module): setup_timeout."""
+        pid = template_pid() if self.method == "forkserver" else None
+        if self.method == "forkserver" and (pid is None or pid != self._served):
+            return settings.setup_timeout or None
+        return settings.launch_timeout or None
+
+    def declare_dead(self, reason: str) -> None:
+        """SIGKILL the template (stopped or hung, it still dies): the next start finds it
+        dead and makes a new one; a start blocked on it gets EOF. Its children live on."""
+        pid = template_pid()
+        if pid is not None:
+            self._lost(pid, reason)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def template_lost(self, reason: str) -> None:
+        pid = template_pid()
+        if pid is not None:
+            self._lost(pid, reason)
+
+    def _lost(self, pid: int, reason: str) -> None:
+        self._served = None                 # the next start makes a new one: its imports
+        if pid == self._lost_pid:
+            return                          # once per template
+        self._lost_pid = pid
+        self.losses += 1
+        self.last_loss = reason
+        log.error("the forkserver (pid %d) %s; the next child starts from a new one, and "
+                  "the children it started go on", pid, reason)
 
     def _modules(self) -> list:
         # preload_first keeps the preloads from initialising CUDA there; the warm import
@@ -244,7 +367,7 @@ class MpLauncher(Launcher):
         modules = self._modules()
         if server._forkserver_pid is not None and (
                 server._preload_modules != modules or _server_warm_key != self.warm_key):
-            if multiprocess.active_children():
+            if _live:
                 log.warning("the forkserver already runs with preload %s; keeping it",
                             server._preload_modules)
                 return
@@ -280,14 +403,21 @@ class MpLauncher(Launcher):
             name = f"{CHILD_NAME}-value" if isinstance(target, ValueTarget) else CHILD_NAME
             process = ctx.Process(target=child_main, args=(spec,), name=name, daemon=True)
             warm_env = {WARM_ENV: self.warm_key} if self.warm_key else {}
-            with without_secrets(warm_env):
-                if self.method == "forkserver":
+            forked = self.method == "forkserver"
+            with _start_lock, without_secrets(warm_env):
+                if forked:
                     self._ensure_server()
                 process.start()
+                if forked:
+                    # Its exit report is ours to read: multiprocess must not poll it.
+                    getattr(mp_process, "_children", set()).discard(process)
+                    self._served = template_pid()
         except BaseException:
             for conn in opened:         # nothing of a start that failed stays open
                 conn.close()
             raise
         for conn in (child_control, out_w, err_w, life_r):
             conn.close()
-        return MpChild(process, control, out_r, err_r, life_w)
+        _live.add(process.pid)
+        reaper.launched(process.pid)
+        return MpChild(process, control, out_r, err_r, life_w, forked)

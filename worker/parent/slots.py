@@ -22,10 +22,13 @@ from . import blame, recycling
 from .actions import Chunked, Progressed, ReadMemory, Send, Signal, Started
 from .breaker import RestartBreaker
 from .jobbook import JobBook, TrackedJob
-from .lifecycle import ChildRecord, ChildState, ExitCause, StopCause
+from .lifecycle import KILL_WAIT_S, LOST, ChildRecord, ChildState, ExitCause, StopCause
 from .status import ChildView
 
 log = logging.getLogger("worker")
+
+RETRY_BASE_S = 1.0        # a start that failed for a moment: tried again after 1, 2, 4...
+RETRY_MAX_S = 30.0
 
 
 class Verdict(NamedTuple):
@@ -61,6 +64,11 @@ class Slot:
         self.spawns = 0
         self.next_cause = "first"          # why its next child starts (lifecycle.start_cause)
         self.last_run = 0                  # the run it got last: among idle slots, oldest first
+        self.retry_at: float | None = None # a start failed for a moment: no new one before
+        self.start_failures = 0            # such failures in a row
+        self.start_error: str | None = None   # the last one, while retrying
+        self.lost = 0                      # children here declared lost (no exit after SIGKILL)
+        self.lost_need_mb: float | None = None  # the last lost one's GPU memory: fit check
 
     # --- what it is ------------------------------------------------------------------------
 
@@ -77,7 +85,8 @@ class Slot:
 
     @property
     def wants_child(self) -> bool:
-        return self.child is None and self.starting is None and self.out is None
+        return self.child is None and self.starting is None and self.out is None \
+            and self.retry_at is None
 
     def running_ids(self) -> tuple:
         return tuple(t.id for t in self.in_flight.values())
@@ -105,7 +114,8 @@ class Slot:
                          tuple(c.preloaded) if c else (), c.jobs_run if c else 0,
                          c.rss if c else 0, c.torch if c else None,
                          c.baseline_mb if c else 0.0, self.running_ids(), self.log_ids,
-                         self.out, self.spawns, len(self.breaker.deaths))
+                         self.out, self.spawns, len(self.breaker.deaths), self.lost,
+                         self.start_error)
 
     def label(self) -> str:
         """' (slot 2, GPU-…)' for log lines, when the worker has several children."""
@@ -120,6 +130,7 @@ class Slot:
         s = self.settings
         self.starting = None
         self.spawns += 1
+        self.start_failures, self.start_error = 0, None
         self.child = ChildRecord(pid, now, now + s.setup_timeout if s.setup_timeout > 0
                                  else None, last_beat=now, baseline_mb=self.next_baseline,
                                  slot=self.index, cid=cid)
@@ -227,10 +238,56 @@ class Slot:
                                       "(WORKER_RESTART_LIMIT)")
         return None
 
+    def start_failed(self, error: str, now: float) -> Verdict | None:
+        """A start failed for a moment (descriptors, memory, the launcher): try again after
+        a backoff. It counts towards the breaker like a child that died young."""
+        s = self.settings
+        self.start_failures += 1
+        self.start_error = error
+        delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (self.start_failures - 1))
+        self.retry_at = now + delay
+        self.breaker.record(now, s.restart_window)
+        log.warning("could not start a worker process%s (%d in a row): %s; trying again in "
+                    "%.0fs", self.label(), self.start_failures, error, delay)
+        if self.breaker.tripped(s.restart_limit):
+            self.retry_at = None
+            return Verdict("tripped", f"{len(self.breaker.deaths)} worker processes in a row "
+                                      f"could not start or died before finishing a job, "
+                                      f"within {s.restart_window:g}s (last: {error}); not "
+                                      "trying again (WORKER_RESTART_LIMIT)")
+        return None
+
+    def _lost(self, now: float) -> Verdict | None:
+        """Its child did not exit after SIGKILL: let go of it (its host still reaps it if
+        it ever exits). The next child starts once its memory is back or a fit check
+        passes (core._ensure_children); it counts towards the breaker."""
+        child, self.child = self.child, None
+        s = self.settings
+        self.lost += 1
+        self.previous_mb = child.baseline_mb
+        self.lost_need_mb = (child.torch or {}).get("reserved_mb", 0.0)
+        self.next_cause = "lost"
+        wait = max(s.stop_grace, KILL_WAIT_S)
+        log.error("child %d%s did not exit within %gs of SIGKILL (stuck in the kernel?): "
+                  "declared lost; a new one starts in its place", child.pid, self.label(),
+                  wait)
+        self._lose(self.let_go(), f"the worker process could not be stopped ({child.stop_text})"
+                                  f" and was declared lost", now)
+        self.breaker.record(now, s.restart_window)
+        if self.breaker.tripped(s.restart_limit):
+            return Verdict("tripped", f"{len(self.breaker.deaths)} worker processes in a row "
+                                      f"died, hung or were lost within {s.restart_window:g}s;"
+                                      " not respawning (WORKER_RESTART_LIMIT)")
+        return None
+
     # --- its clocks and its stops ----------------------------------------------------------
 
-    def check_clocks(self, now: float, shutdown_at: float | None) -> None:
+    def check_clocks(self, now: float, shutdown_at: float | None) -> Verdict | None:
+        """Jobs past their timeout, the child's clocks, a start's backoff. A Verdict when
+        its child was declared lost and that trips the breaker."""
         s = self.settings
+        if self.retry_at is not None and now >= self.retry_at:
+            self.retry_at = None
         for tracked in list(self.in_flight.values()):
             if tracked.deadline is not None and now >= tracked.deadline:
                 limit = tracked.deadline - tracked.started
@@ -239,9 +296,11 @@ class Slot:
                              now)
         child = self.child
         if child is None:
-            return
+            return None
         due = child.due(now, s.stop_grace, s.heartbeat_timeout, shutdown_at,
                         busy=bool(self.in_flight))
+        if due is LOST:
+            return self._lost(now)
         if isinstance(due, Signal):
             log.warning("child %d did not stop within %.1fs; sending %s to its process group",
                         child.pid, s.stop_grace, due.sig.name)
@@ -249,9 +308,12 @@ class Slot:
         elif due is not None:
             cause, text, interrupt = due
             self.stop_child(cause, text, now, interrupt)
+        return None
 
     def deadlines(self, heartbeat_timeout: float, shutdown_at: float | None) -> list:
         times = [t.deadline for t in self.in_flight.values() if t.deadline is not None]
+        if self.retry_at is not None:
+            times.append(self.retry_at)
         child = self.child
         if child is not None:
             times.append(child.deadline(heartbeat_timeout))

@@ -37,6 +37,8 @@ class ChildView(NamedTuple):
     out: str | None                    # out of service, and why
     spawns: int
     deaths: int = 0                    # its restart breaker's count (restart_limit trips it)
+    lost: int = 0                      # children here that did not exit after SIGKILL
+    start_error: str | None = None     # a start failed for a moment: retrying, and why
 
     @property
     def ready(self) -> bool:
@@ -49,7 +51,8 @@ class ChildView(NamedTuple):
                 "concurrency": self.concurrency, "preloaded": list(self.preloaded),
                 "jobs_run": self.jobs_run, "rss_bytes": self.rss_bytes,
                 "running": len(self.running), "restarts": max(0, self.spawns - 1),
-                "out_of_service": self.out}
+                "out_of_service": self.out, "lost": self.lost,
+                "start_retrying": self.start_error}
 
 
 class Status(NamedTuple):      # a tuple: immutable, and cheap to make after every step

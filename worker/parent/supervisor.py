@@ -17,14 +17,17 @@ A job's path through the parent:
   status (read-only) ◄── published once per turn of the loop
 
 Starting a child: core → Settle (wait for the last child's GPU memory, off the loop when
-there is a wait) → Settled → core → Spawn → Launcher.start → a ChildHost, and Spawned on
-the next turn. Every outcome of an action comes back as an event, never as a call into
-the core (dispatch.py).
+there is a wait) → Settled → core → Spawn → Launcher.start in a thread (launching.py: a
+launcher can hang) → its answer on the command queue → a ChildHost and Spawned, or
+SpawnFailed. A start past the launcher's bound declares the launcher dead (replaced; the
+children it started live on) and fails for a moment: the core retries. Every outcome of
+an action comes back as an event, never as a call into the core (dispatch.py).
 
 The public methods (any thread) only queue events and wake the loop. The loop waits on
-one selector: each child's channel and exit sentinel (registered by its ChildHost) and a
-wake-up pipe, with a timeout set by the core's nearest deadline. After every turn it
-publishes a frozen Status: the only view of the supervisor other threads get.
+one selector: each child's channel, pidfd and launcher report (its ChildHost's) and a
+wake-up pipe, until the nearest of the core's deadlines, a start's bound and a host's next
+look at its child. After every turn it publishes a frozen Status: the only view of the
+supervisor other threads get.
 """
 from __future__ import annotations
 
@@ -42,12 +45,13 @@ from . import actions as A
 from . import device_settle, placement, preloads
 from . import events as E
 from .actions import JobListener
-from .child_host import ChildHost
+from .child_host import ChildHost, exited_hosts
 from .commands import Commands
 from .core import SupervisorCore
 from .dispatch import Dispatcher
 from .health_file import HealthFile
 from .launcher import Launcher
+from .launching import Launch, Launches
 from .lifecycle import ChildState
 from .metrics import Metrics
 from .monitor import make_probe
@@ -109,6 +113,7 @@ class Supervisor:
         self._probe_stop = threading.Event()
         self._stopping = threading.Event()     # stop() was called: a settle wait gives up
         self._events = Commands()
+        self._launches = Launches(self.launcher, self._events.put, clock)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._events.wake_fd, selectors.EVENT_READ, (None, "wake"))
         self._changed = threading.Condition()
@@ -241,28 +246,34 @@ class Supervisor:
             feed(E.Tick())
             while True:
                 while (event := take()) is not None:
-                    feed(event)
+                    if type(event) is Launch:
+                        self._launched(event)
+                    else:
+                        feed(event)
                 if core.finished:
                     break
                 if self._dirty:
                     self._publish()
                 deadline = core.next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - self.clock())
-                ready = self._sel.select(timeout)
-                exited = [key.data[0] for key, _ in ready if key.data[1] == "exit"]
+                wake = self._next_wake(deadline)
+                ready = self._sel.select(None if wake is None
+                                         else max(0.0, wake - self.clock()))
+                gone = self._gone([key.data[0] for key, _ in ready if key.data[1] == "exit"])
                 for key, mask in ready:
                     host, what = key.data
                     if host is None:
                         self._events.woken()
-                    elif what == "ctrl" and (not exited or host not in exited):
+                    elif what == "ctrl" and (not gone or host not in gone):
                         if mask & selectors.EVENT_WRITE:
                             host.flush()
                         if mask & selectors.EVENT_READ:
                             for event in host.read():
                                 feed(event)
-                for host in exited:   # its last messages come with its exit
+                for host in gone:     # its last messages come with its exit
                     del self._hosts[host.cid]
                     feed(host.exited())
+                if self._launches:
+                    self._give_up_late_starts()
                 # Events check the clocks too, but not when none came (or only a flush).
                 if deadline is not None and deadline <= self.clock():
                     feed(E.Tick())
@@ -270,9 +281,9 @@ class Supervisor:
             fatal = f"the worker's supervisor failed: {type(exc).__name__}: {exc}"
             log.exception("supervisor loop failed")
             self._last_words(E.LoopFailed(fatal))
-            for host in self._hosts.values():
-                host.close()
         finally:
+            for host in self._hosts.values():   # after a fault, or a lost child never seen
+                host.close()
             self._probe_stop.set()
             self.metrics.close()
             close = getattr(self.probe, "close", None)
@@ -286,6 +297,33 @@ class Supervisor:
                     self._refuse_late(event.job, event.listener)
         if fatal is not None and self.on_fatal is not None:
             self.on_fatal(fatal)
+
+    def _next_wake(self, deadline: float | None) -> float | None:
+        """The nearest of the core's deadline, a start's bound, a host's next look."""
+        times = [t for t in (deadline, self._launches.next_deadline()) if t is not None]
+        times.extend(h.check_at for h in self._hosts.values() if h.check_at is not None)
+        return min(times) if times else None
+
+    def _gone(self, woken: list) -> dict:
+        gone, launcher_lost = exited_hosts(woken, self._hosts.values(), self.clock())
+        if launcher_lost:
+            self.launcher.template_lost("died while its children ran")
+        return gone
+
+    def _launched(self, launch: Launch) -> None:
+        """A start's answer (launching.py): a host and Spawned, or SpawnFailed."""
+        event = self._launches.outcome(launch, self._watch)
+        if event is not None:
+            self._feed(event)
+
+    def _watch(self, slot: int, cid: int, proc) -> None:
+        self._hosts[cid] = ChildHost(slot, cid, proc, self._sel,
+                                     lambda: self.status.children[slot].log_ids,
+                                     self.output_sink)
+
+    def _give_up_late_starts(self) -> None:
+        for event in self._launches.give_up_late(self.clock()):
+            self._feed(event)
 
     def _last_words(self, event: E.Event) -> None:
         """A final event, straight to the core (no guard is left to recover with), on
@@ -336,41 +374,30 @@ class Supervisor:
 
     def settle(self, action: A.Settle) -> None:
         """Answer once the slot's GPUs have the last child's memory back (device_settle.py);
-        the wait, when there is one, runs off the loop."""
-        used = self._device_used(action.devices)
+        the wait, when there is one, runs off the loop. After a lost child (need_mb), a
+        wait that ends without the memory back answers whether the new child fits."""
+        used = device_settle.used(self.probe, action.devices)
         if device_settle.settled(used, action.previous_mb):
             self._events.put(E.Settled(action.slot, action.cid, used))
             return
 
         def wait():
-            used = device_settle.wait(lambda: self._device_used(action.devices),
+            used = device_settle.wait(lambda: device_settle.used(self.probe, action.devices),
                                       action.previous_mb, self._probe_stop,
                                       self._stopping.is_set)
-            self._events.put(E.Settled(action.slot, action.cid, used))
+            fits = action.need_mb is None or device_settle.settled(used, action.previous_mb) \
+                or device_settle.free(self.probe, action.devices) >= action.need_mb
+            self._events.put(E.Settled(action.slot, action.cid, used, fits))
         threading.Thread(target=wait, daemon=True, name="gpu-worker-settle").start()
 
     def spawn(self, action: A.Spawn) -> None:
+        """Start the child off the loop (launching.py); its answer is a Launch."""
         self.metrics.loop.started(action.cause)
         try:
-            proc = self.launcher.start(self.target, action.settings, checks=action.checks,
-                                       env=action.env)
-        except Exception as exc:
-            log.exception("could not start the worker process")
-            self._events.put(E.SpawnFailed(action.slot, action.cid,
-                                           f"{type(exc).__name__}: {exc}"))
-            return
-        slot = action.slot
-        try:
-            host = ChildHost(slot, action.cid, proc, self._sel,
-                             lambda: self.status.children[slot].log_ids, self.output_sink)
-        except Exception as exc:    # noqa: BLE001 - no host: nothing else could stop it
-            log.exception("could not watch the worker process %d", proc.pid)
-            proc.close()
-            self._events.put(E.SpawnFailed(slot, action.cid, f"{type(exc).__name__}: {exc}"))
-            return
-        self._hosts[action.cid] = host
-        log.debug("child %d starting (%s)", proc.pid, self.launcher.method)
-        self._events.put(E.Spawned(slot, action.cid, proc.pid))
+            self._launches.begin(action, self.target)
+        except RuntimeError as exc:       # no thread now (a thread limit): a moment's failure
+            self._events.put(E.SpawnFailed(action.slot, action.cid, f"RuntimeError: {exc}",
+                                           transient=True))
 
     def read_memory(self, action: A.ReadMemory) -> None:
         try:
@@ -413,12 +440,6 @@ class Supervisor:
             log.exception("a job listener failed")
         if r.trace is not None:
             tracing.TRACES.ended(r.job_id)
-
-    def _device_used(self, devices: tuple) -> float:
-        try:
-            return _only(self.probe.read(None), devices).device_used_mb
-        except Exception:
-            return 0.0
 
 
 def _only(reading, devices: tuple):
