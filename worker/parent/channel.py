@@ -36,7 +36,7 @@ class Channel:
         except BlockingIOError:
             n = 0
         except OSError:
-            self.closed = True    # the child is gone; its exit is seen through the sentinel
+            self.closed = True    # the child is gone; its exit is seen through its pidfd
             return
         for part in parts:        # what the socket did not take waits, uncopied
             if n >= len(part):
