@@ -105,8 +105,9 @@ def test_a_start_that_fails_leaves_no_descriptor_open(monkeypatch):
 
 def test_a_start_that_runs_out_of_descriptors_at_any_point_leaves_none_open():
     """RLIMIT_NOFILE set so that exactly k more descriptors can be opened, for every k
-    until a start succeeds: each failure closes all it opened (multiprocess's too), and
-    a forkserver that a half-made request killed is replaced by the next start."""
+    until a start succeeds: each failure closes all it opened (multiprocess's leak of a
+    pipe, and its forkserver's death on a request cut short, are kept out by the
+    headroom check)."""
     import resource
     launcher = mp_launcher.MpLauncher("forkserver", ())
     target = ScriptTarget(str(HANDLERS / "edges.py"), [])

@@ -40,7 +40,7 @@ class Launches:
         self._launcher = launcher
         self._post = post
         self._clock = clock
-        self._open: dict[int, Launch] = {}     # by child number: asked, not answered
+        self.open: dict[int, Launch] = {}      # by child number: asked, not answered
 
     def begin(self, action: A.Spawn, target: Any) -> None:
         """Start the child in a thread. RuntimeError: no thread could be started now."""
@@ -48,11 +48,11 @@ class Launches:
         launch = Launch(action, None if bound is None else self._clock() + bound, bound)
         thread = threading.Thread(target=self._run, args=(launch, target), daemon=True,
                                   name="gpu-worker-launch")
-        self._open[action.cid] = launch
+        self.open[action.cid] = launch
         try:
             thread.start()
         except BaseException:
-            del self._open[action.cid]
+            del self.open[action.cid]
             raise
 
     def _run(self, launch: Launch, target: Any) -> None:
@@ -105,25 +105,22 @@ class Launches:
     def answered(self, launch: Launch) -> bool:
         """The loop has a start's answer: True if it still counts. A start given up on
         is closed here (its child, if it made one, is killed and released)."""
-        if self._open.get(launch.action.cid) is not launch:
+        if self.open.get(launch.action.cid) is not launch:
             if launch.proc is not None:
                 launch.proc.close()
             return False
-        del self._open[launch.action.cid]
+        del self.open[launch.action.cid]
         return True
 
     def next_deadline(self) -> float | None:
-        times = [launch.deadline for launch in self._open.values()
+        times = [launch.deadline for launch in self.open.values()
                  if launch.deadline is not None]
         return min(times) if times else None
 
     def overdue(self, now: float) -> list:
         """Starts past their bound, given up on now."""
-        late = [launch for launch in self._open.values()
+        late = [launch for launch in self.open.values()
                 if launch.deadline is not None and now >= launch.deadline]
         for launch in late:
-            del self._open[launch.action.cid]
+            del self.open[launch.action.cid]
         return late
-
-    def __bool__(self) -> bool:
-        return bool(self._open)

@@ -253,6 +253,23 @@ class MpChild(ChildProcess):
             pass
 
 
+HEADROOM = 16      # descriptors a start through multiprocess opens at most, at once
+
+
+def _headroom() -> None:
+    """Fail now (EMFILE), with nothing open, unless a start's descriptors are free:
+    multiprocess leaks the first of two pipes when the second cannot be made
+    (forkserver.connect_to_new_process), and a request it cuts short kills the forkserver.
+    Starts are serialised, so only another thread's open can take them meanwhile."""
+    fds = []
+    try:
+        for _ in range(HEADROOM):
+            fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
 def _grow_buffers(fd: int, size: int = 4 * 2**20) -> None:
     sock = socket.socket(fileno=os.dup(fd))
     try:
@@ -405,6 +422,7 @@ class MpLauncher(Launcher):
             warm_env = {WARM_ENV: self.warm_key} if self.warm_key else {}
             forked = self.method == "forkserver"
             with _start_lock, without_secrets(warm_env):
+                _headroom()
                 if forked:
                     self._ensure_server()
                 process.start()

@@ -143,3 +143,25 @@ class Status(NamedTuple):      # a tuple: immutable, and cheap to make after eve
             "gpu_events": [{"event": what, "action": action}
                            for what, action in self.gpu_events],
         }
+
+
+def health_view(status: Status, launcher: dict, probe) -> dict:
+    """The worker as /health shows it: the status, the launcher's template (`launcher`:
+    Launcher.health()), and memory read now from `probe` (each child's with its GPUs,
+    when there are several)."""
+    out = status.to_dict()
+    out["warm_refresh"] = launcher["warm_refresh"]
+    out["launcher"] = launcher
+    try:
+        reading = probe.read(status.child_pid)
+        out["memory"] = {**reading.to_dict(), "baseline_mb": status.baseline_mb,
+                         "child_torch": status.torch}
+        if len(status.children) > 1:
+            for view, entry in zip(status.children, out["children"]):
+                mine = probe.read(view.pid)
+                mine = mine.only(view.devices) if view.devices else mine
+                entry["memory"] = {**mine.to_dict(), "baseline_mb": view.baseline_mb,
+                                   "child_torch": view.torch}
+    except Exception as exc:       # noqa: BLE001 - a monitor must never break the worker
+        out["memory"] = {"probe": "error", "error": str(exc)}
+    return out

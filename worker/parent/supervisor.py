@@ -57,20 +57,11 @@ from .metrics import Metrics
 from .monitor import make_probe
 from .mp_launcher import MpLauncher
 from .output import log_child_line
-from .status import Status, WorkerState
+from .status import Status, WorkerState, health_view
 
 log = logging.getLogger("worker")
 
-__all__ = ["Supervisor", "JobListener", "JobResult", "ChildState", "WorkerState", "Status",
-           "exit_process"]
-
-
-def exit_process(message: str) -> None:
-    """on_fatal for the command-line sources: a worker whose supervisor loop died cannot
-    run jobs and must not look alive; the child follows through its lifeline."""
-    log.critical("%s; exiting", message)
-    logging.shutdown()
-    os._exit(70)
+__all__ = ["Supervisor", "JobListener", "JobResult", "ChildState", "WorkerState", "Status"]
 
 
 class Supervisor:
@@ -114,6 +105,7 @@ class Supervisor:
         self._stopping = threading.Event()     # stop() was called: a settle wait gives up
         self._events = Commands()
         self._launches = Launches(self.launcher, self._events.put, clock)
+        self._polled: list = []          # hosts with a time to look at their child
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._events.wake_fd, selectors.EVENT_READ, (None, "wake"))
         self._changed = threading.Condition()
@@ -196,23 +188,7 @@ class Supervisor:
     def snapshot(self) -> dict:
         """The worker for /health: the status, the launcher's template, and memory read
         now (each child's with its GPUs, when there are several)."""
-        status = self.status
-        out = status.to_dict()
-        launcher = self.launcher.health()
-        out["warm_refresh"] = launcher["warm_refresh"]
-        out["launcher"] = launcher
-        try:
-            reading = self.probe.read(status.child_pid)
-            out["memory"] = {**reading.to_dict(), "baseline_mb": status.baseline_mb,
-                             "child_torch": status.torch}
-            if len(status.children) > 1:
-                for view, entry in zip(status.children, out["children"]):
-                    mine = _only(self.probe.read(view.pid), view.devices)
-                    entry["memory"] = {**mine.to_dict(), "baseline_mb": view.baseline_mb,
-                                       "child_torch": view.torch}
-        except Exception as exc:       # a monitor must never break the worker
-            out["memory"] = {"probe": "error", "error": str(exc)}
-        return out
+        return health_view(self.status, self.launcher.health(), self.probe)
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -258,7 +234,8 @@ class Supervisor:
                 wake = self._next_wake(deadline)
                 ready = self._sel.select(None if wake is None
                                          else max(0.0, wake - self.clock()))
-                gone = self._gone([key.data[0] for key, _ in ready if key.data[1] == "exit"])
+                woken = [key.data[0] for key, _ in ready if key.data[1] == "exit"]
+                gone = self._gone(woken) if woken or self._polled else ()
                 for key, mask in ready:
                     host, what = key.data
                     if host is None:
@@ -272,7 +249,7 @@ class Supervisor:
                 for host in gone:     # its last messages come with its exit
                     del self._hosts[host.cid]
                     feed(host.exited())
-                if self._launches:
+                if self._launches.open:
                     self._give_up_late_starts()
                 # Events check the clocks too, but not when none came (or only a flush).
                 if deadline is not None and deadline <= self.clock():
@@ -295,17 +272,23 @@ class Supervisor:
             for event in self._events.close():       # queued as the loop ended
                 if type(event) is E.Submit:
                     self._refuse_late(event.job, event.listener)
+                elif type(event) is Launch and event.proc is not None:
+                    event.proc.close()               # a child no one would watch
         if fatal is not None and self.on_fatal is not None:
             self.on_fatal(fatal)
 
     def _next_wake(self, deadline: float | None) -> float | None:
         """The nearest of the core's deadline, a start's bound, a host's next look."""
+        if not self._polled and not self._launches.open:
+            return deadline
         times = [t for t in (deadline, self._launches.next_deadline()) if t is not None]
-        times.extend(h.check_at for h in self._hosts.values() if h.check_at is not None)
+        times.extend(h.check_at for h in self._polled)
         return min(times) if times else None
 
     def _gone(self, woken: list) -> dict:
-        gone, launcher_lost = exited_hosts(woken, self._hosts.values(), self.clock())
+        gone, launcher_lost = exited_hosts(woken, self._polled, self.clock())
+        self._polled = [h for h in self._hosts.values()
+                        if h.check_at is not None and h not in gone]
         if launcher_lost:
             self.launcher.template_lost("died while its children ran")
         return gone
@@ -317,9 +300,11 @@ class Supervisor:
             self._feed(event)
 
     def _watch(self, slot: int, cid: int, proc) -> None:
-        self._hosts[cid] = ChildHost(slot, cid, proc, self._sel,
-                                     lambda: self.status.children[slot].log_ids,
-                                     self.output_sink)
+        host = self._hosts[cid] = ChildHost(slot, cid, proc, self._sel,
+                                            lambda: self.status.children[slot].log_ids,
+                                            self.output_sink)
+        if host.check_at is not None:
+            self._polled.append(host)
 
     def _give_up_late_starts(self) -> None:
         for event in self._launches.give_up_late(self.clock()):

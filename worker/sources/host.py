@@ -16,7 +16,7 @@ import threading
 from typing import Callable
 
 from ..config import Settings
-from ..parent.supervisor import Supervisor, exit_process
+from ..parent.supervisor import Supervisor
 
 log = logging.getLogger("worker")
 
@@ -25,6 +25,13 @@ log = logging.getLogger("worker")
 STOP_STEPS = 3
 STOP_MARGIN_S = 5.0
 
+
+def exit_process(message: str) -> None:
+    """on_fatal for the command-line sources: a worker whose supervisor loop died cannot
+    run jobs and must not look alive; the child follows through its lifeline."""
+    log.critical("%s; exiting", message)
+    logging.shutdown()
+    os._exit(70)
 
 class SourceHost:
     def __init__(self, settings: Settings, target, supervisor: Supervisor | None = None,
