@@ -231,7 +231,8 @@ class Supervisor:
                 if self._dirty:
                     self._publish()
                 deadline = core.next_deadline()
-                wake = self._next_wake(deadline)
+                wake = self._next_wake(deadline) if self._polled or self._launches.open \
+                    else deadline
                 ready = self._sel.select(None if wake is None
                                          else max(0.0, wake - self.clock()))
                 woken = [key.data[0] for key, _ in ready if key.data[1] == "exit"]
@@ -279,8 +280,6 @@ class Supervisor:
 
     def _next_wake(self, deadline: float | None) -> float | None:
         """The nearest of the core's deadline, a start's bound, a host's next look."""
-        if not self._polled and not self._launches.open:
-            return deadline
         times = [t for t in (deadline, self._launches.next_deadline()) if t is not None]
         times.extend(h.check_at for h in self._polled)
         return min(times) if times else None
