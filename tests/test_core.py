@@ -19,7 +19,7 @@ from worker.parent.monitor import Reading
 from worker.parent.status import WorkerState
 from worker.protocol import HandlerMode, Kind
 
-CLOCKS = dict(stop_grace=1.0, setup_timeout=30.0, heartbeat_timeout=10.0)
+CLOCKS = dict(stop_grace=1.0, setup_timeout=30.0, heartbeat_timeout=10.0, spare="off")
 
 
 class Driver(A.JobListener):
@@ -37,6 +37,7 @@ class Driver(A.JobListener):
         self.pids: dict = {}          # child number -> pid
         self.sent: list = []          # messages to the children, in order
         self.sent_to: list = []       # (slot, message), in order
+        self.sent_cids: list = []     # (child number, message), in order
         self.spawned: list = []       # Spawn actions
         self.settles: list = []       # Settle actions
         self.warm_offs: list = []     # WarmOff reasons
@@ -82,7 +83,8 @@ class Driver(A.JobListener):
         pass
 
     def _slot_of_child(self, cid):
-        return next((s for s in self.core.slots if s.holds(cid)), None)
+        return next((s for s in self.core.slots
+                     if s.holds(cid) or s.spares.owns(cid) is not None), None)
 
     def send(self, a):
         if self.fail_send:
@@ -92,11 +94,14 @@ class Driver(A.JobListener):
         slot = self._slot_of_child(a.cid)
         assert slot is not None, "a message to a child the core does not hold"
         if isinstance(a.msg, P.Run):     # only to a live child, never to one going
+            assert slot.holds(a.cid)
             assert slot.child.state is ChildState.BUSY and slot.child.stop_cause is None
-        if isinstance(a.msg, P.Stop) and a.msg.reason.startswith("refresh"):
+        if isinstance(a.msg, P.Stop) and a.msg.reason.startswith("refresh") \
+                and slot.holds(a.cid):
             assert not slot.in_flight, "a refresh interrupted a running job"
         self.sent.append(a.msg)
         self.sent_to.append((slot.index, a.msg))
+        self.sent_cids.append((a.cid, a.msg))
 
     def signal(self, a):
         self.signals.append((a.sig, a.group))
@@ -208,12 +213,15 @@ class Driver(A.JobListener):
         self.deliver()
         self.stop(0.0)
         for _ in range(10):
-            live = [s.index for s in self.core.slots if s.child is not None]
+            live = [(s.index, c.cid) for s in self.core.slots
+                    for c in (s.child, s.spares.child, *s.spares.retiring) if c is not None]
             if not live:
                 break
             self.at(self.now + 5)
-            for i in live:
-                self.exit(-9, slot=i)
+            for i, cid in live:
+                if cid not in self.gone:
+                    self.gone.add(cid)
+                    self.feed(E.Exited(i, cid, -9, ["last line"]))
         assert self.core.finished
 
     def ready(self, kind=Kind.SYNC, mode=HandlerMode.INLINE, concurrency=1, config=None,

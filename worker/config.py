@@ -43,6 +43,17 @@ class Settings:
                                         "pressure the kernel kills a child, whose jobs the "
                                         "worker fails and replaces, before the forkserver or "
                                         "the parent; 0 = as the parent.", config=False)
+    spare: str = _setting("off", ("WORKER_SPARE",), None,
+                          "Keep a spare child per slot, set up (and warmed) while the active "
+                          "one serves, so a refresh, crash, timeout or recycle swaps children "
+                          "instead of waiting for a new one's set-up: on, off, or auto (on "
+                          "where the slot has a GPU and its first child's set-up took 1 s "
+                          "or more; no VRAM fit check yet: the GPU must hold two copies).",
+                          config=False)
+    spare_max_age: float = _setting(0.0, ("WORKER_SPARE_MAX_AGE",), None,
+                                    "Seconds a ready spare may wait before it is replaced by "
+                                    "a newer one (state fetched at import ages); 0 = no "
+                                    "limit.", config=False)
     heartbeat_interval: float = _setting(1.0, ("WORKER_HEARTBEAT_INTERVAL",), None,
                                          "Seconds between the child's liveness heartbeats.",
                                          config=False)
@@ -210,6 +221,8 @@ class Settings:
         if self.fitness_checks not in ("auto", "on", "off"):
             raise SettingsError(f"fitness_checks must be auto, on or off, "
                                 f"not {self.fitness_checks!r}")
+        if self.spare not in ("auto", "on", "off"):
+            raise SettingsError(f"spare must be auto, on or off, not {self.spare!r}")
         if self.start_method not in ("forkserver", "spawn"):
             raise SettingsError(f"start_method must be forkserver or spawn, "
                                 f"not {self.start_method!r}")

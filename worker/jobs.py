@@ -103,7 +103,7 @@ class JobResult:
     state: JobState
     reason: Reason
     body: dict
-    refresh: bool = False
+    refresh: bool | str = False     # "cold": the next child starts after this job
     delay_ms: int = 0
     execution_ms: int = 0
     setup_wait_ms: int = 0     # of the delay, the time no child was ready (a start, a refresh)
@@ -157,7 +157,10 @@ def normalise_return(value: Any) -> tuple[dict, bool]:
     body: dict = {}
     if isinstance(value, dict):
         error = value.pop("error", None)
-        refresh = bool(value.pop("refresh_worker", None))
+        refresh = value.pop("refresh_worker", None)
+        # "cold": the next child must start after this job (it wrote what it loads), so
+        # a spare set up before is dropped. Anything else counts as the SDK reads it.
+        refresh = "cold" if refresh == "cold" else bool(refresh)
         if value:
             body["output"] = value
         if error:

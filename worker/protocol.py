@@ -145,7 +145,7 @@ class Done(Message):
     state: JobState
     reason: Reason
     body: dict
-    refresh: bool
+    refresh: bool | str          # "cold": a spare set up before must not take over
     concurrency: int
     peak_vram_mb: float | None = None    # torch's peak allocation during the job, if CUDA
     gpu: Any = None                      # torch's figures now (as a heartbeat's), if CUDA

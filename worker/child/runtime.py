@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import inspect
 import json
 import os
 import select
@@ -167,6 +168,7 @@ class ChildRuntime:
         if self.checks:      # a failure raises out of start(): a setup failure
             fitness_run.run(self.settings.fitness_checks == "on", self.settings.gpu_check,
                             self.settings.require_gpu)
+        warm_up(config.get("warmup"))     # raises out of start(): a setup failure
         self.served = True
         config.setdefault("rp_args", self._rp_args())     # what the SDK's start() fills in
         overrides = {k: v for k, v in config.items() if k in config_keys()}
@@ -389,3 +391,18 @@ class ChildRuntime:
 
 def _raise_in_thread(ident: int, exc_type: type) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc_type))
+
+
+def warm_up(warmup) -> None:
+    """start()'s `warmup`: run once in every child (a spare too) after the module body
+    and before Ready: move the weights to the device, run one small batch so the kernels
+    load, so no job pays for that."""
+    if warmup is None:
+        return
+    if not callable(warmup):
+        raise TypeError("start()'s 'warmup' must be a function with no arguments")
+    result = warmup()
+    if inspect.isawaitable(result):
+        async def wait():
+            return await result
+        asyncio.run(wait())

@@ -19,11 +19,11 @@ import signal
 from .. import protocol as P
 from ..config import Settings, SettingsError
 from ..jobs import JobError, JobState, Reason, execution_timeout, validate_job
-from . import blame, gpu_events, placement
+from . import blame, gpu_events, placement, recovery, recycling
 from . import events as E
-from .actions import ChildReady, Ended, ReadMemory, Settle, Signal, Spawn, WarmOff
+from .actions import ChildReady, Settle, Signal, Spawn, WarmOff
 from .jobbook import JobBook, NoChildClock, TrackedJob, some_id
-from .lifecycle import LIVE_STATES, ChildState, StopCause
+from .lifecycle import LIVE_STATES, StopCause
 from .fate import WorkerFate
 from .slots import Slot
 from .status import Status, WorkerState
@@ -92,76 +92,10 @@ class SupervisorCore:
         return out
 
     def recover(self, event: E.Event, text: str, now: float) -> list:
-        """Handling `event` raised (a bug, or input nothing anticipated). The job it named
-        fails; the children it may have left half-handled (its own, or every child when
-        the fault came after the event's own part) are replaced with their jobs failed;
-        a job the fault left in neither the queue nor a child fails; the rest goes on.
-        Final reports made before the fault still go out."""
-        phase, self._phase = self._phase, None
-        dropped = [a for a in self._actions if type(a) is not Ended]
-        self._actions[:] = [a for a in self._actions if type(a) is Ended]
-        self._undo(dropped)
-        slot_index, cid, job_id, run = E.what_it_concerns(event)
-        named = self._named(event, slot_index, cid, job_id, run)
-        scope = self.slots
-        if phase == "event" and not event.every_child:     # only what the event reached
-            scope = [s for s in self.slots if s.index == slot_index
-                     or (named is not None and s.in_flight.get(named.run) is named)]
-        if type(event) is E.Exited:         # that child is gone, whatever else failed
-            for slot in self.slots:
-                if slot.holds(cid):
-                    slot.child = None
-        for slot in scope:
-            for tracked in slot.let_go():
-                self.jobs.end(tracked, JobState.FAILED, Reason.WORKER_LOST,
-                              f"the worker failed while this job ran: {text}"[:1000], now,
-                              "WorkerError")
-            if slot.child is not None and slot.child.state is not ChildState.STOPPING:
-                slot.stop_child(StopCause.INTERNAL_ERROR, "internal error", now, interrupt=True)
-        for slot in self.slots:
-            if cid is not None and slot.starting == cid:
-                slot.starting = None        # its start begins again; a process made for it goes
-                self._actions.append(Signal(signal.SIGKILL, cid, group=True))
-        if type(event) is E.Submit and event.tracked is None:
-            named = TrackedJob({"id": some_id(event.job)}, event.listener, event.submitted)
-        held = {id(t) for t in self.pending}
-        held.update(id(t) for s in self.slots for t in s.in_flight.values())
-        for tracked in [named, *self.jobs.active.values()]:
-            if tracked is not None and not tracked.finished and (
-                    tracked is named or id(tracked) not in held):
-                self.jobs.unqueue(tracked)
-                self.jobs.end(tracked, JobState.FAILED, Reason.WORKER_LOST if tracked.started
-                              else Reason.REFUSED,
-                              f"the worker failed on this job: {text}"[:1000], now, "WorkerError")
-        if type(event) is E.Stop and self.shutdown_at is None:
-            self.shutdown_at = now           # a stop is never lost, even to a fault
+        """Handling `event` raised (a bug, or input nothing anticipated): recovery.py
+        fails what it concerns, and the rest goes on."""
+        recovery.recover(self, event, text, now)
         return self._step(now)
-
-    def _undo(self, dropped: list) -> None:
-        """What the core counted on from actions it will not send: a start it waits for
-        begins again, a memory reading it holds dispatch for is not waited for, a WarmOff
-        it believes said is said again by the next child that refuses."""
-        for action in dropped:
-            kind = type(action)
-            if kind is Settle or kind is Spawn:
-                for slot in self.slots:
-                    if slot.starting == action.cid:
-                        slot.starting = None
-            elif kind is ReadMemory and self.slots[action.slot].holds(action.cid):
-                self.slots[action.slot].child.checking_memory = False
-            elif kind is WarmOff:
-                self.warm_off = False
-
-    def _named(self, event: E.Event, slot: int | None, cid: int | None,
-               job_id: str | None, run: int | None) -> TrackedJob | None:
-        """The job an event concerns, as the core holds it."""
-        if type(event) is E.Submit:
-            return event.tracked
-        if job_id is not None:
-            return self.jobs.active.get(job_id)
-        if run is not None and slot is not None and self.slots[slot].holds(cid):
-            return self.slots[slot].in_flight.get(run)
-        return None
 
     # --- from the sources ----------------------------------------------------------------
 
@@ -251,13 +185,18 @@ class SupervisorCore:
 
     def _on_spawned(self, ev: E.Spawned, now: float) -> None:
         slot = self.slots[ev.slot]
-        if slot.starting != ev.cid:       # a start given up on (recover): not ours to keep
+        if slot.spares.starting == ev.cid:
+            slot.spares.spawned(ev.cid, ev.pid, now, self.settings, slot.index)
+        elif slot.starting != ev.cid:     # a start given up on (recover): not ours to keep
             self._actions.append(Signal(signal.SIGKILL, ev.cid, group=True))
-            return
-        slot.spawned(ev.cid, ev.pid, now)
+        else:
+            slot.spawned(ev.cid, ev.pid, now)
 
     def _on_spawn_failed(self, ev: E.SpawnFailed, now: float) -> None:
         slot = self.slots[ev.slot]
+        if slot.spares.starting == ev.cid:
+            slot.spares.failed(ev.error, now)
+            return
         if slot.starting != ev.cid:
             return
         slot.starting = None
@@ -271,8 +210,11 @@ class SupervisorCore:
 
     def _on_message(self, ev: E.Message, now: float) -> None:
         slot = self.slots[ev.slot]
-        if slot.holds(ev.cid) and slot.message(ev.msg, now):
-            self._ready(slot, ev.msg, now)
+        if slot.holds(ev.cid):
+            if slot.message(ev.msg, now):
+                self._ready(slot, ev.msg, now)
+        elif (other := slot.spares.owns(ev.cid)) is not None:
+            slot.spares.message(other, ev.msg, now)
 
     def _on_memory_read(self, ev: E.MemoryRead, now: float) -> None:
         slot = self.slots[ev.slot]
@@ -282,7 +224,9 @@ class SupervisorCore:
     def _on_exited(self, ev: E.Exited, now: float) -> None:
         slot = self.slots[ev.slot]
         if not slot.holds(ev.cid):
-            return                          # a child the core already let go of
+            if (other := slot.spares.owns(ev.cid)) is not None:    # a spare, or retired
+                slot.spares.exited(other, recycling.describe_exit(ev.code), now)
+            return                          # or a child the core already let go of
         for msg in ev.messages:             # its last words: results written still count
             if slot.message(msg, now):
                 self._ready(slot, msg, now)
@@ -313,6 +257,8 @@ class SupervisorCore:
             except SettingsError as exc:     # the child checked them; this is a safety net
                 log.error("start() settings ignored: %s", exc)
         self.last_ready_s = now - child.started
+        if slot.spares.first_setup_s is None:
+            slot.spares.first_setup_s = self.last_ready_s
         self._actions.append(ChildReady(slot.index, self.last_ready_s))
         log.info("child %d%s ready in %.2fs (handler: %s, %s, concurrency %d%s)",
                  child.pid, slot.label(), self.last_ready_s, msg.kind.value,
@@ -343,7 +289,8 @@ class SupervisorCore:
     def finished(self) -> bool:
         """Shut down, with no child left: the loop may end."""
         return self.shutdown_at is not None and not any(
-            s.child is not None or s.starting is not None for s in self.slots)
+            s.child is not None or s.starting is not None or s.spares.busy
+            for s in self.slots)
 
     def unfinished(self) -> list:
         """Every job held and not ended (for the loop's very last resort)."""
@@ -373,7 +320,7 @@ class SupervisorCore:
             verdict = slot.check_clocks(now, shutdown_at)
             if verdict is not None:
                 self.fate.slot_out(slot, verdict.message, WorkerState.BROKEN)
-        self._ensure_children()
+        self._ensure_children(now)
         self._dispatch(now)
         if self.finished:            # no child will come for what is still queued
             for tracked in self.pending:
@@ -388,9 +335,12 @@ class SupervisorCore:
         self._actions.clear()
         return out
 
-    def _ensure_children(self) -> None:
+    def _ensure_children(self, now: float) -> None:
         if self.fate.state is not WorkerState.RUNNING or self.shutdown_at is not None:
             return
+        for slot in self.slots:              # a ready spare fills a vacancy at once
+            if slot.child is None and slot.spares.ready and slot.out is None:
+                slot.promote(now)
         if self.warm_off:     # the forkserver restarts cold only with no child alive
             if any(s.child is not None or s.starting is not None for s in self.slots):
                 return
@@ -405,6 +355,12 @@ class SupervisorCore:
                 need, slot.lost_need_mb = slot.lost_need_mb, None
                 self._actions.append(Settle(slot.index, self.cids, slot.devices,
                                             None if slot.shared else previous, need))
+            elif slot.out is None and slot.spares.wanted(slot.child, self.settings,
+                                                         slot.devices, now):
+                self.cids += 1
+                slot.spares.starting = self.cids
+                self._actions.append(Spawn(slot.index, self.cids, self.settings, slot.env(),
+                                           cause="spare"))
 
     def _dispatch(self, now: float) -> None:
         for slot in self.slots:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 import signal
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .. import protocol as P
 from ..protocol import HandlerMode, Kind
@@ -75,6 +76,14 @@ _START_CAUSES = {StopCause.REFRESH: "refresh", StopCause.JOB_ENDED: "timeout",
                  StopCause.CANCEL_IGNORED: "cancel", StopCause.HUNG: "hung",
                  StopCause.SETUP_TIMEOUT: "setup_failed", StopCause.GPU_UNHEALTHY: "gpu",
                  StopCause.PROTOCOL: "error", StopCause.INTERNAL_ERROR: "error"}
+
+
+class Verdict(NamedTuple):
+    """What a child's exit means beyond its slot (None from `exited`: nothing)."""
+    kind: str              # "warm_refused", "setup_failed" or "tripped"
+    message: str
+    details: str = ""
+    tail: tuple = ()
 
 
 @dataclass

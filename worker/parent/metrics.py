@@ -162,12 +162,23 @@ class _Counted:
         starts = CounterMetricFamily(
             "gpu_worker_child_starts", "Children started, by why: first, refresh, recycle, "
             "memory, cuda_error, timeout, cancel, crash, hung, setup_failed, gpu, error, lost, "
+            "spare (a spare built; its promotion starts nothing), refresh_cold, "
             "warm_off.", labels=["cause"])
         for cause, n in sorted(dict(t.starts).items()):
             starts.add_metric([cause], n)
         yield starts
         yield t.setup.family("gpu_worker_child_setup_seconds", "From a child's start to its "
                              "ready (the handler module imported, start() called).")
+        spares = {"gpu_worker_spare_promotions": (
+            "Times the slot's spare child took over from the active one (WORKER_SPARE).",
+            "promotions"), "gpu_worker_replacements_without_spare": (
+            "Times the slot's active child had to go with no spare ready (it was still "
+            "setting up, or had failed).", "replaced_without_spare")}
+        for name, (text, key) in spares.items():
+            family = CounterMetricFamily(name, text, labels=["child"])
+            for c in self._status().children:
+                family.add_metric([str(c.slot)], (c.spare or {}).get(key, 0))
+            yield family
 
 
 class _Now:

@@ -34,6 +34,8 @@ def after_job(result: JobResult, child: ChildRecord, settings: Settings) -> tupl
         reason = cuda_failure(result.error, settings.refresh_on_oom)
         if reason:
             return reason, "cuda_error"
+    if result.refresh == "cold":
+        return "the job asked for a cold refresh_worker", "refresh_cold"
     if result.refresh:
         return "the job asked for refresh_worker", "refresh"
     if settings.refresh_worker:

@@ -12,31 +12,21 @@ A job is queued (JobBook) or in exactly one slot.
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
 
 from .. import protocol as P
 from ..config import Settings
 from ..jobs import JobResult, JobState, Reason
 from ..protocol import HandlerMode
-from . import blame, recycling
+from . import blame, recycling, slot_faults
 from .actions import Chunked, Progressed, ReadMemory, Send, Signal, Started
 from .breaker import RestartBreaker
 from .jobbook import JobBook, TrackedJob
-from .lifecycle import KILL_WAIT_S, LOST, ChildRecord, ChildState, ExitCause, StopCause
+from .lifecycle import LOST, ChildRecord, ChildState, ExitCause, StopCause, Verdict
+from .spares import SWAP_CAUSES, Spares
 from .status import ChildView
 
 log = logging.getLogger("worker")
 
-RETRY_BASE_S = 1.0        # a start that failed for a moment: tried again after 1, 2, 4...
-RETRY_MAX_S = 30.0
-
-
-class Verdict(NamedTuple):
-    """What a child's exit means beyond its slot (None from `exited`: nothing)."""
-    kind: str              # "warm_refused", "setup_failed" or "tripped"
-    message: str
-    details: str = ""
-    tail: tuple = ()
 
 
 class Slot:
@@ -69,6 +59,7 @@ class Slot:
         self.start_error: str | None = None   # the last one, while retrying
         self.lost = 0                      # children here declared lost (no exit after SIGKILL)
         self.lost_need_mb: float | None = None  # the last lost one's GPU memory: fit check
+        self.spares = Spares()             # its spare child and the children it replaced
 
     # --- what it is ------------------------------------------------------------------------
 
@@ -86,7 +77,7 @@ class Slot:
     @property
     def wants_child(self) -> bool:
         return self.child is None and self.starting is None and self.out is None \
-            and self.retry_at is None
+            and self.retry_at is None and not self.spares.coming
 
     def running_ids(self) -> tuple:
         return tuple(t.id for t in self.in_flight.values())
@@ -115,7 +106,7 @@ class Slot:
                          c.rss if c else 0, c.torch if c else None,
                          c.baseline_mb if c else 0.0, self.running_ids(), self.log_ids,
                          self.out, self.spawns, len(self.breaker.deaths), self.lost,
-                         self.start_error)
+                         self.start_error, self.spares.view())
 
     def label(self) -> str:
         """' (slot 2, GPU-…)' for log lines, when the worker has several children."""
@@ -231,6 +222,8 @@ class Slot:
         self._lose(failed, reason_text, now)
         if cause is ExitCause.CRASHED:
             log.error("child %d%s %s", child.pid, self.label(), how)
+            if not self.spares.ready and self.spares.enabled(s, self.devices):
+                self.spares.unspared += 1
         if cause.is_death and self.breaker.tripped(s.restart_limit):
             return Verdict("tripped", f"{len(self.breaker.deaths)} worker processes in a row "
                                       f"died before finishing a job, within "
@@ -238,47 +231,21 @@ class Slot:
                                       "(WORKER_RESTART_LIMIT)")
         return None
 
-    def start_failed(self, error: str, now: float) -> Verdict | None:
-        """A start failed for a moment (descriptors, memory, the launcher): try again after
-        a backoff. It counts towards the breaker like a child that died young."""
-        s = self.settings
-        self.start_failures += 1
-        self.start_error = error
-        delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (self.start_failures - 1))
-        self.retry_at = now + delay
-        self.breaker.record(now, s.restart_window)
-        log.warning("could not start a worker process%s (%d in a row): %s; trying again in "
-                    "%.0fs", self.label(), self.start_failures, error, delay)
-        if self.breaker.tripped(s.restart_limit):
-            self.retry_at = None
-            return Verdict("tripped", f"{len(self.breaker.deaths)} worker processes in a row "
-                                      f"could not start or died before finishing a job, "
-                                      f"within {s.restart_window:g}s (last: {error}); not "
-                                      "trying again (WORKER_RESTART_LIMIT)")
-        return None
+    def promote(self, now: float) -> None:
+        """The spare takes the active child's place; the old one (if any) retires."""
+        old, spare = self.child, self.spares.promote()
+        if old is not None:
+            self.spares.retire(old)
+        self.child = spare
+        self.spawns += 1
+        self.next_cause = "spare"
+        log.info("child %d%s takes over from %s (its spare, set up %.2fs before)",
+                 spare.pid, self.label(), f"child {old.pid}" if old else "the child that "
+                 "ended", now - spare.started)
 
-    def _lost(self, now: float) -> Verdict | None:
-        """Its child did not exit after SIGKILL: let go of it (its host still reaps it if
-        it ever exits). The next child starts once its memory is back or a fit check
-        passes (core._ensure_children); it counts towards the breaker."""
-        child, self.child = self.child, None
-        s = self.settings
-        self.lost += 1
-        self.previous_mb = child.baseline_mb
-        self.lost_need_mb = (child.torch or {}).get("reserved_mb", 0.0)
-        self.next_cause = "lost"
-        wait = max(s.stop_grace, KILL_WAIT_S)
-        log.error("child %d%s did not exit within %gs of SIGKILL (stuck in the kernel?): "
-                  "declared lost; a new one starts in its place", child.pid, self.label(),
-                  wait)
-        self._lose(self.let_go(), f"the worker process could not be stopped ({child.stop_text})"
-                                  f" and was declared lost", now)
-        self.breaker.record(now, s.restart_window)
-        if self.breaker.tripped(s.restart_limit):
-            return Verdict("tripped", f"{len(self.breaker.deaths)} worker processes in a row "
-                                      f"died, hung or were lost within {s.restart_window:g}s;"
-                                      " not respawning (WORKER_RESTART_LIMIT)")
-        return None
+    def start_failed(self, error: str, now: float) -> Verdict | None:
+        """A start failed for a moment: again after a backoff (slot_faults.py)."""
+        return slot_faults.start_failed(self, error, now)
 
     # --- its clocks and its stops ----------------------------------------------------------
 
@@ -294,13 +261,15 @@ class Slot:
                 self.abandon(tracked, JobState.TIMED_OUT, Reason.TIMED_OUT,
                              f"the job ran longer than its execution timeout of {limit:g}s",
                              now)
+        keep = shutdown_at is None and self.out is None
+        self._actions.extend(self.spares.check_clocks(now, s, keep))
         child = self.child
         if child is None:
             return None
         due = child.due(now, s.stop_grace, s.heartbeat_timeout, shutdown_at,
                         busy=bool(self.in_flight))
         if due is LOST:
-            return self._lost(now)
+            return slot_faults.lost(self, now)
         if isinstance(due, Signal):
             log.warning("child %d did not stop within %.1fs; sending %s to its process group",
                         child.pid, s.stop_grace, due.sig.name)
@@ -314,6 +283,8 @@ class Slot:
         times = [t.deadline for t in self.in_flight.values() if t.deadline is not None]
         if self.retry_at is not None:
             times.append(self.retry_at)
+        if self.spares.busy or self.spares.retry_at is not None:
+            times.extend(self.spares.deadlines(self.settings))
         child = self.child
         if child is not None:
             times.append(child.deadline(heartbeat_timeout))
@@ -336,6 +307,14 @@ class Slot:
         if actions:
             log.info("stopping child %d: %s", child.pid, text)
             self._actions.extend(actions)
+        if cause in SWAP_CAUSES and not self.in_flight:
+            if child.restart_as == "refresh_cold":     # the job wants what it wrote loaded
+                self._actions.extend(self.spares.stop(
+                    StopCause.REFRESH, "a cold refresh was asked", now, self.settings.stop_grace))
+            elif self.spares.ready:
+                self.promote(now)
+            elif self.spares.enabled(self.settings, self.devices):
+                self.spares.unspared += 1
 
     def abandon(self, tracked: TrackedJob, state: JobState, reason: Reason, text: str,
                 now: float, error_type: str | None = None) -> None:

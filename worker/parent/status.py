@@ -4,6 +4,7 @@ the supervisor's own state."""
 from __future__ import annotations
 
 import enum
+import time
 from typing import NamedTuple
 
 from ..config import Settings
@@ -39,6 +40,7 @@ class ChildView(NamedTuple):
     deaths: int = 0                    # its restart breaker's count (restart_limit trips it)
     lost: int = 0                      # children here that did not exit after SIGKILL
     start_error: str | None = None     # a start failed for a moment: retrying, and why
+    spare: dict | None = None          # its spare child (spares.Spares.view)
 
     @property
     def ready(self) -> bool:
@@ -52,7 +54,17 @@ class ChildView(NamedTuple):
                 "jobs_run": self.jobs_run, "rss_bytes": self.rss_bytes,
                 "running": len(self.running), "restarts": max(0, self.spawns - 1),
                 "out_of_service": self.out, "lost": self.lost,
-                "start_retrying": self.start_error}
+                "start_retrying": self.start_error, "spare": _spare(self.spare)}
+
+
+def _spare(view: dict | None) -> dict | None:
+    """A slot's spare for /health: how long it has been ready, on the loop's clock."""
+    if view is None:
+        return None
+    out = dict(view)
+    ready_at = out.pop("ready_at", None)
+    out["ready_for_s"] = None if ready_at is None else round(time.monotonic() - ready_at, 3)
+    return out
 
 
 class Status(NamedTuple):      # a tuple: immutable, and cheap to make after every step

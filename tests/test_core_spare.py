@@ -1,0 +1,199 @@
+"""A spare child per slot (parent/spares.py), decided by the core: built beside a ready
+active child, promoted when the active one must go and holds no job, waited for rather
+than starting a third child, dropped on a cold refresh, never taking the slot out when it
+fails. Driven through the loop's dispatcher on a fake clock (test_core.Driver)."""
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from tests.test_core import STEPS, Driver
+from worker import protocol as P
+from worker.jobs import JobState, Reason
+from worker.parent import events as E
+from worker.parent.lifecycle import ChildState
+from worker.parent.status import WorkerState
+from worker.protocol import HandlerMode, Kind
+
+
+def spare(d, slot=0):
+    return d.core.slots[slot].spares
+
+
+def spare_ready(d, slot=0):
+    s = spare(d, slot)
+    d.feed(E.Message(slot, s.child.cid, P.Ready(Kind.SYNC, HandlerMode.INLINE, 1, {}, [])))
+
+
+def exit_cid(d, cid, code, slot=0):
+    d.gone.add(cid)
+    d.feed(E.Exited(slot, cid, code, []))
+
+
+def runs_on(d, job_id):
+    """The child number the last Run of `job_id` went to."""
+    return [cid for (cid, m) in d.sent_cids if isinstance(m, P.Run)
+            and m.job["id"] == job_id][-1]
+
+
+def driver(**kw):
+    return Driver(spare="on", **{"heartbeat_timeout": 1000.0, **kw})
+
+
+def test_a_spare_is_built_after_the_first_child_is_ready_and_a_refresh_swaps_at_once():
+    d = driver()
+    assert [s.cause for s in d.spawned] == ["first"]
+    d.ready()
+    assert [s.cause for s in d.spawned] == ["first", "spare"]
+    assert d.core.slots[0].spares.child.state is ChildState.STARTING
+    spare_ready(d)
+    first, second = d.cid(), spare(d).child.cid
+    d.submit("a")
+    assert runs_on(d, "a") == first
+    d.submit("b")                                   # queued behind "a"
+    d.done("a", refresh=True)                       # the old child must go: swap now
+    assert d.cid() == second and runs_on(d, "b") == second
+    assert spare(d).promotions == 1 and [c.cid for c in spare(d).retiring] == [first]
+    assert "refresh" in d.stops()[-1]               # the old one was told to stop
+    spawns = len(d.spawned)
+    exit_cid(d, first, 0)                           # it goes; then a new spare is built
+    assert spare(d).retiring == [] and len(d.spawned) == spawns + 1
+    assert d.spawned[-1].cause == "spare"
+    d.done("b")
+    assert d.result("a").state is d.result("b").state is JobState.COMPLETED
+    view = d.core.status().children[0].to_dict()["spare"]
+    assert view["promotions"] == 1 and view["state"] == "starting"
+
+
+def test_a_crash_with_a_ready_spare_runs_the_next_job_on_it_without_a_new_start():
+    d = driver(job_max_crashes=1)
+    d.ready()
+    spare_ready(d)
+    second = spare(d).child.cid
+    d.submit("boom")
+    d.submit("next")
+    spawns = len(d.spawned)
+    d.exit(-11)
+    assert d.result("boom").state is JobState.FAILED
+    assert d.cid() == second and runs_on(d, "next") == second
+    assert len(d.spawned) == spawns + 1 and d.spawned[-1].cause == "spare"   # the next spare
+    assert not any(s.cid > second and s.cause != "spare" for s in d.spawned)
+
+
+def test_a_refresh_while_the_spare_sets_up_waits_for_it_rather_than_a_third_child():
+    d = driver()
+    d.ready()                                       # the spare is starting
+    d.submit("a")
+    d.submit("b")
+    d.done("a", refresh=True)                       # no spare ready: the old child stops
+    first = d.cid()
+    d.exit(0)
+    assert d.core.slots[0].child is None
+    settles = len(d.settles)
+    d.at(d.now + 1)
+    assert len(d.settles) == settles                # no third child is started
+    spare_ready(d)                                  # it takes over; "b" runs on it
+    assert d.cid() != first and runs_on(d, "b") == d.cid()
+    assert spare(d).unspared == 1
+
+
+def test_a_cold_refresh_drops_the_spare_and_starts_a_new_child():
+    d = driver()
+    d.ready()
+    spare_ready(d)
+    old_spare = spare(d).child.cid
+    d.submit("writes")
+    d.done("writes", refresh="cold")
+    assert spare(d).child.state is ChildState.STOPPING     # dropped, not promoted
+    assert spare(d).promotions == 0
+    exit_cid(d, old_spare, 0)
+    d.exit(0)                                       # the old active child
+    assert d.spawned[-1].cause == "refresh_cold"    # a new child, started after the job
+
+
+def test_spares_that_keep_failing_turn_off_and_the_slot_serves_on():
+    d = driver()
+    d.ready()
+    for _ in range(3):
+        exit_cid(d, spare(d).child.cid, 1)          # dies in set-up
+        d.at(d.now + 4.5)                           # past its backoff (1, 2, 4 s)
+    assert spare(d).off is not None and "3 spares in a row" in spare(d).off
+    assert d.core.state is WorkerState.RUNNING and d.core.slots[0].out is None
+    d.submit("a")
+    d.done("a")
+    assert d.result("a").state is JobState.COMPLETED
+    assert d.core.status().children[0].to_dict()["spare"]["off"] == spare(d).off
+
+
+def test_an_old_spare_is_replaced_and_shutdown_stops_spares_too():
+    d = driver(spare_max_age=5.0)
+    d.ready()
+    spare_ready(d)
+    first_spare = spare(d).child.cid
+    d.at(d.now + 5)
+    assert spare(d).child.state is ChildState.STOPPING
+    exit_cid(d, first_spare, 0)                     # a newer one at once, no failure
+    assert spare(d).child.cid != first_spare and spare(d).failures == 0
+    d.stop(0.0)
+    d.at(d.now + 0.1)
+    assert spare(d).child.state is ChildState.STOPPING
+    exit_cid(d, spare(d).child.cid, 0)
+    d.exit(0)
+    assert d.core.finished
+
+
+def test_jobs_end_once_with_spares_through_timeouts_and_cancels():
+    d = driver()
+    d.ready()
+    spare_ready(d)
+    d.submit("slow", policy={"executionTimeout": 1000})
+    d.submit("after")
+    first = d.cid()
+    d.at(d.now + 1.0)                               # inline timeout: the child must go
+    assert d.result("slow").reason is Reason.TIMED_OUT
+    assert d.cid() != first and runs_on(d, "after") == d.cid()
+    d.done("after")
+    assert len(d.results["slow"]) == len(d.results["after"]) == 1
+
+
+SPARE_STEPS = (
+    st.tuples(st.just("spare_ready")),
+    st.tuples(st.just("spare_exit"), st.sampled_from([0, 1, -9])),
+    st.tuples(st.just("retired_exit"), st.sampled_from([0, -9])),
+)
+
+
+def play(d, ev):
+    s = spare(d)
+    if ev[0] == "spare_ready":
+        if s.child is not None and s.child.state is ChildState.STARTING:
+            spare_ready(d)
+    elif ev[0] == "spare_exit":
+        if s.child is not None:
+            exit_cid(d, s.child.cid, ev[1])
+    elif ev[0] == "retired_exit":
+        for child in list(s.retiring):
+            exit_cid(d, child.cid, ev[1])
+    else:
+        return d.play(ev)
+    return None
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(*STEPS, *SPARE_STEPS), max_size=40))
+def test_with_a_spare_every_job_ends_once_on_one_live_child_and_never_three(events):
+    d = driver(restart_limit=4, job_max_crashes=2, heartbeat_timeout=10.0)
+    submitted = set()
+    for ev in events:
+        submitted.add(play(d, ev))
+        slot = d.core.slots[0]
+        s = slot.spares
+        if slot.child is not None and slot.in_flight:
+            assert slot.child.state in (ChildState.BUSY, ChildState.STOPPING)
+        assert s.child is None or s.child is not slot.child
+        assert not slot.in_flight or slot.child is not None
+        starting = [c for c in (slot.child, s.child) if c is not None
+                    and c.state is ChildState.STARTING] + [1] * (slot.starting is not None) \
+            + [1] * (s.starting is not None)
+        assert len(starting) <= 2               # an active and a spare at most, never three
+    d.wind_down()
+    submitted.discard(None)
+    assert set(d.results) == submitted
+    assert all(len(rs) == 1 for rs in d.results.values()), d.results
