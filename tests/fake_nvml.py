@@ -14,8 +14,9 @@ MIB = 2**20
 
 class FakeDevice:
     def __init__(self, uuid, name="Fake GPU", total_mb=16000.0, used_mb=500.0,
-                 refuse=(), migs=(), parent=None, mig_refuse=()):
+                 refuse=(), migs=(), parent=None, mig_refuse=(), compute_mode=0):
         self.uuid, self.name = uuid, name
+        self.compute_mode = compute_mode   # 3: EXCLUSIVE_PROCESS
         self.total_mb, self.used_mb = total_mb, used_mb
         self.refuse = set(refuse)          # calls answered with NO_PERMISSION
         self.parent = parent
@@ -103,6 +104,10 @@ class FakeNvml:
 
     def nvmlDeviceGetName(self, device):
         return device.name
+
+    def nvmlDeviceGetComputeMode(self, device):
+        self._check(device, "compute_mode")
+        return device.compute_mode
 
     def nvmlDeviceGetMemoryInfo(self, device):
         self._check(device, "memory")

@@ -197,3 +197,16 @@ def test_with_a_spare_every_job_ends_once_on_one_live_child_and_never_three(even
     submitted.discard(None)
     assert set(d.results) == submitted
     assert all(len(rs) == 1 for rs in d.results.values()), d.results
+
+
+def test_a_gpu_that_is_not_healthy_stops_the_spare_with_the_active_child():
+    d = driver()
+    d.ready()
+    spare_ready(d)
+    d.gpu_event(79)                                 # fallen off the bus: unhealthy
+    assert d.core.state is WorkerState.BROKEN
+    assert spare(d).child.state is ChildState.STOPPING
+    assert d.core.slots[0].child.state is ChildState.STOPPING
+    exit_cid(d, spare(d).child.cid, -9)
+    d.exit(-9)
+    assert not spare(d).busy and d.core.slots[0].child is None     # and none rebuilt

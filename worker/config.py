@@ -43,13 +43,12 @@ class Settings:
                                         "pressure the kernel kills a child, whose jobs the "
                                         "worker fails and replaces, before the forkserver or "
                                         "the parent; 0 = as the parent.", config=False)
-    spare: str = _setting("off", ("WORKER_SPARE",), None,
+    spare: str = _setting("auto", ("WORKER_SPARE",), None,
                           "Keep a spare child per slot, set up (and warmed) while the active "
                           "one serves, so a refresh, crash, timeout or recycle swaps children "
-                          "instead of waiting for a new one's set-up: on, off, or auto (on "
-                          "where the slot has a GPU and its first child's set-up took 1 s "
-                          "or more; no VRAM fit check yet: the GPU must hold two copies).",
-                          config=False)
+                          "instead of waiting for a new one's set-up: on (whenever it fits "
+                          "beside the active child), off, or auto (on where the first "
+                          "child's set-up took 1 s or more).", config=False)
     spare_max_age: float = _setting(0.0, ("WORKER_SPARE_MAX_AGE",), None,
                                     "Seconds a ready spare may wait before it is replaced by "
                                     "a newer one (state fetched at import ages); 0 = no "

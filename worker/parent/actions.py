@@ -48,6 +48,11 @@ class Spawn:
     env: dict = field(default_factory=dict)   # its CUDA_VISIBLE_DEVICES, WORKER_CHILD_INDEX
     checks: bool = False                      # fitness checks before Ready (slot's first)
     cause: str = "first"                      # why: first, refresh, crash... (metrics)
+    # A spare (cause "spare"): the active child beside it, its GPUs and its peak VRAM,
+    # for the fit check (spare_fit.py) before it starts.
+    active_pid: int | None = None
+    devices: tuple = ()
+    vram_mb: float = 0.0
 
 
 @dataclass

@@ -157,6 +157,8 @@ class SupervisorCore:
                 if slot.child is not None:
                     slot.stop_child(StopCause.GPU_UNHEALTHY, self.fate.message, now,
                                     interrupt=True)
+                self._actions.extend(slot.spares.stop(StopCause.GPU_UNHEALTHY, label, now,
+                                                      self.settings.stop_grace))
         self.gpu_events = (*self.gpu_events, (label, action))[-10:]
 
     def _on_tick(self, ev: E.Tick, now: float) -> None:
@@ -194,8 +196,8 @@ class SupervisorCore:
 
     def _on_spawn_failed(self, ev: E.SpawnFailed, now: float) -> None:
         slot = self.slots[ev.slot]
-        if slot.spares.starting == ev.cid:
-            slot.spares.failed(ev.error, now)
+        if slot.spares.starting == ev.cid:     # transient: it does not fit, or not now
+            (slot.spares.not_now if ev.transient else slot.spares.failed)(ev.error, now)
             return
         if slot.starting != ev.cid:
             return
@@ -359,8 +361,12 @@ class SupervisorCore:
                                                          slot.devices, now):
                 self.cids += 1
                 slot.spares.starting = self.cids
+                active = slot.child
                 self._actions.append(Spawn(slot.index, self.cids, self.settings, slot.env(),
-                                           cause="spare"))
+                                           cause="spare", active_pid=active.pid,
+                                           devices=slot.devices, vram_mb=max(
+                                               active.peak_vram_mb, (active.torch or {})
+                                               .get("reserved_mb", 0.0))))
 
     def _dispatch(self, now: float) -> None:
         for slot in self.slots:

@@ -128,6 +128,20 @@ class NvmlProbe(HostProbe):
             reading.devices.append(self._device(index, handle))
         return reading
 
+    def exclusive(self, devices: tuple) -> list:
+        """Which of `devices` (UUIDs; () for all) take one process only
+        (EXCLUSIVE_PROCESS compute mode): no second child can use them."""
+        n = self.nvml
+        mode = getattr(n, "NVML_COMPUTEMODE_EXCLUSIVE_PROCESS", 3)
+        out = []
+        for _, handle in self.handles:
+            uuid = _text(n.nvmlDeviceGetUUID(handle))
+            if devices and uuid not in devices:
+                continue
+            if _quiet(lambda: n.nvmlDeviceGetComputeMode(handle)) == mode:
+                out.append(uuid)
+        return out
+
     def _device(self, index: int, handle) -> DeviceReading:
         n = self.nvml
         mem = n.nvmlDeviceGetMemoryInfo(handle)

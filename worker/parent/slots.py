@@ -373,6 +373,7 @@ class Slot:
                                          msg.refresh), now)
         if msg.peak_vram_mb is not None:
             result.extra["peak_vram_mb"] = msg.peak_vram_mb
+            child.peak_vram_mb = max(child.peak_vram_mb, msg.peak_vram_mb)
         self._jobs.report(tracked, result)      # logged with its times by the loop
         verdict = recycling.after_job(result, child, self.settings)
         if verdict is not None:

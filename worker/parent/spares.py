@@ -22,6 +22,7 @@ log = logging.getLogger("worker")
 SPARE_FAILURES_OFF = 3        # spare failures in a row that turn the slot's spare off
 RETRY_BASE_S = 1.0            # a failed spare is rebuilt after 1, 2, 4 ... s
 AUTO_SETUP_S = 1.0            # WORKER_SPARE=auto: a set-up this long is worth sparing
+UNFIT_RETRY_S = 30.0          # a spare that did not fit: asked again this much later
 # Stops after which the spare takes over at once (when the old child holds no job).
 SWAP_CAUSES = (StopCause.REFRESH, StopCause.JOB_ENDED, StopCause.CANCEL_IGNORED,
                StopCause.HUNG, StopCause.PROTOCOL, StopCause.INTERNAL_ERROR)
@@ -40,6 +41,7 @@ class Spares:
         self.promotions = 0
         self.unspared = 0          # replacements that found no spare ready
         self.setup_error: str | None = None
+        self.unfit: str | None = None           # why a spare does not fit now (numbers)
 
     # --- what it is --------------------------------------------------------------------------
 
@@ -48,7 +50,7 @@ class Spares:
             return False
         if settings.spare == "on":
             return True
-        return bool(devices) and (self.first_setup_s or 0.0) >= AUTO_SETUP_S
+        return (self.first_setup_s or 0.0) >= AUTO_SETUP_S
 
     def wanted(self, active: ChildRecord | None, settings: Settings, devices: tuple,
                now: float) -> bool:
@@ -88,7 +90,7 @@ class Spares:
         c = self.child
         return {"state": c.state.value if c else ("starting" if self.starting else None),
                 "pid": c.pid if c else None, "ready_at": self.ready_at,
-                "rss_bytes": c.rss if c else 0, "off": self.off,
+                "rss_bytes": c.rss if c else 0, "off": self.off, "unfit": self.unfit,
                 "failures": self.failures, "promotions": self.promotions,
                 "replaced_without_spare": self.unspared,
                 "retiring": [r.pid for r in self.retiring]}
@@ -96,7 +98,7 @@ class Spares:
     # --- its life ----------------------------------------------------------------------------
 
     def spawned(self, cid: int, pid: int, now: float, settings: Settings, slot: int) -> None:
-        self.starting = None
+        self.starting, self.unfit = None, None
         self.child = ChildRecord(pid, now, now + settings.setup_timeout
                                  if settings.setup_timeout > 0 else None, last_beat=now,
                                  slot=slot, cid=cid)
@@ -123,13 +125,24 @@ class Spares:
         """The spare could not start or died before promotion: back off, or turn off."""
         self.child, self.starting, self.ready_at = None, None, None
         self.failures += 1
-        if self.failures >= SPARE_FAILURES_OFF:
-            self.off = f"{self.failures} spares in a row failed (last: {reason})"
+        if self.failures >= SPARE_FAILURES_OFF or "EXCLUSIVE_PROCESS" in reason:
+            self.off = reason if self.failures == 1 else \
+                f"{self.failures} spares in a row failed (last: {reason})"
             log.warning("no spare child from now on in this slot: %s", self.off)
             return
         delay = RETRY_BASE_S * 2 ** (self.failures - 1)
         self.retry_at = now + delay
         log.warning("the spare child failed (%s); another in %.0fs", reason, delay)
+
+    def not_now(self, reason: str, now: float) -> None:
+        """No spare now (it does not fit beside the active child, or the start failed for
+        a moment): asked again later, said once."""
+        self.starting = None
+        if self.unfit is None:
+            log.warning("no spare child for now: %s; checked again every %.0fs", reason,
+                        UNFIT_RETRY_S)
+        self.unfit = reason
+        self.retry_at = now + UNFIT_RETRY_S
 
     def exited(self, child: ChildRecord, how: str, now: float) -> None:
         if child in self.retiring:

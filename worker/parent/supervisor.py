@@ -42,7 +42,7 @@ from .. import tracing
 from ..config import Settings
 from ..jobs import JobResult, JobState, Reason, failure
 from . import actions as A
-from . import device_settle, placement, preloads
+from . import device_settle, placement, preloads, spare_fit
 from . import events as E
 from .actions import JobListener
 from .child_host import ChildHost, exited_hosts
@@ -375,7 +375,15 @@ class Supervisor:
         threading.Thread(target=wait, daemon=True, name="gpu-worker-settle").start()
 
     def spawn(self, action: A.Spawn) -> None:
-        """Start the child off the loop (launching.py); its answer is a Launch."""
+        """Start the child off the loop (launching.py); its answer is a Launch. A spare
+        starts only if it fits beside the active child (spare_fit.py)."""
+        if action.cause == "spare":
+            fit = spare_fit.check(self.probe, action.active_pid, action.devices,
+                                  action.vram_mb)
+            if not fit.ok:
+                self._events.put(E.SpawnFailed(action.slot, action.cid, fit.text,
+                                               transient=not fit.never))
+                return
         self.metrics.loop.started(action.cause)
         try:
             self._launches.begin(action, self.target)
