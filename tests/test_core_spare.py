@@ -210,3 +210,18 @@ def test_a_gpu_that_is_not_healthy_stops_the_spare_with_the_active_child():
     exit_cid(d, spare(d).child.cid, -9)
     d.exit(-9)
     assert not spare(d).busy and d.core.slots[0].child is None     # and none rebuilt
+
+
+def test_a_spare_on_the_same_gpu_is_not_counted_as_the_active_childs_growth():
+    """The device's memory in use grows by the spare's; only the active child's own
+    reservation counts against WORKER_MAX_VRAM_MB while a spare exists (as with two
+    children sharing a GPU)."""
+    from worker.parent.monitor import DeviceReading, Reading
+    d = driver(max_vram_mb=1000, devices=[("GPU-a",)])
+    d.ready()
+    spare_ready(d)
+    reading = Reading("nvml", devices=[DeviceReading(0, "GPU-a", "GPU", 16000, 9000, 7000)])
+    d.reading = reading                             # 9 GB in use: mostly the spare's
+    d.submit("a")
+    d.done("a")
+    assert d.stops() == [] and spare(d).promotions == 0

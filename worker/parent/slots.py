@@ -181,7 +181,8 @@ class Slot:
             child.checking_memory = False
             if reading is not None and child.refresh_reason is None:
                 child.replace_when_idle(recycling.memory_verdict(
-                    reading, child, self.settings, own_only=self.shared), "memory")
+                    reading, child, self.settings,
+                    own_only=self.shared or self.spares.busy), "memory")
 
     def exited(self, code: int | None, tail: list, now: float,
                shutting_down: bool) -> Verdict | None:
