@@ -89,3 +89,30 @@ def test_a_warmup_that_raises_is_a_setup_failure(sup, tmp_path):
     assert not s.wait_ready(60)
     assert s.status.state.value == "setup_failed"
     assert "warm-up failed on purpose" in s.failure_message
+
+
+def test_a_module_that_binds_a_fixed_port_keeps_no_spare_and_serves(monkeypatch, tmp_path,
+                                                                     caplog):
+    import logging
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "port.txt").write_text(str(port))
+    target = ScriptTarget(str(HANDLERS / "fixed_port.py"), [])
+    with caplog.at_level(logging.WARNING, logger="worker"):
+        s = Supervisor(Settings(**{**FAST, "spare": "on"}), target).start()
+        try:
+            assert s.wait_until(lambda st: (st.children[0].spare or {}).get("off"), 60)
+            spare = s.snapshot()["children"][0]["spare"]
+            assert "Address already in use" in spare["off"] and spare["failures"] == 1
+            listener = Collector()
+            s.submit({"id": "a", "input": {}}, listener)
+            assert listener.wait(["a"])["a"].state is JobState.COMPLETED
+            assert s.status.state.value == "running" and s.status.children[0].out is None
+        finally:
+            s.stop()
+            assert s.join(30)
+    assert len([r for r in caplog.records if "no spare child from now on" in
+                r.getMessage()]) == 1

@@ -23,6 +23,10 @@ SPARE_FAILURES_OFF = 3        # spare failures in a row that turn the slot's spa
 RETRY_BASE_S = 1.0            # a failed spare is rebuilt after 1, 2, 4 ... s
 AUTO_SETUP_S = 1.0            # WORKER_SPARE=auto: a set-up this long is worth sparing
 UNFIT_RETRY_S = 30.0          # a spare that did not fit: asked again this much later
+# Set-up errors that say a second copy of the module can never set up beside the first:
+# a fixed port bound, a file lock taken, at import.
+ONE_COPY_ONLY = ("Address already in use", "Resource temporarily unavailable",
+                 "EXCLUSIVE_PROCESS")
 # Stops after which the spare takes over at once (when the old child holds no job).
 SWAP_CAUSES = (StopCause.REFRESH, StopCause.JOB_ENDED, StopCause.CANCEL_IGNORED,
                StopCause.HUNG, StopCause.PROTOCOL, StopCause.INTERNAL_ERROR)
@@ -125,7 +129,7 @@ class Spares:
         """The spare could not start or died before promotion: back off, or turn off."""
         self.child, self.starting, self.ready_at = None, None, None
         self.failures += 1
-        if self.failures >= SPARE_FAILURES_OFF or "EXCLUSIVE_PROCESS" in reason:
+        if self.failures >= SPARE_FAILURES_OFF or any(s in reason for s in ONE_COPY_ONLY):
             self.off = reason if self.failures == 1 else \
                 f"{self.failures} spares in a row failed (last: {reason})"
             log.warning("no spare child from now on in this slot: %s", self.off)
