@@ -114,9 +114,12 @@ def embeddings_rows(rounds: int) -> None:
 def memory_rows(jobs: int) -> None:
     handler = str(HERE / "handlers" / "rp_embeddings.py")
     sdk = sum(v[0] for v in tree_pss([MAIN_PY, handler], {}, jobs).values())
-    preload = {**QUIET, "WORKER_PRELOAD": "torch,sentence_transformers"}
-    for label, env in (("preloaded imports", preload),
-                       ("+ WORKER_WARM_REFRESH", {**preload, "WORKER_WARM_REFRESH": "true"})):
+    preload = {**QUIET, "WORKER_PRELOAD": "torch,sentence_transformers", "WORKER_SPARE": "off"}
+    warm = {**preload, "WORKER_WARM_REFRESH": "true"}
+    for label, env in (("preloaded imports", preload), ("+ WORKER_WARM_REFRESH", warm),
+                       ("preloaded imports + WORKER_SPARE=on", {**preload, "WORKER_SPARE": "on"}),
+                       ("+ WORKER_WARM_REFRESH + WORKER_SPARE=on",
+                        {**warm, "WORKER_SPARE": "on"})):
         ours = tree_pss([*OURS, handler], env, jobs)
         total = sum(v[0] for v in ours.values())
         parts = ", ".join(f"{k} {pss:.0f} (USS {uss:.0f})" for k, (pss, uss) in ours.items())

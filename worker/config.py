@@ -48,7 +48,8 @@ class Settings:
                           "one serves, so a refresh, crash, timeout or recycle swaps children "
                           "instead of waiting for a new one's set-up: on (whenever it fits "
                           "beside the active child), off, or auto (on where the first "
-                          "child's set-up took 1 s or more).", config=False)
+                          "child's set-up took 1 s or more and the slot has a GPU or warm "
+                          "refresh is on).", config=False)
     spare_max_age: float = _setting(0.0, ("WORKER_SPARE_MAX_AGE",), None,
                                     "Seconds a ready spare may wait before it is replaced by "
                                     "a newer one (state fetched at import ages); 0 = no "

@@ -54,7 +54,11 @@ class Spares:
             return False
         if settings.spare == "on":
             return True
-        return (self.first_setup_s or 0.0) >= AUTO_SETUP_S
+        # auto: where a refresh costs a second or more, and a spare does not cost a
+        # private copy of the model in RAM (a GPU's copy is in VRAM: the fit check; with
+        # warm refresh the weights are shared with the forkserver). docs/benchmarks.md.
+        return (self.first_setup_s or 0.0) >= AUTO_SETUP_S and (
+            bool(devices) or settings.warm_refresh)
 
     def wanted(self, active: ChildRecord | None, settings: Settings, devices: tuple,
                now: float) -> bool:
