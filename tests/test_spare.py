@@ -116,3 +116,24 @@ def test_a_module_that_binds_a_fixed_port_keeps_no_spare_and_serves(monkeypatch,
             assert s.join(30)
     assert len([r for r in caplog.records if "no spare child from now on" in
                 r.getMessage()]) == 1
+
+
+def test_a_spares_output_is_not_tagged_with_the_active_childs_job(monkeypatch, tmp_path):
+    lines = []
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.txt").write_text("v1")
+    (tmp_path / "spare-speaks").write_text("")       # the spare speaks during the job
+    s = Supervisor(Settings(**{**FAST, "spare": "on"}), STATE,
+                   output_sink=lambda stream, line, ids: lines.append((line, ids))).start()
+    try:
+        assert s.wait_ready(60)
+        listener = Collector()
+        first = s.status.child_pid
+        s.submit({"id": "busy", "input": {"wait_for_spare": True}}, listener)
+        assert listener.wait(["busy"])["busy"].state is JobState.COMPLETED
+        spoken = [ids for line, ids in lines if line.startswith("spare ")]
+        assert spoken == [()], lines           # during job "busy", in another process
+        assert s.status.child_pid == first
+    finally:
+        s.stop()
+        assert s.join(30)

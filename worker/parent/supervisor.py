@@ -299,8 +299,12 @@ class Supervisor:
             self._feed(event)
 
     def _watch(self, slot: int, cid: int, proc) -> None:
-        host = self._hosts[cid] = ChildHost(slot, cid, proc, self._sel,
-                                            lambda: self.status.children[slot].log_ids,
+        pid = proc.pid
+
+        def log_ids() -> tuple:      # a spare's or a retiring child's lines are no job's
+            view = self.status.children[slot]
+            return view.log_ids if view.pid == pid else ()
+        host = self._hosts[cid] = ChildHost(slot, cid, proc, self._sel, log_ids,
                                             self.output_sink)
         if host.check_at is not None:
             self._polled.append(host)
