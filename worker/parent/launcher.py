@@ -43,14 +43,10 @@ TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.EN
                               errno.ENOBUFS, errno.EINTR})
 
 
-class LauncherGone(Exception):
-    """The launcher did not answer (it was declared dead, or died during the start)."""
-
-
 def transient(exc: BaseException) -> bool:
     """Is this start error worth a retry: out of descriptors or memory for a moment, or
     a launcher that died or is being replaced?"""
-    if isinstance(exc, (LauncherGone, EOFError, ConnectionError)):
+    if isinstance(exc, (EOFError, ConnectionError)):
         return True
     return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
 

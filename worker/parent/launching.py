@@ -107,7 +107,10 @@ class Launches:
         is closed here (its child, if it made one, is killed and released)."""
         if self.open.get(launch.action.cid) is not launch:
             if launch.proc is not None:
-                launch.proc.close()
+                try:
+                    launch.proc.close()
+                except Exception:     # noqa: BLE001 - the loop must go on
+                    log.exception("could not close the late child %d", launch.proc.pid)
             return False
         del self.open[launch.action.cid]
         return True
