@@ -160,7 +160,7 @@ def check_bench(torch_cuda: str) -> str:
     if torch_cuda != "PASS":
         return report("gpu-bench", "SKIP", "needs a GPU and a CUDA build of torch "
                                            "(see torch-cuda)")
-    proc = run([PY, "bench/bench_gpu.py", "--refreshes", "5"], 150)
+    proc = run([PY, "bench/bench_gpu.py", "--refreshes", "5"], 220)
     keep_log("gpu-bench", proc)
     for line in proc.stdout.splitlines():
         if line.startswith(("ROW", "GPU:")):

@@ -28,4 +28,8 @@ def handler(job):
             "child": os.environ.get("WORKER_CHILD_INDEX")}
 
 
-worker.start({"handler": handler})
+def warmup():                        # the kernels the jobs use load before Ready
+    float((WEIGHTS @ torch.ones(1024, device=DEVICE)).sum().item())
+
+
+worker.start({"handler": handler, "warmup": warmup})

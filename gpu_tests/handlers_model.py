@@ -1,5 +1,5 @@
 """The tiny model (tiny_model.py) loaded once per child at import, on the GPU when there is
-one."""
+one, and warmed (one forward pass: the kernels load) before the child reports Ready."""
 import os
 import sys
 
@@ -20,4 +20,8 @@ def handler(job):
             "norm": round(sum(v * v for v in vector) ** 0.5, 4)}
 
 
-worker.start({"handler": handler})
+def warmup():
+    tiny_model.embed(MODEL, "warm up", DEVICE)
+
+
+worker.start({"handler": handler, "warmup": warmup})

@@ -19,6 +19,7 @@ class FakeDevice:
         self.compute_mode = compute_mode   # 3: EXCLUSIVE_PROCESS
         self.total_mb, self.used_mb = total_mb, used_mb
         self.refuse = set(refuse)          # calls answered with NO_PERMISSION
+        self.processes: dict = {}          # pid -> MiB: its compute processes
         self.parent = parent
         self.migs = [FakeDevice(m, name=f"{name} MIG", total_mb=total_mb / 7, parent=self,
                                 refuse=mig_refuse) for m in migs]
@@ -113,6 +114,11 @@ class FakeNvml:
         self._check(device, "memory")
         return SimpleNamespace(total=int(device.total_mb * MIB), used=int(device.used_mb * MIB),
                                free=int((device.total_mb - device.used_mb) * MIB))
+
+    def nvmlDeviceGetComputeRunningProcesses(self, device):
+        self._check(device, "processes")
+        return [SimpleNamespace(pid=pid, usedGpuMemory=None if mb is None else int(mb * MIB))
+                for pid, mb in device.processes.items()]
 
     def nvmlDeviceGetUtilizationRates(self, device):
         if device.parent is not None:

@@ -50,6 +50,7 @@ class Driver(A.JobListener):
         self.gone: set = set()        # child numbers that have exited (they exit once)
         self.fail_spawn = False       # the launcher fails: SpawnFailed
         self.transient = False        # ... for a moment (EMFILE, a launcher replaced)
+        self.spawn_error = "OSError: injected"
         self.fits = True              # Settled's fit check, after a lost child
         self.fail_send = 0            # the next n Sends raise in the loop's part
         self.feed(E.Tick())
@@ -122,7 +123,7 @@ class Driver(A.JobListener):
 
     def spawn(self, a):
         if self.fail_spawn:
-            self.later.append(E.SpawnFailed(a.slot, a.cid, "OSError: injected",
+            self.later.append(E.SpawnFailed(a.slot, a.cid, self.spawn_error,
                                             self.transient))
             return
         self.next_pid += 1

@@ -157,6 +157,8 @@ SPARE_STEPS = (
     st.tuples(st.just("spare_ready")),
     st.tuples(st.just("spare_exit"), st.sampled_from([0, 1, -9])),
     st.tuples(st.just("retired_exit"), st.sampled_from([0, -9])),
+    st.tuples(st.just("app_xid"), st.sampled_from([13, 43])),
+    st.tuples(st.just("spare_checked"), st.booleans()),
 )
 
 
@@ -171,6 +173,13 @@ def play(d, ev):
     elif ev[0] == "retired_exit":
         for child in list(s.retiring):
             exit_cid(d, child.cid, ev[1])
+    elif ev[0] == "app_xid":
+        d.gpu_event(ev[1])
+    elif ev[0] == "spare_checked":
+        if s.checking:
+            if ev[1]:
+                d.passed.add(s.child.cid)
+            checked(d, ev[1])
     else:
         return d.play(ev)
     return None
@@ -180,6 +189,7 @@ def play(d, ev):
 @given(st.lists(st.one_of(*STEPS, *SPARE_STEPS), max_size=40))
 def test_with_a_spare_every_job_ends_once_on_one_live_child_and_never_three(events):
     d = driver(restart_limit=4, job_max_crashes=2, heartbeat_timeout=10.0)
+    d.passed = set()                            # spares whose GPU check passed
     submitted = set()
     for ev in events:
         submitted.add(play(d, ev))
@@ -193,6 +203,9 @@ def test_with_a_spare_every_job_ends_once_on_one_live_child_and_never_three(even
                     and c.state is ChildState.STARTING] + [1] * (slot.starting is not None) \
             + [1] * (s.starting is not None)
         assert len(starting) <= 2               # an active and a spare at most, never three
+        asked = {c for c, m in d.sent_cids if isinstance(m, P.Check)}
+        assert slot.child is None or slot.child.cid not in asked - d.passed, \
+            "a spare took over before it passed its GPU check"
     d.wind_down()
     submitted.discard(None)
     assert set(d.results) == submitted
@@ -225,3 +238,88 @@ def test_a_spare_on_the_same_gpu_is_not_counted_as_the_active_childs_growth():
     d.submit("a")
     d.done("a")
     assert d.stops() == [] and spare(d).promotions == 0
+
+
+def checked(d, ok, slot=0):
+    s = spare(d, slot)
+    d.feed(E.Message(slot, s.child.cid, P.Checked(ok, "1 GPU(s) passed the CUDA check" if ok
+                                                  else "cuMemAlloc_v2 failed: CUDA error 999")))
+
+
+def test_after_an_application_xid_the_spare_takes_over_only_once_its_gpu_check_passed():
+    d = driver()
+    d.ready()
+    spare_ready(d)
+    first, second = d.cid(), spare(d).child.cid
+    d.submit("a")
+    d.gpu_event(13)                      # NVML names no process: the spare may be poisoned
+    assert [m.why for c, m in d.sent_cids if isinstance(m, P.Check) and c == second] \
+        == ["Xid 13"]
+    assert not spare(d).ready and spare(d).view()["gpu_check"] == "after Xid 13"
+    d.submit("b")
+    d.done("a")                          # the active child must go: the spare is not cleared
+    d.exit(0)
+    settles = len(d.settles)
+    d.at(d.now + 1)
+    assert d.core.slots[0].child is None and len(d.settles) == settles   # it waits
+    assert runs_on(d, "a") == first and not any(isinstance(m, P.Run) and m.job["id"] == "b"
+                                                 for m in d.sent)
+    checked(d, True)
+    assert d.cid() == second and runs_on(d, "b") == second
+    d.done("b")
+    assert d.result("b").state is JobState.COMPLETED and spare(d).promotions == 1
+
+
+def test_a_spare_that_fails_its_gpu_check_is_dropped_and_the_slot_starts_a_fresh_child():
+    d = driver()
+    d.ready()
+    spare_ready(d)
+    second = spare(d).child.cid
+    d.submit("a")
+    d.gpu_event(43)
+    d.done("a")
+    d.exit(0)
+    d.submit("b")
+    checked(d, False)
+    assert spare(d).child.state is ChildState.STOPPING and spare(d).promotions == 0
+    exit_cid(d, second, -15)
+    assert spare(d).failures == 1 and spare(d).retry_at is not None and spare(d).off is None
+    assert d.core.slots[0].starting is not None or d.core.slots[0].child is not None
+    d.ready()                            # a cold child, not the poisoned spare
+    assert runs_on(d, "b") == d.cid() and d.cid() != second
+    d.done("b")
+    assert d.result("b").state is JobState.COMPLETED
+
+
+def test_an_xid_while_the_spare_sets_up_checks_it_once_it_is_ready():
+    d = driver()
+    d.ready()                            # the spare is starting
+    d.gpu_event(13)
+    assert not any(isinstance(m, P.Check) for m in d.sent)
+    spare_ready(d)
+    assert [m for m in d.sent if isinstance(m, P.Check)] and not spare(d).ready
+    checked(d, True)
+    assert spare(d).ready and spare(d).view()["gpu_check"] is None
+
+
+def test_a_spare_short_of_gpu_memory_just_after_a_child_left_is_asked_again_soon():
+    """The driver frees a dead process's memory a moment late: a fit check that fails on
+    GPU memory within the settle bound after the retired child exited is tried again
+    every SOON_S, silently; later, it is said once and asked again every 30 s."""
+    from worker.parent import device_settle, spares
+    d = driver()
+    d.ready()
+    spare_ready(d)
+    first = d.cid()
+    d.submit("a")
+    d.done("a", refresh=True)                      # swap: the first child retires
+    d.fail_spawn, d.transient = True, True
+    d.spawn_error = "GPU memory: the active child's peak is 9,000 MiB, 2,000 MiB are free"
+    exit_cid(d, first, 0)
+    s = spare(d)
+    assert s.unfit is None and s.retry_at == d.now + spares.SOON_S
+    d.at(d.now + device_settle.BOUND_S + 0.1)      # still short past the bound: said
+    assert s.unfit is not None and s.retry_at == d.now + spares.UNFIT_RETRY_S
+    d.fail_spawn = False
+    d.at(s.retry_at)
+    assert spare(d).child is not None and spare(d).unfit is None

@@ -103,6 +103,13 @@ class Stop(Message):
     reason: str
 
 
+@_message("check")
+class Check(Message):
+    """Run the GPU check (child/gpu_check.py) now and answer with Checked: asked of an
+    idle spare after an application Xid, before it may take over."""
+    why: str
+
+
 # --- child -> parent ------------------------------------------------------------------
 
 @_message("ready", kind=Kind, mode=HandlerMode)
@@ -149,6 +156,12 @@ class Done(Message):
     concurrency: int
     peak_vram_mb: float | None = None    # torch's peak allocation during the job, if CUDA
     gpu: Any = None                      # torch's figures now (as a heartbeat's), if CUDA
+
+
+@_message("checked")
+class Checked(Message):
+    ok: bool
+    message: str         # the check's summary, or why it failed
 
 
 @_message("heartbeat")

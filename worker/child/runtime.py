@@ -26,7 +26,7 @@ from ..config import Settings, config_keys
 from ..jobs import JobState, Reason, exception_record
 from ..jsonlimits import MAX_DEPTH, nesting
 from ..protocol import HandlerMode
-from . import fitness_run, joblog, sdk_hooks
+from . import fitness_run, gpu_check, joblog, sdk_hooks
 from .handlers import Interrupted, Outcome, detect_kind, run_async, run_sync
 from .memory import reset_peak, rss, torch_memory
 
@@ -240,10 +240,22 @@ class ChildRuntime:
                 self._cancel(msg.run)
             elif isinstance(msg, P.Stop):
                 self._stop()
+            elif isinstance(msg, P.Check):
+                threading.Thread(target=self._gpu_check, daemon=True,
+                                 name="gpu-worker-check").start()
             else:
                 self._unreadable(msg)
             if self.stopping:
                 break
+
+    def _gpu_check(self) -> None:
+        """The GPU check on this process's own CUDA contexts (an application Xid poisons a
+        context, and a sticky error shows on its next call); off the loop: it may block."""
+        try:
+            ok, text = True, gpu_check.check() if gpu_check.expected() else "no GPU here"
+        except BaseException as exc:    # noqa: BLE001 - any failure is the check's answer
+            ok, text = False, f"{type(exc).__name__}: {exc}"[:1000]
+        self.send(P.Checked(ok, text))
 
     def _unreadable(self, msg: P.Message) -> None:
         """A frame this side cannot read: that run fails; anything else ends the child (the

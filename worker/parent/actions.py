@@ -36,6 +36,9 @@ class Settle:
     # The child before was lost (it did not exit): if its memory is not back, start only
     # if this many MiB are free (a fit check); None: start after the wait regardless.
     need_mb: float | None = None
+    # The pid of the child that went: where NVML's per-process list is ours
+    # (gpu_procs.py), the wait is until that pid has left it.
+    gone_pid: int | None = None
 
 
 @dataclass

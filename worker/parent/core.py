@@ -150,6 +150,9 @@ class SupervisorCore:
         label, action, busy = gpu_events.judge(ev.xid, ev.what, self.slots)
         for child in busy:
             child.replace_when_idle(f"GPU {label}", "gpu")
+        if action == "replace" or action.startswith("ignored"):    # an application Xid
+            for slot in self.slots:
+                self._actions.extend(slot.spares.xid(label))
         if action == "unhealthy":
             self.fate.broken(f"the GPU is unhealthy ({label})", "GpuUnhealthy",
                              "no more jobs; the platform should replace this worker")
@@ -216,7 +219,7 @@ class SupervisorCore:
             if slot.message(ev.msg, now):
                 self._ready(slot, ev.msg, now)
         elif (other := slot.spares.owns(ev.cid)) is not None:
-            slot.spares.message(other, ev.msg, now)
+            self._actions.extend(slot.spares.message(other, ev.msg, now))
 
     def _on_memory_read(self, ev: E.MemoryRead, now: float) -> None:
         slot = self.slots[ev.slot]
@@ -355,8 +358,9 @@ class SupervisorCore:
                 # to wait for (the VRAM limit counts such a child's own reservation only).
                 previous, slot.previous_mb = slot.previous_mb, None
                 need, slot.lost_need_mb = slot.lost_need_mb, None
+                gone, slot.previous_pid = slot.previous_pid, None
                 self._actions.append(Settle(slot.index, self.cids, slot.devices,
-                                            None if slot.shared else previous, need))
+                                            None if slot.shared else previous, need, gone))
             elif slot.out is None and slot.spares.wanted(slot.child, self.settings,
                                                          slot.devices, now):
                 self.cids += 1

@@ -2,9 +2,12 @@
 
 The driver frees a process's GPU memory a moment after the process exits. A baseline read
 before that would hide the next child's growth from the VRAM policy, and on a tight GPU
-the next child's model load could fail. So the next child starts once device memory in
-use is back within a margin of the old child's baseline, or after a bound, when the
-reading then is taken as the new baseline (another process may have grown meanwhile).
+the next child's model load could fail. Where NVML's per-process list is ours
+(gpu_procs.py) the wait is exact: until the dead child's pid has left it, which holds
+beside a sibling child on the same GPU too (its memory moves with its work, so no total
+can say). Elsewhere the next child starts once device memory in use is back within a
+margin of the old child's baseline (not on a shared GPU: nothing to compare with), or
+after a bound, when the reading then is taken as the new baseline.
 """
 from __future__ import annotations
 
@@ -43,16 +46,34 @@ def settled(used: float, previous: float | None) -> bool:
     return previous is None or used <= previous + MARGIN_MB
 
 
-def wait(read_used: Callable[[], float], previous: float, stop: threading.Event,
-         give_up: Callable[[], bool]) -> float:
-    """Poll until memory in use is back (or the bound passes, or `give_up()`); returns
-    the last reading."""
-    deadline = time.monotonic() + BOUND_S
-    used = read_used()
-    while not settled(used, previous) and time.monotonic() < deadline and not give_up():
-        stop.wait(POLL_S)
-        used = read_used()
-    if not settled(used, previous):
-        log.info("GPU memory in use is %.0f MiB, %.0f MiB over the last baseline, after the "
-                 "worker process exited: taken as the new baseline", used, used - previous)
-    return used
+class Wait:
+    """One Settle's question, asked until it is answered or the bound passes."""
+
+    def __init__(self, probe, procs, action):
+        self.probe, self.procs, self.action = probe, procs, action
+        listing = None if action.gone_pid is None else procs.listing(action.devices)
+        self.by_pid = listing is not None        # NVML's list says when it is free
+        self.previous = None if self.by_pid else action.previous_mb
+
+    def done(self) -> bool:
+        if self.by_pid:
+            listing = self.procs.listing(self.action.devices)
+            return listing is None or self.action.gone_pid not in listing
+        return settled(used(self.probe, self.action.devices), self.previous)
+
+    def wait(self, stop: threading.Event, give_up: Callable[[], bool]) -> tuple:
+        """Poll until done (or the bound, or `give_up()`): (the reading now, whether the
+        next child fits: the memory back, or, after a lost child, its need free)."""
+        deadline = time.monotonic() + BOUND_S
+        back = self.done()
+        while not back and time.monotonic() < deadline and not give_up():
+            stop.wait(POLL_S)
+            back = self.done()
+        now = used(self.probe, self.action.devices)
+        if not back:
+            over = "" if self.by_pid or self.previous is None else \
+                f", {now - self.previous:.0f} MiB over the last baseline"
+            log.info("GPU memory in use is %.0f MiB%s, %.1fs after the worker process "
+                     "exited: taken as the new baseline", now, over, BOUND_S)
+        need = self.action.need_mb
+        return now, need is None or back or free(self.probe, self.action.devices) >= need

@@ -93,6 +93,7 @@ class ChildRecord:
     setup_deadline: float | None
     last_beat: float
     baseline_mb: float = 0.0           # device memory in use before it started
+    baseline_known: bool = True        # False for a spare: another child was beside it
     peak_vram_mb: float = 0.0          # torch's peak allocation in any of its jobs
     state: ChildState = ChildState.STARTING
     kind: Kind | None = None

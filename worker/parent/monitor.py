@@ -142,6 +142,23 @@ class NvmlProbe(HostProbe):
                 out.append(uuid)
         return out
 
+    def processes(self, devices: tuple) -> dict | None:
+        """{pid: MiB} of the compute processes NVML lists on `devices` (UUIDs; () all), as
+        NVML names them (in a container, usually the host's pids: gpu_procs.py checks);
+        None when NVML cannot list them here."""
+        n = self.nvml
+        out: dict = {}
+        try:
+            for _, handle in self.handles:
+                if devices and _text(n.nvmlDeviceGetUUID(handle)) not in devices:
+                    continue
+                for proc in n.nvmlDeviceGetComputeRunningProcesses(handle):
+                    used = getattr(proc, "usedGpuMemory", None)
+                    out[proc.pid] = out.get(proc.pid, 0.0) + (used or 0) / 2**20
+        except Exception:    # noqa: BLE001 - not supported, no permission, old driver
+            return None
+        return out
+
     def _device(self, index: int, handle) -> DeviceReading:
         n = self.nvml
         mem = n.nvmlDeviceGetMemoryInfo(handle)

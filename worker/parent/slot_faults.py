@@ -41,7 +41,8 @@ def lost(slot, now: float):
     child, slot.child = slot.child, None
     s = slot.settings
     slot.lost += 1
-    slot.previous_mb = child.baseline_mb
+    slot.previous_mb = child.baseline_mb if child.baseline_known else None
+    slot.previous_pid = child.pid
     slot.lost_need_mb = (child.torch or {}).get("reserved_mb", 0.0)
     slot.next_cause = "lost"
     wait = max(s.stop_grace, KILL_WAIT_S)

@@ -44,6 +44,7 @@ class Slot:
         self.refresh_asked: str | None = None   # a refresh asked while it was starting
         self.next_baseline = 0.0           # the settled reading: the baseline of that child
         self.previous_mb: float | None = None   # the last child's baseline (settle wait)
+        self.previous_pid: int | None = None    # ... and its pid (NVML per process)
         self.in_flight: dict = {}          # run -> TrackedJob, in its child now
         self.log_ids: tuple = ()           # jobs the child's untagged output lines belong to
         self.breaker = RestartBreaker()
@@ -182,13 +183,15 @@ class Slot:
             if reading is not None and child.refresh_reason is None:
                 child.replace_when_idle(recycling.memory_verdict(
                     reading, child, self.settings,
-                    own_only=self.shared or self.spares.busy), "memory")
+                    own_only=self.shared or self.spares.busy or not child.baseline_known),
+                    "memory")
 
     def exited(self, code: int | None, tail: list, now: float,
                shutting_down: bool) -> Verdict | None:
         """Its child is gone: its jobs fail or, after a crash, run again (blame.py)."""
         child, self.child = self.child, None
-        self.previous_mb = child.baseline_mb
+        self.previous_mb = child.baseline_mb if child.baseline_known else None
+        self.previous_pid = child.pid
         jobs = self.let_go()
         s = self.settings
         how = recycling.describe_exit(code)

@@ -4,8 +4,10 @@ Host memory: the active child's own pages (USS: a spare forked from the same for
 shares the rest, the preloads and a warm import's weights) against what is available
 (the host's, and the container's cgroup limit). GPU memory: the active child's peak during
 jobs (torch's peak allocation, from its results, or its reservation, whichever is larger;
-not its idle footprint: a spare built while a job runs must not push that job into OOM)
-against the slot's devices' free memory. A device in EXCLUSIVE_PROCESS compute mode takes
+not its idle footprint: a spare built while a job runs must not push that job into OOM),
+or, where NVML's per-process figures are ours (gpu_procs.py), what NVML says the active
+child holds (its CUDA context included) if that is larger, against the slot's devices'
+free memory. A device in EXCLUSIVE_PROCESS compute mode takes
 one process: no spare can ever fit there.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ import psutil
 MIB = 2**20
 MARGIN = 0.10           # what it needs, plus 10% ...
 MIN_MARGIN_MB = 256.0   # ... and at least this much
+GPU_SHORT = "GPU memory:"   # how a shortage of GPU memory is worded (spares.py reads it)
 
 
 class Fit(NamedTuple):
@@ -47,7 +50,8 @@ def available_mb(reading) -> float:
     return available
 
 
-def check(probe, active_pid: int | None, devices: tuple, vram_mb: float) -> Fit:
+def check(probe, active_pid: int | None, devices: tuple, vram_mb: float,
+          procs=None) -> Fit:
     reading = probe.read(None)
     exclusive = getattr(probe, "exclusive", None)
     if devices and exclusive is not None:
@@ -60,11 +64,15 @@ def check(probe, active_pid: int | None, devices: tuple, vram_mb: float) -> Fit:
     if _with_margin(need) > free:
         return Fit(False, f"host memory: the active child holds {need:,.0f} MiB of its own, "
                           f"{free:,.0f} MiB are available")
+    held = procs.of_tree(active_pid, devices) if procs and active_pid and devices else None
+    source = "peak"
+    if held is not None and held > vram_mb:
+        vram_mb, source = held, "footprint (NVML)"
     if devices and vram_mb > 0:
         mine = reading.only(devices)
         free_vram = sum(d.free_mb for d in mine.devices)
         if mine.devices and _with_margin(vram_mb) > free_vram:
-            return Fit(False, f"GPU memory: the active child's peak is {vram_mb:,.0f} MiB, "
-                              f"{free_vram:,.0f} MiB are free")
+            return Fit(False, f"{GPU_SHORT} the active child's {source} is "
+                              f"{vram_mb:,.0f} MiB, {free_vram:,.0f} MiB are free")
     return Fit(True, f"the active child holds {need:,.0f} MiB of its own "
                      f"({free:,.0f} MiB available)")

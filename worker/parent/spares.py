@@ -6,7 +6,9 @@ promoted or dropped; the launcher only starts and stops it. A spare has run no j
 promoted spare is as fresh as a new child. Its failures never take the slot out of
 service: rebuilds back off, and after SPARE_FAILURES_OFF in a row the slot keeps no spare
 (the reason in /health). The old child it replaces retires: it stops as any child does
-(Stop, SIGTERM, SIGKILL, lost), and no new spare is built before it has gone.
+(Stop, SIGTERM, SIGKILL, lost), and no new spare is built before it has gone. After an
+application Xid (NVML names no process: it may be the spare's context that is poisoned)
+the spare runs the GPU check (protocol.Check) and takes over only once it has passed.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import logging
 
 from .. import protocol as P
 from ..config import Settings
-from .actions import Signal
+from . import device_settle
+from .actions import Send, Signal
+from .spare_fit import GPU_SHORT
 from .lifecycle import LOST, ChildRecord, ChildState, StopCause
 
 log = logging.getLogger("worker")
@@ -23,6 +27,7 @@ SPARE_FAILURES_OFF = 3        # spare failures in a row that turn the slot's spa
 RETRY_BASE_S = 1.0            # a failed spare is rebuilt after 1, 2, 4 ... s
 AUTO_SETUP_S = 1.0            # WORKER_SPARE=auto: a set-up this long is worth sparing
 UNFIT_RETRY_S = 30.0          # a spare that did not fit: asked again this much later
+SOON_S = 0.25                 # ... or this soon while a child's GPU memory is being freed
 # Set-up errors that say a second copy of the module can never set up beside the first:
 # a fixed port bound, a file lock taken, at import.
 ONE_COPY_ONLY = ("Address already in use", "Resource temporarily unavailable",
@@ -46,6 +51,10 @@ class Spares:
         self.unspared = 0          # replacements that found no spare ready
         self.setup_error: str | None = None
         self.unfit: str | None = None           # why a spare does not fit now (numbers)
+        self.freed_at: float | None = None      # when a retiring child last exited
+        self.suspect: str | None = None         # an application Xid since it started:
+        self.checking = False                   # ... it passes the GPU check first
+        self.condemned: str | None = None       # why it is being stopped as a failure
 
     # --- what it is --------------------------------------------------------------------------
 
@@ -70,7 +79,8 @@ class Spares:
 
     @property
     def ready(self) -> bool:
-        return self.child is not None and self.child.state is ChildState.READY
+        return (self.child is not None and self.child.state is ChildState.READY
+                and self.suspect is None)
 
     @property
     def coming(self) -> bool:
@@ -99,6 +109,8 @@ class Spares:
         return {"state": c.state.value if c else ("starting" if self.starting else None),
                 "pid": c.pid if c else None, "ready_at": self.ready_at,
                 "rss_bytes": c.rss if c else 0, "off": self.off, "unfit": self.unfit,
+                "vram_mb": (c.torch or {}).get("reserved_mb") if c else None,
+                "gpu_check": None if self.suspect is None else f"after {self.suspect}",
                 "failures": self.failures, "promotions": self.promotions,
                 "replaced_without_spare": self.unspared,
                 "retiring": [r.pid for r in self.retiring]}
@@ -111,27 +123,58 @@ class Spares:
                                  if settings.setup_timeout > 0 else None, last_beat=now,
                                  slot=slot, cid=cid)
 
-    def message(self, child: ChildRecord, msg: P.Message, now: float) -> bool:
-        """A message from the spare or a retiring child; True when the spare has just
-        become ready."""
+    def message(self, child: ChildRecord, msg: P.Message, now: float) -> list:
+        """A message from the spare or a retiring child; the actions it calls for."""
         child.last_beat = now
         kind = type(msg)
         if kind is P.Heartbeat:
             child.rss, child.torch = msg.rss, msg.gpu
-        elif kind is P.Ready and child is self.child and child.ready(msg):
+        elif child is not self.child:
+            return []
+        elif kind is P.Ready and child.ready(msg):
             self.ready_at = now
             self.failures, self.setup_error = 0, None
             log.info("spare child %d ready in %.2fs", child.pid, now - child.started)
-            return True
-        elif kind is P.SetupFailed and child is self.child:
+            return self._check() if self.suspect else []
+        elif kind is P.Checked:
+            self.checking = False
+            if msg.ok:
+                log.info("spare child %d passed the GPU check after %s: %s", child.pid,
+                         self.suspect, msg.message)
+                self.suspect = None
+            else:
+                self.condemned = f"the GPU check after {self.suspect} failed: {msg.message}"
+                return self.stop(StopCause.GPU_UNHEALTHY, self.condemned, now, 0.0)
+        elif kind is P.SetupFailed:
             self.setup_error = msg.message
-        elif kind is P.WarmRefused and child is self.child:
+        elif kind is P.WarmRefused:
             self.setup_error = f"warm import refused: {msg.reason}"
-        return False
+        return []
+
+    def xid(self, label: str) -> list:
+        """An application Xid: whatever spare there is (or is coming) passes the GPU check
+        before it takes over."""
+        if self.child is None and self.starting is None:
+            return []
+        if self.child is not None and self.child.state is ChildState.STOPPING:
+            return []
+        self.suspect = label
+        return self._check() if self.child is not None and \
+            self.child.state is ChildState.READY else []
+
+    def _check(self) -> list:
+        if self.checking:
+            return []
+        self.checking = True
+        log.info("spare child %d: running the GPU check (after %s) before it may take over",
+                 self.child.pid, self.suspect)
+        msg = P.Check(self.suspect)
+        return [Send(msg, msg.encode(), self.child.cid)]
 
     def failed(self, reason: str, now: float) -> None:
         """The spare could not start or died before promotion: back off, or turn off."""
         self.child, self.starting, self.ready_at = None, None, None
+        self.suspect, self.checking, self.condemned = None, False, None
         self.failures += 1
         if self.failures >= SPARE_FAILURES_OFF or any(s in reason for s in ONE_COPY_ONLY):
             self.off = reason if self.failures == 1 else \
@@ -144,8 +187,14 @@ class Spares:
 
     def not_now(self, reason: str, now: float) -> None:
         """No spare now (it does not fit beside the active child, or the start failed for
-        a moment): asked again later, said once."""
+        a moment): asked again later, said once. Short of GPU memory just after a child
+        left, the driver may still be freeing it: asked again soon, and said only if it
+        is still short once the settle bound has passed."""
         self.starting = None
+        if reason.startswith(GPU_SHORT) and self.freed_at is not None \
+                and now - self.freed_at < device_settle.BOUND_S:
+            self.retry_at = now + SOON_S
+            return
         if self.unfit is None:
             log.warning("no spare child for now: %s; checked again every %.0fs", reason,
                         UNFIT_RETRY_S)
@@ -155,14 +204,19 @@ class Spares:
     def exited(self, child: ChildRecord, how: str, now: float) -> None:
         if child in self.retiring:
             self.retiring.remove(child)
+            self.freed_at = now
             return
-        if child.stop_cause is None or child.stop_cause is StopCause.SETUP_TIMEOUT:
+        if self.condemned is not None:
+            self.failed(self.condemned, now)
+        elif child.stop_cause is None or child.stop_cause is StopCause.SETUP_TIMEOUT:
             self.failed(self.setup_error or f"it {how}", now)   # a death, not our stop
         else:
             self.child, self.ready_at = None, None
+            self.suspect, self.checking = None, False
 
     def promote(self) -> ChildRecord:
         child, self.child, self.ready_at = self.child, None, None
+        child.baseline_known = False     # it started beside another child: no baseline
         self.promotions += 1
         return child
 

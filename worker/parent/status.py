@@ -157,11 +157,18 @@ class Status(NamedTuple):      # a tuple: immutable, and cheap to make after eve
         }
 
 
-def health_view(status: Status, launcher: dict, probe) -> dict:
+def health_view(status: Status, launcher: dict, probe, procs=None) -> dict:
     """The worker as /health shows it: the status, the launcher's template (`launcher`:
     Launcher.health()), and memory read now from `probe` (each child's with its GPUs,
-    when there are several)."""
+    when there are several); a spare's GPU memory from NVML per process where `procs`
+    (gpu_procs.ProcessMemory) can say, else torch's reservation from its heartbeat."""
     out = status.to_dict()
+    for view, entry in zip(status.children, out["children"]):
+        spare = entry.get("spare") or {}
+        held = procs.of_tree(spare["pid"], view.devices) if procs and spare.get("pid") \
+            else None
+        if held is not None:
+            spare["vram_mb"] = round(held, 1)
     out["warm_refresh"] = launcher["warm_refresh"]
     out["launcher"] = launcher
     try:

@@ -54,6 +54,7 @@ from .launcher import Launcher
 from .launching import Launch, Launches
 from .lifecycle import ChildState
 from .metrics import Metrics
+from .gpu_procs import ProcessMemory
 from .monitor import make_probe
 from .mp_launcher import MpLauncher
 from .output import log_child_line
@@ -81,6 +82,7 @@ class Supervisor:
             warm=target if settings.warm_refresh else None)
         # monitor.HostProbe/NvmlProbe, or any .read(pid); made here: placement uses it
         self.probe = probe if probe is not None else make_probe()
+        self.gpu_procs = ProcessMemory(self.probe)     # per-process VRAM, where NVML's pids are ours
         if devices is None:
             devices = placement.plan(
                 placement.visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), self.probe),
@@ -188,7 +190,7 @@ class Supervisor:
     def snapshot(self) -> dict:
         """The worker for /health: the status, the launcher's template, and memory read
         now (each child's with its GPUs, when there are several)."""
-        return health_view(self.status, self.launcher.health(), self.probe)
+        return health_view(self.status, self.launcher.health(), self.probe, self.gpu_procs)
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -364,26 +366,23 @@ class Supervisor:
         """Answer once the slot's GPUs have the last child's memory back (device_settle.py);
         the wait, when there is one, runs off the loop. After a lost child (need_mb), a
         wait that ends without the memory back answers whether the new child fits."""
-        used = device_settle.used(self.probe, action.devices)
-        if device_settle.settled(used, action.previous_mb):
-            self._events.put(E.Settled(action.slot, action.cid, used))
+        wait = device_settle.Wait(self.probe, self.gpu_procs, action)
+        if wait.done():
+            self._events.put(E.Settled(action.slot, action.cid,
+                                       device_settle.used(self.probe, action.devices)))
             return
 
-        def wait():
-            used = device_settle.wait(lambda: device_settle.used(self.probe, action.devices),
-                                      action.previous_mb, self._probe_stop,
-                                      self._stopping.is_set)
-            fits = action.need_mb is None or device_settle.settled(used, action.previous_mb) \
-                or device_settle.free(self.probe, action.devices) >= action.need_mb
+        def run():
+            used, fits = wait.wait(self._probe_stop, self._stopping.is_set)
             self._events.put(E.Settled(action.slot, action.cid, used, fits))
-        threading.Thread(target=wait, daemon=True, name="gpu-worker-settle").start()
+        threading.Thread(target=run, daemon=True, name="gpu-worker-settle").start()
 
     def spawn(self, action: A.Spawn) -> None:
         """Start the child off the loop (launching.py); its answer is a Launch. A spare
         starts only if it fits beside the active child (spare_fit.py)."""
         if action.cause == "spare":
             fit = spare_fit.check(self.probe, action.active_pid, action.devices,
-                                  action.vram_mb)
+                                  action.vram_mb, self.gpu_procs)
             if not fit.ok:
                 self._events.put(E.SpawnFailed(action.slot, action.cid, fit.text,
                                                transient=not fit.never))
