@@ -21,6 +21,15 @@ from urllib.parse import parse_qs, urlparse
 ENDPOINT = "ep-test"
 
 
+class Batch(list):
+    """One take answer given as is (a queue item): an array of its elements, each a job
+    (sent as JSON) or bytes (sent raw, possibly broken)."""
+
+    def encode(self) -> bytes:
+        return b"[" + b",".join(e if isinstance(e, bytes) else json.dumps(e).encode()
+                                for e in self) + b"]"
+
+
 class _Server(ThreadingHTTPServer):
     def handle_error(self, request, client_address):
         pass     # clients that hang up (a worker shutting down) are not errors here
@@ -176,22 +185,29 @@ class FakeRunPod:
                     deadline = time.monotonic() + fake.long_poll
                     with fake.lock:
                         fake.lock.wait_for(lambda: fake.queue, max(0, deadline - time.monotonic()))
-                        jobs = [fake.queue.popleft() for _ in range(min(n, len(fake.queue)))]
+                        jobs = []     # a raw answer (bytes, Batch) goes alone
+                        while fake.queue and len(jobs) < n and not (
+                                jobs and isinstance(fake.queue[0], (bytes, Batch))):
+                            jobs.append(fake.queue.popleft())
+                            if isinstance(jobs[0], (bytes, Batch)):
+                                break
                     try:
                         if not jobs:
                             self._send(204)
-                        elif isinstance(jobs[0], bytes):     # a raw, possibly broken, answer
+                        elif isinstance(jobs[0], (bytes, Batch)):   # a raw answer
+                            raw = jobs[0].encode() if isinstance(jobs[0], Batch) else jobs[0]
                             self.send_response(200)
                             self.send_header("Content-Type", "application/json")
-                            self.send_header("Content-Length", str(len(jobs[0])))
+                            self.send_header("Content-Length", str(len(raw)))
                             self.end_headers()
-                            self.wfile.write(jobs[0])
+                            self.wfile.write(raw)
                         else:
                             self._send(200, jobs if op == "job-take-batch" else jobs[0])
                     finally:     # a take is recorded once its answer is on the wire
                         with fake.lock:
-                            fake.takes.append((query, [j.get("id") for j in jobs
-                                                       if isinstance(j, dict)]))
+                            fake.takes.append((query, [j.get("id") for j in (
+                                jobs[0] if jobs and isinstance(jobs[0], Batch) else jobs)
+                                if isinstance(j, dict)]))
                             fake.lock.notify_all()
                     return
                 if op == "job-stop":

@@ -32,6 +32,7 @@ _SQUARE = bytes.maketrans(b"{}", b"[]")
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _AT_BYTE = re.compile(r"\(byte (\d+)\)")
 _ID_KEY = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]')
+_SHAPE = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]')
 
 
 class JSONRefused(ValueError):
@@ -118,6 +119,53 @@ def parse(data: bytes) -> Any:
         return _decode(data)
     except (msgspec.MsgspecError, ValueError):
         return json.loads(bytes(data))
+
+
+def split_array(data: bytes) -> tuple | None:
+    """(elements, closed): the elements of a top-level JSON array as byte slices, found
+    without parsing them — only strings and brackets are scanned (no number is read,
+    nothing recurses), so no element's content can stop the others from being read — and
+    whether the array was closed. None when `data` is not array-shaped. An element that
+    breaks the quotes or brackets themselves swallows what follows it: the array is then
+    not closed, and its last slice holds the rest."""
+    start = len(data) - len(data.lstrip(b" \t\r\n\xef\xbb\xbf"))
+    if data[start:start + 1] != b"[":
+        return None
+    out, depth, begin = [], 0, start + 1
+    for m in _SHAPE.finditer(data, start):
+        tok = m.group()
+        if tok in (b"[", b"{"):
+            depth += 1
+        elif tok in (b"]", b"}"):
+            depth -= 1
+            if depth == 0:
+                out.append(data[begin:m.start()])
+                begin = None
+                break
+        elif tok == b"," and depth == 1:
+            out.append(data[begin:m.start()])
+            begin = m.end()
+    if begin is not None:                     # never closed: the rest is one more element
+        out.append(data[begin:])
+    return [e for e in out if e.strip()], begin is None
+
+
+_LOOSE_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,256})"')
+
+
+def loose_ids(data: bytes) -> list[str]:
+    """Every `"id": "..."` in bytes whose structure is broken (so job_ids cannot tell
+    which object a key is in): the last resort that keeps jobs in a broken answer from
+    vanishing unreported."""
+    found: list[str] = []
+    for m in _LOOSE_ID.finditer(data):
+        try:
+            value = m.group(1).decode()
+        except UnicodeDecodeError:
+            continue
+        if value not in found:
+            found.append(value)
+    return found
 
 
 def job_ids(data: bytes) -> list[str]:

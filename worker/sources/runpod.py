@@ -25,9 +25,9 @@ import requests
 from .. import tracing
 from ..config import Settings
 from ..jobs import SAFE_ID, JobResult, JobState, Reason, error_record, failure
-from ..jsonlimits import JSONRefused, job_ids, loads
 from ..parent.supervisor import JobListener, Supervisor, WorkerState
 from ..version import __version__
+from . import runpod_batch
 from .host import SourceHost
 from .runpod_delivery import Backoff, Delivery, Post
 from .runpod_take import TakeAborted, TakeClient, TakeError
@@ -172,53 +172,64 @@ class RunPodSource(JobListener):
                         self.stopping.wait(empty.next())
                     continue
                 empty.reset()
-                for job in jobs:
-                    self._accept(job)
+                self._take_in(jobs)
         finally:
             self.taking_done.set()
             with self._cond:
                 self._cond.notify_all()
 
-    def _take(self, room: int) -> list:
+    def _take(self, room: int) -> runpod_batch.Batch | None:
         with self._cond:
             in_progress = bool(self._taken)
         batch = room if self._batching() else 1
         status, content_type, body = self._taker.get(self.urls.take(batch, in_progress))
         if status in (204, 400):
-            return []
+            return None
         if status == 429:
             log.warning("job take: 429 Too Many Requests; waiting 5s")
             self.stopping.wait(5)
-            return []
+            return None
         if status >= 300:
             raise TakeError(f"HTTP {status}")
         if not body or "json" not in content_type:
-            return []
+            return None
         self.sup.metrics.bytes_in.inc(len(body))
-        try:
-            data = loads(body, "the job-take answer")
-        except JSONRefused as exc:
-            self._unreadable(body, str(exc))
-            return []
-        if isinstance(data, dict):
-            return [data]
-        if isinstance(data, list):
-            return data
-        raise ValueError(f"job take answered {type(data).__name__}, not a job")
+        taken = runpod_batch.read(body)
+        return taken if taken.jobs or taken.refused or taken.unnamed else None
 
-    def _unreadable(self, body: bytes, why: str) -> None:
-        """Jobs the queue sent that cannot be read are reported FAILED under the ids that
-        can be found in them, never dropped in silence."""
-        ids = job_ids(body)
-        if not ids:
-            log.error("the queue sent an answer that is not a job, with no job id in it "
-                      "(%s): %.200r", why, body[:200])
-        for job_id in ids:
-            log.error("the queue sent a job that cannot be read: %s", why,
-                      extra={"job_id": job_id})
-            self.on_result(failure(job_id, JobState.FAILED, Reason.REFUSED, "JobRefused",
-                                   f"the worker could not read this job: {why}",
-                                   self.urls.worker_id, self.settings.hostname))
+    def _take_in(self, batch: runpod_batch.Batch) -> None:
+        """Each job of a take answer on its own: the readable ones are accepted, then the
+        unreadable ones refused (so a readable copy in the same answer wins)."""
+        for job in batch.jobs:
+            self._accept(job)
+        refused: set = set()
+        for job_id, why in batch.refused:
+            if job_id not in refused:
+                refused.add(job_id)
+                self._refuse(job_id, why)
+        if batch.unnamed:
+            log.error("the queue sent %d job(s) that cannot be read and carry no job id "
+                      "to report them under (%s); taking again", len(batch.unnamed),
+                      batch.unnamed[0][:300])
+
+    def _refuse(self, job_id: str, why: str) -> None:
+        """The one rule for a report that is not a run's: a job that cannot be read is
+        reported FAILED under its id only if this worker does not hold that id (a copy of
+        a running job is the running job's to report)."""
+        with self._cond:
+            held = job_id in self._taken
+        if held:
+            log.warning("the queue sent a copy of a job this worker runs, and the copy "
+                        "cannot be read (%s); ignored", why, extra={"job_id": job_id})
+            return
+        log.error("the queue sent a job that cannot be read: %s", why,
+                  extra={"job_id": job_id})
+        if not SAFE_ID.fullmatch(job_id):
+            log.error("its id cannot go into a URL: it cannot be reported")
+            return
+        self._post_final(failure(job_id, JobState.FAILED, Reason.REFUSED, "JobRefused",
+                                 f"the worker could not read this job: {why}",
+                                 self.urls.worker_id, self.settings.hostname), None)
 
     def _batching(self) -> bool:
         return self.sup.status.concurrency > 1
@@ -255,9 +266,13 @@ class RunPodSource(JobListener):
         self.delivery.put(Post("stream", job_id, self.urls.stream(job_id), {"output": value}))
 
     def on_result(self, result: JobResult) -> None:
+        """The final report of a run this worker holds (the supervisor's one per job)."""
         with self._cond:
             taken = self._taken.pop(result.job_id, None)
             self._cond.notify_all()
+        self._post_final(result, taken)
+
+    def _post_final(self, result: JobResult, taken: _Taken | None) -> None:
         if taken is not None and taken.stopped_by_platform and \
                 result.state is JobState.CANCELLED:
             log.info("job stopped by the platform", extra={"job_id": result.job_id})
