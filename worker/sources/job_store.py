@@ -27,6 +27,7 @@ _NONE = object()
 JOB_KEYS = ("input", "webhook", "policy", "s3Config", "traceparent")
 WEBHOOK_SENDERS = 16             # webhooks in flight at once, each for its own job
 WEBHOOK_TRIES = 4
+PURGE_WAIT_S = 5.0               # /purge-queue waits this long at most for the cancels
 WEBHOOK_TIMEOUT = (3.0, 10.0)    # connect, read: a stuck receiver holds one sender at most ~45 s
 
 
@@ -90,6 +91,7 @@ class JobStore(JobListener):
         self.max_jobs, self.max_bytes = max_jobs, max_bytes     # 0: no bound
         self.records: dict[str, Record] = {}
         self.lock = threading.Lock()
+        self.moved = threading.Condition(self.lock)   # a record started or ended
         self.counts = {"completed": 0, "failed": 0}
         self.capacity = capacity       # load balancing: jobs the child takes now; no queue
         self.active = 0                # jobs submitted and not ended
@@ -172,11 +174,18 @@ class JobStore(JobListener):
         self.sup.cancel(rec.id)
 
     def purge(self) -> int:
+        """Cancel every queued job and answer once each has ended or started (blocking, up
+        to PURGE_WAIT_S): the count is of jobs that did end CANCELLED, so /status and
+        /health agree with it the moment it is given. A job that started meanwhile runs on
+        and is not counted."""
         with self.lock:
-            queued = [r.id for r in self.records.values() if r.status is JobState.IN_QUEUE]
-        for job_id in queued:
-            self.sup.cancel(job_id, queued_only=True)
-        return len(queued)
+            queued = [r for r in self.records.values() if r.status is JobState.IN_QUEUE]
+        for rec in queued:
+            self.sup.cancel(rec.id, queued_only=True)
+        with self.moved:
+            self.moved.wait_for(lambda: all(r.status is not JobState.IN_QUEUE
+                                            for r in queued), PURGE_WAIT_S)
+            return sum(r.status is JobState.CANCELLED for r in queued)
 
     def health(self) -> dict:
         with self.lock:
@@ -215,6 +224,7 @@ class JobStore(JobListener):
             if rec is not None:
                 rec.status, rec.started = JobState.IN_PROGRESS, time.monotonic()
                 self._dequeued(rec)
+                self.moved.notify_all()
 
     def on_progress(self, job_id: str, value: Any) -> None:
         with self.lock:
@@ -237,6 +247,7 @@ class JobStore(JobListener):
             if rec.finished is None:
                 self.active -= 1
             rec.status, rec.result, rec.finished = result.state, result, time.monotonic()
+            self.moved.notify_all()
             if result.state is JobState.COMPLETED:
                 self.counts["completed"] += 1
             elif result.state in (JobState.FAILED, JobState.TIMED_OUT):

@@ -259,7 +259,8 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
 
     @router.post("/purge-queue", summary="Drop every queued job")
     async def purge_queue():
-        return {"removed": store().purge(), "status": "completed"}
+        removed = await asyncio.get_running_loop().run_in_executor(None, store().purge)
+        return {"removed": removed, "status": "completed"}
 
     public = APIRouter()      # /health and /ping answer without the token
 
