@@ -62,9 +62,11 @@ def _streamed(col: StreamCollector, error: Any = None) -> Outcome:
 
 
 def _raised(exc: BaseException, record: Record, col: StreamCollector | None) -> Outcome:
-    # sys.exit()/KeyboardInterrupt in a job: fail that job only, then replace the child,
-    # since the code asked for its process to end.
-    leaving = isinstance(exc, (SystemExit, KeyboardInterrupt))
+    # sys.exit(), KeyboardInterrupt or any other BaseException that is not an Exception
+    # (GeneratorExit, a CancelledError a sync handler raised, a class of the user's): fail
+    # that job only, then replace the child, since the code asked for its process (or
+    # something in it) to end.
+    leaving = not isinstance(exc, Exception)
     error = record(exc)
     if col is not None:
         out = _streamed(col, error)
@@ -96,7 +98,7 @@ def run_sync(handler: Callable, kind: Kind, job: dict, emit: Emit, aggregate: bo
         return _streamed(col)
     except Interrupted:
         raise
-    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+    except BaseException as exc:      # noqa: B902 - any of them is this job's failure
         return _raised(exc, record, col)
 
 
@@ -117,6 +119,6 @@ async def run_async(handler: Callable, kind: Kind, job: dict, emit: Emit, aggreg
             emit(chunk)
         return _streamed(col)
     except (Interrupted, asyncio.CancelledError):
-        raise
-    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        raise           # the task decides: a cancel it was asked for, or the handler's own
+    except BaseException as exc:      # noqa: B902 - any of them is this job's failure
         return _raised(exc, record, col)

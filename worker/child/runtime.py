@@ -92,15 +92,39 @@ class ChildRuntime:
         self._threads: dict[int, int] = {}         # run -> thread ident
         self._cancelled: set[int] = set()
         self._done: asyncio.Future | None = None
+        self.pid = os.getpid()
 
     # --- plumbing -------------------------------------------------------------------------
 
     def activate(self) -> None:
         global _current
         _current = self
+        os.register_at_fork(after_in_child=self._forked)
         signal.signal(signal.SIGUSR1, self._on_stop_signal)
         # The parent owns shutdown: a terminal's Ctrl-C is for it, not for us.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def _forked(self) -> None:
+        """In a process forked from this one (the handler's os.fork(), a fork-started
+        multiprocessing worker): the control channel is not its to read or write, nor to
+        hold open after this child has gone. /dev/null takes its place: writes vanish,
+        a read is the end. If the fork comes back into the job loop (a handler that
+        returned in the fork), it leaves at once (`_report`)."""
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, self.fd)
+            os.close(null)
+        except OSError:
+            pass
+
+    def _leave_if_forked(self) -> None:
+        if os.getpid() != self.pid:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:   # noqa: BLE001
+                    pass
+            os._exit(0)
 
     def send(self, msg: P.Message) -> None:
         self.send_bytes(msg.encode())
@@ -202,7 +226,7 @@ class ChildRuntime:
             return 1
         try:
             return max(1, int(self.modifier(current)))
-        except Exception:
+        except BaseException:     # noqa: B902 - user code: never the job's report, nor the loop
             traceback.print_exc()
             return max(1, current)
 
@@ -335,6 +359,7 @@ class ChildRuntime:
         return emit
 
     def _report(self, run: int, job_id: str, outcome: Outcome) -> None:
+        self._leave_if_forked()        # a fork of this child reports nothing, runs nothing
         joblog.job_ended(job_id)       # its last partial line, tagged, before its result
         if self._runs.get(job_id) == run:
             del self._runs[job_id]
@@ -343,7 +368,7 @@ class ChildRuntime:
         self.concurrency = self._concurrency(self.concurrency)
         try:
             sdk_hooks.after_job(outcome.body, self.settings.rp_debugger, self.ready_at)
-        except Exception:      # noqa: BLE001 - the job's result matters more
+        except BaseException:      # noqa: B902 - the job's result matters more
             traceback.print_exc()
         peak = torch_memory()
         msg = P.Done(run, outcome.state, outcome.reason, outcome.body, outcome.refresh,
@@ -385,6 +410,7 @@ class ChildRuntime:
         self._finish()
 
     def _finish(self) -> None:
+        self._leave_if_forked()
         self.stopping = True
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
