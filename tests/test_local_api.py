@@ -86,6 +86,9 @@ def test_health(api):
     (b'{"inputs": 1}', 400, "no 'input'"),
     (b"\xff\xfe", 400, "not UTF-8"),
     (b'{"input": 1, "webhook": "ftp://x"}', 400, "webhook"),
+    (b'{"input": 1, "webhook": "http://a/\\n2026 INFO forged"}', 400, "control character"),
+    (b'{"input": 1, "webhook": "http://a:99999/"}', 400, "webhook"),
+    (b'{"input": 1, "webhook": "https://"}', 400, "a host"),
 ])
 def test_bad_requests_get_400_with_a_message(api, body, code, message):
     for path in ("/run", "/runsync", "/v2/ep/run"):

@@ -3,18 +3,43 @@
 
 Pass the job id as `extra={"job_id": ...}`; a job that came with a W3C traceparent has
 its trace id in the line too (tracing.TRACES).
+
+Much of what is logged comes from users (ids, URLs, error messages, the child's output),
+so no text can pass for a line of the worker's own: in the readable form every control
+character is shown escaped except colours (SGR sequences, which tqdm, rich and loguru
+users expect to keep), and a record's second and later lines (a traceback, a message with
+a newline) are indented, so none can start a line of its own. JSON lines escape every
+control character, line and paragraph separators included.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import sys
 
 from .tracing import TRACES
 
 MAX_MESSAGE = 4096
 _SDK_NAMES = {"WARNING": "WARN", "CRITICAL": "ERROR"}     # RunPodLogger's level names
+_SGR = re.compile(r"(\x1b\[[0-9;:]{0,64}m)")     # a colour: kept in the readable form
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")   # not \t or \n
+_JSON_RAW = re.compile(r"[\x7f-\x9f\u2028\u2029]")   # what json.dumps leaves raw
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """`text` with every control character escaped but \\t, \\n and colours."""
+    if not _CONTROL.search(text):
+        return text
+    parts = _SGR.split(text)
+    parts[::2] = [_CONTROL.sub(_escape, p) for p in parts[::2]]
+    return "".join(parts)
 
 
 def _clip(text: str) -> str:
@@ -35,7 +60,7 @@ class TextFormatter(logging.Formatter):
             head, _, rest = line.partition(" | ")
             trace = TRACES.get(job_id)
             line = f"{head} | {job_id}{f' trace={trace}' if trace else ''} | {rest}"
-        return _clip(line)
+        return visible(_clip(line)).replace("\n", "\n    ")
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,7 +74,8 @@ class JsonFormatter(logging.Formatter):
         trace = TRACES.get(job_id) if job_id else None
         if trace:
             line["traceId"] = trace
-        return json.dumps(line, ensure_ascii=False)
+        return _JSON_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}",
+                             json.dumps(line, ensure_ascii=False))
 
 
 def configure(level: str, json_lines: bool | None = None) -> None:

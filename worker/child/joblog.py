@@ -35,10 +35,13 @@ class JobTaggedStream:
         return getattr(self._stream, name)
 
     def write(self, text: str) -> int:
+        size = len(text)
+        if TAG in text or END in text:    # user text can never make (or break) a tag
+            text = text.replace(TAG, "\\x1e").replace(END, "\\x1f")
         job = current_job.get()
         if job is None:
-            return self._stream.write(text)
-        size = len(text)
+            self._stream.write(text)
+            return size
         with self._lock:
             text = self._pending.pop(job, "") + text
             *lines, rest = text.split("\n")

@@ -14,6 +14,7 @@ says so (`launcher_lost`) and keeps watching the child.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import selectors
 from typing import Callable
@@ -24,6 +25,7 @@ from .launcher import ALIVE, EXITED, ChildProcess, readable
 from .output import OutputPump, Sink
 
 POLL_S = 0.5            # no pidfd: how often /proc is read
+KNOWN_JOBS = 64         # job ids a child's output lines may name (the ones it was sent)
 REPORT_WAIT_S = 2.0     # gone: how long its launcher may take to report its code
 PENDING_POLL_S = 0.05   # meanwhile, how often the kernel is asked (an adopted child)
 
@@ -37,8 +39,11 @@ class ChildHost:
         self.cid = cid
         self.proc = proc
         self.channel = Channel(proc.fd)
+        # Job ids sent to this child (the last KNOWN_JOBS): a tagged output line is the
+        # job's only if its child was sent it; recorded before the Run is written.
+        self.sent_jobs: collections.OrderedDict = collections.OrderedDict()
         self.pump = OutputPump({proc.stdout_fd: "stdout", proc.stderr_fd: "stderr"},
-                               log_ids, sink)
+                               log_ids, sink, self.sent_jobs.__contains__)
         self._sel = sel
         self._watching_writes = False
         self._watched: set = set()
@@ -101,7 +106,12 @@ class ChildHost:
         self.check_at = now + PENDING_POLL_S      # a report still to come wakes it sooner
         return False
 
-    def send(self, data) -> None:
+    def send(self, data, job_id: str | None = None) -> None:
+        if job_id is not None:
+            self.sent_jobs[job_id] = None
+            self.sent_jobs.move_to_end(job_id)
+            while len(self.sent_jobs) > KNOWN_JOBS:
+                self.sent_jobs.popitem(last=False)
         self.channel.send(data)
         self._watch_writes()
 

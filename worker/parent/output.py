@@ -2,8 +2,9 @@
 
 A thread of its own, so a handler that floods its output never delays control messages.
 Each line goes to a sink with its job id: the one the child tagged it with (a line a job's
-own Python code wrote), else the ids of the jobs running when it was read (output from C
-code or subprocesses). The last lines are kept for error messages (a crash at import is
+own Python code wrote) if that job was sent to this child, else the ids of the jobs
+running when it was read (output from C code or subprocesses); a tag naming any other id
+is user text that looks like a tag, and is kept in the line as text. The last lines are kept for error messages (a crash at import is
 explained by its stderr). A progress bar drawn with carriage returns is logged as its final
 state, and its state so far at most every few seconds (redraws.py).
 """
@@ -32,11 +33,13 @@ Sink = Callable[[str, str, tuple], None]   # (stream name, line, job ids)
 
 class OutputPump(threading.Thread):
     def __init__(self, streams: dict, job_ids: Callable[[], tuple], sink: Sink,
-                 tail: int = 40, progress_every: float = PROGRESS_EVERY):
+                 known: Callable[[str], bool] = lambda job: True, tail: int = 40,
+                 progress_every: float = PROGRESS_EVERY):
         super().__init__(name="gpu-worker-output", daemon=True)
         self._streams = streams          # fd -> "stdout" | "stderr"
         self._job_ids = job_ids
         self._sink = sink
+        self._known = known              # was this job id sent to this child?
         self.tail: collections.deque = collections.deque(maxlen=tail)
         self._partial = {fd: b"" for fd in streams}
         self._redraws = Redraws(progress_every)    # progress bars: their state, now and then
@@ -101,7 +104,10 @@ class OutputPump(threading.Thread):
         for raw in lines:
             if not raw and final:
                 continue
-            job, line = split_tag(raw.decode("utf-8", "replace").rstrip("\r"))
+            text = raw.decode("utf-8", "replace").rstrip("\r")
+            job, line = split_tag(text)
+            if job is not None and not self._known(job):
+                job, line = None, text       # not this child's job: the "tag" is text
             if "\r" in line:           # drawn over: its final state, not the raw redraws
                 line = last_drawn(line)
                 if not line:

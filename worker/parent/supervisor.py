@@ -38,6 +38,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from .. import protocol as P
 from .. import tracing
 from ..config import Settings
 from ..jobs import JobResult, JobState, Reason, failure
@@ -49,12 +50,12 @@ from .child_host import ChildHost, exited_hosts
 from .commands import Commands
 from .core import SupervisorCore
 from .dispatch import Dispatcher
+from .gpu_procs import ProcessMemory
 from .health_file import HealthFile
 from .launcher import Launcher
 from .launching import Launch, Launches
 from .lifecycle import ChildState
 from .metrics import Metrics
-from .gpu_procs import ProcessMemory
 from .monitor import make_probe
 from .mp_launcher import MpLauncher
 from .output import log_child_line
@@ -355,7 +356,8 @@ class Supervisor:
     def send(self, action: A.Send) -> None:
         host = self._hosts.get(action.cid)
         if host is not None:
-            host.send(action.data)
+            msg = action.msg
+            host.send(action.data, msg.job.get("id") if type(msg) is P.Run else None)
 
     def signal(self, action: A.Signal) -> None:
         host = self._hosts.get(action.cid)

@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import sys
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
@@ -52,6 +53,29 @@ _WHY = {400: "bad request body", 401: "missing or wrong token", 404: "unknown or
         413: "request body over the limit", 429: "the queue is full (see Retry-After)",
         503: "the worker cannot run jobs"}
 
+
+
+MAX_WEBHOOK = 2048
+
+
+def webhook_refusal(url) -> str | None:
+    """Why `url` is not a webhook this worker will post to (None: it is): an http(s) URL
+    with a host, no whitespace or control character (it goes into log lines and a
+    request line), at most MAX_WEBHOOK characters."""
+    if not isinstance(url, str):
+        return f"it is a {type(url).__name__}"
+    if len(url) > MAX_WEBHOOK:
+        return f"it is {len(url)} characters long (at most {MAX_WEBHOOK})"
+    if any(c.isspace() or ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in url):
+        return "it holds whitespace or a control character"
+    try:
+        parts = urlsplit(url)
+        parts.port                      # noqa: B018 - raises on a port that is not one
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "it needs http:// or https:// and a host"
+    return None
 
 def _errors(*codes) -> dict:
     return {code: {"description": _WHY[code], **_ERROR} for code in codes}
@@ -182,10 +206,10 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
             validate_job({**body, "id": "checked"})      # policy; the id is ours to give
         except JobError as exc:
             raise HTTPException(400, str(exc)) from None
-        if body.get("webhook") is not None and not (
-                isinstance(body["webhook"], str)
-                and body["webhook"].startswith(("http://", "https://"))):
-            raise HTTPException(400, "'webhook' must be an http(s) URL")
+        if body.get("webhook") is not None:
+            why = webhook_refusal(body["webhook"])
+            if why:
+                raise HTTPException(400, f"'webhook' must be an http(s) URL: {why}")
         return body, raw
 
     def record(job_id: str):
