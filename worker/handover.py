@@ -21,20 +21,42 @@ START_HOMES = {"worker", "worker.api", "worker.serverless", "runpod.serverless"}
 
 
 def running_script() -> str | None:
-    """The script this interpreter runs as __main__ (`python script.py`), else None
+    """The script this interpreter runs as __main__, as the user named it (`python
+    script.py`, a symlink kept as the link, `python app.pyz`, `python folder/`), else None
     (`python -m …`, `-c`, a REPL, a notebook, a worker child)."""
     main = sys.modules.get("__main__")
-    if main is None or getattr(main, "__spec__", None) is not None:
-        return None
     path = getattr(main, "__file__", None)
     if not path or not sys.argv or not sys.argv[0]:
         return None
+    spec = getattr(main, "__spec__", None)
+    if spec is not None:
+        # A zipapp or a folder run by path: its __main__.py, run by runpy, is the script
+        # named in argv[0]; any other spec is `python -m`.
+        if spec.name != "__main__" or os.path.basename(path) != "__main__.py":
+            return None
+        path = os.path.dirname(path)
     try:
         if not os.path.samefile(path, sys.argv[0]):
             return None
     except OSError:
         return None
-    return os.path.realpath(path)
+    return os.path.abspath(sys.argv[0])
+
+
+def script_source(script: str) -> bytes:
+    """The code a script runs: the file, or the __main__.py of a zipapp or a folder.
+    OSError when it cannot be read."""
+    import zipfile                  # here: `import worker` stays light
+    if os.path.isdir(script):
+        script = os.path.join(script, "__main__.py")
+    elif zipfile.is_zipfile(script):
+        try:
+            with zipfile.ZipFile(script) as archive:
+                return archive.read("__main__.py")
+        except (KeyError, zipfile.BadZipFile) as exc:
+            raise OSError(str(exc)) from None
+    with open(script, "rb") as f:
+        return f.read()
 
 
 def calls_start(source: bytes | str) -> bool:
@@ -47,6 +69,10 @@ def calls_start(source: bytes | str) -> bool:
     names = {alias.asname or alias.name for node in ast.walk(tree)
              if isinstance(node, ast.ImportFrom) and node.module in START_HOMES
              for alias in node.names if alias.name == "start"}
+    # `import worker` (or `import worker as w`): worker.start(...)
+    homes = {alias.asname or alias.name for node in ast.walk(tree)
+             if isinstance(node, ast.Import) for alias in node.names
+             if alias.name in START_HOMES and (alias.asname or "." not in alias.name)}
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue
@@ -54,7 +80,7 @@ def calls_start(source: bytes | str) -> bool:
         if isinstance(func, ast.Attribute) and func.attr == "start":
             owner = func.value
             if (isinstance(owner, ast.Attribute) and owner.attr == "serverless") or \
-                    (isinstance(owner, ast.Name) and owner.id == "serverless"):
+                    (isinstance(owner, ast.Name) and owner.id in ("serverless", *homes)):
                 return True
         if isinstance(func, ast.Name) and func.id in names:
             return True
@@ -79,8 +105,7 @@ def hand_over_early() -> None:
     if script is None or not _importing_from_top(sys._getframe(1)):
         return
     try:
-        with open(script, "rb") as f:
-            source = f.read()
+        source = script_source(script)
     except OSError:
         return
     if calls_start(source):
@@ -93,6 +118,7 @@ def reexec(script: str, args: list) -> None:
     started again by the script in the child): they end first."""
     import subprocess
     _end_own_children()
+    _stdin_for_the_rerun()
     argv = [sys.executable, *subprocess._args_from_interpreter_flags(), "-m", "worker",
             script, *args]
     for stream in (sys.stdout, sys.stderr):
@@ -101,6 +127,39 @@ def reexec(script: str, args: list) -> None:
         except Exception:
             pass
     os.execv(sys.executable, argv)
+
+
+def _stdin_for_the_rerun() -> None:
+    """The script runs again from its start in the worker's child, which reads this
+    process's stdin: a file is rewound, so it reads it whole again. A pipe cannot be:
+    one already at its end was read before `import worker`, which is said."""
+    import select
+    import stat
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return
+    if stat.S_ISREG(mode):
+        try:
+            os.lseek(0, 0, os.SEEK_SET)
+        except OSError:
+            pass
+        return
+    if not stat.S_ISFIFO(mode):
+        return
+    try:
+        import fcntl
+        import struct
+        import termios
+        ready = select.select([0], [], [], 0)[0]
+        left = struct.unpack("i", fcntl.ioctl(0, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except (OSError, ValueError):
+        return
+    if ready and not left:
+        print("gpu-worker: stdin (a pipe) is already at its end: the script read it before "
+              "`import worker`, and it runs again in the worker process, where there is "
+              "nothing left to read. Put `import worker` first, or run `python -m worker "
+              f"{sys.argv[0]}`", file=sys.stderr)
 
 
 def _end_own_children(grace: float = 5.0) -> None:

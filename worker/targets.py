@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,8 @@ def warm_key(target) -> str | None:
     """The target as the forkserver imports it (JSON), or None: a handler given as a value
     lives in the parent and cannot be imported there."""
     if isinstance(target, ScriptTarget):
+        if os.path.isdir(target.path) or zipfile.is_zipfile(target.path):
+            return None            # a zipapp or a folder: runpy runs it, the child only
         kind, where = "script", target.path
     elif isinstance(target, ModuleTarget):
         kind, where = "module", target.name

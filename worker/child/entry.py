@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import os
+import pkgutil
 import runpy
 import sys
 import traceback
@@ -27,7 +28,10 @@ def run_target(target, runtime: ChildRuntime) -> dict:
     from here: the job loop runs inside it)."""
     if isinstance(target, ScriptTarget):
         sys.argv = [target.path, *target.argv]
-        sys.path.insert(0, os.path.dirname(target.path))
+        if pkgutil.get_importer(target.path) is None:    # a file (runpy puts an archive
+            # or a folder on sys.path itself); Python puts the script's real folder first,
+            # its __file__ stays the path as given (a symlink's, not its target's)
+            sys.path.insert(0, os.path.dirname(os.path.realpath(target.path)))
         return runpy.run_path(target.path, run_name="__main__")
     if isinstance(target, ModuleTarget):
         sys.argv = [target.name, *target.argv]
@@ -79,6 +83,7 @@ def child_main(spec: ChildSpec) -> None:
     _capture_output(spec.stdout.fileno(), spec.stderr.fileno())
     spec.stdout.close()
     spec.stderr.close()
+    _stdin_back()
     joblog.install()
     settings = Settings.from_dict(spec.settings)
     # The parent started our process without its secrets (spawner.py); the ones the user
@@ -173,6 +178,26 @@ def _capture_output(out_fd: int, err_fd: int) -> None:
             stream.reconfigure(line_buffering=True)
         except Exception:
             pass
+
+
+def _stdin_back() -> None:
+    """multiprocessing points sys.stdin at /dev/null in a new process, but fd 0 is still
+    the worker's stdin (the parent never reads it): the script reads it, as under
+    `python script.py`. Every child shares it, as processes share a terminal."""
+    try:
+        os.fstat(0)
+    except OSError:
+        return
+    old = sys.stdin
+    try:
+        sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
+    except (OSError, ValueError):
+        return
+    try:
+        if old is not None and old.fileno() != 0:
+            os.close(old.fileno())     # multiprocessing's /dev/null
+    except (OSError, ValueError):
+        pass
 
 
 def _raise_oom_score(by: int) -> None:

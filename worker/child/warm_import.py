@@ -102,7 +102,7 @@ def _run(kind: str, where: str, argv: list) -> dict:
     keeping its namespace even when start() unwinds it."""
     if kind == "script":
         sys.argv = [where, *argv]
-        sys.path.insert(0, os.path.dirname(where))
+        sys.path.insert(0, os.path.dirname(os.path.realpath(where)))
         module = types.ModuleType("__main__")
         module.__file__ = where
         module.__builtins__ = __builtins__

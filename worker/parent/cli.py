@@ -50,7 +50,7 @@ def main(argv: list | None = None) -> int:
     if serve:
         ns.serve_api = True
     script = os.path.abspath(ns.script)
-    if not os.path.isfile(script):
+    if not (os.path.isfile(script) or os.path.isfile(os.path.join(script, "__main__.py"))):
         print(f"worker: error: handler file not found: {ns.script}", file=sys.stderr)
         return 2
     try:

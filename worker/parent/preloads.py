@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import re
 
+from .. import handover
 from ..targets import ModuleTarget, ScriptTarget
 
 _IMPORTS_SDK = re.compile(r"^\s*(?:import\s+runpod\b|from\s+runpod[\s.])", re.MULTILINE)
@@ -40,8 +41,7 @@ def _source(target) -> str:
             path = None
     if not path:
         return ""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(1 << 20)
+    try:       # a zipapp's or a folder's __main__.py too
+        return handover.script_source(path)[:1 << 20].decode("utf-8", "replace")
     except OSError:
         return ""
