@@ -304,3 +304,78 @@ def test_the_output_pump_outlives_a_failing_sink():
     pump.join(10)
     os.close(r)
     assert seen == ["first", "last"] and not pump.is_alive()
+
+
+# --- a downloaded zip is extracted within the download's limits ---------------------------
+
+def _zip(path, entries):
+    import zipfile
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries:
+            archive.writestr(name, data)
+    return path
+
+
+class _Zip(BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Disposition", 'attachment; filename="data.zip"')
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_zip_bomb_under_the_download_cap_is_not_extracted_past_it(tmp_path, monkeypatch):
+    """0.02 MiB that inflates to 20 MiB, under a 2 MiB cap: fetched (it is small), but
+    extraction stops and leaves nothing behind; an honest zip extracts as before."""
+    from worker.serverless.utils import rp_archive
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "true")
+    monkeypatch.setenv("RUNPOD_MAX_DOWNLOAD_BYTES", str(2 * 2**20))
+    bomb = _zip(tmp_path / "bomb.zip", [("zeros.bin", b"\0" * (20 * 2**20))])
+    assert bomb.stat().st_size < 2**20
+    _Zip.body = bomb.read_bytes()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Zip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(rp_archive.UnsafeArchive, match="inflates|cap"):
+            rp_download.file(f"http://127.0.0.1:{server.server_address[1]}/d")
+        assert [p for p in (tmp_path / "job_files").iterdir() if p.is_dir()] == []
+        _Zip.body = _zip(tmp_path / "ok.zip", [("a/b.txt", b"hello"), ("c.txt", b"x")]
+                         ).read_bytes()
+        got = rp_download.file(f"http://127.0.0.1:{server.server_address[1]}/d")
+        assert open(os.path.join(got["extracted_path"], "a", "b.txt")).read() == "hello"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_extraction_bounds_entries_total_bytes_and_names(tmp_path, monkeypatch):
+    from worker.serverless.utils import rp_archive
+    monkeypatch.setattr(rp_archive, "MAX_ENTRIES", 5)
+    many = _zip(tmp_path / "many.zip", [(f"f{i}", b"x") for i in range(6)])
+    with pytest.raises(rp_archive.UnsafeArchive, match="6 entries"):
+        rp_archive.extract(str(many), str(tmp_path / "out1"))
+    total = _zip(tmp_path / "total.zip", [(f"f{i}", os.urandom(4000)) for i in range(3)])
+    with pytest.raises(rp_archive.UnsafeArchive, match="cap of 10000"):
+        rp_archive.extract(str(total), str(tmp_path / "out2"), cap=10_000)
+    assert not (tmp_path / "out2").exists()
+    evil = _zip(tmp_path / "evil.zip", [("../../escape.txt", b"x"), ("/abs.txt", b"y")])
+    rp_archive.extract(str(evil), str(tmp_path / "out3"))
+    assert not (tmp_path / "escape.txt").exists()
+    assert sorted(os.listdir(tmp_path / "out3")) == ["abs.txt", "escape.txt"]
+
+
+def test_the_local_upload_fallback_stays_in_its_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="outside the folder"):
+        rp_upload.upload_in_memory_object("../escaped.bin", b"data")
+    assert not (tmp_path / "escaped.bin").exists()
+    assert rp_upload.upload_in_memory_object("sub/ok.bin", b"data") == "local_upload/sub/ok.bin"

@@ -6,11 +6,11 @@ import http.client
 import os
 import time
 import uuid
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 from ...version import __version__
+from . import rp_archive
 from .rp_ssrf import SSRFError, safe_get
 
 HEADERS = {"User-Agent": f"gpu-worker/{__version__}"}
@@ -98,9 +98,7 @@ def file(file_url: str) -> dict:
     extracted = None
     if file_type == "zip":
         extracted = os.path.join("job_files", name)
-        os.makedirs(extracted, exist_ok=True)
-        with zipfile.ZipFile(path) as archive:
-            archive.extractall(extracted)
+        rp_archive.extract(path, extracted)     # within the cap: entries, bytes, ratio
         extracted = os.path.abspath(extracted)
     return {"file_path": os.path.abspath(path), "type": file_type,
             "original_name": original, "extracted_path": extracted}

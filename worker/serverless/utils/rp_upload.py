@@ -43,6 +43,11 @@ def _local(file_name: str, directory: str, source: str | None = None,
     print(f"No bucket endpoint set, saving to disk folder '{directory}'.", file=sys.stderr)
     os.makedirs(directory, exist_ok=True)
     path = f"{directory}/{file_name}"
+    # The SDK writes wherever `../` in the name leads; this fallback stays in its folder.
+    inside = os.path.realpath(directory)
+    if os.path.commonpath([inside, os.path.realpath(path)]) != inside:
+        raise ValueError(f"file name {file_name!r} leads outside the folder {directory!r}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     if source:
         shutil.copyfile(source, path)
     elif data is not None:
