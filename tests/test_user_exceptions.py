@@ -4,6 +4,8 @@ or, from the modifier after a finished job, that job as it finished — and the 
 runs; a handler that forks and returns in the fork leaves the job loop to the child.
 Real children (tests/handlers/raiser.py); Hypothesis picks the mode, the place and the
 type."""
+import time
+
 import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -66,8 +68,17 @@ def test_a_handler_that_forks_and_returns_in_the_fork_does_not_take_the_channel(
     for _ in range(3):
         nxt = h.run({})
         assert nxt.state is JobState.COMPLETED and nxt.output["pid"] == first.output["pid"]
-    try:
-        gone = psutil.Process(fork).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        gone = True
-    assert gone, "the fork went on running after its handler returned"
+    assert _ends(fork, 60), "the fork went on running after its handler returned"
+
+
+def _ends(pid, timeout):
+    """Wait for `pid` to exit (gone, or a zombie its parent has not reaped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
