@@ -135,6 +135,22 @@ class Settings:
     api_token: str = _setting("", ("WORKER_API_TOKEN",), None,
                               "Local API: when set, every route but /health and /ping needs "
                               "`Authorization: Bearer <token>`.", config=False)
+    webhook_guard: str = _setting("auto", ("WORKER_WEBHOOK_GUARD",), None,
+                                  "Local API webhooks go to public addresses only (the "
+                                  "download guard's rule): on, off, or auto (on when the API "
+                                  "listens beyond loopback: load-balancing and realtime "
+                                  "modes, or a WORKER_API_HOST of 0.0.0.0).", config=False)
+    webhook_allow: tuple = _setting((), ("WORKER_WEBHOOK_ALLOW",), None,
+                                    "Webhook receivers allowed although private: host names "
+                                    "or CIDRs, comma-separated (in-cluster services).",
+                                    config=False)
+    webhook_proxy: str = _setting("", ("WORKER_WEBHOOK_PROXY",), None,
+                                  "An HTTP proxy for webhooks (http://host:port); the "
+                                  "environment's proxy variables are never used.",
+                                  config=False)
+    webhook_timeout: float = _setting(10.0, ("WORKER_WEBHOOK_TIMEOUT",), None,
+                                      "Seconds one webhook try may take, connect to last "
+                                      "byte; 4 tries.", config=False)
     result_ttl: float = _setting(1800.0, ("WORKER_RESULT_TTL",), None,
                                  "Local API: seconds a finished job's record is kept.",
                                  config=False)
@@ -221,6 +237,9 @@ class Settings:
         if self.fitness_checks not in ("auto", "on", "off"):
             raise SettingsError(f"fitness_checks must be auto, on or off, "
                                 f"not {self.fitness_checks!r}")
+        if self.webhook_guard not in ("auto", "on", "off"):
+            raise SettingsError(f"webhook_guard must be auto, on or off, "
+                                f"not {self.webhook_guard!r}")
         if self.spare not in ("auto", "on", "off"):
             raise SettingsError(f"spare must be auto, on or off, not {self.spare!r}")
         if self.start_method not in ("forkserver", "spawn"):

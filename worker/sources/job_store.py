@@ -7,6 +7,7 @@ loop, under one lock. Finished records expire after WORKER_RESULT_TTL seconds.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import threading
@@ -16,11 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import requests
-
 from .. import tracing
 from ..jobs import JobResult, JobState
 from ..parent.supervisor import ChildState, JobListener, Supervisor, WorkerState
+from . import webhook_post
 
 log = logging.getLogger("worker.api")
 _NONE = object()
@@ -28,7 +28,6 @@ JOB_KEYS = ("input", "webhook", "policy", "s3Config", "traceparent")
 WEBHOOK_SENDERS = 16             # webhooks in flight at once, each for its own job
 WEBHOOK_TRIES = 4
 PURGE_WAIT_S = 5.0               # /purge-queue waits this long at most for the cancels
-WEBHOOK_TIMEOUT = (3.0, 10.0)    # connect, read: a stuck receiver holds one sender at most ~45 s
 
 
 def spliced(raw: bytes, job_id: str, trace: str | None) -> tuple | None:
@@ -83,7 +82,7 @@ class Record:
 class JobStore(JobListener):
     def __init__(self, supervisor: Supervisor, loop: asyncio.AbstractEventLoop,
                  ttl: float, worker_id: str = "", max_jobs: int = 0, max_bytes: int = 0,
-                 capacity: Callable[[], int] | None = None):
+                 capacity: Callable[[], int] | None = None, webhooks: Any = None):
         self.sup = supervisor
         self.loop = loop
         self.ttl = ttl
@@ -98,6 +97,7 @@ class JobStore(JobListener):
         self.queued = 0                # jobs waiting, and the bytes of their bodies
         self.queued_bytes = 0
         self._webhooks = ThreadPoolExecutor(WEBHOOK_SENDERS, "gpu-worker-webhook")
+        self._policy = webhooks          # webhook_post.Policy: addresses, deadline, proxy
 
     # --- called from the server's loop ---------------------------------------------------
 
@@ -281,34 +281,34 @@ class JobStore(JobListener):
         headers = {"Content-Type": "application/json"}
         if rec.trace:
             headers["traceparent"] = rec.trace
-        session = requests.Session()
-        try:
-            for attempt in range(WEBHOOK_TRIES):
-                try:
-                    resp = session.post(url, data=data, headers=headers,
-                                        timeout=WEBHOOK_TIMEOUT)
-                    metrics.bytes_out.inc(len(data))
-                    if resp.status_code < 500:
-                        if resp.status_code >= 400:
-                            metrics.post("webhook", "refused")
-                            log.warning("webhook %s refused: HTTP %d", url, resp.status_code,
-                                        extra={"job_id": rec.id})
-                            return
-                        took = time.monotonic() - rec.finished
-                        with self.lock:
-                            rec.delivery_ms = int(took * 1000)
-                        metrics.post("webhook", "delivered")
-                        metrics.delivered("webhook", took)
-                        log.info("webhook delivered in %d ms (%d tries)", took * 1000,
-                                 attempt + 1, extra={"job_id": rec.id})
+        for attempt in range(WEBHOOK_TRIES):
+            try:
+                status = webhook_post.post(url, data, headers, self._policy)
+                metrics.bytes_out.inc(len(data))
+                if status < 500:
+                    if status >= 400:
+                        metrics.post("webhook", "refused")
+                        log.warning("webhook %s refused: HTTP %d", url, status,
+                                    extra={"job_id": rec.id})
                         return
-                except requests.RequestException as exc:
-                    log.warning("webhook %s failed: %s", url, exc, extra={"job_id": rec.id})
-                if attempt + 1 < WEBHOOK_TRIES:
-                    metrics.post("webhook", "retry")
-                    time.sleep(0.5 * 2 ** attempt)
-            metrics.post("webhook", "undelivered")
-            log.error("webhook %s not delivered after %d tries", url, WEBHOOK_TRIES,
-                      extra={"job_id": rec.id})
-        finally:
-            session.close()
+                    took = time.monotonic() - rec.finished
+                    with self.lock:
+                        rec.delivery_ms = int(took * 1000)
+                    metrics.post("webhook", "delivered")
+                    metrics.delivered("webhook", took)
+                    log.info("webhook delivered in %d ms (%d tries)", took * 1000,
+                             attempt + 1, extra={"job_id": rec.id})
+                    return
+            except webhook_post.WebhookRefused as exc:
+                metrics.post("webhook", "refused")
+                log.warning("webhook %s not sent: %s", url, exc, extra={"job_id": rec.id})
+                return
+            except (OSError, http.client.HTTPException) as exc:
+                log.warning("webhook %s failed: %s: %s", url, type(exc).__name__, exc,
+                            extra={"job_id": rec.id})
+            if attempt + 1 < WEBHOOK_TRIES:
+                metrics.post("webhook", "retry")
+                time.sleep(0.5 * 2 ** attempt)
+        metrics.post("webhook", "undelivered")
+        log.error("webhook %s not delivered after %d tries", url, WEBHOOK_TRIES,
+                  extra={"job_id": rec.id})

@@ -28,6 +28,7 @@ from ..parent.metrics import CONTENT_TYPE
 from ..parent.supervisor import Supervisor, WorkerState
 from ..version import __version__
 from .host import SourceHost
+from . import webhook_post
 from .job_store import JobStore, QueueFull
 
 log = logging.getLogger("worker.api")
@@ -159,7 +160,8 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         capacity = (lambda: sup.status.concurrency if sup.status.ready else 0) \
             if balanced else None
         store = JobStore(sup, asyncio.get_running_loop(), settings.result_ttl, settings.worker_id,
-                         settings.api_queue_jobs, int(settings.api_queue_mb * 2**20), capacity)
+                         settings.api_queue_jobs, int(settings.api_queue_mb * 2**20), capacity,
+                         webhook_post.Policy(settings))
         state.update(sup=sup, store=store)
         sweeper = asyncio.create_task(_sweep(store, settings.result_ttl))
         try:

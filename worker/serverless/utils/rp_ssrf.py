@@ -70,7 +70,7 @@ def resolve(host: str, port: int) -> list[str]:
     return ips
 
 
-class _Pinned(http.client.HTTPSConnection):
+class Pinned(http.client.HTTPSConnection):
     """HTTP(S) to one checked address, with the URL's host name for Host and TLS."""
 
     def __init__(self, ip: str, host: str, port: int, tls: bool, timeout: float):
@@ -152,7 +152,7 @@ def _first_reachable(ips, parts, port, tls, timeout, headers) -> Response:
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     last: Exception | None = None
     for ip in ips:
-        conn = _Pinned(ip, parts.hostname, port, tls, timeout)
+        conn = Pinned(ip, parts.hostname, port, tls, timeout)
         try:
             conn.request("GET", target, headers=headers)
             return Response(conn, conn.getresponse(), parts.geturl())

@@ -1,0 +1,134 @@
+"""Webhooks bounded in every dimension (sources/webhook_post.py), through a real local
+API and real receivers on loopback: one that streams its answer without end costs the
+parent nothing, one that trickles is cut at the deadline and keeps no sender from other
+jobs, a redirect is not followed, and where the guard is on (by default wherever the API
+listens beyond loopback) a private receiver is refused unless allowed."""
+import socket
+import threading
+import time
+
+import psutil
+
+from tests.support import Hook
+
+
+class Raw:
+    """A receiver that answers with `answer(conn)` after reading the request."""
+
+    def __init__(self, answer):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        self.hits = 0
+        self.stop = threading.Event()
+
+        def serve():
+            while not self.stop.is_set():
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    return
+                self.hits += 1
+                threading.Thread(target=self._one, args=(conn, answer), daemon=True).start()
+        threading.Thread(target=serve, daemon=True).start()
+
+    def _one(self, conn, answer):
+        try:
+            conn.recv(65536)
+            answer(conn, self.stop)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.sock.close()
+
+
+def endless(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n%s\r\n" % (1 << 16, b"x" * (1 << 16))
+    while not stop.is_set():
+        conn.sendall(chunk)
+
+
+def trickle(conn, stop):
+    for byte in b"HTTP/1.1 200 OK\r\n" * 1000:
+        if stop.wait(0.2):
+            return
+        conn.sendall(bytes([byte]))
+
+
+def redirect(conn, stop):
+    conn.sendall(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://169.254.169.254/\r\n"
+                 b"Content-Length: 0\r\n\r\n")
+
+
+def _log_until(server, text, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = server.log.read_text()
+        if text in log:
+            return log
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never logged:\n{server.log.read_text()[-3000:]}")
+
+
+def test_an_endless_and_a_trickling_receiver_cost_nothing_and_block_no_one(server):
+    s = server("edges.py", WORKER_WEBHOOK_TIMEOUT="1.5")
+    parent = psutil.Process(s.proc.pid)
+    flood, slow, fine = Raw(endless), Raw(trickle), Hook()
+    try:
+        before = parent.memory_info().rss
+        a = s.post("/run", {"input": {"do": "echo"}, "webhook": flood.url}).json()["id"]
+        b = s.post("/run", {"input": {"do": "echo"}, "webhook": slow.url}).json()["id"]
+        s.until(a, lambda st: "deliveryTime" in st)        # the status read, the rest not
+        assert parent.memory_info().rss - before < 64 * 2**20
+        c = s.post("/run", {"input": {"do": "echo"}, "webhook": fine.url}).json()["id"]
+        started = time.monotonic()
+        assert fine.wait(1, 10)[0][1]["id"] == c, "a sender was held"
+        assert time.monotonic() - started < 5
+        log = _log_until(s, f"webhook {slow.url} not delivered after 4 tries")
+        assert "no whole answer within 1.5s" in log and b in log
+        assert slow.hits == 4
+        assert parent.memory_info().rss - before < 64 * 2**20
+    finally:
+        for r in (flood, slow):
+            r.close()
+        fine.server.shutdown()
+
+
+def test_a_redirect_is_not_followed(server):
+    s = server("edges.py")
+    hop = Raw(redirect)
+    try:
+        s.post("/run", {"input": {"do": "echo"}, "webhook": hop.url})
+        _log_until(s, "webhooks do not follow redirects")
+        assert hop.hits == 1
+    finally:
+        hop.close()
+
+
+def test_with_the_guard_on_a_private_receiver_is_refused_unless_allowed(server):
+    hook = Hook()
+    try:
+        guarded = server("edges.py", WORKER_WEBHOOK_GUARD="on")
+        guarded.post("/run", {"input": {"do": "echo"}, "webhook": hook.url})
+        _log_until(guarded, "resolves to the non-public address 127.0.0.1")
+        allowed = server("edges.py", WORKER_WEBHOOK_GUARD="on",
+                         WORKER_WEBHOOK_ALLOW="10.0.0.0/8,127.0.0.0/8")
+        job = allowed.post("/run", {"input": {"do": "echo"}, "webhook": hook.url}).json()["id"]
+        allowed.until(job, lambda st: "deliveryTime" in st)
+        assert [p["id"] for p in hook.posts] == [job]
+    finally:
+        hook.server.shutdown()
+
+
+def test_the_guard_is_on_by_default_where_the_api_listens_beyond_loopback():
+    from worker.config import Settings
+    from worker.sources.webhook_post import Policy
+    assert not Policy(Settings(api_host="127.0.0.1")).check
+    assert Policy(Settings(api_host="0.0.0.0")).check
+    assert not Policy(Settings(api_host="0.0.0.0", webhook_guard="off")).check

@@ -1,0 +1,119 @@
+"""One webhook try, bounded in every dimension.
+
+A receiver is a URL a client gave us. So a try has one deadline from connect to the last
+byte read (a watchdog shuts the socket down: a receiver that trickles a byte now and then
+cannot hold a sender), reads the status and at most ANSWER_CAP bytes of the answer (one
+that streams without end costs nothing), follows no redirect, and never uses the
+environment's proxies (WORKER_WEBHOOK_PROXY names one on purpose). The address policy is
+the download guard's (rp_ssrf): every address the host resolves to must be public —
+checked by default wherever the API listens beyond loopback (load-balancing and realtime
+modes), where any client of the endpoint could otherwise make the worker post to internal
+addresses, cloud metadata included — unless the host or its address is in
+WORKER_WEBHOOK_ALLOW (names or CIDRs, for receivers inside a cluster). The connection goes
+to the address that was checked.
+"""
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import socket
+import threading
+from urllib.parse import urlsplit
+
+from ..config import Settings
+from ..serverless.utils.rp_ssrf import Pinned, is_safe_address
+
+ANSWER_CAP = 64 * 1024
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "")
+
+
+class WebhookRefused(Exception):
+    """The webhook was not sent: the policy refused its address, or the answer was a
+    redirect (not followed). Not retried."""
+
+
+class Policy:
+    def __init__(self, settings: Settings):
+        guard = settings.webhook_guard
+        self.check = guard == "on" or (guard == "auto" and settings.api_host not in LOOPBACK)
+        self.hosts, self.networks = set(), []
+        for item in settings.webhook_allow:
+            try:
+                self.networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                self.hosts.add(item.lower())
+        self.proxy = urlsplit(settings.webhook_proxy) if settings.webhook_proxy else None
+        self.deadline = settings.webhook_timeout
+
+    def addresses(self, host: str, port: int) -> list:
+        """The addresses to try; WebhookRefused when the policy refuses the host."""
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise OSError(f"could not resolve {host!r}: {exc}") from None
+        ips = list(dict.fromkeys(info[4][0] for info in infos))
+        if self.check and host.lower() not in self.hosts:
+            for ip in ips:
+                if not is_safe_address(ip) and not self._allowed(ip):
+                    raise WebhookRefused(
+                        f"{host!r} resolves to the non-public address {ip} (webhooks from an "
+                        "API reachable beyond loopback go to public addresses only; "
+                        "WORKER_WEBHOOK_ALLOW lists private receivers)")
+        return ips
+
+    def _allowed(self, ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return any(address in net for net in self.networks)
+
+
+def post(url: str, data: bytes, headers: dict, policy: Policy) -> int:
+    """POST `data` to `url` once, within the policy; the answer's status. Raises
+    WebhookRefused (do not retry) or OSError / HTTPException (retry)."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "https"
+    port = parts.port or (443 if tls else 80)
+    ips = policy.addresses(parts.hostname, port)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if policy.proxy is not None:
+        conn = _through_proxy(policy.proxy, parts, port, tls, policy.deadline)
+        if not tls:
+            target = url
+    else:
+        conn = Pinned(ips[0], parts.hostname, port, tls, policy.deadline)
+    watchdog = threading.Timer(policy.deadline, _cut, (conn,))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        conn.request("POST", target, body=data, headers=headers)
+        answer = conn.getresponse()
+        answer.read(ANSWER_CAP)              # what it says, never more: then hang up
+        if 300 <= answer.status < 400:
+            raise WebhookRefused(f"the receiver answered {answer.status} (a redirect: "
+                                 "webhooks do not follow redirects)")
+        return answer.status
+    except (OSError, http.client.HTTPException):
+        if not watchdog.is_alive():          # it fired: the deadline cut the socket
+            raise TimeoutError(f"no whole answer within {policy.deadline:g}s") from None
+        raise
+    finally:
+        watchdog.cancel()
+        conn.close()
+
+
+def _through_proxy(proxy, parts, port: int, tls: bool, timeout: float):
+    proxy_port = proxy.port or (443 if proxy.scheme == "https" else 80)
+    if tls:
+        conn = http.client.HTTPSConnection(proxy.hostname, proxy_port, timeout=timeout)
+        conn.set_tunnel(parts.hostname, port)
+        return conn
+    return http.client.HTTPConnection(proxy.hostname, proxy_port, timeout=timeout)
+
+
+def _cut(conn) -> None:
+    """The deadline: shut the socket down, so a blocked read ends now."""
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
