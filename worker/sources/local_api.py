@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.routing import compile_path
 
 from ..config import Settings
 from ..jobs import MAX_TIMEOUT_MS, JobError, JobState, validate_job
@@ -86,21 +87,29 @@ class _TooLarge(Exception):
     pass
 
 
+SMALL_BODY = 64 * 1024     # a route that takes no job: no more than this, ever
+
+
 class BodyLimit:
     """ASGI middleware: refuse bodies over the limit with 413 before buffering them
-    (Content-Length checked up front; chunked bodies counted as they arrive)."""
+    (Content-Length checked up front; chunked bodies counted as they arrive). Every
+    request has a limit: its route's (from the router: `route_limits`), or SMALL_BODY for
+    routes that take no job and for paths no route matches."""
 
-    def __init__(self, app, limits: dict):
+    def __init__(self, app, table: list):
         self.app = app
-        self.limits = limits        # route suffix ("/run") -> bytes
+        self.table = table          # [(a route's path regex, bytes)], in the router's order
 
-    def _limit(self, path: str) -> int | None:
-        return self.limits.get("/" + path.rstrip("/").rsplit("/", 1)[-1])
+    def _limit(self, path: str) -> int:
+        for regex, limit in self.table:
+            if regex.match(path):
+                return limit
+        return SMALL_BODY
 
     async def __call__(self, scope, receive, send):
-        limit = self._limit(scope["path"]) if scope["type"] == "http" else None
-        if limit is None:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self._limit(scope["path"])
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -315,10 +324,10 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
             await rec.done.wait()
             return answer(rec.result.body)
 
-    for r in (router, public):
-        app.include_router(r)
-        app.include_router(r, prefix="/v2/{endpoint_id}",
-                           generate_unique_id_function=lambda route: f"v2_{route.name}")
+    mounted = [(r, prefix) for r in (router, public) for prefix in ("", "/v2/{endpoint_id}")]
+    for r, prefix in mounted:
+        app.include_router(r, prefix=prefix, **({"generate_unique_id_function": lambda route:
+                                                 f"v2_{route.name}"} if prefix else {}))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -326,9 +335,18 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
                             headers=exc.headers)
 
     app.state.gpu_worker = state          # the load balancer's /ping port reads it
-    app.add_middleware(BodyLimit, limits={"/run": int(settings.max_run_mb * 2**20),
-                                          "/runsync": int(settings.max_runsync_mb * 2**20)})
+    app.add_middleware(BodyLimit, table=route_limits(mounted, settings))
     return app
+
+
+def route_limits(mounted: list, settings: Settings) -> list:
+    """Each route's body limit, from the routers as mounted ((router, prefix) pairs): the
+    job routes by the settings, every other route SMALL_BODY (it takes no job)."""
+    jobs = {"run": int(settings.max_run_mb * 2**20),
+            "runsync": int(settings.max_runsync_mb * 2**20),
+            "realtime": int(settings.max_runsync_mb * 2**20)}     # it waits, as runsync
+    return [(compile_path(prefix + route.path)[0], jobs.get(route.name, SMALL_BODY))
+            for r, prefix in mounted for route in r.routes]
 
 
 def _example_body() -> str:
