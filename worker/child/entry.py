@@ -16,7 +16,7 @@ import traceback
 from .. import protocol as P
 from ..config import Settings
 from ..targets import SECRET_ENV, ChildSpec, ModuleTarget, ScriptTarget, ValueTarget, warm_key
-from . import fork_safety, joblog, runpod_compat, sdk_hooks, warm_import
+from . import fork_safety, joblog, runpod_compat, sdk_hooks, seeds, warm_import
 from .fitness_run import Unfit
 from .handlers import Interrupted
 from .runtime import ChildRuntime
@@ -110,6 +110,9 @@ def child_main(spec: ChildSpec) -> None:
     if warm is not None and warm.refused:
         runtime.send(P.WarmRefused(warm.refused))      # the parent restarts the forkserver
         os._exit(0)
+    # As random as a fresh interpreter: what the forkserver loaded is reseeded, but a seed
+    # the warm import set on purpose stands (seeds.py).
+    seeds.reseed(warm.seeded if warm else frozenset(), warm.random_state if warm else None)
     code = 0
     try:
         fork_safety.check(spec.preload)

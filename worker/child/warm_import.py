@@ -21,6 +21,7 @@ import atexit
 import importlib.util
 import json
 import os
+import random
 import sys
 import threading
 import time
@@ -38,6 +39,8 @@ class Warm:
     refused: str | None = None   # why a child must not use it
     exit_hooks: list = field(default_factory=list)   # atexit hooks the import registered
     torch_threads: int | None = None   # torch's intra-op threads, for the child to restore
+    seeded: frozenset = frozenset()    # generator families the import seeded (seeds.py)
+    random_state: object = None        # `random`'s state after the import, if it seeded it
 
 
 STATE: Warm | None = None
@@ -138,7 +141,7 @@ def _load() -> Warm | None:
     except (ValueError, KeyError, TypeError):
         return None
     state = Warm(raw)
-    from . import runpod_compat, runtime
+    from . import runpod_compat, runtime, seeds
     threads, tasks, children = set(threading.enumerate()), _tasks(), _children()
     runpod_compat.install()
     runtime.recording(True)
@@ -159,8 +162,12 @@ def _load() -> Warm | None:
         except Exception:     # noqa: BLE001
             state.torch_threads = None
     try:
-        out = _run(kind, where, argv)
+        with seeds.watch() as seeded:
+            out = _run(kind, where, argv)
         state.config, state.namespace = out["config"], out["namespace"]
+        state.seeded = frozenset(seeded)
+        if "random" in seeded:
+            state.random_state = random.getstate()
     except BaseException as exc:   # noqa: B902 - whatever the import does, the forkserver lives
         state.refused = f"the module raised {type(exc).__name__} at import: {exc}"[:500]
         return state
