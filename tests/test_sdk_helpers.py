@@ -178,10 +178,18 @@ def test_a_loopback_url_is_refused(files_server, module, tmp_path, monkeypatch):
 @pytest.mark.parametrize("url", ["http://169.254.169.254/latest/", "http://10.0.0.1/x",
                                  "http://[::1]/x", "http://[::ffff:127.0.0.1]/x",
                                  "http://100.64.0.1/x", "file:///etc/passwd",
-                                 "ftp://example.com/x"])
+                                 "ftp://example.com/x", "http://[fec0::1]/x",
+                                 "http://[2002:a00:1::1]/x", "http://[2002:7f00:1::]/x"])
 def test_private_and_odd_urls_are_refused_before_any_connection(url):
     with pytest.raises(rp_ssrf.SSRFError):
         rp_ssrf.safe_get(url)
+
+
+def test_an_ipv4_inside_an_ipv6_address_is_judged_as_itself():
+    assert not rp_ssrf.is_safe_address("2002:a00:1::1")        # 6to4 of 10.0.0.1
+    assert rp_ssrf.is_safe_address("2002:808:808::1")          # 6to4 of 8.8.8.8
+    assert not rp_ssrf.is_safe_address("fec0::1")              # site-local
+    assert not rp_ssrf.is_safe_address("::ffff:169.254.169.254")
 
 
 def test_downloads_with_private_urls_allowed_match_the_sdk(files_server, tmp_path,

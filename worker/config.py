@@ -217,6 +217,12 @@ class Settings:
     endpoint_id: str = _setting("", ("RUNPOD_ENDPOINT_ID",), None,
                                 "The endpoint's id: the local API also answers POST "
                                 "/{id}/realtime (the SDK's realtime route).", config=False)
+    child_keep_caps: tuple = _setting((), ("WORKER_CHILD_KEEP_CAPS",), None,
+                                      "Capabilities the child keeps although they could read "
+                                      "the parent's secrets (SYS_PTRACE, SYS_ADMIN, PERFMON; "
+                                      "comma-separated): e.g. SYS_ADMIN for GPU performance "
+                                      "counters (Nsight Compute) where the driver restricts "
+                                      "profiling to admins.", config=False)
     child_env_pass: tuple = _setting((), ("WORKER_CHILD_ENV_PASS",), None,
                                      "Secrets the child normally never sees "
                                      "(RUNPOD_AI_API_KEY, WORKER_API_TOKEN) that it may "

@@ -13,6 +13,7 @@ import runpy
 import sys
 import traceback
 
+from .. import hardening
 from .. import protocol as P
 from ..config import Settings
 from ..targets import SECRET_ENV, ChildSpec, ModuleTarget, ScriptTarget, ValueTarget, warm_key
@@ -95,6 +96,10 @@ def child_main(spec: ChildSpec) -> None:
     os.chdir(spec.cwd)
     _allow_own_children()
     _raise_oom_score(settings.child_oom_score_adj)
+    # No process the worker started may be read by user code (hardening.py): none of the
+    # capabilities that read a non-dumpable process; dumpable again (the forkserver is not).
+    hardening.drop_readers(settings.child_keep_caps)
+    hardening.set_dumpable(True)
 
     # Exit hooks registered before the module runs are the forkserver's (its preloads,
     # multiprocess); the ones to run at the end are the module's own.

@@ -6,6 +6,10 @@ NVML instead, which leaves no CUDA state behind; each child takes the variable b
 (fork_safety.restore) so the handler's own calls behave as usual."""
 import os
 
+from worker import hardening
+
+hardening.set_dumpable(False)     # the launcher: its /proc files need CAP_SYS_PTRACE
+
 VAR = "PYTORCH_NVML_BASED_CUDA_CHECK"
 SET_HERE = VAR not in os.environ
 if SET_HERE:

@@ -7,7 +7,7 @@ import os
 import sys
 
 from .. import config as cfg
-from .. import logs
+from .. import hardening, logs
 from ..targets import ScriptTarget
 from ..version import __version__
 from . import reaper
@@ -79,6 +79,7 @@ def run_mode(settings: cfg.Settings, target) -> int:
     queue."""
     logs.configure(settings.log_level)
     reaper.become_subreaper()      # a child whose forkserver died is still ours to watch
+    hardening.set_dumpable(False)  # our environ (the queue key) needs CAP_SYS_PTRACE to read
     queue = bool(settings.runpod_get_job) and settings.test_input is None
     balanced = not settings.serve_api and not settings.realtime_port and (
         settings.load_balancer or (bool(settings.port_health) and not queue

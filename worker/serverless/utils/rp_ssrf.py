@@ -47,7 +47,15 @@ def is_safe_address(ip: str) -> bool:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return False
-    address = getattr(address, "ipv4_mapped", None) or address
+    if address.version == 6:
+        if address.is_site_local:                 # fec0::/10: deprecated, still internal
+            return False
+        teredo = address.teredo
+        # An IPv4 address inside: mapped (::ffff:a.b.c.d), 6to4 (2002:ab:cd::), or a
+        # Teredo client's: it must be public itself.
+        inner = address.ipv4_mapped or address.sixtofour or (teredo and teredo[1])
+        if inner is not None:
+            address = inner
     if address.version == 4 and address in _CGNAT:
         return False
     return address.is_global and not (address.is_private or address.is_loopback

@@ -1,0 +1,74 @@
+"""Secrets out of the handler's reach (Linux; a no-op elsewhere).
+
+The parent holds RUNPOD_AI_API_KEY and WORKER_API_TOKEN in its environment; the child,
+which runs user code, starts without them. But a handler running as the same user could
+read /proc/<parent>/environ — and, as root with CAP_SYS_PTRACE (these containers' default),
+any process's. So: the parent and the launcher (the forkserver) mark themselves
+non-dumpable, which makes their /proc files (environ, maps, mem) readable only with
+CAP_SYS_PTRACE — or, for reading, CAP_SYS_ADMIN or CAP_PERFMON, as measured on this
+kernel (6.18) — and every child drops those three from its effective, permitted,
+inheritable, ambient and bounding sets before the module runs (nothing it starts can get
+them back; WORKER_CHILD_KEEP_CAPS keeps some: GPU performance counters for Nsight Compute
+or CUPTI need CAP_SYS_ADMIN unless the driver lets every user profile), then marks itself
+dumpable again (its own core dumps, debuggers and profilers work as before).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_LOWER = 47, 3
+# What reads another process's /proc/<pid>/environ despite its being non-dumpable.
+READERS = {"SYS_PTRACE": 19, "SYS_ADMIN": 21, "PERFMON": 38}
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
+def set_dumpable(on: bool) -> bool:
+    libc = _libc()
+    return libc is not None and libc.prctl(PR_SET_DUMPABLE, int(on), 0, 0, 0) == 0
+
+
+def drop_readers(keep: tuple = ()) -> str | None:
+    """Take the capabilities in READERS (but `keep`) out of every set of this process;
+    None, or why not all of it could be done (the bounding set needs CAP_SETPCAP)."""
+    libc = _libc()
+    if libc is None:
+        return "no libc"
+    caps = [n for name, n in READERS.items() if name not in keep]
+    why = None
+    for cap in caps:
+        libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_LOWER, cap, 0, 0)
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and why is None:
+            why = f"bounding set: {os.strerror(ctypes.get_errno())}"
+    header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_Data * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        return why or f"capget: {os.strerror(ctypes.get_errno())}"
+    for cap in caps:
+        word, bit = divmod(cap, 32)
+        mask = ~(1 << bit) & 0xFFFFFFFF
+        data[word].effective &= mask
+        data[word].permitted &= mask
+        data[word].inheritable &= mask
+    if libc.capset(ctypes.byref(header), data) != 0:
+        return why or f"capset: {os.strerror(ctypes.get_errno())}"
+    return why
