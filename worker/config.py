@@ -223,6 +223,13 @@ class Settings:
                                       "comma-separated): e.g. SYS_ADMIN for GPU performance "
                                       "counters (Nsight Compute) where the driver restricts "
                                       "profiling to admins.", config=False)
+    child_user: str = _setting("", ("WORKER_CHILD_USER",), None,
+                               "Run each child as this user (a name or a uid; the worker "
+                               "runs as root): no process that is not its own — pid 1 "
+                               "included — can be read by the handler. The user needs to "
+                               "read the handler and Python, and to write its HOME and the "
+                               "model cache; GPU device files are usually open to all.",
+                               config=False)
     child_env_pass: tuple = _setting((), ("WORKER_CHILD_ENV_PASS",), None,
                                      "Secrets the child normally never sees "
                                      "(RUNPOD_AI_API_KEY, WORKER_API_TOKEN) that it may "

@@ -11,6 +11,10 @@ inheritable, ambient and bounding sets before the module runs (nothing it starts
 them back; WORKER_CHILD_KEEP_CAPS keeps some: GPU performance counters for Nsight Compute
 or CUPTI need CAP_SYS_ADMIN unless the driver lets every user profile), then marks itself
 dumpable again (its own core dumps, debuggers and profilers work as before).
+
+Processes the worker did not start (pid 1: tini, a platform's shell) are not covered by
+that: WORKER_CHILD_USER runs the child as another user (`become`), which can read no
+root process's /proc files at all.
 """
 from __future__ import annotations
 
@@ -72,3 +76,16 @@ def drop_readers(keep: tuple = ()) -> str | None:
     if libc.capset(ctypes.byref(header), data) != 0:
         return why or f"capset: {os.strerror(ctypes.get_errno())}"
     return why
+
+
+def become(user: str) -> None:
+    """Run as `user` (a name or a uid) from here on: its uid, its group and supplementary
+    groups, its HOME. Raises (a setup failure) when that cannot be done — never serves as
+    root when asked not to."""
+    import pwd
+    entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+    os.setgroups(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    os.environ["HOME"] = entry.pw_dir
+    os.environ["USER"] = os.environ["LOGNAME"] = entry.pw_name

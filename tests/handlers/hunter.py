@@ -39,7 +39,7 @@ def dumpable():
 
 def handler(job):
     return {"found": hunt(job["input"]["values"]), "caps": caps(), "pid": os.getpid(),
-            "dumpable": dumpable()}
+            "dumpable": dumpable(), "uid": os.getuid()}
 
 
 worker.start({"handler": handler})

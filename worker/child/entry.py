@@ -97,9 +97,8 @@ def child_main(spec: ChildSpec) -> None:
     _allow_own_children()
     _raise_oom_score(settings.child_oom_score_adj)
     # No process the worker started may be read by user code (hardening.py): none of the
-    # capabilities that read a non-dumpable process; dumpable again (the forkserver is not).
+    # capabilities that read a non-dumpable process.
     hardening.drop_readers(settings.child_keep_caps)
-    hardening.set_dumpable(True)
 
     # Exit hooks registered before the module runs are the forkserver's (its preloads,
     # multiprocess); the ones to run at the end are the module's own.
@@ -120,6 +119,9 @@ def child_main(spec: ChildSpec) -> None:
     seeds.reseed(warm.seeded if warm else frozenset(), warm.random_state if warm else None)
     code = 0
     try:
+        if settings.child_user:
+            _become(settings.child_user)
+        hardening.set_dumpable(True)       # the forkserver is not; this child may be
         fork_safety.check(spec.preload)
         if warm is not None:
             namespace = _serve_warm(warm, spec.target, runtime)
@@ -140,6 +142,14 @@ def child_main(spec: ChildSpec) -> None:
     # Skip the rest of interpreter teardown: user threads must not keep a stopping child
     # alive.
     os._exit(code)
+
+
+def _become(user: str) -> None:
+    try:
+        hardening.become(user)
+    except Exception as exc:      # noqa: BLE001 - a setup failure that says why
+        raise RuntimeError(f"cannot run as WORKER_CHILD_USER={user!r}: "
+                           f"{type(exc).__name__}: {exc}") from None
 
 
 def _run_exit_hooks() -> None:
