@@ -15,7 +15,7 @@ LAUNCHER = "worker.parent.mp_launcher"
 CHILD_MP = "worker.child.entry"
 SHARED = {"worker.protocol", "worker.jobs", "worker.config", "worker.targets",
           "worker.version", "worker.logs", "worker.jsonlimits", "worker.gpus",
-          "worker.tracing", "worker.redraws"}
+          "worker.tracing", "worker.redraws", "worker.hardening"}
 # The SDK's helpers (worker.serverless.*: logger, fitness registry, utils) serve both sides.
 HELPERS = "worker.serverless."
 
