@@ -132,3 +132,37 @@ def test_the_guard_is_on_by_default_where_the_api_listens_beyond_loopback():
     assert not Policy(Settings(api_host="127.0.0.1")).check
     assert Policy(Settings(api_host="0.0.0.0")).check
     assert not Policy(Settings(api_host="0.0.0.0", webhook_guard="off")).check
+
+
+def test_a_proxy_is_the_workers_setting_never_the_environments(server):
+    """WORKER_WEBHOOK_PROXY sends the webhook through that proxy (an absolute URL on an
+    http proxy); HTTP_PROXY in the environment is ignored."""
+    seen = []
+
+    def proxy(conn, stop):
+        seen.append(conn.recv(65536).split(b"\r\n", 1)[0])
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    class Proxy(Raw):
+        def _one(self, conn, answer):
+            try:
+                answer(conn, self.stop)
+            finally:
+                conn.close()
+
+    via = Proxy(proxy)
+    hook = Hook()
+    try:
+        s = server("edges.py", WORKER_WEBHOOK_PROXY=via.url.rsplit("/", 1)[0],
+                   HTTP_PROXY="http://127.0.0.1:9", http_proxy="http://127.0.0.1:9")
+        job = s.post("/run", {"input": {"do": "echo"}, "webhook": hook.url}).json()["id"]
+        s.until(job, lambda st: "deliveryTime" in st)
+        assert seen == [f"POST {hook.url} HTTP/1.1".encode()] and hook.posts == []
+        direct = server("edges.py", HTTP_PROXY="http://127.0.0.1:9",
+                        http_proxy="http://127.0.0.1:9")
+        job = direct.post("/run", {"input": {"do": "echo"}, "webhook": hook.url}).json()["id"]
+        direct.until(job, lambda st: "deliveryTime" in st)
+        assert [p["id"] for p in hook.posts] == [job]
+    finally:
+        via.close()
+        hook.server.shutdown()

@@ -1,6 +1,6 @@
 """Imports a module nothing else here uses, to show it is imported in the child only."""
-import colorsys  # noqa: F401
+import child_only_marker  # noqa: F401  (beside this file: on the child's sys.path)
 
 import worker
 
-worker.start({"handler": lambda job: "colorsys loaded"})
+worker.start({"handler": lambda job: "marker loaded"})
