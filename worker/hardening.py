@@ -19,7 +19,6 @@ root process's /proc files at all.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 PR_SET_DUMPABLE = 4
@@ -39,11 +38,18 @@ class _Data(ctypes.Structure):
                 ("inheritable", ctypes.c_uint32)]
 
 
+_LIBC: list = []
+
+
 def _libc():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
+    """The C library, from the process's own symbols (find_library would run ldconfig: a
+    few milliseconds on every child's start)."""
+    if not _LIBC:
+        try:
+            _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        except OSError:
+            _LIBC.append(None)
+    return _LIBC[0]
 
 
 def set_dumpable(on: bool) -> bool:
