@@ -6,9 +6,9 @@ whatever the module's import made. A fresh interpreter seeds each of them from t
 import, so children side by side, and the child after a refresh, would draw the same
 "random" numbers: the same diffusion noise, the same dropout, the same crops. So before
 the module's code runs (cold) or its jobs run (warm) each child reseeds, from the OS,
-the global generators a fresh process would have seeded: torch's on every device
-(`torch.seed()`: the CPU now, CUDA lazily, when it starts) and numpy's global one when
-`numpy.random` is loaded. CPython reseeds `random` after a fork by itself.
+the global generators a fresh process would have seeded: torch's CPU generator (a device's
+generators are made fresh in each child, when the device starts) and numpy's global one
+when `numpy.random` is loaded. CPython reseeds `random` after a fork by itself.
 
 Never over a seed set on purpose. A cold child runs the module after the reseed, so its
 own seeding stands. A warm template ran the module's import in the forkserver: the seed
@@ -51,15 +51,12 @@ def reseed(seeded: frozenset = frozenset(), random_state=None) -> None:
 
 
 def _reseed_torch(torch) -> None:
-    """torch.seed(), without importing device modules that are not loaded (it imports
-    mps, xpu and mtia, a millisecond each child would pay)."""
-    seed = torch.default_generator.seed()
-    for name in ("cuda", "xpu", "mps"):
-        device = sys.modules.get(f"torch.{name}")
-        if device is None or device._is_in_bad_fork():   # a forked CUDA: never touched
-            continue
-        set_all = getattr(device, "manual_seed_all", None) or device.manual_seed
-        set_all(seed)                                     # queued until the device starts
+    """The CPU generator only. A device's generators (CUDA, XPU, MPS) are made when the
+    device starts, and no device can have started in the forkserver (fork_safety.py): a
+    child makes them as a fresh interpreter does, with any seed call the warm import
+    queued for them. (Queueing a reseed for them costs a millisecond per child:
+    torch records the stack of every lazy call.)"""
+    torch.default_generator.seed()
 
 
 @contextlib.contextmanager
