@@ -13,7 +13,8 @@ from tests.support import Hook
 
 
 class Raw:
-    """A receiver that answers with `answer(conn)` after reading the request."""
+    """A receiver that answers with `answer(conn, request, stop)` after reading the
+    request's first bytes."""
 
     def __init__(self, answer):
         self.sock = socket.socket()
@@ -35,8 +36,7 @@ class Raw:
 
     def _one(self, conn, answer):
         try:
-            conn.recv(65536)
-            answer(conn, self.stop)
+            answer(conn, conn.recv(65536), self.stop)
         except OSError:
             pass
         finally:
@@ -47,21 +47,21 @@ class Raw:
         self.sock.close()
 
 
-def endless(conn, stop):
+def endless(conn, request, stop):
     conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     chunk = b"%x\r\n%s\r\n" % (1 << 16, b"x" * (1 << 16))
     while not stop.is_set():
         conn.sendall(chunk)
 
 
-def trickle(conn, stop):
+def trickle(conn, request, stop):
     for byte in b"HTTP/1.1 200 OK\r\n" * 1000:
         if stop.wait(0.2):
             return
         conn.sendall(bytes([byte]))
 
 
-def redirect(conn, stop):
+def redirect(conn, request, stop):
     conn.sendall(b"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://169.254.169.254/\r\n"
                  b"Content-Length: 0\r\n\r\n")
 
@@ -139,18 +139,11 @@ def test_a_proxy_is_the_workers_setting_never_the_environments(server):
     http proxy); HTTP_PROXY in the environment is ignored."""
     seen = []
 
-    def proxy(conn, stop):
-        seen.append(conn.recv(65536).split(b"\r\n", 1)[0])
+    def proxy(conn, request, stop):
+        seen.append(request.split(b"\r\n", 1)[0])
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 
-    class Proxy(Raw):
-        def _one(self, conn, answer):
-            try:
-                answer(conn, self.stop)
-            finally:
-                conn.close()
-
-    via = Proxy(proxy)
+    via = Raw(proxy)
     hook = Hook()
     try:
         s = server("edges.py", WORKER_WEBHOOK_PROXY=via.url.rsplit("/", 1)[0],

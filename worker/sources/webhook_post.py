@@ -72,7 +72,10 @@ def post(url: str, data: bytes, headers: dict, policy: Policy) -> int:
     parts = urlsplit(url)
     tls = parts.scheme == "https"
     port = parts.port or (443 if tls else 80)
-    ips = policy.addresses(parts.hostname, port)
+    # Through a proxy the proxy resolves the host (it may be the only one that can);
+    # ours is needed, and made, only to check the address.
+    ips = policy.addresses(parts.hostname, port) \
+        if policy.check or policy.proxy is None else None
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if policy.proxy is not None:
         conn = _through_proxy(policy.proxy, parts, port, tls, policy.deadline)
