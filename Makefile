@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run oneshot test bench bench-api bench-spare bench-perf bench-children bench-metrics bench-against gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
+.PHONY: run oneshot test redis bench-fleet bench bench-api bench-spare bench-perf bench-children bench-metrics bench-against gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,17 @@ oneshot: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The fleet tests and bench-fleet start their own redis-server (Debian's 7.0); without
+# it they are skipped, and say so.
+redis:
+	@command -v redis-server >/dev/null || (apt-get install -y -q redis-server >/dev/null \
+		|| (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)) \
+		|| echo "--- no redis-server could be installed: the fleet tests will be skipped ---"
+
+# The gateway with 1, 2 and 3 workers and the local API, trivial and 200 ms handlers.
+bench-fleet: $(STAMP) redis
+	$(BIN)/python bench/bench_fleet.py
 
 # Figures for docs/benchmarks.md (installs torch==2.13.0, the CPU build on these machines).
 bench: $(STAMP)

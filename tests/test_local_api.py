@@ -207,3 +207,22 @@ def test_the_official_runpod_client_drives_every_call(server):
     health = ep.health()
     assert health["jobs"]["completed"] >= 2
     assert ep.purge_queue() == {"removed": 0, "status": "completed"}
+
+
+def test_policy_ttl_ends_a_job_queued_or_running(api):
+    """policy.ttl (RunPod's meaning): how long a job may live from /run, queued and
+    running. One that waits past it ends TIMED_OUT without running; one that runs past it
+    is stopped TIMED_OUT, with the ttl named."""
+    blocker = api.post("/run", {"input": {"do": "sleep", "seconds": 2}}).json()["id"]
+    api.until(blocker, lambda s: s["status"] == "IN_PROGRESS")
+    queued = api.post("/run", {"input": {"do": "ok"}, "policy": {"ttl": 300}}).json()["id"]
+    expired = api.until(queued, lambda s: s["status"] != "IN_QUEUE", timeout=10)
+    assert expired["status"] == "TIMED_OUT" and "before it started" in expired["error"]
+    assert api.get(f"/status/{blocker}").json()["status"] == "IN_PROGRESS"  # not held up
+    api.until(blocker, lambda s: s["status"] == "COMPLETED")
+    running = api.post("/runsync", {"input": {"do": "sleep", "seconds": 30},
+                                    "policy": {"ttl": 1500}}).json()
+    assert running["status"] == "TIMED_OUT" and "policy.ttl" in running["error"]
+    assert api.post("/runsync", {"input": {"do": "ok"}}).json()["status"] == "COMPLETED"
+    bad = api.post("/run", {"input": {}, "policy": {"ttl": 0}})
+    assert bad.status_code == 400 and "policy.ttl" in bad.json()["error"]

@@ -152,7 +152,8 @@ class Settings:
                                       "Seconds one webhook try may take, connect to last "
                                       "byte; 4 tries.", config=False)
     result_ttl: float = _setting(1800.0, ("WORKER_RESULT_TTL",), None,
-                                 "Local API: seconds a finished job's record is kept.",
+                                 "Local API and the queue: seconds a finished job's "
+                                 "record is kept.",
                                  config=False)
     max_run_mb: float = _setting(10.0, ("WORKER_MAX_RUN_MB",), None,
                                  "Local API: largest /run request body, MiB.", config=False)
@@ -214,6 +215,27 @@ class Settings:
                                    "The RunPod queue's job-take URL (the platform sets it): "
                                    "with it, and no --test_input, jobs come from the RunPod "
                                    "queue.", config=False)
+    queue_url: str = _setting("", ("WORKER_QUEUE_URL",), None,
+                              "A Redis Streams endpoint (redis:// or rediss://, with an ACL "
+                              "user and password if any): with it and WORKER_ENDPOINT, jobs "
+                              "come from the endpoint's stream (docs/fleet.md). A secret: "
+                              "never in the child or a log line.", config=False)
+    queue_password_file: str = _setting("", ("WORKER_QUEUE_PASSWORD_FILE",), None,
+                                        "A file holding the queue's password (a mounted "
+                                        "secret); it wins over the URL's.", config=False)
+    queue_endpoint: str = _setting("", ("WORKER_ENDPOINT",), None,
+                                   "The endpoint's name on the queue (no default: two "
+                                   "handlers never share a stream by accident); the "
+                                   "gateway serves a comma-separated list.", config=False)
+    queue_lease_s: float = _setting(30.0, ("WORKER_QUEUE_LEASE_S",), None,
+                                    "Seconds a job's entry stays with a worker that stops "
+                                    "renewing it (a dead or cut-off worker) before another "
+                                    "takes it; renewed every lease/3 while it runs.",
+                                    config=False)
+    queue_max_deliveries: int = _setting(3, ("WORKER_QUEUE_MAX_DELIVERIES",), None,
+                                         "Deliveries of a job (runs whose worker died or "
+                                         "lost its lease) before it goes to the dead-letter "
+                                         "stream, FAILED.", config=False)
     endpoint_id: str = _setting("", ("RUNPOD_ENDPOINT_ID",), None,
                                 "The endpoint's id: the local API also answers POST "
                                 "/{id}/realtime (the SDK's realtime route).", config=False)
@@ -255,6 +277,9 @@ class Settings:
                                 f"not {self.webhook_guard!r}")
         if self.spare not in ("auto", "on", "off"):
             raise SettingsError(f"spare must be auto, on or off, not {self.spare!r}")
+        if self.queue_lease_s < 1 or self.queue_max_deliveries < 1:
+            raise SettingsError("WORKER_QUEUE_LEASE_S must be 1 s or more and "
+                                "WORKER_QUEUE_MAX_DELIVERIES 1 or more")
         if self.start_method not in ("forkserver", "spawn"):
             raise SettingsError(f"start_method must be forkserver or spawn, "
                                 f"not {self.start_method!r}")

@@ -73,6 +73,11 @@ def validate_job(job: Any, default_id: str | None = None) -> dict:
             raise JobError("policy.executionTimeout must be a number of milliseconds from 0 "
                            f"(the worker's default) to {MAX_TIMEOUT_MS} (30 days), "
                            f"not {_short(ms)}")
+        ttl = policy.get("ttl")
+        if ttl is not None and not (isinstance(ttl, (int, float)) and not isinstance(ttl, bool)
+                                    and 0 < ttl <= MAX_TIMEOUT_MS):
+            raise JobError("policy.ttl must be a number of milliseconds above 0 and up to "
+                           f"{MAX_TIMEOUT_MS} (30 days), not {_short(ttl)}")
     return job
 
 
@@ -94,6 +99,16 @@ def execution_timeout(job: dict, default_s: float) -> float:
                 0 < ms <= MAX_TIMEOUT_MS:
             return ms / 1000.0
     return default_s
+
+
+def ttl(job: dict) -> float | None:
+    """Seconds the job may live, queued and running, from the moment it was queued:
+    policy.ttl (ms, checked by validate_job), RunPod's meaning; None without one."""
+    policy = job.get("policy")
+    ms = policy.get("ttl") if isinstance(policy, dict) else None
+    if isinstance(ms, (int, float)) and not isinstance(ms, bool) and 0 < ms <= MAX_TIMEOUT_MS:
+        return ms / 1000.0
+    return None
 
 
 @dataclass

@@ -43,6 +43,9 @@ def _flags(ns: argparse.Namespace) -> dict:
 
 def main(argv: list | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "gateway":                # `worker gateway`: no handler here
+        from ..fleet import gateway
+        return gateway.main(argv[1:])
     serve = bool(argv) and argv[0] == "serve"        # `worker serve handler.py`
     if serve:
         argv = argv[1:]
@@ -75,18 +78,20 @@ def run(target, argv: list, config: dict) -> int:
 def run_mode(settings: cfg.Settings, target) -> int:
     """Pick the job source as runpod-python does — the local API if asked for, then the
     realtime port, then the RunPod queue when RUNPOD_WEBHOOK_GET_JOB is set and no test
-    input is given, else the one-shot local test — with load balancing (ours) before the
-    queue."""
+    input is given, else the one-shot local test — with load balancing and a Redis Streams
+    endpoint (WORKER_QUEUE_URL; ours) before the RunPod queue."""
     logs.configure(settings.log_level)
     reaper.become_subreaper()      # a child whose forkserver died is still ours to watch
     hardening.set_dumpable(False)  # our environ (the queue key) needs CAP_SYS_PTRACE to read
     queue = bool(settings.runpod_get_job) and settings.test_input is None
+    fleet = bool(settings.queue_url) and settings.test_input is None
     balanced = not settings.serve_api and not settings.realtime_port and (
         settings.load_balancer or (bool(settings.port_health) and not queue
                                    and settings.test_input is None))
     if settings.fitness_checks == "auto":      # the SDK runs them in production only
         settings = dataclasses.replace(settings,
-                                       fitness_checks="on" if queue or balanced else "off")
+                                       fitness_checks="on" if queue or balanced or fleet
+                                       else "off")
     if settings.serve_api:
         from ..sources import local_api
         return local_api.serve(settings, target)
@@ -97,6 +102,13 @@ def run_mode(settings: cfg.Settings, target) -> int:
     if balanced:
         from ..sources import load_balancer
         return load_balancer.serve(settings, target)
+    if fleet:
+        from ..sources.redis_queue import RedisQueueSource
+        try:
+            return RedisQueueSource(settings, target).run()
+        except cfg.SettingsError as exc:
+            print(f"worker: error: {exc}", file=sys.stderr)
+            return 2
     if queue:
         from ..sources.runpod import RunPodSource
         return RunPodSource(settings, target).run()

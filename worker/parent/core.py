@@ -19,6 +19,7 @@ import signal
 from .. import protocol as P
 from ..config import Settings, SettingsError
 from ..jobs import JobError, JobState, Reason, execution_timeout, validate_job
+from ..jobs import ttl as job_ttl
 from . import blame, gpu_events, placement, recovery, recycling
 from . import events as E
 from .actions import ChildReady, Settle, Signal, Spawn, WarmOff
@@ -111,6 +112,9 @@ class SupervisorCore:
             return
         ev.tracked = tracked = TrackedJob(job, ev.listener, ev.submitted, ev.raw,
                                           setup_mark=self.no_child.at(now))
+        life = job_ttl(job)
+        if life is not None:
+            tracked.expires = ev.submitted - ev.age + life
         if self.fate.state is not WorkerState.RUNNING or self.shutdown_at is not None:
             self.jobs.refuse(tracked, self.fate.unavailable())
         elif tracked.id in self.jobs.active:
@@ -305,7 +309,16 @@ class SupervisorCore:
         heartbeat, shutdown_at = self.settings.heartbeat_timeout, self.shutdown_at
         times = [t for s in self.slots for t in s.deadlines(heartbeat, shutdown_at)
                  if t is not None]
+        times.extend(t.expires for t in self.pending if t.expires is not None)
         return min(times) if times else None
+
+    def _expire(self, tracked: TrackedJob, now: float) -> None:
+        """A queued job whose policy.ttl ran out: it ends TIMED_OUT without running."""
+        self.jobs.unqueue(tracked)
+        life = job_ttl(tracked.job) or 0.0
+        self.jobs.end(tracked, JobState.TIMED_OUT, Reason.TIMED_OUT,
+                      f"the job's policy.ttl of {life:g}s ran out before it started", now,
+                      "TimedOut")
 
     def status(self) -> Status:
         fate = self.fate
@@ -325,6 +338,8 @@ class SupervisorCore:
             verdict = slot.check_clocks(now, shutdown_at)
             if verdict is not None:
                 self.fate.slot_out(slot, verdict.message, WorkerState.BROKEN)
+        for tracked in [t for t in self.pending if t.expires is not None and now >= t.expires]:
+            self._expire(tracked, now)
         self._ensure_children(now)
         self._dispatch(now)
         if self.finished:            # no child will come for what is still queued
@@ -397,10 +412,16 @@ class SupervisorCore:
                 return
 
     def _start(self, slot: Slot, tracked: TrackedJob, now: float) -> None:
+        if tracked.expires is not None and now >= tracked.expires:
+            self._expire(tracked, now)
+            return
         tracked.started = now
         tracked.setup_wait = self.no_child.at(now) - tracked.setup_mark
         limit = execution_timeout(tracked.job, self.settings.job_timeout)
         tracked.deadline = now + limit if limit > 0 else None
+        if tracked.expires is not None and (tracked.deadline is None
+                                            or tracked.expires < tracked.deadline):
+            tracked.deadline = tracked.expires     # slots.check_clocks names the ttl
         self.runs += 1
         tracked.run = self.runs
         msg = P.Run(tracked.run, tracked.job, tracked.raw)

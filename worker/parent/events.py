@@ -43,6 +43,7 @@ class Submit(Event):
     listener: JobListener
     submitted: float
     raw: Any = None                # the job's exact JSON (bytes or parts), when known
+    age: float = 0.0               # seconds it waited in a queue before this worker's
     tracked: Any = None            # set by the core: the job as it holds it (for recover)
 
 

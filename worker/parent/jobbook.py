@@ -24,6 +24,7 @@ class TrackedJob:
     raw: Any = None
     started: float = 0.0
     deadline: float | None = None
+    expires: float | None = None      # policy.ttl's end: queued or running, it ends there
     crashes: int = 0          # crashes of a child this job ran in alone
     suspect: bool = False     # in a child that crashed with other jobs: next run alone
     run: int = 0              # the current run's token (protocol.Run), 0 before the first

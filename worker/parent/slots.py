@@ -262,9 +262,10 @@ class Slot:
         for tracked in list(self.in_flight.values()):
             if tracked.deadline is not None and now >= tracked.deadline:
                 limit = tracked.deadline - tracked.started
-                self.abandon(tracked, JobState.TIMED_OUT, Reason.TIMED_OUT,
-                             f"the job ran longer than its execution timeout of {limit:g}s",
-                             now)
+                text = f"the job ran longer than its execution timeout of {limit:g}s" \
+                    if tracked.deadline != tracked.expires else \
+                    f"the job's policy.ttl ran out after {limit:g}s of running"
+                self.abandon(tracked, JobState.TIMED_OUT, Reason.TIMED_OUT, text, now)
         keep = shutdown_at is None and self.out is None
         self._actions.extend(self.spares.check_clocks(now, s, keep))
         child = self.child

@@ -129,12 +129,14 @@ class Supervisor:
         self._thread.start()
         return self
 
-    def submit(self, job: dict, listener: JobListener, raw: Any = None) -> None:
+    def submit(self, job: dict, listener: JobListener, raw: Any = None,
+               age: float = 0.0) -> None:
         """Queue a job. Its listener hears exactly one on_result. `raw`, when given, is
         the job's exact JSON encoding (bytes, or a tuple of bytes-like parts that join to
-        it): it goes to the child as is (no re-encoding, no copy)."""
+        it): it goes to the child as is (no re-encoding, no copy). `age`: seconds it
+        already waited in a queue of the source's (its policy.ttl counts from there)."""
         tracing.TRACES.remember(job)
-        if not self._events.put(E.Submit(job, listener, self.clock(), raw)):
+        if not self._events.put(E.Submit(job, listener, self.clock(), raw, max(0.0, age))):
             self._refuse_late(job, listener)
 
     def cancel(self, job_id: str, queued_only: bool = False) -> None:

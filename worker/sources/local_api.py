@@ -48,7 +48,9 @@ JOB_BODY = {"requestBody": {"required": True, "content": {"application/json": {"
                                    "traceparent header); ignored when invalid"},
                    "policy": {"type": "object", "properties": {
                        "executionTimeout": {"type": "number", "minimum": 0,
-                                            "maximum": MAX_TIMEOUT_MS}}}}}}}}}
+                                            "maximum": MAX_TIMEOUT_MS},
+                       "ttl": {"type": "number", "exclusiveMinimum": 0,
+                               "maximum": MAX_TIMEOUT_MS}}}}}}}}}
 _ERROR = {"content": {"application/json": {"schema": {
     "type": "object", "required": ["error"], "properties": {"error": {}}}}}}
 _WHY = {400: "bad request body", 401: "missing or wrong token", 404: "unknown or expired job",
@@ -79,7 +81,31 @@ def webhook_refusal(url) -> str | None:
         return "it needs http:// or https:// and a host"
     return None
 
-def _errors(*codes) -> dict:
+def parse_job_body(raw: bytes) -> tuple:
+    """A /run body checked (HTTPException 400 with the reason otherwise): (body, raw as
+    read, a byte-order mark dropped)."""
+    try:
+        body = loads(raw, "the request body")
+    except JSONRefused as exc:
+        raise HTTPException(400, str(exc)) from None
+    if raw[:3] == b"\xef\xbb\xbf":
+        raw = raw[3:]          # what is forwarded is what was read
+    if not isinstance(body, dict):
+        raise HTTPException(400, "the request body must be a JSON object with an 'input'")
+    if "input" not in body:
+        raise HTTPException(400, "the request body has no 'input'")
+    try:
+        validate_job({**body, "id": "checked"})      # policy; the id is ours to give
+    except JobError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if body.get("webhook") is not None:
+        why = webhook_refusal(body["webhook"])
+        if why:
+            raise HTTPException(400, f"'webhook' must be an http(s) URL: {why}")
+    return body, raw
+
+
+def errors(*codes) -> dict:
     return {code: {"description": _WHY[code], **_ERROR} for code in codes}
 
 
@@ -202,26 +228,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
                                      "header is required")
 
     async def job_body(request: Request) -> tuple:
-        raw = await request.body()
-        try:
-            body = loads(raw, "the request body")
-        except JSONRefused as exc:
-            raise HTTPException(400, str(exc)) from None
-        if raw[:3] == b"\xef\xbb\xbf":
-            raw = raw[3:]          # what is forwarded is what was read
-        if not isinstance(body, dict):
-            raise HTTPException(400, "the request body must be a JSON object with an 'input'")
-        if "input" not in body:
-            raise HTTPException(400, "the request body has no 'input'")
-        try:
-            validate_job({**body, "id": "checked"})      # policy; the id is ours to give
-        except JobError as exc:
-            raise HTTPException(400, str(exc)) from None
-        if body.get("webhook") is not None:
-            why = webhook_refusal(body["webhook"])
-            if why:
-                raise HTTPException(400, f"'webhook' must be an http(s) URL: {why}")
-        return body, raw
+        return parse_job_body(await request.body())
 
     def record(job_id: str):
         rec = store().get(job_id)
@@ -247,10 +254,10 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         return response
 
     router = APIRouter(dependencies=[Depends(authorised)] if settings.api_token else [],
-                       responses=_errors(401) if settings.api_token else {})
+                       responses=errors(401) if settings.api_token else {})
 
     @router.post("/run", summary="Queue a job; returns its id at once",
-                 openapi_extra=JOB_BODY, responses=_errors(400, 413, 429, 503))
+                 openapi_extra=JOB_BODY, responses=errors(400, 413, 429, 503))
     async def run(request: Request):
         body, raw = await job_body(request)
         refuse_if_down()
@@ -258,7 +265,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         return {"id": rec.id, "status": JobState.IN_QUEUE.value}
 
     @router.post("/runsync", summary="Run a job and wait for its result",
-                 openapi_extra=JOB_BODY, responses=_errors(400, 413, 429, 503))
+                 openapi_extra=JOB_BODY, responses=errors(400, 413, 429, 503))
     async def runsync(request: Request, wait: int = RUNSYNC_WAIT_MS):
         body, raw = await job_body(request)
         refuse_if_down()
@@ -267,18 +274,18 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         return answer(await store().wait(rec, wait_s))
 
     @router.api_route("/status/{job_id}", methods=["GET", "POST"], summary="A job's state",
-                      responses=_errors(404))
+                      responses=errors(404))
     async def status(job_id: str):
         return answer(store().view(record(job_id)))
 
     @router.api_route("/stream/{job_id}", methods=["GET", "POST"],
                       summary="Chunks a generator produced since the last call",
-                      responses=_errors(404))
+                      responses=errors(404))
     async def stream(job_id: str):
         return answer(store().take_stream(record(job_id)))
 
     @router.post("/cancel/{job_id}", summary="Stop a job (queued or running)",
-                 responses=_errors(404))
+                 responses=errors(404))
     async def cancel(job_id: str):
         rec = record(job_id)
         if not rec.status.final:
@@ -316,7 +323,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
     endpoint_id = settings.endpoint_id
     if endpoint_id:       # the SDK's realtime route: the run's result body, nothing else
         @router.post(f"/{endpoint_id}/realtime", summary="Run a job; its output or error",
-                     openapi_extra=JOB_BODY, responses=_errors(400, 413, 429, 503))
+                     openapi_extra=JOB_BODY, responses=errors(400, 413, 429, 503))
         async def realtime(request: Request):
             body, raw = await job_body(request)
             refuse_if_down()

@@ -1,0 +1,165 @@
+"""One endpoint on a real Redis server: the gateway's API, a queue worker, the official
+client, webhooks from the outbox, idempotency, and the checks at the edges."""
+import time
+
+import pytest
+import requests
+
+from tests.fleet_support import (NO_REDIS, REDIS, Gateway, RedisServer, finals, runs,
+                                 start_worker)
+from tests.support import Hook
+from worker.fleet.keys import GROUP, Keys
+
+pytestmark = pytest.mark.skipif(REDIS is None, reason=NO_REDIS)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fleet")
+    srv = RedisServer(d / "redis")
+    gw = Gateway(srv, "main,gen", d, WORKER_WEBHOOK_ALLOW="127.0.0.1")
+    w = start_worker(srv, "main", d, WORKER_WEBHOOK_ALLOW="127.0.0.1")
+    g = start_worker(srv, "gen", d, handler="gen_sync.py", name="gen",
+                     WORKER_RETURN_AGGREGATE_STREAM="true")
+    gw.post("/runsync", {"input": {"echo": "warm"}})       # the worker is up
+    yield srv, gw, d
+    assert w.stop() == 0, w.text()
+    assert g.stop() == 0, g.text()
+    assert gw.stop() == 0, gw.text()
+    srv.close()
+
+
+def test_run_status_progress_and_runsync(fleet):
+    srv, gw, d = fleet
+    done = gw.post("/runsync", {"input": {"echo": 5}}).json()
+    assert done["status"] == "COMPLETED" and done["output"]["echo"] == 5
+    assert {"delayTime", "executionTime", "workerId"} <= set(done)
+    job = gw.post("/v2/main/run", {"input": {"do": "progress", "seconds": 1}}).json()
+    assert job["status"] == "IN_QUEUE"
+    seen = gw.until(job["id"], lambda s: s.get("output") == {"stage": "halfway"})
+    assert seen["status"] == "IN_PROGRESS"
+    assert gw.until(job["id"], lambda s: s["status"] == "COMPLETED")["output"]["echo"] is None
+    failed = gw.post("/runsync", {"input": {"do": "raise"}}).json()
+    assert failed["status"] == "FAILED" and "bad input" in failed["error"]
+    assert gw.get("/status/no-such-job").status_code == 404
+
+
+def test_a_worker_takes_only_what_it_has_room_for(fleet):
+    """Concurrency 1: one job pending with the worker, the rest wait in the stream for
+    any worker (not read ahead by this one)."""
+    srv, gw, d = fleet
+    ids = [gw.post("/run", {"input": {"do": "sleep", "seconds": 0.6}}).json()["id"]
+           for _ in range(3)]
+    gw.until(ids[0], lambda s: s["status"] == "IN_PROGRESS")
+    r = srv.client()
+    group = [g for g in r.xinfo_groups(Keys("main").stream) if g["name"] == GROUP.encode()]
+    assert group[0]["pending"] == 1 and group[0]["lag"] == 2
+    health = gw.get("/health").json()
+    assert health["jobs"]["inQueue"] == 2 and health["jobs"]["inProgress"] == 1
+    assert health["workers"]["alive"] >= 1
+    for job_id in ids:
+        gw.until(job_id, lambda s: s["status"] == "COMPLETED")
+
+
+def test_cancel_queued_and_running_jobs_and_purge(fleet):
+    srv, gw, d = fleet
+    running = gw.post("/run", {"input": {"do": "sleep", "seconds": 60}}).json()["id"]
+    gw.until(running, lambda s: s["status"] == "IN_PROGRESS")
+    queued = [gw.post("/run", {"input": {"do": "sleep", "seconds": 60}}).json()["id"]
+              for _ in range(3)]
+    assert gw.post(f"/cancel/{queued[0]}").json() == {"id": queued[0], "status": "CANCELLED"}
+    assert gw.post("/purge-queue").json() == {"removed": 2, "status": "completed"}
+    assert gw.post(f"/cancel/{running}").json() == {"id": running, "status": "CANCELLED"}
+    for job_id in queued:
+        assert gw.get(f"/status/{job_id}").json()["status"] == "CANCELLED"
+    assert gw.post("/runsync", {"input": {"echo": 1}}).json()["status"] == "COMPLETED"
+    assert not any(j in runs(d) for j in queued)       # a cancelled queued job never ran
+
+
+def test_the_official_client_drives_every_call(fleet):
+    runpod = pytest.importorskip("runpod")
+    srv, gw, d = fleet
+    runpod.endpoint_url_base = f"{gw.url}/v2"
+    ep = runpod.Endpoint("gen", api_key="anything")
+    assert ep.run_sync({"n": 2}, timeout=30) == [{"i": 0}, {"i": 1}]
+    job = ep.run({"n": 3, "delay": 0.3})
+    assert job.status() in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED")
+    assert list(job.stream()) == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert job.output(timeout=30) == [{"i": 0}, {"i": 1}, {"i": 2}]
+    long = ep.run({"n": 100, "delay": 0.5})
+    for _ in range(200):
+        if long.status() == "IN_PROGRESS":
+            break
+        time.sleep(0.05)
+    assert long.cancel()["status"] == "CANCELLED"
+    assert ep.health()["jobs"]["completed"] >= 2
+    assert ep.purge_queue() == {"removed": 0, "status": "completed"}
+
+
+def test_unknown_endpoints_and_bad_bodies_are_refused(fleet):
+    srv, gw, d = fleet
+    r = gw.post("/v2/other/run", {"input": {}})
+    assert r.status_code == 404 and "other" in r.json()["error"]
+    assert gw.get("/v2/other/status/x").status_code == 404
+    for body, why in ((b"{", "JSON"), (b"[1]", "object"), (b'{"in": 1}', "input"),
+                      (b'{"input": 1, "policy": {"ttl": -1}}', "policy.ttl"),
+                      (b'{"input": 1, "webhook": "ftp://x"}', "webhook")):
+        r = requests.post(gw.url + "/run", data=body, timeout=10)
+        assert r.status_code == 400 and why in r.json()["error"], (body, r.text)
+    big = requests.post(gw.url + "/run", data=b'{"input": "' + b"x" * (11 * 2**20) + b'"}',
+                        timeout=30)
+    assert big.status_code == 413
+    assert srv.client().xlen(Keys("other").stream) == 0
+
+
+def test_an_idempotency_key_makes_a_retry_the_same_job(fleet):
+    srv, gw, d = fleet
+    headers = {"Idempotency-Key": "order-1234"}
+    first = gw.post("/run", {"input": {"echo": "once"}}, headers=headers).json()
+    again = gw.post("/run", {"input": {"echo": "once"}}, headers=headers).json()
+    assert first["id"] == again["id"]
+    sync = gw.post("/runsync", {"input": {"echo": "once"}}, headers=headers).json()
+    assert sync["id"] == first["id"] and sync["status"] == "COMPLETED"
+    assert runs(d)[first["id"]] == 1
+    other = gw.post("/run", {"input": {"echo": "once"}},
+                    headers={"Idempotency-Key": "order-1235"}).json()
+    assert other["id"] != first["id"]
+
+
+def test_webhooks_come_from_the_outbox(fleet):
+    srv, gw, d = fleet
+    hook = Hook(fail_first=True)
+    try:
+        job_id = gw.post("/run", {"input": {"echo": "hook"}, "webhook": hook.url}).json()["id"]
+        (_, first), (_, second) = hook.wait(2)      # a 500, then the retry
+        assert first["id"] == second["id"] == job_id
+        assert second["status"] == "COMPLETED" and second["output"]["echo"] == "hook"
+        deadline = time.monotonic() + 10
+        while srv.client().xlen(Keys("main").hooks) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.client().xlen(Keys("main").hooks) == 0     # acknowledged and deleted
+    finally:
+        hook.server.shutdown()
+
+
+def test_policy_ttl_and_execution_timeout_through_the_queue(fleet):
+    srv, gw, d = fleet
+    blocker = gw.post("/run", {"input": {"do": "sleep", "seconds": 1.5}}).json()["id"]
+    gw.until(blocker, lambda s: s["status"] == "IN_PROGRESS")
+    late = gw.post("/run", {"input": {}, "policy": {"ttl": 500}}).json()["id"]
+    expired = gw.until(late, lambda s: s["status"] not in ("IN_QUEUE", "IN_PROGRESS"))
+    assert expired["status"] == "TIMED_OUT" and "policy.ttl" in expired["error"]
+    assert late not in runs(d)
+    timed = gw.post("/runsync", {"input": {"do": "sleep", "seconds": 30},
+                                 "policy": {"executionTimeout": 1000}}).json()
+    assert timed["status"] == "TIMED_OUT" and "execution timeout" in timed["error"]
+
+
+def test_every_final_state_is_counted_once(fleet):
+    srv, gw, d = fleet
+    before = finals(srv, "main")
+    ids = [gw.post("/run", {"input": {"echo": i}}).json()["id"] for i in range(20)]
+    for job_id in ids:
+        gw.until(job_id, lambda s: s["status"] == "COMPLETED")
+    assert finals(srv, "main") - before == 20
+    assert all(runs(d)[j] == 1 for j in ids)

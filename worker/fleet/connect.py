@@ -1,0 +1,106 @@
+"""The connection to the endpoint's Redis (or Valkey): the URL and its secret, never
+printed; the server checks a worker or gateway makes once."""
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+from ..config import Settings, SettingsError
+from .keys import GROUP, HOOK_GROUP
+
+log = logging.getLogger("worker.fleet")
+
+CONNECT_TIMEOUT_S = 5.0
+SOCKET_TIMEOUT_S = 10.0        # above the longest blocking read (BLOCK 1 s, BLPOP <= 5 s)
+
+
+def redact(url: str) -> str:
+    """The URL for a log line: the password (and a user's name) replaced."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None and parts.username is None:
+            return url
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = "***@" + host + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        return "(a queue URL that cannot be read)"
+
+
+def password(settings: Settings) -> str | None:
+    """WORKER_QUEUE_PASSWORD_FILE's content (a mounted secret), else None: the URL's."""
+    path = settings.queue_password_file
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as exc:
+        raise SettingsError(f"WORKER_QUEUE_PASSWORD_FILE cannot be read: {exc}") from None
+
+
+def options(settings: Settings) -> dict:
+    url = settings.queue_url
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss"):
+        raise SettingsError(f"WORKER_QUEUE_URL must be a redis:// or rediss:// URL, not "
+                            f"{redact(url)!r}")
+    extra = {}
+    secret = password(settings)
+    if secret is not None:
+        extra["password"] = secret
+    return dict(socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
+                health_check_interval=15, decode_responses=False, **extra)
+
+
+def client(settings: Settings):
+    import redis
+    return redis.Redis.from_url(settings.queue_url, **options(settings))
+
+
+def async_client(settings: Settings):
+    import redis.asyncio
+    return redis.asyncio.Redis.from_url(settings.queue_url, **options(settings))
+
+
+def eviction_warning(policy: str) -> str | None:
+    """What to say about the server's maxmemory-policy: any policy but noeviction may
+    drop a job's record or its stream entry under memory pressure."""
+    if policy in ("noeviction", ""):
+        return None
+    return (f"the queue's Redis has maxmemory-policy {policy}: under memory pressure it "
+            "may evict job records and stream entries (jobs lost). Set noeviction.")
+
+
+def check_server(r) -> None:
+    """Once at start: the server's version (streams with XAUTOCLAIM: 6.2 and newer) and
+    its eviction policy (a warning; a managed server may refuse CONFIG)."""
+    import redis
+    info = r.info("server")
+    version = str(info.get("redis_version", "0"))
+    if tuple(int(p) for p in version.split(".")[:2] if p.isdigit()) < (6, 2):
+        raise SettingsError(f"the queue's Redis is {version}; 6.2 or newer is needed "
+                            "(XAUTOCLAIM)")
+    try:
+        policy = r.config_get("maxmemory-policy").get(b"maxmemory-policy", b"").decode()
+    except redis.ResponseError:
+        log.info("the queue's Redis does not tell its maxmemory-policy (CONFIG refused); "
+                 "make sure it is noeviction")
+        return
+    warning = eviction_warning(policy)
+    if warning:
+        log.warning(warning)
+
+
+def ensure_groups(r, keys) -> None:
+    """The consumer groups, made if missing (a server restarted without persistence loses
+    them): from the stream's start, so no entry already there is skipped."""
+    import redis
+    for stream, group in ((keys.stream, GROUP), (keys.hooks, HOOK_GROUP)):
+        try:
+            r.xgroup_create(stream, group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise

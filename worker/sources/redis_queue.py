@@ -1,0 +1,445 @@
+"""Jobs from a Redis Streams endpoint (docs/fleet.md): at least once, one final record.
+
+Threads, none of which runs user code:
+- take: reclaims entries idle past the lease (a dead worker's), else reads new ones
+  (XREADGROUP, as many as the free capacity); each becomes this run's (scripts.START: a
+  fence, its delivery counted) and goes to the supervisor;
+- keeper: this worker's heartbeat, and every held job's lease renewed (XCLAIM JUSTID) if
+  this run still owns it — a lease taken over stops the run unreported (fencing), a
+  cancel asked through the gateway stops it CANCELLED;
+- writer (redis_writer.py): progress, chunks and final records, in order, retried;
+- outbox (fleet/outbox.py): webhooks, at least once.
+SIGTERM: no new reads; running jobs have WORKER_SHUTDOWN_GRACE, then what is still held
+is released (queued again, visible to the next worker at once) and the child stopped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import Settings, SettingsError
+from ..fleet import connect, records
+from ..fleet.keys import CHUNKS_MAX, DEAD_MAX, GROUP, RELEASED, Keys
+from ..fleet.outbox import Outbox
+from ..fleet.scripts import Scripts
+from ..jobs import JobResult, JobState, Reason, error_record, failure
+from ..jsonlimits import loads
+from ..parent.supervisor import JobListener, Supervisor, WorkerState
+from ..version import __version__
+from .host import SourceHost
+from .redis_writer import Write, Writer
+from .runpod_delivery import Backoff
+
+log = logging.getLogger("worker.queue")
+RECLAIM_EVERY_S = 1.0
+READ_BLOCK_MS = 1000
+
+
+@dataclass
+class Held:
+    job_id: str
+    entry: bytes
+    fence: str
+    fenced: bool = False          # its lease went to another worker: nothing to report
+    released: bool = False        # given back at shutdown: another worker runs it
+    cancelling: bool = False      # a cancel came through the queue and was passed on
+
+
+class RedisQueueSource(JobListener):
+    def __init__(self, settings: Settings, target, supervisor: Supervisor | None = None):
+        import redis
+        if not settings.queue_endpoint:
+            raise SettingsError("WORKER_QUEUE_URL needs WORKER_ENDPOINT, the endpoint's "
+                                "name (no default: two handlers must never share a stream "
+                                "by accident)")
+        try:
+            self.keys = Keys(settings.queue_endpoint)
+        except ValueError as exc:
+            raise SettingsError(f"WORKER_ENDPOINT: {exc}") from None
+        self.transient = (redis.ConnectionError, redis.TimeoutError, OSError)
+        self.redis_error = redis.RedisError
+        self.r = connect.client(settings)
+        self.scripts = Scripts(self.r)
+        self.target = target
+        self.host = SourceHost(settings, target, supervisor)
+        self.sup = self.host.sup
+        base = settings.worker_id or socket.gethostname()
+        self.consumer = f"{base}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stopping = threading.Event()
+        self.taking_done = threading.Event()
+        self._cond = threading.Condition()
+        self.held: dict[str, Held] = {}
+        self.writer = Writer(self.transient)
+        self.outbox = Outbox(self.r, self.keys, self.consumer, settings, self.sup.metrics,
+                             self.transient, self.stopping)
+        self.sup.on_capacity(self._room_changed)
+
+    @property
+    def settings(self) -> Settings:
+        return self.sup.settings
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.settings.queue_lease_s * 1000)
+
+    # --- running ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        where = connect.redact(self.settings.queue_url)
+        self.host.handle_signals(lambda name: self.stopping.set(),
+                                 f"no new jobs; running jobs have "
+                                 f"{self.settings.shutdown_grace:g}s to finish, the rest "
+                                 "are released to other workers")
+        if not self._register(where):
+            return 2
+        self.host.start()
+        log.info("--- gpu-worker %s | endpoint %s on %s as %s ---", __version__,
+                 self.keys.endpoint, where, self.consumer)
+        self.writer.start()
+        self.outbox.start()
+        for fn, name in ((self._keeper, "queue-keeper"), (self._take_loop, "queue-take")):
+            threading.Thread(target=fn, name=f"gpu-worker-{name}", daemon=True).start()
+        while not self.stopping.wait(0.5):
+            if self.sup.state is not WorkerState.RUNNING:
+                break
+        return self._shutdown()
+
+    def _register(self, where: str) -> bool:
+        """Reach the server (waiting while it is down), check it, make the groups, and
+        register this handler for the endpoint, or refuse a different one."""
+        backoff = Backoff(0.5, 10.0)
+        handler = self.target.describe()
+        while not self.stopping.is_set():
+            try:
+                connect.check_server(self.r)
+                connect.ensure_groups(self.r, self.keys)
+                self.r.hsetnx(self.keys.meta, "handler", handler)
+                self.r.zadd(self.keys.workers, {self.consumer: int(time.time() * 1000)})
+                known = (self.r.hget(self.keys.meta, "handler") or b"").decode()
+                break
+            except self.transient as exc:
+                wait = backoff.next()
+                log.warning("the queue at %s cannot be reached (%s); trying again in "
+                            "%.1fs", where, type(exc).__name__, wait)
+                self.stopping.wait(wait)
+        else:
+            return False
+        if known != handler:
+            log.critical("endpoint %r was registered with the handler %r; this worker runs "
+                         "%r and is refused (use another WORKER_ENDPOINT, or delete the key "
+                         "%s once no worker of the old handler is left)", self.keys.endpoint,
+                         known, handler, self.keys.meta)
+            return False
+        return True
+
+    def _shutdown(self) -> int:
+        self.stopping.set()
+        deadline = time.monotonic() + self.settings.shutdown_grace
+        with self._cond:
+            self._cond.wait_for(lambda: self.taking_done.is_set() and not self.held,
+                                max(0.0, deadline - time.monotonic()))
+            left = [h for h in self.held.values() if not h.released]
+        for held in left:
+            self._release(held)
+        self.host.stop(0)
+        unwritten = self.writer.close(max(5.0, self.settings.stop_grace * 2))
+        if unwritten:
+            log.error("%d write(s) could not reach the queue before the exit; their jobs "
+                      "run again once their lease runs out", unwritten)
+        self.outbox.close()
+        self._leave()
+        if self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN):
+            return 1
+        log.info("stopped")
+        return 0
+
+    def _release(self, held: Held) -> None:
+        held.released = True
+        try:
+            done = self.scripts.release(
+                keys=[self.keys.job(held.job_id), self.keys.stream],
+                args=[GROUP, held.entry, held.fence, self.lease_ms + 1000, RELEASED])
+            log.info("released to another worker" if done else
+                     "not released: another worker holds it already",
+                     extra={"job_id": held.job_id})
+        except self.redis_error as exc:
+            log.warning("could not release (%s); it runs again once its lease runs out",
+                        exc, extra={"job_id": held.job_id})
+
+    def _leave(self) -> None:
+        try:
+            self.r.zrem(self.keys.workers, self.consumer)
+            mine = self.r.xpending_range(self.keys.stream, GROUP, "-", "+", 1,
+                                         consumername=self.consumer)
+            if not mine:
+                self.r.xgroup_delconsumer(self.keys.stream, GROUP, self.consumer)
+        except self.redis_error:
+            pass
+
+    # --- taking jobs -----------------------------------------------------------------------
+
+    def _room(self) -> int:
+        return max(0, self.sup.status.capacity - len(self.held))
+
+    def _room_changed(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _take_loop(self) -> None:
+        failing = Backoff(0.5, 10.0)
+        cursor, last_reclaim = "0-0", 0.0
+        try:
+            while not self.stopping.is_set():
+                with self._cond:
+                    self._cond.wait_for(lambda: self._room() > 0 or self.stopping.is_set(),
+                                        0.25)
+                room = self._room()
+                if room <= 0 or self.stopping.is_set():
+                    continue
+                try:
+                    entries = []
+                    if time.monotonic() - last_reclaim >= RECLAIM_EVERY_S:
+                        last_reclaim = time.monotonic()
+                        cursor, entries = self._reclaim(cursor, room)
+                    if not entries:
+                        answer = self.r.xreadgroup(GROUP, self.consumer,
+                                                   {self.keys.stream: ">"}, count=room,
+                                                   block=READ_BLOCK_MS)
+                        entries = answer[0][1] if answer else []
+                except self.transient as exc:
+                    wait = failing.next()
+                    log.warning("reading the queue failed (%s); again in %.1fs", exc, wait)
+                    self.stopping.wait(wait)
+                    continue
+                except self.redis_error as exc:
+                    if "NOGROUP" in str(exc):
+                        log.warning("the consumer group is gone (a server restarted without "
+                                    "persistence?); making it again")
+                        self._guarded(connect.ensure_groups, self.r, self.keys)
+                    else:
+                        log.error("reading the queue failed: %s", exc)
+                        self.stopping.wait(failing.next())
+                    continue
+                failing.reset()
+                for entry, fields in entries:
+                    self._guarded(self._take, entry, fields)
+        finally:
+            self.taking_done.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _reclaim(self, cursor: str, room: int) -> tuple:
+        """Entries idle past the lease (a worker died or was cut off), taken over."""
+        answer = self.r.xautoclaim(self.keys.stream, GROUP, self.consumer, self.lease_ms,
+                                   cursor, count=room)
+        nxt = answer[0].decode() if isinstance(answer[0], bytes) else str(answer[0])
+        return nxt, [e for e in answer[1] if e and e[1] is not None]
+
+    def _guarded(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except self.transient as exc:
+            log.warning("the queue could not be reached (%s); the entry stays pending and "
+                        "comes back after the lease", exc)
+        except Exception:           # noqa: BLE001 - one strange entry must not end the loop
+            log.exception("an entry of the queue could not be taken; it comes back after "
+                          "the lease")
+
+    def _take(self, entry: bytes, fields: dict) -> None:
+        raw_id, raw = fields.get(b"id"), fields.get(b"job")
+        if raw_id is None or raw is None:
+            log.error("the stream holds an entry that is not a job (no id or job field): "
+                      "%.200r; deleted", fields)
+            self.r.xack(self.keys.stream, GROUP, entry)
+            self.r.xdel(self.keys.stream, entry)
+            return
+        job_id = raw_id.decode("utf-8", "replace")
+        kind, fence, n, age_ms, last = self._start(job_id, entry)
+        if kind in ("gone", "final"):
+            log.info("an entry whose job has ended (or expired) came back; acknowledged",
+                     extra={"job_id": job_id})
+            return
+        held = Held(job_id, entry, fence)
+        with self._cond:
+            copy = self.held.get(job_id)
+            if copy is not None:        # our own run is still going: it owns the new fence
+                copy.fence, copy.entry = fence, entry
+                return
+            self.held[job_id] = held
+        if self.stopping.is_set():
+            with self._cond:
+                self.held.pop(job_id, None)
+            self._release(held)
+            return
+        if kind == "dead":
+            self._finish(held, failure(
+                job_id, JobState.FAILED, Reason.WORKER_LOST, "DeliveryLimit",
+                f"the job was delivered {n} times (WORKER_QUEUE_MAX_DELIVERIES="
+                f"{self.settings.queue_max_deliveries}) and no run reported: each worker "
+                f"that took it stopped or lost its lease (last: {last or 'unknown'}). It "
+                "is in the dead-letter stream.", self.consumer, self.settings.hostname),
+                dead=raw)
+            return
+        if kind == "cancel":
+            self._finish(held, failure(job_id, JobState.CANCELLED, Reason.CANCELLED,
+                                       "Cancelled", "cancelled before it started",
+                                       self.consumer, self.settings.hostname))
+            return
+        if n > 1:
+            log.warning("delivery %d of this job (its last worker %s stopped or lost its "
+                        "lease)", n, last or "unknown", extra={"job_id": job_id})
+        self._submit(held, raw, age_ms)
+
+    def _start(self, job_id: str, entry: bytes) -> tuple:
+        answer = self.scripts.start(keys=[self.keys.job(job_id), self.keys.stream],
+                                    args=[GROUP, entry, self.consumer,
+                                          self.settings.queue_max_deliveries])
+        kind = answer[0].decode()
+        if kind in ("gone", "final"):
+            return kind, "", 0, 0, ""
+        return kind, answer[1].decode(), int(answer[2]), int(answer[3]), answer[4].decode()
+
+    def _submit(self, held: Held, raw: bytes, age_ms: int) -> None:
+        try:
+            job = loads(raw, "the job")
+            if not isinstance(job, dict) or job.get("id") != held.job_id:
+                raise ValueError("the job's JSON is not an object with the entry's id")
+        except Exception as exc:       # noqa: BLE001 - JSONRefused, a strange entry...
+            self.on_result(failure(held.job_id, JobState.FAILED, Reason.REFUSED,
+                                   "JobRefused", f"the worker could not read this job: "
+                                   f"{exc}"[:1000], self.consumer, self.settings.hostname))
+            return
+        log.info("job taken", extra={"job_id": held.job_id})
+        try:
+            self.sup.submit(job, self, raw, age=age_ms / 1000.0)
+        except Exception as exc:       # noqa: BLE001 - never a taken job without a report
+            log.exception("job could not be handed to the supervisor",
+                          extra={"job_id": held.job_id})
+            self.on_result(failure(held.job_id, JobState.FAILED, Reason.REFUSED,
+                                   "JobRefused", f"the worker could not accept this job: "
+                                   f"{exc}", self.consumer, self.settings.hostname))
+
+    # --- the job's events (supervisor thread: only queue work) ---------------------------
+
+    def _held(self, job_id: str) -> Held | None:
+        with self._cond:
+            return self.held.get(job_id)
+
+    def on_progress(self, job_id: str, value: Any) -> None:
+        held = self._held(job_id)
+        if held is not None:
+            data = records.dumps(value)
+            self.writer.put(Write(job_id, "progress", lambda: self.scripts.progress(
+                keys=[self.keys.job(job_id)], args=[held.fence, data])))
+
+    def on_chunk(self, job_id: str, value: Any) -> None:
+        held = self._held(job_id)
+        if held is not None:
+            data = records.dumps(value)
+            self.writer.put(Write(job_id, "chunk", lambda: self.scripts.chunk(
+                keys=[self.keys.job(job_id), self.keys.chunks(job_id)],
+                args=[held.fence, data, CHUNKS_MAX])))
+
+    def on_result(self, result: JobResult) -> None:
+        with self._cond:
+            held = self.held.pop(result.job_id, None)
+            self._cond.notify_all()
+        if held is None or held.released:
+            return
+        if held.fenced:
+            log.warning("this run's lease went to another worker: its result is not "
+                        "reported (the other run's is)", extra={"job_id": result.job_id})
+            return
+        self._finish(held, result)
+
+    def _finish(self, held: Held, result: JobResult, dead: bytes = b"") -> None:
+        final = self._fit(result)
+        k = self.keys
+        text = ""
+        if dead:
+            text = str(result.body.get("error", ""))
+
+        def call():
+            return self.scripts.finish(
+                keys=[k.job(held.job_id), k.stream, k.hooks, k.done(held.job_id), k.counts,
+                      k.chunks(held.job_id), k.dead],
+                args=[GROUP, held.entry, held.fence, result.state.value, final,
+                      max(1, int(self.settings.result_ttl)), held.job_id, dead, text,
+                      DEAD_MAX])
+
+        def done(answer):
+            answer = answer.decode() if isinstance(answer, bytes) else answer
+            if answer == "fenced":
+                log.warning("not reported: another worker took this job over (its run "
+                            "reports)", extra={"job_id": held.job_id})
+            elif answer == "final":
+                log.info("not reported: the job already has its final record",
+                         extra={"job_id": held.job_id})
+            elif dead and answer == "ok":
+                log.error("moved to the dead-letter stream %s", k.dead,
+                          extra={"job_id": held.job_id})
+        self.writer.put(Write(held.job_id, "final", call, done))
+
+    def _fit(self, result: JobResult) -> bytes:
+        """The final record's JSON; over WORKER_MAX_RESULT_MB (or not encodable) a FAILED
+        error record instead: never lost."""
+        limit = self.settings.max_result_mb
+        try:
+            data = records.final_body(result.body, result.execution_ms)
+        except Exception as exc:       # noqa: BLE001 - the child checked it; never lose it
+            return self._error_body(result, "ResultUnencodable",
+                                    f"the job's result could not be encoded: "
+                                    f"{type(exc).__name__}: {exc}"[:1000])
+        if limit and len(data) > limit * 2**20:
+            return self._error_body(
+                result, "ResultTooLarge", f"the job's result is {len(data) / 2**20:.1f} MiB; "
+                f"the limit is {limit:g} MiB (WORKER_MAX_RESULT_MB). Store large outputs "
+                "elsewhere (e.g. a bucket) and return a link.")
+        return data
+
+    def _error_body(self, result: JobResult, kind: str, text: str) -> bytes:
+        result.state = JobState.FAILED
+        log.error(text, extra={"job_id": result.job_id})
+        return records.final_body({"error": error_record(kind, text, "", self.consumer,
+                                                         self.settings.hostname)},
+                                  result.execution_ms)
+
+    # --- leases, cancels, heartbeat ----------------------------------------------------------
+
+    def _keeper(self) -> None:
+        every = min(0.5, self.settings.queue_lease_s / 3)
+        while not self.stopping.wait(every) or self.held:
+            if self.taking_done.is_set() and not self.held:
+                return
+            try:
+                self._keep()
+            except self.redis_error as exc:
+                log.debug("lease renewal failed: %s", exc)
+
+    def _keep(self) -> None:
+        k = self.keys
+        with self._cond:
+            held = [h for h in self.held.values() if not (h.released or h.fenced)]
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zadd(k.workers, {self.consumer: int(time.time() * 1000)})
+        for h in held:
+            self.scripts.renew(keys=[k.job(h.job_id), k.stream],
+                               args=[GROUP, self.consumer, h.entry, h.fence], client=pipe)
+        answers = pipe.execute()[1:]
+        for h, answer in zip(held, answers):
+            if answer == 0 and not h.fenced:
+                h.fenced = True
+                log.warning("this worker lost the job's lease to another worker (it was "
+                            "cut off for longer than WORKER_QUEUE_LEASE_S); stopping its run",
+                            extra={"job_id": h.job_id})
+                self.sup.cancel(h.job_id)
+            elif answer == 3 and not h.cancelling:
+                h.cancelling = True
+                log.info("cancel asked through the queue", extra={"job_id": h.job_id})
+                self.sup.cancel(h.job_id)
