@@ -29,7 +29,7 @@ run: $(STAMP)
 oneshot: $(STAMP)
 	cd examples/embeddings && ../../$(BIN)/python handler.py
 
-test: $(STAMP)
+test: $(STAMP) redis
 	$(BIN)/python -m pytest -q
 
 # The fleet tests and bench-fleet start their own redis-server (Debian's 7.0); without

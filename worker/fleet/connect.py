@@ -41,7 +41,7 @@ def password(settings: Settings) -> str | None:
         raise SettingsError(f"WORKER_QUEUE_PASSWORD_FILE cannot be read: {exc}") from None
 
 
-def options(settings: Settings) -> dict:
+def options(settings: Settings, for_asyncio: bool = False) -> dict:
     url = settings.queue_url
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss"):
@@ -51,8 +51,19 @@ def options(settings: Settings) -> dict:
     secret = password(settings)
     if secret is not None:
         extra["password"] = secret
+    import redis
+    from redis.backoff import ExponentialBackoff
+    # A connection the server dropped (a restart) is found stale on its next use: try
+    # again on a fresh one before calling it an outage. Retried steps are safe: a job's
+    # submit carries its id, and the scripts check before they write.
+    if for_asyncio:
+        from redis.asyncio.retry import Retry
+    else:
+        from redis.retry import Retry
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
     return dict(socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
-                health_check_interval=15, decode_responses=False, **extra)
+                health_check_interval=15, decode_responses=False, retry=retry,
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError], **extra)
 
 
 def client(settings: Settings):
@@ -62,7 +73,7 @@ def client(settings: Settings):
 
 def async_client(settings: Settings):
     import redis.asyncio
-    return redis.asyncio.Redis.from_url(settings.queue_url, **options(settings))
+    return redis.asyncio.Redis.from_url(settings.queue_url, **options(settings, True))
 
 
 def eviction_warning(policy: str) -> str | None:

@@ -113,7 +113,7 @@ class RedisQueueSource(JobListener):
     def _register(self, where: str) -> bool:
         """Reach the server (waiting while it is down), check it, make the groups, and
         register this handler for the endpoint, or refuse a different one."""
-        backoff = Backoff(0.5, 10.0)
+        backoff = Backoff(0.5, 5.0)
         handler = self.target.describe()
         while not self.stopping.is_set():
             try:
@@ -192,7 +192,7 @@ class RedisQueueSource(JobListener):
             self._cond.notify_all()
 
     def _take_loop(self) -> None:
-        failing = Backoff(0.5, 10.0)
+        failing = Backoff(0.25, 2.0)        # one server, no rate limit: back soon
         cursor, last_reclaim = "0-0", 0.0
         try:
             while not self.stopping.is_set():
@@ -271,10 +271,7 @@ class RedisQueueSource(JobListener):
             if copy is not None:        # our own run is still going: it owns the new fence
                 copy.fence, copy.entry = fence, entry
                 return
-            self.held[job_id] = held
         if self.stopping.is_set():
-            with self._cond:
-                self.held.pop(job_id, None)
             self._release(held)
             return
         if kind == "dead":
@@ -291,6 +288,8 @@ class RedisQueueSource(JobListener):
                                        "Cancelled", "cancelled before it started",
                                        self.consumer, self.settings.hostname))
             return
+        with self._cond:
+            self.held[job_id] = held
         if n > 1:
             log.warning("delivery %d of this job (its last worker %s stopped or lost its "
                         "lease)", n, last or "unknown", extra={"job_id": job_id})

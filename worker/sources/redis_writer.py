@@ -63,7 +63,7 @@ class Writer:
         return left
 
     def _run(self) -> None:
-        backoff = Backoff(0.2, 5.0)
+        backoff = Backoff(0.1, 2.0)
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._queue or self._closed)
