@@ -22,9 +22,11 @@ NO_REDIS = ("FLEET TESTS SKIPPED: no redis-server on this machine (`make redis` 
 
 
 class RedisServer:
-    def __init__(self, folder: Path, aof: str | None = None, password: str | None = None):
+    def __init__(self, folder: Path, aof: str | None = None, password: str | None = None,
+                 policy: str = "noeviction"):
         """aof: None (no persistence), 'everysec' or 'always'."""
         self.folder, self.aof, self.password = Path(folder), aof, password
+        self.policy = policy
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.proc: subprocess.Popen | None = None
@@ -38,7 +40,7 @@ class RedisServer:
     def start(self) -> None:
         args = [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
                 str(self.folder), "--save", "", "--daemonize", "no",
-                "--maxmemory-policy", "noeviction"]
+                "--maxmemory-policy", self.policy]
         if self.aof:
             args += ["--appendonly", "yes", "--appendfsync", self.aof]
         if self.password:
@@ -49,7 +51,7 @@ class RedisServer:
 
     def client(self, retry_s: float = 10.0):
         import redis
-        r = redis.Redis.from_url(self.url)
+        r = redis.Redis.from_url(self.url, password=self.password)
         deadline = time.monotonic() + retry_s
         while True:
             try:
@@ -77,6 +79,7 @@ class RedisServer:
 
 def fleet_env(server: RedisServer, endpoint: str, **extra) -> dict:
     env = {**os.environ, "WORKER_QUEUE_URL": server.url, "WORKER_ENDPOINT": endpoint,
+           "WORKER_HEALTH_FILE": "",
            "WORKER_STOP_GRACE": "1", "WORKER_SHUTDOWN_GRACE": "1",
            **{k: str(v) for k, v in extra.items()}}
     for name in ("RUNPOD_WEBHOOK_GET_JOB", "RUNPOD_REALTIME_PORT", "PORT_HEALTH"):

@@ -163,3 +163,56 @@ def test_every_final_state_is_counted_once(fleet):
         gw.until(job_id, lambda s: s["status"] == "COMPLETED")
     assert finals(srv, "main") - before == 20
     assert all(runs(d)[j] == 1 for j in ids)
+
+
+def test_a_worker_with_another_handler_is_refused(fleet):
+    srv, gw, d = fleet
+    other = start_worker(srv, "main", d, handler="misbehave.py", name="other")
+    assert other.proc.wait(60) == 2
+    assert "registered with the handler 'fleet_jobs.py'" in other.text()
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"WORKER_ENDPOINT": ""}, "needs WORKER_ENDPOINT"),
+    ({"WORKER_ENDPOINT": "a/b"}, "WORKER_ENDPOINT"),
+    ({"WORKER_QUEUE_URL": "http://127.0.0.1:1"}, "redis:// or rediss://"),
+    ({"WORKER_QUEUE_LEASE_S": "0"}, "WORKER_QUEUE_LEASE_S")])
+def test_settings_that_cannot_work_are_refused_before_anything_starts(fleet, env, says):
+    srv, gw, d = fleet
+    w = start_worker(srv, "main", d, name="bad", **env)
+    assert w.proc.wait(60) == 2 and says in w.text(), w.text()
+    assert "child" not in w.text()
+
+
+def test_the_queue_password_stays_out_of_the_child_and_the_logs(tmp_path):
+    srv = RedisServer(tmp_path / "redis", password="s3cret-pw", policy="allkeys-lru")
+    try:
+        gw = Gateway(srv, "sec", tmp_path)
+        w = start_worker(srv, "sec", tmp_path, WORKER_LOG_LEVEL="DEBUG",
+                         WORKER_QUEUE_LEASE_S="5")
+        seen = gw.post("/runsync", {"input": {"do": "env"}}).json()
+        # the child sees the queue's settings but not its URL (the password is in it)
+        assert seen["status"] == "COMPLETED"
+        assert seen["output"]["env"] == ["WORKER_QUEUE_LEASE_S"]
+        assert w.stop() == 0 and gw.stop() == 0
+        for text in (w.text(), gw.text()):
+            assert "s3cret-pw" not in text and "***@127.0.0.1" in text
+        assert "maxmemory-policy allkeys-lru" in w.text()      # the eviction warning
+    finally:
+        srv.close()
+
+
+def test_a_password_from_a_file(tmp_path):
+    srv = RedisServer(tmp_path / "redis", password="from-a-file")
+    try:
+        secret = tmp_path / "pw"
+        secret.write_text("from-a-file\n")
+        plain = f"redis://127.0.0.1:{srv.port}/0"
+        gw = Gateway(srv, "pf", tmp_path, WORKER_QUEUE_URL=plain,
+                     WORKER_QUEUE_PASSWORD_FILE=str(secret))
+        w = start_worker(srv, "pf", tmp_path, WORKER_QUEUE_URL=plain,
+                         WORKER_QUEUE_PASSWORD_FILE=str(secret))
+        assert gw.post("/runsync", {"input": {"echo": 1}}).json()["status"] == "COMPLETED"
+        assert w.stop() == 0 and gw.stop() == 0
+    finally:
+        srv.close()

@@ -31,6 +31,8 @@ def handler(job):
     elif do == "kill_worker":          # a poison job: it takes its whole worker down
         os.kill(_worker_pid(), signal.SIGKILL)
         time.sleep(60)
+    elif do == "env":                  # what of the queue's settings the child can see
+        return {"env": sorted(k for k in os.environ if "QUEUE" in k or "REDIS" in k)}
     elif do == "raise":
         raise ValueError("bad input")
     return {"echo": inp.get("echo"), "pid": os.getpid()}

@@ -95,7 +95,9 @@ def check_server(r) -> None:
         raise SettingsError(f"the queue's Redis is {version}; 6.2 or newer is needed "
                             "(XAUTOCLAIM)")
     try:
-        policy = r.config_get("maxmemory-policy").get(b"maxmemory-policy", b"").decode()
+        answer = r.config_get("maxmemory-policy")
+        policy = answer.get("maxmemory-policy", answer.get(b"maxmemory-policy", b""))
+        policy = policy.decode() if isinstance(policy, bytes) else str(policy)
     except redis.ResponseError:
         log.info("the queue's Redis does not tell its maxmemory-policy (CONFIG refused); "
                  "make sure it is noeviction")
