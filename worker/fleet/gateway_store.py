@@ -58,19 +58,29 @@ class GatewayStore:
         rec = await self.r.hgetall(self.keys.job(job_id))
         return records.view(job_id, rec) if rec else None
 
-    async def wait(self, job_id: str, timeout: float) -> dict | None:
-        """The record once the job has ended, or as it is after `timeout` seconds."""
+    async def wait(self, job_id: str, timeout: float, fresh: bool = False) -> dict | None:
+        """The record once the job has ended, or as it is after `timeout` seconds.
+        `fresh`: queued just now, so not worth reading before the first wait."""
         deadline = time.monotonic() + timeout
         done = self.keys.done(job_id)
+        rec = view = None
         while True:
-            view = await self.record(job_id)
-            if view is None or JobState(view["status"]).final:
-                return view
+            if not fresh:
+                rec = rec if rec is not None else await self.r.hgetall(self.keys.job(job_id))
+                view = records.view(job_id, rec) if rec else None
+                if view is None or JobState(view["status"]).final:
+                    return view
+            fresh, rec = False, None
             left = deadline - time.monotonic()
             if left <= 0:
                 return view
             if await self.r.blpop([done], timeout=max(0.01, min(WAIT_SLICE_S, left))):
-                await self.r.rpush(done, "1")     # an event, not a token: others see it too
+                # an event, not a token: pushed back so other waiters see it too, and the
+                # record read in the same round trip
+                pipe = self.r.pipeline(transaction=False)
+                pipe.rpush(done, "1")
+                pipe.hgetall(self.keys.job(job_id))
+                rec = (await pipe.execute())[1]
 
     async def take_stream(self, job_id: str) -> dict | None:
         status, items = await self.scripts.take_chunks(
