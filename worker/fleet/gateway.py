@@ -195,11 +195,15 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def main(argv: list) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="worker gateway", description=__doc__.split("\n")[0])
     p.add_argument("--host", default=None, help="address (WORKER_API_HOST; 127.0.0.1)")
     p.add_argument("--port", default=None, help="port (WORKER_API_PORT; 8000)")
-    ns = p.parse_args(argv)
+    return p
+
+
+def main(argv: list) -> int:
+    ns = parser().parse_args(argv)
     flags = {k: v for k, v in (("api_host", ns.host), ("api_port", ns.port)) if v}
     try:
         settings = Settings.load(flags=flags)
