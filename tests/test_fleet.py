@@ -216,3 +216,40 @@ def test_a_password_from_a_file(tmp_path):
         assert w.stop() == 0 and gw.stop() == 0
     finally:
         srv.close()
+
+
+def test_refresh_worker_and_several_children_behave_as_elsewhere(tmp_path):
+    srv = RedisServer(tmp_path / "redis")
+    try:
+        gw = Gateway(srv, "kids", tmp_path)
+        w = start_worker(srv, "kids", tmp_path, WORKER_CHILDREN="2")
+        first = gw.post("/runsync", {"input": {"do": "refresh"}}).json()
+        assert first["status"] == "COMPLETED"
+        ids = [gw.post("/run", {"input": {"do": "sleep", "seconds": 1}}).json()["id"]
+               for _ in range(2)]
+        both = [gw.until(j, lambda s: s["status"] == "IN_PROGRESS") for j in ids]
+        assert len(both) == 2                  # two children: both run at once
+        pids = {gw.until(j, lambda s: s["status"] == "COMPLETED")["output"]["pid"]
+                for j in ids}
+        assert len(pids) == 2 and first["output"]["pid"] not in pids   # refreshed
+        assert w.stop() == 0 and gw.stop() == 0
+    finally:
+        srv.close()
+
+
+def test_the_gateway_token_and_its_openapi(tmp_path):
+    srv = RedisServer(tmp_path / "redis")
+    try:
+        gw = Gateway(srv, "tok", tmp_path, WORKER_API_TOKEN="t0ken")
+        assert gw.post("/run", {"input": {}}).status_code == 401
+        assert gw.get("/health").status_code == 200 and gw.get("/ping").status_code == 200
+        ok = gw.post("/run", {"input": {}}, headers={"Authorization": "Bearer t0ken"})
+        assert ok.status_code == 200 and ok.json()["status"] == "IN_QUEUE"
+        assert gw.get("/openapi.json").status_code == 404      # off with a token
+        assert gw.stop() == 0
+        open_gw = Gateway(srv, "tok", tmp_path, name="gw-open")
+        paths = open_gw.get("/openapi.json").json()["paths"]
+        assert {"/run", "/runsync", "/v2/{endpoint_id}/status/{job_id}"} <= set(paths)
+        assert open_gw.stop() == 0
+    finally:
+        srv.close()
