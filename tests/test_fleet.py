@@ -169,7 +169,7 @@ def test_a_worker_with_another_handler_is_refused(fleet):
     srv, gw, d = fleet
     other = start_worker(srv, "main", d, handler="misbehave.py", name="other")
     assert other.proc.wait(60) == 2
-    assert "registered with the handler 'fleet_jobs.py'" in other.text()
+    assert "registered with the handler 'handlers/fleet_jobs.py'" in other.text()
 
 
 @pytest.mark.parametrize("env, says", [

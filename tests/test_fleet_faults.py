@@ -212,4 +212,4 @@ def test_a_server_restarted_without_persistence_gets_its_groups_back(made):
     srv.start()                                  # empty: no stream, no group
     done = gw.post("/runsync", {"input": {"echo": "after"}}, timeout=60).json()
     assert done["status"] == "COMPLETED" and done["output"]["echo"] == "after"
-    assert "making it again" in w.text()
+    assert "making them again" in w.text()

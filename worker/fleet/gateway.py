@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from .. import logs
 from ..config import Settings, SettingsError
 from ..jobs import JobState
-from ..sources.local_api import (JOB_BODY, RUNSYNC_WAIT_MS, BodyLimit, errors,
+from ..sources.local_api import (JOB_BODY, RUNSYNC_WAIT_MS, BodyLimit, errors, mount,
                                  parse_job_body, route_limits)
 from ..version import __version__
 from . import connect
@@ -173,15 +173,7 @@ def create_app(settings: Settings) -> FastAPI:
         await state["stores"][served[0].endpoint].r.ping()
         return {"status": "healthy"}
 
-    mounted = [(r, prefix) for r in (router, public) for prefix in ("", "/v2/{endpoint_id}")]
-    for r, prefix in mounted:
-        app.include_router(r, prefix=prefix, **({"generate_unique_id_function": lambda route:
-                                                 f"v2_{route.name}"} if prefix else {}))
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
-                            headers=exc.headers)
+    mounted = mount(app, router, public)
 
     @app.exception_handler(redis.ConnectionError)
     @app.exception_handler(redis.TimeoutError)

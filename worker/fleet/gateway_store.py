@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
-from .. import tracing
 from ..jobs import JobState, error_record
-from ..sources.job_store import JOB_KEYS, spliced
+from ..sources.job_store import new_job
 from . import records
 from .keys import GROUP, HOOK_GROUP, Keys
 from .scripts import Scripts
@@ -36,15 +34,8 @@ class GatewayStore:
     async def submit(self, body: dict, raw: bytes, header_trace, idem: str | None) -> tuple:
         """Queue a checked body; (job id, True) or, for an idempotency key seen before,
         (that job's id, False)."""
-        job = {k: v for k, v in body.items() if k in JOB_KEYS}
-        own = tracing.valid(body.get("traceparent"))
-        trace = own or tracing.valid(header_trace)
-        plain = len(job) == len(body) and ("traceparent" not in body or own)
-        job.pop("traceparent", None)
-        if trace:
-            job["traceparent"] = trace
-        job_id = job["id"] = str(uuid.uuid4())
-        parts = spliced(raw, job_id, trace if trace and not own else None) if plain else None
+        job, parts, _ = new_job(body, raw, header_trace)
+        job_id = job["id"]
         data = b"".join(parts) if parts is not None else \
             json.dumps(job, ensure_ascii=False).encode()
         webhook = body.get("webhook") if isinstance(body.get("webhook"), str) else ""

@@ -67,6 +67,8 @@ class Outbox:
             except Exception as exc:      # noqa: BLE001 - an outage, a lost group: go on
                 if "NOGROUP" in str(exc):
                     from .connect import ensure_groups
+                    log.warning("the consumer groups are gone (a server restarted without "
+                                "persistence?); making them again")
                     try:
                         ensure_groups(self.r, self.keys)
                     except Exception:     # noqa: BLE001 - the next round tries again

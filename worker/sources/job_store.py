@@ -42,6 +42,24 @@ def spliced(raw: bytes, job_id: str, trace: str | None) -> tuple | None:
     return front, memoryview(head)[1:]
 
 
+def new_job(body: dict, raw: bytes | None, header_trace: Any) -> tuple:
+    """A request body as a job with a new id: (job, its exact JSON as parts of the body
+    as received or None, its traceparent). Only the keys a job carries; the body's own
+    traceparent wins over the request header's; an invalid one is ignored. The parts are
+    given when the body holds nothing else, so it need not be encoded again."""
+    job = {k: v for k, v in body.items() if k in JOB_KEYS}
+    own = tracing.valid(body.get("traceparent"))
+    trace = own or tracing.valid(header_trace)
+    plain = len(job) == len(body) and ("traceparent" not in body or own)
+    job.pop("traceparent", None)
+    if trace:
+        job["traceparent"] = trace
+    job["id"] = str(uuid.uuid4())
+    forward = spliced(raw, job["id"], trace if trace and not own else None) \
+        if raw is not None and plain else None
+    return job, forward, trace
+
+
 class QueueFull(Exception):
     """The local queue holds WORKER_API_QUEUE_JOBS jobs or WORKER_API_QUEUE_MB of bodies."""
 
@@ -108,16 +126,7 @@ class JobStore(JobListener):
         costs one parse, not a parse and an encode), and the parsed input is not kept: each
         job is held once. The body's own traceparent wins over the header's; an invalid
         one is ignored. Raises QueueFull past the queue's bounds."""
-        job = {k: v for k, v in body.items() if k in JOB_KEYS}
-        own = tracing.valid(body.get("traceparent"))
-        trace = own or tracing.valid(header_trace)
-        plain = len(job) == len(body) and ("traceparent" not in body or own)
-        job.pop("traceparent", None)
-        if trace:
-            job["traceparent"] = trace
-        job["id"] = str(uuid.uuid4())
-        forward = spliced(raw, job["id"], trace if trace and not own else None) \
-            if raw is not None and plain else None
+        job, forward, trace = new_job(body, raw, header_trace)
         if forward is not None:
             job["input"] = None     # it travels in `forward`; the parent never reads it
         size = len(raw) if raw is not None else 0

@@ -331,6 +331,15 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
             await rec.done.wait()
             return answer(rec.result.body)
 
+    mounted = mount(app, router, public)
+    app.state.gpu_worker = state          # the load balancer's /ping port reads it
+    app.add_middleware(BodyLimit, table=route_limits(mounted, settings))
+    return app
+
+
+def mount(app: FastAPI, router: APIRouter, public: APIRouter) -> list:
+    """The routers at the root and under /v2/{endpoint_id}/ (the official client's
+    paths), errors as {"error": ...}; the (router, prefix) pairs mounted."""
     mounted = [(r, prefix) for r in (router, public) for prefix in ("", "/v2/{endpoint_id}")]
     for r, prefix in mounted:
         app.include_router(r, prefix=prefix, **({"generate_unique_id_function": lambda route:
@@ -340,10 +349,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
     async def http_error(request: Request, exc: HTTPException):
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
                             headers=exc.headers)
-
-    app.state.gpu_worker = state          # the load balancer's /ping port reads it
-    app.add_middleware(BodyLimit, table=route_limits(mounted, settings))
-    return app
+    return mounted
 
 
 def route_limits(mounted: list, settings: Settings) -> list:

@@ -39,6 +39,18 @@ from .runpod_delivery import Backoff
 log = logging.getLogger("worker.queue")
 RECLAIM_EVERY_S = 1.0
 READ_BLOCK_MS = 1000
+RELEASED_IDLE_MS = 365 * 24 * 3600 * 1000     # idle past any worker's lease: taken at once
+
+
+def registered_name(target) -> str:
+    """What the endpoint is registered with: the handler file with its folder
+    ("embeddings/handler.py": RunPod workers all call theirs handler.py), or the module.
+    Not its content: a new version of the same handler joins without ceremony."""
+    path = getattr(target, "path", None)
+    if path:
+        return os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))),
+                            os.path.basename(path))
+    return target.describe()
 
 
 @dataclass
@@ -97,7 +109,7 @@ class RedisQueueSource(JobListener):
                                  f"{self.settings.shutdown_grace:g}s to finish, the rest "
                                  "are released to other workers")
         if not self._register(where):
-            return 2
+            return 0 if self.stopping.is_set() else 2
         self.host.start()
         log.info("--- gpu-worker %s | endpoint %s on %s as %s ---", __version__,
                  self.keys.endpoint, where, self.consumer)
@@ -114,7 +126,7 @@ class RedisQueueSource(JobListener):
         """Reach the server (waiting while it is down), check it, make the groups, and
         register this handler for the endpoint, or refuse a different one."""
         backoff = Backoff(0.5, 5.0)
-        handler = self.target.describe()
+        handler = registered_name(self.target)
         while not self.stopping.is_set():
             try:
                 connect.check_server(self.r)
@@ -164,7 +176,7 @@ class RedisQueueSource(JobListener):
         try:
             done = self.scripts.release(
                 keys=[self.keys.job(held.job_id), self.keys.stream],
-                args=[GROUP, held.entry, held.fence, self.lease_ms + 1000, RELEASED])
+                args=[GROUP, held.entry, held.fence, RELEASED_IDLE_MS, RELEASED])
             log.info("released to another worker" if done else
                      "not released: another worker holds it already",
                      extra={"job_id": held.job_id})
@@ -219,8 +231,8 @@ class RedisQueueSource(JobListener):
                     continue
                 except self.redis_error as exc:
                     if "NOGROUP" in str(exc):
-                        log.warning("the consumer group is gone (a server restarted without "
-                                    "persistence?); making it again")
+                        log.warning("the consumer groups are gone (a server restarted "
+                                    "without persistence?); making them again")
                         self._guarded(connect.ensure_groups, self.r, self.keys)
                     else:
                         log.error("reading the queue failed: %s", exc)
