@@ -218,11 +218,14 @@ def test_a_password_from_a_file(tmp_path):
         srv.close()
 
 
-def test_refresh_worker_and_several_children_behave_as_elsewhere(tmp_path):
+def test_refresh_several_children_and_the_result_limit_behave_as_elsewhere(tmp_path):
     srv = RedisServer(tmp_path / "redis")
     try:
         gw = Gateway(srv, "kids", tmp_path)
-        w = start_worker(srv, "kids", tmp_path, WORKER_CHILDREN="2")
+        w = start_worker(srv, "kids", tmp_path, WORKER_CHILDREN="2",
+                         WORKER_MAX_RESULT_MB="0.01")
+        big = gw.post("/runsync", {"input": {"do": "big", "bytes": 20_000}}).json()
+        assert big["status"] == "FAILED" and "WORKER_MAX_RESULT_MB" in big["error"]
         first = gw.post("/runsync", {"input": {"do": "refresh"}}).json()
         assert first["status"] == "COMPLETED"
         ids = [gw.post("/run", {"input": {"do": "sleep", "seconds": 1}}).json()["id"]

@@ -33,6 +33,8 @@ def handler(job):
         time.sleep(60)
     elif do == "env":                  # what of the queue's settings the child can see
         return {"env": sorted(k for k in os.environ if "QUEUE" in k or "REDIS" in k)}
+    elif do == "big":
+        return "x" * inp["bytes"]
     elif do == "refresh":
         return {"refresh_worker": True, "pid": os.getpid()}
     elif do == "raise":

@@ -3,6 +3,11 @@ cloud's shape, as the local API gives it)."""
 from __future__ import annotations
 
 import json
+import logging
+
+from ..jobs import JobState, error_record
+
+log = logging.getLogger("worker.queue")
 
 
 def _text(value) -> str:
@@ -36,3 +41,27 @@ def final_body(body: dict, execution_ms: int) -> bytes:
 def dumps(value) -> bytes:
     """A progress value or chunk as stored (the child checked it is JSON)."""
     return json.dumps(value, ensure_ascii=False).encode()
+
+
+def fitted(result, limit_mb: float, worker_id: str, hostname: str) -> bytes:
+    """The final record's JSON for a JobResult; over `limit_mb` (WORKER_MAX_RESULT_MB), or
+    not encodable, a FAILED error record instead (the result's state follows): never
+    lost."""
+    try:
+        data = final_body(result.body, result.execution_ms)
+    except Exception as exc:       # noqa: BLE001 - the child checked it; never lose it
+        return _error(result, "ResultUnencodable", f"the job's result could not be "
+                      f"encoded: {type(exc).__name__}: {exc}"[:1000], worker_id, hostname)
+    if limit_mb and len(data) > limit_mb * 2**20:
+        return _error(result, "ResultTooLarge", f"the job's result is "
+                      f"{len(data) / 2**20:.1f} MiB; the limit is {limit_mb:g} MiB "
+                      "(WORKER_MAX_RESULT_MB). Store large outputs elsewhere (e.g. a "
+                      "bucket) and return a link.", worker_id, hostname)
+    return data
+
+
+def _error(result, kind: str, text: str, worker_id: str, hostname: str) -> bytes:
+    result.state = JobState.FAILED
+    log.error(text, extra={"job_id": result.job_id})
+    return final_body({"error": error_record(kind, text, "", worker_id, hostname)},
+                      result.execution_ms)

@@ -28,7 +28,7 @@ from ..fleet import connect, records
 from ..fleet.keys import CHUNKS_MAX, DEAD_MAX, GROUP, RELEASED, Keys
 from ..fleet.outbox import Outbox
 from ..fleet.scripts import Scripts
-from ..jobs import JobResult, JobState, Reason, error_record, failure
+from ..jobs import JobResult, JobState, Reason, failure
 from ..jsonlimits import loads
 from ..parent.supervisor import JobListener, Supervisor, WorkerState
 from ..version import __version__
@@ -370,7 +370,8 @@ class RedisQueueSource(JobListener):
         self._finish(held, result)
 
     def _finish(self, held: Held, result: JobResult, dead: bytes = b"") -> None:
-        final = self._fit(result)
+        final = records.fitted(result, self.settings.max_result_mb, self.consumer,
+                               self.settings.hostname)
         k = self.keys
         text = ""
         if dead:
@@ -396,30 +397,6 @@ class RedisQueueSource(JobListener):
                 log.error("moved to the dead-letter stream %s", k.dead,
                           extra={"job_id": held.job_id})
         self.writer.put(Write(held.job_id, "final", call, done))
-
-    def _fit(self, result: JobResult) -> bytes:
-        """The final record's JSON; over WORKER_MAX_RESULT_MB (or not encodable) a FAILED
-        error record instead: never lost."""
-        limit = self.settings.max_result_mb
-        try:
-            data = records.final_body(result.body, result.execution_ms)
-        except Exception as exc:       # noqa: BLE001 - the child checked it; never lose it
-            return self._error_body(result, "ResultUnencodable",
-                                    f"the job's result could not be encoded: "
-                                    f"{type(exc).__name__}: {exc}"[:1000])
-        if limit and len(data) > limit * 2**20:
-            return self._error_body(
-                result, "ResultTooLarge", f"the job's result is {len(data) / 2**20:.1f} MiB; "
-                f"the limit is {limit:g} MiB (WORKER_MAX_RESULT_MB). Store large outputs "
-                "elsewhere (e.g. a bucket) and return a link.")
-        return data
-
-    def _error_body(self, result: JobResult, kind: str, text: str) -> bytes:
-        result.state = JobState.FAILED
-        log.error(text, extra={"job_id": result.job_id})
-        return records.final_body({"error": error_record(kind, text, "", self.consumer,
-                                                         self.settings.hostname)},
-                                  result.execution_ms)
 
     # --- leases, cancels, heartbeat ----------------------------------------------------------
 
