@@ -93,6 +93,26 @@ class Settings:
                                   "import, so a refresh skips the module body. Refused, with a "
                                   "log line, when the import initialises CUDA or starts threads "
                                   "or processes (children then start cold).", config=False)
+    reload: bool = _setting(False, ("WORKER_RELOAD",), "--reload",
+                            "Local API and load-balancing modes: watch the handler's code "
+                            "(its file and every module it imported from outside "
+                            "site-packages) and replace the child with one running the new "
+                            "code on every save (docs/reload.md).", config=False)
+    reload_include: tuple = _setting((), ("WORKER_RELOAD_INCLUDE",), None,
+                                     "--reload and --watch: more paths (files or folders) and "
+                                     "glob patterns (e.g. *.yaml) whose changes reload, "
+                                     "comma-separated.", config=False)
+    reload_exclude: tuple = _setting((), ("WORKER_RELOAD_EXCLUDE",), None,
+                                     "--reload and --watch: glob patterns whose changes never "
+                                     "reload (e.g. outputs/*), comma-separated.",
+                                     config=False)
+    reload_poll: str = _setting("auto", ("WORKER_RELOAD_POLL",), None,
+                                "--reload and --watch: poll for changes instead of file "
+                                "system events: auto (on network and container-shared file "
+                                "systems), on, off.", config=False)
+    watch: bool = _setting(False, (), "--watch",
+                           "One-shot test: run the test input again on every save of the "
+                           "handler's code, stopping a run a save lands in.", config=False)
     start_method: str = _setting("forkserver", ("WORKER_START_METHOD",), None,
                                  "forkserver (fast respawn) or spawn.", config=False)
     children: int = _setting(0, ("WORKER_CHILDREN",), "--children",
@@ -275,6 +295,8 @@ class Settings:
         if self.webhook_guard not in ("auto", "on", "off"):
             raise SettingsError(f"webhook_guard must be auto, on or off, "
                                 f"not {self.webhook_guard!r}")
+        if self.reload_poll not in ("auto", "on", "off"):
+            raise SettingsError(f"reload_poll must be auto, on or off, not {self.reload_poll!r}")
         if self.spare not in ("auto", "on", "off"):
             raise SettingsError(f"spare must be auto, on or off, not {self.spare!r}")
         if self.queue_lease_s < 1 or self.queue_max_deliveries < 1:
@@ -317,7 +339,7 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Settings":
-        return cls(**{k: tuple(v) if k in ("preload", "child_env_pass") else v
+        return cls(**{k: tuple(v) if _FIELDS[k].type == "tuple" else v
                       for k, v in data.items()})
 
 

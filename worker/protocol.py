@@ -119,12 +119,14 @@ class Ready(Message):
     concurrency: int
     config: dict         # start() keys that name settings (they override the parent's)
     preloaded: list      # preload modules that were already imported when the child began
+    code: dict | None = None    # reload mode: the handler's files and packages (code_files)
 
 
 @_message("setup_failed")
 class SetupFailed(Message):
     message: str
     traceback: str
+    code: dict | None = None    # reload mode: what to watch for the fix (code_files)
 
 
 @_message("warm_refused")

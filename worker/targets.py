@@ -65,6 +65,8 @@ class ChildSpec:
 # WORKER_WARM_REFRESH: the variable that tells a starting forkserver which target to import
 # (child/warm_import.py), and the key that names that target on both sides.
 WARM_ENV = "GPU_WORKER_WARM"
+# Reload mode: the third-party packages the handler imported, for child/preload_auto.py.
+AUTO_PRELOAD_ENV = "GPU_WORKER_AUTO_PRELOAD"
 
 
 def warm_key(target) -> str | None:

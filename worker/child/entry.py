@@ -17,7 +17,7 @@ from .. import hardening
 from .. import protocol as P
 from ..config import Settings
 from ..targets import SECRET_ENV, ChildSpec, ModuleTarget, ScriptTarget, ValueTarget, warm_key
-from . import fork_safety, joblog, runpod_compat, sdk_hooks, seeds, warm_import
+from . import code_files, fork_safety, joblog, runpod_compat, sdk_hooks, seeds, warm_import
 from .fitness_run import Unfit
 from .handlers import Interrupted
 from .runtime import ChildRuntime
@@ -123,6 +123,8 @@ def child_main(spec: ChildSpec) -> None:
             _become(settings.child_user)
         hardening.set_dumpable(True)       # the forkserver is not; this child may be
         fork_safety.check(spec.preload)
+        if settings.reload:
+            code_files.fresh_imports()
         if warm is not None:
             namespace = _serve_warm(warm, spec.target, runtime)
         else:
@@ -176,7 +178,8 @@ def _report_setup_failure(runtime: ChildRuntime, exc: BaseException) -> None:
     else:
         message = f"{type(exc).__name__}: {exc}"
     try:
-        runtime.send(P.SetupFailed(message, tb))
+        runtime.send(P.SetupFailed(message, tb, code_files.report(exc)
+                                   if runtime.settings.reload else None))
     except OSError:
         print(tb, file=sys.stderr)
 

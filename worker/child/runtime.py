@@ -26,7 +26,7 @@ from ..config import Settings, config_keys
 from ..jobs import JobState, Reason, exception_record
 from ..jsonlimits import MAX_DEPTH, nesting
 from ..protocol import HandlerMode
-from . import fitness_run, gpu_check, joblog, sdk_hooks
+from . import code_files, fitness_run, gpu_check, joblog, sdk_hooks
 from .handlers import Interrupted, Outcome, detect_kind, run_async, run_sync
 from .memory import reset_peak, rss, torch_memory
 
@@ -205,7 +205,8 @@ class ChildRuntime:
         else:
             self.mode = HandlerMode.INLINE
         self.concurrency = self._concurrency(1)
-        self.send(P.Ready(self.kind, self.mode, self.concurrency, overrides, self.preloaded))
+        self.send(P.Ready(self.kind, self.mode, self.concurrency, overrides, self.preloaded,
+                          code_files.report() if self.settings.reload else None))
         if not self.stopping:
             asyncio.run(self._main())
 

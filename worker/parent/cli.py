@@ -88,6 +88,12 @@ def run_mode(settings: cfg.Settings, target) -> int:
     balanced = not settings.serve_api and not settings.realtime_port and (
         settings.load_balancer or (bool(settings.port_health) and not queue
                                    and settings.test_input is None))
+    refusal = reload_refusal(settings, target, queue or fleet, balanced)
+    if refusal:
+        print(f"worker: error: {refusal}", file=sys.stderr)
+        return 2
+    if settings.reload or settings.watch:
+        settings = dataclasses.replace(settings, reload=True, spare="off", warm_refresh=False)
     if settings.fitness_checks == "auto":      # the SDK runs them in production only
         settings = dataclasses.replace(settings,
                                        fitness_checks="on" if queue or balanced or fleet
@@ -112,5 +118,31 @@ def run_mode(settings: cfg.Settings, target) -> int:
     if queue:
         from ..sources.runpod import RunPodSource
         return RunPodSource(settings, target).run()
-    from ..sources import oneshot
-    return oneshot.run(settings, target)
+    from ..sources import oneshot, oneshot_watch
+    return oneshot_watch.run(settings, target) if settings.watch else \
+        oneshot.run(settings, target)
+
+
+def reload_refusal(settings: cfg.Settings, target, queue: bool, balanced: bool) -> str | None:
+    """Why --reload or --watch cannot run as asked, in one line (or None)."""
+    if not (settings.reload or settings.watch):
+        return None
+    api = settings.serve_api or bool(settings.realtime_port) or balanced
+    if settings.reload and not api and queue:
+        return ("--reload serves the local API and load-balancing modes; a queue worker "
+                "takes new code by a new deploy (drop --reload / WORKER_RELOAD)")
+    if settings.reload and not api and not settings.watch:
+        return ("--reload serves the local API (add --rp_serve_api, or `worker serve`); "
+                "the one-shot test runs again on every save with --watch")
+    if settings.watch and (api or queue):
+        return "--watch reruns the one-shot test; the local API reloads with --reload"
+    from ..sources import reload_watch
+    from ..sources.reloader import code_path
+    if code_path(target) is None:
+        return ("--reload and --watch need a handler file or module to watch (a handler "
+                "given as a value has none)")
+    try:
+        reload_watch.load_watchfiles()
+    except reload_watch.MissingWatcher as exc:
+        return str(exc)
+    return None

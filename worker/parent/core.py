@@ -138,7 +138,11 @@ class SupervisorCore:
                     return
 
     def _on_refresh(self, ev: E.Refresh, now: float) -> None:
-        """Replace every child once it is idle (one being started, once it exists)."""
+        """Replace every child once it is idle (one being started, once it exists). In
+        reload mode, after a setup failure: start again (the code has changed)."""
+        if self.settings.reload and self.fate.state is WorkerState.SETUP_FAILED:
+            self.fate.revive()
+            return
         for slot in self.slots:
             slot.refresh(ev.reason)
 
@@ -272,7 +276,9 @@ class SupervisorCore:
         log.info("child %d%s ready in %.2fs (handler: %s, %s, concurrency %d%s)",
                  child.pid, slot.label(), self.last_ready_s, msg.kind.value,
                  msg.mode.value, child.concurrency,
-                 f"; preloaded: {', '.join(msg.preloaded)}" if msg.preloaded else "")
+                 f"; preloaded: {', '.join(msg.preloaded[:6])}" + (
+                     f" and {len(msg.preloaded) - 6} more" if len(msg.preloaded) > 6 else "")
+                 if msg.preloaded else "")
         missing = [m for m in self.preload if m not in msg.preloaded]
         if missing and self.check_preload:
             log.warning("preload modules not loaded in the forkserver (import failed?): %s",

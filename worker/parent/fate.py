@@ -72,6 +72,14 @@ class WorkerFate:
         self.fail_all(Reason.REFUSED, "SetupFailed", f"handler setup failed: {message}",
                       details or "\n".join(tail))
 
+    def revive(self) -> None:
+        """Reload mode: a save after the handler failed to set up. Every slot may start a
+        child again; the failure never counted against a breaker."""
+        self.state, self.message = WorkerState.RUNNING, None
+        for slot in self._slots:
+            slot.out, slot.setup_failures, slot.revivable = None, 0, False
+            slot.next_cause = "reload"
+
     def broken(self, message: str, error_type: str, advice: str = "") -> None:
         self.state, self.message = WorkerState.BROKEN, message
         log.error("%s%s", message, f": {advice}" if advice else "")

@@ -24,7 +24,7 @@ from multiprocess import forkserver, process as mp_process, resource_tracker, \
 
 from ..child.boot import child_main
 from ..config import Settings
-from ..targets import WARM_ENV, ChildSpec, ValueTarget, warm_key
+from ..targets import AUTO_PRELOAD_ENV, WARM_ENV, ChildSpec, ValueTarget, warm_key
 from . import reaper
 from .launcher import (ALIVE, EXITED, PENDING, ChildProcess, ExitWatch, Launcher,
                        child_settings, passed_env, readable, without_secrets)
@@ -286,6 +286,7 @@ class MpLauncher(Launcher):
         """`warm`: the target the forkserver should import itself (WORKER_WARM_REFRESH)."""
         missing = missing_features()
         self.preload = list(preload)
+        self.guarded: list = []         # reload mode's choice: imported one by one, guarded
         self.method = method
         self.warm_key = None
         self.warm_status = "off"
@@ -373,6 +374,7 @@ class MpLauncher(Launcher):
         # preload_first keeps the preloads from initialising CUDA there; the warm import
         # comes last, after everything it may use.
         return ["worker.child.preload_first", "worker.child.entry", *self.preload,
+                *(["worker.child.preload_auto"] if self.guarded else []),
                 *(["worker.child.warm_preload"] if self.warm_key else [])]
 
     def _ensure_server(self) -> None:
@@ -413,13 +415,16 @@ class MpLauncher(Launcher):
             opened += [err_r, err_w]
             life_r, life_w = ctx.Pipe(duplex=False)
             opened += [life_r, life_w]
-            spec = ChildSpec(target, child_settings(settings), os.getcwd(), self.preload,
+            spec = ChildSpec(target, child_settings(settings), os.getcwd(),
+                             [*self.preload, *self.guarded],
                              passed_env(settings, env), child_control, out_w, err_w, life_r,
                              checks)
             # A handler given as a value may come from the parent's __main__: keep the fixup.
             name = f"{CHILD_NAME}-value" if isinstance(target, ValueTarget) else CHILD_NAME
             process = ctx.Process(target=child_main, args=(spec,), name=name, daemon=True)
             warm_env = {WARM_ENV: self.warm_key} if self.warm_key else {}
+            if self.guarded:
+                warm_env[AUTO_PRELOAD_ENV] = ",".join(self.guarded)
             forked = self.method == "forkserver"
             with _start_lock, without_secrets(warm_env):
                 _headroom()

@@ -61,6 +61,8 @@ class Slot:
         self.lost = 0                      # children here declared lost (no exit after SIGKILL)
         self.lost_need_mb: float | None = None  # the last lost one's GPU memory: fit check
         self.spares = Spares()             # its spare child and the children it replaced
+        self.code_files: set = set()       # reload mode: what its children's code is
+        self.code_packages: tuple = ()
 
     # --- what it is ------------------------------------------------------------------------
 
@@ -107,7 +109,8 @@ class Slot:
                          c.rss if c else 0, c.torch if c else None,
                          c.baseline_mb if c else 0.0, self.running_ids(), self.log_ids,
                          self.out, self.spawns, len(self.breaker.deaths), self.lost,
-                         self.start_error, self.spares.view())
+                         self.start_error, self.spares.view(),
+                         (tuple(sorted(self.code_files)), self.code_packages))
 
     def label(self) -> str:
         """' (slot 2, GPU-…)' for log lines, when the worker has several children."""
@@ -164,16 +167,26 @@ class Slot:
         elif kind is P.Heartbeat:
             child.rss, child.torch = msg.rss, msg.gpu
         elif kind is P.Ready:
+            self._learn_code(msg.code)
             if child.ready(msg):
                 self.ever_ready, self.setup_failures = True, 0
                 return True
         elif kind is P.SetupFailed:
+            self._learn_code(msg.code)
             child.setup_error = (msg.message, msg.traceback)
         elif kind is P.WarmRefused:
             child.warm_refused = msg.reason
         elif kind is P.Garbled:
             self._garbled(child, msg, now)
         return False
+
+    def _learn_code(self, code) -> None:
+        """Reload mode: the files its children ran (kept, so a file that broke an import
+        stays watched) and the third-party packages they import."""
+        if isinstance(code, dict) and len(self.code_files) < 5000:
+            self.code_files.update(f for f in code.get("files") or () if isinstance(f, str))
+            self.code_packages = tuple(p for p in code.get("packages") or ()
+                                       if isinstance(p, str))
 
     def memory_read(self, reading) -> None:
         """The reading its idle child's recycling check asked for (None: the probe failed)."""

@@ -41,6 +41,7 @@ class ChildView(NamedTuple):
     lost: int = 0                      # children here that did not exit after SIGKILL
     start_error: str | None = None     # a start failed for a moment: retrying, and why
     spare: dict | None = None          # its spare child (spares.Spares.view)
+    code: tuple = ()                   # reload mode: (files, packages) its children ran
 
     @property
     def ready(self) -> bool:

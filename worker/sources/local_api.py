@@ -29,7 +29,7 @@ from ..parent.metrics import CONTENT_TYPE
 from ..parent.supervisor import Supervisor, WorkerState
 from ..version import __version__
 from .host import SourceHost
-from . import webhook_post
+from . import reloader, webhook_post
 from .job_store import JobStore, QueueFull
 
 log = logging.getLogger("worker.api")
@@ -198,10 +198,16 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
                          settings.api_queue_jobs, int(settings.api_queue_mb * 2**20), capacity,
                          webhook_post.Policy(settings))
         state.update(sup=sup, store=store)
+        if settings.reload:
+            state["reloader"] = reloader.Reloader(sup, reloader.code_path(sup.target),
+                                                  settings)
+            state["reloader"].start()
         sweeper = asyncio.create_task(_sweep(store, settings.result_ttl))
         try:
             yield
         finally:
+            if "reloader" in state:
+                state["reloader"].stop()
             sweeper.cancel()
             await asyncio.get_running_loop().run_in_executor(None, source.stop,
                                                              settings.shutdown_grace)
@@ -317,6 +323,8 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
                                    "cannot run jobs (the reason is in worker.failure)")
     async def health():
         body = store().health()
+        if "reloader" in state:
+            body["reload"] = state["reloader"].view()
         ok = state["sup"].status.state is WorkerState.RUNNING
         return _json_response(body, 200 if ok else 503)
 
