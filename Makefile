@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run oneshot test redis bench-fleet bench bench-api bench-spare bench-perf bench-children bench-metrics bench-against gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
+.PHONY: run dev oneshot test redis bench-fleet bench-reload bench bench-api bench-spare bench-perf bench-children bench-metrics bench-against gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ run: $(STAMP)
 	cd examples/embeddings && WORKER_PRELOAD=torch,sentence_transformers \
 		../../$(BIN)/python -m worker serve handler.py
 
+# The same worker for a handler author: every save of handler.py is served within a second.
+dev: $(STAMP)
+	cd examples/embeddings && ../../$(BIN)/python -m worker serve handler.py --reload
+
 oneshot: $(STAMP)
 	cd examples/embeddings && ../../$(BIN)/python handler.py
 
@@ -42,6 +46,10 @@ redis:
 # The gateway with 1, 2 and 3 workers and the local API, trivial and 200 ms handlers.
 bench-fleet: $(STAMP) redis
 	$(BIN)/python bench/bench_fleet.py
+
+# --reload on the embeddings example: a real edit of handler.py to the next answer.
+bench-reload: $(STAMP)
+	$(BIN)/python bench/bench_reload.py
 
 # Figures for docs/benchmarks.md (installs torch==2.13.0, the CPU build on these machines).
 bench: $(STAMP)

@@ -115,6 +115,16 @@ def test_a_broken_save_answers_503_with_the_error_until_a_fix(code):
         text = s.log.read_text()
         assert text.count("handler setup failed: SyntaxError") == 1       # shown once
         assert text.count("never closed") >= 1
+        for n in range(4, 11):          # more broken saves than the restart breaker allows
+            before = s.log.read_text().count("does not set up")
+            save(code / "helper.py", f"VALUE = ({n}\n")
+            deadline = time.monotonic() + 30
+            while s.log.read_text().count("does not set up") == before:
+                assert time.monotonic() < deadline, s.log.read_text()
+                time.sleep(0.02)
+        save(code / "helper.py", "VALUE = 11\n")
+        s.health_until(lambda w: w["state"] == "running" and w["child"] is not None)
+        assert s.post("/runsync", {"input": {}}).json()["output"] == {"v": 11}
     finally:
         s.close()
 

@@ -97,7 +97,8 @@ class Settings:
                             "Local API and load-balancing modes: watch the handler's code "
                             "(its file and every module it imported from outside "
                             "site-packages) and replace the child with one running the new "
-                            "code on every save (docs/reload.md).", config=False)
+                            "code on every save (README: the developer's loop).",
+                            config=False)
     reload_include: tuple = _setting((), ("WORKER_RELOAD_INCLUDE",), None,
                                      "--reload and --watch: more paths (files or folders) and "
                                      "glob patterns (e.g. *.yaml) whose changes reload, "
