@@ -16,6 +16,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from pathlib import Path
 import requests
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_api import end  # noqa: E402
 ROOT = HERE.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 MARK = '"model": "all-MiniLM-L6-v2"'
@@ -82,14 +85,6 @@ def broken_and_fixed(handler: Path, original: str, url: str, rev: int) -> None:
           f"{fixed:.0f} ms (no restart)", flush=True)
 
 
-def stop(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--edits", type=int, default=8)
@@ -109,7 +104,7 @@ def main():
     try:
         cold = first_answer(f"http://127.0.0.1:{port}") - t0
     finally:
-        stop(proc)
+        end(proc)
     print(f"restart (a new worker, from its start to its first answer): {cold * 1000:.0f} ms",
           flush=True)
 
@@ -127,7 +122,7 @@ def main():
                   flush=True)
         broken_and_fixed(handler, original, url, args.edits + 1)
     finally:
-        stop(proc)
+        end(proc)
         handler.write_text(original)
     rest = times[1:]
     print(f"--reload: first save {times[0]:.0f} ms; the {len(rest)} after it: median "

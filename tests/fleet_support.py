@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from tests.support import HANDLERS, PYTHON, _free_port
+from tests.support import HANDLERS, PYTHON, Server, _free_port
 
 REDIS = shutil.which("redis-server")
 NO_REDIS = ("FLEET TESTS SKIPPED: no redis-server on this machine (`make redis` installs "
@@ -156,11 +156,4 @@ class Gateway(Proc):
         return requests.get(self.url + path, timeout=kw.pop("timeout", 30), **kw)
 
     def until(self, job_id, predicate, timeout=60):
-        deadline = time.monotonic() + timeout
-        status = None
-        while time.monotonic() < deadline:
-            status = self.get(f"/status/{job_id}").json()
-            if predicate(status):
-                return status
-            time.sleep(0.05)
-        raise AssertionError(f"status never matched: {status}")
+        return Server.until(self, job_id, predicate, timeout)      # the same /status poll
