@@ -322,6 +322,35 @@ def test_inline_timeout_stops_the_child_with_escalation_and_a_fresh_one_runs_on(
     assert len(d.results["slow"]) == 1
 
 
+def test_policy_ttl_counts_from_the_queue_and_ends_queued_or_running_jobs():
+    """policy.ttl: from the moment the job was queued (its source's queue included: the
+    Submit's age), waiting and running together."""
+    d = Driver()
+    d.ready()
+    d.submit("busy")                                       # holds the only child
+    d.submit("short", policy={"ttl": 1000})
+    d.feed(E.Submit({"id": "aged", "input": {}, "policy": {"ttl": 3000}}, d, d.now, None,
+                    2.5))                                  # waited 2.5 s elsewhere already
+    d.submit("long", policy={"ttl": 5000, "executionTimeout": 60_000})
+    d.at(0.5)
+    assert "aged" in d.results and "short" not in d.results
+    d.at(1.0)
+    for job_id in ("short", "aged"):
+        r = d.result(job_id)
+        assert r.state is JobState.TIMED_OUT and "before it started" in \
+            r.error_info()["error_message"]
+    assert d.runs() == ["busy"]                           # neither ever ran
+    d.at(2.0)
+    d.done("busy")
+    assert d.runs() == ["busy", "long"]                   # 3 s of its ttl left
+    d.at(4.99)
+    assert "long" not in d.results
+    d.at(5.0)
+    r = d.result("long")
+    assert r.state is JobState.TIMED_OUT and "policy.ttl" in r.error_info()["error_message"]
+    assert all(len(v) == 1 for v in d.results.values())
+
+
 def test_cancel_of_a_thread_job_cancels_it_in_the_child_and_the_late_ack_is_ignored():
     d = Driver()
     d.ready(mode=HandlerMode.THREADS, concurrency=2)

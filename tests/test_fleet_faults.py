@@ -213,3 +213,48 @@ def test_a_server_restarted_without_persistence_gets_its_groups_back(made):
     done = gw.post("/runsync", {"input": {"echo": "after"}}, timeout=60).json()
     assert done["status"] == "COMPLETED" and done["output"]["echo"] == "after"
     assert "making them again" in w.text()
+
+
+def test_a_webhook_survives_the_worker_that_was_sending_it(made):
+    """The outbox entry is written with the final record: the worker dies mid-post, and
+    another worker's sender delivers it after the lease."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    got, first_in, release = [], threading.Event(), threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            got.append(body)
+            if len(got) == 1:            # the first sender never hears back
+                first_in.set()
+                release.wait(60)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    try:
+        srv = made.server()
+        gw = made.gateway(srv)
+        first = made.worker(srv, WORKER_WEBHOOK_ALLOW="127.0.0.1")
+        job = gw.post("/run", {"input": {"echo": "hook"}, "webhook": url}).json()["id"]
+        assert first_in.wait(60)
+        first.kill()                                  # mid-post: its entry stays pending
+        made.worker(srv, WORKER_WEBHOOK_ALLOW="127.0.0.1")
+        deadline = time.monotonic() + 60
+        while len(got) < 2:
+            assert time.monotonic() < deadline, got
+            time.sleep(0.05)
+        assert got[1]["id"] == job and got[1]["status"] == "COMPLETED"
+        while srv.client().xlen(Keys("ep").hooks) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.client().xlen(Keys("ep").hooks) == 0 and finals(srv, "ep") == 1
+    finally:
+        release.set()
+        receiver.shutdown()

@@ -234,3 +234,44 @@ def test_without_watchfiles_reload_says_how_to_get_it(code, tmp_path):
     r = subprocess.run([PYTHON, "-m", "worker", "serve", str(code / "handler.py"), "--reload"],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "pip install 'gpu-worker[reload]'" in r.stderr, r.stderr
+
+
+def test_reload_in_load_balancing_mode(code):
+    from tests.support import _free_port
+    port = _free_port()
+    env = {**os.environ, "PORT": str(port), "WORKER_RELOAD": "true",
+           "WORKER_STOP_GRACE": "1", "WORKER_SHUTDOWN_GRACE": "1"}
+    env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
+    log = code / "lb.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([PYTHON, "-m", "worker", str(code / "handler.py"),
+                                 "--load_balancer"], env=env, cwd=code, stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(url + "/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert requests.post(url + "/runsync", json={"input": {}}, timeout=30).json()[
+            "output"] == {"v": 1}
+        save(code / "helper.py", "VALUE = 2\n")
+        while log.read_text().count("changed; ") < 1:
+            assert time.monotonic() < deadline + 30, log.read_text()
+            time.sleep(0.02)
+        deadline = time.monotonic() + 30
+        while True:        # no queue here: 429 while the new child starts, then the new code
+            r = requests.post(url + "/runsync", json={"input": {}}, timeout=30)
+            if r.status_code == 200:
+                assert r.json()["output"] == {"v": 2}
+                break
+            assert r.status_code == 429 and time.monotonic() < deadline, r.text
+            time.sleep(0.02)
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0, log.read_text()

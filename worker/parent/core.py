@@ -13,6 +13,7 @@ same dispatcher as the loop (dispatch.py), on a fake clock.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import signal
 
@@ -43,6 +44,7 @@ class SupervisorCore:
         self._actions: list = []           # actions of the current step (shared, in place)
         self.jobs = JobBook(self._actions, lambda: self.settings)
         self.pending = self.jobs.pending
+        self.expiring: list = []        # heap of (policy.ttl's end, n, job) for queued jobs
         devices = list(devices or [()])
         self.slots = [Slot(i, tuple(d), shared, self.jobs, settings, many=len(devices) > 1)
                       for i, (d, shared) in enumerate(zip(devices, placement.shared(devices)))]
@@ -115,6 +117,7 @@ class SupervisorCore:
         life = job_ttl(job)
         if life is not None:
             tracked.expires = ev.submitted - ev.age + life
+            heapq.heappush(self.expiring, (tracked.expires, self.jobs.received, tracked))
         if self.fate.state is not WorkerState.RUNNING or self.shutdown_at is not None:
             self.jobs.refuse(tracked, self.fate.unavailable())
         elif tracked.id in self.jobs.active:
@@ -315,7 +318,8 @@ class SupervisorCore:
         heartbeat, shutdown_at = self.settings.heartbeat_timeout, self.shutdown_at
         times = [t for s in self.slots for t in s.deadlines(heartbeat, shutdown_at)
                  if t is not None]
-        times.extend(t.expires for t in self.pending if t.expires is not None)
+        if self.expiring:
+            times.append(self.expiring[0][0])
         return min(times) if times else None
 
     def _expire(self, tracked: TrackedJob, now: float) -> None:
@@ -344,8 +348,10 @@ class SupervisorCore:
             verdict = slot.check_clocks(now, shutdown_at)
             if verdict is not None:
                 self.fate.slot_out(slot, verdict.message, WorkerState.BROKEN)
-        for tracked in [t for t in self.pending if t.expires is not None and now >= t.expires]:
-            self._expire(tracked, now)
+        while self.expiring and now >= self.expiring[0][0]:
+            tracked = heapq.heappop(self.expiring)[2]
+            if not (tracked.finished or tracked.started):     # still queued: it ends here
+                self._expire(tracked, now)
         self._ensure_children(now)
         self._dispatch(now)
         if self.finished:            # no child will come for what is still queued
