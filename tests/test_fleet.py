@@ -256,3 +256,20 @@ def test_the_gateway_token_and_its_openapi(tmp_path):
         assert open_gw.stop() == 0
     finally:
         srv.close()
+
+
+def test_the_gateway_fuzzed_from_its_own_schema(fleet):
+    """Every operation of the gateway's OpenAPI schema, fuzzed (endpoint names and job ids
+    included): no 5xx, and every response matches what the schema declares."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    srv, gw, d = fleet
+    schema = schemathesis.openapi.from_url(f"{gw.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 18
+    for operation in operations:
+        @given(case=operation.as_strategy())
+        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+        def fuzz(case):
+            case.call_and_validate(base_url=gw.url, timeout=30)
+        fuzz()

@@ -110,8 +110,9 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(404, f"no job with id {job_id!r} (unknown, or expired)")
         return view
 
+    # Every route may answer 404 (an endpoint not served here) and 503 (Redis away).
     router = APIRouter(dependencies=[Depends(authorised)] if settings.api_token else [],
-                       responses=errors(401) if settings.api_token else {})
+                       responses=errors(404, 503, *([401] if settings.api_token else [])))
 
     @router.post("/run", summary="Queue a job; returns its id at once",
                  openapi_extra=JOB_BODY, responses=errors(400, 413, 503))
@@ -162,7 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
         text, kind = await metrics.render(state["stores"].values())
         return Response(text, media_type=kind)
 
-    public = APIRouter()
+    public = APIRouter(responses=errors(404, 503))
 
     @public.get("/health", summary="Queue depth, workers alive and jobs by state")
     async def health(request: Request):
