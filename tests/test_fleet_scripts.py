@@ -114,3 +114,20 @@ def test_any_order_of_steps_ends_the_job_once_and_loses_nothing(redis_client, st
         world.step("finish", "d", "COMPLETED")
         world.check()
     assert b"final" in redis_client.hgetall(world.k.job("j"))
+
+
+def test_an_idempotency_key_lives_as_long_as_its_job_s_record(redis_client):
+    r = redis_client
+    r.flushall()
+    k, s = Keys("ep"), Scripts(redis_client)
+
+    def submit(job_id):
+        return s.submit(keys=[k.job(job_id), k.stream, k.idem("key")],
+                        args=[job_id, "{}", "", "1", 3600])
+    assert submit("a") == [1, b"a"]
+    assert submit("b") == [0, b"a"]                      # the same job
+    s.finish(keys=[k.job("a"), k.stream, k.hooks, k.done("a"), k.counts, k.chunks("a"),
+                   k.dead], args=[GROUP, b"0-0", "", "COMPLETED", "{}", 60, "a", "", "", 10])
+    assert 0 < r.ttl(k.idem("key")) <= 60                 # the record's expiry now
+    r.delete(k.job("a"))                                 # the record is gone (expired)
+    assert submit("c") == [1, b"c"]                      # the key names a new job

@@ -13,7 +13,7 @@ from .scripts import Scripts
 
 WAIT_SLICE_S = 5.0           # a blocking read's longest wait (below the socket timeout)
 ALIVE_S = 10.0               # a worker seen this recently counts as alive
-IDEM_EXTRA_S = 24 * 3600     # an idempotency key outlives its job's record by this
+IDEM_QUEUED_S = 7 * 24 * 3600   # a key's life until its job ends; then the record's
 
 
 class GatewayStore:
@@ -42,7 +42,7 @@ class GatewayStore:
         idem_key = self.keys.idem(idem) if idem else self.keys.idem("-")
         fresh, known = await self.scripts.submit(
             keys=[self.keys.job(job_id), self.keys.stream, idem_key],
-            args=[job_id, data, webhook, "1" if idem else "0", self.ttl + IDEM_EXTRA_S])
+            args=[job_id, data, webhook, "1" if idem else "0", IDEM_QUEUED_S])
         return known.decode(), bool(fresh)
 
     async def record(self, job_id: str) -> dict | None:

@@ -31,6 +31,8 @@ local function finalize(k, group, entry, status, final, ttl, job_id, webhook)
   end
   redis.call('EXPIRE', k[1], ttl)
   redis.call('EXPIRE', k[6], ttl)
+  local idem = redis.call('HGET', k[1], 'idem')
+  if idem then redis.call('EXPIRE', idem, ttl) end
   redis.call('RPUSH', k[4], '1')
   redis.call('EXPIRE', k[4], math.min(ttl, 300))
   redis.call('HINCRBY', k[5], status, 1)
@@ -38,16 +40,22 @@ end
 """
 
 # keys: job, stream, idem. argv: id, job json, webhook, use idem (1/0), idem ttl s
+# An idempotency key names a job while that job's record exists (finalize gives the key
+# the record's expiry); a key whose record is gone is taken for a new job.
 SUBMIT = _NOW + """
 if ARGV[4] == '1' then
   local prev = redis.call('GET', KEYS[3])
-  if prev then return {0, prev} end
+  local base = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[1])
+  if prev and redis.call('EXISTS', base .. prev) == 1 then return {0, prev} end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0, ARGV[1]} end
 local entry = redis.call('XADD', KEYS[2], '*', 'id', ARGV[1], 'job', ARGV[2])
 redis.call('HSET', KEYS[1], 'status', 'IN_QUEUE', 'created', now_ms(), 'entry', entry,
            'webhook', ARGV[3])
-if ARGV[4] == '1' then redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[5]) end
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[5])
+  redis.call('HSET', KEYS[1], 'idem', KEYS[3])
+end
 return {1, ARGV[1]}
 """
 
