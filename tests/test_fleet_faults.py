@@ -210,6 +210,8 @@ def test_a_server_restarted_without_persistence_gets_its_groups_back(made):
     assert gw.post("/runsync", {"input": {}}).json()["status"] == "COMPLETED"
     srv.kill()
     srv.start()                                  # empty: no stream, no group
+    health = gw.get("/health")
+    assert health.status_code == 200 and health.json()["jobs"]["inQueue"] == 0
     done = gw.post("/runsync", {"input": {"echo": "after"}}, timeout=60).json()
     assert done["status"] == "COMPLETED" and done["output"]["echo"] == "after"
     assert "making them again" in w.text()
@@ -258,3 +260,39 @@ def test_a_webhook_survives_the_worker_that_was_sending_it(made):
     finally:
         release.set()
         receiver.shutdown()
+
+
+def test_a_full_server_refuses_new_jobs_with_503_and_the_workers_go_on(made):
+    """maxmemory reached under noeviction: the gateway says so (503, Retry-After), nothing
+    is half written, and once there is room again jobs run."""
+    srv = made.server()
+    gw = made.gateway(srv)
+    made.worker(srv)
+    assert gw.post("/runsync", {"input": {}}).json()["status"] == "COMPLETED"
+    r = srv.client()
+    r.config_set("maxmemory", 1)
+    refused = gw.post("/run", {"input": {"echo": "x" * 1000}})
+    assert refused.status_code == 503 and "OutOfMemoryError" in refused.json()["error"]
+    assert refused.headers["Retry-After"] == "2"
+    r.config_set("maxmemory", 0)
+    assert gw.post("/runsync", {"input": {"echo": 2}}).json()["status"] == "COMPLETED"
+    assert finals(srv, "ep") == 2 and r.xlen(Keys("ep").stream) == 0    # nothing half made
+
+
+def test_a_final_record_waits_out_a_full_server_and_is_written(made):
+    """The server fills up while a job runs: its final record waits (it is not dropped)
+    and is written once there is room."""
+    srv = made.server()
+    gw = made.gateway(srv)
+    w = made.worker(srv)
+    job = gw.post("/run", {"input": {"do": "sleep", "seconds": 1}}).json()["id"]
+    gw.until(job, lambda s: s["status"] == "IN_PROGRESS")
+    r = srv.client()
+    r.config_set("maxmemory", 1)
+    deadline = time.monotonic() + 30
+    while "cannot take writes now" not in w.text():
+        assert time.monotonic() < deadline, w.text()
+        time.sleep(0.05)
+    r.config_set("maxmemory", 0)
+    assert gw.until(job, lambda s: s["status"] == "COMPLETED")["status"] == "COMPLETED"
+    assert finals(srv, "ep") == 1 and runs(made.folder)[job] == 1

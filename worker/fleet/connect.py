@@ -117,3 +117,13 @@ def ensure_groups(r, keys) -> None:
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+
+# Refusals a server gives for a moment (full under noeviction, a replica that is not the
+# primary yet, a cluster slot moving or down, a script running long): a write waits and
+# tries again, as through an outage, instead of being dropped.
+def refusal_passes(exc: BaseException) -> bool:
+    import redis.exceptions as e
+    return isinstance(exc, (e.OutOfMemoryError, e.ReadOnlyError, e.TryAgainError,
+                            e.ClusterDownError, e.MasterDownError)) or \
+        str(exc).startswith("BUSY")

@@ -183,6 +183,14 @@ def create_app(settings: Settings) -> FastAPI:
                                       "retry later"}, status_code=503,
                             headers={"Retry-After": str(RETRY_AFTER_S)})
 
+    @app.exception_handler(redis.ResponseError)
+    async def queue_refused(request: Request, exc: Exception):
+        # e.g. OOM: a full server under noeviction refuses new jobs, and says so
+        log.error("the queue refused %s: %s", request.url.path, exc)
+        return JSONResponse({"error": f"the queue refused this request "
+                                      f"({type(exc).__name__}): {exc}"[:500]},
+                            status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
     app.add_middleware(BodyLimit, table=route_limits(mounted, settings))
     app.add_middleware(metrics.Timed)
     return app

@@ -118,7 +118,10 @@ class GatewayStore:
         pipe.xlen(k.hooks)
         pipe.zremrangebyscore(k.workers, 0, now_ms - 3600_000)
         pipe.xlen(k.stream)
-        groups, counts, alive, dead, hooks, _, length = await pipe.execute()
+        groups, counts, alive, dead, hooks, _, length = await pipe.execute(
+            raise_on_error=False)
+        if isinstance(groups, Exception):    # no stream yet (a server restarted empty)
+            groups = []
         group = next((g for g in groups if g.get("name") in (GROUP, GROUP.encode())), {})
         pending = int(group.get("pending") or 0)
         lag = group.get("lag")

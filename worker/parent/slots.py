@@ -62,7 +62,7 @@ class Slot:
         self.lost_need_mb: float | None = None  # the last lost one's GPU memory: fit check
         self.spares = Spares()             # its spare child and the children it replaced
         self.code_files: set = set()       # reload mode: what its children's code is
-        self.code_packages: tuple = ()
+        self.code: tuple = ()              # ... as published: (files, packages)
 
     # --- what it is ------------------------------------------------------------------------
 
@@ -109,8 +109,7 @@ class Slot:
                          c.rss if c else 0, c.torch if c else None,
                          c.baseline_mb if c else 0.0, self.running_ids(), self.log_ids,
                          self.out, self.spawns, len(self.breaker.deaths), self.lost,
-                         self.start_error, self.spares.view(),
-                         (tuple(sorted(self.code_files)), self.code_packages))
+                         self.start_error, self.spares.view(), self.code)
 
     def label(self) -> str:
         """' (slot 2, GPU-…)' for log lines, when the worker has several children."""
@@ -185,8 +184,8 @@ class Slot:
         stays watched) and the third-party packages they import."""
         if isinstance(code, dict) and len(self.code_files) < 5000:
             self.code_files.update(f for f in code.get("files") or () if isinstance(f, str))
-            self.code_packages = tuple(p for p in code.get("packages") or ()
-                                       if isinstance(p, str))
+            self.code = (tuple(sorted(self.code_files)),
+                         tuple(p for p in code.get("packages") or () if isinstance(p, str)))
 
     def memory_read(self, reading) -> None:
         """The reading its idle child's recycling check asked for (None: the probe failed)."""

@@ -85,9 +85,10 @@ class RedisQueueSource(JobListener):
         self.consumer = f"{base}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
         self.taking_done = threading.Event()
+        self.left = threading.Event()          # the shutdown is over
         self._cond = threading.Condition()
         self.held: dict[str, Held] = {}
-        self.writer = Writer(self.transient)
+        self.writer = Writer(self.transient, connect.refusal_passes)
         self.outbox = Outbox(self.r, self.keys, self.consumer, settings, self.sup.metrics,
                              self.transient, self.stopping)
         self.sup.on_capacity(self._room_changed)
@@ -165,6 +166,7 @@ class RedisQueueSource(JobListener):
             log.error("%d write(s) could not reach the queue before the exit; their jobs "
                       "run again once their lease runs out", unwritten)
         self.outbox.close()
+        self.left.set()
         self._leave()
         if self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN):
             return 1
@@ -401,9 +403,11 @@ class RedisQueueSource(JobListener):
     # --- leases, cancels, heartbeat ----------------------------------------------------------
 
     def _keeper(self) -> None:
+        """Renews while any job is held, through the shutdown's grace too (its own clock:
+        waiting on `stopping` would return at once once set, and spin)."""
         every = min(0.5, self.settings.queue_lease_s / 3)
-        while not self.stopping.wait(every) or self.held:
-            if self.taking_done.is_set() and not self.held:
+        while not self.left.wait(every):
+            if self.stopping.is_set() and self.taking_done.is_set() and not self.held:
                 return
             try:
                 self._keep()

@@ -2,9 +2,10 @@
 the jobs produced it, each write retried until the server takes it.
 
 One thread, one FIFO: a job's final record is never written before its last chunk. While
-the server cannot be reached the writes wait (with backoff) and nothing is dropped; a
-write the server refuses (a script error, a bug) is logged with its job and dropped, so
-one bad write cannot stall every other job.
+the server cannot be reached, or refuses for a moment (full under noeviction, a
+failover), the writes wait (with backoff) and nothing is dropped; a write the server
+refuses otherwise (a script error, a bug) is logged with its job and dropped, so one bad
+write cannot stall every other job (its job runs again after the lease).
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ class Write:
 
 
 class Writer:
-    def __init__(self, transient: tuple):
+    def __init__(self, transient: tuple, passing: Callable[[BaseException], bool] = None):
         self.transient = transient     # exceptions that mean "the server is not there"
+        self.passing = passing or (lambda exc: False)   # a refusal that will pass
         self._queue: collections.deque[Write] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -72,29 +74,34 @@ class Writer:
                 write = self._queue[0]
             try:
                 answer = write.call()
-            except self.transient as exc:
+            except Exception as exc:   # noqa: BLE001 - sorted below: wait, or drop one
+                if not isinstance(exc, self.transient) and not self.passing(exc):
+                    log.exception("the queue refused a %s write; dropped", write.kind,
+                                  extra={"job_id": write.job_id})
+                    answer = None
+                    self._written(write, answer, backoff)
+                    continue
                 if not self.outage.is_set():
-                    log.warning("the queue cannot be reached (%s); %d write(s) wait",
-                                exc, self.pending())
+                    log.warning("the queue cannot take writes now (%s); %d write(s) "
+                                "wait", exc, self.pending())
                     self.outage.set()
                 with self._cond:
                     if self._cond.wait_for(lambda: not self._queue, backoff.next()):
                         return          # close() gave up on them
                 continue
-            except Exception:        # noqa: BLE001 - one refused write must not stall all
-                log.exception("the queue refused a %s write; dropped", write.kind,
-                              extra={"job_id": write.job_id})
-                answer = None
-            if self.outage.is_set():
-                log.info("the queue is back; writing again")
-                self.outage.clear()
-            backoff.reset()
-            with self._cond:
-                if self._queue and self._queue[0] is write:
-                    self._queue.popleft()
-            if write.done is not None:
-                try:
-                    write.done(answer)
-                except Exception:    # noqa: BLE001 - a log line's failure is not the job's
-                    log.exception("after a %s write", write.kind,
-                                  extra={"job_id": write.job_id})
+            self._written(write, answer, backoff)
+
+    def _written(self, write: Write, answer, backoff: Backoff) -> None:
+        """The write is done (or dropped): the next one's turn."""
+        if self.outage.is_set():
+            log.info("the queue takes writes again")
+            self.outage.clear()
+        backoff.reset()
+        with self._cond:
+            if self._queue and self._queue[0] is write:
+                self._queue.popleft()
+        if write.done is not None:
+            try:
+                write.done(answer)
+            except Exception:    # noqa: BLE001 - a log line's failure is not the job's
+                log.exception("after a %s write", write.kind, extra={"job_id": write.job_id})
