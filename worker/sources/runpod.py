@@ -199,13 +199,25 @@ class RunPodSource(JobListener):
 
     def _take_in(self, batch: runpod_batch.Batch) -> None:
         """Each job of a take answer on its own: the readable ones are accepted, then the
-        unreadable ones refused (so a readable copy in the same answer wins)."""
+        unreadable ones refused (so a readable copy in the same answer wins). An id is
+        taken once per answer: a second copy in it is the same delivery, even when the
+        first has already ended (it may, before the loop reaches the copy)."""
+        taken: set = set()
         for job in batch.jobs:
+            job_id = job.get("id") if isinstance(job, dict) else None
+            if isinstance(job_id, str) and job_id in taken:
+                with self._cond:
+                    running = job_id in self._taken
+                log.warning("job %s delivered again while it runs; ignoring the copy" if
+                            running else "job %s sent twice in one answer; the first copy "
+                            "has ended already, the second is ignored", job_id,
+                            extra={"job_id": job_id})
+                continue
+            taken.add(job_id)
             self._accept(job)
-        refused: set = set()
         for job_id, why in batch.refused:
-            if job_id not in refused:
-                refused.add(job_id)
+            if job_id not in taken:
+                taken.add(job_id)
                 self._refuse(job_id, why)
         if batch.unnamed:
             log.error("the queue sent %d job(s) that cannot be read and carry no job id "
