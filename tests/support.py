@@ -143,9 +143,9 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, handler: str, tmp_path, **env):
+    def __init__(self, handler: str, tmp_path, args=(), address="127.0.0.1", **env):
         self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{address}:{self.port}"
         self.log = tmp_path / f"api-{self.port}.log"
         full_env = {**os.environ, "WORKER_STOP_GRACE": "1", "WORKER_SHUTDOWN_GRACE": "1",
                     **{k: str(v) for k, v in env.items()}}
@@ -153,7 +153,7 @@ class Server:
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
                 [PYTHON, "-m", "worker", "serve", str(HANDLERS / handler),
-                 "--rp_api_port", str(self.port)], env=full_env, stdout=out,
+                 "--rp_api_port", str(self.port), *args], env=full_env, stdout=out,
                 stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

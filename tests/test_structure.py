@@ -9,10 +9,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "worker"
 # core's own state. Split further it would share that state across files again (the
 # mixins it replaced), so the cap is what it needs, with a little room: 450.
 MAX_LINES = 450
-# The one module of the parent that may use multiprocess (and its internals), and the
-# one of the child.
+# The one module of the parent that may use multiprocess (and its internals), the one of
+# the child, and the one of the forkserver (its door: the listener it guards).
 LAUNCHER = "worker.parent.mp_launcher"
 CHILD_MP = "worker.child.entry"
+FORKSERVER_MP = "worker.child.forkserver_door"
 SHARED = {"worker.protocol", "worker.jobs", "worker.config", "worker.targets",
           "worker.version", "worker.logs", "worker.jsonlimits", "worker.gpus",
           "worker.tracing", "worker.redraws", "worker.hardening"}
@@ -150,12 +151,13 @@ def _users_of(top: str) -> set:
 
 def test_multiprocess_is_used_by_one_module_on_each_side():
     """Its internals (the forkserver's, the resource tracker's, get_preparation_data) are
-    checked in one place: the launcher module; the child's one use is in its entry."""
+    checked in one place: the launcher module; the child's one use is in its entry; the
+    forkserver's, in its door (which the child also calls to undo it)."""
     users = _users_of("multiprocess")
     assert {u for u in users if u.startswith(("worker.parent", "worker.sources"))} \
         == {LAUNCHER}
-    assert {u for u in users if u.startswith("worker.child")} == {CHILD_MP}
-    assert users <= {LAUNCHER, CHILD_MP}, users
+    assert {u for u in users if u.startswith("worker.child")} == {CHILD_MP, FORKSERVER_MP}
+    assert users <= {LAUNCHER, CHILD_MP, FORKSERVER_MP}, users
 
 
 def test_the_core_does_no_io_and_owns_no_process():

@@ -126,12 +126,28 @@ def test_with_the_guard_on_a_private_receiver_is_refused_unless_allowed(server):
         hook.server.shutdown()
 
 
-def test_the_guard_is_on_by_default_where_the_api_listens_beyond_loopback():
+def test_the_guard_follows_the_addresses_bound_not_the_host_string():
+    """"auto" is on exactly when a bound socket takes connections from beyond loopback:
+    127.0.0.2 and localhost are loopback although not 127.0.0.1; 0.0.0.0 and :: are not."""
     from worker.config import Settings
+    from worker.sources import listen
     from worker.sources.webhook_post import Policy
-    assert not Policy(Settings(api_host="127.0.0.1")).check
-    assert Policy(Settings(api_host="0.0.0.0")).check
-    assert not Policy(Settings(api_host="0.0.0.0", webhook_guard="off")).check
+
+    def exposed(host):
+        sockets = listen.bind(host, 0)
+        try:
+            return listen.beyond_loopback(sockets)
+        finally:
+            for sock in sockets:
+                sock.close()
+    for host, beyond in (("127.0.0.1", False), ("127.0.0.2", False), ("localhost", False),
+                         ("", False), ("0.0.0.0", True)) + ((("::", True), ("::1", False))
+                                                            if socket.has_ipv6 else ()):
+        assert exposed(Settings(api_host=host).api_host) is beyond, host
+    assert Policy(Settings(), exposed=True).check
+    assert not Policy(Settings(), exposed=False).check
+    assert not Policy(Settings(webhook_guard="off"), exposed=True).check
+    assert Policy(Settings(webhook_guard="on"), exposed=False).check
 
 
 def test_a_proxy_is_the_workers_setting_never_the_environments(server):
@@ -158,4 +174,26 @@ def test_a_proxy_is_the_workers_setting_never_the_environments(server):
         assert [p["id"] for p in hook.posts] == [job]
     finally:
         via.close()
+        hook.server.shutdown()
+
+
+def test_an_address_means_what_it_says(server):
+    """An empty --rp_api_host is 127.0.0.1, as an empty WORKER_API_HOST already was (never
+    every interface); a loopback address other than 127.0.0.1 keeps the guard off, so a
+    loopback receiver gets its webhook; 0.0.0.0 turns it on."""
+    empty = server("edges.py", args=("--rp_api_host", ""))
+    bound = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(empty.proc.pid)
+             .net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    assert bound == {("127.0.0.1", empty.port)}, bound
+    assert f"local API on http://127.0.0.1:{empty.port}" in empty.log.read_text()
+    hook = Hook()
+    try:
+        other = server("edges.py", address="127.0.0.2", WORKER_API_HOST="127.0.0.2")
+        job = other.post("/run", {"input": {"do": "echo"}, "webhook": hook.url}).json()["id"]
+        other.until(job, lambda st: "deliveryTime" in st)
+        assert [p["id"] for p in hook.posts] == [job]
+        every = server("edges.py", WORKER_API_HOST="0.0.0.0")
+        every.post("/run", {"input": {"do": "echo"}, "webhook": hook.url})
+        _log_until(every, "resolves to the non-public address 127.0.0.1")
+    finally:
         hook.server.shutdown()

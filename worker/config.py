@@ -21,6 +21,10 @@ def _setting(default, env=(), flag=None, help="", config=True):
                                             "config": config})
 
 
+LOOPBACK = "127.0.0.1"
+ADDRESS_SETTINGS = ("api_host", "metrics_host")     # what the worker listens on
+
+
 @dataclass(frozen=True)
 class Settings:
     log_level: str = _setting("INFO", ("WORKER_LOG_LEVEL", "RUNPOD_LOG_LEVEL", "RUNPOD_DEBUG_LEVEL"),
@@ -150,7 +154,8 @@ class Settings:
                                "Serve the local HTTP API instead of the one-shot test.",
                                config=False)
     api_host: str = _setting("127.0.0.1", ("WORKER_API_HOST",), "--rp_api_host",
-                             "Local API address.", config=False)
+                             "Local API address (empty = 127.0.0.1; 0.0.0.0 for "
+                             "every interface).", config=False)
     api_port: int = _setting(8000, ("WORKER_API_PORT",), "--rp_api_port",
                              "Local API port.", config=False)
     api_token: str = _setting("", ("WORKER_API_TOKEN",), None,
@@ -217,7 +222,8 @@ class Settings:
                                  "behind WORKER_API_TOKEN); 0 = off.", config=False)
     metrics_host: str = _setting("127.0.0.1", ("WORKER_METRICS_HOST",), None,
                                  "Address of the metrics port: loopback unless told (e.g. "
-                                 "0.0.0.0 for a scraper outside the container).",
+                                 "0.0.0.0 for a scraper outside the container; empty = "
+                                 "127.0.0.1).",
                                  config=False)
     realtime_port: int = _setting(0, ("RUNPOD_REALTIME_PORT",), None,
                                   "Serve the local API on 0.0.0.0 at this port (the SDK's "
@@ -290,6 +296,11 @@ class Settings:
                                 config=False)
 
     def __post_init__(self):
+        # An empty address means loopback, from any source (a variable, a flag, a dict):
+        # never "every interface", which is what an empty host means to a socket.
+        for name in ADDRESS_SETTINGS:
+            if not getattr(self, name).strip():
+                object.__setattr__(self, name, LOOPBACK)
         if self.fitness_checks not in ("auto", "on", "off"):
             raise SettingsError(f"fitness_checks must be auto, on or off, "
                                 f"not {self.fitness_checks!r}")

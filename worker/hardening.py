@@ -15,6 +15,11 @@ dumpable again (its own core dumps, debuggers and profilers work as before).
 Processes the worker did not start (pid 1: tini, a platform's shell) are not covered by
 that: WORKER_CHILD_USER runs the child as another user (`become`), which can read no
 root process's /proc files at all.
+
+The forkserver runs user code too (the preloads, a warm import, hooks at fork and at
+exit), so it takes a child's rights itself before it imports anything
+(`take_child_rights`, from child/preload_first.py): a child forked from it has them from
+its first instruction.
 """
 from __future__ import annotations
 
@@ -84,14 +89,42 @@ def drop_readers(keep: tuple = ()) -> str | None:
     return why
 
 
+def account(user: str):
+    """`user`'s password entry (a name or a uid); KeyError when there is none."""
+    import pwd
+    return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+
+
+def check_user(user: str) -> None:
+    """Can this process make a child run as `user`? Raises, saying why not (the parent
+    asks before it starts anything, so the answer is one clear setup failure)."""
+    try:
+        entry = account(user)
+    except (KeyError, ValueError, OverflowError):
+        raise RuntimeError(f"cannot run as WORKER_CHILD_USER={user!r}: no such user") from None
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        raise RuntimeError(f"cannot run as WORKER_CHILD_USER={user!r}: the worker runs as "
+                           f"uid {os.geteuid()}, and only root can change user")
+
+
 def become(user: str) -> None:
     """Run as `user` (a name or a uid) from here on: its uid, its group and supplementary
     groups, its HOME. Raises (a setup failure) when that cannot be done — never serves as
-    root when asked not to."""
-    import pwd
-    entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    os.setgroups(os.getgrouplist(entry.pw_name, entry.pw_gid))
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
+    root when asked not to. Already that user (the forkserver became it): only HOME."""
+    entry = account(user)
+    if (os.getuid(), os.geteuid()) != (entry.pw_uid, entry.pw_uid):
+        os.setgroups(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
     os.environ["HOME"] = entry.pw_dir
     os.environ["USER"] = os.environ["LOGNAME"] = entry.pw_name
+
+
+def take_child_rights(keep: tuple = (), user: str = "") -> None:
+    """A child's rights for this process (the forkserver, before it imports anything):
+    the capabilities in READERS dropped but `keep`, WORKER_CHILD_USER, not dumpable.
+    Raises when the user cannot be had."""
+    drop_readers(keep)
+    if user:
+        become(user)
+    set_dumpable(False)

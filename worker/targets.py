@@ -67,6 +67,9 @@ class ChildSpec:
 WARM_ENV = "GPU_WORKER_WARM"
 # Reload mode: the third-party packages the handler imported, for child/preload_auto.py.
 AUTO_PRELOAD_ENV = "GPU_WORKER_AUTO_PRELOAD"
+# The rights a starting forkserver takes before it imports anything (a child's: the
+# capabilities it keeps, its user), for child/preload_first.py.
+RIGHTS_ENV = "GPU_WORKER_RIGHTS"
 
 
 def warm_key(target) -> str | None:

@@ -17,7 +17,8 @@ from .. import hardening
 from .. import protocol as P
 from ..config import Settings
 from ..targets import SECRET_ENV, ChildSpec, ModuleTarget, ScriptTarget, ValueTarget, warm_key
-from . import code_files, fork_safety, joblog, runpod_compat, sdk_hooks, seeds, warm_import
+from . import (code_files, fork_safety, forkserver_door, joblog, runpod_compat, sdk_hooks,
+               seeds, warm_import)
 from .fitness_run import Unfit
 from .handlers import Interrupted
 from .runtime import ChildRuntime
@@ -92,12 +93,13 @@ def child_main(spec: ChildSpec) -> None:
     for name in SECRET_ENV:
         os.environ.pop(name, None)
     fork_safety.restore()
+    forkserver_door.restore()
     os.environ.update(spec.env)
-    os.chdir(spec.cwd)
+    _enter(spec.cwd)
     _allow_own_children()
-    _raise_oom_score(settings.child_oom_score_adj)
     # No process the worker started may be read by user code (hardening.py): none of the
-    # capabilities that read a non-dumpable process.
+    # capabilities that read a non-dumpable process (a forkserver's child has dropped
+    # them already: the forkserver did; a spawned one drops them here).
     hardening.drop_readers(settings.child_keep_caps)
 
     # Exit hooks registered before the module runs are the forkserver's (its preloads,
@@ -122,6 +124,9 @@ def child_main(spec: ChildSpec) -> None:
         if settings.child_user:
             _become(settings.child_user)
         hardening.set_dumpable(True)       # the forkserver is not; this child may be
+        # After set_dumpable: a non-dumpable process's /proc files are root's, and a child
+        # that runs as another user could not write its own score.
+        _raise_oom_score(settings.child_oom_score_adj)
         fork_safety.check(spec.preload)
         if settings.reload:
             code_files.fresh_imports()
@@ -144,6 +149,18 @@ def child_main(spec: ChildSpec) -> None:
     # Skip the rest of interpreter teardown: user threads must not keep a stopping child
     # alive.
     os._exit(code)
+
+
+def _enter(cwd: str) -> None:
+    """The parent's folder. A forkserver's child is usually there already (the forkserver
+    started in it), which matters when it runs as WORKER_CHILD_USER: a folder that user
+    may not enter can still be the one it stays in."""
+    try:
+        if os.getcwd() == cwd:
+            return
+    except OSError:
+        pass
+    os.chdir(cwd)
 
 
 def _become(user: str) -> None:

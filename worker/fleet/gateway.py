@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from .. import logs
 from ..config import Settings, SettingsError
 from ..jobs import JobState
+from ..sources import listen
 from ..sources.local_api import (JOB_BODY, RUNSYNC_WAIT_MS, BodyLimit, errors, mount,
                                  parse_job_body, route_limits)
 from ..version import __version__
@@ -215,7 +216,10 @@ def main(argv: list) -> int:
         return 2
     logs.configure(settings.log_level)
     import uvicorn
-    address = f"http://{settings.api_host}:{settings.api_port}"
+    sockets = listen.bind_or_say(settings.api_host, settings.api_port, "worker gateway")
+    if sockets is None:
+        return 1
+    address = listen.url(sockets)
     print(f"--- gpu-worker {__version__} | gateway on {address} for "
           f"{', '.join(k.endpoint for k in served)} on {connect.redact(settings.queue_url)} "
           f"({time.strftime('%H:%M:%S')}) ---", file=sys.stderr, flush=True)
@@ -231,5 +235,5 @@ def main(argv: list) -> int:
                                    timeout_graceful_shutdown=5))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
-    server.run()
+    server.run(sockets=sockets)
     return 0

@@ -9,7 +9,6 @@ that died after the post and before the acknowledgement).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import threading
@@ -31,10 +30,9 @@ class Outbox:
                  transient: tuple, stopping: threading.Event):
         self.r, self.keys, self.consumer = r, keys, consumer
         self.metrics, self.transient, self.stopping = metrics, transient, stopping
-        guard = "on" if settings.webhook_guard == "auto" else settings.webhook_guard
         # The gateway takes webhooks from any client: private addresses are refused unless
         # allowed (WORKER_WEBHOOK_ALLOW), wherever the worker itself listens.
-        self.policy = webhook_post.Policy(dataclasses.replace(settings, webhook_guard=guard))
+        self.policy = webhook_post.Policy(settings, exposed=True)
         self.lease_ms = int(settings.queue_lease_s * 1000)
         self.pool = ThreadPoolExecutor(SENDERS, "gpu-worker-webhook")
         self.busy = threading.Semaphore(SENDERS)

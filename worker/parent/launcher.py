@@ -24,6 +24,7 @@ import errno
 import os
 import select
 import signal
+import socket
 import threading
 
 from ..config import Settings
@@ -215,3 +216,31 @@ def without_secrets(extra: dict | None = None):
             for name in extra or {}:
                 os.environ.pop(name, None)
             os.environ.update(saved)
+
+
+HEADROOM = 16      # descriptors a start through multiprocess opens at most, at once
+
+
+def headroom() -> None:
+    """Fail now (EMFILE), with nothing open, unless a start's descriptors are free:
+    multiprocess leaks the first of two pipes when the second cannot be made
+    (forkserver.connect_to_new_process), and a request it cuts short kills the forkserver.
+    Starts are serialised, so only another thread's open can take them meanwhile."""
+    fds = []
+    try:
+        for _ in range(HEADROOM):
+            fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def grow_buffers(fd: int, size: int = 4 * 2**20) -> None:
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)   # the kernel caps it at its max
+    except OSError:
+        pass
+    finally:
+        sock.close()

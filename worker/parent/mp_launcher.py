@@ -11,6 +11,7 @@ setup.cfg pins the range these were tested with.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -22,12 +23,15 @@ import psutil
 from multiprocess import forkserver, process as mp_process, resource_tracker, \
     spawn as mp_spawn
 
+from .. import hardening
 from ..child.boot import child_main
 from ..config import Settings
-from ..targets import AUTO_PRELOAD_ENV, WARM_ENV, ChildSpec, ValueTarget, warm_key
+from ..targets import (AUTO_PRELOAD_ENV, RIGHTS_ENV, WARM_ENV, ChildSpec, ValueTarget,
+                       warm_key)
 from . import reaper
 from .launcher import (ALIVE, EXITED, PENDING, ChildProcess, ExitWatch, Launcher,
-                       child_settings, passed_env, readable, without_secrets)
+                       child_settings, grow_buffers, headroom, passed_env, readable,
+                       without_secrets)
 
 log = logging.getLogger("worker")
 
@@ -65,6 +69,15 @@ def _check_registry() -> bool:
     return isinstance(getattr(mp_process, "_children", None), set)
 
 
+def _check_door() -> bool:
+    """Does the forkserver's main() make its listener from its module's `socket` name, as
+    child/forkserver_door.py guards it?"""
+    main = getattr(forkserver, "main", None)
+    names = set(getattr(getattr(main, "__code__", None), "co_names", ()))
+    return getattr(forkserver, "socket", None) is socket and \
+        {"socket", "AF_UNIX", "accept"} <= names
+
+
 FEATURES = {   # name: (check, what is lost without it)
     "forkserver control": (lambda: _server() is not None,
                            "children start with spawn (WORKER_PRELOAD and warm refresh "
@@ -73,6 +86,9 @@ FEATURES = {   # name: (check, what is lost without it)
                          "each child runs the parent's __main__ script again"),
     "resource tracker": (_check_tracker,
                          "multiprocess's resource tracker process runs (one more interpreter)"),
+    "forkserver door": (_check_door,
+                        "children start with spawn (the forkserver would fork a process "
+                        "for any process that connects to it)"),
     "child registry": (_check_registry,
                        "multiprocess may read a child's exit report first: its code can "
                        "read 255 after the forkserver died"),
@@ -144,12 +160,12 @@ def stop_template() -> None:
     next child starts a fresh one, with the environment of that moment."""
     server = _server()
     if server is not None and server._forkserver_pid is not None:
-        if _server_warm_key is not None:
+        if _server_key[0] is not None:
             _end_warm_server(server._forkserver_pid)
         server._stop()
 
 
-_server_warm_key = None        # the warm target of the forkserver running now
+_server_key: tuple = (None, None)   # the warm target and the rights of the forkserver now
 
 
 def _end_warm_server(pid: int) -> None:
@@ -253,34 +269,6 @@ class MpChild(ChildProcess):
             pass
 
 
-HEADROOM = 16      # descriptors a start through multiprocess opens at most, at once
-
-
-def _headroom() -> None:
-    """Fail now (EMFILE), with nothing open, unless a start's descriptors are free:
-    multiprocess leaks the first of two pipes when the second cannot be made
-    (forkserver.connect_to_new_process), and a request it cuts short kills the forkserver.
-    Starts are serialised, so only another thread's open can take them meanwhile."""
-    fds = []
-    try:
-        for _ in range(HEADROOM):
-            fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def _grow_buffers(fd: int, size: int = 4 * 2**20) -> None:
-    sock = socket.socket(fileno=os.dup(fd))
-    try:
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            sock.setsockopt(socket.SOL_SOCKET, opt, size)   # the kernel caps it at its max
-    except OSError:
-        pass
-    finally:
-        sock.close()
-
-
 class MpLauncher(Launcher):
     def __init__(self, method: str = "forkserver", preload: tuple = (), warm=None):
         """`warm`: the target the forkserver should import itself (WORKER_WARM_REFRESH)."""
@@ -296,7 +284,7 @@ class MpLauncher(Launcher):
         self._lost_pid: int | None = None   # the template already counted as lost
         if method not in ("forkserver", "spawn"):
             raise ValueError(f"start method must be forkserver or spawn, not {method!r}")
-        if method == "forkserver" and "forkserver control" in missing:
+        if method == "forkserver" and {"forkserver control", "forkserver door"} & missing:
             self.method = "spawn"
         if self.method == "forkserver":
             try:
@@ -373,19 +361,22 @@ class MpLauncher(Launcher):
     def _modules(self) -> list:
         # preload_first keeps the preloads from initialising CUDA there; the warm import
         # comes last, after everything it may use.
-        return ["worker.child.preload_first", "worker.child.entry", *self.preload,
+        # forkserver_rights comes after the worker's own modules, before the user's.
+        return ["worker.child.preload_first", "worker.child.entry",
+                "worker.child.forkserver_rights", *self.preload,
                 *(["worker.child.preload_auto"] if self.guarded else []),
                 *(["worker.child.warm_preload"] if self.warm_key else [])]
 
-    def _ensure_server(self) -> None:
-        """The forkserver, running with this launcher's preload and warm target. One runs
-        per process: restart it for another list, but only with no child alive (children
-        hold it open, and stopping it would wait for them)."""
-        global _server_warm_key
+    def _ensure_server(self, rights: str) -> None:
+        """The forkserver, running with this launcher's preload, warm target and the
+        children's rights. One runs per process: restart it for another list, but only
+        with no child alive (children hold it open, and stopping it would wait for them)."""
+        global _server_key
         server = _server()
         modules = self._modules()
+        key = (self.warm_key, rights)
         if server._forkserver_pid is not None and (
-                server._preload_modules != modules or _server_warm_key != self.warm_key):
+                server._preload_modules != modules or _server_key != key):
             if _live:
                 log.warning("the forkserver already runs with preload %s; keeping it",
                             server._preload_modules)
@@ -395,7 +386,7 @@ class MpLauncher(Launcher):
             _no_resource_tracker()
             self.ctx.set_forkserver_preload(modules)
             server.ensure_running()
-            _server_warm_key = self.warm_key
+            _server_key = key
 
     def start(self, target, settings: Settings, checks: bool = False,
               env: dict | None = None) -> MpChild:
@@ -408,7 +399,7 @@ class MpLauncher(Launcher):
             control, child_control = ctx.Pipe(duplex=True)
             opened += [control, child_control]
             for conn in (control, child_control):   # big jobs cross in fewer round trips
-                _grow_buffers(conn.fileno())
+                grow_buffers(conn.fileno())
             out_r, out_w = ctx.Pipe(duplex=False)
             opened += [out_r, out_w]
             err_r, err_w = ctx.Pipe(duplex=False)
@@ -422,14 +413,21 @@ class MpLauncher(Launcher):
             # A handler given as a value may come from the parent's __main__: keep the fixup.
             name = f"{CHILD_NAME}-value" if isinstance(target, ValueTarget) else CHILD_NAME
             process = ctx.Process(target=child_main, args=(spec,), name=name, daemon=True)
-            warm_env = {WARM_ENV: self.warm_key} if self.warm_key else {}
+            if settings.child_user:        # one clear setup failure, before anything runs
+                hardening.check_user(settings.child_user)
+            # What a forkserver starting now reads, before it imports anything.
+            rights = json.dumps({"keep": list(settings.child_keep_caps),
+                                 "user": settings.child_user})
+            template_env = {RIGHTS_ENV: rights}
+            if self.warm_key:
+                template_env[WARM_ENV] = self.warm_key
             if self.guarded:
-                warm_env[AUTO_PRELOAD_ENV] = ",".join(self.guarded)
+                template_env[AUTO_PRELOAD_ENV] = ",".join(self.guarded)
             forked = self.method == "forkserver"
-            with _start_lock, without_secrets(warm_env):
-                _headroom()
+            with _start_lock, without_secrets(template_env):
+                headroom()
                 if forked:
-                    self._ensure_server()
+                    self._ensure_server(rights)
                 process.start()
                 if forked:
                     # Its exit report is ours to read: multiprocess must not poll it.

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..config import Settings
 from ..version import __version__
-from . import local_api
+from . import listen, local_api
 from .host import SourceHost
 
 
@@ -22,13 +22,17 @@ def serve(settings: Settings, target) -> int:
     port = settings.port
     health = settings.port_health or port
     settings = dataclasses.replace(settings, api_host="0.0.0.0", api_port=port)
+    sockets = listen.bind_or_say(settings.api_host, settings.api_port, "worker")
+    if sockets is None:
+        return 1
     host = SourceHost(settings, target)
-    app = local_api.create_app(settings, balanced=True, host=host)
+    app = local_api.create_app(settings, balanced=True, host=host,
+                               exposed=listen.beyond_loopback(sockets))
     if health != port:
         start_ping_server(health, lambda: host.sup.status)
     print(f"--- gpu-worker {__version__} | load-balancing mode: job routes on 0.0.0.0:{port}, "
           f"GET /ping on 0.0.0.0:{health} ---", file=sys.stderr, flush=True)
-    return local_api.run_server(app, settings, host)
+    return local_api.run_server(app, settings, host, sockets)
 
 
 def start_ping_server(port: int, status, host: str = "0.0.0.0") -> ThreadingHTTPServer:

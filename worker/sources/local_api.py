@@ -29,7 +29,7 @@ from ..parent.metrics import CONTENT_TYPE
 from ..parent.supervisor import Supervisor, WorkerState
 from ..version import __version__
 from .host import SourceHost
-from . import reloader, webhook_post
+from . import listen, reloader, webhook_post
 from .job_store import JobStore, QueueFull
 
 log = logging.getLogger("worker.api")
@@ -182,10 +182,12 @@ async def _json(send, code: int, body: dict):
 
 
 def create_app(settings: Settings, target=None, supervisor: Supervisor | None = None,
-               balanced: bool = False, host: SourceHost | None = None) -> FastAPI:
+               balanced: bool = False, host: SourceHost | None = None,
+               exposed: bool = True) -> FastAPI:
     """The API; `balanced` (load-balancing mode) keeps no queue: a job beyond what the
     child takes now is refused at once (429). `host`: the source host serve() made (it
-    owns the signals); else one is made when the app starts."""
+    owns the signals); else one is made when the app starts. `exposed`: it listens beyond
+    loopback (the sockets bound say; unknown counts as yes): the webhook guard's "auto"."""
     state: dict = {}
 
     @contextlib.asynccontextmanager
@@ -196,7 +198,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
             if balanced else None
         store = JobStore(sup, asyncio.get_running_loop(), settings.result_ttl, settings.worker_id,
                          settings.api_queue_jobs, int(settings.api_queue_mb * 2**20), capacity,
-                         webhook_post.Policy(settings))
+                         webhook_post.Policy(settings, exposed))
         state.update(sup=sup, store=store)
         if settings.reload:
             state["reloader"] = reloader.Reloader(sup, reloader.code_path(sup.target),
@@ -405,21 +407,24 @@ async def _sweep(store: JobStore, ttl: float) -> None:
 
 
 def serve(settings: Settings, target) -> int:
+    sockets = listen.bind_or_say(settings.api_host, settings.api_port, "worker")
+    if sockets is None:
+        return 1
     host = SourceHost(settings, target)
-    app = create_app(settings, host=host)
-    address = f"http://{settings.api_host}:{settings.api_port}"
-    auth = f" -H 'Authorization: Bearer {settings.api_token}'" if settings.api_token else ""
+    app = create_app(settings, host=host, exposed=listen.beyond_loopback(sockets))
+    address = listen.url(sockets)
+    auth = " -H 'Authorization: Bearer $WORKER_API_TOKEN'" if settings.api_token else ""
     print(f"--- gpu-worker {__version__} | local API on {address} (docs: {address}/docs) ---\n"
           f"try: curl -s -X POST {address}/runsync{auth} "
           f"-H 'Content-Type: application/json' -d '{_example_body()}'",
           file=sys.stderr, flush=True)
-    return run_server(app, settings, host)
+    return run_server(app, settings, host, sockets)
 
 
-def run_server(app: FastAPI, settings: Settings, host: SourceHost) -> int:
-    """uvicorn, with the process's signals left to the source host: a first SIGTERM or
-    SIGINT ends the server gracefully (the app's shutdown stops the supervisor within
-    WORKER_SHUTDOWN_GRACE), a second stops at once."""
+def run_server(app: FastAPI, settings: Settings, host: SourceHost, sockets: list) -> int:
+    """uvicorn on `sockets`, with the process's signals left to the source host: a first
+    SIGTERM or SIGINT ends the server gracefully (the app's shutdown stops the supervisor
+    within WORKER_SHUTDOWN_GRACE), a second stops at once."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -436,5 +441,5 @@ def run_server(app: FastAPI, settings: Settings, host: SourceHost) -> int:
     host.handle_signals(lambda name: setattr(server, "should_exit", True),
                         f"the server stops; running jobs have {settings.shutdown_grace:g}s "
                         "to finish")
-    server.run()
+    server.run(sockets=sockets)
     return 0

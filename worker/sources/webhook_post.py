@@ -24,7 +24,6 @@ from ..config import Settings
 from ..serverless.utils.rp_ssrf import Pinned, is_safe_address
 
 ANSWER_CAP = 64 * 1024
-LOOPBACK = ("127.0.0.1", "localhost", "::1", "")
 
 
 class WebhookRefused(Exception):
@@ -33,9 +32,11 @@ class WebhookRefused(Exception):
 
 
 class Policy:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, exposed: bool):
+        """`exposed`: the API listens beyond loopback (listen.beyond_loopback of the
+        sockets it bound), which turns an "auto" guard on."""
         guard = settings.webhook_guard
-        self.check = guard == "on" or (guard == "auto" and settings.api_host not in LOOPBACK)
+        self.check = guard == "on" or (guard == "auto" and exposed)
         self.hosts, self.networks = set(), []
         for item in settings.webhook_allow:
             try:
