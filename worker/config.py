@@ -163,9 +163,11 @@ class Settings:
                               "`Authorization: Bearer <token>`.", config=False)
     webhook_guard: str = _setting("auto", ("WORKER_WEBHOOK_GUARD",), None,
                                   "Local API webhooks go to public addresses only (the "
-                                  "download guard's rule): on, off, or auto (on when the API "
-                                  "listens beyond loopback: load-balancing and realtime "
-                                  "modes, or a WORKER_API_HOST of 0.0.0.0).", config=False)
+                                  "download guard's rule): on, off, or auto (on when a socket "
+                                  "the API bound takes connections from beyond loopback: "
+                                  "load-balancing and realtime modes, or WORKER_API_HOST="
+                                  "0.0.0.0; 127.0.0.2 or localhost keep it off).",
+                                  config=False)
     webhook_allow: tuple = _setting((), ("WORKER_WEBHOOK_ALLOW",), None,
                                     "Webhook receivers allowed although private: host names "
                                     "or CIDRs, comma-separated (in-cluster services).",
