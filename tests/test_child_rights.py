@@ -60,3 +60,37 @@ def test_a_warm_import_runs_with_a_childs_rights(tmp_path, user):
     assert out["uid"] == (65534 if user else 0), out
     for name in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"):
         assert not int(out["caps"][name], 16) & READERS, (name, out["caps"])
+
+
+def test_what_runs_at_the_forkservers_start_has_no_reading_capability(tmp_path):
+    """Code that runs when the forkserver's interpreter starts, before any of the worker's
+    modules (a sitecustomize on PYTHONPATH here; a package's .pth file, or a module a root
+    child wrote where the interpreter looks, would run the same way): the worker starts
+    every program without SYS_PTRACE, SYS_ADMIN and PERFMON, so it has none of them."""
+    import json
+    import os
+    site = tmp_path / "site"
+    site.mkdir()
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import json, os\n"
+        "caps = {k: v.strip() for k, v in (l.split(':', 1) for l in "
+        "open('/proc/self/status')) if k.startswith('Cap')}\n"
+        "argv = open('/proc/self/cmdline', 'rb').read().replace(b'\\0', b' ').decode()\n"
+        f"open(os.path.join({str(seen)!r}, str(os.getpid())), 'w').write("
+        "json.dumps({'caps': caps, 'argv': argv}))\n")
+    path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with FakeRunPod(long_poll=0.3) as q:
+        w = Worker(q, "hunter.py", tmp_path, PYTHONPATH=path)
+        try:
+            q.add_jobs([{"id": "one", "input": {"values": ["nothing"]}}])
+            q.wait_final(["one"], 60)
+        finally:
+            assert w.stop() == 0, w.text()
+    starts = [json.loads(p.read_text()) for p in seen.iterdir()]
+    forkservers = [s for s in starts if "forkserver" in s["argv"]]
+    assert forkservers, [s["argv"] for s in starts]
+    for start in forkservers:
+        for name in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"):
+            assert not int(start["caps"][name], 16) & READERS, (name, start)

@@ -89,6 +89,35 @@ def drop_readers(keep: tuple = ()) -> str | None:
     return why
 
 
+def bound_execs(keep: tuple = ()) -> str | None:
+    """Every program this process starts from now on (the forkserver, a spawned child: an
+    interpreter whose start-up runs site-packages' .pth files and the handler folder's
+    modules before any of ours) starts without the capabilities in READERS but `keep`:
+    they leave the bounding, inheritable and ambient sets; this process keeps its own
+    effective and permitted ones. None, or why not all of it could be done."""
+    libc = _libc()
+    if libc is None:
+        return "no libc"
+    why = None
+    for name, cap in READERS.items():
+        if name in keep:
+            continue
+        libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_LOWER, cap, 0, 0)
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and why is None:
+            why = f"bounding set: {os.strerror(ctypes.get_errno())}"
+    header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_Data * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        return why or f"capget: {os.strerror(ctypes.get_errno())}"
+    for name, cap in READERS.items():
+        if name not in keep:
+            word, bit = divmod(cap, 32)
+            data[word].inheritable &= ~(1 << bit) & 0xFFFFFFFF
+    if libc.capset(ctypes.byref(header), data) != 0:
+        return why or f"capset: {os.strerror(ctypes.get_errno())}"
+    return why
+
+
 def account(user: str):
     """`user`'s password entry (a name or a uid); KeyError when there is none."""
     import pwd

@@ -83,6 +83,7 @@ def run_mode(settings: cfg.Settings, target) -> int:
     logs.configure(settings.log_level)
     reaper.become_subreaper()      # a child whose forkserver died is still ours to watch
     hardening.set_dumpable(False)  # our environ (the queue key) needs CAP_SYS_PTRACE to read
+    hardening.bound_execs(settings.child_keep_caps)   # what we start never has them
     queue = bool(settings.runpod_get_job) and settings.test_input is None
     fleet = bool(settings.queue_url) and settings.test_input is None
     balanced = not settings.serve_api and not settings.realtime_port and (
