@@ -214,21 +214,36 @@ def split_tag(line: str) -> tuple[str | None, str]:
     return None, line
 
 
+# The largest frame a reader takes when its owner names no smaller one: a header above a
+# reader's ceiling is a garbled channel, never an allocation.
+FRAME_CEILING = 2**31
+
+
+class FrameTooLarge(ValueError):
+    """A frame header announced more than the reader takes: the channel cannot be trusted
+    (nothing was allocated for it)."""
+
+
 class FrameReader:
     """Reads frames from a socket: small ones through one reusable buffer (a fresh bytes
-    object per read costs an mmap, an mremap and a munmap per message), a large one
-    straight into a buffer of its size, kept for the next large one up to KEEP bytes (a
-    fresh large buffer pays its page faults again; docs/benchmarks.md has the figures). A
-    frame is valid until the next read."""
+    object per read costs an mmap, an mremap and a munmap per message), a large one into a
+    buffer that grows with the bytes that actually arrived (doubling, up to the announced
+    size: a header alone never sizes an allocation), kept for the next large one up to KEEP
+    bytes (a fresh large buffer pays its page faults again; docs/benchmarks.md has the
+    figures). A header above `limit` raises FrameTooLarge. A frame is valid until the next
+    read."""
 
     CHUNK = 256 * 1024
     KEEP = 32 * 2**20
+    FIRST = 4 * CHUNK          # a large frame's first buffer, at most
 
-    def __init__(self):
+    def __init__(self, limit: int = FRAME_CEILING):
+        self.limit = limit
         self._buf = bytearray()           # the start of a frame not complete yet
         self._chunk = bytearray(self.CHUNK)
         self._spare = bytearray()         # the last large frame's buffer, for the next one
-        self._big: memoryview | None = None
+        self._big: bytearray | None = None   # the large frame's buffer while it arrives
+        self._size = 0                    # its announced size
         self._got = 0
         self.drained = False              # the last read was short: the socket is empty
 
@@ -236,29 +251,31 @@ class FrameReader:
         """One read from `fd`: the frames it completed; None at EOF. A non-blocking fd
         with nothing to read raises BlockingIOError."""
         if self._big is not None:
-            view = self._big[self._got:]
+            if self._got == len(self._big):
+                self._grow()
+            view = memoryview(self._big)[self._got:self._size]   # never past the frame
             n = os.readv(fd, [view])
             if n == 0:
                 return None
             self._got += n
             self.drained = n < len(view)
-            if self._got < len(self._big):
+            if self._got < self._size:
                 return []
-            frame, self._big = self._big, None
-            return [frame]
+            big, self._big = self._big, None
+            self._spare = big if len(big) <= self.KEEP else bytearray()
+            return [memoryview(big)[:self._size]]
         n = os.readv(fd, [self._chunk])
         if n == 0:
             return None
         self.drained = n < self.CHUNK
         return self.feed(memoryview(self._chunk)[:n])
 
-    def _large(self, size: int) -> memoryview:
-        if len(self._spare) < size:
-            self._spare = bytearray(size)
-        big = memoryview(self._spare)[:size]
-        if len(self._spare) > self.KEEP:
-            self._spare = bytearray()
-        return big
+    def _grow(self) -> None:
+        """Twice the bytes held so far (at most the announced size), the bytes kept."""
+        old = self._big
+        new = bytearray(min(self._size, max(2 * len(old), self.FIRST)))
+        new[:self._got] = memoryview(old)[:self._got]
+        self._big = new
 
     def feed(self, data) -> list:
         buf = self._buf
@@ -268,11 +285,17 @@ class FrameReader:
         n = len(buf)
         while n - pos >= 4:
             (size,) = _HEADER.unpack_from(buf, pos)
+            if size > self.limit:
+                raise FrameTooLarge(f"a frame header announces {size} bytes, more than the "
+                                    f"{self.limit} this channel takes")
             if n - pos - 4 < size:
-                if size > self.CHUNK:         # the rest goes straight into its own buffer
-                    self._big = self._large(size)
-                    self._got = n - pos - 4
-                    self._big[:self._got] = buf[pos + 4:]
+                if size > self.CHUNK:         # the rest goes into a buffer of its own
+                    got = n - pos - 4
+                    spare, self._spare = self._spare, bytearray()
+                    self._big = spare if len(spare) >= min(size, max(got, self.FIRST)) \
+                        else bytearray(min(size, max(2 * got, self.FIRST)))
+                    self._size, self._got = size, got
+                    self._big[:got] = buf[pos + 4:]
                     pos = n
                 break
             out.append(buf[pos + 4:pos + 4 + size])

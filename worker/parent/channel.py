@@ -71,6 +71,9 @@ class Channel:
                 frames = reader.read_from(self.fd)
             except BlockingIOError:
                 break
+            except P.FrameTooLarge as exc:    # nothing after it can be trusted either
+                messages.append(P.Garbled(None, None, str(exc)))
+                frames = None
             except OSError:
                 frames = None
             if frames is None:
