@@ -4,7 +4,8 @@
 Pass the job id as `extra={"job_id": ...}`; a job that came with a W3C traceparent has
 its trace id in the line too (tracing.TRACES).
 
-Much of what is logged comes from users (ids, URLs, error messages, the child's output),
+No remembered secret is ever in a line (redaction.scrub: the token, the queue's key, URL
+and password). Much of what is logged comes from users (ids, URLs, error messages, the child's output),
 so no text can pass for a line of the worker's own: in the readable form every control
 character is shown escaped except colours (SGR sequences, which tqdm, rich and loguru
 users expect to keep), and a record's second and later lines (a traceback, a message with
@@ -19,6 +20,7 @@ import os
 import re
 import sys
 
+from .redaction import scrub
 from .tracing import TRACES
 
 MAX_MESSAGE = 4096
@@ -60,7 +62,7 @@ class TextFormatter(logging.Formatter):
             head, _, rest = line.partition(" | ")
             trace = TRACES.get(job_id)
             line = f"{head} | {job_id}{f' trace={trace}' if trace else ''} | {rest}"
-        return visible(_clip(line)).replace("\n", "\n    ")
+        return visible(_clip(scrub(line))).replace("\n", "\n    ")
 
 
 class JsonFormatter(logging.Formatter):
@@ -69,7 +71,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             message += "\n" + self.formatException(record.exc_info)
         job_id = getattr(record, "job_id", None)
-        line = {"requestId": job_id, "message": _clip(message),
+        line = {"requestId": job_id, "message": _clip(scrub(message)),
                 "level": _SDK_NAMES.get(record.levelname, record.levelname)}
         trace = TRACES.get(job_id) if job_id else None
         if trace:

@@ -3,8 +3,9 @@ printed; the server checks a worker or gateway makes once."""
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
+from .. import redaction
 from ..config import Settings, SettingsError
 from .keys import GROUP, HOOK_GROUP
 
@@ -12,21 +13,6 @@ log = logging.getLogger("worker.fleet")
 
 CONNECT_TIMEOUT_S = 5.0
 SOCKET_TIMEOUT_S = 10.0        # above the longest blocking read (BLOCK 1 s, BLPOP <= 5 s)
-
-
-def redact(url: str) -> str:
-    """The URL for a log line: the password (and a user's name) replaced."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None and parts.username is None:
-            return url
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = "***@" + host + (f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    except ValueError:
-        return "(a queue URL that cannot be read)"
 
 
 def password(settings: Settings) -> str | None:
@@ -46,9 +32,10 @@ def options(settings: Settings, for_asyncio: bool = False) -> dict:
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss"):
         raise SettingsError(f"WORKER_QUEUE_URL must be a redis:// or rediss:// URL, not "
-                            f"{redact(url)!r}")
+                            f"{redaction.url(url)!r}")
     extra = {}
     secret = password(settings)
+    redaction.remember(url, secret)
     if secret is not None:
         extra["password"] = secret
     import redis

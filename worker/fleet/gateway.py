@@ -20,7 +20,7 @@ import time
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
-from .. import logs
+from .. import logs, redaction
 from ..config import Settings, SettingsError
 from ..jobs import JobState
 from ..sources import listen
@@ -215,13 +215,14 @@ def main(argv: list) -> int:
         print(f"worker gateway: error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    redaction.remember(settings.api_token, settings.queue_url)   # never in a line we write
     import uvicorn
     sockets = listen.bind_or_say(settings.api_host, settings.api_port, "worker gateway")
     if sockets is None:
         return 1
     address = listen.url(sockets)
     print(f"--- gpu-worker {__version__} | gateway on {address} for "
-          f"{', '.join(k.endpoint for k in served)} on {connect.redact(settings.queue_url)} "
+          f"{', '.join(k.endpoint for k in served)} on {redaction.url(settings.queue_url)} "
           f"({time.strftime('%H:%M:%S')}) ---", file=sys.stderr, flush=True)
     class Server(uvicorn.Server):          # SIGTERM ends it cleanly, exit 0
         def capture_signals(self):

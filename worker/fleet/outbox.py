@@ -15,6 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from .. import redaction
 from ..config import Settings
 from ..sources import webhook_post
 from . import records
@@ -96,7 +97,7 @@ class Outbox:
         url = fields.get(b"url", b"").decode("utf-8", "replace")
         rec = self.r.hgetall(self.keys.job(job_id))
         if not rec or b"final" not in rec:
-            log.warning("webhook %s not sent: the job's record has expired", url,
+            log.warning("webhook %s not sent: the job's record has expired", redaction.url(url),
                         extra={"job_id": job_id})
             return
         payload = records.view(job_id, rec)
@@ -113,21 +114,21 @@ class Outbox:
                     return
                 if status < 500:
                     self.metrics.post("webhook", "refused")
-                    log.warning("webhook %s refused: HTTP %d", url, status,
+                    log.warning("webhook %s refused: HTTP %d", redaction.url(url), status,
                                 extra={"job_id": job_id})
                     return
             except webhook_post.WebhookRefused as exc:
                 self.metrics.post("webhook", "refused")
-                log.warning("webhook %s not sent: %s", url, exc, extra={"job_id": job_id})
+                log.warning("webhook %s not sent: %s", redaction.url(url), exc, extra={"job_id": job_id})
                 return
             except OSError as exc:
-                log.warning("webhook %s failed: %s", url, exc, extra={"job_id": job_id})
+                log.warning("webhook %s failed: %s", redaction.url(url), exc, extra={"job_id": job_id})
             except Exception as exc:        # noqa: BLE001 - http.client's own errors
-                log.warning("webhook %s failed: %s: %s", url, type(exc).__name__, exc,
+                log.warning("webhook %s failed: %s: %s", redaction.url(url), type(exc).__name__, exc,
                             extra={"job_id": job_id})
             if attempt + 1 < TRIES:
                 self.metrics.post("webhook", "retry")
                 self.stopping.wait(0.5 * 2 ** attempt)
         self.metrics.post("webhook", "undelivered")
-        log.error("webhook %s not delivered after %d tries", url, TRIES,
+        log.error("webhook %s not delivered after %d tries", redaction.url(url), TRIES,
                   extra={"job_id": job_id})

@@ -7,7 +7,7 @@ import os
 import sys
 
 from .. import config as cfg
-from .. import hardening, logs
+from .. import hardening, logs, redaction
 from ..targets import ScriptTarget
 from ..version import __version__
 from . import reaper
@@ -84,6 +84,8 @@ def run_mode(settings: cfg.Settings, target) -> int:
     reaper.become_subreaper()      # a child whose forkserver died is still ours to watch
     hardening.set_dumpable(False)  # our environ (the queue key) needs CAP_SYS_PTRACE to read
     hardening.bound_execs(settings.child_keep_caps)   # what we start never has them
+    redaction.remember(settings.api_token, settings.queue_url,
+                       os.environ.get("RUNPOD_AI_API_KEY"))     # never in a line we write
     queue = bool(settings.runpod_get_job) and settings.test_input is None
     fleet = bool(settings.queue_url) and settings.test_input is None
     balanced = not settings.serve_api and not settings.realtime_port and (

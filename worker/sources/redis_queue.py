@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from .. import redaction
 from ..config import Settings, SettingsError
 from ..fleet import connect, records
 from ..fleet.keys import CHUNKS_MAX, DEAD_MAX, GROUP, RELEASED, Keys
@@ -104,7 +105,7 @@ class RedisQueueSource(JobListener):
     # --- running ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        where = connect.redact(self.settings.queue_url)
+        where = redaction.url(self.settings.queue_url)
         self.host.handle_signals(lambda name: self.stopping.set(),
                                  f"no new jobs; running jobs have "
                                  f"{self.settings.shutdown_grace:g}s to finish, the rest "

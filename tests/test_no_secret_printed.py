@@ -1,0 +1,79 @@
+"""No secret is printed or returned (issue 36): everything the worker and the gateway
+write — banners, DEBUG logs, webhook failures, /health, /metrics — in each mode, searched
+for every secret they were given: WORKER_API_TOKEN, RUNPOD_AI_API_KEY, the queue's
+password (in the URL's user info, and in its query, which the client library accepts),
+and a client's credential in a webhook URL's query."""
+import uuid
+
+import pytest
+import requests
+
+from tests.fake_runpod import FakeRunPod
+from tests.fleet_support import NO_REDIS, REDIS, Gateway, RedisServer, start_worker
+from tests.support import Worker
+
+
+def _secret(name):
+    return f"{name}-{uuid.uuid4().hex}"
+
+
+def _clean(text, secrets):
+    return [s for s in secrets if s in text]
+
+
+def test_the_local_api_prints_no_secret(server):
+    token, key, client = _secret("token"), _secret("key"), _secret("client")
+    s = server("edges.py", WORKER_API_TOKEN=token, RUNPOD_AI_API_KEY=key,
+               WORKER_LOG_LEVEL="DEBUG")
+    auth = {"Authorization": f"Bearer {token}"}
+    # A receiver that refuses connections: its URL, credential included, is logged.
+    s.post("/run", {"input": {"do": "echo"}, "webhook": f"http://127.0.0.1:9/h?token={client}"
+                    f"&x=1#secret={client}"}, headers=auth)
+    answers = [s.get("/health").text, s.get("/metrics", headers=auth).text,
+               s.get("/openapi.json", headers=auth).text]
+    deadline_log = s.log.read_text
+    import time
+    deadline = time.monotonic() + 30
+    while "webhook" not in deadline_log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = s.log.read_text()
+    assert "webhook http://127.0.0.1:9/h?token=***" in log, log[-2000:]
+    assert "Bearer $WORKER_API_TOKEN" in log
+    for text in (log, *answers):
+        assert _clean(text, (token, key, client)) == [], text[-2000:]
+
+
+def test_the_runpod_worker_prints_no_secret(tmp_path):
+    token, key = _secret("token"), _secret("key")
+    with FakeRunPod(long_poll=0.3, api_key=key) as q:
+        w = Worker(q, "edges.py", tmp_path, WORKER_API_TOKEN=token, WORKER_LOG_LEVEL="DEBUG")
+        try:
+            q.add_jobs([{"id": "a", "input": {"do": "echo"}}])
+            q.wait_final(["a"], 60)
+        finally:
+            assert w.stop() == 0, w.text()
+    assert _clean(w.text(), (token, key)) == [], w.text()
+
+
+@pytest.mark.skipif(REDIS is None, reason=NO_REDIS)
+@pytest.mark.parametrize("where", ["user info", "query"])
+def test_the_fleet_prints_no_queue_password(tmp_path, where):
+    password, token = _secret("pw"), _secret("token")
+    srv = RedisServer(tmp_path / "redis", password=password)
+    url = srv.url if where == "user info" else \
+        f"redis://127.0.0.1:{srv.port}/0?password={password}"
+    try:
+        gw = Gateway(srv, "sec", tmp_path, WORKER_QUEUE_URL=url, WORKER_LOG_LEVEL="DEBUG",
+                     WORKER_API_TOKEN=token)
+        w = start_worker(srv, "sec", tmp_path, WORKER_QUEUE_URL=url, WORKER_LOG_LEVEL="DEBUG")
+        auth = {"Authorization": f"Bearer {token}"}
+        done = gw.post("/runsync", {"input": {}}, headers=auth).json()
+        assert done["status"] == "COMPLETED", done
+        answers = [requests.get(gw.url + path, headers=auth, timeout=30).text
+                   for path in ("/health", "/metrics", "/sec/health")]
+        assert w.stop() == 0 and gw.stop() == 0
+        for text in (w.text(), gw.text(), *answers):
+            assert _clean(text, (password, token)) == [], text[-2000:]
+        assert "127.0.0.1" in gw.text()
+    finally:
+        srv.close()

@@ -1,0 +1,74 @@
+"""No secret is printed: one rule for every URL and every line the worker or the gateway
+writes.
+
+- A URL keeps its scheme, host, port and path; its user info becomes `***@`, and every
+  query parameter or fragment whose name says it carries a credential (password, token,
+  key, secret, auth, signature...) keeps its name and loses its value (`url`).
+- The worker's own secrets — WORKER_API_TOKEN, RUNPOD_AI_API_KEY, the queue's URL and
+  password — are known values: `remember` them once, and `scrub` replaces each wherever it
+  appears in a line (every log line: logs.py's formatters; a banner; an error body),
+  however it got there.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+
+MASK = "***"
+CREDENTIAL = re.compile(r"pass|pwd|token|key|secret|auth|cred|sig|session|cookie", re.I)
+_SECRETS: set = set()
+_lock = threading.Lock()
+SHORTEST = 4          # shorter values would mask ordinary words
+
+
+def url(text: str) -> str:
+    """`text` (a URL) without its credentials."""
+    try:
+        parts = urlsplit(text)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = f"{MASK}@" + netloc.rpartition("@")[2]
+        query = parts.query
+        if query:
+            query = "&".join(f"{quote(k, safe='')}={MASK if CREDENTIAL.search(k) else quote(v, safe='')}"
+                             for k, v in parse_qsl(query, keep_blank_values=True))
+        fragment = MASK if parts.fragment and CREDENTIAL.search(parts.fragment) \
+            else parts.fragment
+        return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+    except ValueError:
+        return "(a URL that cannot be read)"
+
+
+def remember(*values) -> None:
+    """Values that must never be printed (empty and very short ones are ignored)."""
+    with _lock:
+        for value in values:
+            if isinstance(value, str) and len(value) >= SHORTEST:
+                _SECRETS.add(value)
+                if "://" in value:           # a URL's password and its parameters too
+                    _remember_url_parts(value)
+
+
+def _remember_url_parts(value: str) -> None:
+    try:
+        parts = urlsplit(value)
+        for part in (parts.password, parts.username if parts.password is None else None):
+            if part and len(part) >= SHORTEST:
+                _SECRETS.add(part)
+        for key, val in parse_qsl(parts.query):
+            if CREDENTIAL.search(key) and len(val) >= SHORTEST:
+                _SECRETS.add(val)
+    except ValueError:
+        pass
+
+
+def scrub(text: str) -> str:
+    """`text` with every remembered secret replaced."""
+    secrets = _SECRETS
+    if not secrets:
+        return text
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
