@@ -94,3 +94,116 @@ def test_what_runs_at_the_forkservers_start_has_no_reading_capability(tmp_path):
     for start in forkservers:
         for name in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"):
             assert not int(start["caps"][name], 16) & READERS, (name, start)
+
+
+ASK_AS = """
+import json, os, sys
+sys.path.insert(0, sys.argv[4])
+want = int(sys.argv[3])
+if os.getpid() != want:
+    print(json.dumps({"reused": False})); sys.exit(0)
+from forkserver_ask import ask
+print(json.dumps({"reused": True, **ask(sys.argv[1], "plain", sys.argv[2], os.getpid())}))
+"""
+
+
+def test_once_the_worker_is_dead_its_pid_opens_no_door(tmp_path):
+    """A process the worker's child left behind keeps the forkserver alive after the worker
+    died (it holds the forkserver's "alive" pipe), and a process that takes the dead
+    worker's pid asks it for a process: refused (the forkserver was adopted, so the pid is
+    not its parent's any more). The pid is taken for real: ns_last_pid set just below it."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    import psutil
+    handlers = str(Path(__file__).parent / "handlers")
+    last_pid = Path("/proc/sys/kernel/ns_last_pid")
+    if not os.access(last_pid, os.W_OK):
+        pytest.skip("ns_last_pid is not writable here: a pid cannot be taken on purpose")
+    with FakeRunPod(long_poll=0.3) as q:
+        w = Worker(q, "alive_holder.py", tmp_path)
+        q.add_jobs([{"id": "hold", "input": {}}])
+        out = q.wait_final(["hold"], 60)["hold"]["output"]
+        assert isinstance(out["holder"], int) and out["holder"] > 1, out
+        holder = psutil.Process(out["holder"])
+        forkserver = [p for p in psutil.Process(w.proc.pid).children()
+                      if "forkserver" in " ".join(p.cmdline())]
+        os.kill(w.proc.pid, signal.SIGKILL)
+        w.proc.wait(30)
+    marker = tmp_path / "marker"
+    try:
+        assert out["worker"] == w.proc.pid and out["addresses"] and forkserver, out
+        result = {"reused": False}
+        for _ in range(50):
+            last_pid.write_text(str(w.proc.pid - 1))
+            ran = subprocess.run([sys.executable, "-c", ASK_AS, out["addresses"][0],
+                                  str(marker), str(w.proc.pid), handlers],
+                                 capture_output=True, text=True, timeout=60)
+            result = json.loads(ran.stdout or "{}") or {"reused": False}
+            if result["reused"]:
+                break
+        assert result["reused"], "the dead worker's pid could not be taken"
+        assert forkserver[0].is_running(), "the forkserver did not outlive the worker"
+        assert result["pid"] is None and not marker.exists(), result
+    finally:
+        for proc in (holder, *forkserver):
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+
+
+SHADOW = '''
+import json, os, sys
+here = os.path.dirname(os.path.abspath(__file__))
+with open("/proc/self/status") as f:
+    caps = [l.split()[1] for l in f if l.startswith("CapEff")][0]
+with open(os.path.join(here, "ran.jsonl"), "a") as f:
+    f.write(json.dumps({"pid": os.getpid(), "uid": os.getuid(), "caps": caps,
+                        "secret": any(v.startswith("hunted-secret-")
+                                      for v in os.environ.values())}) + "\\n")
+del sys.modules[__name__]
+saved = sys.path[:]
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+try:
+    import multiprocess as real
+finally:
+    sys.path[:] = saved
+sys.modules[__name__] = real
+'''
+
+
+def test_files_beside_the_handler_never_run_with_more_than_a_childs_rights(tmp_path):
+    """A `multiprocess.py` shipped beside the handler, in the folder the worker starts in
+    (`cd handler && python -m worker handler.py`, as the docs show): the worker and the
+    forkserver import the real one (the worker runs with -P), so the shadow never runs
+    where the secrets or the capabilities that read them are."""
+    import json
+    import subprocess
+    import sys
+    folder = tmp_path / "app"
+    folder.mkdir()
+    (folder / "multiprocess.py").write_text(SHADOW)
+    (folder / "handler.py").write_text(
+        "import worker\nworker.start({'handler': lambda job: 'ok'})\n")
+    token = f"hunted-secret-{uuid.uuid4()}"
+    with FakeRunPod(long_poll=0.3) as q:
+        env = {**__import__("os").environ, **q.env(), "WORKER_API_TOKEN": token,
+               "WORKER_STOP_GRACE": "1", "WORKER_WARM_REFRESH": "true"}
+        log = tmp_path / "worker.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "worker", "handler.py"], cwd=folder,
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            q.add_jobs([{"id": "a", "input": {}}])
+            assert q.wait_final(["a"], 60)["a"]["output"] == "ok", log.read_text()
+        finally:
+            proc.terminate()
+            assert proc.wait(60) == 0, log.read_text()
+    ran = [json.loads(line) for line in (folder / "ran.jsonl").read_text().splitlines()] \
+        if (folder / "ran.jsonl").exists() else []
+    for where in ran:
+        assert not where["secret"] and not int(where["caps"], 16) & READERS, ran

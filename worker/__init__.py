@@ -5,7 +5,11 @@ When a handler script run as `python handler.py` imports it at its top, the proc
 over to the worker's entry point right here, before the script's own code runs
 (handover.py).
 """
-from . import handover as _handover
+from . import safe_path as _safe_path
+
+_safe_path.ensure()       # before any import a file beside the handler could shadow
+
+from . import handover as _handover  # noqa: E402
 
 _handover.hand_over_early()
 

@@ -270,8 +270,9 @@ class Settings:
                                 "/{id}/realtime (the SDK's realtime route).", config=False)
     child_keep_caps: tuple = _setting((), ("WORKER_CHILD_KEEP_CAPS",), None,
                                       "Capabilities the child keeps although they could read "
-                                      "the parent's secrets (SYS_PTRACE, SYS_ADMIN, PERFMON; "
-                                      "comma-separated): e.g. SYS_ADMIN for GPU performance "
+                                      "the parent's secrets (SYS_PTRACE, SYS_ADMIN, PERFMON, "
+                                      "SYS_MODULE, SYS_RAWIO, BPF; comma-separated): e.g. "
+                                      "SYS_ADMIN for GPU performance "
                                       "counters (Nsight Compute) where the driver restricts "
                                       "profiling to admins.", config=False)
     child_user: str = _setting("", ("WORKER_CHILD_USER",), None,

@@ -119,8 +119,10 @@ def reexec(script: str, args: list) -> None:
     import subprocess
     _end_own_children()
     _stdin_for_the_rerun()
-    argv = [sys.executable, *subprocess._args_from_interpreter_flags(), "-m", "worker",
-            script, *args]
+    flags = subprocess._args_from_interpreter_flags()
+    if sys.version_info >= (3, 11) and "-P" not in flags:
+        flags.append("-P")               # the worker's own rule (safe_path.py), at once
+    argv = [sys.executable, *flags, "-m", "worker", script, *args]
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

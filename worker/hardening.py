@@ -29,8 +29,10 @@ import os
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_LOWER = 47, 3
-# What reads another process's /proc/<pid>/environ despite its being non-dumpable.
-READERS = {"SYS_PTRACE": 19, "SYS_ADMIN": 21, "PERFMON": 38}
+# What reads another process's /proc/<pid>/environ despite its being non-dumpable, and
+# what reads any memory past every rule: a kernel module, /dev/mem and /proc/kcore, BPF.
+READERS = {"SYS_PTRACE": 19, "SYS_ADMIN": 21, "PERFMON": 38, "SYS_MODULE": 16,
+           "SYS_RAWIO": 17, "BPF": 39}
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,3 +85,14 @@ def warm_key(target) -> str | None:
     else:
         return None
     return json.dumps({"kind": kind, "where": where, "argv": list(target.argv)}, sort_keys=True)
+
+
+def child_path(path: list) -> list:
+    """A child's import path: the parent's, with the working folder first, as `python -m
+    worker` gives without -P (safe_path.py keeps it off the parent's own path)."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return list(path)
+    return list(path) if not getattr(sys.flags, "safe_path", False) or cwd in path \
+        else [cwd, *path]

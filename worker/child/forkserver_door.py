@@ -37,7 +37,9 @@ class GuardedListener(socket.socket):
                 socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
         except OSError:
             pid, uid = -1, -1
-        if pid == PARENT:
+        # The worker's pid, while the worker lives: once it has died (this process was
+        # adopted: getppid changed), its pid may be taken by anyone.
+        if pid == PARENT and os.getppid() == PARENT:
             return conn, address
         conn.close()
         _refused(pid, uid)

@@ -12,6 +12,7 @@ child's rights (the parent checks the user before it starts one, so this is a la
 resort)."""
 import json
 import os
+import sys
 
 from .. import hardening
 from ..targets import RIGHTS_ENV
@@ -23,3 +24,12 @@ except BaseException as exc:     # noqa: B902 - fail closed
     os.write(2, f"gpu-worker: the forkserver could not take a child's rights "
                 f"({type(exc).__name__}: {exc}); it exits\n".encode())
     os._exit(1)
+
+# Started with -P (safe_path.py): the working folder joins the path only now, with a
+# child's rights, for the modules the user named that live there.
+if getattr(sys.flags, "safe_path", False):
+    try:
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+    except OSError:
+        pass

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 
 import multiprocess
@@ -27,7 +28,7 @@ from .. import hardening
 from ..child.boot import child_main
 from ..config import Settings
 from ..targets import (AUTO_PRELOAD_ENV, RIGHTS_ENV, WARM_ENV, ChildSpec, ValueTarget,
-                       warm_key)
+                       child_path, warm_key)
 from . import reaper
 from .launcher import (ALIVE, EXITED, PENDING, ChildProcess, ExitWatch, Launcher,
                        child_settings, grow_buffers, headroom, passed_env, readable,
@@ -123,6 +124,8 @@ def _without_main(name: str) -> dict:
     if name == CHILD_NAME:
         data.pop("init_main_from_path", None)
         data.pop("init_main_from_name", None)
+    if name.startswith(CHILD_NAME):
+        data["sys_path"] = child_path(data.get("sys_path", sys.path))
     return data
 
 
