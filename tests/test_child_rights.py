@@ -157,53 +157,65 @@ def test_once_the_worker_is_dead_its_pid_opens_no_door(tmp_path):
 
 
 SHADOW = '''
-import json, os, sys
+import os, sys
 here = os.path.dirname(os.path.abspath(__file__))
 with open("/proc/self/status") as f:
     caps = [l.split()[1] for l in f if l.startswith("CapEff")][0]
-with open(os.path.join(here, "ran.jsonl"), "a") as f:
-    f.write(json.dumps({"pid": os.getpid(), "uid": os.getuid(), "caps": caps,
-                        "secret": any(v.startswith("hunted-secret-")
-                                      for v in os.environ.values())}) + "\\n")
-del sys.modules[__name__]
+secret = any(v.startswith("hunted-secret-") for v in os.environ.values())
+with open(os.path.join(here, "ran.txt"), "a") as f:
+    f.write(f"{__name__} {os.getpid()} {os.getuid()} {caps} {secret}\\n")
+name = __name__
+del sys.modules[name]
 saved = sys.path[:]
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
 try:
-    import multiprocess as real
+    real = __import__(name)
 finally:
     sys.path[:] = saved
-sys.modules[__name__] = real
+sys.modules[name] = real
 '''
+SHADOWED = ("multiprocess", "psutil", "ast", "zipfile", "subprocess", "uvicorn", "json")
 
 
-def test_files_beside_the_handler_never_run_with_more_than_a_childs_rights(tmp_path):
-    """A `multiprocess.py` shipped beside the handler, in the folder the worker starts in
-    (`cd handler && python -m worker handler.py`, as the docs show): the worker and the
-    forkserver import the real one (the worker runs with -P), so the shadow never runs
-    where the secrets or the capabilities that read them are."""
-    import json
+@pytest.mark.parametrize("how", ["-m worker", "-mworker", "python handler.py",
+                                 "PYTHONPATH trailing colon"])
+def test_files_beside_the_handler_never_run_with_more_than_a_childs_rights(tmp_path, how):
+    """Modules shipped beside the handler, in the folder the worker starts in (`cd app &&
+    python -m worker handler.py`, as the docs show), named like modules the worker and its
+    hand-over import: none runs where the secrets or the capabilities that read them are —
+    the worker runs with -P (re-executed at once, however -m was spelt; `python
+    handler.py` hands over importing nothing a file there could shadow; a PYTHONPATH's
+    empty entry dropped). A child may import them: it has a child's rights."""
+    import os
     import subprocess
     import sys
     folder = tmp_path / "app"
     folder.mkdir()
-    (folder / "multiprocess.py").write_text(SHADOW)
+    for name in SHADOWED:
+        (folder / f"{name}.py").write_text(SHADOW)
     (folder / "handler.py").write_text(
         "import worker\nworker.start({'handler': lambda job: 'ok'})\n")
     token = f"hunted-secret-{uuid.uuid4()}"
+    args = {"-m worker": ["-m", "worker", "handler.py"], "-mworker": ["-mworker", "handler.py"],
+            "python handler.py": ["handler.py"],
+            "PYTHONPATH trailing colon": ["-m", "worker", "handler.py"]}[how]
     with FakeRunPod(long_poll=0.3) as q:
-        env = {**__import__("os").environ, **q.env(), "WORKER_API_TOKEN": token,
+        env = {**os.environ, **q.env(), "WORKER_API_TOKEN": token,
                "WORKER_STOP_GRACE": "1", "WORKER_WARM_REFRESH": "true"}
+        if how == "PYTHONPATH trailing colon":
+            env["PYTHONPATH"] = str(tmp_path / "nothing") + ":"
         log = tmp_path / "worker.log"
         with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "worker", "handler.py"], cwd=folder,
-                                    env=env, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen([sys.executable, *args], cwd=folder, env=env,
+                                    stdout=out, stderr=subprocess.STDOUT)
         try:
             q.add_jobs([{"id": "a", "input": {}}])
             assert q.wait_final(["a"], 60)["a"]["output"] == "ok", log.read_text()
         finally:
             proc.terminate()
             assert proc.wait(60) == 0, log.read_text()
-    ran = [json.loads(line) for line in (folder / "ran.jsonl").read_text().splitlines()] \
-        if (folder / "ran.jsonl").exists() else []
-    for where in ran:
-        assert not where["secret"] and not int(where["caps"], 16) & READERS, ran
+    ran = (folder / "ran.txt").read_text().splitlines() if (folder / "ran.txt").exists() \
+        else []
+    for line in ran:
+        name, pid, uid, caps, secret = line.split()
+        assert secret == "False" and not int(caps, 16) & READERS, (ran, log.read_text())

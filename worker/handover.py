@@ -8,11 +8,9 @@ replaced. So the first `import worker` checks: is this interpreter running a scr
 does it call `serverless.start(...)`? Then the process re-executes at once, and the
 script runs exactly once, as `__main__`, in the worker's child.
 
-Import-light on purpose: it runs inside `import worker`.
+Import-light on purpose: it runs inside `import worker`, in a process whose path starts
+with the script's folder: until the exec it imports nothing but `os` and `sys`.
 """
-from __future__ import annotations
-
-import ast
 import os
 import sys
 
@@ -62,6 +60,7 @@ def script_source(script: str) -> bytes:
 def calls_start(source: bytes | str) -> bool:
     """Does this code call `….serverless.start(...)`, or `start(...)` imported from the
     worker or the SDK?"""
+    import ast
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
@@ -98,37 +97,72 @@ def _importing_from_top(frame) -> bool:
     return True
 
 
+HANDED_OVER = "GPU_WORKER_HANDED_OVER"      # set across the exec: after_handover() runs
+_CHECK = ("import sys; from worker import handover as h; "
+          "sys.exit(0 if h.calls_start(h.script_source(sys.argv[1])) else 3)")
+
+
 def hand_over_early() -> None:
     """Called by `import worker`: re-execute now when the script is a handler script
-    that has not run anything but imports."""
+    that has not run anything but imports.
+
+    The script's folder is first on this process's path, and this process becomes the
+    worker, secrets and all: so nothing here imports a module a file there could shadow
+    (only `os` and `sys`, built in). Whether the script calls start() is asked of a
+    separate interpreter started with -P; the rest of the hand-over runs after the exec
+    (after_handover)."""
     script = running_script()
     if script is None or not _importing_from_top(sys._getframe(1)):
         return
-    try:
-        source = script_source(script)
-    except OSError:
-        return
-    if calls_start(source):
+    if _calls_start_elsewhere(script):
         reexec(script, sys.argv[1:])
 
 
+def _calls_start_elsewhere(script: str) -> bool:
+    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    try:
+        pid = os.posix_spawn(sys.executable, [sys.executable, *safe, "-c", _CHECK, script],
+                             os.environ)
+        _, status = os.waitpid(pid, 0)
+    except (OSError, AttributeError):
+        return False
+    return os.waitstatus_to_exitcode(status) == 0
+
+
 def reexec(script: str, args: list) -> None:
-    """Replace this process with `python -m worker script args` (the same interpreter and
-    interpreter flags). Subprocesses this first run started would be orphaned by exec (and
-    started again by the script in the child): they end first."""
-    import subprocess
-    _end_own_children()
-    _stdin_for_the_rerun()
-    flags = subprocess._args_from_interpreter_flags()
-    if sys.version_info >= (3, 11) and "-P" not in flags:
-        flags.append("-P")               # the worker's own rule (safe_path.py), at once
+    """Replace this process with `python -P -m worker script args` (the same interpreter;
+    -P: safe_path.py). Subprocesses this first run started, and a stdin it read, are seen
+    to after the exec (after_handover), by code that no file beside the script can
+    shadow."""
+    flags = [f for f in _flags() if f != "-P"]
+    if sys.version_info >= (3, 11):
+        flags.append("-P")
     argv = [sys.executable, *flags, "-m", "worker", script, *args]
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:
             pass
+    os.environ[HANDED_OVER] = "1"
     os.execv(sys.executable, argv)
+
+
+def _flags() -> list:
+    """The interpreter's flags as given (sys.orig_argv up to the script), built in only."""
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable])
+    flags, at = [], 1
+    while at < len(argv) and argv[at].startswith("-") and argv[at] not in ("-", "-c", "-m"):
+        takes = argv[at] in ("-X", "-W", "--check-hash-based-pycs")
+        flags += argv[at:at + 1 + takes]
+        at += 1 + takes
+    return flags
+
+
+def after_handover() -> None:
+    """In the worker, right after a hand-over's exec: what the first run left."""
+    if os.environ.pop(HANDED_OVER, None):
+        _end_own_children()
+        _stdin_for_the_rerun()
 
 
 def _stdin_for_the_rerun() -> None:

@@ -2,35 +2,59 @@
 import path, ahead of the standard library, in the process that holds the secrets: a
 `json.py` or `multiprocess.py` shipped beside the handler would run in the parent, and in
 the forkserver before it takes a child's rights. So the worker re-executes itself at once
-with -P (Python 3.11+: no folder put first), before it imports anything that could be
-shadowed; the forkserver inherits the flag. The folder comes back where user code runs
-with a child's rights: first on each child's path (mp_launcher) and on the forkserver's
-once it has taken them (forkserver_rights). Python 3.10 has no -P: there, the folder
-stays (and the README says so).
+with -P (Python 3.11+: no folder put first), before it imports anything such a file could
+shadow, and without the empty entries of PYTHONPATH (a trailing colon, as `ENV
+PYTHONPATH=/app:$PYTHONPATH` leaves, means the working folder even under -P); the
+forkserver inherits both. The folder comes back where user code runs with a child's
+rights: first on each child's path (targets.child_path) and on the forkserver's once it
+has taken them (forkserver_rights).
+
+Not covered: what runs before `import worker` can run (a `-X frozen_modules=off` start
+reads the standard library's start-up modules from the folder too), and Python 3.10 (no
+-P). Start an untrusted handler with `python -P -m worker` or the `worker` command, whose
+first path entry is its own bin folder.
 
 Only `os` and `sys` here: both are built into the interpreter, never read from a folder.
 """
 import os
 import sys
 
-ENTRIES = (["-m", "worker"], ["-m", "worker.__main__"])
+ENTRY = ("worker", "worker.__main__")
+
+
+def _entry() -> bool:
+    """Is this `python -m worker` locating its module (runpy's frame names it)?"""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name in ("_get_module_details", "_run_module_as_main") and \
+                frame.f_globals.get("__name__") == "runpy" and \
+                frame.f_locals.get("mod_name") in ENTRY:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def ensure() -> None:
     """Called first by `import worker`: re-execute `python -m worker` with -P."""
-    if sys.flags.safe_path if hasattr(sys.flags, "safe_path") else True:
+    if not hasattr(sys.flags, "safe_path") or not _entry():
         return
-    argv = getattr(sys, "orig_argv", None) or []
-    at = 1
-    while at < len(argv) - 1 and argv[at:at + 2] not in ENTRIES:
-        if not argv[at].startswith("-") or argv[at] in ("-c", "-m"):
-            return                       # a script, -c or another module: not ours
-        at += 2 if argv[at] in ("-X", "-W") else 1
-    if argv[at:at + 2] not in ENTRIES:
+    path = os.environ.get("PYTHONPATH")
+    clean = None if path is None else os.pathsep.join(p for p in path.split(os.pathsep) if p)
+    if sys.flags.safe_path and clean == path:
+        return
+    env = dict(os.environ)
+    if clean is not None:
+        if clean:
+            env["PYTHONPATH"] = clean
+        else:
+            env.pop("PYTHONPATH", None)
+    argv = list(getattr(sys, "orig_argv", None) or [])
+    if not argv:
         return
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:       # noqa: BLE001
             pass
-    os.execv(sys.executable, [sys.executable, "-P", *argv[1:]])
+    os.execve(sys.executable, [sys.executable, *([] if sys.flags.safe_path else ["-P"]),
+                               *argv[1:]], env)

@@ -7,7 +7,7 @@ import os
 import sys
 
 from .. import config as cfg
-from .. import hardening, logs, redaction
+from .. import handover, hardening, logs, redaction
 from ..targets import ScriptTarget
 from ..version import __version__
 from . import reaper
@@ -42,6 +42,7 @@ def _flags(ns: argparse.Namespace) -> dict:
 
 
 def main(argv: list | None = None) -> int:
+    handover.after_handover()         # `python handler.py` became this process
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "gateway":                # `worker gateway`: no handler here
         from ..fleet import gateway
