@@ -174,11 +174,12 @@ finally:
     sys.path[:] = saved
 sys.modules[name] = real
 '''
-SHADOWED = ("multiprocess", "psutil", "ast", "zipfile", "subprocess", "uvicorn", "json")
+SHADOWED = ("multiprocess", "psutil", "ast", "zipfile", "subprocess", "uvicorn", "json",
+            "selectors")
 
 
 @pytest.mark.parametrize("how", ["-m worker", "-mworker", "python handler.py",
-                                 "PYTHONPATH trailing colon"])
+                                 "PYTHONPATH trailing colon", "the worker command"])
 def test_files_beside_the_handler_never_run_with_more_than_a_childs_rights(tmp_path, how):
     """Modules shipped beside the handler, in the folder the worker starts in (`cd app &&
     python -m worker handler.py`, as the docs show), named like modules the worker and its
@@ -189,6 +190,7 @@ def test_files_beside_the_handler_never_run_with_more_than_a_childs_rights(tmp_p
     import os
     import subprocess
     import sys
+    from pathlib import Path
     folder = tmp_path / "app"
     folder.mkdir()
     for name in SHADOWED:
@@ -198,7 +200,9 @@ def test_files_beside_the_handler_never_run_with_more_than_a_childs_rights(tmp_p
     token = f"hunted-secret-{uuid.uuid4()}"
     args = {"-m worker": ["-m", "worker", "handler.py"], "-mworker": ["-mworker", "handler.py"],
             "python handler.py": ["handler.py"],
-            "PYTHONPATH trailing colon": ["-m", "worker", "handler.py"]}[how]
+            "PYTHONPATH trailing colon": ["-m", "worker", "handler.py"],
+            "the worker command": [str(Path(sys.executable).parent / "worker"),
+                                   "handler.py"]}[how]
     with FakeRunPod(long_poll=0.3) as q:
         env = {**os.environ, **q.env(), "WORKER_API_TOKEN": token,
                "WORKER_STOP_GRACE": "1", "WORKER_WARM_REFRESH": "true"}
@@ -206,7 +210,8 @@ def test_files_beside_the_handler_never_run_with_more_than_a_childs_rights(tmp_p
             env["PYTHONPATH"] = str(tmp_path / "nothing") + ":"
         log = tmp_path / "worker.log"
         with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, *args], cwd=folder, env=env,
+            head = [] if how == "the worker command" else [sys.executable]
+            proc = subprocess.Popen([*head, *args], cwd=folder, env=env,
                                     stdout=out, stderr=subprocess.STDOUT)
         try:
             q.add_jobs([{"id": "a", "input": {}}])

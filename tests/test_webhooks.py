@@ -8,6 +8,7 @@ import threading
 import time
 
 import psutil
+import pytest
 
 from tests.support import Hook
 
@@ -175,6 +176,33 @@ def test_a_proxy_is_the_workers_setting_never_the_environments(server):
     finally:
         via.close()
         hook.server.shutdown()
+
+
+def test_a_host_without_ipv6_still_listens_on_what_it_has(monkeypatch):
+    """localhost resolves to ::1 too; where the kernel has no IPv6 the API binds
+    127.0.0.1 alone (as asyncio did), and fails only when nothing could be bound."""
+    import errno
+    from worker.sources import listen
+    real = socket.socket
+
+    def no_ipv6(family=socket.AF_INET, *a, **kw):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *a, **kw)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))])
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    sockets = listen.bind("localhost", 0)
+    try:
+        assert [s.getsockname()[0] for s in sockets] == ["127.0.0.1"]
+    finally:
+        for s in sockets:
+            s.close()
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **kw: [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0))])
+    with pytest.raises(OSError):
+        listen.bind("localhost", 0)
 
 
 def test_an_address_means_what_it_says(server):

@@ -119,14 +119,23 @@ def hand_over_early() -> None:
 
 
 def _calls_start_elsewhere(script: str) -> bool:
-    safe = ["-P"] if sys.version_info >= (3, 11) else []
+    """Asked of a -P interpreter (nothing beside the script is imported there); where -P
+    cannot be used, or that one cannot answer, asked here as before."""
+    from . import safe_path
+    if safe_path.usable(os.path.dirname(os.path.realpath(script))):
+        try:
+            pid = os.posix_spawn(sys.executable, [sys.executable, "-P", "-c", _CHECK, script],
+                                 os.environ)
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if code in (0, 3):
+                return code == 0
+        except (OSError, AttributeError):
+            pass
     try:
-        pid = os.posix_spawn(sys.executable, [sys.executable, *safe, "-c", _CHECK, script],
-                             os.environ)
-        _, status = os.waitpid(pid, 0)
-    except (OSError, AttributeError):
+        return calls_start(script_source(script))
+    except OSError:
         return False
-    return os.waitstatus_to_exitcode(status) == 0
 
 
 def reexec(script: str, args: list) -> None:
@@ -134,8 +143,9 @@ def reexec(script: str, args: list) -> None:
     -P: safe_path.py). Subprocesses this first run started, and a stdin it read, are seen
     to after the exec (after_handover), by code that no file beside the script can
     shadow."""
-    flags = [f for f in _flags() if f != "-P"]
-    if sys.version_info >= (3, 11):
+    from . import safe_path
+    flags = _flags()
+    if "-P" not in flags and safe_path.usable(os.path.dirname(os.path.realpath(script))):
         flags.append("-P")
     argv = [sys.executable, *flags, "-m", "worker", script, *args]
     for stream in (sys.stdout, sys.stderr):

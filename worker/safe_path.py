@@ -9,7 +9,8 @@ forkserver inherits both. The folder comes back where user code runs with a chil
 rights: first on each child's path (targets.child_path) and on the forkserver's once it
 has taken them (forkserver_rights).
 
-Not covered: what runs before `import worker` can run (a `-X frozen_modules=off` start
+Not covered: a worker package that is not installed but lies in the working folder
+(nothing to keep apart: the handler's files lie beside the worker's code), what runs before `import worker` can run (a `-X frozen_modules=off` start
 reads the standard library's start-up modules from the folder too), and Python 3.10 (no
 -P). Start an untrusted handler with `python -P -m worker` or the `worker` command, whose
 first path entry is its own bin folder.
@@ -34,9 +35,23 @@ def _entry() -> bool:
     return False
 
 
+def usable(*folders: str) -> bool:
+    """Can -P be used: is the worker's own package outside `folders` (and the working
+    folder), which -P keeps off the path? A checkout run in place is not; -P would lose
+    the worker itself (and the handler's files lie beside the worker's code anyway)."""
+    if not hasattr(sys.flags, "safe_path"):
+        return False
+    home = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return False
+    return all(os.path.abspath(f) != home for f in (cwd, *folders))
+
+
 def ensure() -> None:
     """Called first by `import worker`: re-execute `python -m worker` with -P."""
-    if not hasattr(sys.flags, "safe_path") or not _entry():
+    if not _entry() or not usable():
         return
     path = os.environ.get("PYTHONPATH")
     clean = None if path is None else os.pathsep.join(p for p in path.split(os.pathsep) if p)

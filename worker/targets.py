@@ -61,6 +61,7 @@ class ChildSpec:
     stderr: Any      # Connection: write end of the stderr capture pipe
     lifeline: Any    # Connection: read end; EOF means the parent died
     checks: bool = False   # run the fitness checks before Ready (the worker's first child)
+    forked: bool = False   # forked from the forkserver (which must have taken its rights)
 
 
 # WORKER_WARM_REFRESH: the variable that tells a starting forkserver which target to import

@@ -121,6 +121,11 @@ def child_main(spec: ChildSpec) -> None:
     seeds.reseed(warm.seeded if warm else frozenset(), warm.random_state if warm else None)
     code = 0
     try:
+        if spec.forked and "worker.child.forkserver_rights" not in sys.modules:
+            # multiprocess skips a preload it cannot import: fail closed, never serve from
+            # a forkserver that ran the user's preloads with the worker's rights.
+            raise RuntimeError("the forkserver did not take a child's rights (its first "
+                               "imports failed; see its lines above): not serving from it")
         if settings.child_user:
             _become(settings.child_user)
         hardening.set_dumpable(True)       # the forkserver is not; this child may be

@@ -244,3 +244,17 @@ def grow_buffers(fd: int, size: int = 4 * 2**20) -> None:
         pass
     finally:
         sock.close()
+
+
+def end_tree(pid: int) -> None:
+    """SIGKILL a process and everything under it (a forkserver that imported the handler
+    may hold what its import started: a thread that would keep it from exiting, a
+    process)."""
+    import psutil
+    try:
+        root = psutil.Process(pid)
+        for proc in root.children(recursive=True):
+            proc.kill()
+        root.kill()
+    except psutil.Error:
+        pass

@@ -20,19 +20,18 @@ import sys
 import threading
 
 import multiprocess
-import psutil
 from multiprocess import forkserver, process as mp_process, resource_tracker, \
-    spawn as mp_spawn
+    spawn as mp_spawn, util as mp_util
 
-from .. import hardening
+from .. import hardening, safe_path
 from ..child.boot import child_main
 from ..config import Settings
 from ..targets import (AUTO_PRELOAD_ENV, RIGHTS_ENV, WARM_ENV, ChildSpec, ValueTarget,
                        child_path, warm_key)
 from . import reaper
 from .launcher import (ALIVE, EXITED, PENDING, ChildProcess, ExitWatch, Launcher,
-                       child_settings, grow_buffers, headroom, passed_env, readable,
-                       without_secrets)
+                       child_settings, end_tree, grow_buffers, headroom, passed_env,
+                       readable, without_secrets)
 
 log = logging.getLogger("worker")
 
@@ -109,6 +108,7 @@ def missing_features() -> set:
                             "with: %s", getattr(multiprocess, "__version__", "?"), name, lost)
         if "preparation data" not in _missing:
             mp_spawn.get_preparation_data = _without_main
+        mp_util._args_from_interpreter_flags = _safe_path_flags
     return _missing
 
 
@@ -127,6 +127,19 @@ def _without_main(name: str) -> dict:
     if name.startswith(CHILD_NAME):
         data["sys_path"] = child_path(data.get("sys_path", sys.path))
     return data
+
+
+_interpreter_flags = mp_util._args_from_interpreter_flags
+
+
+def _safe_path_flags() -> list:
+    """The flags multiprocess starts an interpreter with (the forkserver, a spawned
+    child), -P added whatever the worker was started with (the `worker` command has no
+    -P): a `-c` interpreter would put the working folder first on its path, where a file
+    beside the handler runs before the forkserver takes a child's rights
+    (safe_path.py)."""
+    flags = _interpreter_flags()
+    return flags if "-P" in flags or not safe_path.usable() else [*flags, "-P"]
 
 
 def _no_resource_tracker() -> None:
@@ -164,23 +177,11 @@ def stop_template() -> None:
     server = _server()
     if server is not None and server._forkserver_pid is not None:
         if _server_key[0] is not None:
-            _end_warm_server(server._forkserver_pid)
+            end_tree(server._forkserver_pid)
         server._stop()
 
 
 _server_key: tuple = (None, None)   # the warm target and the rights of the forkserver now
-
-
-def _end_warm_server(pid: int) -> None:
-    """A forkserver that imported the handler may hold what its import started (a thread
-    that would keep it from exiting, a process): end them and it."""
-    try:
-        server = psutil.Process(pid)
-        for proc in server.children(recursive=True):
-            proc.kill()
-        server.kill()
-    except psutil.Error:
-        pass
 
 
 # --- the launcher ----------------------------------------------------------------------------
@@ -412,7 +413,7 @@ class MpLauncher(Launcher):
             spec = ChildSpec(target, child_settings(settings), os.getcwd(),
                              [*self.preload, *self.guarded],
                              passed_env(settings, env), child_control, out_w, err_w, life_r,
-                             checks)
+                             checks, self.method == "forkserver")
             # A handler given as a value may come from the parent's __main__: keep the fixup.
             name = f"{CHILD_NAME}-value" if isinstance(target, ValueTarget) else CHILD_NAME
             process = ctx.Process(target=child_main, args=(spec,), name=name, daemon=True)

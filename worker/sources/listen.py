@@ -8,6 +8,7 @@ socket each, IPv6 ones without the IPv4-mapped range; port 0 takes one free port
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 import sys
@@ -20,18 +21,33 @@ def bind(host: str, port: int) -> list:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
     sockets: list = []
+    skipped: list = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(
                 (i[0], i[1], i[2], None, i[4]) for i in infos):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:          # a family this host lacks (IPv6 off), as asyncio
+                skipped.append(exc)
+                continue
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             if port == 0 and len(sockets) > 1:      # one port for every address
                 address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sock.bind(address)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:    # ::1 where IPv6 loopback is off
+                    raise
+                sockets.remove(sock)
+                sock.close()
+                skipped.append(exc)
+                continue
             sock.listen(BACKLOG)
+        if not sockets:
+            raise skipped[0] if skipped else OSError(f"{host!r} resolves to no address")
     except BaseException:
         for sock in sockets:
             sock.close()
