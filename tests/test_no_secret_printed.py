@@ -11,6 +11,7 @@ import requests
 from tests.fake_runpod import FakeRunPod
 from tests.fleet_support import NO_REDIS, REDIS, Gateway, RedisServer, start_worker
 from tests.support import Worker
+from tests.test_webhooks import _log_until
 
 
 def _secret(name):
@@ -31,12 +32,7 @@ def test_the_local_api_prints_no_secret(server):
                     f"&x=1#secret={client}"}, headers=auth)
     answers = [s.get("/health").text, s.get("/metrics", headers=auth).text,
                s.get("/openapi.json", headers=auth).text]
-    deadline_log = s.log.read_text
-    import time
-    deadline = time.monotonic() + 30
-    while "webhook" not in deadline_log() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    log = s.log.read_text()
+    log = _log_until(s, "webhook http://127.0.0.1:9/h?")
     assert "webhook http://127.0.0.1:9/h?token=***" in log, log[-2000:]
     assert "Bearer $WORKER_API_TOKEN" in log
     for text in (log, *answers):

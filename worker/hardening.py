@@ -67,6 +67,20 @@ def set_dumpable(on: bool) -> bool:
 def drop_readers(keep: tuple = ()) -> str | None:
     """Take the capabilities in READERS (but `keep`) out of every set of this process;
     None, or why not all of it could be done (the bounding set needs CAP_SETPCAP)."""
+    return _drop(keep, ("effective", "permitted", "inheritable"))
+
+
+def bound_execs(keep: tuple = ()) -> str | None:
+    """Every program this process starts from now on (the forkserver, a spawned child: an
+    interpreter whose start-up runs site-packages' .pth files and the handler folder's
+    modules before any of ours) starts without the capabilities in READERS but `keep`:
+    they leave the bounding, inheritable and ambient sets; this process keeps its own
+    effective and permitted ones. None, or why not all of it could be done."""
+    return _drop(keep, ("inheritable",))
+
+
+def _drop(keep: tuple, sets: tuple) -> str | None:
+    """READERS but `keep` out of the ambient and bounding sets and of `sets`."""
     libc = _libc()
     if libc is None:
         return "no libc"
@@ -82,39 +96,8 @@ def drop_readers(keep: tuple = ()) -> str | None:
         return why or f"capget: {os.strerror(ctypes.get_errno())}"
     for cap in caps:
         word, bit = divmod(cap, 32)
-        mask = ~(1 << bit) & 0xFFFFFFFF
-        data[word].effective &= mask
-        data[word].permitted &= mask
-        data[word].inheritable &= mask
-    if libc.capset(ctypes.byref(header), data) != 0:
-        return why or f"capset: {os.strerror(ctypes.get_errno())}"
-    return why
-
-
-def bound_execs(keep: tuple = ()) -> str | None:
-    """Every program this process starts from now on (the forkserver, a spawned child: an
-    interpreter whose start-up runs site-packages' .pth files and the handler folder's
-    modules before any of ours) starts without the capabilities in READERS but `keep`:
-    they leave the bounding, inheritable and ambient sets; this process keeps its own
-    effective and permitted ones. None, or why not all of it could be done."""
-    libc = _libc()
-    if libc is None:
-        return "no libc"
-    why = None
-    for name, cap in READERS.items():
-        if name in keep:
-            continue
-        libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_LOWER, cap, 0, 0)
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and why is None:
-            why = f"bounding set: {os.strerror(ctypes.get_errno())}"
-    header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_Data * 2)()
-    if libc.capget(ctypes.byref(header), data) != 0:
-        return why or f"capget: {os.strerror(ctypes.get_errno())}"
-    for name, cap in READERS.items():
-        if name not in keep:
-            word, bit = divmod(cap, 32)
-            data[word].inheritable &= ~(1 << bit) & 0xFFFFFFFF
+        for name in sets:
+            setattr(data[word], name, getattr(data[word], name) & ~(1 << bit) & 0xFFFFFFFF)
     if libc.capset(ctypes.byref(header), data) != 0:
         return why or f"capset: {os.strerror(ctypes.get_errno())}"
     return why

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 MASK = "***"
 CREDENTIAL = re.compile(r"pass|pwd|token|key|secret|auth|cred|sig|session|cookie", re.I)
 _SECRETS: set = set()
+_ORDER: tuple = ()     # the secrets, longest first (one inside another is masked whole)
 _lock = threading.Lock()
 SHORTEST = 4          # shorter values would mask ordinary words
 
@@ -31,8 +32,9 @@ def url(text: str) -> str:
             netloc = f"{MASK}@" + netloc.rpartition("@")[2]
         query = parts.query
         if query:
-            query = "&".join(f"{quote(k, safe='')}={MASK if CREDENTIAL.search(k) else quote(v, safe='')}"
-                             for k, v in parse_qsl(query, keep_blank_values=True))
+            query = "&".join(
+                f"{quote(k, safe='')}={MASK if CREDENTIAL.search(k) else quote(v, safe='')}"
+                for k, v in parse_qsl(query, keep_blank_values=True))
         fragment = MASK if parts.fragment and CREDENTIAL.search(parts.fragment) \
             else parts.fragment
         return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
@@ -42,12 +44,14 @@ def url(text: str) -> str:
 
 def remember(*values) -> None:
     """Values that must never be printed (empty and very short ones are ignored)."""
+    global _ORDER
     with _lock:
         for value in values:
             if isinstance(value, str) and len(value) >= SHORTEST:
                 _SECRETS.add(value)
                 if "://" in value:           # a URL's password and its parameters too
                     _remember_url_parts(value)
+        _ORDER = tuple(sorted(_SECRETS, key=len, reverse=True))
 
 
 def _remember_url_parts(value: str) -> None:
@@ -65,10 +69,7 @@ def _remember_url_parts(value: str) -> None:
 
 def scrub(text: str) -> str:
     """`text` with every remembered secret replaced."""
-    secrets = _SECRETS
-    if not secrets:
-        return text
-    for secret in sorted(secrets, key=len, reverse=True):
+    for secret in _ORDER:
         if secret in text:
             text = text.replace(secret, MASK)
     return text

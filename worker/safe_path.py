@@ -10,9 +10,9 @@ rights: first on each child's path (targets.child_path) and on the forkserver's 
 has taken them (forkserver_rights).
 
 Not covered: a worker package that is not installed but lies in the working folder
-(nothing to keep apart: the handler's files lie beside the worker's code), what runs before `import worker` can run (a `-X frozen_modules=off` start
-reads the standard library's start-up modules from the folder too), and Python 3.10 (no
--P). Start an untrusted handler with `python -P -m worker` or the `worker` command, whose
+(nothing to keep apart: the handler's files lie beside the worker's code), what runs
+before `import worker` can run (a `-X frozen_modules=off` start reads the standard
+library's start-up modules from the folder too), and Python 3.10 (no -P). Start an untrusted handler with `python -P -m worker` or the `worker` command, whose
 first path entry is its own bin folder.
 
 Only `os` and `sys` here: both are built into the interpreter, never read from a folder.

@@ -95,9 +95,10 @@ class Outbox:
     def _deliver(self, fields: dict) -> None:
         job_id = fields.get(b"id", b"").decode("utf-8", "replace")
         url = fields.get(b"url", b"").decode("utf-8", "replace")
+        shown = redaction.url(url)          # what the log says: no credential
         rec = self.r.hgetall(self.keys.job(job_id))
         if not rec or b"final" not in rec:
-            log.warning("webhook %s not sent: the job's record has expired", redaction.url(url),
+            log.warning("webhook %s not sent: the job's record has expired", shown,
                         extra={"job_id": job_id})
             return
         payload = records.view(job_id, rec)
@@ -114,21 +115,21 @@ class Outbox:
                     return
                 if status < 500:
                     self.metrics.post("webhook", "refused")
-                    log.warning("webhook %s refused: HTTP %d", redaction.url(url), status,
+                    log.warning("webhook %s refused: HTTP %d", shown, status,
                                 extra={"job_id": job_id})
                     return
             except webhook_post.WebhookRefused as exc:
                 self.metrics.post("webhook", "refused")
-                log.warning("webhook %s not sent: %s", redaction.url(url), exc, extra={"job_id": job_id})
+                log.warning("webhook %s not sent: %s", shown, exc, extra={"job_id": job_id})
                 return
             except OSError as exc:
-                log.warning("webhook %s failed: %s", redaction.url(url), exc, extra={"job_id": job_id})
+                log.warning("webhook %s failed: %s", shown, exc, extra={"job_id": job_id})
             except Exception as exc:        # noqa: BLE001 - http.client's own errors
-                log.warning("webhook %s failed: %s: %s", redaction.url(url), type(exc).__name__, exc,
+                log.warning("webhook %s failed: %s: %s", shown, type(exc).__name__, exc,
                             extra={"job_id": job_id})
             if attempt + 1 < TRIES:
                 self.metrics.post("webhook", "retry")
                 self.stopping.wait(0.5 * 2 ** attempt)
         self.metrics.post("webhook", "undelivered")
-        log.error("webhook %s not delivered after %d tries", redaction.url(url), TRIES,
+        log.error("webhook %s not delivered after %d tries", shown, TRIES,
                   extra={"job_id": job_id})

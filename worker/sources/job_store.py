@@ -270,7 +270,8 @@ class JobStore(JobListener):
             try:
                 self._webhooks.submit(self._send_webhook, rec, payload)
             except RuntimeError:
-                log.error("webhook %s not sent: the worker is shutting down", redaction.url(rec.webhook),
+                log.error("webhook %s not sent: the worker is shutting down",
+                          redaction.url(rec.webhook),
                           extra={"job_id": payload["id"]})
 
     # --- webhooks --------------------------------------------------------------------------
@@ -282,10 +283,12 @@ class JobStore(JobListener):
             self._post_webhook(rec, payload)
         except Exception:    # noqa: BLE001 - the pool would swallow it without a word
             self.sup.metrics.post("webhook", "undelivered")
-            log.exception("webhook %s not sent", redaction.url(rec.webhook), extra={"job_id": rec.id})
+            log.exception("webhook %s not sent", redaction.url(rec.webhook),
+                          extra={"job_id": rec.id})
 
     def _post_webhook(self, rec: Record, payload: dict) -> None:
         url, metrics = rec.webhook, self.sup.metrics
+        shown = redaction.url(url)          # what the log says: no credential
         data = json.dumps(payload, ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json"}
         if rec.trace:
@@ -297,7 +300,7 @@ class JobStore(JobListener):
                 if status < 500:
                     if status >= 400:
                         metrics.post("webhook", "refused")
-                        log.warning("webhook %s refused: HTTP %d", redaction.url(url), status,
+                        log.warning("webhook %s refused: HTTP %d", shown, status,
                                     extra={"job_id": rec.id})
                         return
                     took = time.monotonic() - rec.finished
@@ -310,14 +313,14 @@ class JobStore(JobListener):
                     return
             except webhook_post.WebhookRefused as exc:
                 metrics.post("webhook", "refused")
-                log.warning("webhook %s not sent: %s", redaction.url(url), exc, extra={"job_id": rec.id})
+                log.warning("webhook %s not sent: %s", shown, exc, extra={"job_id": rec.id})
                 return
             except (OSError, http.client.HTTPException) as exc:
-                log.warning("webhook %s failed: %s: %s", redaction.url(url), type(exc).__name__, exc,
+                log.warning("webhook %s failed: %s: %s", shown, type(exc).__name__, exc,
                             extra={"job_id": rec.id})
             if attempt + 1 < WEBHOOK_TRIES:
                 metrics.post("webhook", "retry")
                 time.sleep(0.5 * 2 ** attempt)
         metrics.post("webhook", "undelivered")
-        log.error("webhook %s not delivered after %d tries", redaction.url(url), WEBHOOK_TRIES,
+        log.error("webhook %s not delivered after %d tries", shown, WEBHOOK_TRIES,
                   extra={"job_id": rec.id})
