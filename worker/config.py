@@ -144,7 +144,9 @@ class Settings:
                                      "before the child is stopped.", config=False)
     max_result_mb: float = _setting(20.0, ("WORKER_MAX_RESULT_MB",), None,
                                     "A result larger than this (MiB of JSON) is reported FAILED "
-                                    "with a clear error instead of being posted; 0 = no limit.")
+                                    "with a clear error instead of being posted; 0 = no limit. "
+                                    "Also the stream chunks a job may hold unread (the oldest go "
+                                    "past it; 256 MiB where this is 0).")
     refresh_stops_pod: bool = _setting(False, ("WORKER_REFRESH_STOPS_POD",), None,
                                        "RunPod queue: also send stopPod: true with a result that "
                                        "asks for refresh_worker, as runpod-python does (the "

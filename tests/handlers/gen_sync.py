@@ -13,7 +13,7 @@ def handler(job):
         if inp.get("refresh_at") == i:
             yield {"refresh_worker": True, "i": i}
             continue
-        yield {"i": i}
+        yield {"i": i, "pad": "x" * inp["pad"]} if inp.get("pad") else {"i": i}
         time.sleep(inp.get("delay", 0))
 
 

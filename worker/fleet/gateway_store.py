@@ -74,12 +74,15 @@ class GatewayStore:
                 rec = (await pipe.execute())[1]
 
     async def take_stream(self, job_id: str) -> dict | None:
-        status, items = await self.scripts.take_chunks(
+        status, items, dropped = await self.scripts.take_chunks(
             keys=[self.keys.chunks(job_id), self.keys.job(job_id)])
         if not status:
             return None
-        return {"id": job_id, "status": status.decode(),
-                "stream": [{"output": json.loads(c)} for c in items]}
+        out = {"id": job_id, "status": status.decode(),
+               "stream": [{"output": json.loads(c)} for c in items]}
+        if int(dropped):
+            out["streamDropped"] = int(dropped)
+        return out
 
     async def cancel(self, job_id: str, queued_only: bool = False) -> str:
         """The job's status after the cancel ('' when unknown; 'was:<state>' when it had

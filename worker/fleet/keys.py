@@ -11,7 +11,6 @@ GROUP = "workers"             # the consumer group of the job stream
 HOOK_GROUP = "senders"        # the consumer group of the webhook outbox
 RELEASED = "released"         # the consumer a stopping worker hands its entries to
 ENDPOINT = re.compile(r"[A-Za-z0-9_\-]{1,64}")
-CHUNKS_MAX = 10_000           # stream chunks kept per job until /stream reads them
 DEAD_MAX = 10_000             # dead-letter entries kept (approximately)
 
 

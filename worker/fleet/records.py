@@ -26,6 +26,8 @@ def view(job_id: str, rec: dict) -> dict:
         out.update(json.loads(final))
     elif status == "IN_PROGRESS" and rec.get(b"progress") is not None:
         out["output"] = json.loads(rec[b"progress"])
+    if rec.get(b"dropped"):
+        out["streamDropped"] = int(rec[b"dropped"])
     owner = rec.get(b"owner")
     if owner:
         out["workerId"] = _text(owner).rsplit("#", 1)[0]

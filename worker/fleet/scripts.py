@@ -152,20 +152,47 @@ redis.call('HSET', KEYS[1], 'progress', ARGV[2])
 return 1
 """
 
-# keys: job, chunks. argv: fence, chunk json, cap -> 1 | 0
+# A job's chunks, held until /stream reads them, within a count and a byte bound (the
+# oldest go first; the record counts them in 'dropped'; 'unread' is the bytes held).
+# keys: job, chunks. argv: fence, max chunks, max bytes, chunks dropped by the worker, chunk
+# json... -> 0 (not this run's) | 1 held | 2 held, and the job's first drop
 CHUNK = """
-local rec = redis.call('HMGET', KEYS[1], 'owner', 'final')
+local rec = redis.call('HMGET', KEYS[1], 'owner', 'final', 'unread', 'dropped')
 if rec[2] or rec[1] ~= ARGV[1] then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[2])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[3]), -1)
+local cap, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
+local before = tonumber(rec[4] or '0')
+local dropped = before + tonumber(ARGV[4])
+local n = redis.call('LLEN', KEYS[2])
+local held = n > 0 and tonumber(rec[3] or '0') or 0
+for i = 5, #ARGV do
+  local size = string.len(ARGV[i])
+  if size > limit then
+    dropped = dropped + 1
+  else
+    while n > 0 and (n >= cap or held + size > limit) do
+      held = held - string.len(redis.call('LPOP', KEYS[2]))
+      n = n - 1
+      dropped = dropped + 1
+    end
+    redis.call('RPUSH', KEYS[2], ARGV[i])
+    n = n + 1
+    held = held + size
+  end
+end
+redis.call('HSET', KEYS[1], 'unread', held)
+if dropped > 0 then redis.call('HSET', KEYS[1], 'dropped', dropped) end
+if before == 0 and dropped > 0 then return 2 end
 return 1
 """
 
-# /stream: the chunks since the last call, taken. keys: chunks, job -> {status, chunks}
+# /stream: the chunks since the last call, taken. keys: chunks, job -> {status, chunks,
+# chunks dropped}
 TAKE_CHUNKS = """
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 redis.call('DEL', KEYS[1])
-return {redis.call('HGET', KEYS[2], 'status') or '', items}
+local rec = redis.call('HMGET', KEYS[2], 'status', 'dropped')
+if rec[1] then redis.call('HSET', KEYS[2], 'unread', 0) end
+return {rec[1] or '', items, rec[2] or '0'}
 """
 
 ALL = {"submit": SUBMIT, "start": START, "finish": FINISH, "renew": RENEW,

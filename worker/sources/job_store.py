@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .. import redaction, tracing
+from .. import redaction, stream_bound, tracing
 from ..jobs import JobResult, JobState
 from ..parent.supervisor import ChildState, JobListener, Supervisor, WorkerState
 from . import webhook_post
@@ -73,7 +73,7 @@ class Record:
     started: float | None = None
     finished: float | None = None
     progress: Any = _NONE
-    chunks: list = field(default_factory=list)
+    unread: stream_bound.Unread | None = None      # its chunks not yet read by /stream
     result: JobResult | None = None
     done: asyncio.Event | None = None
     size: int = 0                  # bytes of its body while it waits in the queue
@@ -92,6 +92,8 @@ class Record:
             out.update(self.result.body)
         elif self.status is JobState.IN_PROGRESS and self.progress is not _NONE:
             out["output"] = self.progress
+        if self.unread is not None and self.unread.dropped:
+            out["streamDropped"] = self.unread.dropped
         if worker_id:
             out["workerId"] = worker_id
         return out
@@ -100,12 +102,14 @@ class Record:
 class JobStore(JobListener):
     def __init__(self, supervisor: Supervisor, loop: asyncio.AbstractEventLoop,
                  ttl: float, worker_id: str = "", max_jobs: int = 0, max_bytes: int = 0,
-                 capacity: Callable[[], int] | None = None, webhooks: Any = None):
+                 capacity: Callable[[], int] | None = None, webhooks: Any = None,
+                 chunk_bytes: int = stream_bound.CEILING_BYTES):
         self.sup = supervisor
         self.loop = loop
         self.ttl = ttl
         self.worker_id = worker_id
         self.max_jobs, self.max_bytes = max_jobs, max_bytes     # 0: no bound
+        self.chunk_bytes = chunk_bytes     # a job's chunks held unread (stream_bound)
         self.records: dict[str, Record] = {}
         self.lock = threading.Lock()
         self.moved = threading.Condition(self.lock)   # a record started or ended
@@ -166,11 +170,16 @@ class JobStore(JobListener):
             return rec.view(self.worker_id)
 
     def take_stream(self, rec: Record) -> dict:
-        """Chunks produced since the last call, and the status."""
+        """Chunks produced since the last call, and the status (and how many chunks were
+        dropped unread, once there are any)."""
         with self.lock:
-            chunks, rec.chunks = rec.chunks, []
-            return {"id": rec.id, "status": rec.status.value,
-                    "stream": [{"output": c} for c in chunks]}
+            unread = rec.unread
+            chunks = unread.take() if unread is not None else []
+            out = {"id": rec.id, "status": rec.status.value,
+                   "stream": [{"output": c} for c in chunks]}
+            if unread is not None and unread.dropped:
+                out["streamDropped"] = unread.dropped
+            return out
 
     async def wait(self, rec: Record, timeout: float) -> dict:
         try:
@@ -242,10 +251,16 @@ class JobStore(JobListener):
                 rec.progress = value
 
     def on_chunk(self, job_id: str, value: Any) -> None:
+        nbytes = stream_bound.size(value)
         with self.lock:
             rec = self.records.get(job_id)
-            if rec is not None:
-                rec.chunks.append(value)
+            if rec is None:
+                return
+            if rec.unread is None:
+                rec.unread = stream_bound.Unread(self.chunk_bytes)
+            first = rec.unread.add(value, nbytes)
+        if first:
+            stream_bound.said(job_id, self.chunk_bytes)
 
     def on_result(self, result: JobResult) -> None:
         with self.lock:

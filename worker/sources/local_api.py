@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.routing import compile_path
 
+from .. import stream_bound
 from ..config import Settings
 from ..jobs import MAX_TIMEOUT_MS, JobError, JobState, validate_job
 from ..jsonlimits import JSONRefused, loads
@@ -198,7 +199,8 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
             if balanced else None
         store = JobStore(sup, asyncio.get_running_loop(), settings.result_ttl, settings.worker_id,
                          settings.api_queue_jobs, int(settings.api_queue_mb * 2**20), capacity,
-                         webhook_post.Policy(settings, exposed))
+                         webhook_post.Policy(settings, exposed),
+                         stream_bound.max_bytes(settings.max_result_mb))
         state.update(sup=sup, store=store)
         if settings.reload:
             state["reloader"] = reloader.Reloader(sup, reloader.code_path(sup.target),

@@ -23,10 +23,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .. import redaction
+from .. import redaction, stream_bound
 from ..config import Settings, SettingsError
 from ..fleet import connect, records
-from ..fleet.keys import CHUNKS_MAX, DEAD_MAX, GROUP, RELEASED, Keys
+from ..fleet.keys import DEAD_MAX, GROUP, RELEASED, Keys
 from ..fleet.outbox import Outbox
 from ..fleet.scripts import Scripts
 from ..jobs import JobResult, JobState, Reason, failure
@@ -34,6 +34,7 @@ from ..jsonlimits import loads
 from ..parent.supervisor import JobListener, Supervisor, WorkerState
 from ..version import __version__
 from .host import SourceHost
+from .redis_chunks import Outgoing
 from .redis_writer import Write, Writer
 from .runpod_delivery import Backoff
 
@@ -62,6 +63,7 @@ class Held:
     fenced: bool = False          # its lease went to another worker: nothing to report
     released: bool = False        # given back at shutdown: another worker runs it
     cancelling: bool = False      # a cancel came through the queue and was passed on
+    chunks: Outgoing | None = None    # its stream chunks on their way
 
 
 class RedisQueueSource(JobListener):
@@ -354,11 +356,15 @@ class RedisQueueSource(JobListener):
 
     def on_chunk(self, job_id: str, value: Any) -> None:
         held = self._held(job_id)
-        if held is not None:
-            data = records.dumps(value)
-            self.writer.put(Write(job_id, "chunk", lambda: self.scripts.chunk(
+        if held is None:
+            return
+        if held.chunks is None:
+            limit = stream_bound.max_bytes(self.settings.max_result_mb)
+            held.chunks = Outgoing(job_id, limit, lambda items, dropped: self.scripts.chunk(
                 keys=[self.keys.job(job_id), self.keys.chunks(job_id)],
-                args=[held.fence, data, CHUNKS_MAX])))
+                args=[held.fence, stream_bound.MAX_CHUNKS, limit, dropped, *items]))
+        if held.chunks.add(value):
+            self.writer.put(Write(job_id, "chunk", held.chunks.flush))
 
     def on_result(self, result: JobResult) -> None:
         with self._cond:

@@ -22,7 +22,7 @@ from typing import Any
 
 import requests
 
-from .. import tracing
+from .. import stream_bound, tracing
 from ..config import Settings
 from ..jobs import SAFE_ID, JobResult, JobState, Reason, error_record, failure
 from ..parent.supervisor import JobListener, Supervisor, WorkerState
@@ -57,7 +57,8 @@ class RunPodSource(JobListener):
         self.sup.on_capacity(self._room_changed)     # a fresh child: take at once
         self.delivery = Delivery(self._session, self._too_large,
                                  lambda: self.stopping.is_set() and self.taking_done.is_set(),
-                                 self.sup.metrics)
+                                 self.sup.metrics,
+                                 stream_bound.max_bytes(self.settings.max_result_mb))
         self._taker = TakeClient(self._headers())
 
     @property

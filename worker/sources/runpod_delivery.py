@@ -3,7 +3,8 @@
 Each job has a lane: its posts go in order (progress and chunks before the result), one at
 a time, while other jobs' lanes are posted by other threads, so one job's retries never
 hold back another job's result. A progress update waiting behind a post in flight is
-replaced by a newer one (only the latest value matters). Connection errors, 5xx and 429
+replaced by a newer one (only the latest value matters); chunks waiting in a lane are
+held within the stream bound (stream_bound.py: past it the oldest waiting go). Connection errors, 5xx and 429
 are retried with backoff; a result the queue refuses as too large (400/413) becomes a
 FAILED error record rather than nothing; a result that still cannot be delivered is kept
 and retried every REDELIVER_EVERY seconds until the worker exits.
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import requests
+
+from .. import stream_bound
 
 log = logging.getLogger("worker.runpod")
 
@@ -67,7 +70,8 @@ class Post:
 
 class Delivery:
     def __init__(self, session: Callable[[], requests.Session],
-                 refused_body: Callable[[str], dict], hurry: Callable[[], bool], metrics):
+                 refused_body: Callable[[str], dict], hurry: Callable[[], bool], metrics,
+                 chunk_bytes: int = stream_bound.CEILING_BYTES):
         self._metrics = metrics              # parent.metrics.Metrics: posts, bytes, times
         self._session = session              # a new session per thread
         self._refused_body = refused_body    # the error body for a result the queue refused
@@ -80,6 +84,8 @@ class Delivery:
         self._retrying = 0        # posters in the retries of a failing post
         self._closing = False
         self._undelivered: list[Post] = []      # results that ran out of tries (under _cond)
+        self._chunk_bytes = chunk_bytes
+        self._waiting: dict[str, list] = {}  # job id -> [chunks in its lane, bytes, dropped]
 
     def start(self, stopping: threading.Event) -> None:
         def redeliver():
@@ -88,6 +94,8 @@ class Delivery:
         threading.Thread(target=redeliver, name="gpu-worker-redeliver", daemon=True).start()
 
     def put(self, post: Post) -> None:
+        size = len(post.encoded()) if post.kind == "stream" else 0
+        first = False
         with self._cond:
             lane = self._lanes.get(post.job_id)
             if lane is None:
@@ -96,9 +104,39 @@ class Delivery:
             elif post.kind == "progress" and lane and lane[-1].kind == "progress":
                 lane[-1].body, lane[-1].data = post.body, None    # coalesced: the latest wins
                 return
-            lane.append(post)
+            if post.kind == "stream":
+                first = self._make_room(post.job_id, lane, size)
+            if size <= self._chunk_bytes:
+                lane.append(post)
             self._grow()
             self._cond.notify()
+        if first:
+            stream_bound.said(post.job_id, self._chunk_bytes)
+
+    def _make_room(self, job_id: str, lane: collections.deque, size: int) -> tuple:
+        """Room in the lane for a chunk of `size` bytes within the stream bound: the oldest
+        chunks waiting go (one alone past it is not kept). True on the job's first drop;
+        call with the lock held."""
+        held = self._waiting.setdefault(job_id, [0, 0, 0])
+        before = held[2]
+        if size > self._chunk_bytes:
+            held[2] += 1
+        else:
+            while held[0] and (held[0] >= stream_bound.MAX_CHUNKS
+                               or held[1] + size > self._chunk_bytes):
+                i = next(i for i, p in enumerate(lane) if p.kind == "stream")
+                self._unwait(job_id, lane[i])
+                del lane[i]
+                held[2] += 1
+            held[0] += 1
+            held[1] += size
+        return before == 0 and held[2] > 0
+
+    def _unwait(self, job_id: str, post: Post) -> None:
+        """A chunk left its lane (posted or dropped); call with the lock held."""
+        held = self._waiting[job_id]
+        held[0] -= 1
+        held[1] -= len(post.data)
 
     def _grow(self) -> None:
         """Another poster when lanes wait with no idle poster and fewer than POSTERS are
@@ -152,6 +190,10 @@ class Delivery:
                     self._cond.notify_all()
                     return
                 post = lane.popleft()
+                if post.kind == "stream":
+                    self._unwait(job_id, post)
+                elif post.kind == "done":
+                    self._waiting.pop(job_id, None)     # its last post: no chunk follows
             retried = False
 
             def retrying() -> None:       # once per post: this poster now counts as stuck

@@ -1,0 +1,143 @@
+"""Every buffer that holds a job's stream output is bounded in chunks and in bytes (issue
+36): the local API's records, the Redis fleet's chunk lists and the RunPod lanes. Past the
+bound the oldest chunks go, the job's final state still arrives, and the drop is said once
+in the log and counted in the job's record (streamDropped)."""
+import json
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from tests.fake_runpod import FakeRunPod
+from tests.fleet_support import NO_REDIS, REDIS, Gateway, RedisServer, start_worker
+from tests.support import Server, Worker
+from worker import stream_bound
+from worker.stream_bound import MAX_CHUNKS, Unread
+
+SAID = "stream output not read fast enough"
+LIMIT_MB = 0.5        # WORKER_MAX_RESULT_MB: 512 KiB of chunks held unread (10,000 small
+LIMIT = stream_bound.max_bytes(LIMIT_MB)        # chunks fit: the count bound comes first)
+PAD = 10_000          # a chunk of about 10 KB: 200 of them pass the byte bound
+
+
+def held_bytes(stream: list) -> int:
+    return sum(stream_bound.size(c["output"]) for c in stream)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 5000), st.lists(st.tuples(st.booleans(), st.integers(0, 6000)),
+                                      max_size=300))
+def test_unread_chunks_stay_within_the_bound_and_in_order(limit, steps):
+    """Whatever comes and whenever it is read: within the bound, oldest dropped first,
+    every chunk either read or counted as dropped, none both."""
+    unread, read, sent = Unread(limit), [], 0
+    for take, nbytes in steps:
+        if take:
+            got = unread.take_items()
+            read += got
+            if got and nbytes % 3 == 0:               # not delivered: back in front
+                unread.put_back(got)
+                read = read[:-len(got)]
+        else:
+            unread.add(sent, nbytes)
+            sent += 1
+        assert len(unread.items) <= MAX_CHUNKS and unread.bytes <= limit
+        assert unread.bytes == sum(n for _, n in unread.items)
+    kept = read + list(unread.items)
+    assert [v for v, _ in kept] == sorted(v for v, _ in kept)       # in order
+    assert len(kept) + unread.dropped == sent
+
+
+def test_the_local_api_holds_at_most_the_bound_of_unread_chunks(tmp_path):
+    s = Server("gen_sync.py", tmp_path, WORKER_MAX_RESULT_MB=str(LIMIT_MB))
+    try:
+        many = s.post("/run", {"input": {"n": MAX_CHUNKS + 5000}}).json()["id"]
+        s.until(many, lambda st: st["status"] == "COMPLETED", 120)
+        stream = s.get(f"/stream/{many}").json()
+        big = s.post("/run", {"input": {"n": 200, "pad": PAD}}).json()["id"]
+        done = s.until(big, lambda st: st["status"] == "COMPLETED", 60)
+        chunks = s.get(f"/stream/{big}").json()
+        ok = s.post("/runsync", {"input": {"n": 2}}).json()
+    finally:
+        s.close()
+    log = s.log.read_text()
+    # The count: the newest 10,000 kept, the rest counted.
+    assert [c["output"]["i"] for c in stream["stream"]] == list(range(5000, MAX_CHUNKS + 5000))
+    assert stream["streamDropped"] == 5000 and stream["status"] == "COMPLETED"
+    # The bytes: the newest that fit, the rest counted, in the record too.
+    kept = [c["output"]["i"] for c in chunks["stream"]]
+    assert held_bytes(chunks["stream"]) <= LIMIT < held_bytes(chunks["stream"]) + PAD + 100
+    assert kept == list(range(200 - len(kept), 200))
+    assert chunks["streamDropped"] == done["streamDropped"] == 200 - len(kept)
+    assert ok["status"] == "COMPLETED" and "streamDropped" not in ok
+    assert log.count(SAID) == 2, log            # once per job
+
+
+@pytest.mark.skipif(REDIS is None, reason=NO_REDIS)
+def test_the_fleet_holds_at_most_the_bound_of_unread_chunks(tmp_path):
+    srv = RedisServer(tmp_path / "redis")
+    gw = Gateway(srv, "gen", tmp_path)
+    w = start_worker(srv, "gen", tmp_path, handler="gen_sync.py",
+                     WORKER_MAX_RESULT_MB=str(LIMIT_MB))
+    try:
+        many = gw.post("/run", {"input": {"n": MAX_CHUNKS + 3000}}).json()["id"]
+        gw.until(many, lambda st: st["status"] == "COMPLETED", 180)
+        stream = gw.get(f"/stream/{many}").json()
+        big = gw.post("/run", {"input": {"n": 200, "pad": PAD}}).json()["id"]
+        done = gw.until(big, lambda st: st["status"] == "COMPLETED", 60)
+        chunks = gw.get(f"/stream/{big}").json()
+        # Read as it comes: nothing is dropped.
+        read = gw.post("/run", {"input": {"n": 20, "pad": 1000, "delay": 0.05}}).json()["id"]
+        got = []
+        while True:
+            part = gw.get(f"/stream/{read}").json()
+            got += part["stream"]
+            if part["status"] == "COMPLETED":
+                break
+            time.sleep(0.05)
+        got += gw.get(f"/stream/{read}").json()["stream"]
+    finally:
+        assert w.stop() == 0, w.text()
+        assert gw.stop() == 0, gw.text()
+        srv.close()
+    assert [c["output"]["i"] for c in stream["stream"]] == list(range(3000, MAX_CHUNKS + 3000))
+    assert stream["streamDropped"] == 3000 and stream["status"] == "COMPLETED"
+    kept = [c["output"]["i"] for c in chunks["stream"]]
+    assert held_bytes(chunks["stream"]) <= LIMIT < held_bytes(chunks["stream"]) + PAD + 100
+    assert kept == list(range(200 - len(kept), 200))
+    assert chunks["streamDropped"] == done["streamDropped"] == 200 - len(kept)
+    assert [c["output"]["i"] for c in got] == list(range(20))
+    assert w.text().count(SAID) == 2, w.text()
+
+
+def test_a_runpod_lane_holds_at_most_the_bound_of_waiting_chunks(tmp_path):
+    """The platform takes the first chunk only once the worker has said it drops some:
+    meanwhile the chunks wait in the job's lane, within the bound."""
+    log = tmp_path / "worker.log"
+    said = threading.Event()
+
+    def hold_first_chunk(kind, n):
+        if kind == "stream" and n == 1:
+            deadline = time.monotonic() + 60
+            while SAID not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            said.set()
+        return None
+
+    with FakeRunPod(long_poll=0.3, fault=hold_first_chunk) as q:
+        w = Worker(q, "gen_sync.py", tmp_path, WORKER_MAX_RESULT_MB=str(LIMIT_MB))
+        try:
+            q.add_jobs([{"id": "big", "input": {"n": 300, "pad": PAD}}])
+            final = q.wait_final(["big"], 90)["big"]
+        finally:
+            assert w.stop() == 0, w.text()
+    assert said.is_set()
+    got = [s["output"] for s in q.streams["big"]]
+    # The first went out before the lane filled; then the newest that fit the bound.
+    waited = got[1:]
+    assert sum(stream_bound.size(c) for c in waited) <= LIMIT, len(waited)
+    assert [c["i"] for c in waited] == list(range(300 - len(waited), 300))
+    assert final["output"] == [] and len(q.finals["big"]) == 1
+    assert w.text().count(SAID) == 1, w.text()
+    assert json.dumps(final)            # the final state arrived, once

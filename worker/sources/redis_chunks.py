@@ -1,0 +1,66 @@
+"""A queue worker's stream chunks on their way to Redis: held within the stream bound while
+they wait for the writer (through an outage they would pile up), written in batches.
+
+A job has one chunk write in the writer's FIFO at a time: chunks that come while it waits
+join it, so the job's final record is still written after its last chunk, and a fast
+generator costs one script call per batch instead of one per chunk.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from .. import stream_bound
+from ..fleet import records
+
+
+class Outgoing:
+    """One job's chunks not yet written to Redis."""
+
+    def __init__(self, job_id: str, limit: int, write: Callable[[list, int], Any]):
+        self.job_id = job_id
+        self.limit = limit
+        self._write = write           # (chunk jsons, chunks dropped here) -> script answer
+        self._lock = threading.Lock()
+        self._unread = stream_bound.Unread(limit)
+        self._queued = False          # a write for this job waits in the writer's FIFO
+        self._dropped_sent = 0
+        self._said = False            # the job's drops were logged
+
+    def add(self, value: Any) -> bool:
+        """Hold a chunk; True when the writer needs a new write for this job (one that
+        calls `flush`)."""
+        data = records.dumps(value)
+        with self._lock:
+            first = self._unread.add(data, len(data))
+            queue, self._queued = not self._queued, True
+        if first:
+            self._say()
+        return queue
+
+    def flush(self) -> Any:
+        """The writer's call: the chunks held so far, in one script call. Chunks the server
+        could not take go back in front (the writer calls again after an outage)."""
+        with self._lock:
+            items = self._unread.take_items()
+            self._queued = False
+            dropped = self._unread.dropped - self._dropped_sent
+            self._dropped_sent = self._unread.dropped
+        if not items and not dropped:
+            return 1                  # an earlier call took them
+        try:
+            answer = self._write([data for data, _ in items], dropped)
+        except BaseException:
+            with self._lock:
+                self._unread.put_back(items)
+                self._dropped_sent -= dropped
+            raise
+        if answer == 2:
+            self._say()
+        return answer
+
+    def _say(self) -> None:
+        with self._lock:
+            said, self._said = self._said, True
+        if not said:
+            stream_bound.said(self.job_id, self.limit)
