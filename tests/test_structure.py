@@ -16,7 +16,8 @@ CHILD_MP = "worker.child.entry"
 FORKSERVER_MP = "worker.child.forkserver_door"
 SHARED = {"worker.protocol", "worker.jobs", "worker.config", "worker.targets",
           "worker.version", "worker.logs", "worker.jsonlimits", "worker.gpus",
-          "worker.tracing", "worker.redraws", "worker.hardening", "worker.redaction"}
+          "worker.tracing", "worker.redraws", "worker.hardening", "worker.redaction",
+          "worker.procfs"}
 # The SDK's helpers (worker.serverless.*: logger, fitness registry, utils) serve both sides.
 HELPERS = "worker.serverless."
 

@@ -17,8 +17,8 @@ from .. import hardening
 from .. import protocol as P
 from ..config import Settings
 from ..targets import SECRET_ENV, ChildSpec, ModuleTarget, ScriptTarget, ValueTarget, warm_key
-from . import (code_files, fork_safety, forkserver_door, joblog, runpod_compat, sdk_hooks,
-               seeds, warm_import)
+from . import (code_files, descendants, fork_safety, forkserver_door, joblog, runpod_compat,
+               sdk_hooks, seeds, warm_import)
 from .fitness_run import Unfit
 from .handlers import Interrupted
 from .runtime import ChildRuntime
@@ -82,6 +82,7 @@ def child_main(spec: ChildSpec) -> None:
         os.setpgid(0, 0)  # lead our own group: a stop kills grandchildren too
     except OSError:
         pass
+    descendants.install()   # and the ones that leave it stay below us, to end with us
     _capture_output(spec.stdout.fileno(), spec.stderr.fileno())
     spec.stdout.close()
     spec.stderr.close()

@@ -26,7 +26,7 @@ from ..config import Settings, config_keys
 from ..jobs import JobState, Reason, exception_record
 from ..jsonlimits import MAX_DEPTH, nesting
 from ..protocol import HandlerMode
-from . import code_files, fitness_run, gpu_check, joblog, sdk_hooks
+from . import code_files, descendants, fitness_run, gpu_check, joblog, sdk_hooks
 from .handlers import Interrupted, Outcome, detect_kind, run_async, run_sync
 from .memory import reset_peak, rss, torch_memory
 
@@ -162,8 +162,9 @@ class ChildRuntime:
             interval = max(0.05, self.settings.heartbeat_interval)
             while True:
                 ready, _, _ = select.select([lifeline_fd], [], [], interval)
-                if ready:  # EOF: the parent is gone; take our grandchildren with us
+                if ready:  # EOF: the parent is gone; take our descendants with us
                     try:
+                        descendants.end_all()       # the ones outside our group too
                         os.killpg(0, signal.SIGKILL)
                     finally:
                         os._exit(70)

@@ -19,7 +19,7 @@ import logging
 import selectors
 from typing import Callable
 
-from . import events as E
+from . import events as E, reaper
 from .channel import Channel
 from .launcher import ALIVE, EXITED, ChildProcess, readable
 from .output import OutputPump, Sink
@@ -141,6 +141,7 @@ class ChildHost:
         self._unwatch_all()
         code = self.proc.poll_exit()[1]
         self.proc.close()                 # SIGKILLs leftovers in its group
+        reaper.wake()                     # and the ones outside it, adopted now, end
         self.pump.finish()
         return E.Exited(self.slot, self.cid, code, list(self.pump.tail), messages)
 

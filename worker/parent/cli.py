@@ -77,6 +77,13 @@ def run(target, argv: list, config: dict) -> int:
 
 
 def run_mode(settings: cfg.Settings, target) -> int:
+    try:
+        return _run_mode(settings, target)
+    finally:
+        reaper.end_adopted()     # what the last children left: nothing outlives the worker
+
+
+def _run_mode(settings: cfg.Settings, target) -> int:
     """Pick the job source as runpod-python does — the local API if asked for, then the
     realtime port, then the RunPod queue when RUNPOD_WEBHOOK_GET_JOB is set and no test
     input is given, else the one-shot local test — with load balancing and a Redis Streams

@@ -29,7 +29,7 @@ import threading
 
 from ..config import Settings
 from ..targets import SECRET_ENV, SECRET_SETTINGS
-from .reaper import proc_stat
+from ..procfs import stat as proc_stat
 
 _env_lock = threading.Lock()
 

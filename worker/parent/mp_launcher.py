@@ -23,7 +23,7 @@ import multiprocess
 from multiprocess import forkserver, process as mp_process, resource_tracker, \
     spawn as mp_spawn, util as mp_util
 
-from .. import hardening, safe_path
+from .. import hardening, procfs, safe_path
 from ..child.boot import child_main
 from ..config import Settings
 from ..targets import (AUTO_PRELOAD_ENV, RIGHTS_ENV, WARM_ENV, ChildSpec, ValueTarget,
@@ -318,7 +318,7 @@ class MpLauncher(Launcher):
             state = "not started"
         else:
             try:
-                stat = reaper.proc_stat(pid)
+                stat = procfs.stat(pid)
             except OSError:
                 stat = ["?"]
             state = "gone" if stat is None or stat[0] in "ZX" else \
@@ -390,6 +390,7 @@ class MpLauncher(Launcher):
             _no_resource_tracker()
             self.ctx.set_forkserver_preload(modules)
             server.ensure_running()
+            reaper.own(server._forkserver_pid)      # under starting(): never adopted
             _server_key = key
 
     def start(self, target, settings: Settings, checks: bool = False,
@@ -428,15 +429,17 @@ class MpLauncher(Launcher):
             if self.guarded:
                 template_env[AUTO_PRELOAD_ENV] = ",".join(self.guarded)
             forked = self.method == "forkserver"
-            with _start_lock, without_secrets(template_env):
+            with _start_lock, reaper.starting(), without_secrets(template_env):
                 headroom()
                 if forked:
                     self._ensure_server(rights)
                 process.start()
+                reaper.launched(process.pid)
                 if forked:
                     # Its exit report is ours to read: multiprocess must not poll it.
                     getattr(mp_process, "_children", set()).discard(process)
                     self._served = template_pid()
+                    reaper.own(self._served)       # restarted by the start itself
         except BaseException:
             for conn in opened:         # nothing of a start that failed stays open
                 conn.close()
@@ -444,5 +447,4 @@ class MpLauncher(Launcher):
         for conn in (child_control, out_w, err_w, life_r):
             conn.close()
         _live.add(process.pid)
-        reaper.launched(process.pid)
         return MpChild(process, control, out_r, err_r, life_w, forked)

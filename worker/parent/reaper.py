@@ -1,25 +1,35 @@
-"""The worker's process as child subreaper: children whose launcher died come to it.
+"""The worker's process as child subreaper: what its children leave comes to it, and ends.
 
 A forkserver's children are the forkserver's. If it dies, the kernel gives them to the
 nearest subreaper: with this on, the worker itself, which then learns their exit codes
-(launcher.ExitWatch.reap) instead of "unknown". It must then reap what it adopts, but only
-what it launched, never waitpid(-1): that would take the exit status of a process some
-other part of the program started and waits for (a forkserver, a subprocess).
+(launcher.ExitWatch.reap) instead of "unknown". Each child is the subreaper of its own
+descendants (child/descendants.py), so a process a job starts stays below its child
+whatever session or group it moves to; when the child ends, those come here.
 
-What it adopts beyond the children it watches (a child it let go of, the processes of a
-dead child's group) is reaped by a sweep, once a second, of the worker's own children
-that are zombies and that it launched or that belong to the group of one it launched.
+The worker's direct children are therefore of three kinds, told apart by registration,
+never by guessing: the children a host watches (launched(), until released()), the
+processes the worker starts for itself (own(): the forkserver; a start runs under
+starting(), so none is seen half-registered), and adopted ones — everything else. Adopted
+processes are what an ended child left behind: the sweep SIGKILLs each with everything
+under it and reaps it, once a second and at once when a child's exit is handled (wake()).
+It never calls waitpid(-1), and never waits for a watched or own pid: their exit codes
+belong to their hosts and to multiprocess.
 Turned on by the command-line worker (cli.py), the program that owns its process; a
 program that embeds the supervisor decides for itself.
 """
 from __future__ import annotations
 
-import collections
+import contextlib
 import ctypes
-import glob
 import logging
 import os
+import signal
 import threading
+import time
+
+import psutil
+
+from .. import procfs
 
 log = logging.getLogger("worker")
 
@@ -27,8 +37,10 @@ PR_SET_CHILD_SUBREAPER = 36
 SWEEP_S = 1.0
 
 _lock = threading.Lock()
-_launched: collections.deque = collections.deque(maxlen=4096)   # pids, oldest first
+_starting = threading.Lock()     # held while a process of ours is started and registered
 _held: set = set()          # pids a host watches (and reaps) now: the sweep leaves them
+_own: set = set()           # processes the worker started for itself (the forkserver)
+_wake = threading.Event()
 _on = False
 
 
@@ -50,10 +62,17 @@ def become_subreaper() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def starting():
+    """Around a start and its registration: the sweep waits, so it never takes a process
+    of ours for an adopted one."""
+    with _starting:
+        yield
+
+
 def launched(pid: int) -> None:
     """A child was started, and a host watches it."""
     with _lock:
-        _launched.append(pid)
         _held.add(pid)
 
 
@@ -63,54 +82,78 @@ def released(pid: int) -> None:
         _held.discard(pid)
 
 
+def own(pid: int | None) -> None:
+    """A process the worker started for itself: never ended or reaped here (its starter
+    waits for it); forgotten once it is no longer the worker's child."""
+    if pid:
+        with _lock:
+            _own.add(pid)
+
+
+def wake() -> None:
+    """A child's exit was handled: sweep now (what it left is adopted already)."""
+    _wake.set()
+
+
 def sweep() -> int:
-    """Reap this process's zombie children that it launched, or that were in the group of
-    one it launched; returns how many."""
-    reaped = 0
-    with _lock:
-        ours = set(_launched)
-        held = set(_held)
-    for pid in _children():
-        try:
-            stat = proc_stat(pid)
-        except OSError:             # no descriptor now: the next sweep
-            continue
-        if stat is None or stat[0] != "Z" or pid in held:
-            continue
-        if pid in ours or int(stat[2]) in ours:       # its process group
+    """Reap the adopted zombies, end the adopted processes still running (each with
+    everything under it); returns how many were adopted."""
+    with _starting:
+        children = procfs.children()
+        with _lock:
+            _own.intersection_update(children)    # reaped by their starter: anyone's pids
+            ours = _held | _own
+        adopted = [pid for pid in children if pid not in ours]
+        ended = []
+        for pid in adopted:
+            try:
+                stat = procfs.stat(pid)
+            except OSError:             # no descriptor now: the next sweep
+                continue
+            if stat is None:
+                continue
+            if stat[0] != "Z":
+                ended.append(pid)
+                _end_tree(pid)
             try:
                 os.waitpid(pid, os.WNOHANG)
-                reaped += 1
             except ChildProcessError:
                 pass
-    return reaped
+    if ended:
+        log.warning("ended %d process(es) left behind by a child that ended (a job's "
+                    "detached processes): pids %s", len(ended),
+                    ", ".join(map(str, ended[:10])))
+    return len(adopted)
+
+
+def end_adopted(bound: float = 2.0) -> None:
+    """At the worker's exit: sweep until nothing adopted is left (at most `bound` s)."""
+    if not _on:
+        return
+    deadline = time.monotonic() + bound
+    while sweep() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _end_tree(pid: int) -> None:
+    """SIGKILL a process and its descendants (they come here as their parents die)."""
+    try:
+        tree = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    except psutil.Error:
+        tree = [pid]
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _sweep_forever() -> None:
-    stop = threading.Event()
-    while not stop.wait(SWEEP_S):
+    while True:
+        _wake.wait(SWEEP_S)
+        _wake.clear()
         try:
             sweep()
         except Exception:     # noqa: BLE001 - a sweep must never end the thread
             log.exception("the reaper's sweep failed")
 
-
-def _children() -> list:
-    pids = []
-    for path in glob.glob("/proc/self/task/*/children"):
-        try:
-            with open(path) as f:
-                pids.extend(int(p) for p in f.read().split())
-        except OSError:
-            pass
-    return pids
-
-
-def proc_stat(pid: int) -> list | None:
-    """/proc/<pid>/stat's fields after the command name: [state, ppid, pgrp, ...]
-    (field n of proc(5) at index n - 3); None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None             # other errors (EMFILE) say nothing about the process

@@ -1,0 +1,122 @@
+"""Nothing a job starts outlives its stop, and every process the worker or a child adopts
+is reaped (issue 36). A job's processes that leave its child's process group (a new
+session, a double-forked daemon) stay below the child, which reaps the orphans it adopts
+without taking its own code's exit statuses; when the child ends (a stop, a refresh, a
+shutdown) they come to the worker, which ends and reaps them."""
+import os
+import time
+
+import psutil
+import pytest
+
+from tests.support import Server
+
+
+def gone(pid: int) -> bool:
+    """Not running, not a zombie: ended and reaped."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE and False
+    except psutil.NoSuchProcess:
+        return True
+
+
+def until(predicate, timeout=20.0, what=""):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def command(proc) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def zombies_under(pid: int) -> list:
+    try:
+        return [p.pid for p in psutil.Process(pid).children()
+                if p.status() == psutil.STATUS_ZOMBIE]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture
+def server(tmp_path):
+    servers = []
+
+    def make(**env):
+        s = Server("detacher.py", tmp_path, **env)
+        servers.append(s)
+        return s
+    yield make
+    for s in servers:
+        s.close()
+
+
+def run_job(s, inp, timeout_s=None):
+    body = {"input": inp}
+    if timeout_s:
+        body["policy"] = {"executionTimeout": int(timeout_s * 1000)}
+    return s.post("/runsync", body).json()
+
+
+@pytest.mark.parametrize("stop", ["timeout", "refresh", "cancel"])
+def test_a_jobs_detached_processes_end_with_its_stop(server, tmp_path, stop):
+    s = server()
+    if stop == "refresh":
+        out = run_job(s, {"refresh": True})
+        assert out["status"] == "COMPLETED", out
+        pids = out["output"]["pids"]
+    else:
+        job = s.post("/run", {"input": {"sleep": 600}, "policy": {
+            "executionTimeout": 3000 if stop == "timeout" else 600_000}}).json()["id"]
+        # the pids are not out before the end: find them as the child's descendants
+        found = {}
+
+        def started():
+            child = s.get("/health").json()["worker"]["child"]["pid"]
+            found.update(child=child, pids=[p.pid for p in psutil.Process(child).children(
+                recursive=True) if "sleep(600)" in command(p)])
+            return len(found["pids"]) == 2
+        until(started, what="the job's two processes")
+        if stop == "cancel":
+            s.post(f"/cancel/{job}")
+        final = s.until(job, lambda st: st["status"] not in ("IN_QUEUE", "IN_PROGRESS"),
+                        60)
+        assert final["status"] == ("TIMED_OUT" if stop == "timeout" else "CANCELLED")
+        pids = dict(enumerate(found["pids"]))
+    for name, pid in pids.items():
+        until(lambda: gone(pid), what=f"{name} ({pid}) outlived its job's stop")
+    worker = s.proc.pid
+    until(lambda: not zombies_under(worker), what="the worker reaps what it adopted")
+    assert run_job(s, {"session": False, "daemon": False})["status"] == "COMPLETED"
+    assert "left behind by a child that ended" in s.log.read_text()
+
+
+def test_a_child_reaps_its_orphans_but_not_its_own_processes(server):
+    s = server()
+    daemons = []
+    for _ in range(5):       # each leaves a daemon that exits soon after: an orphan
+        out = run_job(s, {"session": False, "live": 0.2})
+        assert out["status"] == "COMPLETED", out
+        daemons.append(out["output"]["pids"]["daemon"])
+    child = out["output"]["child"]
+    for pid in daemons:
+        until(lambda: gone(pid), what=f"daemon {pid} exited and was not reaped")
+    assert not zombies_under(child)
+    # Its own process, a zombie for two sweeps before the job waits for it: its status
+    # is its own, not stolen (a stolen one reads as 0).
+    out = run_job(s, {"session": False, "daemon": False, "own_exit": 3})
+    assert out["output"]["pids"]["own_status"] == 3, out
+
+
+def test_the_worker_ends_what_its_children_leave_at_shutdown(server):
+    s = server()
+    out = run_job(s, {"live": 600})
+    pids = out["output"]["pids"]
+    assert all(psutil.pid_exists(p) for p in pids.values())
+    s.close()
+    for name, pid in pids.items():
+        until(lambda: gone(pid), what=f"{name} ({pid}) outlived the worker")

@@ -1,0 +1,125 @@
+"""What a child's jobs start stays below the child, its orphans are reaped, and none
+outlives it (issue 36).
+
+A process a job starts may leave the child's process group (start_new_session, setsid, a
+double-forked daemon): a stop that signals the group would miss it. The child makes itself
+the subreaper of its descendants, so while it lives every orphan among them comes to it
+(not to the worker, not to init); when it ends they come to the worker, the next subreaper
+up, which ends them (parent/reaper.py).
+
+The child reaps the orphans it adopts, never a process its own code started and may wait
+for (a Popen's exit status taken from under it reads as 0): its own are the pids that
+os.fork, os.forkpty, os.posix_spawn[p] and _posixsubprocess.fork_exec (subprocess's _fork_exec) returned in this
+process (subprocess, multiprocessing, asyncio and pty all start processes through them).
+A zombie child not among them, still there one sweep later (a fork made in C and waited
+for at once never is), was adopted: it is reaped.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+
+from .. import procfs
+
+PR_SET_CHILD_SUBREAPER = 36
+SWEEP_S = 1.0
+
+_own: set = set()           # pids this process started (and not yet seen gone)
+_lock = threading.Lock()
+
+
+def install() -> bool:
+    """Subreaper of our descendants, own starts recorded, adopted zombies reaped; False
+    where the kernel refuses (then orphans go to the worker at once, which ends them)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    _record_starts()
+    threading.Thread(target=_sweep_forever, name="gpu-worker-orphans", daemon=True).start()
+    return True
+
+
+def _record_starts() -> None:
+    import _posixsubprocess
+    import subprocess
+
+    def recorded(start, pid_of):
+        def wrapper(*args, **kwargs):
+            out = start(*args, **kwargs)
+            pid = pid_of(out)
+            if pid:
+                with _lock:
+                    _own.add(pid)
+            return out
+        wrapper.__wrapped__ = start
+        return wrapper
+
+    first = (lambda out: out)
+    os.fork = recorded(os.fork, first)
+    os.forkpty = recorded(os.forkpty, lambda out: out[0])
+    for name in ("posix_spawn", "posix_spawnp"):
+        if hasattr(os, name):
+            setattr(os, name, recorded(getattr(os, name), first))
+    _posixsubprocess.fork_exec = recorded(_posixsubprocess.fork_exec, first)
+    subprocess._fork_exec = _posixsubprocess.fork_exec     # bound at its import
+
+
+def _stat(pid: int) -> list:
+    try:
+        return procfs.stat(pid) or []
+    except OSError:
+        return []
+
+
+def _state(pid: int) -> str:
+    stat = _stat(pid)
+    return stat[0] if stat else ""
+
+
+def _parent(pid: int) -> int:
+    stat = _stat(pid)
+    return int(stat[1]) if len(stat) > 1 else 0
+
+
+def sweep(seen: set) -> set:
+    """Reap the adopted zombies seen in the last sweep too; the adopted zombies now."""
+    now = procfs.children()
+    with _lock:
+        own = set(_own)
+    gone = {pid for pid in own.difference(now) if _parent(pid) != os.getpid()}
+    with _lock:
+        _own.difference_update(gone)         # reaped by its owner: the pid is anyone's
+    zombies = {pid for pid in now if pid not in own and _state(pid) == "Z"}
+    for pid in zombies & seen:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+    return zombies - seen
+
+
+def _sweep_forever() -> None:
+    stop, seen = threading.Event(), set()
+    while not stop.wait(SWEEP_S):
+        try:
+            seen = sweep(seen)
+        except Exception:      # noqa: BLE001 - the sweep must never end; the next one tries
+            seen = set()
+
+
+def end_all() -> None:
+    """SIGKILL every descendant (the worker is gone: nobody else will)."""
+    import psutil
+    try:
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+    except psutil.Error:
+        pass
