@@ -120,3 +120,28 @@ def test_the_worker_ends_what_its_children_leave_at_shutdown(server):
     s.close()
     for name, pid in pids.items():
         until(lambda: gone(pid), what=f"{name} ({pid}) outlived the worker")
+
+
+@pytest.mark.parametrize("stop", ["timeout", "cancel"])
+def test_a_job_stopped_in_a_live_child_takes_its_processes_along(tmp_path, stop):
+    """An async task cancelled or timed out: the child goes on, the job's processes end,
+    the one its module started at import serves on."""
+    s = Server("detacher_async.py", tmp_path)
+    try:
+        job = s.post("/run", {"input": {"sleep": 600}, "policy": {
+            "executionTimeout": 3000 if stop == "timeout" else 600_000}}).json()["id"]
+        until(lambda: "pids {" in s.log.read_text(), what="the job's processes started")
+        line = s.log.read_text().split("pids ", 1)[1].splitlines()[0]
+        pids = eval(line)           # the handler's own dict of ints
+        if stop == "cancel":
+            s.post(f"/cancel/{job}")
+        final = s.until(job, lambda st: st["status"] not in ("IN_QUEUE", "IN_PROGRESS"), 60)
+        assert final["status"] == ("TIMED_OUT" if stop == "timeout" else "CANCELLED")
+        for name in ("session", "daemon"):
+            until(lambda: gone(pids[name]), what=f"{name} outlived its job's stop")
+        after = s.post("/runsync", {"input": {"live": 0.1}}).json()
+        assert after["output"]["child"] == pids["child"]          # the child lived on
+        assert psutil.pid_exists(pids["server"]) and not gone(pids["server"])
+    finally:
+        s.close()
+    until(lambda: gone(pids["server"]), what="the import's process outlived the worker")

@@ -13,6 +13,11 @@ os.fork, os.forkpty, os.posix_spawn[p] and _posixsubprocess.fork_exec (subproces
 process (subprocess, multiprocessing, asyncio and pty all start processes through them).
 A zombie child not among them, still there one sweep later (a fork made in C and waited
 for at once never is), was adopted: it is reaped.
+
+A job stopped inside a live child (an async task cancelled, a thread interrupted: the child
+goes on) takes with it the processes that appeared below the child during its run, when it
+ran alone: with jobs side by side, which started what cannot be told, and they end with
+the child.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import ctypes
 import os
 import signal
 import threading
+import time
 
 from .. import procfs
 
@@ -27,6 +33,7 @@ PR_SET_CHILD_SUBREAPER = 36
 SWEEP_S = 1.0
 
 _own: set = set()           # pids this process started (and not yet seen gone)
+_jobs: dict = {}            # run -> (children at its start, when), None: it was not alone
 _lock = threading.Lock()
 
 
@@ -110,6 +117,46 @@ def _sweep_forever() -> None:
             seen = sweep(seen)
         except Exception:      # noqa: BLE001 - the sweep must never end; the next one tries
             seen = set()
+
+
+def _ticks_now() -> int:
+    """Now on the clock of /proc's starttime: clock ticks since boot."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+
+
+def job_began(run: int) -> None:
+    """A job starts in a live child (a thread or a task): what runs below the child now is
+    not its, if it is alone; with another job beside it nothing can be told apart."""
+    with _lock:
+        alone = not _jobs
+        for other in _jobs:
+            _jobs[other] = None
+        _jobs[run] = (set(procfs.children()), _ticks_now()) if alone else None
+
+
+def job_ended(run: int, stopped: bool) -> None:
+    """A job cancelled or timed out in a live child, alone all its run: the processes it
+    started (below the child now, not there at its start, started since) end with it."""
+    with _lock:
+        began = _jobs.pop(run, None)
+    if not stopped or began is None:
+        return
+    before, at = began
+    import psutil
+    for pid in procfs.children():
+        stat = _stat(pid)
+        if pid in before or len(stat) < 20 or int(stat[19]) < at - 1:   # started before
+            continue
+        try:
+            tree = [psutil.Process(pid)]
+            tree += tree[0].children(recursive=True)
+        except psutil.Error:
+            continue
+        for each in tree:
+            try:
+                each.kill()
+            except psutil.Error:
+                pass
 
 
 def end_all() -> None:

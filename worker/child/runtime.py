@@ -9,6 +9,7 @@ How a job runs depends on the handler:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import inspect
 import json
@@ -120,10 +121,8 @@ class ChildRuntime:
     def _leave_if_forked(self) -> None:
         if os.getpid() != self.pid:
             for stream in (sys.stdout, sys.stderr):
-                try:
+                with contextlib.suppress(Exception):
                     stream.flush()
-                except Exception:   # noqa: BLE001
-                    pass
             os._exit(0)
 
     def send(self, msg: P.Message) -> None:
@@ -316,7 +315,9 @@ class ChildRuntime:
                 self.inline_job = None
                 joblog.current_job.reset(token)
             self._report(run, job_id, outcome)
-        elif self.mode is HandlerMode.THREADS:
+            return
+        descendants.job_began(run)       # a live child's job: its processes end with it
+        if self.mode is HandlerMode.THREADS:
             threading.Thread(target=self._run_thread, args=(run, job), daemon=True,
                              name=f"job-{job_id}").start()
         else:
@@ -363,6 +364,7 @@ class ChildRuntime:
     def _report(self, run: int, job_id: str, outcome: Outcome) -> None:
         self._leave_if_forked()        # a fork of this child reports nothing, runs nothing
         joblog.job_ended(job_id)       # its last partial line, tagged, before its result
+        descendants.job_ended(run, outcome.state is JobState.CANCELLED)
         if self._runs.get(job_id) == run:
             del self._runs[job_id]
         if self.stopping:
