@@ -3,14 +3,18 @@ write — banners, DEBUG logs, webhook failures, /health, /metrics — in each m
 for every secret they were given: WORKER_API_TOKEN, RUNPOD_AI_API_KEY, the queue's
 password (in the URL's user info, and in its query, which the client library accepts),
 and a client's credential in a webhook URL's query."""
+import os
+import subprocess
 import uuid
 
 import pytest
 import requests
+from hypothesis import given, settings, strategies as st
 
 from tests.fake_runpod import FakeRunPod
 from tests.fleet_support import NO_REDIS, REDIS, Gateway, RedisServer, start_worker
-from tests.support import Worker
+from tests.support import HANDLERS, PYTHON, Worker
+from worker import redaction
 from tests.test_webhooks import _log_until
 
 
@@ -73,3 +77,29 @@ def test_the_fleet_prints_no_queue_password(tmp_path, where):
         assert "127.0.0.1" in gw.text()
     finally:
         srv.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=4, max_size=24),
+       st.sampled_from(["", "user"]), st.sampled_from(["", ":6379"]))
+def test_no_password_survives_redaction_whatever_it_holds(password, user, port):
+    """A password with '/', '?', '#', '@' or ':' unencoded ends a URL parser's host early:
+    still masked, printed or scrubbed."""
+    url = f"redis://{user}:{password}@127.0.0.1{port}/0"
+    redaction.remember(url)
+    assert password not in redaction.url(url)
+    assert password not in redaction.scrub(f"connecting to {url}")
+
+
+@pytest.mark.parametrize("password", ["Ab#cdEfGh12", "Ab/cdEfGh12", "Ab?cdEfGh12"])
+def test_an_unreadable_queue_url_is_refused_without_its_password(tmp_path, password):
+    """redis-py cannot read such a URL: the worker and the gateway say how to fix it, and
+    neither prints the password or a piece of it."""
+    env = {**os.environ, "WORKER_QUEUE_URL": f"redis://:{password}@127.0.0.1:1/0",
+           "WORKER_ENDPOINT": "ep"}
+    for args in (["gateway", "--port", "1"], [str(HANDLERS / "fleet_jobs.py")]):
+        out = subprocess.run([PYTHON, "-m", "worker", *args], env=env, capture_output=True,
+                             text=True, timeout=60, cwd=tmp_path)
+        assert out.returncode == 2, out.stderr
+        assert "must be percent-encoded" in out.stderr
+        assert "Ab" not in out.stdout + out.stderr.replace("Abort", ""), out.stderr

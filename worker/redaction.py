@@ -3,7 +3,9 @@ writes.
 
 - A URL keeps its scheme, host, port and path; its user info becomes `***@`, and every
   query parameter or fragment whose name says it carries a credential (password, token,
-  key, secret, auth, signature...) keeps its name and loses its value (`url`).
+  key, secret, auth, signature...) keeps its name and loses its value (`url`). A URL whose
+  password holds an unencoded '/', '?' or '#' (its user info cannot be told from its
+  host) shows its scheme alone.
 - The worker's own secrets — WORKER_API_TOKEN, RUNPOD_AI_API_KEY, the queue's URL and
   password — are known values: `remember` them once, and `scrub` replaces each wherever it
   appears in a line (every log line: logs.py's formatters; a banner; an error body),
@@ -23,8 +25,24 @@ _lock = threading.Lock()
 SHORTEST = 4          # shorter values would mask ordinary words
 
 
+def _unclear_userinfo(text: str) -> str | None:
+    """What may be the user info of a URL whose password holds an unencoded '/', '?' or
+    '#' (a parser ends the host there and sees no '@'): from '://' to the last '@', when
+    the host it sees has a ':' and an '@' comes after it. None for any other URL."""
+    head, sep, rest = text.partition("://")
+    if not sep or "@" not in rest:
+        return None
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in netloc or ":" not in netloc:
+        return None
+    return rest.rpartition("@")[0]
+
+
 def url(text: str) -> str:
-    """`text` (a URL) without its credentials."""
+    """`text` (a URL) without its credentials. One whose credentials cannot be told from
+    its host is shown as its scheme alone: no part of it is sure to be safe."""
+    if _unclear_userinfo(text) is not None:
+        return f"{text.partition('://')[0]}://{MASK}"
     try:
         parts = urlsplit(text)
         netloc = parts.netloc
@@ -55,6 +73,11 @@ def remember(*values) -> None:
 
 
 def _remember_url_parts(value: str) -> None:
+    unclear = _unclear_userinfo(value)
+    if unclear is not None:
+        for part in (unclear, unclear.partition(":")[2]):
+            if len(part) >= SHORTEST:
+                _SECRETS.add(part)
     try:
         parts = urlsplit(value)
         for part in (parts.password, parts.username if parts.password is None else None):

@@ -36,6 +36,13 @@ def options(settings: Settings, for_asyncio: bool = False) -> dict:
     extra = {}
     secret = password(settings)
     redaction.remember(url, secret)
+    from redis.connection import parse_url
+    try:
+        parse_url(url)
+    except Exception:       # noqa: BLE001 - its message may quote a piece of the password
+        raise SettingsError("WORKER_QUEUE_URL cannot be read as a Redis URL (a password "
+                            "holding '/', '?', '#' or '@' must be percent-encoded, or put "
+                            "in WORKER_QUEUE_PASSWORD_FILE)") from None
     if secret is not None:
         extra["password"] = secret
     import redis
