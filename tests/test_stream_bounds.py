@@ -22,7 +22,7 @@ PAD = 10_000          # a chunk of about 10 KB: 200 of them pass the byte bound
 
 
 def held_bytes(stream: list) -> int:
-    return sum(stream_bound.size(c["output"]) for c in stream)
+    return sum(len(stream_bound.encode(c["output"])) for c in stream)
 
 
 @settings(max_examples=200, deadline=None)
@@ -136,8 +136,57 @@ def test_a_runpod_lane_holds_at_most_the_bound_of_waiting_chunks(tmp_path):
     got = [s["output"] for s in q.streams["big"]]
     # The first went out before the lane filled; then the newest that fit the bound.
     waited = got[1:]
-    assert sum(stream_bound.size(c) for c in waited) <= LIMIT, len(waited)
+    assert sum(len(stream_bound.encode(c)) for c in waited) <= LIMIT, len(waited)
     assert [c["i"] for c in waited] == list(range(300 - len(waited), 300))
     assert final["output"] == [] and len(q.finals["big"]) == 1
     assert w.text().count(SAID) == 1, w.text()
     assert json.dumps(final)            # the final state arrived, once
+
+
+def test_the_local_api_bounds_results_progress_and_finished_records(tmp_path):
+    """A result over WORKER_MAX_RESULT_MB is FAILED, as every source reports it; a progress
+    update over it is not kept; finished results hold at most WORKER_API_QUEUE_MB, the
+    oldest records dropped before their TTL past it."""
+    s = Server("outputs.py", tmp_path, WORKER_MAX_RESULT_MB="0.5", WORKER_API_QUEUE_MB="2")
+    try:
+        big = s.post("/runsync", {"input": {"result": 2**20}}).json()
+        job = s.post("/run", {"input": {"progress": 1, "size": 2**20, "last": "small",
+                                        "hold": 60}}).json()["id"]
+        shown = s.until(job, lambda st: st.get("output") == "small")
+        s.post(f"/cancel/{job}")
+        ids = [s.post("/runsync", {"input": {"result": 400_000}}).json()["id"]
+               for _ in range(8)]
+        first, last = (s.get(f"/status/{i}") for i in (ids[0], ids[-1]))
+    finally:
+        s.close()
+    log = s.log.read_text()
+    assert big["status"] == "FAILED" and "ResultTooLarge" in big["error"], big
+    assert "output" not in big
+    assert shown["status"] == "IN_PROGRESS"
+    assert log.count("over WORKER_MAX_RESULT_MB: not kept") == 1
+    assert first.status_code == 404 and last.json()["status"] == "COMPLETED"
+    assert "dropped before WORKER_RESULT_TTL" in log
+
+
+def test_progress_updates_waiting_for_redis_are_one_the_latest():
+    """A queue worker holds one progress update per job for the writer, the newest,
+    however many come while the server cannot take them; one the server could not take is
+    written again, unless a newer one came."""
+    from worker.sources.redis_chunks import Outgoing
+    written, failing = [], [True]
+
+    def write_progress(data):
+        if failing[0]:
+            raise ConnectionError("the server cannot be reached")
+        written.append(json.loads(data))
+        return 1
+    out = Outgoing("job", LIMIT, lambda items, dropped: 1, write_progress)
+    queued = [out.progress(f"{'p' * 10_000}{i}") for i in range(20_000)]
+    assert queued.count(True) == 1                      # one write waits in the FIFO
+    with pytest.raises(ConnectionError):
+        out.flush_progress()                            # the outage: kept for the retry
+    failing[0] = False
+    assert out.progress("newer") is True
+    out.flush_progress()
+    assert out.flush_progress() == 1                    # the newer one went already
+    assert written == ["newer"]

@@ -195,7 +195,9 @@ class Settings:
                                    "and /runsync answer 429 with Retry-After.", config=False)
     api_queue_mb: float = _setting(256.0, ("WORKER_API_QUEUE_MB",), None,
                                    "Local API: MiB of request bodies that may wait in the queue; "
-                                   "past it 429 with Retry-After.", config=False)
+                                   "past it 429 with Retry-After. Also the MiB of finished "
+                                   "results kept: past it the oldest records go before "
+                                   "WORKER_RESULT_TTL.", config=False)
     rp_debugger: bool = _setting(False, ("WORKER_RP_DEBUGGER",), "--rp_debugger",
                                  "Add the rp_debugger timings (FunctionTimer/LineTimer) and "
                                  "system info to each dict output as `rp_debugger`, as the "

@@ -26,9 +26,9 @@ def max_bytes(max_result_mb: float) -> int:
     return max(1, int(max_result_mb * 2**20)) if max_result_mb > 0 else CEILING_BYTES
 
 
-def size(value: Any) -> int:
-    """A chunk's size as it is held and answered: its JSON (the child checked it is JSON)."""
-    return len(_encode(value))
+def encode(value: Any) -> str:
+    """A chunk as it is held and answered: its JSON (the child checked it is JSON)."""
+    return _encode(value)
 
 
 def said(job_id: str, limit_bytes: int) -> None:

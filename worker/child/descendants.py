@@ -9,10 +9,12 @@ up, which ends them (parent/reaper.py).
 
 The child reaps the orphans it adopts, never a process its own code started and may wait
 for (a Popen's exit status taken from under it reads as 0): its own are the pids that
-os.fork, os.forkpty, os.posix_spawn[p] and _posixsubprocess.fork_exec (subprocess's _fork_exec) returned in this
-process (subprocess, multiprocessing, asyncio and pty all start processes through them).
-A zombie child not among them, still there one sweep later (a fork made in C and waited
-for at once never is), was adopted: it is reaped.
+os.fork, os.forkpty, os.posix_spawn[p] and _posixsubprocess.fork_exec (subprocess's
+_fork_exec) returned in this process (subprocess, multiprocessing, asyncio and pty start
+processes through them). A zombie child not among them, still there one sweep later (a
+fork made in C and waited for at once never is), was adopted: it is reaped. Known limit:
+a fork made in C (ctypes, an extension) and waited for more than a second later loses its
+status (ECHILD).
 
 A job stopped inside a live child (an async task cancelled, a thread interrupted: the child
 goes on) takes with it the processes that appeared below the child during its run, when it

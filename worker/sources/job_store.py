@@ -7,6 +7,7 @@ loop, under one lock. Finished records expire after WORKER_RESULT_TTL seconds.
 from __future__ import annotations
 
 import asyncio
+import collections
 import http.client
 import json
 import logging
@@ -18,12 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import redaction, stream_bound, tracing
-from ..jobs import JobResult, JobState
+from ..jobs import JobResult, JobState, error_record
 from ..parent.supervisor import ChildState, JobListener, Supervisor, WorkerState
 from . import webhook_post
 
 log = logging.getLogger("worker.api")
-_NONE = object()
 JOB_KEYS = ("input", "webhook", "policy", "s3Config", "traceparent")
 WEBHOOK_SENDERS = 16             # webhooks in flight at once, each for its own job
 WEBHOOK_TRIES = 4
@@ -72,13 +72,15 @@ class Record:
     status: JobState = JobState.IN_QUEUE
     started: float | None = None
     finished: float | None = None
-    progress: Any = _NONE
-    unread: stream_bound.Unread | None = None      # its chunks not yet read by /stream
+    progress: str | None = None    # the latest progress update's JSON, while it runs
+    unread: stream_bound.Unread | None = None    # its chunks' JSON, not yet read (/stream)
     result: JobResult | None = None
     done: asyncio.Event | None = None
     size: int = 0                  # bytes of its body while it waits in the queue
     trace: str | None = None       # its W3C traceparent (body, else the request's header)
     delivery_ms: int | None = None     # its webhook, once delivered
+    held: int = 0                  # bytes of its result's JSON, once finished
+    said: bool = False             # a progress update too large for it was logged
 
     def view(self, worker_id: str) -> dict:
         """The cloud's /status shape."""
@@ -90,8 +92,8 @@ class Record:
             if self.delivery_ms is not None:
                 out["deliveryTime"] = self.delivery_ms
             out.update(self.result.body)
-        elif self.status is JobState.IN_PROGRESS and self.progress is not _NONE:
-            out["output"] = self.progress
+        elif self.status is JobState.IN_PROGRESS and self.progress is not None:
+            out["output"] = json.loads(self.progress)
         if self.unread is not None and self.unread.dropped:
             out["streamDropped"] = self.unread.dropped
         if worker_id:
@@ -103,13 +105,16 @@ class JobStore(JobListener):
     def __init__(self, supervisor: Supervisor, loop: asyncio.AbstractEventLoop,
                  ttl: float, worker_id: str = "", max_jobs: int = 0, max_bytes: int = 0,
                  capacity: Callable[[], int] | None = None, webhooks: Any = None,
-                 chunk_bytes: int = stream_bound.CEILING_BYTES):
+                 chunk_bytes: int = stream_bound.CEILING_BYTES, max_result_mb: float = 0):
         self.sup = supervisor
         self.loop = loop
         self.ttl = ttl
         self.worker_id = worker_id
         self.max_jobs, self.max_bytes = max_jobs, max_bytes     # 0: no bound
-        self.chunk_bytes = chunk_bytes     # a job's chunks held unread (stream_bound)
+        self.chunk_bytes = chunk_bytes     # a job's chunks held unread; a progress update
+        self.max_result_mb = max_result_mb     # a larger result is FAILED (0: no limit)
+        self.finished: collections.deque = collections.deque()   # in the order they ended
+        self.held_bytes = 0                # of finished results; past max_bytes the oldest go
         self.records: dict[str, Record] = {}
         self.lock = threading.Lock()
         self.moved = threading.Condition(self.lock)   # a record started or ended
@@ -169,17 +174,18 @@ class JobStore(JobListener):
         with self.lock:
             return rec.view(self.worker_id)
 
-    def take_stream(self, rec: Record) -> dict:
-        """Chunks produced since the last call, and the status (and how many chunks were
-        dropped unread, once there are any)."""
+    def take_stream(self, rec: Record) -> bytes:
+        """The /stream answer's JSON: chunks produced since the last call, and the status
+        (and how many chunks were dropped unread, once there are any). Chunks are held as
+        their JSON text (a decoded one can take 20 times the memory) and answered as is."""
         with self.lock:
             unread = rec.unread
             chunks = unread.take() if unread is not None else []
-            out = {"id": rec.id, "status": rec.status.value,
-                   "stream": [{"output": c} for c in chunks]}
+            head = {"id": rec.id, "status": rec.status.value}
             if unread is not None and unread.dropped:
-                out["streamDropped"] = unread.dropped
-            return out
+                head["streamDropped"] = unread.dropped
+        parts = ",".join(f'{{"output":{c}}}' for c in chunks)
+        return f'{json.dumps(head, ensure_ascii=False)[:-1]},"stream":[{parts}]}}'.encode()
 
     async def wait(self, rec: Record, timeout: float) -> dict:
         try:
@@ -225,14 +231,38 @@ class JobStore(JobListener):
         }
 
     def sweep(self) -> int:
-        """Drop finished records older than the TTL."""
+        """Drop finished records older than the TTL (they expire in the order they ended)."""
         now = time.monotonic()
         with self.lock:
-            old = [k for k, r in self.records.items()
-                   if r.finished is not None and now - r.finished > self.ttl]
-            for k in old:
-                del self.records[k]
-        return len(old)
+            return self._drop_finished(lambda rec: now - rec.finished > self.ttl)
+
+    def _drop_finished(self, drop: Callable[[Record], bool]) -> int:
+        """Drop the oldest finished records while `drop` says so; call with the lock held."""
+        dropped = 0
+        while self.finished and drop(self.finished[0]):
+            rec = self.finished.popleft()
+            self.held_bytes -= rec.held
+            if self.records.get(rec.id) is rec:
+                del self.records[rec.id]
+                dropped += 1
+        return dropped
+
+    def _fit(self, result: JobResult) -> int:
+        """The bytes of the result's JSON; over WORKER_MAX_RESULT_MB the result becomes a
+        FAILED error record (as every source reports it), never kept whole."""
+        size = len(stream_bound.encode(result.body))
+        limit = self.max_result_mb
+        if limit and size > limit * 2**20:
+            text = (f"the job's result is {size / 2**20:.1f} MiB; the limit is {limit:g} "
+                    "MiB (WORKER_MAX_RESULT_MB). Store large outputs elsewhere (e.g. a "
+                    "bucket) and return a link.")
+            log.error(text, extra={"job_id": result.job_id})
+            settings = self.sup.settings
+            result.state = JobState.FAILED
+            result.body = {"error": error_record("ResultTooLarge", text, "",
+                                                 settings.worker_id, settings.hostname)}
+            size = len(stream_bound.encode(result.body))
+        return size
 
     # --- supervisor events (its thread) --------------------------------------------------
 
@@ -245,24 +275,34 @@ class JobStore(JobListener):
                 self.moved.notify_all()
 
     def on_progress(self, job_id: str, value: Any) -> None:
+        text = stream_bound.encode(value)
         with self.lock:
             rec = self.records.get(job_id)
-            if rec is not None:
-                rec.progress = value
+            if rec is None:
+                return
+            if len(text) <= self.chunk_bytes:
+                rec.progress = text
+                return
+            said, rec.said = rec.said, True
+        if not said:
+            log.warning("a progress update of %.1f MiB is over WORKER_MAX_RESULT_MB: not "
+                        "kept (the last one that fit is shown)", len(text) / 2**20,
+                        extra={"job_id": job_id})
 
     def on_chunk(self, job_id: str, value: Any) -> None:
-        nbytes = stream_bound.size(value)
+        text = stream_bound.encode(value)
         with self.lock:
             rec = self.records.get(job_id)
             if rec is None:
                 return
             if rec.unread is None:
                 rec.unread = stream_bound.Unread(self.chunk_bytes)
-            first = rec.unread.add(value, nbytes)
+            first = rec.unread.add(text, len(text))
         if first:
             stream_bound.said(job_id, self.chunk_bytes)
 
     def on_result(self, result: JobResult) -> None:
+        size = self._fit(result)
         with self.lock:
             rec = self.records.get(result.job_id)
             if rec is None:
@@ -270,13 +310,22 @@ class JobStore(JobListener):
             self._dequeued(rec)
             if rec.finished is None:
                 self.active -= 1
+                self.finished.append(rec)
+            self.held_bytes += size - rec.held
+            rec.progress, rec.held = None, size
             rec.status, rec.result, rec.finished = result.state, result, time.monotonic()
+            evicted = self._drop_finished(lambda old: old is not rec and self.max_bytes
+                                          and self.held_bytes > self.max_bytes)
             self.moved.notify_all()
             if result.state is JobState.COMPLETED:
                 self.counts["completed"] += 1
             elif result.state in (JobState.FAILED, JobState.TIMED_OUT):
                 self.counts["failed"] += 1
             payload = rec.view(self.worker_id) if rec.webhook else None
+        if evicted:
+            log.warning("%d finished record(s) dropped before WORKER_RESULT_TTL: the results "
+                        "held reached WORKER_API_QUEUE_MB (%.0f MiB)", evicted,
+                        self.max_bytes / 2**20)
         try:
             self.loop.call_soon_threadsafe(rec.done.set)
         except RuntimeError:

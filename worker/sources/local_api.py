@@ -200,7 +200,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         store = JobStore(sup, asyncio.get_running_loop(), settings.result_ttl, settings.worker_id,
                          settings.api_queue_jobs, int(settings.api_queue_mb * 2**20), capacity,
                          webhook_post.Policy(settings, exposed),
-                         stream_bound.max_bytes(settings.max_result_mb))
+                         stream_bound.max_bytes(settings.max_result_mb), settings.max_result_mb)
         state.update(sup=sup, store=store)
         if settings.reload:
             state["reloader"] = reloader.Reloader(sup, reloader.code_path(sup.target),
@@ -257,9 +257,10 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         except QueueFull as exc:
             raise HTTPException(429, str(exc), headers={"Retry-After": "1"}) from None
 
-    def answer(content: dict) -> Response:
+    def answer(content: dict | bytes) -> Response:
         """A response that carries a job's result (counted as bytes out)."""
-        response = _json_response(content)
+        response = Response(content, media_type="application/json") \
+            if isinstance(content, bytes) else _json_response(content)
         state["sup"].metrics.bytes_out.inc(len(response.body))
         return response
 

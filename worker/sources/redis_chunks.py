@@ -1,9 +1,11 @@
-"""A queue worker's stream chunks on their way to Redis: held within the stream bound while
-they wait for the writer (through an outage they would pile up), written in batches.
+"""A queue worker's progress and stream chunks on their way to Redis: held within a bound
+while they wait for the writer (through an outage they would pile up).
 
 A job has one chunk write in the writer's FIFO at a time: chunks that come while it waits
-join it, so the job's final record is still written after its last chunk, and a fast
-generator costs one script call per batch instead of one per chunk.
+join it (within the stream bound), so the job's final record is still written after its
+last chunk, and a fast generator costs one script call per batch instead of one per
+chunk. Likewise one progress write at a time, which writes the latest value: only that
+one matters.
 """
 from __future__ import annotations
 
@@ -17,10 +19,14 @@ from ..fleet import records
 class Outgoing:
     """One job's chunks not yet written to Redis."""
 
-    def __init__(self, job_id: str, limit: int, write: Callable[[list, int], Any]):
+    def __init__(self, job_id: str, limit: int, write: Callable[[list, int], Any],
+                 write_progress: Callable[[bytes], Any]):
         self.job_id = job_id
         self.limit = limit
         self._write = write           # (chunk jsons, chunks dropped here) -> script answer
+        self._write_progress = write_progress
+        self._progress: bytes | None = None    # the latest value not yet written
+        self._progress_queued = False          # a progress write waits in the FIFO
         self._lock = threading.Lock()
         self._unread = stream_bound.Unread(limit)
         self._queued = False          # a write for this job waits in the writer's FIFO
@@ -58,6 +64,31 @@ class Outgoing:
         if answer == 2:
             self._say()
         return answer
+
+    def progress(self, value: Any) -> bool:
+        """The latest progress; True when the writer needs a write (one that calls
+        `flush_progress`)."""
+        data = records.dumps(value)
+        with self._lock:
+            self._progress = data
+            queue, self._progress_queued = not self._progress_queued, True
+        return queue
+
+    def flush_progress(self) -> Any:
+        """The writer's call: the latest progress (again after an outage, unless a newer
+        one came meanwhile)."""
+        with self._lock:
+            data, self._progress = self._progress, None
+            self._progress_queued = False
+        if data is None:
+            return 1
+        try:
+            return self._write_progress(data)
+        except BaseException:
+            with self._lock:
+                if self._progress is None:
+                    self._progress = data
+            raise
 
     def _say(self) -> None:
         with self._lock:

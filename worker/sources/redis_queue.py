@@ -63,7 +63,7 @@ class Held:
     fenced: bool = False          # its lease went to another worker: nothing to report
     released: bool = False        # given back at shutdown: another worker runs it
     cancelling: bool = False      # a cancel came through the queue and was passed on
-    chunks: Outgoing | None = None    # its stream chunks on their way
+    out: Outgoing | None = None   # its progress and stream chunks on their way
 
 
 class RedisQueueSource(JobListener):
@@ -347,24 +347,26 @@ class RedisQueueSource(JobListener):
         with self._cond:
             return self.held.get(job_id)
 
+    def _outgoing(self, held: Held) -> Outgoing:
+        """The job's progress and chunks on their way (made on the first of them)."""
+        if held.out is None:
+            job, chunks, limit = self.keys.job(held.job_id), self.keys.chunks(held.job_id), \
+                stream_bound.max_bytes(self.settings.max_result_mb)
+            held.out = Outgoing(held.job_id, limit, lambda items, dropped: self.scripts.chunk(
+                keys=[job, chunks], args=[held.fence, stream_bound.MAX_CHUNKS, limit,
+                                          dropped, *items]),
+                lambda data: self.scripts.progress(keys=[job], args=[held.fence, data]))
+        return held.out
+
     def on_progress(self, job_id: str, value: Any) -> None:
         held = self._held(job_id)
-        if held is not None:
-            data = records.dumps(value)
-            self.writer.put(Write(job_id, "progress", lambda: self.scripts.progress(
-                keys=[self.keys.job(job_id)], args=[held.fence, data])))
+        if held is not None and self._outgoing(held).progress(value):
+            self.writer.put(Write(job_id, "progress", held.out.flush_progress))
 
     def on_chunk(self, job_id: str, value: Any) -> None:
         held = self._held(job_id)
-        if held is None:
-            return
-        if held.chunks is None:
-            limit = stream_bound.max_bytes(self.settings.max_result_mb)
-            held.chunks = Outgoing(job_id, limit, lambda items, dropped: self.scripts.chunk(
-                keys=[self.keys.job(job_id), self.keys.chunks(job_id)],
-                args=[held.fence, stream_bound.MAX_CHUNKS, limit, dropped, *items]))
-        if held.chunks.add(value):
-            self.writer.put(Write(job_id, "chunk", held.chunks.flush))
+        if held is not None and self._outgoing(held).add(value):
+            self.writer.put(Write(job_id, "chunk", held.out.flush))
 
     def on_result(self, result: JobResult) -> None:
         with self._cond:

@@ -4,10 +4,11 @@ Each job has a lane: its posts go in order (progress and chunks before the resul
 a time, while other jobs' lanes are posted by other threads, so one job's retries never
 hold back another job's result. A progress update waiting behind a post in flight is
 replaced by a newer one (only the latest value matters); chunks waiting in a lane are
-held within the stream bound (stream_bound.py: past it the oldest waiting go). Connection errors, 5xx and 429
-are retried with backoff; a result the queue refuses as too large (400/413) becomes a
-FAILED error record rather than nothing; a result that still cannot be delivered is kept
-and retried every REDELIVER_EVERY seconds until the worker exits.
+held within the stream bound (stream_bound.py: past it the oldest waiting go).
+Connection errors, 5xx and 429 are retried with backoff; a result the queue refuses as
+too large (400/413) becomes a FAILED error record rather than nothing; a result that
+still cannot be delivered is kept and retried every REDELIVER_EVERY seconds until the
+worker exits.
 """
 from __future__ import annotations
 
