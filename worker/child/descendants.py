@@ -35,7 +35,7 @@ PR_SET_CHILD_SUBREAPER = 36
 SWEEP_S = 1.0
 
 _own: set = set()           # pids this process started (and not yet seen gone)
-_jobs: dict = {}            # run -> (children at its start, when), None: it was not alone
+_jobs: dict = {}            # run -> when it began (clock ticks), None: it was not alone
 _lock = threading.Lock()
 
 
@@ -49,7 +49,6 @@ def install() -> bool:
     except (OSError, AttributeError):
         return False
     _record_starts()
-    threading.Thread(target=_sweep_forever, name="gpu-worker-orphans", daemon=True).start()
     return True
 
 
@@ -112,42 +111,54 @@ def sweep(seen: set) -> set:
     return zombies - seen
 
 
-def _sweep_forever() -> None:
-    stop, seen = threading.Event(), set()
-    while not stop.wait(SWEEP_S):
-        try:
-            seen = sweep(seen)
-        except Exception:      # noqa: BLE001 - the sweep must never end; the next one tries
-            seen = set()
+_seen: set = set()          # the adopted zombies of the last sweep
+_swept = [0.0]              # when (monotonic)
+
+
+def tick() -> None:
+    """From the heartbeat thread (no thread of our own: one costs a child's start 0.5 ms):
+    a sweep once SWEEP_S has passed."""
+    global _seen
+    now = time.monotonic()
+    if now - _swept[0] < SWEEP_S:
+        return
+    _swept[0] = now
+    try:
+        _seen = sweep(_seen)
+    except Exception:      # noqa: BLE001 - the sweep must never end the heartbeat
+        _seen = set()
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _ticks_now() -> int:
     """Now on the clock of /proc's starttime: clock ticks since boot."""
-    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _TICK)
 
 
 def job_began(run: int) -> None:
-    """A job starts in a live child (a thread or a task): what runs below the child now is
-    not its, if it is alone; with another job beside it nothing can be told apart."""
+    """A job starts in a live child (a thread or a task): what starts below the child from
+    now is its, if it is alone; with another job beside it nothing can be told apart.
+    Cheap: a clock read (this is every async job's path)."""
     with _lock:
         alone = not _jobs
         for other in _jobs:
             _jobs[other] = None
-        _jobs[run] = (set(procfs.children()), _ticks_now()) if alone else None
+        _jobs[run] = _ticks_now() if alone else None
 
 
 def job_ended(run: int, stopped: bool) -> None:
-    """A job cancelled or timed out in a live child, alone all its run: the processes it
-    started (below the child now, not there at its start, started since) end with it."""
+    """A job cancelled or timed out in a live child, alone all its run: the processes
+    below the child that started during it end with it."""
     with _lock:
-        began = _jobs.pop(run, None)
-    if not stopped or began is None:
+        at = _jobs.pop(run, None)
+    if not stopped or at is None:
         return
-    before, at = began
     import psutil
     for pid in procfs.children():
         stat = _stat(pid)
-        if pid in before or len(stat) < 20 or int(stat[19]) < at - 1:   # started before
+        if len(stat) < 20 or int(stat[19]) < at:       # started before the job
             continue
         try:
             tree = [psutil.Process(pid)]

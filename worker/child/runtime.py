@@ -102,8 +102,7 @@ class ChildRuntime:
         _current = self
         os.register_at_fork(after_in_child=self._forked)
         signal.signal(signal.SIGUSR1, self._on_stop_signal)
-        # The parent owns shutdown: a terminal's Ctrl-C is for it, not for us.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)    # a terminal's Ctrl-C: the parent's
 
     def _forked(self) -> None:
         """In a process forked from this one (the handler's os.fork(), a fork-started
@@ -171,6 +170,7 @@ class ChildRuntime:
                     self.send(P.Heartbeat(rss(), torch_memory()))
                 except OSError:
                     os._exit(70)
+                descendants.tick()          # the orphans it adopted, reaped
         threading.Thread(target=run, name="gpu-worker-heartbeat", daemon=True).start()
 
     # --- start() in the child ------------------------------------------------------------
