@@ -35,7 +35,8 @@ PR_SET_CHILD_SUBREAPER = 36
 SWEEP_S = 1.0
 
 _own: set = set()           # pids this process started (and not yet seen gone)
-_jobs: dict = {}            # run -> when it began (clock ticks), None: it was not alone
+_running = [0]              # jobs running in a live child (threads, tasks)
+_alone: tuple | None = None     # (run, when it began in clock ticks): the one job, alone so far
 _lock = threading.Lock()
 
 
@@ -141,19 +142,22 @@ def job_began(run: int) -> None:
     """A job starts in a live child (a thread or a task): what starts below the child from
     now is its, if it is alone; with another job beside it nothing can be told apart.
     Cheap: a clock read (this is every async job's path)."""
+    global _alone
     with _lock:
-        alone = not _jobs
-        for other in _jobs:
-            _jobs[other] = None
-        _jobs[run] = _ticks_now() if alone else None
+        _running[0] += 1
+        _alone = (run, _ticks_now()) if _running[0] == 1 else None
 
 
 def job_ended(run: int, stopped: bool) -> None:
     """A job cancelled or timed out in a live child, alone all its run: the processes
     below the child that started during it end with it."""
+    global _alone
     with _lock:
-        at = _jobs.pop(run, None)
-    if not stopped or at is None:
+        _running[0] = max(0, _running[0] - 1)       # an inline job never began here
+        alone, at = _alone if _alone is not None else (None, 0)
+        if alone == run:
+            _alone = None
+    if not stopped or alone != run:
         return
     import psutil
     for pid in procfs.children():
