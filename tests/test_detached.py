@@ -145,3 +145,24 @@ def test_a_job_stopped_in_a_live_child_takes_its_processes_along(tmp_path, stop)
     finally:
         s.close()
     until(lambda: gone(pids["server"]), what="the import's process outlived the worker")
+
+
+def test_a_process_that_keeps_forking_itself_anew_ends_with_its_job(server, tmp_path):
+    """Each copy forks the next and exits: the worker finds it a zombie almost every time
+    it looks, and must end its group (sweeping again at once while adoptions come)."""
+    s = server()
+    count = tmp_path / "generations"
+    out = s.post("/runsync", {"input": {"hop": str(count), "session": False,
+                                        "daemon": False, "sleep": 600},
+                              "policy": {"executionTimeout": 3000}}).json()
+    assert out["status"] == "TIMED_OUT", out
+    seen = [None]
+
+    def stopped():          # no new generation since the last look (a look every 0.5 s)
+        now = count.read_text() if count.exists() else ""
+        same, seen[0] = now == seen[0], now
+        time.sleep(0.45)
+        return same
+    until(stopped, what="the hopper outlived its job's stop")
+    until(lambda: not zombies_under(s.proc.pid), what="the worker reaps the hopper's copies")
+    assert run_job(s, {"session": False, "daemon": False})["status"] == "COMPLETED"

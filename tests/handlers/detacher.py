@@ -25,10 +25,26 @@ os.wait()
 """
 
 
+# A process that forks itself anew and exits, for ever: each copy is an orphan in turn.
+HOPPER = """
+import os, sys
+n = 0
+while True:
+    n += 1
+    if os.fork() != 0:
+        os._exit(0)
+    if n % 100 == 0:
+        with open(sys.argv[1], "w") as f:
+            f.write(str(n))
+"""
+
+
 def handler(job):
     inp = job["input"]
     live = inp.get("live", 600)
     pids = {}
+    if inp.get("hop"):
+        subprocess.Popen([sys.executable, "-c", HOPPER, inp["hop"]], start_new_session=True)
     if inp.get("session", True):
         proc = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({live})"],
                                 start_new_session=True)

@@ -35,6 +35,7 @@ log = logging.getLogger("worker")
 
 PR_SET_CHILD_SUBREAPER = 36
 SWEEP_S = 1.0
+FAST_S = 2.0          # sweeping at once while adoptions keep coming, at most this long
 
 _lock = threading.Lock()
 _starting = threading.Lock()     # held while a process of ours is started and registered
@@ -105,6 +106,7 @@ def sweep() -> int:
             ours = _held | _own
         adopted = [pid for pid in children if pid not in ours]
         ended = []
+        spared = {os.getpgrp(), *ours}       # our group; a child leads its own
         for pid in adopted:
             try:
                 stat = procfs.stat(pid)
@@ -115,6 +117,14 @@ def sweep() -> int:
             if stat[0] != "Z":
                 ended.append(pid)
                 _end_tree(pid)
+            # Its group too, zombie or not: a process that forks itself anew and exits
+            # (each copy adopted in turn) is always found a zombie; its live copy is in
+            # the same group unless it moved.
+            if int(stat[2]) not in spared:
+                try:
+                    os.killpg(int(stat[2]), signal.SIGKILL)
+                except OSError:
+                    pass
             try:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
@@ -153,7 +163,11 @@ def _sweep_forever() -> None:
         _wake.wait(SWEEP_S)
         _wake.clear()
         try:
-            sweep()
+            # While adoptions keep coming (a process forking itself anew), sweep again at
+            # once, for up to FAST_S: each pass ends what the last one found.
+            deadline = time.monotonic() + FAST_S
+            while sweep() and time.monotonic() < deadline:
+                time.sleep(0.01)
         except Exception:     # noqa: BLE001 - a sweep must never end the thread
             log.exception("the reaper's sweep failed")
 
