@@ -190,3 +190,26 @@ def test_progress_updates_waiting_for_redis_are_one_the_latest():
     out.flush_progress()
     assert out.flush_progress() == 1                    # the newer one went already
     assert written == ["newer"]
+
+
+def test_webhooks_waiting_for_a_silent_receiver_are_bounded(tmp_path):
+    """A receiver that accepts and never answers holds each sender for its deadline: the
+    bodies waiting are bounded by WORKER_API_QUEUE_MB (the rest not sent, said), and the
+    records they came from are not kept alive by them."""
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(100)
+    hook = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+    s = Server("outputs.py", tmp_path, WORKER_MAX_RESULT_MB="1", WORKER_API_QUEUE_MB="2",
+               WORKER_WEBHOOK_ALLOW="127.0.0.1")
+    try:
+        finals = [s.post("/runsync", {"input": {"result": 500_000}, "webhook": hook}).json()
+                  for _ in range(12)]
+    finally:
+        silent.close()          # the senders' tries end (refused): the worker may stop
+        s.close()
+    log = s.log.read_text()
+    assert all(f["status"] == "COMPLETED" for f in finals)
+    refused = log.count("webhooks wait already for receivers that are slow to answer")
+    assert 12 - 4 <= refused < 12, log[-3000:]       # 2 MiB holds 4 bodies of 500 KB

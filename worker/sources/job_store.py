@@ -101,6 +101,15 @@ class Record:
         return out
 
 
+@dataclass(frozen=True)
+class Hook:
+    """What sending a job's webhook needs of its record."""
+    id: str
+    url: str
+    trace: str | None
+    finished: float
+
+
 class JobStore(JobListener):
     def __init__(self, supervisor: Supervisor, loop: asyncio.AbstractEventLoop,
                  ttl: float, worker_id: str = "", max_jobs: int = 0, max_bytes: int = 0,
@@ -115,6 +124,7 @@ class JobStore(JobListener):
         self.max_result_mb = max_result_mb     # a larger result is FAILED (0: no limit)
         self.finished: collections.deque = collections.deque()   # in the order they ended
         self.held_bytes = 0                # of finished results; past max_bytes the oldest go
+        self.webhook_bytes = 0             # of webhook bodies waiting or being sent
         self.records: dict[str, Record] = {}
         self.lock = threading.Lock()
         self.moved = threading.Condition(self.lock)   # a record started or ended
@@ -331,32 +341,53 @@ class JobStore(JobListener):
         except RuntimeError:
             pass          # the server's loop has closed: nobody waits any more
         if payload is not None:
-            try:
-                self._webhooks.submit(self._send_webhook, rec, payload)
-            except RuntimeError:
-                log.error("webhook %s not sent: the worker is shutting down",
-                          redaction.url(rec.webhook),
-                          extra={"job_id": payload["id"]})
+            self._queue_webhook(rec, payload)
+
+    def _queue_webhook(self, rec: Record, payload: dict) -> None:
+        """Queue its webhook, its body encoded once; the bodies waiting are bounded by
+        WORKER_API_QUEUE_MB too (receivers that never answer must not hold every result
+        the records let go of): past it the webhook is not sent, and the log says so."""
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        with self.lock:
+            full = self.max_bytes and self.webhook_bytes + len(data) > self.max_bytes
+            if not full:
+                self.webhook_bytes += len(data)
+        if full:
+            self.sup.metrics.post("webhook", "undelivered")
+            log.error("webhook %s not sent: %.0f MiB of webhooks wait already for receivers "
+                      "that are slow to answer (WORKER_API_QUEUE_MB)", redaction.url(
+                          rec.webhook), self.webhook_bytes / 2**20, extra={"job_id": rec.id})
+            return
+        try:
+            hook = Hook(rec.id, rec.webhook, rec.trace, rec.finished)   # not the record: its
+            self._webhooks.submit(self._send_webhook, hook, data)      # result may go first
+        except RuntimeError:
+            with self.lock:
+                self.webhook_bytes -= len(data)
+            log.error("webhook %s not sent: the worker is shutting down",
+                      redaction.url(rec.webhook), extra={"job_id": rec.id})
 
     # --- webhooks --------------------------------------------------------------------------
 
-    def _send_webhook(self, rec: Record, payload: dict) -> None:
+    def _send_webhook(self, hook: Hook, data: bytes) -> None:
         """One job's webhook, tried WEBHOOK_TRIES times; in a pool, so a receiver that never
         answers holds up only its own job's webhook. It carries the job's traceparent."""
         try:
-            self._post_webhook(rec, payload)
+            self._post_webhook(hook, data)
         except Exception:    # noqa: BLE001 - the pool would swallow it without a word
             self.sup.metrics.post("webhook", "undelivered")
-            log.exception("webhook %s not sent", redaction.url(rec.webhook),
-                          extra={"job_id": rec.id})
+            log.exception("webhook %s not sent", redaction.url(hook.url),
+                          extra={"job_id": hook.id})
+        finally:
+            with self.lock:
+                self.webhook_bytes -= len(data)
 
-    def _post_webhook(self, rec: Record, payload: dict) -> None:
-        url, metrics = rec.webhook, self.sup.metrics
+    def _post_webhook(self, hook: Hook, data: bytes) -> None:
+        url, metrics = hook.url, self.sup.metrics
         shown = redaction.url(url)          # what the log says: no credential
-        data = json.dumps(payload, ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json"}
-        if rec.trace:
-            headers["traceparent"] = rec.trace
+        if hook.trace:
+            headers["traceparent"] = hook.trace
         for attempt in range(WEBHOOK_TRIES):
             try:
                 status = webhook_post.post(url, data, headers, self._policy)
@@ -365,26 +396,28 @@ class JobStore(JobListener):
                     if status >= 400:
                         metrics.post("webhook", "refused")
                         log.warning("webhook %s refused: HTTP %d", shown, status,
-                                    extra={"job_id": rec.id})
+                                    extra={"job_id": hook.id})
                         return
-                    took = time.monotonic() - rec.finished
-                    with self.lock:
-                        rec.delivery_ms = int(took * 1000)
+                    took = time.monotonic() - hook.finished
+                    with self.lock:      # the record, unless it has gone meanwhile
+                        rec = self.records.get(hook.id)
+                        if rec is not None:
+                            rec.delivery_ms = int(took * 1000)
                     metrics.post("webhook", "delivered")
                     metrics.delivered("webhook", took)
                     log.info("webhook delivered in %d ms (%d tries)", took * 1000,
-                             attempt + 1, extra={"job_id": rec.id})
+                             attempt + 1, extra={"job_id": hook.id})
                     return
             except webhook_post.WebhookRefused as exc:
                 metrics.post("webhook", "refused")
-                log.warning("webhook %s not sent: %s", shown, exc, extra={"job_id": rec.id})
+                log.warning("webhook %s not sent: %s", shown, exc, extra={"job_id": hook.id})
                 return
             except (OSError, http.client.HTTPException) as exc:
                 log.warning("webhook %s failed: %s: %s", shown, type(exc).__name__, exc,
-                            extra={"job_id": rec.id})
+                            extra={"job_id": hook.id})
             if attempt + 1 < WEBHOOK_TRIES:
                 metrics.post("webhook", "retry")
                 time.sleep(0.5 * 2 ** attempt)
         metrics.post("webhook", "undelivered")
         log.error("webhook %s not delivered after %d tries", shown, WEBHOOK_TRIES,
-                  extra={"job_id": rec.id})
+                  extra={"job_id": hook.id})
