@@ -27,14 +27,17 @@ SHORTEST = 4          # shorter values would mask ordinary words
 
 def _unclear_userinfo(text: str) -> str | None:
     """What may be the user info of a URL whose password holds an unencoded '/', '?' or
-    '#' (a parser ends the host there and sees no '@'): from '://' to the last '@', when
-    the host it sees has a ':' and an '@' comes after it. None for any other URL."""
+    '#' (a parser ends the host there): from '://' to the last '@', when an '@' comes
+    after the host it sees and that host holds a ':' or an '@'. None for any other URL."""
     head, sep, rest = text.partition("://")
     if not sep or "@" not in rest:
         return None
     netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    if "@" in netloc or ":" not in netloc:
-        return None
+    after = rest[len(netloc):]
+    if ":" not in netloc and "@" not in netloc:
+        return None                 # no password before the host: an '@' later is data
+    if "@" in netloc and "@" not in after:
+        return None                 # a plain user:password@host
     return rest.rpartition("@")[0]
 
 
