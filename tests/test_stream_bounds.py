@@ -150,6 +150,7 @@ def test_the_local_api_bounds_results_progress_and_finished_records(tmp_path):
     s = Server("outputs.py", tmp_path, WORKER_MAX_RESULT_MB="0.5", WORKER_API_QUEUE_MB="2")
     try:
         big = s.post("/runsync", {"input": {"result": 2**20}}).json()
+        wide = s.post("/runsync", {"input": {"result": 150_000, "emoji": True}}).json()
         job = s.post("/run", {"input": {"progress": 1, "size": 2**20, "last": "small",
                                         "hold": 60}}).json()["id"]
         shown = s.until(job, lambda st: st.get("output") == "small")
@@ -162,6 +163,7 @@ def test_the_local_api_bounds_results_progress_and_finished_records(tmp_path):
     log = s.log.read_text()
     assert big["status"] == "FAILED" and "ResultTooLarge" in big["error"], big
     assert "output" not in big
+    assert wide["status"] == "FAILED", wide     # 150,000 characters, 600,000 bytes
     assert shown["status"] == "IN_PROGRESS"
     assert log.count("over WORKER_MAX_RESULT_MB: not kept") == 1
     assert first.status_code == 404 and last.json()["status"] == "COMPLETED"

@@ -31,6 +31,11 @@ def encode(value: Any) -> str:
     return _encode(value)
 
 
+def nbytes(text: str) -> int:
+    """Its size in UTF-8, as it is answered (an ASCII one, the usual, is not encoded)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def said(job_id: str, limit_bytes: int) -> None:
     """The one log line of a job whose unread chunks reached the bound."""
     log.warning("stream output not read fast enough: the oldest chunks are dropped (a job "

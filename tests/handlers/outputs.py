@@ -12,7 +12,7 @@ def handler(job):
     if inp.get("last"):
         worker.progress_update(job, inp["last"])
         time.sleep(inp.get("hold", 0))
-    return "x" * inp.get("result", 1)
+    return ("\U0001F600" if inp.get("emoji") else "x") * inp.get("result", 1)   # 4 or 1 byte
 
 
 worker.start({"handler": handler})

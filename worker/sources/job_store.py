@@ -260,7 +260,7 @@ class JobStore(JobListener):
     def _fit(self, result: JobResult) -> int:
         """The bytes of the result's JSON; over WORKER_MAX_RESULT_MB the result becomes a
         FAILED error record (as every source reports it), never kept whole."""
-        size = len(stream_bound.encode(result.body))
+        size = stream_bound.nbytes(stream_bound.encode(result.body))
         limit = self.max_result_mb
         if limit and size > limit * 2**20:
             text = (f"the job's result is {size / 2**20:.1f} MiB; the limit is {limit:g} "
@@ -271,7 +271,7 @@ class JobStore(JobListener):
             result.state = JobState.FAILED
             result.body = {"error": error_record("ResultTooLarge", text, "",
                                                  settings.worker_id, settings.hostname)}
-            size = len(stream_bound.encode(result.body))
+            size = stream_bound.nbytes(stream_bound.encode(result.body))
         return size
 
     # --- supervisor events (its thread) --------------------------------------------------
@@ -290,7 +290,7 @@ class JobStore(JobListener):
             rec = self.records.get(job_id)
             if rec is None:
                 return
-            if len(text) <= self.chunk_bytes:
+            if stream_bound.nbytes(text) <= self.chunk_bytes:
                 rec.progress = text
                 return
             said, rec.said = rec.said, True
@@ -307,7 +307,7 @@ class JobStore(JobListener):
                 return
             if rec.unread is None:
                 rec.unread = stream_bound.Unread(self.chunk_bytes)
-            first = rec.unread.add(text, len(text))
+            first = rec.unread.add(text, stream_bound.nbytes(text))
         if first:
             stream_bound.said(job_id, self.chunk_bytes)
 
