@@ -131,3 +131,31 @@ def test_an_idempotency_key_lives_as_long_as_its_job_s_record(redis_client):
     assert 0 < r.ttl(k.idem("key")) <= 60                 # the record's expiry now
     r.delete(k.job("a"))                                 # the record is gone (expired)
     assert submit("c") == [1, b"c"]                      # the key names a new job
+
+
+def test_a_chunk_batch_the_server_ran_before_a_timeout_is_not_written_twice(redis_client):
+    """The worker's chunk write timed out after the server ran it (an outage, a pause): its
+    retry carries the same batch number and is a no-op; newer chunks follow in order."""
+    from worker.sources.redis_chunks import Outgoing
+    w = World(redis_client)
+    got = redis_client.xreadgroup(GROUP, "w1", {w.k.stream: ">"}, count=1)
+    w.start("w1", got[0][1])
+    fence = w.holds["w1"][1]
+    timeouts = [1]
+
+    def write(seq, items, dropped):
+        answer = w.s.chunk(keys=[w.k.job("j"), w.k.chunks("j")],
+                           args=[fence, 10_000, 2**20, dropped, seq, *items])
+        if timeouts[0]:                     # ran, but its answer was lost
+            timeouts[0] -= 1
+            raise TimeoutError("no answer in time")
+        return answer
+    out = Outgoing("j", 2**20, write, lambda data: 1)
+    for i in range(3):
+        out.add(i)
+    with pytest.raises(TimeoutError):
+        out.flush()
+    out.add(3)                              # comes while the writer waits out the outage
+    out.flush()                             # the retry: the same batch, then the newer one
+    held = [json.loads(c) for c in redis_client.lrange(w.k.chunks("j"), 0, -1)]
+    assert held == [0, 1, 2, 3]

@@ -79,13 +79,3 @@ class Unread:
         self.items.clear()
         self.bytes = 0
         return out
-
-    def put_back(self, items: list) -> None:
-        """(value, size) pairs taken and not delivered, in front again: the oldest, so the
-        first to go past the bound."""
-        newer, self.items = self.items, collections.deque(items)
-        self.items.extend(newer)
-        self.bytes += sum(n for _, n in items)
-        while len(self.items) > MAX_CHUNKS or self.bytes > self.limit:
-            self.bytes -= self.items.popleft()[1]
-            self.dropped += 1

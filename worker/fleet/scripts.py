@@ -154,17 +154,21 @@ return 1
 
 # A job's chunks, held until /stream reads them, within a count and a byte bound (the
 # oldest go first; the record counts them in 'dropped'; 'unread' is the bytes held).
-# keys: job, chunks. argv: fence, max chunks, max bytes, chunks dropped by the worker, chunk
-# json... -> 0 (not this run's) | 1 held | 2 held, and the job's first drop
+# A batch is written once: its number, above the last written ('chunk_seq'), makes a retry
+# after a timeout the server did run a no-op.
+# keys: job, chunks. argv: fence, max chunks, max bytes, chunks dropped by the worker,
+# batch number, chunk json... -> 0 (not this run's) | 1 held | 2 held, and the first drop
 CHUNK = """
-local rec = redis.call('HMGET', KEYS[1], 'owner', 'final', 'unread', 'dropped')
+local rec = redis.call('HMGET', KEYS[1], 'owner', 'final', 'unread', 'dropped', 'chunk_seq')
 if rec[2] or rec[1] ~= ARGV[1] then return 0 end
+if tonumber(ARGV[5]) <= tonumber(rec[5] or '0') then return 1 end
+redis.call('HSET', KEYS[1], 'chunk_seq', ARGV[5])
 local cap, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 local before = tonumber(rec[4] or '0')
 local dropped = before + tonumber(ARGV[4])
 local n = redis.call('LLEN', KEYS[2])
 local held = n > 0 and tonumber(rec[3] or '0') or 0
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local size = string.len(ARGV[i])
   if size > limit then
     dropped = dropped + 1

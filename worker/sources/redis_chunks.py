@@ -1,5 +1,6 @@
 """A queue worker's progress and stream chunks on their way to Redis: held within a bound
-while they wait for the writer (through an outage they would pile up).
+while they wait for the writer (through an outage they would pile up; a batch taken and
+not yet written is held beside them, so at most twice the stream bound).
 
 A job has one chunk write in the writer's FIFO at a time: chunks that come while it waits
 join it (within the stream bound), so the job's final record is still written after its
@@ -19,11 +20,11 @@ from ..fleet import records
 class Outgoing:
     """One job's chunks not yet written to Redis."""
 
-    def __init__(self, job_id: str, limit: int, write: Callable[[list, int], Any],
+    def __init__(self, job_id: str, limit: int, write: Callable[[int, list, int], Any],
                  write_progress: Callable[[bytes], Any]):
         self.job_id = job_id
         self.limit = limit
-        self._write = write           # (chunk jsons, chunks dropped here) -> script answer
+        self._write = write           # (batch number, chunk jsons, dropped here) -> answer
         self._write_progress = write_progress
         self._progress: bytes | None = None    # the latest value not yet written
         self._progress_queued = False          # a progress write waits in the FIFO
@@ -31,6 +32,8 @@ class Outgoing:
         self._unread = stream_bound.Unread(limit)
         self._queued = False          # a write for this job waits in the writer's FIFO
         self._dropped_sent = 0
+        self._seq = 0                 # the last batch's number
+        self._pending: tuple | None = None    # (number, chunks, dropped): not yet written
         self._said = False            # the job's drops were logged
 
     def add(self, value: Any) -> bool:
@@ -45,25 +48,27 @@ class Outgoing:
         return queue
 
     def flush(self) -> Any:
-        """The writer's call: the chunks held so far, in one script call. Chunks the server
-        could not take go back in front (the writer calls again after an outage)."""
-        with self._lock:
-            items = self._unread.take_items()
-            self._queued = False
-            dropped = self._unread.dropped - self._dropped_sent
-            self._dropped_sent = self._unread.dropped
-        if not items and not dropped:
-            return 1                  # an earlier call took them
-        try:
-            answer = self._write([data for data, _ in items], dropped)
-        except BaseException:
+        """The writer's call: the chunks held so far, in numbered batches. A batch the
+        server could not be seen to take is sent again as it was, with its number (the
+        script skips one it ran already: no chunk twice), before any newer one."""
+        answer = 1
+        while True:
             with self._lock:
-                self._unread.put_back(items)
-                self._dropped_sent -= dropped
-            raise
-        if answer == 2:
-            self._say()
-        return answer
+                self._queued = False        # chunks that come from now on queue a write
+                if self._pending is None:
+                    items = self._unread.take_items()
+                    dropped = self._unread.dropped - self._dropped_sent
+                    if not items and not dropped:
+                        return answer
+                    self._dropped_sent = self._unread.dropped
+                    self._seq += 1
+                    self._pending = (self._seq, [data for data, _ in items], dropped)
+                seq, batch, dropped = self._pending
+            answer = self._write(seq, batch, dropped)     # raises: the same batch next time
+            with self._lock:
+                self._pending = None
+            if answer == 2:
+                self._say()
 
     def progress(self, value: Any) -> bool:
         """The latest progress; True when the writer needs a write (one that calls

@@ -352,9 +352,9 @@ class RedisQueueSource(JobListener):
         if held.out is None:
             job, chunks, limit = self.keys.job(held.job_id), self.keys.chunks(held.job_id), \
                 stream_bound.max_bytes(self.settings.max_result_mb)
-            held.out = Outgoing(held.job_id, limit, lambda items, dropped: self.scripts.chunk(
+            held.out = Outgoing(held.job_id, limit, lambda seq, items, dropped: self.scripts.chunk(
                 keys=[job, chunks], args=[held.fence, stream_bound.MAX_CHUNKS, limit,
-                                          dropped, *items]),
+                                          dropped, seq, *items]),
                 lambda data: self.scripts.progress(keys=[job], args=[held.fence, data]))
         return held.out
 
