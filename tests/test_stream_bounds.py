@@ -211,3 +211,19 @@ def test_webhooks_waiting_for_a_silent_receiver_are_bounded(tmp_path):
     assert all(f["status"] == "COMPLETED" for f in finals)
     refused = log.count("webhooks wait already for receivers that are slow to answer")
     assert 12 - 4 <= refused < 12, log[-3000:]       # 2 MiB holds 4 bodies of 500 KB
+
+
+def test_a_result_the_parent_cannot_encode_ends_failed_once(tmp_path):
+    """A hostile child's result with a lone surrogate: decoded, not encodable. The record
+    ends FAILED with why (it did not end at all once the store measured results), once;
+    the next job is served."""
+    s = Server("surrogate_liar.py", tmp_path)
+    try:
+        lie = s.post("/runsync", {"input": {"lie": True}}).json()
+        after = s.post("/runsync", {"input": {}}).json()
+        health = s.get("/health").json()["jobs"]
+    finally:
+        s.close()
+    assert lie["status"] == "FAILED" and "ResultUnencodable" in lie["error"], lie
+    assert after["status"] == "COMPLETED" and after["output"] == "ok"
+    assert health["failed"] == 1 and health["completed"] == 1, health

@@ -260,17 +260,24 @@ class JobStore(JobListener):
     def _fit(self, result: JobResult) -> int:
         """The bytes of the result's JSON; over WORKER_MAX_RESULT_MB the result becomes a
         FAILED error record (as every source reports it), never kept whole."""
-        size = stream_bound.nbytes(stream_bound.encode(result.body))
-        limit = self.max_result_mb
-        if limit and size > limit * 2**20:
-            text = (f"the job's result is {size / 2**20:.1f} MiB; the limit is {limit:g} "
+        limit, kind = self.max_result_mb, ""
+        try:
+            size = stream_bound.nbytes(stream_bound.encode(result.body))
+        except Exception as exc:    # noqa: BLE001 - a peer's bytes (a lone surrogate): never
+            kind, text = "ResultUnencodable", (f"the job's result could not be encoded: "
+                                               f"{type(exc).__name__}: {exc}"[:1000])
+        else:
+            if limit and size > limit * 2**20:
+                kind, text = "ResultTooLarge", (
+                    f"the job's result is {size / 2**20:.1f} MiB; the limit is {limit:g} "
                     "MiB (WORKER_MAX_RESULT_MB). Store large outputs elsewhere (e.g. a "
                     "bucket) and return a link.")
+        if kind:                    # the record ends FAILED with why, never unfinished
             log.error(text, extra={"job_id": result.job_id})
             settings = self.sup.settings
             result.state = JobState.FAILED
-            result.body = {"error": error_record("ResultTooLarge", text, "",
-                                                 settings.worker_id, settings.hostname)}
+            result.body = {"error": error_record(kind, text, "", settings.worker_id,
+                                                 settings.hostname)}
             size = stream_bound.nbytes(stream_bound.encode(result.body))
         return size
 
