@@ -166,3 +166,44 @@ def test_a_process_that_keeps_forking_itself_anew_ends_with_its_job(server, tmp_
     until(stopped, what="the hopper outlived its job's stop")
     until(lambda: not zombies_under(s.proc.pid), what="the worker reaps the hopper's copies")
     assert run_job(s, {"session": False, "daemon": False})["status"] == "COMPLETED"
+
+
+def test_a_process_the_worker_had_before_is_not_ended(tmp_path):
+    """A start script's sidecar (`sidecar & exec python -m worker ...`) is a child of the
+    worker's process from its start, not something a job left: it lives through a child's
+    exit and the worker's."""
+    import subprocess
+    import requests
+    from tests.support import HANDLERS, PYTHON, _free_port
+    port = _free_port()
+    script = (f"sleep 600 & echo $! > {tmp_path}/sidecar; exec {PYTHON} -m worker serve "
+              f"{HANDLERS / 'detacher.py'} --rp_api_port {port}")
+    with open(tmp_path / "log", "w") as out:
+        proc = subprocess.Popen(["sh", "-c", script], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "WORKER_STOP_GRACE": "1",
+                                     "WORKER_SHUTDOWN_GRACE": "1"})
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return requests.get(url + "/health", timeout=1).json()["worker"]["child"]
+        except (requests.RequestException, KeyError, ValueError):
+            return False
+    try:
+        until(up, 60, "the worker did not start")
+        sidecar = int((tmp_path / "sidecar").read_text())
+        out = requests.post(url + "/runsync", json={"input": {"refresh": True}}, timeout=60)
+        assert out.json()["status"] == "COMPLETED"
+        for pid in out.json()["output"]["pids"].values():
+            until(lambda: gone(pid), what=f"{pid} outlived its child")
+        assert not gone(sidecar)
+        proc.terminate()
+        assert proc.wait(30) == 0
+        assert not gone(sidecar)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            os.kill(int((tmp_path / "sidecar").read_text()), 9)
+        except (OSError, ValueError):
+            pass

@@ -50,7 +50,17 @@ def install() -> bool:
     except (OSError, AttributeError):
         return False
     _record_starts()
+    os.register_at_fork(after_in_child=_forked)
     return True
+
+
+def _forked() -> None:
+    """In a fork of the child: a fresh lock (a thread may have held it at the fork), and
+    none of the child's books (its orphans and jobs are not this process's)."""
+    global _lock, _alone
+    _lock = threading.Lock()
+    _own.clear()
+    _running[0], _alone = 0, None
 
 
 def _record_starts() -> None:
@@ -162,8 +172,8 @@ def job_ended(run: int, stopped: bool) -> None:
     import psutil
     for pid in procfs.children():
         stat = _stat(pid)
-        if len(stat) < 20 or int(stat[19]) < at:       # started before the job
-            continue
+        if len(stat) < 20 or int(stat[19]) < at:   # before it (its own tick counts: a job
+            continue                                # starts a process at once, typically)
         try:
             tree = [psutil.Process(pid)]
             tree += tree[0].children(recursive=True)

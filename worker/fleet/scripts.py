@@ -154,15 +154,17 @@ return 1
 
 # A job's chunks, held until /stream reads them, within a count and a byte bound (the
 # oldest go first; the record counts them in 'dropped'; 'unread' is the bytes held).
-# A batch is written once: its number, above the last written ('chunk_seq'), makes a retry
-# after a timeout the server did run a no-op.
+# A batch is written once: its number, above the last this run wrote ('chunk_seq' of
+# 'chunk_run', its fence: a redelivered run numbers from 1 again), makes a retry after a
+# timeout the server did run a no-op.
 # keys: job, chunks. argv: fence, max chunks, max bytes, chunks dropped by the worker,
 # batch number, chunk json... -> 0 (not this run's) | 1 held | 2 held, and the first drop
 CHUNK = """
-local rec = redis.call('HMGET', KEYS[1], 'owner', 'final', 'unread', 'dropped', 'chunk_seq')
+local rec = redis.call('HMGET', KEYS[1], 'owner', 'final', 'unread', 'dropped', 'chunk_seq',
+                      'chunk_run')
 if rec[2] or rec[1] ~= ARGV[1] then return 0 end
-if tonumber(ARGV[5]) <= tonumber(rec[5] or '0') then return 1 end
-redis.call('HSET', KEYS[1], 'chunk_seq', ARGV[5])
+if rec[6] == ARGV[1] and tonumber(ARGV[5]) <= tonumber(rec[5] or '0') then return 1 end
+redis.call('HSET', KEYS[1], 'chunk_seq', ARGV[5], 'chunk_run', ARGV[1])
 local cap, limit = tonumber(ARGV[2]), tonumber(ARGV[3])
 local before = tonumber(rec[4] or '0')
 local dropped = before + tonumber(ARGV[4])

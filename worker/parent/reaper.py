@@ -41,6 +41,9 @@ _lock = threading.Lock()
 _starting = threading.Lock()     # held while a process of ours is started and registered
 _held: set = set()          # pids a host watches (and reaps) now: the sweep leaves them
 _own: set = set()           # processes the worker started for itself (the forkserver)
+_foreign: set = set()       # its children before it became a subreaper: never ended here
+_killed: dict = {}          # pid -> start time: ended already (said once)
+_kill_until = [0.0]         # adopted processes found before this (after a child's exit) end
 _wake = threading.Event()
 _on = False
 
@@ -59,6 +62,7 @@ def become_subreaper() -> bool:
                  "launcher died is unknown", exc)
         return False
     _on = True
+    _foreign.update(procfs.children())   # a start script's sidecar, exec'd into us: not ours
     threading.Thread(target=_sweep_forever, name="gpu-worker-reaper", daemon=True).start()
     return True
 
@@ -92,57 +96,92 @@ def own(pid: int | None) -> None:
 
 
 def wake() -> None:
-    """A child's exit was handled: sweep now (what it left is adopted already)."""
+    """A child's exit was handled: what it left is adopted already (the kernel hands a
+    process's orphans over as it exits). Sweep now, ending what is adopted for FAST_S."""
+    _kill_until[0] = time.monotonic() + FAST_S
     _wake.set()
 
 
-def sweep() -> int:
-    """Reap the adopted zombies, end the adopted processes still running (each with
-    everything under it); returns how many were adopted."""
-    with _starting:
+def sweep(wait: float = SWEEP_S) -> int:
+    """Reap the adopted zombies; within FAST_S of a child's exit, end the adopted processes
+    still running (each with everything under it, and its group). Returns how many it
+    newly ended (0 when a start held the lock past `wait`: the next sweep)."""
+    if not _starting.acquire(timeout=wait):
+        return 0
+    try:
         children = procfs.children()
         with _lock:
             _own.intersection_update(children)    # reaped by their starter: anyone's pids
+            _foreign.intersection_update(children)
             ours = _held | _own
-        adopted = [pid for pid in children if pid not in ours]
+            spared = ours | _foreign
+        killing = time.monotonic() < _kill_until[0]
+        groups = {os.getpgrp(), *ours}            # ours, and a live child leads its own
         ended = []
-        spared = {os.getpgrp(), *ours}       # our group; a child leads its own
-        for pid in adopted:
+        for pid in children:
+            if pid in ours:
+                continue
             try:
                 stat = procfs.stat(pid)
             except OSError:             # no descriptor now: the next sweep
                 continue
             if stat is None:
                 continue
-            if stat[0] != "Z":
-                ended.append(pid)
-                _end_tree(pid)
-            # Its group too, zombie or not: a process that forks itself anew and exits
-            # (each copy adopted in turn) is always found a zombie; its live copy is in
-            # the same group unless it moved.
-            if int(stat[2]) not in spared:
+            if killing and pid not in spared:
+                if stat[0] != "Z":
+                    _end_tree(pid)
+                    if _killed.get(pid) != stat[19]:
+                        _killed[pid] = stat[19]
+                        ended.append(pid)
+                # Its group too, zombie or not: a process that forks itself anew and exits
+                # (each copy adopted in turn) is almost always found a zombie; its live copy
+                # is in the same group unless it moved.
+                if int(stat[2]) not in groups:
+                    try:
+                        os.killpg(int(stat[2]), signal.SIGKILL)
+                    except OSError:
+                        pass
+            if stat[0] == "Z":          # no one else waits for it: this process is its parent
                 try:
-                    os.killpg(int(stat[2]), signal.SIGKILL)
-                except OSError:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
                     pass
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
+        for pid in [p for p in _killed if p not in children]:
+            del _killed[pid]
+    finally:
+        _starting.release()
     if ended:
         log.warning("ended %d process(es) left behind by a child that ended (a job's "
                     "detached processes): pids %s", len(ended),
                     ", ".join(map(str, ended[:10])))
-    return len(adopted)
+    return len(ended)
 
 
 def end_adopted(bound: float = 2.0) -> None:
-    """At the worker's exit: sweep until nothing adopted is left (at most `bound` s)."""
+    """At the worker's exit: end what its last children left (at most `bound` s)."""
     if not _on:
         return
+    wake()
     deadline = time.monotonic() + bound
-    while sweep() and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        sweep(wait=max(0.0, deadline - time.monotonic()))
+        if not _adopted_alive():
+            return
         time.sleep(0.02)
+
+
+def _adopted_alive() -> bool:
+    with _lock:
+        spared = _held | _own | _foreign
+    for pid in procfs.children():
+        if pid not in spared:
+            try:
+                stat = procfs.stat(pid)
+            except OSError:
+                return True
+            if stat is not None and stat[0] != "Z":
+                return True
+    return False
 
 
 def _end_tree(pid: int) -> None:
@@ -163,10 +202,10 @@ def _sweep_forever() -> None:
         _wake.wait(SWEEP_S)
         _wake.clear()
         try:
-            # While adoptions keep coming (a process forking itself anew), sweep again at
-            # once, for up to FAST_S: each pass ends what the last one found.
-            deadline = time.monotonic() + FAST_S
-            while sweep() and time.monotonic() < deadline:
+            # Within FAST_S of a child's exit, sweep again at once while passes still find
+            # something new to end (a process forking itself anew): each ends what it finds.
+            sweep()
+            while time.monotonic() < _kill_until[0] and sweep():
                 time.sleep(0.01)
         except Exception:     # noqa: BLE001 - a sweep must never end the thread
             log.exception("the reaper's sweep failed")

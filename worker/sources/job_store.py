@@ -303,7 +303,7 @@ class JobStore(JobListener):
             said, rec.said = rec.said, True
         if not said:
             log.warning("a progress update of %.1f MiB is over WORKER_MAX_RESULT_MB: not "
-                        "kept (the last one that fit is shown)", len(text) / 2**20,
+                        "kept (the last one that fit is shown)", stream_bound.nbytes(text) / 2**20,
                         extra={"job_id": job_id})
 
     def on_chunk(self, job_id: str, value: Any) -> None:

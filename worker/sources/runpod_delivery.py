@@ -114,7 +114,7 @@ class Delivery:
         if first:
             stream_bound.said(post.job_id, self._chunk_bytes)
 
-    def _make_room(self, job_id: str, lane: collections.deque, size: int) -> tuple:
+    def _make_room(self, job_id: str, lane: collections.deque, size: int) -> bool:
         """Room in the lane for a chunk of `size` bytes within the stream bound: the oldest
         chunks waiting go (one alone past it is not kept). True on the job's first drop;
         call with the lock held."""
