@@ -227,3 +227,18 @@ def test_a_result_the_parent_cannot_encode_ends_failed_once(tmp_path):
     assert lie["status"] == "FAILED" and "ResultUnencodable" in lie["error"], lie
     assert after["status"] == "COMPLETED" and after["output"] == "ok"
     assert health["failed"] == 1 and health["completed"] == 1, health
+
+
+def test_chunks_left_unread_count_in_what_finished_records_hold(tmp_path):
+    """A finished job's chunks nobody read are held with its record: they count toward
+    WORKER_API_QUEUE_MB like results (the oldest records go first)."""
+    s = Server("gen_sync.py", tmp_path, WORKER_MAX_RESULT_MB="0.5", WORKER_API_QUEUE_MB="1")
+    try:
+        ids = [s.post("/runsync", {"input": {"n": 40, "pad": PAD}}).json()["id"]
+               for _ in range(4)]                 # about 400 KB unread each
+        first, last = (s.get(f"/status/{i}") for i in (ids[0], ids[-1]))
+        read = s.get(f"/stream/{ids[-1]}").json()
+    finally:
+        s.close()
+    assert first.status_code == 404 and last.json()["status"] == "COMPLETED"
+    assert len(read["stream"]) == 40

@@ -190,7 +190,11 @@ class JobStore(JobListener):
         their JSON text (a decoded one can take 20 times the memory) and answered as is."""
         with self.lock:
             unread = rec.unread
+            taken = unread.bytes if unread is not None else 0
             chunks = unread.take() if unread is not None else []
+            if rec.finished is not None and taken:     # a finished record holds less now
+                rec.held -= taken
+                self.held_bytes -= taken
             head = {"id": rec.id, "status": rec.status.value}
             if unread is not None and unread.dropped:
                 head["streamDropped"] = unread.dropped
@@ -328,6 +332,7 @@ class JobStore(JobListener):
             if rec.finished is None:
                 self.active -= 1
                 self.finished.append(rec)
+            size += rec.unread.bytes if rec.unread is not None else 0    # its unread chunks
             self.held_bytes += size - rec.held
             rec.progress, rec.held = None, size
             rec.status, rec.result, rec.finished = result.state, result, time.monotonic()
