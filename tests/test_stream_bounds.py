@@ -108,15 +108,19 @@ def test_the_fleet_holds_at_most_the_bound_of_unread_chunks(tmp_path):
 
 
 def test_a_runpod_lane_holds_at_most_the_bound_of_waiting_chunks(tmp_path):
-    """The platform takes the first chunk only once the worker has said it drops some:
-    meanwhile the chunks wait in the job's lane, within the bound."""
+    """The platform takes the first chunk only once the job has ended in the worker (every
+    chunk produced) and the worker has said it drops some: meanwhile the chunks wait in
+    the job's lane, within the bound."""
     log = tmp_path / "worker.log"
     said = threading.Event()
 
     def hold_first_chunk(kind, n):
         if kind == "stream" and n == 1:
             deadline = time.monotonic() + 60
-            while SAID not in log.read_text() and time.monotonic() < deadline:
+            while time.monotonic() < deadline:
+                text = log.read_text()
+                if SAID in text and "job COMPLETED" in text:
+                    break
                 time.sleep(0.05)
             said.set()
         return None
