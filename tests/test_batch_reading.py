@@ -67,6 +67,18 @@ def test_the_good_jobs_of_a_batch_run_and_each_bad_one_fails_alone(fake, start):
     assert w.stop() == 0
 
 
+def test_an_unreadable_copy_of_a_job_reported_already_is_not_reported_again(fake, start):
+    """A fast run ends before the queue's next answer brings a copy that cannot be read:
+    the job has had its one final report (a second would be a FAILED after COMPLETED)."""
+    w = start("edges.py", args=("threads",))
+    fake.add_jobs([{"id": "fast", "input": {"do": "echo", "echo": 1}}])
+    assert fake.wait_final(["fast"], 60)["fast"]["output"]["echo"] == 1
+    fake.add_jobs([Batch([BAD["nan"]("fast"), {"id": "next", "input": {"do": "echo"}}])])
+    fake.wait_final(["next"], 60)
+    assert len(fake.finals["fast"]) == 1, fake.finals["fast"]
+    assert w.stop() == 0
+
+
 def test_an_unreadable_copy_of_a_running_job_is_not_reported_for_it(fake, start):
     w = start("edges.py", args=("threads",))
     fake.add_jobs([{"id": "held", "input": {"do": "sleep", "seconds": 2}}])

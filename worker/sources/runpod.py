@@ -13,6 +13,7 @@ Threads, none of which runs user code (that is in the child):
 """
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import threading
@@ -36,6 +37,7 @@ from .runpod_urls import RunPodUrls
 log = logging.getLogger("worker.runpod")
 
 STOP_POLL_TIMEOUT = (5.0, 95.0)   # connect, read: the platform long-polls up to 90 s
+REPORTED_KEPT = 4096              # ids of jobs reported here, remembered against copies
 
 
 @dataclass
@@ -54,6 +56,7 @@ class RunPodSource(JobListener):
         self.finished = threading.Event()      # shutdown is over: the heartbeat ends
         self._cond = threading.Condition()
         self._taken: dict[str, _Taken] = {}
+        self._reported: collections.OrderedDict = collections.OrderedDict()  # ended here, newest last
         self.sup.on_capacity(self._room_changed)     # a fresh child: take at once
         self.delivery = Delivery(self._session, self._too_large,
                                  lambda: self.stopping.is_set() and self.taking_done.is_set(),
@@ -227,13 +230,15 @@ class RunPodSource(JobListener):
 
     def _refuse(self, job_id: str, why: str) -> None:
         """The one rule for a report that is not a run's: a job that cannot be read is
-        reported FAILED under its id only if this worker does not hold that id (a copy of
-        a running job is the running job's to report)."""
+        reported FAILED under its id only if this worker does not hold that id and has not
+        reported it (a copy of a running job is the running job's to report; a copy of one
+        it reported, after a fast run, would be a second final report)."""
         with self._cond:
-            held = job_id in self._taken
-        if held:
-            log.warning("the queue sent a copy of a job this worker runs, and the copy "
-                        "cannot be read (%s); ignored", why, extra={"job_id": job_id})
+            held = job_id in self._taken or job_id in self._reported
+        if held:       # its run reports it (or has): a job ends in one final report
+            log.warning("the queue sent a copy of a job this worker runs or has reported, "
+                        "and the copy cannot be read (%s); ignored", why,
+                        extra={"job_id": job_id})
             return
         log.error("the queue sent a job that cannot be read: %s", why,
                   extra={"job_id": job_id})
@@ -282,6 +287,9 @@ class RunPodSource(JobListener):
         """The final report of a run this worker holds (the supervisor's one per job)."""
         with self._cond:
             taken = self._taken.pop(result.job_id, None)
+            self._reported[result.job_id] = None
+            if len(self._reported) > REPORTED_KEPT:
+                self._reported.popitem(last=False)
             self._cond.notify_all()
         self._post_final(result, taken)
 
