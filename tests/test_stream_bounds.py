@@ -45,28 +45,39 @@ def test_unread_chunks_stay_within_the_bound_and_in_order(limit, steps):
     assert len(kept) + unread.dropped == sent
 
 
-def test_the_local_api_holds_at_most_the_bound_of_unread_chunks(tmp_path):
-    s = Server("gen_sync.py", tmp_path, WORKER_MAX_RESULT_MB=str(LIMIT_MB))
-    try:
-        many = s.post("/run", {"input": {"n": MAX_CHUNKS + 5000}}).json()["id"]
-        s.until(many, lambda st: st["status"] == "COMPLETED", 120)
-        stream = s.get(f"/stream/{many}").json()
-        big = s.post("/run", {"input": {"n": 200, "pad": PAD}}).json()["id"]
-        done = s.until(big, lambda st: st["status"] == "COMPLETED", 60)
-        chunks = s.get(f"/stream/{big}").json()
-        ok = s.post("/runsync", {"input": {"n": 2}}).json()
-    finally:
-        s.close()
-    log = s.log.read_text()
+def unread_past_both_bounds(api, extra: int, timeout: float) -> tuple:
+    """Through a server or a gateway: a job yielding 10,000 + `extra` small chunks, one
+    yielding 200 of about 10 KB, nobody reading; their /stream answers and the second's
+    final /status."""
+    many = api.post("/run", {"input": {"n": MAX_CHUNKS + extra}}).json()["id"]
+    api.until(many, lambda st: st["status"] == "COMPLETED", timeout)
+    stream = api.get(f"/stream/{many}").json()
+    big = api.post("/run", {"input": {"n": 200, "pad": PAD}}).json()["id"]
+    done = api.until(big, lambda st: st["status"] == "COMPLETED", 60)
+    return stream, api.get(f"/stream/{big}").json(), done
+
+
+def assert_newest_kept(extra: int, stream: dict, chunks: dict, done: dict) -> None:
     # The count: the newest 10,000 kept, the rest counted.
-    assert [c["output"]["i"] for c in stream["stream"]] == list(range(5000, MAX_CHUNKS + 5000))
-    assert stream["streamDropped"] == 5000 and stream["status"] == "COMPLETED"
+    assert [c["output"]["i"] for c in stream["stream"]] == list(range(extra, MAX_CHUNKS + extra))
+    assert stream["streamDropped"] == extra and stream["status"] == "COMPLETED"
     # The bytes: the newest that fit, the rest counted, in the record too.
     kept = [c["output"]["i"] for c in chunks["stream"]]
     assert held_bytes(chunks["stream"]) <= LIMIT < held_bytes(chunks["stream"]) + PAD + 100
     assert kept == list(range(200 - len(kept), 200))
     assert chunks["streamDropped"] == done["streamDropped"] == 200 - len(kept)
+
+
+def test_the_local_api_holds_at_most_the_bound_of_unread_chunks(tmp_path):
+    s = Server("gen_sync.py", tmp_path, WORKER_MAX_RESULT_MB=str(LIMIT_MB))
+    try:
+        found = unread_past_both_bounds(s, 5000, 120)
+        ok = s.post("/runsync", {"input": {"n": 2}}).json()
+    finally:
+        s.close()
+    assert_newest_kept(5000, *found)
     assert ok["status"] == "COMPLETED" and "streamDropped" not in ok
+    log = s.log.read_text()
     assert log.count(SAID) == 2, log            # once per job
 
 
@@ -77,12 +88,7 @@ def test_the_fleet_holds_at_most_the_bound_of_unread_chunks(tmp_path):
     w = start_worker(srv, "gen", tmp_path, handler="gen_sync.py",
                      WORKER_MAX_RESULT_MB=str(LIMIT_MB))
     try:
-        many = gw.post("/run", {"input": {"n": MAX_CHUNKS + 3000}}).json()["id"]
-        gw.until(many, lambda st: st["status"] == "COMPLETED", 180)
-        stream = gw.get(f"/stream/{many}").json()
-        big = gw.post("/run", {"input": {"n": 200, "pad": PAD}}).json()["id"]
-        done = gw.until(big, lambda st: st["status"] == "COMPLETED", 60)
-        chunks = gw.get(f"/stream/{big}").json()
+        found = unread_past_both_bounds(gw, 3000, 180)
         # Read as it comes: nothing is dropped.
         read = gw.post("/run", {"input": {"n": 20, "pad": 1000, "delay": 0.05}}).json()["id"]
         got = []
@@ -97,12 +103,7 @@ def test_the_fleet_holds_at_most_the_bound_of_unread_chunks(tmp_path):
         assert w.stop() == 0, w.text()
         assert gw.stop() == 0, gw.text()
         srv.close()
-    assert [c["output"]["i"] for c in stream["stream"]] == list(range(3000, MAX_CHUNKS + 3000))
-    assert stream["streamDropped"] == 3000 and stream["status"] == "COMPLETED"
-    kept = [c["output"]["i"] for c in chunks["stream"]]
-    assert held_bytes(chunks["stream"]) <= LIMIT < held_bytes(chunks["stream"]) + PAD + 100
-    assert kept == list(range(200 - len(kept), 200))
-    assert chunks["streamDropped"] == done["streamDropped"] == 200 - len(kept)
+    assert_newest_kept(3000, *found)
     assert [c["output"]["i"] for c in got] == list(range(20))
     assert w.text().count(SAID) == 2, w.text()
 
