@@ -53,6 +53,7 @@ class FakeRunPod:
         self.streams: dict = collections.defaultdict(list)
         self.order: dict = collections.defaultdict(list)      # job id -> ["progress", "stream", "done"]
         self.pings: list = []
+        self.requests: list = []         # (method, op, query, headers) of every request
         self.counts: collections.Counter = collections.Counter()
         self.bad_auth = 0
         self.first_done_at: float | None = None
@@ -172,7 +173,10 @@ class FakeRunPod:
                 url = urlparse(self.path)
                 parts = url.path.strip("/").split("/")
                 # /v2/<endpoint>/<op>/<worker>[/<job>]
-                return parts[2] if len(parts) > 2 else "", parts[3:], parse_qs(url.query)
+                op, query = parts[2] if len(parts) > 2 else "", parse_qs(url.query)
+                with fake.lock:
+                    fake.requests.append((self.command, op, query, dict(self.headers)))
+                return op, parts[3:], query
 
             def do_GET(self):
                 op, rest, query = self._route()

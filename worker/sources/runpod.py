@@ -95,8 +95,8 @@ class RunPodSource(JobListener):
         return t
 
     def _headers(self) -> dict:
-        return {"Authorization": self.urls.api_key,
-                "User-Agent": f"gpu-worker/{__version__} (runpod-compatible)"}
+        """On every request to the platform (take, stop, ping, posts, unhealthy)."""
+        return {"Authorization": self.urls.api_key, "User-Agent": self.urls.user_agent}
 
     def _session(self) -> requests.Session:
         s = requests.Session()
@@ -130,7 +130,7 @@ class RunPodSource(JobListener):
         unfit = re.search(r"fitness check (\S+) failed: (.*)", reason, re.S)
         if unfit:                  # the SDK names the failing check
             check, reason = unfit.group(1), unfit.group(2)
-        url = self.urls.unhealthy(check, reason, __version__)
+        url = self.urls.unhealthy(check, reason)
         if url:
             try:
                 self._session().get(url, timeout=2)
@@ -341,7 +341,7 @@ class RunPodSource(JobListener):
             with self._cond:
                 ids = list(self._taken)
             try:
-                session.get(self.urls.heartbeat(ids, __version__),
+                session.get(self.urls.heartbeat(ids),
                             timeout=max(2.0, 2 * self.urls.ping_interval))
             except requests.RequestException as exc:
                 log.warning("heartbeat failed: %s", exc)

@@ -6,10 +6,13 @@ we do the same, and add a `?` when a URL has none instead of corrupting its path
 from __future__ import annotations
 
 import os
+import platform
 import uuid
 from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import quote, urlencode
+
+from ..version import RUNPOD_PROTOCOL_VERSION, __version__
 
 
 def _append(url: str, params: dict) -> str:
@@ -17,6 +20,20 @@ def _append(url: str, params: dict) -> str:
     if not query:
         return url
     return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+def user_agent(env: Mapping[str, str]) -> str:
+    """The SDK's User-Agent (runpod/user_agent.py) naming the protocol version, with who
+    we are as a comment. Not its "(via <coding agent>)" tag: no such agent drives a
+    deployed worker. Only printable ASCII is kept: an odd RUNPOD_UA_INTEGRATION must not
+    make every request fail."""
+    parts = [f"RunPod-Python-SDK/{RUNPOD_PROTOCOL_VERSION}",
+             f"({platform.system()} {platform.release()}; {platform.machine()})",
+             f"Language/Python {platform.python_version()}"]
+    if env.get("RUNPOD_UA_INTEGRATION"):
+        parts.append(f"Integration/{env['RUNPOD_UA_INTEGRATION']}")
+    parts.append(f"(compatible; gpu-worker/{__version__})")
+    return "".join(c for c in " ".join(parts) if " " <= c <= "~")
 
 
 @dataclass(frozen=True)
@@ -28,6 +45,7 @@ class RunPodUrls:
     api_key: str
     worker_id: str
     ping_interval: float       # seconds
+    user_agent: str
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "RunPodUrls":
@@ -51,7 +69,8 @@ class RunPodUrls:
                    api_key=env.get("RUNPOD_AI_API_KEY", ""),
                    worker_id=worker_id,
                    # the SDK's integer division turns < 1000 ms into a busy loop; we floor it
-                   ping_interval=max(0.2, interval_ms / 1000.0))
+                   ping_interval=max(0.2, interval_ms / 1000.0),
+                   user_agent=user_agent(env))
 
     def take(self, batch: int, in_progress: bool) -> str:
         flag = {"job_in_progress": "1" if in_progress else "0"}
@@ -74,15 +93,16 @@ class RunPodUrls:
         return _append(self.post_stream.replace("$ID", quote(job_id, safe="")),
                        {"isStream": "false"})
 
-    def heartbeat(self, job_ids: list, version: str) -> str | None:
+    def heartbeat(self, job_ids: list) -> str | None:
         if not (self.ping and self.api_key):
             return None
         params = {"job_id": ",".join(job_ids)} if job_ids else {}
-        params["runpod_version"] = version
+        params["runpod_version"] = RUNPOD_PROTOCOL_VERSION
         return _append(self.ping, params)
 
-    def unhealthy(self, check: str, reason: str, version: str) -> str | None:
+    def unhealthy(self, check: str, reason: str) -> str | None:
         if not self.ping:
             return None
         return _append(self.ping, {"status": "unhealthy", "check": check,
-                                   "reason": reason[:256], "runpod_version": version})
+                                   "reason": reason[:256],
+                                   "runpod_version": RUNPOD_PROTOCOL_VERSION})
