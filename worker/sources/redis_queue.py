@@ -45,9 +45,9 @@ RELEASED_IDLE_MS = 365 * 24 * 3600 * 1000     # idle past any worker's lease: ta
 
 
 def registered_name(target) -> str:
-    """What the endpoint is registered with: the handler file with its folder
-    ("embeddings/handler.py": RunPod workers all call theirs handler.py), or the module.
-    Not its content: a new version of the same handler joins without ceremony."""
+    """What the endpoint is registered with: the handler file with its folder (RunPod
+    workers all call theirs handler.py), or the module; not its content (a new version
+    joins without ceremony)."""
     path = getattr(target, "path", None)
     if path:
         return os.path.join(os.path.basename(os.path.dirname(os.path.abspath(path))),
@@ -91,6 +91,7 @@ class RedisQueueSource(JobListener):
         self.left = threading.Event()          # the shutdown is over
         self._cond = threading.Condition()
         self.held: dict[str, Held] = {}
+        self.finishing: dict[str, Held] = {}   # ended; the final record on its way
         self.writer = Writer(self.transient, connect.refusal_passes)
         self.outbox = Outbox(self.r, self.keys, self.consumer, settings, self.sup.metrics,
                              self.transient, self.stopping)
@@ -277,17 +278,17 @@ class RedisQueueSource(JobListener):
             self.r.xdel(self.keys.stream, entry)
             return
         job_id = raw_id.decode("utf-8", "replace")
+        with self._cond:
+            if job_id in self.held or job_id in self.finishing:
+                # This worker stalled past its lease and its own reclaim took the entry back:
+                # the run (or its final write) keeps its fence; no delivery is counted.
+                return
         kind, fence, n, age_ms, last = self._start(job_id, entry)
         if kind in ("gone", "final"):
             log.info("an entry whose job has ended (or expired) came back; acknowledged",
                      extra={"job_id": job_id})
             return
         held = Held(job_id, entry, fence)
-        with self._cond:
-            copy = self.held.get(job_id)
-            if copy is not None:        # our own run is still going: it owns the new fence
-                copy.fence, copy.entry = fence, entry
-                return
         if self.stopping.is_set():
             self._release(held)
             return
@@ -343,10 +344,6 @@ class RedisQueueSource(JobListener):
 
     # --- the job's events (supervisor thread: only queue work) ---------------------------
 
-    def _held(self, job_id: str) -> Held | None:
-        with self._cond:
-            return self.held.get(job_id)
-
     def _outgoing(self, held: Held) -> Outgoing:
         """The job's progress and chunks on their way (made on the first of them)."""
         if held.out is None:
@@ -359,12 +356,12 @@ class RedisQueueSource(JobListener):
         return held.out
 
     def on_progress(self, job_id: str, value: Any) -> None:
-        held = self._held(job_id)
+        held = self.held.get(job_id)       # a dict read: atomic
         if held is not None and self._outgoing(held).progress(value):
             self.writer.put(Write(job_id, "progress", held.out.flush_progress))
 
     def on_chunk(self, job_id: str, value: Any) -> None:
-        held = self._held(job_id)
+        held = self.held.get(job_id)
         if held is not None and self._outgoing(held).add(value):
             self.writer.put(Write(job_id, "chunk", held.out.flush))
 
@@ -384,6 +381,8 @@ class RedisQueueSource(JobListener):
         final = records.fitted(result, self.settings.max_result_mb, self.consumer,
                                self.settings.hostname)
         k = self.keys
+        with self._cond:        # its lease is kept until the final record is written
+            self.finishing[held.job_id] = held
         text = ""
         if dead:
             text = str(result.body.get("error", ""))
@@ -397,6 +396,8 @@ class RedisQueueSource(JobListener):
                       DEAD_MAX])
 
         def done(answer):
+            with self._cond:
+                self.finishing.pop(held.job_id, None)
             answer = answer.decode() if isinstance(answer, bytes) else answer
             if answer == "fenced":
                 log.warning("not reported: another worker took this job over (its run "
@@ -416,7 +417,8 @@ class RedisQueueSource(JobListener):
         waiting on `stopping` would return at once once set, and spin)."""
         every = min(0.5, self.settings.queue_lease_s / 3)
         while not self.left.wait(every):
-            if self.stopping.is_set() and self.taking_done.is_set() and not self.held:
+            if self.stopping.is_set() and self.taking_done.is_set() and \
+                    not (self.held or self.finishing):
                 return
             try:
                 self._keep()
@@ -426,7 +428,8 @@ class RedisQueueSource(JobListener):
     def _keep(self) -> None:
         k = self.keys
         with self._cond:
-            held = [h for h in self.held.values() if not (h.released or h.fenced)]
+            held = [h for h in (*self.held.values(), *self.finishing.values())
+                    if not (h.released or h.fenced)]
         pipe = self.r.pipeline(transaction=False)
         pipe.zadd(k.workers, {self.consumer: int(time.time() * 1000)})
         for h in held:
