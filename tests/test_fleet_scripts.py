@@ -41,7 +41,7 @@ class World:
 
     def keys6(self):
         k = self.k
-        return [k.job("j"), k.stream, k.hooks, k.done("j"), k.counts, k.chunks("j")]
+        return [k.job("j"), k.stream, k.hooks, k.ended, k.counts, k.chunks("j")]
 
     def start(self, w, entries):
         for entry, fields in entries:
@@ -126,7 +126,7 @@ def test_an_idempotency_key_lives_as_long_as_its_job_s_record(redis_client):
                         args=[job_id, "{}", "", "1", 3600])
     assert submit("a") == [1, b"a"]
     assert submit("b") == [0, b"a"]                      # the same job
-    s.finish(keys=[k.job("a"), k.stream, k.hooks, k.done("a"), k.counts, k.chunks("a"),
+    s.finish(keys=[k.job("a"), k.stream, k.hooks, k.ended, k.counts, k.chunks("a"),
                    k.dead], args=[GROUP, b"0-0", "", "COMPLETED", "{}", 60, "a", "", "", 10])
     assert 0 < r.ttl(k.idem("key")) <= 60                 # the record's expiry now
     r.delete(k.job("a"))                                 # the record is gone (expired)

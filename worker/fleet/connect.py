@@ -65,9 +65,39 @@ def client(settings: Settings):
     return redis.Redis.from_url(settings.queue_url, **options(settings))
 
 
+# A gateway's connections: its requests each hold one for a round trip or a pipeline,
+# never while waiting (endings.py), so a few serve any number of clients — one event loop
+# cannot keep more busy — and one more is its end-notice subscription. When all are in
+# use a request waits up to POOL_WAIT_S for one, then is answered "busy" (QueueBusy).
+GATEWAY_CONNECTIONS = 32
+POOL_WAIT_S = 5.0
+
+
+class QueueBusy(Exception):
+    """Every connection of the gateway's pool stayed in use for POOL_WAIT_S."""
+
+
 def async_client(settings: Settings):
+    """The gateway's client: at most GATEWAY_CONNECTIONS connections, whatever the
+    library's defaults."""
+    import asyncio
+
     import redis.asyncio
-    return redis.asyncio.Redis.from_url(settings.queue_url, **options(settings, True))
+
+    class Pool(redis.asyncio.BlockingConnectionPool):
+        async def get_connection(self, *args, **kwargs):
+            try:
+                return await super().get_connection(*args, **kwargs)
+            except redis.ConnectionError as exc:
+                if isinstance(exc.__cause__, asyncio.TimeoutError):
+                    raise QueueBusy(f"all {self.max_connections} connections to the queue "
+                                    f"stayed in use for {self.timeout:g}s") from None
+                raise
+
+    pool = Pool.from_url(settings.queue_url, max_connections=GATEWAY_CONNECTIONS,
+                         timeout=POOL_WAIT_S, client_name="gpu-worker-gateway",
+                         **options(settings, True))
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def eviction_warning(policy: str) -> str | None:

@@ -29,6 +29,7 @@ from ..sources.local_api import (JOB_BODY, RUNSYNC_WAIT_MS, BodyLimit, errors, m
 from ..version import __version__
 from . import connect
 from .gateway_metrics import GatewayMetrics
+from .endings import Endings
 from .gateway_store import GatewayStore
 from .keys import Keys
 
@@ -57,16 +58,20 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         r = connect.async_client(settings)
-        state["stores"] = {k.endpoint: GatewayStore(r, k, settings.result_ttl) for k in served}
+        endings = Endings(r, [k.ended for k in served])
+        state["stores"] = {k.endpoint: GatewayStore(r, k, settings.result_ttl, endings)
+                           for k in served}
         for store in state["stores"].values():
             try:
                 await store.ensure_groups()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 log.warning("the queue cannot be reached yet (%s); answering 503 until it "
                             "can", type(exc).__name__)
+        endings.start()
         try:
             yield
         finally:
+            await endings.close()
             await r.aclose()
 
     docs = {} if not settings.api_token else {"docs_url": None, "redoc_url": None,
@@ -125,8 +130,8 @@ def create_app(settings: Settings) -> FastAPI:
     @router.post("/runsync", summary="Run a job and wait for its result",
                  openapi_extra=JOB_BODY, responses=errors(400, 413, 503))
     async def runsync(request: Request, wait: int = RUNSYNC_WAIT_MS):
-        s, job_id, fresh = await submit(request)
-        view = await s.wait(job_id, min(max(wait, 1000), 300_000) / 1000.0, fresh)
+        s, job_id, _ = await submit(request)
+        view = await s.wait(job_id, min(max(wait, 1000), 300_000) / 1000.0)
         return metrics.answer(view if view is not None else await known(s, job_id))
 
     @router.api_route("/status/{job_id}", methods=["GET", "POST"], summary="A job's state",
@@ -183,6 +188,14 @@ def create_app(settings: Settings) -> FastAPI:
         return JSONResponse({"error": f"the queue cannot be reached ({type(exc).__name__}); "
                                       "retry later"}, status_code=503,
                             headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.exception_handler(connect.QueueBusy)
+    async def queue_busy(request: Request, exc: Exception):
+        if time.monotonic() - state.get("busy_said", -60.0) >= 60:    # once a minute
+            state["busy_said"] = time.monotonic()
+            log.warning("answering 503 (busy): %s", exc)
+        return JSONResponse({"error": f"the gateway is busy: {exc}; retry later"},
+                            status_code=503, headers={"Retry-After": "1"})
 
     @app.exception_handler(redis.ResponseError)
     async def queue_refused(request: Request, exc: Exception):

@@ -2,6 +2,8 @@
 keeps nothing of its own, so any number of gateways can serve one endpoint."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 
@@ -11,14 +13,14 @@ from . import records
 from .keys import GROUP, HOOK_GROUP, Keys
 from .scripts import Scripts
 
-WAIT_SLICE_S = 5.0           # a blocking read's longest wait (below the socket timeout)
+WAIT_SLICE_S = 5.0           # a waiter reads its record at least this often
 ALIVE_S = 10.0               # a worker seen this recently counts as alive
 IDEM_QUEUED_S = 7 * 24 * 3600   # a key's life until its job ends; then the record's
 
 
 class GatewayStore:
-    def __init__(self, r, keys: Keys, result_ttl: float):
-        self.r, self.keys = r, keys
+    def __init__(self, r, keys: Keys, result_ttl: float, endings):
+        self.r, self.keys, self.endings = r, keys, endings
         self.ttl = max(1, int(result_ttl))
         self.scripts = Scripts(r)
 
@@ -49,29 +51,23 @@ class GatewayStore:
         rec = await self.r.hgetall(self.keys.job(job_id))
         return records.view(job_id, rec) if rec else None
 
-    async def wait(self, job_id: str, timeout: float, fresh: bool = False) -> dict | None:
+    async def wait(self, job_id: str, timeout: float) -> dict | None:
         """The record once the job has ended, or as it is after `timeout` seconds.
-        `fresh`: queued just now, so not worth reading before the first wait."""
+        Waiting holds no connection: the gateway's one subscription wakes it
+        (endings.py); the record is read after the waiter is registered, so an end
+        before that is seen in the record, and one after it wakes the waiter."""
         deadline = time.monotonic() + timeout
-        done = self.keys.done(job_id)
-        rec = view = None
-        while True:
-            if not fresh:
-                rec = rec if rec is not None else await self.r.hgetall(self.keys.job(job_id))
-                view = records.view(job_id, rec) if rec else None
+        with self.endings.watch(self.keys.ended, job_id) as ended:
+            while True:
+                ended.clear()
+                view = await self.record(job_id)
                 if view is None or JobState(view["status"]).final:
                     return view
-            fresh, rec = False, None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return view
-            if await self.r.blpop([done], timeout=max(0.01, min(WAIT_SLICE_S, left))):
-                # an event, not a token: pushed back so other waiters see it too, and the
-                # record read in the same round trip
-                pipe = self.r.pipeline(transaction=False)
-                pipe.rpush(done, "1")
-                pipe.hgetall(self.keys.job(job_id))
-                rec = (await pipe.execute())[1]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return view
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(ended.wait(), min(WAIT_SLICE_S, left))
 
     async def take_stream(self, job_id: str) -> dict | None:
         status, items, dropped = await self.scripts.take_chunks(
@@ -92,7 +88,7 @@ class GatewayStore:
         final = records.final_body({"error": error_record(
             "Cancelled", "cancelled before it started", "", "gateway", "")}, 0)
         answer = await self.scripts.cancel(
-            keys=[k.job(job_id), k.stream, k.hooks, k.done(job_id), k.counts,
+            keys=[k.job(job_id), k.stream, k.hooks, k.ended, k.counts,
                   k.chunks(job_id)],
             args=[GROUP, final, self.ttl, "1" if queued_only else "0", job_id])
         return answer.decode()

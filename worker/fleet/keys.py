@@ -29,7 +29,7 @@ class Keys:
         self.workers = base + "workers"      # zset: consumer -> last seen (ms)
         self._job = base + "job:"
         self._chunks = base + "chunks:"
-        self._done = base + "done:"
+        self._ended = base + "ended"
         self._idem = base + "idem:"
 
     def job(self, job_id: str) -> str:
@@ -39,9 +39,10 @@ class Keys:
     def chunks(self, job_id: str) -> str:
         return self._chunks + job_id
 
-    def done(self, job_id: str) -> str:
-        """A list pushed once when the job ends: /runsync blocks on it."""
-        return self._done + job_id
+    @property
+    def ended(self) -> str:
+        """The pub/sub channel a job's id is published on when it ends (fleet/endings.py)."""
+        return self._ended
 
     def idem(self, key: str) -> str:
         return self._idem + key

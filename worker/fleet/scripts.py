@@ -17,7 +17,7 @@ end
 
 # Ends a job: its final record, the entry acknowledged and deleted, the webhook into the
 # outbox, /runsync woken, the counts; the record and its chunks expire after the TTL.
-# keys: job, stream, hooks, done, counts, chunks
+# keys: job, stream, hooks, ended (a channel), counts, chunks
 _FINALIZE = _NOW + """
 local function finalize(k, group, entry, status, final, ttl, job_id, webhook)
   redis.call('HSET', k[1], 'status', status, 'final', final, 'finished', now_ms())
@@ -33,8 +33,7 @@ local function finalize(k, group, entry, status, final, ttl, job_id, webhook)
   redis.call('EXPIRE', k[6], ttl)
   local idem = redis.call('HGET', k[1], 'idem')
   if idem then redis.call('EXPIRE', idem, ttl) end
-  redis.call('RPUSH', k[4], '1')
-  redis.call('EXPIRE', k[4], math.min(ttl, 300))
+  redis.call('PUBLISH', k[4], job_id)
   redis.call('HINCRBY', k[5], status, 1)
 end
 """
@@ -80,7 +79,7 @@ if n > tonumber(ARGV[4]) then kind = 'dead' elseif rec[4] == '1' then kind = 'ca
 return {kind, fence, n, age, rec[5] or ''}
 """
 
-# keys: job, stream, hooks, done, counts, chunks, dead. argv: group, entry, fence ('' for
+# keys: job, stream, hooks, ended, counts, chunks, dead. argv: group, entry, fence ('' for
 # none), status, final json, ttl s, job id, dead job json ('' unless a dead letter),
 # dead error, dead maxlen -> 'ok' | 'gone' | 'final' | 'fenced'
 FINISH = _FINALIZE + """
@@ -125,7 +124,7 @@ redis.call('XCLAIM', KEYS[2], ARGV[1], ARGV[5], 0, ARGV[2], 'IDLE', ARGV[4], 'JU
 return 1
 """
 
-# keys: job, stream, hooks, done, counts, chunks. argv: group, final json, ttl s,
+# keys: job, stream, hooks, ended, counts, chunks. argv: group, final json, ttl s,
 # queued only (1/0), job id -> 'CANCELLED' (cancelled now), 'was:<final status>', the
 # running job's status (its worker is told), or '' (no such job)
 CANCEL = _FINALIZE + """

@@ -389,7 +389,7 @@ class RedisQueueSource(JobListener):
 
         def call():
             return self.scripts.finish(
-                keys=[k.job(held.job_id), k.stream, k.hooks, k.done(held.job_id), k.counts,
+                keys=[k.job(held.job_id), k.stream, k.hooks, k.ended, k.counts,
                       k.chunks(held.job_id), k.dead],
                 args=[GROUP, held.entry, held.fence, result.state.value, final,
                       max(1, int(self.settings.result_ttl)), held.job_id, dead, text,

@@ -1,0 +1,90 @@
+"""Waiting for a job's end without holding a connection: one subscription per gateway
+process to each served endpoint's `ended` channel (the finish and cancel scripts publish
+the job's id there) wakes every /runsync and /cancel waiting on that job.
+
+A waiter registers before it reads the record, so an end published after that read wakes
+it; an end published while the subscription was down is caught by waking every waiter
+once it is back (each reads its record again) and by each waiter's own re-read every
+few seconds, whatever happened to the subscription.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+log = logging.getLogger("worker.gateway")
+LISTEN_SLICE_S = 1.0          # one read of the subscription (its connection's health)
+
+
+class Endings:
+    def __init__(self, client, channels: list):
+        self.client, self.channels = client, list(channels)
+        self._waiting: dict[tuple, set] = {}
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._listen())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    @contextlib.contextmanager
+    def watch(self, channel: str, job_id: str):
+        """An asyncio.Event set when `job_id` ends (or may have: read the record again)."""
+        key, event = (channel, job_id), asyncio.Event()
+        self._waiting.setdefault(key, set()).add(event)
+        try:
+            yield event
+        finally:
+            events = self._waiting.get(key)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._waiting[key]
+
+    @property
+    def waiters(self) -> int:
+        return sum(len(v) for v in self._waiting.values())
+
+    def _wake(self, key: tuple) -> None:
+        for event in self._waiting.get(key, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for events in self._waiting.values():
+            for event in events:
+                event.set()
+
+    async def _listen(self) -> None:
+        wait, down = 0.1, False
+        while True:
+            try:
+                async with self.client.pubsub() as sub:
+                    await sub.subscribe(*self.channels)
+                    if down:
+                        log.info("the queue's end notices are back")
+                    wait, down = 0.1, False
+                    self._wake_all()        # anything that ended while not subscribed
+                    while True:
+                        msg = await sub.get_message(ignore_subscribe_messages=True,
+                                                    timeout=LISTEN_SLICE_S)
+                        if msg and msg.get("type") == "message":
+                            self._wake((_text(msg["channel"]), _text(msg["data"])))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:   # noqa: BLE001 - any fault: subscribe again, later
+                if not down:
+                    log.warning("the queue's end notices stopped (%s: %s); waiters read "
+                                "their jobs' records until they are back",
+                                type(exc).__name__, exc)
+                down = True
+                await asyncio.sleep(wait)
+                wait = min(2.0, wait * 2)
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
