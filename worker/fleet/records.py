@@ -35,9 +35,10 @@ def view(job_id: str, rec: dict) -> dict:
 
 
 def final_body(body: dict, execution_ms: int) -> bytes:
-    """What a worker stores as the final record: the result's body and its run's time."""
-    return json.dumps({"executionTime": execution_ms, **body}, ensure_ascii=False,
-                      allow_nan=False).encode()
+    """What a worker stores as the final record: the result's body and its run's time.
+    NaN and Infinity are written as runpod-python's json.dumps writes them (docs/
+    compatibility.md), as in every other mode."""
+    return json.dumps({"executionTime": execution_ms, **body}, ensure_ascii=False).encode()
 
 
 def dumps(value) -> bytes:
