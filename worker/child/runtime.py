@@ -27,7 +27,7 @@ from ..config import Settings, config_keys
 from ..jobs import JobState, Reason, exception_record
 from ..jsonlimits import MAX_DEPTH, nesting
 from ..protocol import HandlerMode
-from . import code_files, descendants, fitness_run, gpu_check, joblog, sdk_hooks
+from . import beside, code_files, descendants, fitness_run, gpu_check, joblog, sdk_hooks
 from .handlers import Interrupted, Outcome, detect_kind, run_async, run_sync
 from .memory import reset_peak, rss, torch_memory
 
@@ -40,8 +40,8 @@ def current() -> "ChildRuntime | None":
 
 
 class Recorded(BaseException):
-    """start() during a warm import (warm_import.py): its config, recorded; it unwinds
-    the module's body where a child's job loop would have begun."""
+    """start() during a warm import (warm_import.py): its config, recorded; it unwinds the
+    module's body where a child's job loop would have begun."""
 
     def __init__(self, config: Any):
         super().__init__("start() recorded for warm refresh")
@@ -106,10 +106,9 @@ class ChildRuntime:
 
     def _forked(self) -> None:
         """In a process forked from this one (the handler's os.fork(), a fork-started
-        multiprocessing worker): the control channel is not its to read or write, nor to
-        hold open after this child has gone. /dev/null takes its place: writes vanish,
-        a read is the end. If the fork comes back into the job loop (a handler that
-        returned in the fork), it leaves at once (`_report`)."""
+        multiprocessing worker): the control channel is not its to read, write or hold
+        open after this child has gone. /dev/null takes its place. If the fork comes back
+        into the job loop (a handler that returned in the fork), it leaves (`_report`)."""
         try:
             null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, self.fd)
@@ -189,10 +188,11 @@ class ChildRuntime:
         if self.modifier is not None and not callable(self.modifier):
             raise TypeError("concurrency_modifier must be a function: int -> int")
         self.ready_at = time.perf_counter()
-        if self.checks:      # a failure raises out of start(): a setup failure
+        if self.checks:      # these raise out of start(): a setup failure
             fitness_run.run(self.settings.fitness_checks == "on", self.settings.gpu_check,
                             self.settings.require_gpu)
-        warm_up(config.get("warmup"))     # raises out of start(): a setup failure
+        warm_up(config.get("warmup"))
+        beside.check()       # a spare that could not replace the active child
         self.served = True
         config.setdefault("rp_args", self._rp_args())     # what the SDK's start() fills in
         overrides = {k: v for k, v in config.items() if k in config_keys()}

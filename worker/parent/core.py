@@ -393,7 +393,9 @@ class SupervisorCore:
                 self.cids += 1
                 slot.spares.starting = self.cids
                 active = slot.child
-                self._actions.append(Spawn(slot.index, self.cids, self.settings, slot.env(),
+                beside = {"WORKER_SPARE_BESIDE": str(active.pid)}     # child/beside.py
+                self._actions.append(Spawn(slot.index, self.cids, self.settings,
+                                           {**slot.env(), **beside},
                                            cause="spare", active_pid=active.pid,
                                            devices=slot.devices, vram_mb=max(
                                                active.peak_vram_mb, (active.torch or {})

@@ -29,9 +29,10 @@ AUTO_SETUP_S = 1.0            # WORKER_SPARE=auto: a set-up this long is worth s
 UNFIT_RETRY_S = 30.0          # a spare that did not fit: asked again this much later
 SOON_S = 0.25                 # ... or this soon while a child's GPU memory is being freed
 # Set-up errors that say a second copy of the module can never set up beside the first:
-# a fixed port bound, a file lock taken, at import.
+# a fixed port bound, a file lock taken, at import; a port the active child's processes
+# listen on that the spare's could not (child/beside.py).
 ONE_COPY_ONLY = ("Address already in use", "Resource temporarily unavailable",
-                 "EXCLUSIVE_PROCESS")
+                 "EXCLUSIVE_PROCESS", "cannot set up beside the first")
 # Stops after which the spare takes over at once (when the old child holds no job).
 SWAP_CAUSES = (StopCause.REFRESH, StopCause.JOB_ENDED, StopCause.CANCEL_IGNORED,
                StopCause.HUNG, StopCause.PROTOCOL, StopCause.INTERNAL_ERROR)
