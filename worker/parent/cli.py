@@ -120,6 +120,9 @@ def _run_mode(settings: cfg.Settings, target) -> int:
         from ..sources import load_balancer
         return load_balancer.serve(settings, target)
     if fleet:
+        # RunPod's platform checks (its network check dials a public DNS server) are for
+        # RunPod's machines: a self-hosted fleet runs the handler's own checks only.
+        os.environ.setdefault("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "true")
         from ..sources.redis_queue import RedisQueueSource
         try:
             return RedisQueueSource(settings, target).run()
