@@ -43,9 +43,11 @@ redis:
 		|| (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)) \
 		|| echo "--- no redis-server could be installed: the fleet tests will be skipped ---"
 
-# The gateway with 1, 2 and 3 workers and the local API, trivial and 200 ms handlers.
+# The gateway with 1, 2 and 3 workers and the local API, trivial and 200 ms handlers;
+# then 1,000 clients waiting in /runsync on one gateway.
 bench-fleet: $(STAMP) redis
 	$(BIN)/python bench/bench_fleet.py
+	$(BIN)/python bench/bench_waiters.py
 
 # --reload on the embeddings example: a real edit of handler.py to the next answer.
 bench-reload: $(STAMP)
