@@ -11,6 +11,10 @@ import sys
 
 import pytest
 
+# Nothing a test runs leaves loopback (tests/loopback_pytest.py), here as in tests/.
+from tests.loopback_pytest import (loopback_only, pytest_sessionfinish,  # noqa: F401
+                                   pytest_terminal_summary, pytest_unconfigure)
+
 
 @functools.lru_cache(maxsize=None)
 def gpu_count() -> tuple:

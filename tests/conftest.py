@@ -1,5 +1,9 @@
 import pytest
 
+# Nothing a test runs leaves loopback: see tests/loopback_pytest.py (first: every process
+# started from here on is guarded).
+from tests.loopback_pytest import (loopback_only, pytest_sessionfinish,  # noqa: F401
+                                   pytest_terminal_summary, pytest_unconfigure)
 from tests.fake_runpod import FakeRunPod
 
 from tests.support import harness_fixture

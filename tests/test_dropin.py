@@ -189,7 +189,13 @@ def test_fitness_checks_do_not_run_in_the_local_test_unless_asked():
     assert forced.returncode == 1 and "fitness check disk_has_model failed" in forced.stderr
 
 
-def test_fitness_checks_run_once_per_worker_not_per_child():
+def test_fitness_checks_run_once_per_worker_not_per_child(monkeypatch):
+    from worker.parent import mp_launcher
+    # The forkserver preloads runpod (fitness.py imports it), so the SDK's system checks
+    # would run: its network check dials 8.8.8.8 (tests/loopback_only refuses it).
+    for name, value in SKIP_SDK_SYSTEM.items():
+        monkeypatch.setenv(name, value)
+    mp_launcher.stop_template()        # a forkserver started earlier keeps its environment
     lines = []
     h = Harness("fitness.py", argv=["ours"], fitness_checks="on",
                 sink=lambda stream, line, ids: lines.append(line))
@@ -203,6 +209,7 @@ def test_fitness_checks_run_once_per_worker_not_per_child():
         assert h.sup.join(30)        # the output pump has read everything
     finally:
         h.close()
+        mp_launcher.stop_template()    # nor does a later test get this one's
     assert first.body == {"output": "fit"} and list(second.values())[0].body == first.body
     assert lines.count("check: disk_has_model ran") == 1, lines
 

@@ -337,7 +337,8 @@ def test_torchs_cuda_version_is_read_without_importing_it(tmp_path):
     fake.mkdir()
     (fake / "__init__.py").write_text("raise SystemExit('imported')\n")
     code = "from worker.child import gpu_check; print(gpu_check.torch_cuda())"
-    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT),
+                                                         os.environ["PYTHONPATH"]])}
     for text, expected in [("cuda: Optional[str] = '13.0'", "(13, 0)"),
                            ("cuda = '12.8'", "(12, 8)"),
                            ("cuda: Optional[str] = None", "None")]:

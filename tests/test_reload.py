@@ -228,8 +228,11 @@ def test_the_handler_s_packages_stay_in_the_forkserver_after_the_first_reload(co
 def test_without_watchfiles_reload_says_how_to_get_it(code, tmp_path):
     blocker = tmp_path / "block"
     blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['watchfiles'] = None\n")
-    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    # This sitecustomize shadows the suite's loopback guard (tests/loopback_only): it
+    # imports it too, and the guard's folder stays on the path.
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['watchfiles'] = None\n"
+                                              "import loopback_guard\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), os.environ["PYTHONPATH"]])}
     r = subprocess.run([PYTHON, "-m", "worker", "serve", str(code / "handler.py"), "--reload"],
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "pip install 'gpu-worker[reload]'" in r.stderr, r.stderr
