@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import loopback
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_api  # noqa: E402
@@ -56,7 +58,7 @@ ROWS = [("trivial sync jobs through parent and child", "sync", "jobs/s", +1),
 
 def core_rows(tree: Path, jobs: int, rounds: int) -> dict:
     out = subprocess.run([PYTHON, "-c", CORE, str(tree), str(jobs), str(rounds)], cwd="/tmp",
-                         env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True,
+                         env={**os.environ, **loopback.env_with(tree)}, capture_output=True,
                          text=True)
     if out.returncode:
         raise SystemExit(out.stdout + out.stderr)
@@ -66,7 +68,7 @@ def core_rows(tree: Path, jobs: int, rounds: int) -> dict:
 
 def queue_rows(tree: Path, seconds: float) -> dict:
     saved = dict(os.environ)
-    os.environ["PYTHONPATH"] = str(tree)
+    os.environ.update(loopback.env_with(tree))
     try:
         return {f"q{i}": bench_api.queue_rate(bench_api.OURS, handler, jobs, seconds)[0]
                 for i, (_, handler, jobs) in enumerate(QUEUE)}
@@ -108,4 +110,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with loopback.only():     # nothing here leaves loopback (bench/loopback.py)
+        main()

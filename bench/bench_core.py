@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+import loopback
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
@@ -137,4 +139,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with loopback.only():     # nothing here leaves loopback (bench/loopback.py)
+        main()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import requests
 
+import loopback
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_api  # noqa: E402
@@ -56,7 +58,7 @@ def queue_row(tree: Path, metrics: bool, seconds: float) -> list:
     """bench_api.queue_rate for each QUEUE handler, with this tree's worker."""
     port = free_port()
     saved = dict(os.environ)
-    os.environ["PYTHONPATH"] = str(tree)
+    os.environ.update(loopback.env_with(tree))
     if metrics:
         os.environ["WORKER_METRICS_PORT"] = str(port)
     stop, answered = threading.Event(), []
@@ -94,7 +96,7 @@ def channel_row(tree: Path, jobs: int = 20000) -> tuple:
     a supervisor in the bench's process) from `tree`: jobs/s, and the parent's CPU time
     per job (all its threads; less noisy than the rate on a shared machine)."""
     out = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", CHANNEL, str(tree),
-                          str(jobs)], cwd="/tmp", env={**os.environ, "PYTHONPATH": str(tree)},
+                          str(jobs)], cwd="/tmp", env={**os.environ, **loopback.env_with(tree)},
                          capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(out.stdout + out.stderr)
@@ -156,4 +158,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with loopback.only():     # nothing here leaves loopback (bench/loopback.py)
+        main()

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import loopback
+
 ROOT = Path(__file__).resolve().parent.parent
 
 RUN = """
@@ -44,8 +46,9 @@ def main() -> None:
     args = ap.parse_args()
     subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", RUN, args.tree,
                     args.handler, str(args.jobs), str(args.top)], cwd="/tmp",
-                   env={"PYTHONPATH": args.tree, "PATH": "/usr/bin:/bin"}, check=True)
+                   env={**loopback.env_with(args.tree), "PATH": "/usr/bin:/bin"}, check=True)
 
 
 if __name__ == "__main__":
-    main()
+    with loopback.only():     # nothing here leaves loopback (bench/loopback.py)
+        main()

@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+import loopback
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -202,10 +204,11 @@ def body_costs(n: int = 10) -> None:
 
 
 if __name__ == "__main__":
-    what = sys.argv[1] if len(sys.argv) > 1 else "all"
-    if what in ("runsync", "all"):
-        runsync_steps()
-    if what in ("refresh", "all"):
-        refresh_steps()
-    if what in ("body", "all"):
-        body_costs()
+    with loopback.only():     # nothing here leaves loopback (bench/loopback.py)
+        what = sys.argv[1] if len(sys.argv) > 1 else "all"
+        if what in ("runsync", "all"):
+            runsync_steps()
+        if what in ("refresh", "all"):
+            refresh_steps()
+        if what in ("body", "all"):
+            body_costs()
