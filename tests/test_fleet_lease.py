@@ -40,7 +40,7 @@ def test_an_own_reclaim_between_the_keepers_read_and_its_renewal_keeps_the_run(
         r.xgroup_create(k.stream, GROUP, id="0", mkstream=True)
         source.host.start()
         source.writer.start()
-        job = {"id": "job-1", "input": {"do": "sleep", "seconds": 1.5}}
+        job = {"id": "job-1", "input": {"do": "sleep", "seconds": 5}}
         source.scripts.submit(keys=[k.job("job-1"), k.stream, k.idem("-")],
                               args=["job-1", json.dumps(job), "", "0", 60])
         [(_, [(entry, fields)])] = r.xreadgroup(GROUP, source.consumer, {k.stream: ">"},
@@ -62,6 +62,45 @@ def test_an_own_reclaim_between_the_keepers_read_and_its_renewal_keeps_the_run(
         wait_for(lambda: r.hget(k.job("job-1"), "status") == b"COMPLETED")
         assert int(r.hget(k.job("job-1"), "deliveries")) == 1
         assert runs(tmp_path)["job-1"] == 1
+    finally:
+        if source is not None:
+            source.sup.stop()
+            source.sup.join(30)
+        srv.close()
+
+
+def test_an_own_reclaim_while_the_final_record_is_on_its_way_keeps_the_run(
+        tmp_path, monkeypatch):
+    """The run has ended; its final write waits (the writer has not started): the
+    worker's own reclaim finds it finishing, starts nothing, counts nothing; the final
+    record is then written under the run's fence."""
+    monkeypatch.chdir(tmp_path)
+    srv = RedisServer(tmp_path / "redis")
+    source = None
+    try:
+        settings = Settings(**FAST, queue_url=srv.url, queue_endpoint="ep",
+                            queue_lease_s=30.0)
+        source = RedisQueueSource(settings, ScriptTarget(str(HANDLERS / "fleet_jobs.py"), []))
+        k, r = source.keys, srv.client()
+        r.xgroup_create(k.stream, GROUP, id="0", mkstream=True)
+        source.host.start()
+        job = {"id": "job-2", "input": {}}
+        source.scripts.submit(keys=[k.job("job-2"), k.stream, k.idem("-")],
+                              args=["job-2", json.dumps(job), "", "0", 60])
+        [(_, [(entry, fields)])] = r.xreadgroup(GROUP, source.consumer, {k.stream: ">"},
+                                                count=1)
+        source._take(entry, fields)
+        wait_for(lambda: "job-2" in source.finishing)
+        r.xclaim(k.stream, GROUP, source.consumer, 0, [entry], idle=10**7, justid=True)
+        _, reclaimed = source._reclaim("0-0", 1)
+        assert [e for e, _ in reclaimed] == [entry]
+        for e, f in reclaimed:
+            source._take(e, f)
+        assert int(r.hget(k.job("job-2"), "deliveries")) == 1 and not source.held
+        source.writer.start()
+        wait_for(lambda: r.hget(k.job("job-2"), "status") == b"COMPLETED")
+        assert int(r.hget(k.job("job-2"), "deliveries")) == 1
+        assert runs(tmp_path)["job-2"] == 1
     finally:
         if source is not None:
             source.sup.stop()

@@ -27,22 +27,23 @@ def _records(record) -> list:
 
 def test_a_public_address_is_refused_and_recorded(tmp_path):
     record = tmp_path / "record"
-    proc = _run("import socket; socket.create_connection(('8.8.8.8', 53), timeout=5)", record)
+    proc = _run("import socket; socket.create_connection(('192.0.2.1', 53), timeout=5)", record)
     assert proc.returncode == 1 and "Refused: loopback only" in proc.stderr, proc.stderr
     [refusal] = _records(record)
-    assert refusal["event"] == "socket.connect" and "8.8.8.8" in refusal["address"]
+    assert refusal["event"] == "socket.connect" and "192.0.2.1" in refusal["address"]
     assert refusal["argv"][1] == "-c" and "create_connection" in refusal["stack"]
 
 
 def test_a_swallowed_refusal_is_recorded_all_the_same(tmp_path):
     record = tmp_path / "record"
-    proc = _run("import socket\ntry:\n    socket.socket().connect_ex(('1.1.1.1', 443))\n"
+    proc = _run("import socket\ntry:\n    socket.socket().connect_ex(('198.51.100.1', 443))\n"
                 "except OSError:\n    pass\n", record)
     assert proc.returncode == 0, proc.stderr
     assert [r["event"] for r in _records(record)] == ["socket.connect"]
 
 
-@pytest.mark.parametrize("host", ["example.com", "example.com.", "localhost.example.com"])
+@pytest.mark.parametrize("host", ["unreachable.invalid", "unreachable.invalid.",
+                                  "localhost.example.invalid"])
 def test_a_name_look_up_is_refused(tmp_path, host):
     record = tmp_path / "record"
     proc = _run(f"import socket; socket.getaddrinfo({host!r}, 80)", record)
@@ -69,8 +70,8 @@ def test_loopback_is_allowed(tmp_path):
     ("127.0.0.1", True), ("127.255.0.9", True), ("127.1", True), ("::1", True),
     ("::ffff:127.0.0.1", True), ("localhost", True), ("LOCALHOST", True),
     (b"127.0.0.1", True), ("10.0.0.1", False), ("0.0.0.0", False), ("::", False),
-    ("::ffff:8.8.8.8", False), ("::2", False), ("localhost.example.com", False),
-    ("example.com", False), ("", False), (None, False)])
+    ("::ffff:192.0.2.1", False), ("::2", False), ("localhost.example.invalid", False),
+    ("unreachable.invalid", False), ("", False), (None, False)])
 def test_what_counts_as_loopback(host, ok):
     assert loopback_guard.loopback(host) is ok
 
@@ -96,7 +97,7 @@ def test_a_worker_child_is_guarded_too(tmp_path):
     handler.write_text(
         "import os, socket\n"
         "try:\n"
-        "    socket.create_connection(('8.8.8.8', 53), timeout=5)\n"
+        "    socket.create_connection(('192.0.2.1', 53), timeout=5)\n"
         "except OSError as exc:\n"
         "    print('swallowed:', exc, flush=True)\n"
         "open(os.environ['PID_FILE'], 'w').write(str(os.getpid()))\n"
@@ -109,7 +110,7 @@ def test_a_worker_child_is_guarded_too(tmp_path):
                                       "PID_FILE": str(pid_file)})
     assert proc.returncode == 0 and "done" in proc.stdout, proc.stdout + proc.stderr
     [refusal] = _records(record)
-    assert refusal["event"] == "socket.connect" and "8.8.8.8" in refusal["address"]
+    assert refusal["event"] == "socket.connect" and "192.0.2.1" in refusal["address"]
     assert refusal["pid"] == int(pid_file.read_text()), refusal
 
 

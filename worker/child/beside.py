@@ -27,8 +27,9 @@ def listening(pid: int) -> set:
         return set()
     ports = set()
     for proc in procs:
-        try:
-            ports.update(c.laddr.port for c in proc.net_connections(kind="tcp")
+        try:        # net_connections from psutil 6; connections before it
+            found = getattr(proc, "net_connections", None) or proc.connections
+            ports.update(c.laddr.port for c in found(kind="tcp")
                          if c.status == psutil.CONN_LISTEN and c.laddr)
         except psutil.Error:
             pass

@@ -191,8 +191,8 @@ class ChildRuntime:
         if self.checks:      # these raise out of start(): a setup failure
             fitness_run.run(self.settings.fitness_checks == "on", self.settings.gpu_check,
                             self.settings.require_gpu)
-        warm_up(config.get("warmup"))
         beside.check()       # a spare that could not replace the active child
+        warm_up(config.get("warmup"))
         self.served = True
         config.setdefault("rp_args", self._rp_args())     # what the SDK's start() fills in
         overrides = {k: v for k, v in config.items() if k in config_keys()}

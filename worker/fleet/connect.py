@@ -12,7 +12,7 @@ from .keys import GROUP, HOOK_GROUP
 log = logging.getLogger("worker.fleet")
 
 CONNECT_TIMEOUT_S = 5.0
-SOCKET_TIMEOUT_S = 10.0        # above the longest blocking read (BLOCK 1 s, BLPOP <= 5 s)
+SOCKET_TIMEOUT_S = 10.0        # above the longest blocking read (a worker's BLOCK 1 s)
 
 
 def password(settings: Settings) -> str | None:
@@ -67,8 +67,8 @@ def client(settings: Settings):
 
 # A gateway's connections: its requests each hold one for a round trip or a pipeline,
 # never while waiting (endings.py), so a few serve any number of clients — one event loop
-# cannot keep more busy — and one more is its end-notice subscription. When all are in
-# use a request waits up to POOL_WAIT_S for one, then is answered "busy" (QueueBusy).
+# cannot keep more busy; one of them is its end-notice subscription. When all are in use
+# a request waits up to POOL_WAIT_S for one, then is answered "busy" (QueueBusy).
 GATEWAY_CONNECTIONS = 32
 POOL_WAIT_S = 5.0
 
@@ -80,16 +80,15 @@ class QueueBusy(Exception):
 def async_client(settings: Settings):
     """The gateway's client: at most GATEWAY_CONNECTIONS connections, whatever the
     library's defaults."""
-    import asyncio
-
     import redis.asyncio
 
     class Pool(redis.asyncio.BlockingConnectionPool):
         async def get_connection(self, *args, **kwargs):
             try:
                 return await super().get_connection(*args, **kwargs)
-            except redis.ConnectionError as exc:
-                if isinstance(exc.__cause__, asyncio.TimeoutError):
+            except redis.ConnectionError as exc:     # redis-py's words for a full pool
+                if str(exc) == "No connection available." or \
+                        isinstance(exc, getattr(redis, "MaxConnectionsError", ())):
                     raise QueueBusy(f"all {self.max_connections} connections to the queue "
                                     f"stayed in use for {self.timeout:g}s") from None
                 raise

@@ -4,8 +4,9 @@ the job's id there) wakes every /runsync and /cancel waiting on that job.
 
 A waiter registers before it reads the record, so an end published after that read wakes
 it; an end published while the subscription was down is caught by waking every waiter
-once it is back (each reads its record again) and by each waiter's own re-read every
-few seconds, whatever happened to the subscription.
+once it is back (each reads its record again) — whether our loop subscribed again or the
+client library reconnected it by itself — and by each waiter's own re-read every few
+seconds, whatever happened to the subscription.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import asyncio
 import contextlib
 import logging
 
+from .records import text
+
 log = logging.getLogger("worker.gateway")
-LISTEN_SLICE_S = 1.0          # one read of the subscription (its connection's health)
+LISTEN_SLICE_S = 1.0          # one read of the subscription
 
 
 class Endings:
@@ -46,13 +49,13 @@ class Endings:
                 if not events:
                     del self._waiting[key]
 
-    @property
-    def waiters(self) -> int:
-        return sum(len(v) for v in self._waiting.values())
-
     def _wake(self, key: tuple) -> None:
         for event in self._waiting.get(key, ()):
             event.set()
+
+    def _reconnected(self, connection) -> None:
+        log.info("the queue's end notices are back (reconnected)")
+        self._wake_all()
 
     def _wake_all(self) -> None:
         for events in self._waiting.values():
@@ -65,6 +68,9 @@ class Endings:
             try:
                 async with self.client.pubsub() as sub:
                     await sub.subscribe(*self.channels)
+                    # a reconnect the library makes by itself resubscribes (its callback
+                    # runs first), then wakes every waiter (a weak reference: a method)
+                    sub.connection.register_connect_callback(self._reconnected)
                     if down:
                         log.info("the queue's end notices are back")
                     wait, down = 0.1, False
@@ -73,7 +79,7 @@ class Endings:
                         msg = await sub.get_message(ignore_subscribe_messages=True,
                                                     timeout=LISTEN_SLICE_S)
                         if msg and msg.get("type") == "message":
-                            self._wake((_text(msg["channel"]), _text(msg["data"])))
+                            self._wake((text(msg["channel"]), text(msg["data"])))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:   # noqa: BLE001 - any fault: subscribe again, later
@@ -85,6 +91,3 @@ class Endings:
                 await asyncio.sleep(wait)
                 wait = min(2.0, wait * 2)
 
-
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -72,7 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await endings.close()
-            await r.aclose()
+            await r.aclose(close_connection_pool=True)
 
     docs = {} if not settings.api_token else {"docs_url": None, "redoc_url": None,
                                               "openapi_url": None}

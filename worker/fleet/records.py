@@ -10,13 +10,13 @@ from ..jobs import JobState, error_record
 log = logging.getLogger("worker.queue")
 
 
-def _text(value) -> str:
+def text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def view(job_id: str, rec: dict) -> dict:
     """`rec`: the job hash as read (bytes keys and values)."""
-    status = _text(rec.get(b"status", b""))
+    status = text(rec.get(b"status", b""))
     out: dict = {"id": job_id, "status": status}
     created, started = rec.get(b"created"), rec.get(b"started")
     if created is not None and started is not None:
@@ -30,7 +30,7 @@ def view(job_id: str, rec: dict) -> dict:
         out["streamDropped"] = int(rec[b"dropped"])
     owner = rec.get(b"owner")
     if owner:
-        out["workerId"] = _text(owner).rsplit("#", 1)[0]
+        out["workerId"] = text(owner).rsplit("#", 1)[0]
     return out
 
 

@@ -183,9 +183,8 @@ class RedisQueueSource(JobListener):
             done = self.scripts.release(
                 keys=[self.keys.job(held.job_id), self.keys.stream],
                 args=[GROUP, held.entry, held.fence, RELEASED_IDLE_MS, RELEASED])
-            log.info("released to another worker" if done else
-                     "not released: another worker holds it already",
-                     extra={"job_id": held.job_id})
+            log.info("released to another worker" if done else "not released: another "
+                     "worker holds it already", extra={"job_id": held.job_id})
         except self.redis_error as exc:
             log.warning("could not release (%s); it runs again once its lease runs out",
                         exc, extra={"job_id": held.job_id})
@@ -366,8 +365,10 @@ class RedisQueueSource(JobListener):
             self.writer.put(Write(job_id, "chunk", held.out.flush))
 
     def on_result(self, result: JobResult) -> None:
-        with self._cond:
+        with self._cond:        # in one step: an own reclaim never finds it in neither
             held = self.held.pop(result.job_id, None)
+            if held is not None and not (held.released or held.fenced):
+                self.finishing[result.job_id] = held
             self._cond.notify_all()
         if held is None or held.released:
             return
