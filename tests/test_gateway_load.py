@@ -102,3 +102,29 @@ def test_a_gateway_out_of_connections_says_busy_not_unreachable(fleet, tmp_path)
     assert len(busy) >= beyond and any(a.status_code == 200 for a in answers)
     assert not any("cannot be reached" in a.text for a in busy)
     assert gw.get("/health").status_code == 200
+
+
+def test_waiters_ride_out_a_redis_restart_and_are_answered(fleet, tmp_path):
+    """Redis (AOF) shut down for longer than a waiter's re-read interval, then back: the
+    waiters keep waiting and are answered COMPLETED once a worker runs their jobs."""
+    srv, procs = fleet
+    srv.close()
+    srv = RedisServer(tmp_path / "redis-aof", aof="everysec")
+    try:
+        gw = Gateway(srv, "ep", tmp_path)
+        procs.append(gw)
+        with ThreadPoolExecutor(20) as pool:
+            waiting = [pool.submit(gw.post, "/runsync?wait=120000", {"input": {"echo": i}},
+                                   timeout=180) for i in range(20)]
+            r, deadline = srv.client(), time.monotonic() + 60
+            while r.xlen("gw:{ep}:jobs") < 20:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            srv.shutdown()
+            time.sleep(7)              # the outage itself: past a waiter's 5 s re-read
+            srv.start()
+            procs.append(start_worker(srv, "ep", tmp_path))
+            answers = [f.result().json() for f in waiting]
+    finally:
+        srv.close()
+    assert [a["status"] for a in answers] == ["COMPLETED"] * 20, answers[:3]

@@ -185,8 +185,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(redis.ConnectionError)
     @app.exception_handler(redis.TimeoutError)
     async def queue_down(request: Request, exc: Exception):
-        return JSONResponse({"error": f"the queue cannot be reached ({type(exc).__name__}); "
-                                      "retry later"}, status_code=503,
+        why = "the queue's server is at its maxclients limit" if type(exc).__name__ == \
+            "MaxClientsReachedError" else "the queue cannot be reached"
+        return JSONResponse({"error": f"{why} ({type(exc).__name__}); retry later"},
+                            status_code=503,
                             headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(connect.QueueBusy)

@@ -10,10 +10,12 @@ import time
 from ..jobs import JobState, error_record
 from ..sources.job_store import new_job
 from . import records
+from .connect import QueueBusy
 from .keys import GROUP, HOOK_GROUP, Keys
 from .scripts import Scripts
 
 WAIT_SLICE_S = 5.0           # a waiter reads its record at least this often
+AWAY_RETRY_S = 1.0           # ... and each second while the queue cannot be reached
 ALIVE_S = 10.0               # a worker seen this recently counts as alive
 IDEM_QUEUED_S = 7 * 24 * 3600   # a key's life until its job ends; then the record's
 
@@ -55,19 +57,32 @@ class GatewayStore:
         """The record once the job has ended, or as it is after `timeout` seconds.
         Waiting holds no connection: the gateway's one subscription wakes it
         (endings.py); the record is read after the waiter is registered, so an end
-        before that is seen in the record, and one after it wakes the waiter."""
+        before that is seen in the record, and one after it wakes the waiter.
+        A re-read that finds the queue away (an outage, a restart) does not end the wait:
+        the waiter tries again each second until its time is up, then answers with the
+        record as last read (the job is still there); only a wait that never read it
+        fails (503)."""
+        import redis
         deadline = time.monotonic() + timeout
+        view, seen = None, False
         with self.endings.watch(self.keys.ended, job_id) as ended:
             while True:
                 ended.clear()
-                view = await self.record(job_id)
-                if view is None or JobState(view["status"]).final:
-                    return view
+                slice_s = WAIT_SLICE_S
+                try:
+                    view, seen = await self.record(job_id), True
+                except (redis.ConnectionError, redis.TimeoutError, OSError, QueueBusy):
+                    if deadline - time.monotonic() <= 0 and not seen:
+                        raise
+                    slice_s = AWAY_RETRY_S
+                else:
+                    if view is None or JobState(view["status"]).final:
+                        return view
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return view
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(ended.wait(), min(WAIT_SLICE_S, left))
+                    await asyncio.wait_for(ended.wait(), min(slice_s, left))
 
     async def take_stream(self, job_id: str) -> dict | None:
         status, items, dropped = await self.scripts.take_chunks(
