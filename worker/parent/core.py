@@ -5,11 +5,9 @@ command from a source, what a child's host saw, the outcome of an action the loo
 out, the passing of time. The actions (actions.py) are what the loop must do; an action
 whose outcome matters (start a child, read memory) is answered by an event on a later
 turn. Every job ends in exactly one final state, reported once, through an `Ended` action.
-
-The core owns what reaches across children: the queue and dispatch, the worker's state,
-what a child that cannot start or a tripped breaker means for the worker, GPU events.
-What touches one child only is its slot's (slots.py). Tests drive the core through the
-same dispatcher as the loop (dispatch.py), on a fake clock.
+The core owns what reaches across children (the queue, dispatch, the worker's state, GPU
+events); what touches one child only is its slot's (slots.py). Tests drive the core
+through the loop's dispatcher (dispatch.py), on a fake clock.
 """
 from __future__ import annotations
 
@@ -19,8 +17,7 @@ import signal
 
 from .. import protocol as P
 from ..config import Settings, SettingsError
-from ..jobs import JobError, JobState, Reason, execution_timeout, validate_job
-from ..jobs import ttl as job_ttl
+from ..jobs import JobError, JobState, Reason, execution_timeout, ttl as job_ttl, validate_job
 from . import blame, gpu_events, placement, recovery, recycling
 from . import events as E
 from .actions import ChildReady, Settle, Signal, Spawn, WarmOff
@@ -36,11 +33,9 @@ log = logging.getLogger("worker")
 class SupervisorCore:
     def __init__(self, settings: Settings, preload: tuple = (), check_preload: bool = False,
                  devices: list | None = None):
-        """`devices`: each child's GPUs (placement.plan), one entry per child; one child
-        with the parent's devices when not given."""
+        """`devices`: each child's GPUs (placement.plan); one child, the parent's, if None."""
         self.settings = settings          # the one effective Settings (start() keys applied)
-        self.preload = list(preload)
-        self.check_preload = check_preload
+        self.preload, self.check_preload = list(preload), check_preload
         self._actions: list = []           # actions of the current step (shared, in place)
         self.jobs = JobBook(self._actions, lambda: self.settings)
         self.pending = self.jobs.pending
@@ -224,6 +219,12 @@ class SupervisorCore:
         self.fate.child_setup_failed(slot, "the worker process could not be started: "
                                      f"{ev.error}", "", ())
 
+    def _on_resumed(self, ev: E.Resumed, now: float) -> None:
+        log.warning("the worker itself was stopped for %.1fs: its children's clocks skip it",
+                    ev.gap)
+        for slot in self.slots:
+            slot.resumed(now)
+
     def _on_message(self, ev: E.Message, now: float) -> None:
         slot = self.slots[ev.slot]
         if slot.holds(ev.cid):
@@ -299,7 +300,7 @@ class SupervisorCore:
            E.Stop: _on_stop, E.GpuEvent: _on_gpu_event, E.Tick: _on_tick,
            E.Settled: _on_settled, E.Spawned: _on_spawned, E.SpawnFailed: _on_spawn_failed,
            E.Message: _on_message, E.MemoryRead: _on_memory_read, E.Exited: _on_exited,
-           E.LoopFailed: _on_loop_failed, E.LoopEnded: _on_loop_ended}
+           E.LoopFailed: _on_loop_failed, E.LoopEnded: _on_loop_ended, E.Resumed: _on_resumed}
 
     # --- queries -----------------------------------------------------------------------
 

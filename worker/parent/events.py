@@ -78,6 +78,13 @@ class Tick(Event):
     every_child = True
 
 
+@dataclass(slots=True)
+class Resumed(Event):
+    """The worker itself was stopped for `gap` seconds (SIGSTOP, a paused VM, no CPU): what
+    its children sent meanwhile waits unread. Fed before it is read."""
+    gap: float
+
+
 # --- outcomes of the loop's actions (delivered on a later turn) -------------------------
 
 @dataclass(slots=True)
@@ -155,5 +162,5 @@ class LoopEnded(Event):
     final = True
 
 
-ALL = (Submit, Cancel, Refresh, Stop, GpuEvent, Tick, Settled, Spawned, SpawnFailed,
+ALL = (Submit, Cancel, Refresh, Stop, GpuEvent, Tick, Resumed, Settled, Spawned, SpawnFailed,
        MemoryRead, Message, Exited, LoopFailed, LoopEnded)

@@ -199,6 +199,12 @@ class ChildRecord:
             return ExitCause.HUNG
         return ExitCause.STOPPED
 
+    def resumed(self, now: float) -> None:
+        """Its parent was stopped: a fresh heartbeat window; set-up has a second more."""
+        self.last_beat = max(self.last_beat, now)
+        if self.setup_deadline is not None:
+            self.setup_deadline = max(self.setup_deadline, now + 1.0)
+
     def due(self, now: float, grace: float, heartbeat_timeout: float,
             shutdown_at: float | None, busy: bool):
         """What this child's clocks call for at `now`: the next step of a stop (a Signal,

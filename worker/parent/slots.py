@@ -26,6 +26,7 @@ from .spares import SWAP_CAUSES, Spares
 from .status import ChildView
 
 log = logging.getLogger("worker")
+RESUME_GRACE_S = 1.0          # after the worker was stopped: what its children sent is read
 
 
 
@@ -246,6 +247,17 @@ class Slot:
                                       f"{s.restart_window:g}s; not respawning "
                                       "(WORKER_RESTART_LIMIT)")
         return None
+
+    def resumed(self, now: float) -> None:
+        """The worker itself was stopped: its children's clocks restart now (a heartbeat
+        window), and a job or set-up whose time ran out meanwhile has a second more, for
+        what its child sent then (still unread) to be read first."""
+        for child in (self.child, self.spares.child, *self.spares.retiring):
+            if child is not None:
+                child.resumed(now)
+        for tracked in self.in_flight.values():
+            if tracked.deadline is not None:
+                tracked.deadline = max(tracked.deadline, now + RESUME_GRACE_S)
 
     def promote(self, now: float) -> None:
         """The spare takes the active child's place; the old one (if any) retires."""

@@ -62,6 +62,7 @@ from .output import log_child_line
 from .status import Status, WorkerState, health_view
 
 log = logging.getLogger("worker")
+STALL_S = 1.0     # the loop woke this much later than asked: the worker was stopped
 
 __all__ = ["Supervisor", "JobListener", "JobResult", "ChildState", "WorkerState", "Status"]
 
@@ -240,6 +241,8 @@ class Supervisor:
                     else deadline
                 ready = self._sel.select(None if wake is None
                                          else max(0.0, wake - self.clock()))
+                if wake is not None and (late := self.clock() - wake) > STALL_S:
+                    feed(E.Resumed(late))     # it was stopped: skip that time, then read
                 woken = [key.data[0] for key, _ in ready if key.data[1] == "exit"]
                 gone = self._gone(woken) if woken or self._polled else ()
                 for key, mask in ready:
