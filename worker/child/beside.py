@@ -4,22 +4,26 @@ its model server at import on a fixed port (as worker-sglang does) gets a second
 whose server fails "address in use" in a process it started, while its import may still
 succeed — it reached the active child's server. Promoted, it would have no server once
 the active child's is gone. So: when the active child's process tree listens on more
-TCP ports than this copy's, this copy refuses to serve as a spare (a setup failure whose
-text turns the slot's spare off: parent/spares.py ONE_COPY_ONLY)."""
+ports (TCP listening, UDP bound) than this copy's, this copy refuses to serve as a spare
+(a setup failure whose text turns the slot's spare off: parent/spares.py ONE_COPY_ONLY).
+It asks once, at the end of its set-up: a server that starts listening only after the
+module's import has returned is not seen."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import psutil
 
 BESIDE = "WORKER_SPARE_BESIDE"       # the active child's pid, in a spare's environment
 REFUSAL = "a second copy cannot set up beside the first"
-WAIT_S = 5.0                         # for this copy's own servers to start listening
+WAIT_S = 30.0          # for the servers this copy started to listen (while they live)
 
 
 def listening(pid: int) -> set:
-    """The TCP ports a process and its descendants listen on."""
+    """The ports a process and its descendants listen on: ("tcp", n) listening, ("udp", n)
+    bound and not connected."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -29,8 +33,11 @@ def listening(pid: int) -> set:
     for proc in procs:
         try:        # net_connections from psutil 6; connections before it
             found = getattr(proc, "net_connections", None) or proc.connections
-            ports.update(c.laddr.port for c in found(kind="tcp")
-                         if c.status == psutil.CONN_LISTEN and c.laddr)
+            for c in found(kind="inet"):
+                if c.laddr and c.type == socket.SOCK_STREAM and c.status == psutil.CONN_LISTEN:
+                    ports.add(("tcp", c.laddr.port))
+                elif c.laddr and c.type == socket.SOCK_DGRAM and not c.raddr:
+                    ports.add(("udp", c.laddr.port))
         except psutil.Error:
             pass
     return ports
@@ -47,10 +54,26 @@ def check() -> None:
         mine = listening(os.getpid())
         if len(mine) >= len(theirs):
             return
-        if time.monotonic() >= deadline:
+        # waits while a process this copy started may still be starting its server
+        if time.monotonic() >= deadline or not _descendants():
             raise RuntimeError(
                 f"{REFUSAL}: the active child's processes listen on port(s) "
-                f"{', '.join(map(str, sorted(theirs)))}, this copy's on "
-                f"{', '.join(map(str, sorted(mine))) or 'none'} (a server on a fixed port, "
-                "started at import?). The slot keeps no spare child.")
+                f"{_named(theirs)}, this copy's on {_named(mine) or 'none'} (a server on a "
+                "fixed port, started at import?). The slot keeps no spare child.")
         time.sleep(0.1)
+
+
+def _named(ports: set) -> str:
+    return ", ".join(f"{n}/{proto}" for proto, n in sorted(ports, key=lambda p: (p[1], p[0])))
+
+
+def _descendants() -> list:
+    """This copy's live descendants (one that exited and is not yet waited for is not)."""
+    live = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                live.append(proc)
+        except psutil.Error:
+            pass
+    return live
