@@ -24,7 +24,8 @@ def _ok_after(h, old_pid=None, same_child=None):
 def _record(result):
     info = json.loads(result.error)
     assert set(info) >= {"error_type", "error_message", "error_traceback", "hostname",
-                         "worker_id", "worker_version"}
+                         "worker_id", "runpod_version", "worker_version"}
+    assert info["runpod_version"] == "1.12.0"
     return info
 
 

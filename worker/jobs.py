@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 from . import tracing
-from .version import __version__
+from .version import RUNPOD_PROTOCOL_VERSION, __version__
 
 
 class JobState(str, Enum):
@@ -199,6 +199,7 @@ def error_record(error_type: str, message: str, tb: str = "", worker_id: str = "
         "error_traceback": tb,
         "hostname": hostname or socket.gethostname() or "unknown",
         "worker_id": worker_id or "unknown",
+        "runpod_version": RUNPOD_PROTOCOL_VERSION,      # as the SDK's record: its protocol
         "worker_version": f"gpu-worker {__version__}",
     })
 
