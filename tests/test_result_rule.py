@@ -15,8 +15,8 @@ from tests.support import HANDLERS, PYTHON, Server, Worker, oneshot_body, run_cl
 pytestmark = pytest.mark.slow
 KINDS = ["nan", "infinity", "bytes", "set", "datetime", "numpy_float32", "numpy_float64",
          "numpy_int", "numpy_array", "big_int", "huge_int", "int_key", "tuple_key",
-         "cyclic", "lone_surrogate"]
-SDK = {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true"}
+         "cyclic", "lone_surrogate", "too_large"]
+SDK = {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "WORKER_MAX_RESULT_MB": "1"}
 
 
 def ending(body: dict) -> tuple:
@@ -96,5 +96,7 @@ def test_every_odd_result_ends_the_same_way_in_every_mode(tmp_path):
     assert ends["int_key"][0] == "COMPLETED"              # keys as json.dumps writes them
     refused = [k for k in KINDS if ends[k][0] == "FAILED"]
     assert refused == ["bytes", "set", "datetime", "numpy_float32", "numpy_int",
-                       "numpy_array", "huge_int", "tuple_key", "cyclic", "lone_surrogate"]
-    assert all("not JSON-serialisable" in ends[k][2] for k in refused), table
+                       "numpy_array", "huge_int", "tuple_key", "cyclic", "lone_surrogate",
+                       "too_large"]
+    assert all("not JSON-serialisable" in ends[k][2] for k in refused[:-1]), table
+    assert ends["too_large"][1] == "ResultTooLarge", table       # the same bound in each

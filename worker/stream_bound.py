@@ -31,6 +31,13 @@ def encode(value: Any) -> str:
     return _encode(value)
 
 
+def too_large(size: int, limit_mb: float) -> str:
+    """Why a result over WORKER_MAX_RESULT_MB ended FAILED (ResultTooLarge), in every mode."""
+    return (f"the job's result is {size / 2**20:.1f} MiB; the limit is {limit_mb:g} MiB "
+            "(WORKER_MAX_RESULT_MB). Store large outputs elsewhere (e.g. a bucket) and "
+            "return a link.")
+
+
 def nbytes(text: str) -> int:
     """Its size in UTF-8, as it is answered (an ASCII one, the usual, is not encoded)."""
     return len(text) if text.isascii() else len(text.encode())

@@ -29,6 +29,7 @@ VALUES = {
     "tuple_key": lambda: {(1, 2): "a"},
     "cyclic": _cyclic,
     "lone_surrogate": lambda: "\ud800",
+    "too_large": lambda: "é" * (2**20 // 2 + 1),     # just over 1 MiB of UTF-8
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+from .. import stream_bound
 from ..jobs import JobState, error_record
 
 log = logging.getLogger("worker.queue")
@@ -56,10 +57,8 @@ def fitted(result, limit_mb: float, worker_id: str, hostname: str) -> bytes:
         return _error(result, "ResultUnencodable", f"the job's result could not be "
                       f"encoded: {type(exc).__name__}: {exc}"[:1000], worker_id, hostname)
     if limit_mb and len(data) > limit_mb * 2**20:
-        return _error(result, "ResultTooLarge", f"the job's result is "
-                      f"{len(data) / 2**20:.1f} MiB; the limit is {limit_mb:g} MiB "
-                      "(WORKER_MAX_RESULT_MB). Store large outputs elsewhere (e.g. a "
-                      "bucket) and return a link.", worker_id, hostname)
+        return _error(result, "ResultTooLarge", stream_bound.too_large(len(data), limit_mb),
+                      worker_id, hostname)
     return data
 
 

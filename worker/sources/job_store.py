@@ -272,10 +272,7 @@ class JobStore(JobListener):
                                                f"{type(exc).__name__}: {exc}"[:1000])
         else:
             if limit and size > limit * 2**20:
-                kind, text = "ResultTooLarge", (
-                    f"the job's result is {size / 2**20:.1f} MiB; the limit is {limit:g} "
-                    "MiB (WORKER_MAX_RESULT_MB). Store large outputs elsewhere (e.g. a "
-                    "bucket) and return a link.")
+                kind, text = "ResultTooLarge", stream_bound.too_large(size, limit)
         if kind:                    # the record ends FAILED with why, never unfinished
             log.error(text, extra={"job_id": result.job_id})
             settings = self.sup.settings

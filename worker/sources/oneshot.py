@@ -13,8 +13,9 @@ import threading
 import time
 from typing import Any, TextIO
 
+from .. import stream_bound
 from ..config import Settings
-from ..jobs import JobError, JobResult, JobState, validate_job
+from ..jobs import JobError, JobResult, JobState, error_record, validate_job
 from ..parent.supervisor import ChildState, JobListener, Supervisor, WorkerState
 from ..version import __version__
 from .host import SourceHost
@@ -94,6 +95,7 @@ def run(settings: Settings, target, out: TextIO | None = None) -> int:
             _show_refresh(host, printer.child_pid, out)
     finally:
         host.stop()
+    _fit(result, supervisor.settings)
     ok = _show_result(result, out)
     if ok and expected is not _NOTHING:
         ok = _compare(result.output, expected, out)
@@ -126,6 +128,20 @@ def _show_refresh(host: SourceHost, old_pid: int, out: TextIO) -> None:
     else:
         print(f"refresh_worker: the fresh worker process did not start: "
               f"{status.failure or status.state.value}", file=out, flush=True)
+
+
+def _fit(result: JobResult, settings: Settings) -> None:
+    """A result over WORKER_MAX_RESULT_MB ends FAILED here too, as every other mode ends
+    it: found before it is deployed."""
+    limit = settings.max_result_mb
+    try:
+        size = stream_bound.nbytes(stream_bound.encode(result.body))
+    except Exception:       # noqa: BLE001 - shown as it is; the child checked it is JSON
+        return
+    if limit and size > limit * 2**20:
+        result.state = JobState.FAILED
+        result.body = {"error": error_record("ResultTooLarge", stream_bound.too_large(
+            size, limit), "", settings.worker_id, settings.hostname)}
 
 
 def _show_result(result: JobResult, out: TextIO) -> bool:

@@ -321,10 +321,7 @@ class RunPodSource(JobListener):
             return
         log.error("result of %.1f MiB is over the %g MiB limit", size / 2**20, limit,
                   extra={"job_id": post.job_id})
-        post.replace(self._too_large(
-            f"the job's result is {size / 2**20:.1f} MiB; the limit is {limit:g} MiB "
-            "(WORKER_MAX_RESULT_MB). Store large outputs elsewhere (e.g. a bucket) and "
-            "return a link."))
+        post.replace(self._too_large(stream_bound.too_large(size, limit)))
 
     def _too_large(self, text: str) -> dict:
         return {"error": error_record("ResultTooLarge", text, "", self.urls.worker_id,
