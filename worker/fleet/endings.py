@@ -11,6 +11,7 @@ seconds, whatever happened to the subscription.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 
@@ -18,12 +19,14 @@ from .records import text
 
 log = logging.getLogger("worker.gateway")
 LISTEN_SLICE_S = 1.0          # one read of the subscription
+RECENT = 10_000               # ends remembered for a waiter that registers just after
 
 
 class Endings:
     def __init__(self, client, channels: list):
         self.client, self.channels = client, list(channels)
         self._waiting: dict[tuple, set] = {}
+        self._recent: collections.OrderedDict = collections.OrderedDict()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -40,6 +43,8 @@ class Endings:
         """An asyncio.Event set when `job_id` ends (or may have: read the record again)."""
         key, event = (channel, job_id), asyncio.Event()
         self._waiting.setdefault(key, set()).add(event)
+        if key in self._recent:        # it ended between its submit and this watch
+            event.set()
         try:
             yield event
         finally:
@@ -52,6 +57,9 @@ class Endings:
     def _wake(self, key: tuple) -> None:
         for event in self._waiting.get(key, ()):
             event.set()
+        self._recent[key] = None
+        if len(self._recent) > RECENT:
+            self._recent.popitem(last=False)
 
     def _reconnected(self, connection) -> None:
         log.info("the queue's end notices are back (reconnected)")

@@ -130,8 +130,8 @@ def create_app(settings: Settings) -> FastAPI:
     @router.post("/runsync", summary="Run a job and wait for its result",
                  openapi_extra=JOB_BODY, responses=errors(400, 413, 503))
     async def runsync(request: Request, wait: int = RUNSYNC_WAIT_MS):
-        s, job_id, _ = await submit(request)
-        view = await s.wait(job_id, min(max(wait, 1000), 300_000) / 1000.0)
+        s, job_id, fresh = await submit(request)
+        view = await s.wait(job_id, min(max(wait, 1000), 300_000) / 1000.0, fresh)
         return metrics.answer(view if view is not None else await known(s, job_id))
 
     @router.api_route("/status/{job_id}", methods=["GET", "POST"], summary="A job's state",

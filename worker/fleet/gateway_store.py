@@ -53,11 +53,12 @@ class GatewayStore:
         rec = await self.r.hgetall(self.keys.job(job_id))
         return records.view(job_id, rec) if rec else None
 
-    async def wait(self, job_id: str, timeout: float) -> dict | None:
+    async def wait(self, job_id: str, timeout: float, fresh: bool = False) -> dict | None:
         """The record once the job has ended, or as it is after `timeout` seconds.
         Waiting holds no connection: the gateway's one subscription wakes it
-        (endings.py); the record is read after the waiter is registered, so an end
-        before that is seen in the record, and one after it wakes the waiter.
+        (endings.py). `fresh`: queued just now, so its record is first read once it has
+        ended (an end before the waiter registered is remembered by the subscription);
+        else it is read after the waiter is registered, and an end after that wakes it.
         A re-read that finds the queue away (an outage, a restart) does not end the wait:
         the waiter tries again each second until its time is up, then answers with the
         record as last read (the job is still there); only a wait that never read it
@@ -67,17 +68,19 @@ class GatewayStore:
         view, seen = None, False
         with self.endings.watch(self.keys.ended, job_id) as ended:
             while True:
-                ended.clear()
                 slice_s = WAIT_SLICE_S
-                try:
-                    view, seen = await self.record(job_id), True
-                except (redis.ConnectionError, redis.TimeoutError, OSError, QueueBusy):
-                    if deadline - time.monotonic() <= 0 and not seen:
-                        raise
-                    slice_s = AWAY_RETRY_S
-                else:
-                    if view is None or JobState(view["status"]).final:
-                        return view
+                if not fresh or ended.is_set():
+                    ended.clear()
+                    try:
+                        view, seen = await self.record(job_id), True
+                    except (redis.ConnectionError, redis.TimeoutError, OSError, QueueBusy):
+                        if deadline - time.monotonic() <= 0 and not seen:
+                            raise
+                        slice_s = AWAY_RETRY_S
+                    else:
+                        if view is None or JobState(view["status"]).final:
+                            return view
+                fresh = False
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return view
