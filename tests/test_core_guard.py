@@ -160,6 +160,7 @@ SCENARIOS = {
     E.Stop: worker_wide(E.Stop, lambda d: d.stop(5.0)),
     E.GpuEvent: worker_wide(E.GpuEvent, lambda d: d.gpu_event(43)),
     E.Tick: worker_wide(E.Tick, lambda d: d.at(d.now + 1)),
+    E.Resumed: worker_wide(E.Resumed, lambda d: d.feed(E.Resumed(2.0))),
     E.Settled: on_settled, E.Spawned: on_spawned, E.SpawnFailed: on_spawn_failed,
     E.MemoryRead: on_memory_read,
 }

@@ -82,6 +82,7 @@ class Tick(Event):
 class Resumed(Event):
     """The worker itself was stopped for `gap` seconds (SIGSTOP, a paused VM, no CPU): what
     its children sent meanwhile waits unread. Fed before it is read."""
+    every_child = True
     gap: float
 
 
