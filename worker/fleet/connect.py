@@ -93,9 +93,13 @@ def async_client(settings: Settings):
                                     f"stayed in use for {self.timeout:g}s") from None
                 raise
 
+    # No blocking read here (waiters hold no connection): a server that does not answer
+    # within POOL_WAIT_S is away, and a timeout is not tried again (a stalled server
+    # would hold the request three times as long); a dropped connection still is.
+    opts = {**options(settings, True), "socket_timeout": POOL_WAIT_S,
+            "retry_on_error": [redis.ConnectionError]}
     pool = Pool.from_url(settings.queue_url, max_connections=GATEWAY_CONNECTIONS,
-                         timeout=POOL_WAIT_S, client_name="gpu-worker-gateway",
-                         **options(settings, True))
+                         timeout=POOL_WAIT_S, client_name="gpu-worker-gateway", **opts)
     return redis.asyncio.Redis(connection_pool=pool)
 
 

@@ -61,20 +61,27 @@ class GatewayStore:
         else it is read after the waiter is registered, and an end after that wakes it.
         A re-read that finds the queue away (an outage, a restart) does not end the wait:
         the waiter tries again each second until its time is up, then answers with the
-        record as last read (the job is still there); only a wait that never read it
-        fails (503)."""
+        record as last read (the job is still there), or IN_QUEUE for a job this request
+        queued; only a wait that never read its job otherwise fails (503)."""
         import redis
         deadline = time.monotonic() + timeout
-        view, seen = None, False
+        view, seen, queued = None, False, fresh
         with self.endings.watch(self.keys.ended, job_id) as ended:
             while True:
                 slice_s = WAIT_SLICE_S
                 if not fresh or ended.is_set():
                     ended.clear()
-                    try:
-                        view, seen = await self.record(job_id), True
-                    except (redis.ConnectionError, redis.TimeoutError, OSError, QueueBusy):
+                    try:        # a stalled server holds a read no longer than the wait
+                        view, seen = await asyncio.wait_for(self.record(job_id), max(
+                            AWAY_RETRY_S, deadline - time.monotonic())), True
+                    except (redis.ConnectionError, redis.TimeoutError, OSError, QueueBusy,
+                            asyncio.TimeoutError) as exc:
                         if deadline - time.monotonic() <= 0 and not seen:
+                            if queued:      # queued by this request: it says so
+                                return {"id": job_id, "status": JobState.IN_QUEUE.value}
+                            if isinstance(exc, asyncio.TimeoutError):
+                                raise redis.TimeoutError("no answer within the wait") \
+                                    from None
                             raise
                         slice_s = AWAY_RETRY_S
                     else:

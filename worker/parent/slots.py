@@ -15,7 +15,7 @@ import logging
 
 from .. import protocol as P
 from ..config import Settings
-from ..jobs import JobResult, JobState, Reason
+from ..jobs import JobResult, JobState, Reason, execution_timeout
 from ..protocol import HandlerMode
 from . import blame, recycling, slot_faults
 from .actions import Chunked, Progressed, ReadMemory, Send, Signal, Started
@@ -256,8 +256,10 @@ class Slot:
             if child is not None:
                 child.resumed(now)
         for tracked in self.in_flight.values():
-            if tracked.deadline is not None:
-                tracked.deadline = max(tracked.deadline, now + RESUME_GRACE_S)
+            if tracked.deadline is not None and tracked.deadline < now + RESUME_GRACE_S:
+                if tracked.deadline == tracked.expires:      # still named the ttl's end
+                    tracked.expires = now + RESUME_GRACE_S
+                tracked.deadline = now + RESUME_GRACE_S
 
     def promote(self, now: float) -> None:
         """The spare takes the active child's place; the old one (if any) retires."""
@@ -285,10 +287,11 @@ class Slot:
             self.retry_at = None
         for tracked in list(self.in_flight.values()):
             if tracked.deadline is not None and now >= tracked.deadline:
-                limit = tracked.deadline - tracked.started
-                text = f"the job ran longer than its execution timeout of {limit:g}s" \
+                ran = tracked.deadline - tracked.started
+                text = f"the job ran longer than its execution timeout of " \
+                    f"{execution_timeout(tracked.job, s.job_timeout):g}s" \
                     if tracked.deadline != tracked.expires else \
-                    f"the job's policy.ttl ran out after {limit:g}s of running"
+                    f"the job's policy.ttl ran out after {ran:g}s of running"
                 self.abandon(tracked, JobState.TIMED_OUT, Reason.TIMED_OUT, text, now)
         keep = shutdown_at is None and self.out is None
         self._actions.extend(self.spares.check_clocks(now, s, keep))
