@@ -24,88 +24,81 @@ def wait_for(predicate, timeout=60):
         time.sleep(0.02)
 
 
-def test_an_own_reclaim_between_the_keepers_read_and_its_renewal_keeps_the_run(
-        tmp_path, monkeypatch):
-    """The interleaving, step by step on a real source, child and server: the keeper
-    read the run's fence; the take thread reclaims the entry (it looked idle past the
-    lease); the keeper renews with what it read."""
+@pytest.fixture
+def taken(tmp_path, monkeypatch):
+    """A real source, child and server; `take(job_id, input)` queues a job and has the
+    source take it as its take thread would: (source, client, entry). The writer starts
+    only when the test says so."""
     monkeypatch.chdir(tmp_path)                 # the handler's runs.log
     srv = RedisServer(tmp_path / "redis")
-    source = None
-    try:
+    made = []
+
+    def take(job_id, inp):
         settings = Settings(**FAST, queue_url=srv.url, queue_endpoint="ep",
                             queue_lease_s=30.0)
         source = RedisQueueSource(settings, ScriptTarget(str(HANDLERS / "fleet_jobs.py"), []))
+        made.append(source)
         k, r = source.keys, srv.client()
         r.xgroup_create(k.stream, GROUP, id="0", mkstream=True)
         source.host.start()
-        source.writer.start()
-        job = {"id": "job-1", "input": {"do": "sleep", "seconds": 5}}
-        source.scripts.submit(keys=[k.job("job-1"), k.stream, k.idem("-")],
-                              args=["job-1", json.dumps(job), "", "0", 60])
+        source.scripts.submit(keys=[k.job(job_id), k.stream, k.idem("-")],
+                              args=[job_id, json.dumps({"id": job_id, "input": inp}), "",
+                                    "0", 60])
         [(_, [(entry, fields)])] = r.xreadgroup(GROUP, source.consumer, {k.stream: ">"},
                                                 count=1)
         source._take(entry, fields)
-        wait_for(lambda: runs(tmp_path).get("job-1") == 1)
-        read_by_keeper = source.held["job-1"].fence
-        # the stall: the entry looks idle past the lease, and this worker's reclaim takes it
-        r.xclaim(k.stream, GROUP, source.consumer, 0, [entry], idle=10**7, justid=True)
-        _, reclaimed = source._reclaim("0-0", 1)
-        assert [e for e, _ in reclaimed] == [entry]
-        for e, f in reclaimed:
-            source._take(e, f)
-        held = source.scripts.renew(keys=[k.job("job-1"), k.stream],
-                                    args=[GROUP, source.consumer, entry, read_by_keeper])
-        assert held == 1, "the keeper's renewal found its own run fenced"
-        source._keep()
-        assert not source.held["job-1"].fenced
-        wait_for(lambda: r.hget(k.job("job-1"), "status") == b"COMPLETED")
-        assert int(r.hget(k.job("job-1"), "deliveries")) == 1
-        assert runs(tmp_path)["job-1"] == 1
-    finally:
-        if source is not None:
-            source.sup.stop()
-            source.sup.join(30)
-        srv.close()
+        return source, r, entry
+    yield take
+    for source in made:
+        source.sup.stop()
+        source.sup.join(30)
+    srv.close()
 
 
-def test_an_own_reclaim_while_the_final_record_is_on_its_way_keeps_the_run(
-        tmp_path, monkeypatch):
+def reclaim_own(source, r, entry) -> None:
+    """The stall: the entry looks idle past the lease, and this worker's reclaim takes
+    it and hands it to its own take step."""
+    r.xclaim(source.keys.stream, GROUP, source.consumer, 0, [entry], idle=10**7, justid=True)
+    _, reclaimed = source._reclaim("0-0", 1)
+    assert [e for e, _ in reclaimed] == [entry]
+    for e, f in reclaimed:
+        source._take(e, f)
+
+
+def test_an_own_reclaim_between_the_keepers_read_and_its_renewal_keeps_the_run(
+        taken, tmp_path):
+    """The interleaving, step by step: the keeper read the run's fence; the take thread
+    reclaims the entry (it looked idle past the lease); the keeper renews with what it
+    read."""
+    source, r, entry = taken("job-1", {"do": "sleep", "seconds": 5})
+    k = source.keys
+    source.writer.start()
+    wait_for(lambda: runs(tmp_path).get("job-1") == 1)
+    read_by_keeper = source.held["job-1"].fence
+    reclaim_own(source, r, entry)
+    held = source.scripts.renew(keys=[k.job("job-1"), k.stream],
+                                args=[GROUP, source.consumer, entry, read_by_keeper])
+    assert held == 1, "the keeper's renewal found its own run fenced"
+    source._keep()
+    assert not source.held["job-1"].fenced
+    wait_for(lambda: r.hget(k.job("job-1"), "status") == b"COMPLETED")
+    assert int(r.hget(k.job("job-1"), "deliveries")) == 1
+    assert runs(tmp_path)["job-1"] == 1
+
+
+def test_an_own_reclaim_while_the_final_record_is_on_its_way_keeps_the_run(taken, tmp_path):
     """The run has ended; its final write waits (the writer has not started): the
     worker's own reclaim finds it finishing, starts nothing, counts nothing; the final
     record is then written under the run's fence."""
-    monkeypatch.chdir(tmp_path)
-    srv = RedisServer(tmp_path / "redis")
-    source = None
-    try:
-        settings = Settings(**FAST, queue_url=srv.url, queue_endpoint="ep",
-                            queue_lease_s=30.0)
-        source = RedisQueueSource(settings, ScriptTarget(str(HANDLERS / "fleet_jobs.py"), []))
-        k, r = source.keys, srv.client()
-        r.xgroup_create(k.stream, GROUP, id="0", mkstream=True)
-        source.host.start()
-        job = {"id": "job-2", "input": {}}
-        source.scripts.submit(keys=[k.job("job-2"), k.stream, k.idem("-")],
-                              args=["job-2", json.dumps(job), "", "0", 60])
-        [(_, [(entry, fields)])] = r.xreadgroup(GROUP, source.consumer, {k.stream: ">"},
-                                                count=1)
-        source._take(entry, fields)
-        wait_for(lambda: "job-2" in source.finishing)
-        r.xclaim(k.stream, GROUP, source.consumer, 0, [entry], idle=10**7, justid=True)
-        _, reclaimed = source._reclaim("0-0", 1)
-        assert [e for e, _ in reclaimed] == [entry]
-        for e, f in reclaimed:
-            source._take(e, f)
-        assert int(r.hget(k.job("job-2"), "deliveries")) == 1 and not source.held
-        source.writer.start()
-        wait_for(lambda: r.hget(k.job("job-2"), "status") == b"COMPLETED")
-        assert int(r.hget(k.job("job-2"), "deliveries")) == 1
-        assert runs(tmp_path)["job-2"] == 1
-    finally:
-        if source is not None:
-            source.sup.stop()
-            source.sup.join(30)
-        srv.close()
+    source, r, entry = taken("job-2", {})
+    k = source.keys
+    wait_for(lambda: "job-2" in source.finishing)
+    reclaim_own(source, r, entry)
+    assert int(r.hget(k.job("job-2"), "deliveries")) == 1 and not source.held
+    source.writer.start()
+    wait_for(lambda: r.hget(k.job("job-2"), "status") == b"COMPLETED")
+    assert int(r.hget(k.job("job-2"), "deliveries")) == 1
+    assert runs(tmp_path)["job-2"] == 1
 
 
 def test_a_lone_worker_stalled_past_its_lease_completes_its_job_once(tmp_path):
