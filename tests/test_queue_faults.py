@@ -132,3 +132,26 @@ def test_an_answer_already_arriving_is_not_cut_by_a_stop():
     taker.join(10)
     server.close()
     assert got["answer"] == (200, "application/json", body)
+
+
+def test_a_job_the_queue_hands_out_just_after_a_stop_is_reported_not_lost(tmp_path):
+    """SIGTERM while the take long-polls, and the platform hands a job to that take a
+    moment later (it had committed it before it saw the worker go): the worker closes only
+    its sending half, reads the answer, and the job is reported once (found by the soak:
+    cutting the take at once lost one job per SIGTERM)."""
+    with FakeRunPod(long_poll=5) as q:
+        w = Worker(q, "misbehave.py", tmp_path, WORKER_SHUTDOWN_GRACE="10")
+        try:
+            assert q.wait_for(lambda f: f.counts["take"] > 0, 60)     # idle, in its take
+            w.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while "SIGTERM: no new jobs" not in w.text():
+                assert time.monotonic() < deadline, w.text()
+                time.sleep(0.01)
+            q.add_jobs([{"id": "late", "input": {"do": "ok"}}])
+            assert w.proc.wait(30) == 0, w.text()
+            assert [ids for _, ids in q.takes] == [["late"]]           # it went out
+            assert len(q.finals["late"]) == 1, (q.finals, w.text())   # and came back once
+        finally:
+            if w.proc.poll() is None:
+                w.proc.kill()

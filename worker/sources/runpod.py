@@ -31,7 +31,7 @@ from ..version import __version__
 from . import runpod_batch
 from .host import SourceHost
 from .runpod_delivery import Backoff, Delivery, Post
-from .runpod_take import TakeAborted, TakeClient, TakeError
+from .runpod_take import LEAVE_S, TakeAborted, TakeClient, TakeError
 from .runpod_urls import RunPodUrls
 
 log = logging.getLogger("worker.runpod")
@@ -107,10 +107,15 @@ class RunPodSource(JobListener):
     def _shutdown(self) -> int:
         self.stopping.set()
         deadline = time.monotonic() + self.settings.shutdown_grace
-        # The take in flight is cut at once (an idle worker exits in well under a second);
-        # a job it already brought back runs within the grace, or is refused and reported.
-        self._taker.abort()
+        # The take in flight is left (runpod_take: an answer on its way still comes, for up
+        # to LEAVE_S), then cut; a job it brought back runs within the grace, or is
+        # refused and reported.
+        self._taker.leave()
         try:
+            with self._cond:
+                self._cond.wait_for(self.taking_done.is_set,
+                                    max(0.0, min(LEAVE_S, deadline - time.monotonic())))
+            self._taker.abort()
             with self._cond:
                 self._cond.wait_for(lambda: self.taking_done.is_set() and not self._taken,
                                     max(0.0, deadline - time.monotonic()))

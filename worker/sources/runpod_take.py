@@ -6,8 +6,12 @@ shutting down the socket does, at once. So the take uses http.client on a connec
 class owns (kept alive between takes, as a session would).
 
 An answer that has begun to arrive is never cut: the platform has handed its jobs to this
-worker, and cutting the read would lose them. abort() lets that read finish (it is quick),
-and the jobs are run within the shutdown grace or refused and reported.
+worker, and cutting the read would lose them. Nor is one the platform may be sending: it
+can hand a job to the take a moment before the stop, and its bytes arrive a moment after
+(the soak lost one job per SIGTERM that way). So a stop first leaves: it closes only the
+sending half (the platform sees the worker go; an answer already on its way still comes)
+and reads for up to LEAVE_S; only then is the read cut. Jobs that come are run within the
+shutdown grace or refused and reported.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from urllib.parse import urlsplit
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 95.0          # the platform long-polls up to 90 s
+LEAVE_S = 2.0                # after a stop, how long a take's answer may still come
 
 
 class TakeError(Exception):
@@ -64,16 +69,24 @@ class TakeClient:
             self._drop(conn)
         return resp.status, resp.getheader("Content-Type", "") or "", body
 
+    def leave(self) -> None:
+        """Refuse any later take, and tell the platform so on the take in flight (its
+        sending half closed) while its answer, if one comes, is still read."""
+        self._cut(socket.SHUT_WR)
+
     def abort(self) -> None:
         """Cut the take in flight, if any — unless its answer is arriving — and refuse any
         later one."""
+        self._cut(socket.SHUT_RDWR)
+
+    def _cut(self, how: int) -> None:
         with self._lock:
             self._aborted = True
             conn = self._conn
         sock = conn.sock if conn is not None else None
         if sock is not None and not self._answering and not _readable(sock):
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(how)
             except OSError:
                 pass
 
