@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run dev oneshot test redis bench-fleet bench-reload bench bench-api bench-spare bench-perf bench-children bench-metrics bench-against gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
+.PHONY: run dev oneshot test redis soak bench-fleet bench-reload bench bench-api bench-spare bench-perf bench-children bench-metrics bench-against gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,13 @@ redis:
 	@command -v redis-server >/dev/null || (apt-get install -y -q redis-server >/dev/null \
 		|| (apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null)) \
 		|| echo "--- no redis-server could be installed: the fleet tests will be skipped ---"
+
+# The chaos soak (docs/reliability.md, "The soak"): a minute per mode of jobs through the
+# local API, the stand-in RunPod queue and a Redis endpoint while processes are killed at
+# random; every bound of the contract checked, exit 1 if one broke. SEED=N repeats a run's
+# plan (the run prints its seed); SOAK='--seconds 20 --modes redis' for a part of it.
+soak: $(STAMP) redis
+	$(BIN)/python -m soak $(if $(SEED),--seed $(SEED)) $(SOAK)
 
 # The gateway with 1, 2 and 3 workers and the local API, trivial and 200 ms handlers;
 # then 1,000 clients waiting in /runsync on one gateway.

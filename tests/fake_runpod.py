@@ -46,6 +46,7 @@ class FakeRunPod:
         self.lock = threading.Condition()
         self.queue: collections.deque = collections.deque()
         self.stop_ids: list = []
+        self.taken_by: dict = {}         # job id -> the worker whose take it went out in
         self.takes: list = []            # (query, [job ids])
         self.finals: dict = collections.defaultdict(list)     # job id -> [body]
         self.final_query: dict = {}
@@ -209,16 +210,25 @@ class FakeRunPod:
                             self._send(200, jobs if op == "job-take-batch" else jobs[0])
                     finally:     # a take is recorded once its answer is on the wire
                         with fake.lock:
-                            fake.takes.append((query, [j.get("id") for j in (
+                            ids = [j.get("id") for j in (
                                 jobs[0] if jobs and isinstance(jobs[0], Batch) else jobs)
-                                if isinstance(j, dict)]))
+                                if isinstance(j, dict)]
+                            fake.takes.append((query, ids))
+                            fake.taken_by.update((i, rest[0] if rest else "") for i in ids
+                                                 if isinstance(i, str))
                             fake.lock.notify_all()
                     return
                 if op == "job-stop":
+                    # as the platform does: a stop goes to the worker that took the job
+                    me = rest[0] if rest else ""
+
+                    def mine():
+                        return [i for i in fake.stop_ids if fake.taken_by.get(i, me) == me]
                     deadline = time.monotonic() + fake.long_poll
                     with fake.lock:
-                        fake.lock.wait_for(lambda: fake.stop_ids, max(0, deadline - time.monotonic()))
-                        ids, fake.stop_ids = fake.stop_ids, []
+                        fake.lock.wait_for(mine, max(0, deadline - time.monotonic()))
+                        ids = mine()
+                        fake.stop_ids = [i for i in fake.stop_ids if i not in ids]
                     return self._send(200, {"jobsToStop": ids}) if ids else self._send(204)
                 if op == "ping":
                     with fake.lock:

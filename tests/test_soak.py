@@ -1,0 +1,82 @@
+"""The chaos soak (`make soak`, soak/): a short run through every mode holds every bound,
+and its checks are not a formality: a lost job, a second final report, a run too many, a
+result handed to another job and a run under a stranger's id each break a bound."""
+import random
+import subprocess
+import sys
+
+import pytest
+
+from soak import plan
+from soak.ledger import Ledger
+from tests.fleet_support import REDIS
+from tests.support import ROOT
+
+MODES = "local,runpod" + (",redis" if REDIS else "")
+
+
+def test_a_short_soak_through_every_mode_loses_nothing():
+    """Seconds, not minutes (make soak runs a minute per mode): every fault kind of each
+    mode is injected at least once, and every bound holds."""
+    out = subprocess.run([sys.executable, "-m", "soak", "--seed", "38", "--seconds", "12",
+                          "--rate", "20", "--modes", MODES], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-20000:] + out.stderr[-5000:]
+    assert out.stdout.count("lost: 0;") == len(MODES.split(",")), out.stdout
+    assert "every bound held" in out.stdout
+
+
+def _ledger(run_bound=1, counted="webhook"):
+    jobs = plan.jobs(random.Random(1), "t", seconds=1, rate=20)
+    ok = [j for j in jobs if j.kind == "ok" and j.cancel_after is None][:4]
+    ledger = Ledger("t", 1, ok, counted, run_bound)
+    for n, j in enumerate(ok):
+        ledger.sent(j.token)
+        ledger.accepted(j.token, f"id-{n}")
+    return ledger, ok
+
+
+def _well(ledger, job, n):
+    ledger.final(f"id-{n}", "webhook", "COMPLETED", plan.expected_output("ok", job.token))
+    ledger.jobs[job.token].runs.append((f"id-{n}", 100 + n))
+
+
+def test_the_checks_hold_for_a_run_that_kept_the_contract():
+    ledger, jobs = _ledger()
+    for n, j in enumerate(jobs):
+        _well(ledger, j, n)
+    assert ledger.violations() == []
+
+
+@pytest.mark.parametrize("broken, expected", [
+    ("lost", "LOST"),
+    ("twice", "2 final records"),
+    ("rerun", "ran 2 times"),
+    ("swapped", "COMPLETED with another output"),
+    ("stranger", "a run under an id not its own"),
+    ("disagree", "final states disagree"),
+    ("unplanned", "FAILED; a ok job may end ['COMPLETED']"),
+])
+def test_each_broken_bound_is_named(broken, expected):
+    ledger, jobs = _ledger()
+    for n, j in enumerate(jobs[1:], 1):
+        _well(ledger, j, n)
+    job = jobs[0]
+    if broken != "lost":
+        _well(ledger, job, 0)
+    entry = ledger.jobs[job.token]
+    if broken == "twice":
+        ledger.final("id-0", "webhook", "COMPLETED", plan.expected_output("ok", job.token))
+    elif broken == "rerun":
+        entry.runs.append(("id-0", 999))
+    elif broken == "swapped":
+        entry.finals[0] = (*entry.finals[0][:3], plan.expected_output("ok", jobs[1].token))
+    elif broken == "stranger":
+        entry.runs[0] = ("id-1", 100)
+    elif broken == "disagree":
+        ledger.final("id-0", "runsync", "FAILED", "boom")
+    elif broken == "unplanned":
+        entry.finals[0] = (entry.finals[0][0], "webhook", "FAILED", "boom")
+    found = ledger.violations()
+    assert {t for t, _ in found} == {job.token}, found
+    assert any(expected in what for _, what in found), found
