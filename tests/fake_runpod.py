@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +48,7 @@ class FakeRunPod:
         self.queue: collections.deque = collections.deque()
         self.stop_ids: list = []
         self.taken_by: dict = {}         # job id -> the worker whose take it went out in
+        self._open: set = set()          # connections being served (pause(cut=True))
         self.takes: list = []            # (query, [job ids])
         self.finals: dict = collections.defaultdict(list)     # job id -> [body]
         self.final_query: dict = {}
@@ -75,10 +77,19 @@ class FakeRunPod:
         self.server.shutdown()
         self.server.server_close()
 
-    def pause(self) -> None:
-        """Stop listening: connections are refused until resume()."""
+    def pause(self, cut: bool = False) -> None:
+        """Stop listening: connections are refused until resume(); with `cut`, the open
+        ones are cut too (as when the platform's front goes away), not only new ones."""
         self.server.shutdown()
         self.server.server_close()
+        if cut:
+            with self.lock:
+                open_now = list(self._open)
+            for conn in open_now:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def resume(self) -> None:
         self.server = _Server(("127.0.0.1", self.port), self._handler_class())
@@ -142,6 +153,19 @@ class FakeRunPod:
 
             def log_message(self, *args):
                 pass
+
+            def setup(self):
+                super().setup()
+                with fake.lock:
+                    fake._open.add(self.connection)
+
+            def finish(self):
+                with fake.lock:
+                    fake._open.discard(self.connection)
+                try:
+                    super().finish()
+                except OSError:
+                    pass          # a connection pause(cut=True) cut
 
             def _send(self, code: int, body=None):
                 data = b"" if body is None else json.dumps(body).encode()

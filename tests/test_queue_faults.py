@@ -155,3 +155,25 @@ def test_a_job_the_queue_hands_out_just_after_a_stop_is_reported_not_lost(tmp_pa
         finally:
             if w.proc.poll() is None:
                 w.proc.kill()
+
+
+def test_results_held_at_a_stop_outlast_a_queue_that_is_away_for_seconds(tmp_path):
+    """SIGTERM while a job runs, and the queue goes away (every connection cut) for 3 s:
+    the worker keeps trying its result until the queue is back, within its flush time,
+    and delivers it once (found by the attack on the soak: a stopping worker gave up
+    after five tries 0.1 s apart and exited without the result)."""
+    with FakeRunPod(long_poll=0.3) as q:
+        w = Worker(q, "misbehave.py", tmp_path, WORKER_SHUTDOWN_GRACE="10")
+        try:
+            q.add_jobs([{"id": "held", "input": {"do": "sleep", "seconds": 0.8}}])
+            assert q.wait_for(lambda f: "held" in f.taken_by, 60)
+            q.pause(cut=True)
+            w.proc.send_signal(signal.SIGTERM)
+            time.sleep(3)              # the outage itself: the worker must outlast it
+            q.resume()
+            assert w.proc.wait(60) == 0, w.text()
+            assert len(q.finals["held"]) == 1, w.text()
+            assert q.finals["held"][0]["output"] == "slept"
+        finally:
+            if w.proc.poll() is None:
+                w.proc.kill()

@@ -8,7 +8,9 @@ held within the stream bound (stream_bound.py: past it the oldest waiting go).
 Connection errors, 5xx and 429 are retried with backoff; a result the queue refuses as
 too large (400/413) becomes a FAILED error record rather than nothing; a result that
 still cannot be delivered is kept and retried every REDELIVER_EVERY seconds until the
-worker exits.
+worker exits. A worker that is stopping keeps trying each post until close()'s flush
+deadline (a queue that is away for a few seconds while the worker stops must not cost
+the results it holds; the soak lost one so), retrying at most every 0.5 s.
 """
 from __future__ import annotations
 
@@ -84,6 +86,7 @@ class Delivery:
         self._idle = 0
         self._retrying = 0        # posters in the retries of a failing post
         self._closing = False
+        self._deadline: float | None = None     # close()'s flush deadline
         self._undelivered: list[Post] = []      # results that ran out of tries (under _cond)
         self._chunk_bytes = chunk_bytes
         self._waiting: dict[str, list] = {}  # job id -> [chunks in its lane, bytes, dropped]
@@ -154,12 +157,25 @@ class Delivery:
             self._grow()
 
     def close(self, flush_s: float = 15.0) -> None:
-        """Wait (up to flush_s) until every lane is posted; then a last redelivery."""
+        """Post what is kept and every lane, each post tried until flush_s from now."""
         with self._cond:
             self._closing = True
+            self._deadline = time.monotonic() + flush_s
             self._cond.notify_all()
-            self._cond.wait_for(lambda: not self._lanes, flush_s)
         self.redeliver_once(final=True)
+        with self._cond:
+            self._cond.wait_for(lambda: not self._lanes,
+                                max(0.0, self._deadline - time.monotonic()))
+            left = list(self._undelivered)
+        for post in left:
+            log.error("result NOT delivered before exit: %s",
+                      post.encoded()[:2000].decode(errors="replace"),
+                      extra={"job_id": post.job_id})
+
+    def _keep_trying(self) -> bool:
+        """Stopping, and close()'s deadline not reached (or close() not called yet)."""
+        return self._hurry() and (self._deadline is None
+                                  or time.monotonic() < self._deadline)
 
     def _poster(self) -> None:
         session = self._session()
@@ -223,7 +239,9 @@ class Delivery:
                 on_retry: Callable[[], Any] = lambda: None) -> bool:
         backoff = Backoff(0.25, 4.0)
         metrics = self._metrics
-        for _ in range(attempts):
+        tries = 0
+        while tries < attempts or self._keep_trying():
+            tries += 1
             post.attempts += 1
             try:
                 data = post.encoded()
@@ -251,7 +269,7 @@ class Delivery:
                 problem = type(exc).__name__
             metrics.post(post.kind, "retry")
             on_retry()
-            wait = 0.1 if self._hurry() and attempts > 1 else backoff.next()
+            wait = min(0.5, backoff.next()) if self._hurry() else backoff.next()
             log.warning("%s post failed (%s); retrying in %.2fs", post.kind, problem, wait,
                         extra={"job_id": post.job_id})
             time.sleep(wait)
@@ -279,8 +297,3 @@ class Delivery:
             else:
                 with self._cond:
                     self._undelivered.append(post)
-        if final:
-            for post in self._undelivered:
-                log.error("result NOT delivered before exit: %s",
-                          post.encoded()[:2000].decode(errors="replace"),
-                          extra={"job_id": post.job_id})
