@@ -46,7 +46,7 @@ def _mem(before, after) -> str:
     return "; ".join(out)
 
 
-def report(mode_cls, ledger, before, after, violations, logs) -> bool:
+def report(mode_cls, ledger, before, after, violations, logs, figures) -> bool:
     s = ledger.summary()
     p = (f"p50 {s['p50']:.0f} ms, p99 {s['p99']:.0f} ms" if s["p50"] is not None
          else "no latency")
@@ -61,10 +61,13 @@ def report(mode_cls, ledger, before, after, violations, logs) -> bool:
         print(f"  refused: {_counts(s['refused'])}")
         for e in [e for e in ledger.jobs.values() if e.refused][:3]:
             print(ledger.history(e.job.token, logs))
-    print(f"  faults injected: {_counts(s['faults'])} ({sum(s['faults'].values())})")
+    skipped = f"; not made: {_counts(s['skipped'])}" if s["skipped"] else ""
+    print(f"  faults injected: {_counts(s['faults'])} ({sum(s['faults'].values())}){skipped}")
     print(f"  lost: {s['lost']}; final reports ({mode_cls.counted}) per job: "
           f"{_counts(s['finals'])}; runs per job: {_counts(s['runs'])} "
           f"(bound {mode_cls.run_bound})")
+    for line in figures:
+        print(f"  {line}")
     print(f"  steady processes: {_mem(before, after)}")
     print(f"  latency, send to final report: {p}")
     if not violations:

@@ -9,15 +9,15 @@ The client retries every request until answered, with the job's token as its
 Idempotency-Key."""
 from __future__ import annotations
 
+import collections
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 
-from tests.fleet_support import REDIS, RedisServer, fleet_env
+from tests.fleet_support import REDIS, RedisServer
 from worker.fleet.keys import Keys
 
 from . import procs
@@ -58,11 +58,31 @@ class FleetMode(Mode):
         self.receiver = Receiver(self.ledger)
         self.client = Client(f"http://127.0.0.1:{self.gw_port}", self.ledger,
                              self.receiver.url, retry=True, give_up_at=float("inf"))
+        self.ends: collections.Counter = collections.Counter()
+        self._listening = True
+        threading.Thread(target=self._listen, daemon=True).start()
+
+    def _listen(self) -> None:
+        """Count each job's ends as the finish script publishes them (once per final
+        record written). Ends published while Redis is away are missed: a lower bound, so
+        a job counted twice was finished twice."""
+        import redis
+        while self._listening:
+            try:
+                sub = redis.Redis.from_url(self.redis.url).pubsub(ignore_subscribe_messages=True)
+                sub.subscribe(self.keys.ended)
+                while self._listening:
+                    msg = sub.get_message(timeout=0.5)
+                    if msg and msg["type"] == "message":
+                        self.ends[msg["data"].decode()] += 1
+            except (redis.RedisError, OSError):
+                time.sleep(0.1)
 
     def _env(self) -> dict:
-        return fleet_env(self.redis, ENDPOINT, **self.env, WORKER_WEBHOOK_ALLOW="127.0.0.1",
-                         WORKER_QUEUE_LEASE_S=str(LEASE_S),
-                         WORKER_QUEUE_MAX_DELIVERIES=str(MAX_DELIVERIES))
+        return {**self.base_env, **self.env, "WORKER_QUEUE_URL": self.redis.url,
+                "WORKER_ENDPOINT": ENDPOINT, "WORKER_WEBHOOK_ALLOW": "127.0.0.1",
+                "WORKER_QUEUE_LEASE_S": str(LEASE_S),
+                "WORKER_QUEUE_MAX_DELIVERIES": str(MAX_DELIVERIES)}
 
     def _start(self, name: str) -> None:
         self.logs_[name] = self.folder / f"{name}.log"
@@ -90,11 +110,11 @@ class FleetMode(Mode):
         self.client.send(job)
 
     def inject(self, kind: str) -> str:
-        target = self.rng.choice(["A", "B"])
+        pids = [self.procs[name].pid for name in self.rng.sample(["A", "B"], 2)]
         if kind == "child":
-            return self.kill_child(self.procs[target].pid)
+            return self.kill_child(*pids)
         if kind == "forkserver":
-            return self.kill_forkserver(self.procs[target].pid)
+            return self.kill_forkserver(*pids)
         if kind == "stall":
             return self.stall(self.procs["A"].pid, LEASE_S + self.rng.uniform(0.5, 1.5))
         if kind == "worker_kill":
@@ -118,9 +138,7 @@ class FleetMode(Mode):
         self._restarts.append(t)
 
     def _kill_and_restart(self, name: str, after: float) -> str:
-        proc = self.procs[name]
-        if proc.poll() is not None:
-            return f"{name} is not running"
+        proc = self.running(self.procs, name)
         proc.kill()
         proc.wait(30)
         self._later(after, lambda: self._start(name))
@@ -156,12 +174,22 @@ class FleetMode(Mode):
                               body.get("output", body.get("error")))
             if not webhooks[e.job.token]:
                 out.append((e.job.token, "a final record, and no webhook"))
+        for e in self.ledger.submitted():
+            if self.ends[e.ids[0]] > 1:
+                out.append((e.job.token, f"finished {self.ends[e.ids[0]]} times: its end "
+                                         "was published once per final record written"))
         counted = self._counts() - self.counts_before
         if counted != finals:
             out.append((None, f"the endpoint's counts grew by {counted} for {finals} final "
                               "records: a job was finished twice"))
         self.dead = r.xlen(self.keys.dead)
         return out
+
+    def figures(self) -> list:
+        ends = collections.Counter(self.ends[e.ids[0]] for e in self.ledger.submitted())
+        return [f"ends published per job (missed while Redis was away): "
+                + ", ".join(f"{k} {v}" for k, v in sorted(ends.items()))
+                + f"; dead letters {self.dead}"]
 
     def steady(self) -> dict:
         return {"worker A": self.procs["A"].pid}
@@ -170,6 +198,7 @@ class FleetMode(Mode):
         return dict(self.logs_)
 
     def close(self) -> None:
+        self._listening = False
         for proc in getattr(self, "procs", {}).values():
             if proc.poll() is None:
                 procs.kill(proc.pid, signal.SIGCONT)

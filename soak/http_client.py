@@ -40,8 +40,9 @@ class Receiver:
                     body = json.loads(raw)
                     state, detail = final_of(body)
                     receiver.ledger.final(body["id"], "webhook", state, detail)
-                except (ValueError, KeyError, TypeError) as exc:
-                    receiver.ledger.fault("bad_webhook", f"{exc}: {raw[:200]!r}")
+                except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                    with receiver.ledger.lock:
+                        receiver.ledger.malformed.append(f"webhook {exc!r}: {raw[:200]!r}")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
         self.server.daemon_threads = True
@@ -60,7 +61,12 @@ class Client:
         self.retry, self.give_up_at = retry, give_up_at
         self._local = threading.local()
 
-    def _session(self) -> requests.Session:
+    def _session(self):
+        """A kept connection where requests are retried; else a fresh one per request: a
+        kept one the server closes as the client reuses it fails a POST the client cannot
+        safely send again (the local API has no Idempotency-Key)."""
+        if not self.retry:
+            return requests
         if not hasattr(self._local, "s"):
             self._local.s = requests.Session()
         return self._local.s

@@ -44,7 +44,9 @@ class Ledger:
         self.jobs = {j.token: Entry(j) for j in plan}
         self.by_id: dict = {}
         self.orphan_finals: dict = collections.defaultdict(list)   # id -> finals, no token
-        self.faults: list = []                        # (t, kind, detail)
+        self.faults: list = []                        # (t, kind, detail); kind "skipped:…"
+        self.killed: set = set()                      # child pids the soak SIGKILLed
+        self.malformed: list = []                     # reports that were not a report
         self.lock = threading.Lock()
 
     def now(self) -> float:
@@ -116,6 +118,7 @@ class Ledger:
     def violations(self, extra=()) -> list:
         """(token or None, what): every bound the run broke."""
         out = list(extra)
+        out += [(None, f"a report that is not one: {m}") for m in self.malformed]
         for token, finals in self.orphan_finals.items():
             out.append((None, f"a final for id {token} that no job was given: {finals[0]}"))
         for e in self.jobs.values():
@@ -127,8 +130,10 @@ class Ledger:
         if len(e.ids) > 1:
             out.append(f"{len(e.ids)} ids for one job: {e.ids}")
         if not e.ids:
+            if e.refused:
+                out.append(f"never accepted: {e.refused}")
             if e.runs:
-                out.append(f"the client gave up ({e.refused}), yet it ran {len(e.runs)} time(s)")
+                out.append(f"never accepted, yet it ran {len(e.runs)} time(s)")
             return out
         if not e.finals:
             out.append("LOST: accepted, no final state reported")
@@ -158,8 +163,8 @@ class Ledger:
         allowed = {EXPECTED[e.job.kind]}
         if e.cancel_asked is not None:
             allowed.add("CANCELLED")
-        if self._faulted(e, t):
-            allowed.add("FAILED")          # its run was killed; or delivered too often
+        if state == "FAILED" and self._failure_explained(e, str(detail), e.first_final()[0]):
+            allowed.add("FAILED")
         if state not in allowed:
             return [f"{source} reported {state}; a {e.job.kind} job may end "
                     f"{sorted(allowed)} here ({str(detail)[:300]})"]
@@ -167,10 +172,21 @@ class Ledger:
             return [f"COMPLETED with another output: {str(detail)[:300]}"]
         return []
 
-    def _faulted(self, e: Entry, until: float) -> bool:
-        start = (e.sent_at or 0) - 1.0
-        return any(start <= t <= until + 1.0 for t, kind, _ in self.faults
-                   if kind not in ("slow_reader",))
+    def _failure_explained(self, e: Entry, text: str, at: float) -> bool:
+        """A fault the soak made explains this FAILED, and the error says which: its child
+        was SIGKILLed (a run of it in a child the soak killed, or a kill just before its
+        report: the run may not have written its line yet); it was delivered too often
+        (Redis: its workers were killed or stalled); or a worker's stop that the soak made
+        refused or stopped it."""
+        if "killed by SIGKILL" in text:      # its child was killed: a run of it, or one
+            kills = [t for t, kind, _ in self.faults if kind == "child"]   # just begun
+            return (any(pid in self.killed for _, pid in e.runs)
+                    or any(at - 5.0 <= t <= at for t in kills))
+        if re.search(r"the job was delivered \d+ times", text):
+            return True
+        stops = [t for t, kind, _ in self.faults if kind in ("worker_restart", "worker_kill")]
+        return bool(stops) and min(stops) <= at and (
+            "shutting down" in text or "(shutdown)" in text)
 
     # --- the report ----------------------------------------------------------------------
 
@@ -221,7 +237,10 @@ class Ledger:
             "planned": len(self.jobs), "submitted": len(subs),
             "refused": collections.Counter(e.refused[:80] for e in self.jobs.values()
                                            if e.refused),
-            "faults": collections.Counter(k for _, k, _ in self.faults),
+            "faults": collections.Counter(k for _, k, _ in self.faults
+                                          if not k.startswith("skipped:")),
+            "skipped": collections.Counter(k[8:] for _, k, _ in self.faults
+                                           if k.startswith("skipped:")),
             "lost": sum(1 for e in subs if not e.finals), "states": states,
             "finals": collections.Counter(
                 sum(1 for f in e.finals if f[1] == self.counted) for e in subs),

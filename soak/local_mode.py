@@ -55,8 +55,7 @@ class LocalMode(Mode):
     def start(self) -> None:
         self.port = free_port()
         self.log = self.folder / "worker.log"
-        env = {**os.environ, **self.env}
-        env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
+        env = {**self.base_env, **self.env}
         self.proc = start_process([sys.executable, "-m", "worker", "serve", HANDLER,
                                    "--rp_api_port", str(self.port)], env, self.log,
                                   cwd=self.folder)

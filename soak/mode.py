@@ -3,6 +3,7 @@ the scheduler injects the planned faults, then the faults stop, every process is
 back, and the run waits for each accepted job's final report before it checks the bounds."""
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -11,6 +12,10 @@ from pathlib import Path
 
 from . import plan, procs
 from .ledger import Ledger
+
+
+class NotMade(Exception):
+    """The fault could not be made now (no process to make it to)."""
 
 
 class Mode:
@@ -27,6 +32,9 @@ class Mode:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.runs_file = folder / "runs.log"
         self.children_file = folder / "children.pids"
+        # the caller's own WORKER_* and RUNPOD_* settings would change the bounds checked
+        self.base_env = {k: v for k, v in os.environ.items()
+                         if not k.startswith(("WORKER_", "RUNPOD_"))}
         self.env = {"SOAK_RUNS": str(self.runs_file),
                     "SOAK_CHILDREN": str(self.children_file),
                     "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "WORKER_CHILDREN": "2",
@@ -41,21 +49,46 @@ class Mode:
         """Final reports read at the end; violations only the mode can see."""
         return []
 
-    # faults every mode shares
-    def kill_child(self, parent: int) -> str:
-        pids = procs.handler_children(parent, self.children_file)
-        if not pids:
-            return "no child alive"
-        pid = self.rng.choice(sorted(pids))
-        procs.kill(pid)
-        return f"SIGKILL child {pid} of {parent}"
+    def figures(self) -> list:
+        """Lines of figures only this mode has."""
+        return []
 
-    def kill_forkserver(self, parent: int) -> str:
-        pids = procs.forkservers(parent, self.children_file)
-        if not pids:
-            return "no forkserver alive"
-        procs.kill(pids[0])
-        return f"SIGKILL forkserver {pids[0]} of {parent}"
+    # faults every mode shares
+    def _target(self, find, what: str) -> list:
+        """The processes `find` names, waited for up to 2 s (one may be starting)."""
+        deadline = time.monotonic() + 2.0
+        while not (pids := find()):
+            if time.monotonic() > deadline:
+                raise NotMade(f"no {what} alive")
+            time.sleep(0.05)
+        return sorted(pids)
+
+    def running(self, procs_by_name: dict, name: str):
+        """The process `name`, waited for up to 4 s (a restart the soak made may be on
+        its way)."""
+        deadline = time.monotonic() + 4.0
+        while procs_by_name[name].poll() is not None:
+            if time.monotonic() > deadline:
+                raise NotMade(f"{name} is not running")
+            time.sleep(0.05)
+        return procs_by_name[name]
+
+    def kill_child(self, *parents: int) -> str:
+        """SIGKILL a handler's child of one of `parents` (the first that has one)."""
+        pid = self.rng.choice(self._target(lambda: next(
+            (c for p in parents if (c := procs.handler_children(p, self.children_file))),
+            []), "child"))
+        with self.ledger.lock:
+            self.ledger.killed.add(pid)
+        procs.kill(pid)
+        return f"SIGKILL child {pid}"
+
+    def kill_forkserver(self, *parents: int) -> str:
+        pid = self._target(lambda: next(
+            (f for p in parents if (f := procs.forkservers(p, self.children_file))),
+            []), "forkserver")[0]
+        procs.kill(pid)
+        return f"SIGKILL forkserver {pid}"
 
     def stall(self, parent: int, seconds: float) -> str:
         self._stalls = getattr(self, "_stalls", []) + [procs.stall(parent, seconds)]
@@ -68,7 +101,7 @@ class Mode:
 
 def run(mode_cls, seed: int, seconds: float, rate: float, folder: Path,
         drain_s: float = 60.0) -> tuple:
-    """(ledger, samples before, samples after, violations)."""
+    """(ledger, samples before, samples after, violations, logs, the mode's figures)."""
     rng = random.Random(f"{seed}:{mode_cls.name}")
     jobs = plan.jobs(rng, mode_cls.name, seconds, rate)
     faults = plan.faults(rng, seconds, mode_cls.fault_kinds, mode_cls.fault_gap)
@@ -87,10 +120,11 @@ def run(mode_cls, seed: int, seconds: float, rate: float, folder: Path,
                 if stop.wait(max(0.0, at - ledger.now())):
                     return
                 try:
-                    detail = mode.inject(kind)
+                    ledger.fault(kind, mode.inject(kind))
+                except NotMade as exc:
+                    ledger.fault(f"skipped:{kind}", str(exc))
                 except Exception as exc:       # noqa: BLE001 - a fault that could not be made
-                    detail = f"not injected: {type(exc).__name__}: {exc}"
-                ledger.fault(kind, detail)
+                    ledger.fault(f"skipped:{kind}", f"{type(exc).__name__}: {exc}")
         chaos = threading.Thread(target=scheduler, daemon=True)
         chaos.start()
         with ThreadPoolExecutor(32) as pool:
@@ -109,6 +143,6 @@ def run(mode_cls, seed: int, seconds: float, rate: float, folder: Path,
         extra = mode.collect()
         ledger.read_runs(mode.runs_file)
         after = {name: procs.sample(pid) for name, pid in mode.steady().items()}
-        return ledger, before, after, ledger.violations(extra), mode.logs()
+        return ledger, before, after, ledger.violations(extra), mode.logs(), mode.figures()
     finally:
         mode.close()

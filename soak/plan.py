@@ -61,7 +61,9 @@ def jobs(rng: random.Random, mode: str, seconds: float, rate: float) -> list:
 
 def faults(rng: random.Random, seconds: float, kinds: tuple, gap: tuple) -> list:
     """(seconds after the start, kind): every kind once per round, in a random order,
-    random gaps between them, so a run long enough for a round has each kind."""
+    random gaps between them; in a short run the gaps shrink so one round fits."""
+    hi = min(gap[1], seconds / (len(kinds) + 1))
+    gap = (min(gap[0], hi / 2), hi)
     out, t = [], rng.uniform(*gap)
     while t < seconds:
         for kind in rng.sample(kinds, len(kinds)):

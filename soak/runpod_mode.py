@@ -9,7 +9,6 @@ leaves its jobs to the platform's own retry, which the stand-in does not model."
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from tests.fake_runpod import FakeRunPod
 
 from . import procs
 from .local_mode import HANDLER, start_process
-from .mode import Mode
+from .mode import Mode, NotMade
 
 
 def final_of(body: dict) -> tuple:
@@ -50,12 +49,13 @@ class RunPodMode(Mode):
         self.workers = {}
         self.logs_ = {}
         self._restarts: list = []
+        self._restarting: set = set()
         for name in ("w1", "w2"):
             self._start_worker(name)
         self._fed: dict = {}
 
     def _start_worker(self, name: str) -> None:
-        env = {**os.environ, **self.queue.env(name), **self.env}
+        env = {**self.base_env, **self.queue.env(name), **self.env}
         self.logs_[name] = self.folder / f"{name}.log"
         self.workers[name] = start_process([sys.executable, "-m", "worker", HANDLER], env,
                                            self.logs_[name], cwd=self.folder)
@@ -97,12 +97,12 @@ class RunPodMode(Mode):
             self.ledger.final(job.token, "platform", "CANCELLED", "stop sent to its worker")
 
     def inject(self, kind: str) -> str:
-        target = self.rng.choice(["w1", "w2"])
-        pid = self.workers[target].pid
+        order = self.rng.sample(["w1", "w2"], 2)
+        pids = [self.workers[name].pid for name in order]
         if kind == "child":
-            return self.kill_child(pid)
+            return self.kill_child(*pids)
         if kind == "forkserver":
-            return self.kill_forkserver(pid)
+            return self.kill_forkserver(*pids)
         if kind == "stall":
             return self.stall(self.workers["w1"].pid, self.rng.uniform(1.0, 3.0))
         if kind == "worker_restart":
@@ -121,15 +121,20 @@ class RunPodMode(Mode):
         raise ValueError(kind)
 
     def _restart(self, name: str, after: float) -> str:
-        proc = self.workers[name]
-        if proc.poll() is not None:
-            return f"{name} is not running"
+        deadline = time.monotonic() + 8.0      # a restart still on its way: wait for it
+        while name in self._restarting:
+            if time.monotonic() > deadline:
+                raise NotMade(f"{name} is still restarting")
+            time.sleep(0.05)
+        proc = self.running(self.workers, name)
+        self._restarting.add(name)
         proc.send_signal(signal.SIGTERM)
 
         def again():
             proc.wait(60)
             time.sleep(after)
             self._start_worker(name)
+            self._restarting.discard(name)
         t = threading.Thread(target=again, daemon=True)
         t.start()
         self._restarts.append(t)

@@ -2,12 +2,14 @@
 and its checks are not a formality: a lost job, a second final report, a run too many, a
 result handed to another job and a run under a stranger's id each break a bound."""
 import random
+import re
 import subprocess
 import sys
 
 import pytest
 
 from soak import plan
+from soak.__main__ import MODES as MODE_CLASSES
 from soak.ledger import Ledger
 from tests.fleet_support import REDIS
 from tests.support import ROOT
@@ -17,13 +19,18 @@ MODES = "local,runpod" + (",redis" if REDIS else "")
 
 def test_a_short_soak_through_every_mode_loses_nothing():
     """Seconds, not minutes (make soak runs a minute per mode): every fault kind of each
-    mode is injected at least once, and every bound holds."""
+    mode is made at least once, every job is accepted, and every bound holds."""
     out = subprocess.run([sys.executable, "-m", "soak", "--seed", "38", "--seconds", "12",
                           "--rate", "20", "--modes", MODES], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-20000:] + out.stderr[-5000:]
-    assert out.stdout.count("lost: 0;") == len(MODES.split(",")), out.stdout
     assert "every bound held" in out.stdout
+    for name in MODES.split(","):
+        part = out.stdout.split(f"== {name}:")[1].split("\n== ")[0]
+        assert "lost: 0;" in part and "refused to the client 0;" in part, part
+        made = re.search(r"faults injected: (.*) \(\d+\)", part).group(1)
+        kinds = {k.rsplit(" ", 1)[0] for k in made.split(", ")}
+        assert kinds == set(MODE_CLASSES[name].fault_kinds), part
 
 
 def _ledger(run_bound=1, counted="webhook"):
@@ -46,6 +53,20 @@ def test_the_checks_hold_for_a_run_that_kept_the_contract():
     for n, j in enumerate(jobs):
         _well(ledger, j, n)
     assert ledger.violations() == []
+    # a killed child explains a FAILED that says so, reported just after the kill
+    ledger.fault("child", "SIGKILL child 7")
+    first = ledger.jobs[jobs[0].token]
+    first.finals[0] = (ledger.now(), "webhook", "FAILED",
+                       "the worker process killed by SIGKILL (out of memory?) during the job")
+    assert ledger.violations() == []
+
+
+def test_a_report_that_is_not_one_breaks_a_bound():
+    ledger, jobs = _ledger()
+    for n, j in enumerate(jobs):
+        _well(ledger, j, n)
+    ledger.malformed.append("webhook KeyError('id'): b'{\"job\": {}}'")
+    assert [w for t, w in ledger.violations() if t is None][0].startswith("a report that")
 
 
 @pytest.mark.parametrize("broken, expected", [
@@ -56,6 +77,8 @@ def test_the_checks_hold_for_a_run_that_kept_the_contract():
     ("stranger", "a run under an id not its own"),
     ("disagree", "final states disagree"),
     ("unplanned", "FAILED; a ok job may end ['COMPLETED']"),
+    ("unexplained", "FAILED; a ok job may end ['COMPLETED']"),
+    ("refused", "never accepted: 429"),
 ])
 def test_each_broken_bound_is_named(broken, expected):
     ledger, jobs = _ledger()
@@ -77,6 +100,16 @@ def test_each_broken_bound_is_named(broken, expected):
         ledger.final("id-0", "runsync", "FAILED", "boom")
     elif broken == "unplanned":
         entry.finals[0] = (entry.finals[0][0], "webhook", "FAILED", "boom")
+    elif broken == "unexplained":       # a child was killed, but not this job's, long before
+        ledger.fault("child", "SIGKILL child 5")
+        ledger.killed.add(5)
+        entry.finals[0] = (entry.finals[0][0] + 10, "webhook", "FAILED",
+                           "the worker process killed by SIGKILL during the job")
+    elif broken == "refused":
+        entry.ids.clear()
+        entry.finals.clear()
+        entry.runs.clear()
+        ledger.refuse(job.token, "429 the queue is full")
     found = ledger.violations()
     assert {t for t, _ in found} == {job.token}, found
     assert any(expected in what for _, what in found), found
