@@ -110,11 +110,11 @@ class RunPodMode(Mode):
         if kind.startswith("queue_"):
             seconds = self.rng.uniform(1.0, 3.0)
             if kind == "queue_away":
-                self.queue.pause()
+                self.queue.pause(cut=True)
                 t = threading.Timer(seconds, self.queue.resume)
                 t.start()
                 self._restarts.append(t)
-                return f"the queue refuses connections for {seconds:.1f} s"
+                return f"the queue cuts its connections and refuses new ones for {seconds:.1f} s"
             self._faulty.update(until=time.monotonic() + seconds,
                                 what="errors" if kind == "queue_errors" else "slow")
             return f"{kind} for {seconds:.1f} s"

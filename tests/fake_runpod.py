@@ -232,7 +232,14 @@ class FakeRunPod:
                             self.wfile.write(raw)
                         else:
                             self._send(200, jobs if op == "job-take-batch" else jobs[0])
-                    finally:     # a take is recorded once its answer is on the wire
+                    except OSError:
+                        # the answer could not be written (the connection is gone): as a
+                        # platform would, the jobs go back to the front of the queue
+                        with fake.lock:
+                            fake.queue.extendleft(reversed(jobs))
+                            fake.lock.notify_all()
+                        raise
+                    else:        # a take is recorded once its answer is on the wire
                         with fake.lock:
                             ids = [j.get("id") for j in (
                                 jobs[0] if jobs and isinstance(jobs[0], Batch) else jobs)
