@@ -40,6 +40,7 @@ class Ledger:
         the sources a drain waits for (the counted one by default)."""
         self.mode, self.seed, self.counted, self.run_bound = mode, seed, counted, run_bound
         self.awaited = awaited or (counted,)
+        self.awaited += tuple(a + "?" for a in self.awaited)
         self.t0 = time.monotonic()
         self.jobs = {j.token: Entry(j) for j in plan}
         self.by_id: dict = {}
@@ -137,10 +138,10 @@ class Ledger:
             return out
         if not e.finals:
             out.append("LOST: accepted, no final state reported")
-        counted = [f for f in e.finals if f[1] == self.counted]
+        counted = self.counted_reports(e)
         platform = [f for f in e.finals if f[1] == "platform"]
-        if len(counted) > 1 or (not platform and e.finals and len(counted) != 1):
-            out.append(f"{len(counted)} final records ({self.counted}), not 1")
+        if counted > 1 or (not platform and e.finals and counted != 1):
+            out.append(f"{counted} final records ({self.counted}), not 1")
         # the platform's stop and a report the worker sent before it heard of it may differ
         states = {f[2] for f in e.finals if f[1] != "platform"}
         if len(states) > 1:
@@ -155,6 +156,12 @@ class Ledger:
         if e.finals and not e.runs and e.finals[0][2] not in ("CANCELLED", "FAILED"):
             out.append(f"{e.finals[0][2]} without a run")
         return out
+
+    def counted_reports(self, e: Entry) -> int:
+        """Reports of the counted source; one whose answer was cut (source + "?": the
+        sender never heard it arrive, and sent it again) counts only if none was heard."""
+        heard = sum(1 for f in e.finals if f[1] == self.counted)
+        return heard or min(1, sum(1 for f in e.finals if f[1] == self.counted + "?"))
 
     def _wrong_final(self, e: Entry, final) -> list:
         t, source, state, detail = final
@@ -242,8 +249,7 @@ class Ledger:
             "skipped": collections.Counter(k[8:] for _, k, _ in self.faults
                                            if k.startswith("skipped:")),
             "lost": sum(1 for e in subs if not e.finals), "states": states,
-            "finals": collections.Counter(
-                sum(1 for f in e.finals if f[1] == self.counted) for e in subs),
+            "finals": collections.Counter(self.counted_reports(e) for e in subs),
             "runs": runs,
             "p50": statistics.median(lat) if lat else None,
             "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else None,

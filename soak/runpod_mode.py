@@ -153,13 +153,17 @@ class RunPodMode(Mode):
     def poll(self) -> None:
         q = self.queue
         with q.lock:
-            items = [(i, list(bodies), q.done_at.get(i)) for i, bodies in q.finals.items()]
-        for job_id, bodies, done_at in items:
+            items = [(i, list(bodies), list(q.answered[i]), q.done_at.get(i))
+                     for i, bodies in q.finals.items()]
+        for job_id, bodies, answered, done_at in items:
             if job_id.startswith("warm-"):
                 continue
-            for body in bodies[self._fed.get(job_id, 0):]:
+            fed = self._fed.get(job_id, 0)
+            for body, heard in zip(bodies[fed:], answered[fed:]):
                 at = None if done_at is None else done_at - self.ledger.t0
-                self.ledger.final(job_id, "queue", *final_of(body), at=at)
+                # a post whose answer was cut: the worker never heard of it, and retries
+                self.ledger.final(job_id, "queue" if heard else "queue?", *final_of(body),
+                                  at=at)
                 done_at = None           # a second post: when it is seen
             self._fed[job_id] = len(bodies)
 

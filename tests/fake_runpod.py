@@ -51,6 +51,7 @@ class FakeRunPod:
         self._open: set = set()          # connections being served (pause(cut=True))
         self.takes: list = []            # (query, [job ids])
         self.finals: dict = collections.defaultdict(list)     # job id -> [body]
+        self.answered: dict = collections.defaultdict(list)   # job id -> [its 200 was sent]
         self.final_query: dict = {}
         self.progress: dict = collections.defaultdict(list)
         self.streams: dict = collections.defaultdict(list)
@@ -291,6 +292,8 @@ class FakeRunPod:
                         fake.order[job_id].append("progress")
                     else:
                         fake.finals[job_id].append(body)
+                        answered = fake.answered[job_id]
+                        answered.append(True)
                         fake.final_query[job_id] = query
                         fake.order[job_id].append("done")
                         now = time.monotonic()
@@ -298,6 +301,12 @@ class FakeRunPod:
                         fake.first_done_at = fake.first_done_at or now
                         fake.last_done_at = now
                     fake.lock.notify_all()
-                self._send(200, {})
+                try:
+                    self._send(200, {})
+                except OSError:     # recorded, but the worker never hears so: it retries
+                    if kind == "done" and body.get("status") != "IN_PROGRESS":
+                        with fake.lock:
+                            answered[-1] = False
+                    raise
 
         return Handler

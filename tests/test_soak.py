@@ -61,6 +61,20 @@ def test_the_checks_hold_for_a_run_that_kept_the_contract():
     assert ledger.violations() == []
 
 
+def test_a_report_sent_again_because_its_answer_was_cut_counts_once():
+    """The stand-in recorded a job-done post and then could not answer it (its connection
+    cut): the worker never heard, and posted again. One report, as the platform keeps it;
+    a second post after a heard one is a duplicate."""
+    ledger, jobs = _ledger(counted="queue")
+    for n, j in enumerate(jobs):
+        ledger.final(f"id-{n}", "queue?", "COMPLETED", plan.expected_output("ok", j.token))
+        ledger.final(f"id-{n}", "queue", "COMPLETED", plan.expected_output("ok", j.token))
+        ledger.jobs[j.token].runs.append((f"id-{n}", 100 + n))
+    assert ledger.violations() == []
+    ledger.final("id-0", "queue", "COMPLETED", plan.expected_output("ok", jobs[0].token))
+    assert [w for _, w in ledger.violations()] == ["2 final records (queue), not 1"]
+
+
 def test_a_report_that_is_not_one_breaks_a_bound():
     ledger, jobs = _ledger()
     for n, j in enumerate(jobs):
