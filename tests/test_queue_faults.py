@@ -177,3 +177,44 @@ def test_results_held_at_a_stop_outlast_a_queue_that_is_away_for_seconds(tmp_pat
         finally:
             if w.proc.poll() is None:
                 w.proc.kill()
+
+
+def test_a_result_in_the_redelivery_s_hands_at_a_stop_is_still_delivered(tmp_path):
+    """The result ran out of tries and is kept; the redelivery thread has taken it out and
+    is posting it when SIGTERM comes; the queue answers that try with a 500 a second later
+    and takes the next. The stop waits for the redelivery, which keeps trying within the
+    flush time (found by the second attack on the soak: the worker exited at once, the
+    result in the thread's hands)."""
+    import threading
+    in_flight, release = threading.Event(), threading.Event()
+    posts = {"n": 0}
+
+    def fault(kind, job_id):
+        if kind != "done" or job_id != "kept":
+            return None
+        posts["n"] += 1
+        if posts["n"] <= 5:                 # a round of tries fails: the result is kept
+            return "500"
+        if posts["n"] == 6:                 # the redelivery's try: held, then refused
+            in_flight.set()
+            release.wait(30)
+            return "500"
+        return None
+    with FakeRunPod(long_poll=0.3) as q:
+        q.job_fault = fault
+        w = Worker(q, "misbehave.py", tmp_path)
+        try:
+            q.add_jobs([{"id": "kept", "input": {"do": "ok"}}])
+            assert in_flight.wait(60), w.text()
+            w.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while "SIGTERM: no new jobs" not in w.text():
+                assert time.monotonic() < deadline, w.text()
+                time.sleep(0.01)
+            release.set()
+            assert w.proc.wait(60) == 0, w.text()
+            assert len(q.finals["kept"]) == 1, w.text()
+        finally:
+            release.set()
+            if w.proc.poll() is None:
+                w.proc.kill()

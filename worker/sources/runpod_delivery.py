@@ -87,6 +87,7 @@ class Delivery:
         self._retrying = 0        # posters in the retries of a failing post
         self._closing = False
         self._deadline: float | None = None     # close()'s flush deadline
+        self._redelivering = 0    # kept results a redelivery has taken out, in its hands
         self._undelivered: list[Post] = []      # results that ran out of tries (under _cond)
         self._chunk_bytes = chunk_bytes
         self._waiting: dict[str, list] = {}  # job id -> [chunks in its lane, bytes, dropped]
@@ -163,8 +164,8 @@ class Delivery:
             self._deadline = time.monotonic() + flush_s
             self._cond.notify_all()
         self.redeliver_once(final=True)
-        with self._cond:
-            self._cond.wait_for(lambda: not self._lanes,
+        with self._cond:       # the lanes, and a redelivery the thread has in its hands
+            self._cond.wait_for(lambda: not self._lanes and not self._redelivering,
                                 max(0.0, self._deadline - time.monotonic()))
             left = list(self._undelivered)
         for post in left:
@@ -287,13 +288,21 @@ class Delivery:
     def redeliver_once(self, final: bool = False) -> None:
         with self._cond:
             pending, self._undelivered = self._undelivered, []
+            self._redelivering += len(pending)
         if not pending:
             return
         session = self._session()
         for post in pending:
-            if self.deliver(session, post, attempts=2 if final else 1):
+            try:
+                delivered = self.deliver(session, post, attempts=2 if final else 1)
+            except Exception:     # noqa: BLE001 - kept, and tried again
+                log.exception("redelivery failed", extra={"job_id": post.job_id})
+                delivered = False
+            with self._cond:
+                if not delivered:
+                    self._undelivered.append(post)
+                self._redelivering -= 1
+                self._cond.notify_all()
+            if delivered:
                 log.info("result delivered after %d tries", post.attempts,
                          extra={"job_id": post.job_id})
-            else:
-                with self._cond:
-                    self._undelivered.append(post)
