@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import collections
 import json
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -21,8 +19,8 @@ from tests.fleet_support import REDIS, RedisServer
 from worker.fleet.keys import Keys
 
 from . import procs
-from .http_client import Client, Receiver
-from .local_mode import HANDLER, free_port, start_process, wait_http
+from .http_client import Client, Receiver, final_of
+from .local_mode import HANDLER
 from .mode import Mode
 
 ENDPOINT = "soak"
@@ -48,7 +46,7 @@ class FleetMode(Mode):
         self.redis = RedisServer(self.folder / "redis",
                                  aof=None if self.fsync == "off" else self.fsync)
         self.keys = Keys(ENDPOINT)
-        self.gw_port = free_port()
+        self.gw_port = procs.free_port()
         self.procs: dict = {}
         self.logs_: dict = {"redis": self.folder / "redis" / "redis.log"}
         self._restarts: list = []
@@ -90,9 +88,9 @@ class FleetMode(Mode):
             args = [sys.executable, "-m", "worker", "gateway", "--port", str(self.gw_port)]
         else:
             args = [sys.executable, "-m", "worker", HANDLER]
-        self.procs[name] = start_process(args, self._env(), self.logs_[name], cwd=self.folder)
+        self.procs[name] = procs.start(args, self._env(), self.logs_[name], cwd=self.folder)
         if name == "gateway":
-            wait_http(f"http://127.0.0.1:{self.gw_port}/ping", self.procs[name],
+            procs.wait_http(f"http://127.0.0.1:{self.gw_port}/ping", self.procs[name],
                       self.logs_[name])
 
     def warm(self) -> None:
@@ -170,8 +168,7 @@ class FleetMode(Mode):
                 continue
             finals += 1
             body = json.loads(final)
-            self.ledger.final(e.ids[0], "record", status,
-                              body.get("output", body.get("error")))
+            self.ledger.final(e.ids[0], "record", *final_of({**body, "status": status}))
             if not webhooks[e.job.token]:
                 out.append((e.job.token, "a final record, and no webhook"))
         for e in self.ledger.submitted():
@@ -199,14 +196,10 @@ class FleetMode(Mode):
 
     def close(self) -> None:
         self._listening = False
+        for t in getattr(self, "_restarts", []):
+            t.cancel()               # a restart still to come would outlive the run
         for proc in getattr(self, "procs", {}).values():
-            if proc.poll() is None:
-                procs.kill(proc.pid, signal.SIGCONT)
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            procs.stop(proc)
         if getattr(self, "receiver", None):
             self.receiver.close()
         if getattr(self, "redis", None):

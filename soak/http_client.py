@@ -16,8 +16,9 @@ from .plan import PlannedJob
 
 
 def final_of(body: dict) -> tuple:
-    """(state, output or error) of a RunPod-style status body."""
-    return body.get("status"), body.get("output", body.get("error"))
+    """(state, its error, else its output) of a RunPod-style status body (a generator that
+    failed has both: the chunks so far, and the error)."""
+    return body.get("status"), body["error"] if "error" in body else body.get("output")
 
 
 class Receiver:

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from .plan import EXPECTED, PlannedJob, expected_output
 
 FINAL_STATES = {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}
+TOKEN = re.compile(r"\b(?:local|runpod|redis)-\d+\b")     # plan.jobs names them so
+
+
+GRACE_S = 5.0      # WORKER_SHUTDOWN_GRACE in every mode (mode.py)
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Ledger:
         self.faults: list = []                        # (t, kind, detail); kind "skipped:…"
         self.killed: set = set()                      # child pids the soak SIGKILLed
         self.malformed: list = []                     # reports that were not a report
+        self.stopped: list = []                       # (t, worker id) the soak SIGTERMed
         self.lock = threading.Lock()
 
     def now(self) -> float:
@@ -131,8 +136,7 @@ class Ledger:
         if len(e.ids) > 1:
             out.append(f"{len(e.ids)} ids for one job: {e.ids}")
         if not e.ids:
-            if e.refused:
-                out.append(f"never accepted: {e.refused}")
+            out.append(f"never accepted: {e.refused or 'no answer with its id'}")
             if e.runs:
                 out.append(f"never accepted, yet it ran {len(e.runs)} time(s)")
             return out
@@ -177,6 +181,11 @@ class Ledger:
                     f"{sorted(allowed)} here ({str(detail)[:300]})"]
         if state == "COMPLETED" and detail != expected_output(e.job.kind, e.job.token):
             return [f"COMPLETED with another output: {str(detail)[:300]}"]
+        others = set(TOKEN.findall(str(detail))) - {e.job.token}
+        if others:
+            return [f"{state} with another job's report ({sorted(others)[0]})"]
+        if e.job.kind == "fail" and state == "FAILED" and e.job.token not in str(detail):
+            return [f"FAILED without its own error: {str(detail)[:300]}"]
         return []
 
     def _failure_explained(self, e: Entry, text: str, at: float) -> bool:
@@ -185,15 +194,18 @@ class Ledger:
         report: the run may not have written its line yet); it was delivered too often
         (Redis: its workers were killed or stalled); or a worker's stop that the soak made
         refused or stopped it."""
-        if "killed by SIGKILL" in text:      # its child was killed: a run of it, or one
-            kills = [t for t, kind, _ in self.faults if kind == "child"]   # just begun
-            return (any(pid in self.killed for _, pid in e.runs)
-                    or any(at - 5.0 <= t <= at for t in kills))
+        if "killed by SIGKILL" in text:      # its child was killed
+            if e.runs:                       # a run of it in a child the soak killed
+                return any(pid in self.killed for _, pid in e.runs)
+            kills = [t for t, kind, _ in self.faults if kind == "child"]   # or one just
+            return any(at - 5.0 <= t <= at for t in kills)     # begun, its line not written
         if re.search(r"the job was delivered \d+ times", text):
             return True
-        stops = [t for t, kind, _ in self.faults if kind in ("worker_restart", "worker_kill")]
-        return bool(stops) and min(stops) <= at and (
-            "shutting down" in text or "(shutdown)" in text)
+        if "shutting down" in text or "(shutdown)" in text:    # the worker the soak stopped,
+            said = re.search(r'"worker_id": "([^"]+)"', text)    # in the grace after it
+            return bool(said) and any(t <= at <= t + GRACE_S + 5.0 and who == said.group(1)
+                                      for t, who in self.stopped)
+        return False
 
     # --- the report ----------------------------------------------------------------------
 

@@ -7,42 +7,15 @@ design (the Redis mode is the one whose jobs outlive a worker)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 
 import requests
 
 from . import procs
-from .http_client import Client, Receiver
+from .http_client import Client, Receiver, final_of
 from .mode import Mode
 
 HANDLER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handler.py")
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc, log, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if requests.get(url, timeout=2).status_code < 500:
-                return
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{url} never answered:\n{open(log).read()[-3000:]}")
-        time.sleep(0.1)
-
-
-def start_process(args: list, env: dict, log, cwd=None) -> subprocess.Popen:
-    with open(log, "a") as out:
-        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
 
 
 class LocalMode(Mode):
@@ -53,14 +26,14 @@ class LocalMode(Mode):
     contract = "exactly once: one run, one final state, one webhook"
 
     def start(self) -> None:
-        self.port = free_port()
+        self.port = procs.free_port()
         self.log = self.folder / "worker.log"
         env = {**self.base_env, **self.env}
-        self.proc = start_process([sys.executable, "-m", "worker", "serve", HANDLER,
+        self.proc = procs.start([sys.executable, "-m", "worker", "serve", HANDLER,
                                    "--rp_api_port", str(self.port)], env, self.log,
                                   cwd=self.folder)
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_http(self.url + "/health", self.proc, self.log)
+        procs.wait_http(self.url + "/health", self.proc, self.log)
         self.receiver = Receiver(self.ledger)
         self.client = Client(self.url, self.ledger, self.receiver.url, retry=False,
                              give_up_at=float("inf"))
@@ -97,8 +70,7 @@ class LocalMode(Mode):
             status = self.client.status(e.ids[0]) or {}
             self.ledger.note(e.job.token, f"/status at the end: {str(status)[:300]}")
             if status.get("status") in ("COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"):
-                self.ledger.final(e.ids[0], "status", status["status"],
-                                  status.get("output", status.get("error")))
+                self.ledger.final(e.ids[0], "status", *final_of(status))
         return []
 
     def steady(self) -> dict:
@@ -108,12 +80,6 @@ class LocalMode(Mode):
         return {"worker": self.log}
 
     def close(self) -> None:
-        if getattr(self, "proc", None) is not None and self.proc.poll() is None:
-            procs.kill(self.proc.pid, 18)          # SIGCONT, in case it is stopped
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        procs.stop(getattr(self, "proc", None))
         if getattr(self, "receiver", None):
             self.receiver.close()

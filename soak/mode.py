@@ -99,6 +99,14 @@ class Mode:
             t.join()
 
 
+def _send(mode: Mode, job) -> None:
+    # whatever goes wrong in the client is that job's refusal
+    try:
+        mode.send(job)
+    except Exception as exc:       # noqa: BLE001 - an answer the client could not read
+        mode.ledger.refuse(job.token, f"{type(exc).__name__}: {exc}")
+
+
 def run(mode_cls, seed: int, seconds: float, rate: float, folder: Path,
         drain_s: float = 60.0) -> tuple:
     """(ledger, samples before, samples after, violations, logs, the mode's figures)."""
@@ -130,7 +138,7 @@ def run(mode_cls, seed: int, seconds: float, rate: float, folder: Path,
         with ThreadPoolExecutor(32) as pool:
             for job in jobs:
                 time.sleep(max(0.0, job.at - ledger.now()))
-                pool.submit(mode.send, job)
+                pool.submit(_send, mode, job)
             stop.set()
             chaos.join()
             mode.restore()

@@ -1,15 +1,55 @@
-"""The processes a soak attacks, found in a worker's tree: its parent, the forkserver,
-the handler's children (each wrote its pid to $SOAK_CHILDREN at import); their memory
-and descriptors; and a client that fills its connection and never reads."""
+"""The processes of a soak: started with their output in a file, waited for, stopped;
+found in a worker's tree (its forkserver, the handler's children: each wrote its pid to
+$SOAK_CHILDREN at import); their memory and descriptors; and a client that fills its
+connection and never reads."""
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 
 import psutil
+import requests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(args: list, env: dict, log, cwd=None) -> subprocess.Popen:
+    with open(log, "a") as out:
+        return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+
+
+def wait_http(url: str, proc: subprocess.Popen, log, timeout: float = 60) -> None:
+    """Until `url` answers (under 500), while `proc` lives."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=2).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} never answered:\n{open(log).read()[-3000:]}")
+        time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    """SIGCONT (it may be stopped), SIGTERM, and SIGKILL after 30 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    kill(proc.pid, signal.SIGCONT)
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def _known_children(children_file) -> set:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -18,8 +17,9 @@ import time
 from tests.fake_runpod import FakeRunPod
 
 from . import procs
-from .local_mode import HANDLER, start_process
+from .local_mode import HANDLER
 from .mode import Mode, NotMade
+from .plan import expected_output
 
 
 def final_of(body: dict) -> tuple:
@@ -57,7 +57,7 @@ class RunPodMode(Mode):
     def _start_worker(self, name: str) -> None:
         env = {**self.base_env, **self.queue.env(name), **self.env}
         self.logs_[name] = self.folder / f"{name}.log"
-        self.workers[name] = start_process([sys.executable, "-m", "worker", HANDLER], env,
+        self.workers[name] = procs.start([sys.executable, "-m", "worker", HANDLER], env,
                                            self.logs_[name], cwd=self.folder)
 
     def _queue_fault(self, kind: str, n: int):
@@ -128,6 +128,8 @@ class RunPodMode(Mode):
             time.sleep(0.05)
         proc = self.running(self.workers, name)
         self._restarting.add(name)
+        with self.ledger.lock:
+            self.ledger.stopped.append((self.ledger.now(), name))
         proc.send_signal(signal.SIGTERM)
 
         def again():
@@ -170,6 +172,17 @@ class RunPodMode(Mode):
     def collect(self) -> list:
         self.poll()
         q = self.queue
+        out = [(None, f"a {op} post for {job_id} that is not one: {what}")
+               for op, job_id, what in q.malformed]
+        for e in self.ledger.submitted():
+            finals = [f for f in e.finals if f[1] == "queue"]
+            if not finals or finals[0][2] != "COMPLETED":
+                continue
+            with q.lock:
+                streamed = [b.get("output") for b in q.streams.get(e.job.token, [])]
+            sent = [c for n, c in enumerate(streamed) if n == 0 or c != streamed[n - 1]]
+            if sent != expected_output(e.job.kind, e.job.token):   # (a post sent again
+                out.append((e.job.token, f"streamed {sent}, not its chunks"))  # is one)
         for e in self.ledger.pending():
             with q.lock:
                 queued = any(isinstance(j, dict) and j.get("id") == e.job.token
@@ -177,7 +190,7 @@ class RunPodMode(Mode):
                 taken = [n for n, (_, ids) in enumerate(q.takes) if e.job.token in ids]
             self.ledger.note(e.job.token, f"at the end: still queued {queued}, in take(s) "
                                           f"{taken} by {q.taken_by.get(e.job.token)}")
-        return []
+        return out
 
     def steady(self) -> dict:
         return {"w1": self.workers["w1"].pid}
@@ -186,13 +199,10 @@ class RunPodMode(Mode):
         return dict(self.logs_)
 
     def close(self) -> None:
+        for t in getattr(self, "_restarts", []):
+            if isinstance(t, threading.Timer):
+                t.cancel()
         for proc in getattr(self, "workers", {}).values():
-            if proc.poll() is None:
-                procs.kill(proc.pid, signal.SIGCONT)
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            procs.stop(proc)
         if getattr(self, "queue", None):
             self.queue.__exit__(None, None, None)

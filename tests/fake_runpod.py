@@ -52,6 +52,7 @@ class FakeRunPod:
         self.takes: list = []            # (query, [job ids])
         self.finals: dict = collections.defaultdict(list)     # job id -> [body]
         self.answered: dict = collections.defaultdict(list)   # job id -> [its 200 was sent]
+        self.malformed: list = []        # (op, job id, what) of posts that were not JSON objects
         self.final_query: dict = {}
         self.progress: dict = collections.defaultdict(list)
         self.streams: dict = collections.defaultdict(list)
@@ -282,7 +283,14 @@ class FakeRunPod:
                 what = fake.job_fault(kind, job_id) if fake.job_fault else None
                 if what == "500":
                     return self._send(500, {"error": "injected for this job"})
-                body = json.loads(raw)
+                try:
+                    body = json.loads(raw)
+                    if not isinstance(body, dict):
+                        raise ValueError("not an object")
+                except ValueError as exc:     # the worker sent something that is not a post
+                    with fake.lock:
+                        fake.malformed.append((op, job_id, f"{exc}: {raw[:200]!r}"))
+                    return self._send(400, {"error": "not a JSON object"})
                 with fake.lock:
                     if kind == "stream":
                         fake.streams[job_id].append(body)

@@ -58,7 +58,27 @@ def test_the_checks_hold_for_a_run_that_kept_the_contract():
     first = ledger.jobs[jobs[0].token]
     first.finals[0] = (ledger.now(), "webhook", "FAILED",
                        "the worker process killed by SIGKILL (out of memory?) during the job")
+    first.runs.clear()                     # killed before its run wrote its line
     assert ledger.violations() == []
+    # a worker the soak stopped refuses a job in its grace
+    ledger.stopped.append((ledger.now(), "w2"))
+    second = ledger.jobs[jobs[1].token]
+    second.finals[0] = (ledger.now(), "webhook", "FAILED",
+                        '{"error_message": "the worker is shutting down", "worker_id": "w2"}')
+    assert ledger.violations() == []
+
+
+def test_an_error_that_names_another_job_breaks_a_bound():
+    jobs = plan.jobs(random.Random(1), "local", seconds=5, rate=20)
+    fail = [j for j in jobs if j.kind == "fail" and j.cancel_after is None][:2]
+    ledger = Ledger("local", 1, fail, "webhook", 1)
+    for n, j in enumerate(fail):
+        ledger.sent(j.token)
+        ledger.accepted(j.token, f"id-{n}")
+        ledger.jobs[j.token].runs.append((f"id-{n}", 100 + n))
+        ledger.final(f"id-{n}", "webhook", "FAILED", f"the soak's failing job {fail[0].token}")
+    assert ledger.violations() == [
+        (fail[1].token, f"FAILED with another job's report ({fail[0].token})")]
 
 
 def test_a_report_sent_again_because_its_answer_was_cut_counts_once():
@@ -93,6 +113,9 @@ def test_a_report_that_is_not_one_breaks_a_bound():
     ("unplanned", "FAILED; a ok job may end ['COMPLETED']"),
     ("unexplained", "FAILED; a ok job may end ['COMPLETED']"),
     ("refused", "never accepted: 429"),
+    ("unanswered", "never accepted: no answer with its id"),
+    ("killed_elsewhere", "FAILED; a ok job may end ['COMPLETED']"),
+    ("stopped_elsewhere", "FAILED; a ok job may end ['COMPLETED']"),
 ])
 def test_each_broken_bound_is_named(broken, expected):
     ledger, jobs = _ledger()
@@ -119,6 +142,19 @@ def test_each_broken_bound_is_named(broken, expected):
         ledger.killed.add(5)
         entry.finals[0] = (entry.finals[0][0] + 10, "webhook", "FAILED",
                            "the worker process killed by SIGKILL during the job")
+    elif broken == "killed_elsewhere":  # a kill just before, of a child it did not run in
+        ledger.fault("child", "SIGKILL child 5")
+        ledger.killed.add(5)
+        entry.finals[0] = (ledger.now(), "webhook", "FAILED",
+                           "the worker process killed by SIGKILL during the job")
+    elif broken == "stopped_elsewhere":  # w2 was stopped; w1 says it is shutting down
+        ledger.stopped.append((ledger.now(), "w2"))
+        entry.finals[0] = (ledger.now(), "webhook", "FAILED",
+                           '{"error_message": "the worker is shutting down", "worker_id": "w1"}')
+    elif broken == "unanswered":
+        entry.ids.clear()
+        entry.finals.clear()
+        entry.runs.clear()
     elif broken == "refused":
         entry.ids.clear()
         entry.finals.clear()
