@@ -136,9 +136,9 @@ def test_an_answer_already_arriving_is_not_cut_by_a_stop():
 
 def test_a_job_the_queue_hands_out_just_after_a_stop_is_reported_not_lost(tmp_path):
     """SIGTERM while the take long-polls, and the platform hands a job to that take a
-    moment later (it had committed it before it saw the worker go): the worker closes only
-    its sending half, reads the answer, and the job is reported once (found by the soak:
-    cutting the take at once lost one job per SIGTERM)."""
+    moment later (it had committed it before it saw the worker go): the worker starts no
+    new take but reads that one, and the job is reported once (found by the soak: cutting
+    the take at once lost one job per SIGTERM)."""
     with FakeRunPod(long_poll=5) as q:
         w = Worker(q, "misbehave.py", tmp_path, WORKER_SHUTDOWN_GRACE="10")
         try:
@@ -181,8 +181,8 @@ def test_results_held_at_a_stop_outlast_a_queue_that_is_away_for_seconds(tmp_pat
 
 def test_a_result_in_the_redelivery_s_hands_at_a_stop_is_still_delivered(tmp_path):
     """The result ran out of tries and is kept; the redelivery thread has taken it out and
-    is posting it when SIGTERM comes; the queue answers that try with a 500 a second later
-    and takes the next. The stop waits for the redelivery, which keeps trying within the
+    is posting it when SIGTERM comes; the queue answers that try with a 500 once the
+    worker has said it is stopping, and takes the next. The stop waits for the redelivery, which keeps trying within the
     flush time (found by the second attack on the soak: the worker exited at once, the
     result in the thread's hands)."""
     import threading
@@ -218,3 +218,59 @@ def test_a_result_in_the_redelivery_s_hands_at_a_stop_is_still_delivered(tmp_pat
             release.set()
             if w.proc.poll() is None:
                 w.proc.kill()
+
+
+def test_a_take_over_tls_left_at_a_stop_still_reads_its_answer(tmp_path):
+    """RunPod's takes are https. A stop leaves the take in flight; an answer that comes
+    after is read (a half-close of the TLS socket, as first built, dropped the TLS layer
+    and the answer with it; found by the review)."""
+    import shutil
+    import socket as _socket
+    import ssl
+    import subprocess
+    import threading as _threading
+    from worker.sources.runpod_take import TakeClient
+
+    if not shutil.which("openssl"):
+        import pytest
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    listener = _socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    asked, left = _threading.Event(), _threading.Event()
+    body = b'{"id": "late", "input": {"pad": "%s"}}' % (b"x" * 300_000)   # many TLS records
+
+    def serve():
+        raw, _ = listener.accept()
+        with server_ctx.wrap_socket(raw, server_side=True) as conn:
+            conn.recv(65536)
+            asked.set()
+            left.wait(10)                      # the worker has left: now the job comes
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    _threading.Thread(target=serve, daemon=True).start()
+    client = TakeClient({})
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    original = ssl._create_default_https_context     # the test's certificate is trusted
+    ssl._create_default_https_context = lambda *a, **kw: client_ctx
+    try:
+        got = {}
+        taker = _threading.Thread(target=lambda: got.update(answer=client.get(
+            f"https://127.0.0.1:{listener.getsockname()[1]}/job-take/w1")))
+        taker.start()
+        assert asked.wait(10)
+        client.leave()
+        left.set()
+        taker.join(10)
+    finally:
+        ssl._create_default_https_context = original
+        listener.close()
+    assert got.get("answer") == (200, "application/json", body), got

@@ -107,9 +107,9 @@ class RunPodSource(JobListener):
     def _shutdown(self) -> int:
         self.stopping.set()
         deadline = time.monotonic() + self.settings.shutdown_grace
-        # The take in flight is left (runpod_take: an answer on its way still comes, for up
-        # to LEAVE_S), then cut; a job it brought back runs within the grace, or is
-        # refused and reported.
+        # The take in flight is left (runpod_take: no later take, and an answer on its way
+        # is read for up to LEAVE_S), then cut; a job it brought back runs within the
+        # grace, or is refused and reported.
         self._taker.leave()
         try:
             with self._cond:

@@ -8,9 +8,9 @@ held within the stream bound (stream_bound.py: past it the oldest waiting go).
 Connection errors, 5xx and 429 are retried with backoff; a result the queue refuses as
 too large (400/413) becomes a FAILED error record rather than nothing; a result that
 still cannot be delivered is kept and retried every REDELIVER_EVERY seconds until the
-worker exits. A worker that is stopping keeps trying each post until close()'s flush
+worker exits. A worker that is stopping keeps trying each result until close()'s flush
 deadline (a queue that is away for a few seconds while the worker stops must not cost
-the results it holds; the soak lost one so), retrying at most every 0.5 s.
+the results it holds; the soak lost one so), waiting at most 0.5 s between tries.
 """
 from __future__ import annotations
 
@@ -167,16 +167,24 @@ class Delivery:
         with self._cond:       # the lanes, and a redelivery the thread has in its hands
             self._cond.wait_for(lambda: not self._lanes and not self._redelivering,
                                 max(0.0, self._deadline - time.monotonic()))
-            left = list(self._undelivered)
+            left = list(self._undelivered) + [
+                post for lane in self._lanes.values() for post in lane if post.kind == "done"]
         for post in left:
             log.error("result NOT delivered before exit: %s",
                       post.encoded()[:2000].decode(errors="replace"),
                       extra={"job_id": post.job_id})
 
-    def _keep_trying(self) -> bool:
-        """Stopping, and close()'s deadline not reached (or close() not called yet)."""
-        return self._hurry() and (self._deadline is None
-                                  or time.monotonic() < self._deadline)
+    def _keep_trying(self, post: Post) -> bool:
+        """A result, while close()'s deadline is ahead (or, stopping, before close())."""
+        if post.kind != "done":
+            return False
+        if self._deadline is not None:
+            return time.monotonic() < self._deadline
+        return self._hurry()
+
+    def _left(self) -> float:
+        """Seconds to close()'s deadline (a long way when there is none)."""
+        return 3600.0 if self._deadline is None else self._deadline - time.monotonic()
 
     def _poster(self) -> None:
         session = self._session()
@@ -241,7 +249,7 @@ class Delivery:
         backoff = Backoff(0.25, 4.0)
         metrics = self._metrics
         tries = 0
-        while tries < attempts or self._keep_trying():
+        while tries < attempts or self._keep_trying(post):
             tries += 1
             post.attempts += 1
             try:
@@ -271,6 +279,7 @@ class Delivery:
             metrics.post(post.kind, "retry")
             on_retry()
             wait = min(0.5, backoff.next()) if self._hurry() else backoff.next()
+            wait = max(0.0, min(wait, self._left()))
             log.warning("%s post failed (%s); retrying in %.2fs", post.kind, problem, wait,
                         extra={"job_id": post.job_id})
             time.sleep(wait)
@@ -287,11 +296,12 @@ class Delivery:
 
     def redeliver_once(self, final: bool = False) -> None:
         with self._cond:
+            if not self._undelivered:
+                return
+        session = self._session()      # first: a failure here leaves the results kept
+        with self._cond:
             pending, self._undelivered = self._undelivered, []
             self._redelivering += len(pending)
-        if not pending:
-            return
-        session = self._session()
         for post in pending:
             try:
                 delivered = self.deliver(session, post, attempts=2 if final else 1)

@@ -8,10 +8,9 @@ class owns (kept alive between takes, as a session would).
 An answer that has begun to arrive is never cut: the platform has handed its jobs to this
 worker, and cutting the read would lose them. Nor is one the platform may be sending: it
 can hand a job to the take a moment before the stop, and its bytes arrive a moment after
-(the soak lost one job per SIGTERM that way). So a stop first leaves: it closes only the
-sending half (the platform sees the worker go; an answer already on its way still comes)
-and reads for up to LEAVE_S; only then is the read cut. Jobs that come are run within the
-shutdown grace or refused and reported.
+(the soak lost one job per SIGTERM that way). So a stop first leaves: no later take, and
+the one in flight is read for up to LEAVE_S; only then is it cut. Jobs that come are run
+within the shutdown grace or refused and reported.
 """
 from __future__ import annotations
 
@@ -70,23 +69,22 @@ class TakeClient:
         return resp.status, resp.getheader("Content-Type", "") or "", body
 
     def leave(self) -> None:
-        """Refuse any later take, and tell the platform so on the take in flight (its
-        sending half closed) while its answer, if one comes, is still read."""
-        self._cut(socket.SHUT_WR)
+        """Refuse any later take; the take in flight goes on, and its answer, if one comes,
+        is read. Its socket is not touched: a half-close of a TLS socket (RunPod's takes
+        are https) drops the TLS layer, and the answer could no longer be read."""
+        with self._lock:
+            self._aborted = True
 
     def abort(self) -> None:
         """Cut the take in flight, if any — unless its answer is arriving — and refuse any
         later one."""
-        self._cut(socket.SHUT_RDWR)
-
-    def _cut(self, how: int) -> None:
         with self._lock:
             self._aborted = True
             conn = self._conn
         sock = conn.sock if conn is not None else None
         if sock is not None and not self._answering and not _readable(sock):
             try:
-                sock.shutdown(how)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
