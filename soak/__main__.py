@@ -22,6 +22,7 @@ import loopback  # noqa: E402  (bench/loopback.py: nothing here leaves loopback)
 
 from . import mode as driver  # noqa: E402
 from .fleet_mode import FleetMode  # noqa: E402
+from tests.fleet_support import REDIS  # noqa: E402
 from .local_mode import LocalMode  # noqa: E402
 from .runpod_mode import RunPodMode  # noqa: E402
 
@@ -109,6 +110,11 @@ def main(argv=None) -> int:
     ok = True
     for name in args.modes.split(","):
         cls = MODES[name]
+        if cls is FleetMode and REDIS is None:
+            print("\n== redis: SKIPPED, no redis-server on this machine (`make redis` installs "
+                  "it)", flush=True)
+            ok = False
+            continue
         t = time.monotonic()
         result = driver.run(cls, args.seed, args.seconds, args.rate, folder)
         ok = report(cls, *result) and ok

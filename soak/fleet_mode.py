@@ -21,12 +21,11 @@ from worker.fleet.keys import Keys
 from . import procs
 from .http_client import Client, Receiver, final_of
 from .local_mode import HANDLER
-from .mode import Mode
+from .mode import Mode, NotMade
 
 ENDPOINT = "soak"
 LEASE_S = 2.0
 MAX_DELIVERIES = 3
-FINAL = ("COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED")
 
 
 class FleetMode(Mode):
@@ -120,6 +119,8 @@ class FleetMode(Mode):
         if kind == "gateway_kill":
             return self._kill_and_restart("gateway", self.rng.uniform(0.3, 1.5))
         if kind == "redis_kill":
+            if self.redis.proc.poll() is not None:
+                raise NotMade("redis-server is down already")
             after = self.rng.uniform(0.5, 2.0)
             self.redis.kill()
             self._later(after, self.redis.start)
@@ -150,7 +151,7 @@ class FleetMode(Mode):
             self.redis.start()
         for name, proc in list(self.procs.items()):
             if proc.poll() is not None:
-                self.ledger.fault("exit", f"{name} exited with {proc.returncode}")
+                self.exited(name, proc)
                 self._start(name)
 
     def collect(self) -> list:

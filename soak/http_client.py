@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
 
-from .ledger import Ledger
+from .ledger import FINAL_STATES, Ledger
 from .plan import PlannedJob
 
 
@@ -101,8 +101,7 @@ class Client:
         answer = r.json()
         self.ledger.accepted(job.token, answer["id"])
         state, detail = final_of(answer)
-        if job.via == "runsync" and state in ("COMPLETED", "FAILED", "TIMED_OUT",
-                                              "CANCELLED"):
+        if job.via == "runsync" and state in FINAL_STATES:
             self.ledger.final(answer["id"], "runsync", state, detail)
         if job.cancel_after is not None:
             time.sleep(job.cancel_after)

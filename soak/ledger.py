@@ -19,7 +19,9 @@ FINAL_STATES = {"COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"}
 TOKEN = re.compile(r"\b(?:local|runpod|redis)-\d+\b")     # plan.jobs names them so
 
 
-GRACE_S = 5.0      # WORKER_SHUTDOWN_GRACE in every mode (mode.py)
+GRACE_S = 5        # WORKER_SHUTDOWN_GRACE in every mode (mode.py)
+# a stopped worker's last reports come within its grace and its results' flush time
+STOP_S = GRACE_S + 15.0 + 5.0
 
 
 @dataclass
@@ -125,8 +127,8 @@ class Ledger:
         """(token or None, what): every bound the run broke."""
         out = list(extra)
         out += [(None, f"a report that is not one: {m}") for m in self.malformed]
-        for token, finals in self.orphan_finals.items():
-            out.append((None, f"a final for id {token} that no job was given: {finals[0]}"))
+        for job_id, finals in self.orphan_finals.items():
+            out.append((None, f"a final for id {job_id} that no job was given: {finals[0]}"))
         for e in self.jobs.values():
             out += [(e.job.token, v) for v in self._job_violations(e)]
         return out
@@ -157,8 +159,8 @@ class Ledger:
         strangers = {j for j, _ in e.runs} - set(e.ids)
         if strangers:
             out.append(f"a run under an id not its own: {sorted(strangers)}")
-        if e.finals and not e.runs and e.finals[0][2] not in ("CANCELLED", "FAILED"):
-            out.append(f"{e.finals[0][2]} without a run")
+        if e.finals and not e.runs and e.first_final()[2] not in ("CANCELLED", "FAILED"):
+            out.append(f"{e.first_final()[2]} without a run")
         return out
 
     def counted_reports(self, e: Entry) -> int:
@@ -174,7 +176,8 @@ class Ledger:
         allowed = {EXPECTED[e.job.kind]}
         if e.cancel_asked is not None:
             allowed.add("CANCELLED")
-        if state == "FAILED" and self._failure_explained(e, str(detail), e.first_final()[0]):
+        explained = state == "FAILED" and self._failure_explained(e, str(detail))
+        if explained:
             allowed.add("FAILED")
         if state not in allowed:
             return [f"{source} reported {state}; a {e.job.kind} job may end "
@@ -184,26 +187,31 @@ class Ledger:
         others = set(TOKEN.findall(str(detail))) - {e.job.token}
         if others:
             return [f"{state} with another job's report ({sorted(others)[0]})"]
-        if e.job.kind == "fail" and state == "FAILED" and e.job.token not in str(detail):
+        if (e.job.kind == "fail" and state == "FAILED" and not explained
+                and e.job.token not in str(detail)):
             return [f"FAILED without its own error: {str(detail)[:300]}"]
         return []
 
-    def _failure_explained(self, e: Entry, text: str, at: float) -> bool:
+    def _failure_explained(self, e: Entry, text: str) -> bool:
         """A fault the soak made explains this FAILED, and the error says which: its child
         was SIGKILLed (a run of it in a child the soak killed, or a kill just before its
         report: the run may not have written its line yet); it was delivered too often
         (Redis: its workers were killed or stalled); or a worker's stop that the soak made
-        refused or stopped it."""
+        refused or stopped it. Its time: its first report from the service itself (a
+        record read at the end, or the platform's own cancel, is not when it ended)."""
+        at = min([f[0] for f in e.finals if f[1] not in ("platform", "record")]
+                 or [f[0] for f in e.finals])
         if "killed by SIGKILL" in text:      # its child was killed
             if e.runs:                       # a run of it in a child the soak killed
                 return any(pid in self.killed for _, pid in e.runs)
             kills = [t for t, kind, _ in self.faults if kind == "child"]   # or one just
             return any(at - 5.0 <= t <= at for t in kills)     # begun, its line not written
-        if re.search(r"the job was delivered \d+ times", text):
-            return True
+        if re.search(r"the job was delivered \d+ times", text):    # Redis, after the soak
+            return any(kind in ("worker_kill", "stall") and t <= at    # killed or stalled
+                       for t, kind, _ in self.faults)                  # a worker
         if "shutting down" in text or "(shutdown)" in text:    # the worker the soak stopped,
             said = re.search(r'"worker_id": "([^"]+)"', text)    # in the grace after it
-            return bool(said) and any(t <= at <= t + GRACE_S + 5.0 and who == said.group(1)
+            return bool(said) and any(t <= at <= t + STOP_S and who == said.group(1)
                                       for t, who in self.stopped)
         return False
 

@@ -13,6 +13,7 @@ import requests
 
 from . import procs
 from .http_client import Client, Receiver, final_of
+from .ledger import FINAL_STATES
 from .mode import Mode
 
 HANDLER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "handler.py")
@@ -69,7 +70,7 @@ class LocalMode(Mode):
         for e in self.ledger.pending():
             status = self.client.status(e.ids[0]) or {}
             self.ledger.note(e.job.token, f"/status at the end: {str(status)[:300]}")
-            if status.get("status") in ("COMPLETED", "FAILED", "TIMED_OUT", "CANCELLED"):
+            if status.get("status") in FINAL_STATES:
                 self.ledger.final(e.ids[0], "status", *final_of(status))
         return []
 

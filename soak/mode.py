@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import plan, procs
-from .ledger import Ledger
+from .ledger import GRACE_S, Ledger
 
 
 class NotMade(Exception):
@@ -30,6 +30,8 @@ class Mode:
     def __init__(self, folder: Path, ledger: Ledger, rng: random.Random):
         self.folder, self.ledger, self.rng = folder, ledger, rng
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.problems: list = []     # (None, what): a process that misbehaved on its own
+        self._stalls: list = []
         self.runs_file = folder / "runs.log"
         self.children_file = folder / "children.pids"
         # the caller's own WORKER_* and RUNPOD_* settings would change the bounds checked
@@ -38,7 +40,7 @@ class Mode:
         self.env = {"SOAK_RUNS": str(self.runs_file),
                     "SOAK_CHILDREN": str(self.children_file),
                     "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "WORKER_CHILDREN": "2",
-                    "WORKER_STOP_GRACE": "1", "WORKER_SHUTDOWN_GRACE": "5",
+                    "WORKER_STOP_GRACE": "1", "WORKER_SHUTDOWN_GRACE": str(GRACE_S),
                     "WORKER_RETURN_AGGREGATE_STREAM": "true"}
 
     # each mode: start, warm, send, inject, restore, poll, collect, steady, logs, close
@@ -91,12 +93,16 @@ class Mode:
         return f"SIGKILL forkserver {pid}"
 
     def stall(self, parent: int, seconds: float) -> str:
-        self._stalls = getattr(self, "_stalls", []) + [procs.stall(parent, seconds)]
+        self._stalls.append(procs.stall(parent, seconds))
         return f"SIGSTOP {parent} for {seconds:.1f} s"
 
     def end_stalls(self) -> None:
-        for t in getattr(self, "_stalls", []):
+        for t in self._stalls:
             t.join()
+
+    def exited(self, name: str, proc) -> None:
+        """A process the soak did not stop has exited: a broken bound, then restarted."""
+        self.problems.append((None, f"{name} exited by itself with {proc.returncode}"))
 
 
 def _send(mode: Mode, job) -> None:
@@ -148,7 +154,7 @@ def run(mode_cls, seed: int, seconds: float, rate: float, folder: Path,
             if not ledger.pending():
                 break
             time.sleep(0.2)
-        extra = mode.collect()
+        extra = mode.collect() + mode.problems
         ledger.read_runs(mode.runs_file)
         after = {name: procs.sample(pid) for name, pid in mode.steady().items()}
         return ledger, before, after, ledger.violations(extra), mode.logs(), mode.figures()

@@ -122,8 +122,8 @@ def stall(pid: int, seconds: float) -> threading.Thread:
     return t
 
 
-def slow_reader(port: int, path: str, seconds: float, requests: int = 2000) -> threading.Thread:
-    """A client that pipelines `requests` GETs on one connection with a 4 KB receive
+def slow_reader(port: int, path: str, seconds: float, count: int = 2000) -> threading.Thread:
+    """A client that pipelines `count` GETs on one connection with a 4 KB receive
     buffer and reads nothing for `seconds`: the server's answers back up on it."""
     def run():
         try:
@@ -131,7 +131,7 @@ def slow_reader(port: int, path: str, seconds: float, requests: int = 2000) -> t
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             s.settimeout(seconds)
             s.connect(("127.0.0.1", port))
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: soak\r\n\r\n".encode() * requests)
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: soak\r\n\r\n".encode() * count)
             time.sleep(seconds)
             s.close()
         except OSError:

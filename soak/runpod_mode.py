@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -18,11 +19,12 @@ from tests.fake_runpod import FakeRunPod
 
 from . import procs
 from .local_mode import HANDLER
+from .ledger import GRACE_S
 from .mode import Mode, NotMade
 from .plan import expected_output
 
 
-def final_of(body: dict) -> tuple:
+def final_of_done_post(body: dict) -> tuple:
     """(state, output or error) of a job-done body: RunPod's has no state of its own."""
     if "error" not in body:
         return "COMPLETED", body.get("output")
@@ -50,6 +52,7 @@ class RunPodMode(Mode):
         self.logs_ = {}
         self._restarts: list = []
         self._restarting: set = set()
+        self._away = False
         for name in ("w1", "w2"):
             self._start_worker(name)
         self._fed: dict = {}
@@ -110,8 +113,11 @@ class RunPodMode(Mode):
         if kind.startswith("queue_"):
             seconds = self.rng.uniform(1.0, 3.0)
             if kind == "queue_away":
+                if self._away:
+                    raise NotMade("the queue is away already")
+                self._away = True
                 self.queue.pause(cut=True)
-                t = threading.Timer(seconds, self.queue.resume)
+                t = threading.Timer(seconds, self._back)
                 t.start()
                 self._restarts.append(t)
                 return f"the queue cuts its connections and refuses new ones for {seconds:.1f} s"
@@ -119,6 +125,10 @@ class RunPodMode(Mode):
                                 what="errors" if kind == "queue_errors" else "slow")
             return f"{kind} for {seconds:.1f} s"
         raise ValueError(kind)
+
+    def _back(self) -> None:
+        self.queue.resume()
+        self._away = False
 
     def _restart(self, name: str, after: float) -> str:
         deadline = time.monotonic() + 8.0      # a restart still on its way: wait for it
@@ -133,7 +143,15 @@ class RunPodMode(Mode):
         proc.send_signal(signal.SIGTERM)
 
         def again():
-            proc.wait(60)
+            try:      # its grace, its results' flush time, and a margin
+                code = proc.wait(GRACE_S + 15 + 10)
+                if code != 0:
+                    self.problems.append((None, f"{name} exited with {code} after SIGTERM"))
+            except subprocess.TimeoutExpired:
+                self.problems.append((None, f"{name} did not exit within "
+                                            f"{GRACE_S + 25} s of SIGTERM"))
+                proc.kill()
+                proc.wait()
             time.sleep(after)
             self._start_worker(name)
             self._restarting.discard(name)
@@ -149,7 +167,7 @@ class RunPodMode(Mode):
         self._faulty["until"] = 0.0
         for name, proc in self.workers.items():
             if proc.poll() is not None:
-                self.ledger.fault("exit", f"{name} exited with {proc.returncode}")
+                self.exited(name, proc)
                 self._start_worker(name)
 
     def poll(self) -> None:
@@ -164,7 +182,7 @@ class RunPodMode(Mode):
             for body, heard in zip(bodies[fed:], answered[fed:]):
                 at = None if done_at is None else done_at - self.ledger.t0
                 # a post whose answer was cut: the worker never heard of it, and retries
-                self.ledger.final(job_id, "queue" if heard else "queue?", *final_of(body),
+                self.ledger.final(job_id, "queue" if heard else "queue?", *final_of_done_post(body),
                                   at=at)
                 done_at = None           # a second post: when it is seen
             self._fed[job_id] = len(bodies)

@@ -301,6 +301,7 @@ class FakeRunPod:
                     else:
                         fake.finals[job_id].append(body)
                         answered = fake.answered[job_id]
+                        mark = len(answered)
                         answered.append(True)
                         fake.final_query[job_id] = query
                         fake.order[job_id].append("done")
@@ -314,7 +315,7 @@ class FakeRunPod:
                 except OSError:     # recorded, but the worker never hears so: it retries
                     if kind == "done" and body.get("status") != "IN_PROGRESS":
                         with fake.lock:
-                            answered[-1] = False
+                            answered[mark] = False
                     raise
 
         return Handler
