@@ -2,6 +2,8 @@
 hands the next job to the spare, which is as fresh as a new child (module state, the
 RNG's next draw, what the module read at import) and was warmed before Ready; a cold
 refresh drops it; warmup that fails is a setup failure."""
+import time
+
 import pytest
 
 from tests.support import FAST, HANDLERS, Collector
@@ -131,6 +133,12 @@ def test_a_spares_output_is_not_tagged_with_the_active_childs_job(monkeypatch, t
         first = s.status.child_pid
         s.submit({"id": "busy", "input": {"wait_for_spare": True}}, listener)
         assert listener.wait(["busy"])["busy"].state is JobState.COMPLETED
+        # the spare's line comes on its own pipe, which a busy machine may read after the
+        # job's result: wait for it
+        deadline = time.monotonic() + 30
+        while not any(line.startswith("spare ") for line, _ in lines):
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.01)
         spoken = [ids for line, ids in lines if line.startswith("spare ")]
         assert spoken == [()], lines           # during job "busy", in another process
         assert s.status.child_pid == first
