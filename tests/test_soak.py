@@ -163,3 +163,13 @@ def test_each_broken_bound_is_named(broken, expected):
     found = ledger.violations()
     assert {t for t, _ in found} == {job.token}, found
     assert any(expected in what for _, what in found), found
+
+
+def test_streamed_chunks_may_lack_only_chunks_let_go_in_order():
+    """On RunPod a chunk whose posts all failed is let go (the final output holds it):
+    what arrived must still be the job's chunks, in order, none foreign."""
+    from soak.runpod_mode import _in_order
+    a, b, c = ({"token": "t", "i": i} for i in range(3))
+    assert _in_order([a, c], [a, b, c]) and _in_order([], [a, b, c])
+    assert not _in_order([c, a], [a, b, c])
+    assert not _in_order([{"token": "u", "i": 0}], [a, b, c])
