@@ -105,3 +105,39 @@ def _env():
     env = dict(os.environ)
     env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
     return env
+
+
+def test_local_api_a_job_past_the_grace_is_answered_failed_before_the_server_ends(tmp_path):
+    """A container's stop gives the worker a fixed time: a job still running when the grace
+    ends must reach its clients as FAILED (the /runsync still waiting, a /run's webhook),
+    not as a connection closed without an answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support import Hook
+    hook = Hook()
+    server = Server("edges.py", tmp_path, WORKER_SHUTDOWN_GRACE="1", WORKER_CHILDREN="2")
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(server.post, "/runsync",
+                                  {"input": {"do": "sleep", "seconds": 120}})
+            job = server.post("/run", {"input": {"do": "sleep", "seconds": 120},
+                                       "webhook": hook.url}).json()["id"]
+            server.until(job, lambda s: s["status"] == "IN_PROGRESS")
+            _until(lambda: server.get("/health").json()["jobs"]["inProgress"] == 2)
+            server.proc.send_signal(15)
+            answer = waiting.result(60)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "FAILED" and "shutdown" in answer.json()["error"]
+        _, posted = hook.wait(1)[0]
+        assert posted["id"] == job and posted["status"] == "FAILED"
+        assert server.proc.wait(30) == 0, server.log.read_text()
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+
+
+def _until(predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "never came"
+        time.sleep(0.05)

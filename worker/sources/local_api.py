@@ -16,7 +16,6 @@ import hmac
 import json
 import logging
 import sys
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
@@ -36,6 +35,7 @@ from .job_store import JobStore, QueueFull
 log = logging.getLogger("worker.api")
 
 RUNSYNC_WAIT_MS = 90_000
+ANSWER_WAIT_S = 5      # after a stop: to write the answers of requests that waited on jobs
 
 
 # The request body, described for /docs and for schema-driven fuzzing (the routes read
@@ -60,28 +60,6 @@ _WHY = {400: "bad request body", 401: "missing or wrong token", 404: "unknown or
 
 
 
-MAX_WEBHOOK = 2048
-
-
-def webhook_refusal(url) -> str | None:
-    """Why `url` is not a webhook this worker will post to (None: it is): an http(s) URL
-    with a host, no whitespace or control character (it goes into log lines and a
-    request line), at most MAX_WEBHOOK characters."""
-    if not isinstance(url, str):
-        return f"it is a {type(url).__name__}"
-    if len(url) > MAX_WEBHOOK:
-        return f"it is {len(url)} characters long (at most {MAX_WEBHOOK})"
-    if any(c.isspace() or ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in url):
-        return "it holds whitespace or a control character"
-    try:
-        parts = urlsplit(url)
-        parts.port                      # noqa: B018 - raises on a port that is not one
-    except ValueError as exc:
-        return str(exc)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "it needs http:// or https:// and a host"
-    return None
-
 def parse_job_body(raw: bytes) -> tuple:
     """A /run body checked (HTTPException 400 with the reason otherwise): (body, raw as
     read, a byte-order mark dropped)."""
@@ -100,7 +78,7 @@ def parse_job_body(raw: bytes) -> tuple:
     except JobError as exc:
         raise HTTPException(400, str(exc)) from None
     if body.get("webhook") is not None:
-        why = webhook_refusal(body["webhook"])
+        why = webhook_post.refusal(body["webhook"])
         if why:
             raise HTTPException(400, f"'webhook' must be an http(s) URL: {why}")
     return body, raw
@@ -425,9 +403,9 @@ def serve(settings: Settings, target) -> int:
 
 
 def run_server(app: FastAPI, settings: Settings, host: SourceHost, sockets: list) -> int:
-    """uvicorn on `sockets`, with the process's signals left to the source host: a first
-    SIGTERM or SIGINT ends the server gracefully (the app's shutdown stops the supervisor
-    within WORKER_SHUTDOWN_GRACE), a second stops at once."""
+    """uvicorn on `sockets`, the signals left to the source host. A first SIGTERM/SIGINT
+    stops the supervisor within WORKER_SHUTDOWN_GRACE (jobs finish, or end FAILED, and the
+    requests waiting on them get that answer), then the server. A second stops at once."""
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -438,10 +416,16 @@ def run_server(app: FastAPI, settings: Settings, host: SourceHost, sockets: list
             pass
 
     config = uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
-                            log_level="warning",
-                            timeout_graceful_shutdown=int(settings.shutdown_grace) or None)
+                            log_level="warning", timeout_graceful_shutdown=ANSWER_WAIT_S)
     server = Server(config)
-    host.handle_signals(lambda name: setattr(server, "should_exit", True),
+
+    def first_signal(name: str) -> None:
+        try:
+            host.stop(settings.shutdown_grace)
+        finally:
+            server.should_exit = True
+
+    host.handle_signals(first_signal,
                         f"the server stops; running jobs have {settings.shutdown_grace:g}s "
                         "to finish")
     server.run(sockets=sockets)

@@ -26,6 +26,29 @@ from ..serverless.utils.rp_ssrf import Pinned, is_safe_address
 ANSWER_CAP = 64 * 1024
 
 
+MAX_WEBHOOK = 2048
+
+
+def refusal(url) -> str | None:
+    """Why `url` is not a webhook this worker will post to (None: it is): an http(s) URL
+    with a host, no whitespace or control character (it goes into log lines and a
+    request line), at most MAX_WEBHOOK characters."""
+    if not isinstance(url, str):
+        return f"it is a {type(url).__name__}"
+    if len(url) > MAX_WEBHOOK:
+        return f"it is {len(url)} characters long (at most {MAX_WEBHOOK})"
+    if any(c.isspace() or ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in url):
+        return "it holds whitespace or a control character"
+    try:
+        parts = urlsplit(url)
+        parts.port                      # noqa: B018 - raises on a port that is not one
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "it needs http:// or https:// and a host"
+    return None
+
+
 class WebhookRefused(Exception):
     """The webhook was not sent: the policy refused its address, or the answer was a
     redirect (not followed). Not retried."""
