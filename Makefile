@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run dev oneshot test redis soak bench-fleet bench-reload bench bench-api bench-spare bench-perf bench-children bench-metrics bench-against gpu-test gpu-check gpu-wheels lint docker-build docker-build-cpu run-gpu run-gpu-test clean
+.PHONY: run dev oneshot test redis soak bench-fleet bench-reload bench bench-api bench-spare bench-perf bench-children bench-metrics bench-against gpu-test gpu-check gpu-wheels lint docker-base docker-build docker-build-cpu docker-test run-gpu run-gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -112,16 +112,29 @@ gpu-wheels: $(STAMP)
 		$(GPU_WHEELS)
 	du -sh .whl-gpu
 
-# No Docker engine runs on the development machines: build and run these where one does.
 IMAGE ?= gpu-worker
 lint: $(STAMP)
 	$(BIN)/hadolint --failure-threshold warning docker/Dockerfile docker/Dockerfile.cpu
 
+# The images, built where users are (docker/build.py): with or without a registry (no
+# registry: a Debian base from Debian's packages, `make docker-base`), behind a proxy
+# (pip's CA bundle) and from a wheelhouse (pip's find-links and file:// indexes, served
+# over loopback while the build runs), every step on the host's network. BASE=<image>
+# picks the base, TORCH_INDEX=<url>|pip where torch comes from.
+DOCKER_BUILD_ARGS = $(if $(BASE),--base $(BASE)) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
+docker-base:
+	docker/make-base.sh
+
 docker-build:
-	docker build -f docker/Dockerfile -t $(IMAGE):gpu .
+	$(PY) docker/build.py gpu --tag $(IMAGE):gpu $(DOCKER_BUILD_ARGS)
 
 docker-build-cpu:
-	docker build -f docker/Dockerfile.cpu -t $(IMAGE):cpu .
+	$(PY) docker/build.py cpu --tag $(IMAGE):cpu $(DOCKER_BUILD_ARGS)
+
+# The CPU image run as a user runs it (docker_tests/): starts the engine if none runs,
+# builds, tests, prints its time. DOCKER_TEST_GPU=1: the GPU image too, without a GPU.
+docker-test: $(STAMP)
+	$(BIN)/python docker_tests/run.py
 
 run-gpu:
 	docker run --rm --gpus all -p 8000:8000 -e WORKER_SERVE_API=true \
