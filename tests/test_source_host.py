@@ -141,3 +141,28 @@ def _until(predicate, timeout=30):
     while not predicate():
         assert time.monotonic() < deadline, "never came"
         time.sleep(0.05)
+
+
+def test_a_stop_that_escalates_does_not_spin_the_supervisors_loop(tmp_path):
+    """Past the grace, a child that swallows every interruption is stopped step by step.
+    Between the steps the loop sleeps: the grace's end, already past, is no clock to wake
+    for (it woke at once, again and again, and took each wake for a stop of the worker)."""
+    server = Server("misbehave.py", tmp_path, WORKER_SHUTDOWN_GRACE="0.5",
+                    WORKER_STOP_GRACE="1.5")
+    try:
+        job = server.post("/run", {"input": {"do": "swallow"}}).json()["id"]
+        server.until(job, lambda s: s["status"] == "IN_PROGRESS")
+        parent = psutil.Process(server.proc.pid)
+        server.proc.send_signal(15)
+        _wait_in(server.log, "stopping child", server.proc)
+        before = parent.cpu_times()
+        _wait_in(server.log, "sending SIGTERM", server.proc)
+        after = parent.cpu_times()
+        busy = (after.user + after.system) - (before.user + before.system)
+        assert server.proc.wait(30) == 0, server.log.read_text()[-3000:]
+        text = server.log.read_text()
+        assert busy < 0.5, f"the parent used {busy:.2f}s of CPU in a 1.5s wait"
+        assert "the worker itself was stopped" not in text, text[-3000:]
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()

@@ -320,8 +320,8 @@ class Slot:
         child = self.child
         if child is not None:
             times.append(child.deadline(heartbeat_timeout))
-            if shutdown_at is not None:
-                times.append(shutdown_at)
+            if shutdown_at is not None and child.state is not ChildState.STOPPING:
+                times.append(shutdown_at)     # once stopping, its own steps are its clock
         return times
 
     def refresh_if_idle(self, now: float) -> None:

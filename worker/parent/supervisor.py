@@ -62,7 +62,7 @@ from .output import log_child_line
 from .status import Status, WorkerState, health_view
 
 log = logging.getLogger("worker")
-STALL_S = 1.0     # the loop woke this much later than asked: the worker was stopped
+STALL_S = 1.0     # woke this much after the wake asked and the sleep's start: it was stopped
 
 __all__ = ["Supervisor", "JobListener", "JobResult", "ChildState", "WorkerState", "Status"]
 
@@ -239,9 +239,10 @@ class Supervisor:
                 deadline = core.next_deadline()
                 wake = self._next_wake(deadline) if self._polled or self._launches.open \
                     else deadline
+                asleep_at = self.clock()
                 ready = self._sel.select(None if wake is None
-                                         else max(0.0, wake - self.clock()))
-                if wake is not None and (late := self.clock() - wake) > STALL_S:
+                                         else max(0.0, wake - asleep_at))
+                if wake is not None and (late := self.clock() - max(wake, asleep_at)) > STALL_S:
                     feed(E.Resumed(late))     # it was stopped: skip that time, then read
                 woken = [key.data[0] for key, _ in ready if key.data[1] == "exit"]
                 gone = self._gone(woken) if woken or self._polled else ()
