@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run dev oneshot test redis soak bench-fleet bench-reload bench bench-api bench-spare bench-perf bench-children bench-metrics bench-against gpu-test gpu-check gpu-wheels lint docker-base docker-build docker-build-cpu docker-test run-gpu run-gpu-test clean
+.PHONY: run dev oneshot test redis soak bench-fleet bench-reload bench bench-api bench-spare bench-perf bench-children bench-metrics bench-against gpu-test gpu-check gpu-wheels lint docker-base docker-build docker-build-cpu docker-test bench-docker run-gpu run-gpu-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -130,6 +130,11 @@ docker-build:
 
 docker-build-cpu:
 	$(PY) docker/build.py cpu --tag $(IMAGE):cpu $(DOCKER_BUILD_ARGS)
+
+# What a user of the images sees: sizes, docker run -> /health -> first answer, docker stop
+# with a job running (bench/bench_docker.py; BENCH='--build' times a build without cache).
+bench-docker: $(STAMP)
+	$(BIN)/python bench/bench_docker.py $(BENCH)
 
 # The CPU image run as a user runs it (docker_tests/): starts the engine if none runs,
 # builds, tests, prints its time. DOCKER_TEST_GPU=1: the GPU image too, without a GPU.

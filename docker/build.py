@@ -1,7 +1,7 @@
 """Build the gpu-worker images where users are: with or without an image registry,
 behind a TLS-intercepting proxy, from a local wheelhouse. Standard library only.
 
-    python3 docker/build.py cpu|gpu [--tag T] [--base IMAGE] [--torch-index URL|pip]
+    python3 docker/build.py cpu|gpu [--tag T] [--base IMAGE] [--torch-index URL|pip] [-- ARGS]
 
 What this machine has is read at build time, never written into the repository:
 - the base: `--base`, else PYTHON_IMAGE, else python:3.11-slim-bookworm; where that is
@@ -224,8 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", help="the image's name (default gpu-worker:<flavour>)")
     ap.add_argument("--base", help=f"the base image (default $PYTHON_IMAGE or {DEFAULT_BASE})")
     ap.add_argument("--torch-index", help="where torch comes from: an index URL, or 'pip'")
-    ap.add_argument("docker_args", nargs="*", help="more arguments for docker build (after --)")
-    opts = ap.parse_args(argv)
+    ap.epilog = "Arguments after -- go to docker build as they are."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    opts = ap.parse_args(argv[:split])
+    opts.docker_args = argv[split + 1:]
     problem = engine_problem()
     if problem:
         say(problem)

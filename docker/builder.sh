@@ -29,6 +29,10 @@ apt() { apt-get ${ca:+-o Acquire::https::CAInfo="$ca"} -q "$@"; }
 
 if [ "${1:-}" = project ]; then
     /opt/venv/bin/pip install "/src[examples]"
+    if [ "${WITH_TRITON:-true}" = false ]; then
+        # triton serves torch.compile and custom kernels only; torch imports without it.
+        /opt/venv/bin/pip uninstall -y -q triton
+    fi
     exit 0
 fi
 apt update >/dev/null

@@ -154,3 +154,90 @@ def test_healthcheck_against_the_local_api(server):
     nothing = run_cli([PYTHON, "-m", "worker.healthcheck"],
                       env={"WORKER_SERVE_API": "true", "WORKER_API_PORT": "1"})
     assert nothing.returncode == 1
+
+
+# --- docker/build.py: what a build may read of this machine -----------------------------
+
+def _build_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("docker_build", ROOT / "docker" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_build_serves_what_pip_uses_over_loopback_and_nothing_else(tmp_path, monkeypatch):
+    """Local find-links and file:// indexes become loopback URLs (an index's parent folder
+    is served, for its ../../files links), http(s) ones pass as they are, the CA bundle is
+    served as one file; a path outside what was shared is refused, `..` included."""
+    import requests
+    build = _build_module()
+    wheels, index, outside = tmp_path / "wheels", tmp_path / "pypi", tmp_path / "secret"
+    (index / "simple" / "pkg").mkdir(parents=True)
+    (index / "files").mkdir()
+    wheels.mkdir()
+    outside.mkdir()
+    (wheels / "torch-2.13.0+cpu-cp311-none-any.whl").write_bytes(b"wheel")
+    (index / "simple" / "pkg" / "index.html").write_text(
+        '<a href="../../files/pkg-1.0-py3-none-any.whl">pkg</a>')
+    (index / "files" / "pkg-1.0-py3-none-any.whl").write_bytes(b"pkg")
+    (outside / "key").write_text("private")
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setattr(build, "LOOPBACK_PORT", 0)
+    config = {"index-url": "https://mirror.example/simple",
+              "extra-index-url": f"file://{index}/simple https://other.example/simple",
+              "find-links": f"{wheels} https://links.example/", "cert": str(ca)}
+    with build.Loopback() as loop:
+        args = build.build_args(config, loop)
+        assert args["PIP_INDEX_URL"] == "https://mirror.example/simple"
+        local_index, other = args["PIP_EXTRA_INDEX_URL"].split()
+        assert local_index.startswith("http://127.0.0.1:") and other == config[
+            "extra-index-url"].split()[1]
+        local_links, remote_links = args["PIP_FIND_LINKS"].split()
+        assert remote_links == "https://links.example/"
+        page = requests.get(f"{local_index}/pkg/", timeout=5).text
+        assert "../../files/pkg-1.0-py3-none-any.whl" in page
+        assert requests.get(f"{local_index}/../files/pkg-1.0-py3-none-any.whl",
+                            timeout=5).content == b"pkg"
+        assert "torch-2.13.0%2Bcpu" in requests.get(local_links, timeout=5).text
+        assert requests.get(args["BUILD_CA_URL"], timeout=5).text == ca.read_text()
+        import http.client
+        shared = local_links.rstrip("/").rsplit("/", 1)[-1]
+        ca_root = args["BUILD_CA_URL"].rsplit("/", 2)[-2]
+        for path in ("/", "/9/", f"/{shared}/../secret/key", f"/{shared}/%2e%2e/secret/key",
+                     f"/{shared}/..%2fsecret/key", f"/{ca_root}/other", f"/{ca_root}/",
+                     "/../../etc/passwd"):
+            conn = http.client.HTTPConnection("127.0.0.1", loop.server.server_address[1],
+                                              timeout=5)
+            conn.request("GET", path)             # sent as written: no client cleans it
+            answer = conn.getresponse()
+            body = answer.read()
+            conn.close()
+            assert answer.status == 404 and b"private" not in body, path
+
+
+def test_the_build_reads_pips_configuration_as_pip_does(tmp_path):
+    """PIP_* variables over the config file's [install] over [global]."""
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nfind-links = /from/global\nindex-url = https://g.example/\n"
+                    "[install]\nindex-url = https://i.example/\n")
+    env = {**os.environ, "PIP_CONFIG_FILE": str(conf), "PIP_FIND_LINKS": "/from/env"}
+    code = ("import importlib.util, json, sys; s = importlib.util.spec_from_file_location("
+            f"'b', {str(ROOT / 'docker' / 'build.py')!r}); m = importlib.util.module_from_spec(s);"
+            " s.loader.exec_module(m); print(json.dumps(m.pip_config()))")
+    proc = subprocess.run([PYTHON, "-c", code], env=env, capture_output=True, text=True)
+    config = json.loads(proc.stdout)
+    assert config["find-links"] == "/from/env" and config["index-url"] == "https://i.example/"
+
+
+def test_the_builder_step_refuses_an_old_python_with_one_line(tmp_path):
+    """docker/builder.sh on a base whose python3 is older than 3.10."""
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\ncase \"$*\" in *version_info*) exit 1;; *) echo Python 3.8.10;; esac\n")
+    fake.chmod(0o755)
+    proc = subprocess.run(["sh", str(ROOT / "docker" / "builder.sh"), "base"],
+                          env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, capture_output=True,
+                          text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "gpu-worker needs Python >= 3.10; this base has Python 3.8.10"
