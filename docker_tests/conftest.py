@@ -36,7 +36,8 @@ def unusable(image: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"no docker command that answers ({exc})"
     if docker("image", "inspect", image).returncode != 0:
-        return f"the image {image} is not built (make docker-test builds it)"
+        how = "DOCKER_TEST_GPU=1 make docker-test" if image == GPU_IMAGE else "make docker-test"
+        return f"the image {image} is not built ({how} builds it)"
     return None
 
 
