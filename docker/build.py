@@ -7,13 +7,15 @@ What this machine has is read at build time, never written into the repository:
 - the base: `--base`, else PYTHON_IMAGE, else python:3.11-slim-bookworm; where that is
   not here and cannot be pulled, gpu-worker-base:bookworm, made from Debian's packages by
   docker/make-base.sh if it is missing too;
-- pip's index, extra indexes, find-links and CA bundle, from pip's own configuration
-  (files and PIP_* variables, as `pip config list` shows them). Local folders and file://
-  indexes are served read-only over loopback HTTP while the build runs (the build's steps
-  share the host's network), and the CA bundle too: the builder stage fetches it into a
-  temporary file for the step that needs it and deletes it in the same step, so it is in
-  no layer of either stage (one Dockerfile for BuildKit and the legacy builder, which
-  refuses `RUN --mount`);
+- pip's index, extra indexes, find-links, trusted hosts, constraints and CA bundle, from
+  pip's own configuration (files and PIP_* variables, as `pip config list` shows them),
+  and the Debian mirror apt uses. They go to the build as files served over loopback
+  HTTP while it runs (its steps share the host's network): a pip.conf whose local folders
+  and file:// indexes are loopback URLs too (package files only), the CA bundle, the
+  mirror. A step fetches them into a temporary folder and deletes it before it ends, so
+  no layer of either stage keeps them, and the only build argument is their loopback
+  URL: a credential in an index URL is in no image's history (the legacy builder, which
+  refuses `RUN --mount` secrets, records build arguments in the builder stage's);
 - HTTP_PROXY, HTTPS_PROXY and NO_PROXY from the environment (Docker's predefined build
   arguments: used by the steps, kept in no image);
 - torch's source: the Dockerfile's own index unless `--torch-index` names another;
@@ -23,6 +25,7 @@ What this machine has is read at build time, never written into the repository:
 from __future__ import annotations
 
 import argparse
+import ast
 import functools
 import http.server
 import os
@@ -98,21 +101,33 @@ def pip_config() -> dict[str, str]:
     rank = {"global": 0, "install": 1, ":env:": 2}
     best: dict[str, tuple[int, str]] = {}
     for line in proc.stdout.splitlines():
-        m = re.match(r"^([^.]+)\.([\w-]+)='(.*)'$", line)
-        if m and m.group(1) in rank:
-            level, key, value = rank[m.group(1)], m.group(2).replace("_", "-"), m.group(3)
-            if key not in best or level >= best[key][0]:
-                best[key] = (level, value)
+        m = re.match(r"^([^.=]+)\.([\w-]+)=(.*)$", line)
+        if not m or m.group(1) not in rank:
+            continue
+        try:
+            value = ast.literal_eval(m.group(3))      # pip prints repr(): \n, quotes
+        except (ValueError, SyntaxError):
+            continue
+        level, key = rank[m.group(1)], m.group(2).replace("_", "-")
+        if isinstance(value, str) and (key not in best or level >= best[key][0]):
+            best[key] = (level, value)
     return {key: value for key, (_, value) in best.items()}
 
 
+# What a shared folder may give: package files and index pages, nothing else (a file://
+# index's parent folder is shared for its ../../files links, and may hold anything).
+PACKAGE_FILES = (".whl", ".tar.gz", ".zip", ".tgz", ".tar.bz2", ".metadata", ".html")
+
+
 class Loopback:
-    """Read-only HTTP on 127.0.0.1 for what the build may read of this machine: the CA
-    bundle and the local folders pip's configuration names, nothing else."""
+    """Read-only HTTP on 127.0.0.1 for what the build may read of this machine: the
+    build's inputs (pip.conf, the CA bundle, the apt mirror: generated, under /inputs/)
+    and the package files in the local folders pip's configuration names."""
 
     def __init__(self):
         self.roots: dict[str, Path] = {}
-        handler = functools.partial(_Handler, roots=self.roots)
+        self.inputs: dict[str, bytes] = {}
+        handler = functools.partial(_Handler, roots=self.roots, inputs=self.inputs)
         try:
             self.server = http.server.ThreadingHTTPServer(("127.0.0.1", LOOPBACK_PORT), handler)
         except OSError:
@@ -121,11 +136,11 @@ class Loopback:
             self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def share(self, path: Path) -> str:
-        """The URL under which folder or file `path` is served."""
+    def share(self, folder: Path) -> str:
+        """The URL under which `folder`'s package files are served."""
         name = f"{len(self.roots)}"
-        self.roots[name] = path
-        return f"{self.base}/{name}" + ("/" if path.is_dir() else f"/{path.name}")
+        self.roots[name] = folder
+        return f"{self.base}/{name}/"
 
     def __enter__(self):
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -137,20 +152,37 @@ class Loopback:
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    def __init__(self, *args, roots: dict[str, Path], **kw):
-        self.roots = roots
+    def __init__(self, *args, roots: dict[str, Path], inputs: dict[str, bytes], **kw):
+        self.roots, self.inputs = roots, inputs
         super().__init__(*args, **kw)
 
+    def do_GET(self):
+        path = urllib.parse.urlsplit(self.path).path
+        if path.startswith("/inputs/"):
+            body = self.inputs.get(path[len("/inputs/"):])
+            if body is None:
+                return self.send_error(404)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return self.wfile.write(body)
+        return super().do_GET()
+
     def translate_path(self, path: str) -> str:
+        """A path inside a shared folder, `..` normalised away before it is looked at;
+        symlinks in the folder are followed, as pip follows them; only folders and
+        package files."""
         parts = urllib.parse.unquote(urllib.parse.urlsplit(path).path).lstrip("/").split("/")
         root = self.roots.get(parts[0])
         if root is None:
             return "/nonexistent"
-        if root.is_file():
-            return str(root) if parts[1:] == [root.name] else "/nonexistent"
-        target = (root / "/".join(parts[1:])).resolve()
-        inside = target == root.resolve() or root.resolve() in target.parents
-        return str(target) if inside else "/nonexistent"
+        base = os.path.normpath(root)
+        target = os.path.normpath(os.path.join(base, *parts[1:]))
+        if target != base and not target.startswith(base + os.sep):
+            return "/nonexistent"
+        if os.path.isdir(target) or target.endswith(PACKAGE_FILES):
+            return target
+        return "/nonexistent"
 
     def log_message(self, *args):        # pip's requests are not news
         pass
@@ -165,37 +197,69 @@ def local_path(location: str) -> Path | None:
 
 
 def served_index(url: str, loop: Loopback) -> str:
-    """A file:// index as a loopback URL. Its parent folder is served, since simple
+    """A file:// index as a loopback URL. Its parent folder is shared, since simple
     indexes link their files relatively (../../files/...)."""
     path = local_path(url)
     if path is None:
         return url
-    return loop.share(path.parent).rstrip("/") + "/" + path.name
+    return loop.share(path.parent) + path.name
 
 
-def build_args(config: dict[str, str], loop: Loopback) -> dict[str, str]:
-    args: dict[str, str] = {}
-    if "index-url" in config:
-        args["PIP_INDEX_URL"] = served_index(config["index-url"], loop)
+def apt_mirror() -> str | None:
+    """The Debian mirror this machine's apt uses (DEBIAN_MIRROR overrides), as
+    docker/make-base.sh reads it: the first source whose path ends in /debian."""
+    if os.environ.get("DEBIAN_MIRROR"):
+        return os.environ["DEBIAN_MIRROR"]
+    files = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for f in files:
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        m = re.search(r"^(?:URIs:|deb)\s+(?:\[[^]]*\]\s+)?(\S+/debian)/?\s", text + "\n", re.M)
+        if m:
+            return m.group(1)
+    return None
+
+
+def build_inputs(config: dict[str, str], loop: Loopback) -> list[str]:
+    """Put what the build needs of this machine under the loopback server's /inputs/: a
+    pip.conf with local locations made loopback URLs, the CA bundle, the apt mirror. Only
+    their loopback URL goes in as a build argument: a credential in an index URL stays in
+    no image's history. The names of what was given."""
+    conf = []
+    if config.get("index-url"):
+        conf.append(f"index-url = {served_index(config['index-url'], loop)}")
     extra = config.get("extra-index-url", "").split()
     if extra:
-        args["PIP_EXTRA_INDEX_URL"] = " ".join(served_index(u, loop) for u in extra)
-    links = []
-    for location in config.get("find-links", "").split():
-        path = local_path(location)
-        links.append(location if path is None else loop.share(path))
+        conf.append("extra-index-url = " + " ".join(served_index(u, loop) for u in extra))
+    links = [location if local_path(location) is None else loop.share(local_path(location))
+             for location in config.get("find-links", "").split()]
     if links:
-        args["PIP_FIND_LINKS"] = " ".join(links)
+        conf.append("find-links = " + " ".join(links))
     if config.get("trusted-host"):
-        args["PIP_TRUSTED_HOST"] = config["trusted-host"]
+        conf.append(f"trusted-host = {config['trusted-host']}")
+    constraint = local_path(config.get("constraint", ""))
+    if constraint is not None and constraint.is_file():
+        loop.inputs["constraints.txt"] = constraint.read_bytes()
+        conf.append(f"constraint = {loop.base}/inputs/constraints.txt")
+    if conf:
+        loop.inputs["pip.conf"] = ("[global]\n" + "\n".join(conf) + "\n").encode()
     cert = config.get("cert") or os.environ.get("REQUESTS_CA_BUNDLE")
     if cert and Path(cert).is_file():
-        args["BUILD_CA_URL"] = loop.share(Path(cert))
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy",
-                 "no_proxy"):
-        if os.environ.get(name):
-            args[name] = os.environ[name]
-    return args
+        loop.inputs["ca.pem"] = Path(cert).read_bytes()
+    elif cert:
+        say(f"pip's CA bundle {cert} is not a file: the build uses the base's CAs only")
+    mirror = apt_mirror()
+    if mirror:
+        loop.inputs["apt-mirror"] = mirror.encode()
+    return sorted(loop.inputs)
+
+
+def proxy_args() -> dict[str, str]:
+    """Docker's predefined proxy build arguments, from the environment (no image keeps them)."""
+    return {name: os.environ[name] for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
+            "http_proxy", "https_proxy", "no_proxy") if os.environ.get(name)}
 
 
 def dockerfile_default(path: Path, name: str) -> str:
@@ -240,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     buildkit = docker("buildx", "version", capture_output=True).returncode == 0
     env.setdefault("DOCKER_BUILDKIT", "1" if buildkit else "0")
     with Loopback() as loop:
-        args = build_args(pip_config(), loop)
-        args["PYTHON_IMAGE"] = base
+        given = build_inputs(pip_config(), loop)
+        args = {**proxy_args(), "PYTHON_IMAGE": base, "BUILD_INPUTS_URL": f"{loop.base}/inputs"}
         args["TORCH_INDEX_URL"] = torch_index(opts.torch_index, dockerfile)
         cmd = ["docker", "build", "--network", "host", "-f", str(dockerfile), "-t", tag]
         for key, value in args.items():
@@ -249,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd += [*opts.docker_args, str(ROOT)]
         say(f"building {tag} from {base} "
             f"({'BuildKit' if env['DOCKER_BUILDKIT'] == '1' else 'the legacy builder'}; "
-            f"passed from this machine: {', '.join(sorted(k for k in args if k.startswith(('PIP_', 'BUILD_CA')))) or 'nothing'})")
+            f"from this machine, over loopback: {', '.join(given) or 'nothing'})")
         started = time.monotonic()
         rc = subprocess.run(cmd, env=env).returncode
     took = time.monotonic() - started

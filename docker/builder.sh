@@ -2,27 +2,35 @@
 # The builder stage's steps (both Dockerfiles), on any Debian/Ubuntu-like base with
 # Python >= 3.10: `base` makes the venv with torch and a static tini for the final stage;
 # `project` adds gpu-worker (a change to it rebuilds from there, torch stays cached).
-# The CA bundle of the machine that builds (BUILD_CA_URL, served over loopback by
-# docker/build.py) lives in a temporary file for this step only: no layer keeps it.
+# What the building machine gives (docker/build.py serves it over loopback at
+# BUILD_INPUTS_URL: pip.conf, ca.pem, apt-mirror) lives in a temporary
+# folder for the step that reads it and is gone when the step ends: no layer keeps it.
 set -eu
-for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_TRUSTED_HOST BUILD_CA_URL \
-        TORCH_INDEX_URL; do
+for name in BUILD_INPUTS_URL TORCH_INDEX_URL; do
     eval "[ -n \"\${$name:-}\" ] || unset $name"     # an empty build argument means unset
 done
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
     echo "gpu-worker needs Python >= 3.10; this base has $(python3 -V 2>&1)" >&2; exit 1; }
 
+inputs=$(mktemp -d)
+trap 'rm -rf "$inputs"' EXIT
+fetch() {   # fetch NAME: the input into $inputs/NAME; false if the build gave none
+    [ -n "${BUILD_INPUTS_URL:-}" ] && python3 -c 'import sys, urllib.error, urllib.request
+try:
+    body = urllib.request.urlopen(sys.argv[1], timeout=30).read()
+except urllib.error.HTTPError:
+    sys.exit(1)
+open(sys.argv[2], "wb").write(body)' "$BUILD_INPUTS_URL/$1" "$inputs/$1"
+}
+if fetch pip.conf; then
+    export PIP_CONFIG_FILE="$inputs/pip.conf"
+fi
 ca=""
-if [ -n "${BUILD_CA_URL:-}" ]; then
-    ca=$(mktemp)
-    trap 'rm -f "$ca"' EXIT
+if fetch ca.pem; then
     # The base's own CAs plus the ones passed in: a full bundle or only the extra CA works.
-    if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
-        cat /etc/ssl/certs/ca-certificates.crt >"$ca"
-    fi
-    python3 -c 'import sys, urllib.request
-sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1], timeout=30).read())' \
-        "$BUILD_CA_URL" >>"$ca"
+    ca="$inputs/bundle.pem"
+    cat /etc/ssl/certs/ca-certificates.crt "$inputs/ca.pem" >"$ca" 2>/dev/null \
+        || cp "$inputs/ca.pem" "$ca"
     export PIP_CERT="$ca"
 fi
 apt() { apt-get ${ca:+-o Acquire::https::CAInfo="$ca"} -q "$@"; }
@@ -35,6 +43,12 @@ if [ "${1:-}" = project ]; then
     fi
     exit 0
 fi
+if fetch apt-mirror; then           # the building machine's mirror, in this stage only
+    mirror=$(cat "$inputs/apt-mirror")
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do
+        [ -f "$f" ] && sed -i "s#https\?://deb.debian.org/debian#$mirror#g" "$f"
+    done
+fi
 apt update >/dev/null
 packages=tini
 python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null \
@@ -45,10 +59,9 @@ cp /usr/bin/tini-static /tini
 python3 -m venv /opt/venv
 export PATH=/opt/venv/bin:$PATH
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
-    # torch from its own index only: a wheelhouse's other build of the same version must
-    # not win (a local version such as +cpu sorts above PyPI's CUDA build).
-    env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL \
-        pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"
+    # torch from its own index only (no pip.conf: its wheelhouse's other build of the same
+    # version must not win: a local version such as +cpu sorts above PyPI's CUDA build).
+    PIP_CONFIG_FILE=/dev/null pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"
 else
     pip install "torch==${TORCH_VERSION}"
 fi

@@ -30,6 +30,9 @@ debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     "$suite" "$root" "$DEBIAN_MIRROR" >"$root.log" 2>&1 || {
     tail -n 20 "$root.log" >&2; rm -f "$root.log"; exit 1; }
 rm -f "$root.log"
+# The mirror was this machine's, for fetching: the image names Debian's own (a build's
+# builder stage uses this machine's again, docker/builder.sh).
+echo "deb http://deb.debian.org/debian $suite main" >"$root/etc/apt/sources.list"
 # What an image needs no copy of: apt's downloaded lists and packages, docs, man pages.
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb \
     "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/tmp/* "$root"/var/log/*

@@ -167,3 +167,24 @@ def test_the_gpu_image_without_a_gpu_is_unhealthy_with_one_clear_line(container)
     assert "Traceback" not in c.logs()
     once = docker("run", "--rm", "--network", "host", GPU_IMAGE, timeout=300)
     assert once.returncode == 1 and line in once.stderr, once.stderr[-2000:]
+
+
+def test_a_webhook_receiver_that_hangs_does_not_make_docker_kill_the_worker(container):
+    """A receiver that takes the connection and never answers: its tries end with the
+    stop's budget, the log says so, and the container exits 0 within Docker's 10 s."""
+    import socket
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(8)
+    try:
+        c = container(HANDLER)
+        c.wait_api()
+        job = c.post("/run", {"input": {"do": "echo"}, "webhook":
+                              f"http://127.0.0.1:{hang.getsockname()[1]}/hook"}).json()["id"]
+        c.until(lambda: c.post(f"/status/{job}", {}).json()["status"] == "COMPLETED",
+                what="the job completed")
+        took = c.stop()
+        assert c.exit_code() == 0 and took < 10, (took, c.logs())
+        assert "webhooks still trying at the end of the stop's budget" in c.logs()
+    finally:
+        hang.close()

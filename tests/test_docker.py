@@ -143,6 +143,7 @@ def test_healthcheck_reads_the_health_file_in_load_balancing_mode(tmp_path, hand
 
 def test_healthcheck_against_the_local_api(server):
     s = server("misbehave.py")
+    s.health_until(lambda w: any(c["state"] in ("ready", "busy") for c in w["children"]))
     ok = run_cli([PYTHON, "-m", "worker.healthcheck"],
                  env={"WORKER_SERVE_API": "true", "WORKER_API_PORT": str(s.port)})
     assert ok.returncode == 0 and "healthy: worker running" in ok.stdout
@@ -154,6 +155,11 @@ def test_healthcheck_against_the_local_api(server):
     nothing = run_cli([PYTHON, "-m", "worker.healthcheck"],
                       env={"WORKER_SERVE_API": "true", "WORKER_API_PORT": "1"})
     assert nothing.returncode == 1
+    hung = server("slow_setup.py")           # its set-up never ends: running, never ready
+    hung.health_until(lambda w: w["children"] and w["children"][0]["state"] == "starting")
+    stuck = run_cli([PYTHON, "-m", "worker.healthcheck"],
+                    env={"WORKER_SERVE_API": "true", "WORKER_API_PORT": str(hung.port)})
+    assert stuck.returncode == 1 and "no worker process can take jobs" in stuck.stdout
 
 
 # --- docker/build.py: what a build may read of this machine -----------------------------
@@ -167,46 +173,60 @@ def _build_module():
 
 
 def test_the_build_serves_what_pip_uses_over_loopback_and_nothing_else(tmp_path, monkeypatch):
-    """Local find-links and file:// indexes become loopback URLs (an index's parent folder
-    is served, for its ../../files links), http(s) ones pass as they are, the CA bundle is
-    served as one file; a path outside what was shared is refused, `..` included."""
+    """What a build may read of this machine goes to it over loopback: a pip.conf whose
+    local find-links and file:// indexes are loopback URLs (an index's parent folder
+    shared, for its ../../files links) and whose http(s) ones pass as they are, the CA
+    bundle, the constraints. A shared folder gives package files only (a symlinked wheel
+    included, as pip reads it), never another file beside them, nor anything `..` reaches."""
+    import http.client
+
     import requests
     build = _build_module()
-    wheels, index, outside = tmp_path / "wheels", tmp_path / "pypi", tmp_path / "secret"
+    wheels, index, home = tmp_path / "wheels", tmp_path / "home" / "pypi", tmp_path / "home"
     (index / "simple" / "pkg").mkdir(parents=True)
     (index / "files").mkdir()
     wheels.mkdir()
-    outside.mkdir()
     (wheels / "torch-2.13.0+cpu-cp311-none-any.whl").write_bytes(b"wheel")
+    (tmp_path / "elsewhere.whl").write_bytes(b"linked")
+    (wheels / "linked-1.0-py3-none-any.whl").symlink_to(tmp_path / "elsewhere.whl")
     (index / "simple" / "pkg" / "index.html").write_text(
         '<a href="../../files/pkg-1.0-py3-none-any.whl">pkg</a>')
     (index / "files" / "pkg-1.0-py3-none-any.whl").write_bytes(b"pkg")
-    (outside / "key").write_text("private")
+    (index / "id_rsa").write_text("private")            # beside the index, in what is shared
+    (home / ".netrc").write_text("private")
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    constraints = tmp_path / "c.txt"
+    constraints.write_text("torch<=2.14.1\n")
     monkeypatch.setattr(build, "LOOPBACK_PORT", 0)
-    config = {"index-url": "https://mirror.example/simple",
+    config = {"index-url": "https://user:token@mirror.example/simple",
               "extra-index-url": f"file://{index}/simple https://other.example/simple",
-              "find-links": f"{wheels} https://links.example/", "cert": str(ca)}
+              "find-links": f"{wheels} https://links.example/", "cert": str(ca),
+              "constraint": str(constraints)}
     with build.Loopback() as loop:
-        args = build.build_args(config, loop)
-        assert args["PIP_INDEX_URL"] == "https://mirror.example/simple"
-        local_index, other = args["PIP_EXTRA_INDEX_URL"].split()
-        assert local_index.startswith("http://127.0.0.1:") and other == config[
-            "extra-index-url"].split()[1]
-        local_links, remote_links = args["PIP_FIND_LINKS"].split()
-        assert remote_links == "https://links.example/"
+        given = build.build_inputs(config, loop)
+        assert {"pip.conf", "ca.pem", "constraints.txt"} <= set(given)
+        conf = requests.get(f"{loop.base}/inputs/pip.conf", timeout=5).text
+        lines = dict(line.split(" = ", 1) for line in conf.splitlines()[1:])
+        assert lines["index-url"] == "https://user:token@mirror.example/simple"
+        local_index, other = lines["extra-index-url"].split()
+        assert local_index.startswith(loop.base) and other == "https://other.example/simple"
+        local_links, remote_links = lines["find-links"].split()
+        assert local_links.startswith(loop.base) and remote_links == "https://links.example/"
+        assert requests.get(lines["constraint"], timeout=5).text == "torch<=2.14.1\n"
+        assert requests.get(f"{loop.base}/inputs/ca.pem", timeout=5).text == ca.read_text()
         page = requests.get(f"{local_index}/pkg/", timeout=5).text
         assert "../../files/pkg-1.0-py3-none-any.whl" in page
         assert requests.get(f"{local_index}/../files/pkg-1.0-py3-none-any.whl",
                             timeout=5).content == b"pkg"
         assert "torch-2.13.0%2Bcpu" in requests.get(local_links, timeout=5).text
-        assert requests.get(args["BUILD_CA_URL"], timeout=5).text == ca.read_text()
-        import http.client
+        assert requests.get(f"{local_links}linked-1.0-py3-none-any.whl",
+                            timeout=5).content == b"linked"
         shared = local_links.rstrip("/").rsplit("/", 1)[-1]
-        ca_root = args["BUILD_CA_URL"].rsplit("/", 2)[-2]
-        for path in ("/", "/9/", f"/{shared}/../secret/key", f"/{shared}/%2e%2e/secret/key",
-                     f"/{shared}/..%2fsecret/key", f"/{ca_root}/other", f"/{ca_root}/",
+        index_root = local_index.rstrip("/").rsplit("/", 2)[-2]
+        for path in ("/9/", f"/{index_root}/id_rsa", f"/{index_root}/../.netrc",
+                     f"/{shared}/../home/.netrc", f"/{shared}/%2e%2e/home/.netrc",
+                     f"/{shared}/..%2fhome/.netrc", "/inputs/other", "/inputs/../c.txt",
                      "/../../etc/passwd"):
             conn = http.client.HTTPConnection("127.0.0.1", loop.server.server_address[1],
                                               timeout=5)
@@ -218,9 +238,11 @@ def test_the_build_serves_what_pip_uses_over_loopback_and_nothing_else(tmp_path,
 
 
 def test_the_build_reads_pips_configuration_as_pip_does(tmp_path):
-    """PIP_* variables over the config file's [install] over [global]."""
+    """PIP_* variables over the config file's [install] over [global]; a value written over
+    several lines, pip's usual form for lists, is one list."""
     conf = tmp_path / "pip.conf"
     conf.write_text("[global]\nfind-links = /from/global\nindex-url = https://g.example/\n"
+                    "extra-index-url =\n    file:///a/simple\n    https://it's.example/\n"
                     "[install]\nindex-url = https://i.example/\n")
     env = {**os.environ, "PIP_CONFIG_FILE": str(conf), "PIP_FIND_LINKS": "/from/env"}
     code = ("import importlib.util, json, sys; s = importlib.util.spec_from_file_location("
@@ -229,6 +251,7 @@ def test_the_build_reads_pips_configuration_as_pip_does(tmp_path):
     proc = subprocess.run([PYTHON, "-c", code], env=env, capture_output=True, text=True)
     config = json.loads(proc.stdout)
     assert config["find-links"] == "/from/env" and config["index-url"] == "https://i.example/"
+    assert config["extra-index-url"].split() == ["file:///a/simple", "https://it's.example/"]
 
 
 def test_the_builder_step_refuses_an_old_python_with_one_line(tmp_path):

@@ -243,3 +243,20 @@ def test_settings_given_only_to_start_reach_the_queue_source(fake, start):
     assert finals["fresh"]["stopPod"] is True
     assert "stopPod" not in finals["small"]
     assert w.stop() == 0
+
+
+def test_a_queue_gone_at_the_stop_does_not_hold_the_exit_past_the_stops_budget(fake, start):
+    """A platform's stop timeout covers grace + 2 x stop grace + 1 s (README "Stopping"):
+    a result that cannot reach the queue is retried within that, then named in the log,
+    and the worker exits 0 before the platform would kill it (it retried for 15 s)."""
+    w = start(WORKER_SHUTDOWN_GRACE="0.5", WORKER_STOP_GRACE="0.5")
+    fake.add_jobs([{"id": "stuck", "input": {"do": "sleep", "seconds": 60}}])
+    assert fake.wait_for(lambda f: any(ids == ["stuck"] for _, ids in f.takes), 30)
+    assert fake.wait_for(lambda f: any("stuck" in str(p) for p in f.pings), 30)   # running
+    fake.pause(cut=True)
+    t0 = time.monotonic()
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(60) == 0
+    took = time.monotonic() - t0
+    assert took < 0.5 + 2 * 0.5 + 1 + 2, (took, w.text()[-3000:])    # + the exit's own time
+    assert "result NOT delivered before exit" in w.text(), w.text()[-2500:]

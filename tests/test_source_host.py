@@ -166,3 +166,29 @@ def test_a_stop_that_escalates_does_not_spin_the_supervisors_loop(tmp_path):
     finally:
         if server.proc.poll() is None:
             server.proc.kill()
+
+
+def test_local_api_a_webhook_that_hangs_does_not_hold_the_exit_past_the_stops_budget(tmp_path):
+    """A receiver that takes the connection and never answers: the stop's budget (grace
+    + 2 x stop grace + 1 s) ends its tries, the log says so, and the worker exits 0 in
+    time for a platform's stop timeout (it waited for every try: 4 x 10 s)."""
+    import socket
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(8)                        # accepted by the kernel, never answered
+    url = f"http://127.0.0.1:{hang.getsockname()[1]}/hook"
+    server = Server("edges.py", tmp_path, WORKER_SHUTDOWN_GRACE="0.5", WORKER_STOP_GRACE="0.5")
+    try:
+        job = server.post("/run", {"input": {"do": "sleep", "seconds": 0.1},
+                                   "webhook": url}).json()["id"]
+        server.until(job, lambda s: s["status"] == "COMPLETED")
+        t0 = time.monotonic()
+        server.proc.send_signal(15)
+        assert server.proc.wait(60) == 0, server.log.read_text()[-3000:]
+        took = time.monotonic() - t0
+        assert took < 0.5 + 2 * 0.5 + 1 + 2, (took, server.log.read_text()[-3000:])
+        assert "webhooks still trying at the end of the stop's budget" in server.log.read_text()
+    finally:
+        hang.close()
+        if server.proc.poll() is None:
+            server.proc.kill()

@@ -1,6 +1,7 @@
 """`python -m worker.healthcheck`: the Docker HEALTHCHECK.
 
-Healthy (exit 0) means the worker can run jobs; else exit 1 with the reason. It asks what
+Healthy (exit 0) means the worker can run jobs now (a child is ready); else exit 1 with
+the reason. It asks what
 the worker offers: the health file (WORKER_HEALTH_FILE, written in every mode; the images
 set it) and, with the local API on, GET /health. Both must say so when both are there.
 With neither there is nothing to ask: exit 0.
@@ -14,6 +15,10 @@ import urllib.error
 import urllib.request
 
 from .config import Settings, SettingsError
+
+# Running, but no child can take a job: a set-up, or a replacement, not finished yet. The
+# image's start period covers the first set-up; past it, a set-up that hangs is unhealthy.
+NOT_READY = "worker running, but no worker process can take jobs: its set-up has not finished"
 
 
 def check(settings: Settings, timeout: float = 4.0) -> tuple[bool, str]:
@@ -42,8 +47,7 @@ def check_file(path: str) -> tuple[bool, str]:
     except PermissionError:
         pass                          # alive, another user's
     if state == "running":
-        return True, "worker running" + ("" if record.get("ready") else
-                                         " (its worker process is starting)")
+        return (True, "worker running") if record.get("ready") else (False, NOT_READY)
     return False, f"worker {state}: {record.get('failure')}"
 
 
@@ -61,7 +65,8 @@ def check_api(settings: Settings, timeout: float) -> tuple[bool, str]:
     worker = health.get("worker") or {}
     state = worker.get("state")
     if state == "running":
-        return True, "worker running"
+        ready = any(c.get("state") in ("ready", "busy") for c in worker.get("children") or ())
+        return (True, "worker running") if ready else (False, NOT_READY)
     return False, f"worker {state}: {worker.get('failure')}"
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Callable
 
 from ..config import Settings
@@ -24,6 +25,10 @@ log = logging.getLogger("worker")
 # and the exit seen; then a margin for the loop's own end.
 STOP_STEPS = 3
 STOP_MARGIN_S = 5.0
+# The stop's budget after a signal, what a platform's stop timeout must cover: the grace,
+# the child's stop to SIGKILL (two steps), and this for what ended to go out. Deliveries
+# still trying at its end are given up (logged), so the exit is 0 before the kill.
+DELIVERY_S = 1.0
 
 
 def exit_process(message: str) -> None:
@@ -40,6 +45,7 @@ class SourceHost:
                                             one_child=one_child)
         self.signalled = threading.Event()     # a first SIGTERM/SIGINT came
         self.signal_name = ""
+        self.stop_by: float | None = None      # the stop's budget ends (after a signal)
         self._signals = 0
 
     def start(self) -> Supervisor:
@@ -69,6 +75,8 @@ class SourceHost:
     def _on_signal(self, signum, frame) -> None:
         self._signals += 1
         if self._signals == 1:
+            s = self.sup.settings
+            self.stop_by = time.monotonic() + s.shutdown_grace + 2 * s.stop_grace + DELIVERY_S
             self.signal_name = signal.Signals(signum).name
             self.signalled.set()
             return
@@ -80,6 +88,13 @@ class SourceHost:
         """How long a stop with `grace` may take: the grace for running jobs, then each
         child's stop escalating to SIGKILL and its exit seen, and a margin."""
         return max(0.0, grace) + STOP_STEPS * self.sup.settings.stop_grace + STOP_MARGIN_S
+
+    def left(self, most: float) -> float:
+        """Seconds a source may still spend delivering: `most`, cut to what is left of the
+        stop's budget once a signal came."""
+        if self.stop_by is None:
+            return most
+        return max(0.0, min(most, self.stop_by - time.monotonic()))
 
     def stop(self, grace: float = 0.0) -> bool:
         """Stop taking jobs, let running ones finish for `grace` seconds, stop the

@@ -378,6 +378,22 @@ class JobStore(JobListener):
 
     # --- webhooks --------------------------------------------------------------------------
 
+    def close(self, deadline: float | None) -> bool:
+        """No new webhook; the ones on their way get until `deadline` (the stop's budget;
+        None: as long as their tries take). False if some were still trying then: the log
+        names them, and the process must exit without waiting for their threads."""
+        self._webhooks.shutdown(wait=False)
+        while deadline is not None:
+            with self.lock:
+                if self.webhook_bytes <= 0:
+                    return True
+            if time.monotonic() >= deadline:
+                log.error("webhooks still trying at the end of the stop's budget are not "
+                          "delivered (%d bytes)", self.webhook_bytes)
+                return False
+            time.sleep(0.05)
+        return True
+
     def _send_webhook(self, hook: Hook, data: bytes) -> None:
         """One job's webhook, tried WEBHOOK_TRIES times; in a pool, so a receiver that never
         answers holds up only its own job's webhook. It carries the job's traceparent."""

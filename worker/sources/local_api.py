@@ -15,6 +15,7 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import sys
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -429,4 +430,8 @@ def run_server(app: FastAPI, settings: Settings, host: SourceHost, sockets: list
                         f"the server stops; running jobs have {settings.shutdown_grace:g}s "
                         "to finish")
     server.run(sockets=sockets)
+    store = app.state.gpu_worker.get("store")
+    if store is not None and not store.close(host.stop_by):
+        logging.shutdown()        # a webhook still trying must not hold the exit past the
+        os._exit(0)               # stop's budget (its pool's threads would be joined)
     return 0

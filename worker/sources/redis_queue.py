@@ -165,7 +165,7 @@ class RedisQueueSource(JobListener):
         for held in left:
             self._release(held)
         self.host.stop(0)
-        unwritten = self.writer.close(max(5.0, self.settings.stop_grace * 2))
+        unwritten = self.writer.close(self.host.left(max(5.0, self.settings.stop_grace * 2)))
         if unwritten:
             log.error("%d write(s) could not reach the queue before the exit; their jobs "
                       "run again once their lease runs out", unwritten)

@@ -30,7 +30,7 @@ from ..parent.supervisor import JobListener, Supervisor, WorkerState
 from ..version import __version__
 from . import runpod_batch
 from .host import SourceHost
-from .runpod_delivery import Backoff, Delivery, Post
+from .runpod_delivery import FLUSH_S, Backoff, Delivery, Post
 from .runpod_take import LEAVE_S, TakeAborted, TakeClient, TakeError
 from .runpod_urls import RunPodUrls
 
@@ -120,7 +120,7 @@ class RunPodSource(JobListener):
                 self._cond.wait_for(lambda: self.taking_done.is_set() and not self._taken,
                                     max(0.0, deadline - time.monotonic()))
             self.host.stop(0)
-            self.delivery.close()
+            self.delivery.close(self.host.left(FLUSH_S))   # within the stop's budget
             if self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN):
                 self._report_unhealthy()
                 return 1

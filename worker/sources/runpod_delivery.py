@@ -28,6 +28,7 @@ import requests
 from .. import stream_bound
 
 log = logging.getLogger("worker.runpod")
+FLUSH_S = 15.0       # after the jobs are done: results are retried this long at most
 
 POSTERS = 4                # posters whose posts go through: more only cost GIL time
 MAX_POSTERS = 32           # with the ones stuck retrying: a slow lane never blocks the rest
@@ -87,7 +88,7 @@ class Delivery:
         self._retrying = 0        # posters in the retries of a failing post
         self._closing = False
         self._deadline: float | None = None     # close()'s flush deadline
-        self._redelivering = 0    # kept results a redelivery has taken out, in its hands
+        self._in_hand: list = []   # results a poster or a redelivery is trying now
         self._undelivered: list[Post] = []      # results that ran out of tries (under _cond)
         self._chunk_bytes = chunk_bytes
         self._waiting: dict[str, list] = {}  # job id -> [chunks in its lane, bytes, dropped]
@@ -157,7 +158,7 @@ class Delivery:
             self._retrying += 1
             self._grow()
 
-    def close(self, flush_s: float = 15.0) -> None:
+    def close(self, flush_s: float = FLUSH_S) -> None:
         """Post what is kept and every lane, each post tried until flush_s from now."""
         with self._cond:
             self._closing = True
@@ -165,9 +166,9 @@ class Delivery:
             self._cond.notify_all()
         self.redeliver_once(final=True)
         with self._cond:       # the lanes, and a redelivery the thread has in its hands
-            self._cond.wait_for(lambda: not self._lanes and not self._redelivering,
+            self._cond.wait_for(lambda: not self._lanes and not self._in_hand,
                                 max(0.0, self._deadline - time.monotonic()))
-            left = list(self._undelivered) + [
+            left = list(self._undelivered) + self._in_hand + [
                 post for lane in self._lanes.values() for post in lane if post.kind == "done"]
         for post in left:
             log.error("result NOT delivered before exit: %s",
@@ -220,6 +221,7 @@ class Delivery:
                     self._unwait(job_id, post)
                 elif post.kind == "done":
                     self._waiting.pop(job_id, None)     # its last post: no chunk follows
+                    self._in_hand.append(post)
             retried = False
 
             def retrying() -> None:       # once per post: this poster now counts as stuck
@@ -232,16 +234,19 @@ class Delivery:
             except Exception:     # noqa: BLE001 - a post must never end its poster
                 log.exception("%s post failed", post.kind, extra={"job_id": post.job_id})
                 delivered = False
-            if retried:
-                with self._cond:
-                    self._retrying -= 1
+            with self._cond:
+                self._retrying -= retried
+                if post.kind == "done":
+                    self._in_hand.remove(post)
+                    if not delivered:
+                        self._undelivered.append(post)
+                closed = self._closing          # then close() names it, kept or in hand
             if not delivered and post.kind == "done":
                 self._metrics.post(post.kind, "undelivered")
-                with self._cond:
-                    self._undelivered.append(post)
-                log.error("result could not be delivered after %d tries; kept, and "
-                          "retried every %gs", post.attempts, REDELIVER_EVERY,
-                          extra={"job_id": post.job_id})
+                if not closed:
+                    log.error("result could not be delivered after %d tries; kept, and "
+                              "retried every %gs", post.attempts, REDELIVER_EVERY,
+                              extra={"job_id": post.job_id})
 
     def deliver(self, session: requests.Session, post: Post,
                 attempts: int = POST_ATTEMPTS,
@@ -301,7 +306,7 @@ class Delivery:
         session = self._session()      # first: a failure here leaves the results kept
         with self._cond:
             pending, self._undelivered = self._undelivered, []
-            self._redelivering += len(pending)
+            self._in_hand.extend(pending)
         for post in pending:
             try:
                 delivered = self.deliver(session, post, attempts=2 if final else 1)
@@ -311,7 +316,7 @@ class Delivery:
             with self._cond:
                 if not delivered:
                     self._undelivered.append(post)
-                self._redelivering -= 1
+                self._in_hand.remove(post)
                 self._cond.notify_all()
             if delivered:
                 log.info("result delivered after %d tries", post.attempts,
