@@ -27,10 +27,12 @@ from __future__ import annotations
 import argparse
 import ast
 import functools
+import hashlib
 import http.server
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -47,7 +49,8 @@ PULL_TIMEOUT_S = 120
 PROBE_TIMEOUT_S = 10
 # The loopback server's port is part of the URLs passed as build arguments, and a changed
 # argument rebuilds every step after it: the same port each time keeps torch's step cached.
-LOOPBACK_PORT = int(os.environ.get("DOCKER_BUILD_PORT", "38421"))
+LOOPBACK_PORT = int(os.environ.get("DOCKER_BUILD_PORT") or 38421) \
+    if (os.environ.get("DOCKER_BUILD_PORT") or "38421").isdigit() else 0
 
 
 def say(text: str) -> None:
@@ -98,6 +101,9 @@ def pip_config() -> dict[str, str]:
     [install] over [global]."""
     proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"],
                           capture_output=True, text=True)
+    if proc.returncode != 0:
+        say(f"{sys.executable} -m pip config list failed: pip's settings are not passed "
+            f"({(proc.stderr.strip().splitlines() or ['?'])[-1]})")
     rank = {"global": 0, "install": 1, ":env:": 2}
     best: dict[str, tuple[int, str]] = {}
     for line in proc.stdout.splitlines():
@@ -117,6 +123,10 @@ def pip_config() -> dict[str, str]:
 # What a shared folder may give: package files and index pages, nothing else (a file://
 # index's parent folder is shared for its ../../files links, and may hold anything).
 PACKAGE_FILES = (".whl", ".tar.gz", ".zip", ".tgz", ".tar.bz2", ".metadata", ".html")
+# pip settings passed to the build as they are (the ones naming this machine's files are
+# translated above, or left out: a cache folder, a log, a client certificate)
+PASSED = ("trusted-host", "proxy", "no-index", "timeout", "default-timeout", "retries",
+          "pre", "only-binary", "no-binary", "prefer-binary")
 
 
 class Loopback:
@@ -136,11 +146,20 @@ class Loopback:
             self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def share(self, folder: Path) -> str:
-        """The URL under which `folder`'s package files are served."""
-        name = f"{len(self.roots)}"
+    def share(self, folder: Path, listing: bool = True) -> str:
+        """The URL under which `folder`'s package files are served; `listing`: its folders
+        are listed (pip reads a find-links folder's listing; an index has its pages)."""
+        name = f"{len(self.roots)}" + ("" if listing else "i")
         self.roots[name] = folder
         return f"{self.base}/{name}/"
+
+    def digest(self) -> str:
+        """Of what is given, in a build argument: a changed input rebuilds the steps that
+        read it (the URL alone stays the same), and the digest gives nothing away."""
+        h = hashlib.sha256()
+        for name in sorted(self.inputs):
+            h.update(name.encode() + b"\0" + self.inputs[name] + b"\0")
+        return h.hexdigest()[:16]
 
     def __enter__(self):
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -169,9 +188,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         return super().do_GET()
 
     def translate_path(self, path: str) -> str:
-        """A path inside a shared folder, `..` normalised away before it is looked at;
-        symlinks in the folder are followed, as pip follows them; only folders and
-        package files."""
+        """A path inside a shared folder (`..` normalised away first): a folder whose real
+        path is inside the shared one too (listed only where the share lists), or a
+        package file, one a symlink in the folder points to included (pip reads those)."""
         parts = urllib.parse.unquote(urllib.parse.urlsplit(path).path).lstrip("/").split("/")
         root = self.roots.get(parts[0])
         if root is None:
@@ -180,7 +199,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         target = os.path.normpath(os.path.join(base, *parts[1:]))
         if target != base and not target.startswith(base + os.sep):
             return "/nonexistent"
-        if os.path.isdir(target) or target.endswith(PACKAGE_FILES):
+        real, real_base = os.path.realpath(target), os.path.realpath(base)
+        if os.path.isdir(target):
+            inside = real == real_base or real.startswith(real_base + os.sep)
+            listed = not parts[0].endswith("i") or os.path.isfile(os.path.join(target,
+                                                                              "index.html"))
+            return target if inside and listed else "/nonexistent"
+        if target.endswith(PACKAGE_FILES) and real.endswith(PACKAGE_FILES):
             return target
         return "/nonexistent"
 
@@ -202,7 +227,7 @@ def served_index(url: str, loop: Loopback) -> str:
     path = local_path(url)
     if path is None:
         return url
-    return loop.share(path.parent) + path.name
+    return loop.share(path.parent, listing=False) + path.name
 
 
 def apt_mirror() -> str | None:
@@ -237,8 +262,9 @@ def build_inputs(config: dict[str, str], loop: Loopback) -> list[str]:
              for location in config.get("find-links", "").split()]
     if links:
         conf.append("find-links = " + " ".join(links))
-    if config.get("trusted-host"):
-        conf.append(f"trusted-host = {config['trusted-host']}")
+    for key in PASSED:
+        if config.get(key):
+            conf.append(f"{key} = {config[key]}")
     constraint = local_path(config.get("constraint", ""))
     if constraint is not None and constraint.is_file():
         loop.inputs["constraints.txt"] = constraint.read_bytes()
@@ -257,9 +283,16 @@ def build_inputs(config: dict[str, str], loop: Loopback) -> list[str]:
 
 
 def proxy_args() -> dict[str, str]:
-    """Docker's predefined proxy build arguments, from the environment (no image keeps them)."""
-    return {name: os.environ[name] for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-            "http_proxy", "https_proxy", "no_proxy") if os.environ.get(name)}
+    """Docker's predefined proxy build arguments, from the environment (no image keeps them).
+    With a proxy, loopback is added to NO_PROXY: the build's inputs are on 127.0.0.1, and
+    neither urllib nor pip bypasses a proxy for loopback by itself."""
+    args = {name: os.environ[name] for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
+            "https_proxy") if os.environ.get(name)}
+    if args:
+        given = os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or ""
+        no_proxy = ",".join(filter(None, [given, "127.0.0.1", "localhost"]))
+        args.update(NO_PROXY=no_proxy, no_proxy=no_proxy)
+    return args
 
 
 def dockerfile_default(path: Path, name: str) -> str:
@@ -267,19 +300,26 @@ def dockerfile_default(path: Path, name: str) -> str:
     return m.group(1) if m else ""
 
 
-def torch_index(asked: str | None, dockerfile: Path) -> str:
-    """The index torch comes from; "" for pip's own configuration."""
+def torch_index(asked: str | None, dockerfile: Path, flavour: str, cafile: str | None) -> str:
+    """The index torch comes from; "" for pip's own configuration. The CPU image falls
+    back to pip's configuration when the index does not answer; the GPU image does not (a
+    wheelhouse's +cpu build would win there without a word)."""
     if asked == "pip":
         return ""
     url = asked or dockerfile_default(dockerfile, "TORCH_INDEX_URL")
     probe = url.rstrip("/") + "/torch/"
     try:
-        urllib.request.urlopen(probe, timeout=PROBE_TIMEOUT_S).close()
+        context = ssl.create_default_context(cafile=cafile if cafile else None)
+        urllib.request.urlopen(probe, timeout=PROBE_TIMEOUT_S, context=context).close()
         return url
     except Exception as exc:      # noqa: BLE001 - any failure means: not from here
-        say(f"torch's index {url} does not answer from here ({exc.__class__.__name__}); "
-            "torch comes from pip's configuration instead")
-        return ""
+        why = f"torch's index {url} does not answer from here ({exc.__class__.__name__})"
+    if flavour == "gpu":
+        raise SystemExit(f"docker-build: {why}; name one that does (--torch-index URL, make "
+                         "docker-build TORCH_INDEX=URL), or --torch-index pip to take torch "
+                         "from pip's configuration")
+    say(f"{why}; torch comes from pip's configuration instead")
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,9 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     buildkit = docker("buildx", "version", capture_output=True).returncode == 0
     env.setdefault("DOCKER_BUILDKIT", "1" if buildkit else "0")
     with Loopback() as loop:
-        given = build_inputs(pip_config(), loop)
         args = {**proxy_args(), "PYTHON_IMAGE": base, "BUILD_INPUTS_URL": f"{loop.base}/inputs"}
-        args["TORCH_INDEX_URL"] = torch_index(opts.torch_index, dockerfile)
+        config = pip_config()
+        given = build_inputs(config, loop)
+        args["TORCH_INDEX_URL"] = torch_index(opts.torch_index, dockerfile, opts.flavour,
+                                              config.get("cert"))
+        args["BUILD_INPUTS_DIGEST"] = loop.digest()
         cmd = ["docker", "build", "--network", "host", "-f", str(dockerfile), "-t", tag]
         for key, value in args.items():
             cmd += ["--build-arg", f"{key}={value}"]

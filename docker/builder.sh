@@ -14,13 +14,20 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
 
 inputs=$(mktemp -d)
 trap 'rm -rf "$inputs"' EXIT
-fetch() {   # fetch NAME: the input into $inputs/NAME; false if the build gave none
-    [ -n "${BUILD_INPUTS_URL:-}" ] && python3 -c 'import sys, urllib.error, urllib.request
+fetch() {   # fetch NAME: the input into $inputs/NAME; false if the build gave none (404)
+    [ -n "${BUILD_INPUTS_URL:-}" ] || return 1
+    python3 -c 'import sys, urllib.error, urllib.request
 try:
     body = urllib.request.urlopen(sys.argv[1], timeout=30).read()
-except urllib.error.HTTPError:
-    sys.exit(1)
-open(sys.argv[2], "wb").write(body)' "$BUILD_INPUTS_URL/$1" "$inputs/$1"
+except urllib.error.HTTPError as exc:
+    if exc.code == 404:
+        sys.exit(1)
+    sys.exit(f"the build input {sys.argv[1]} cannot be read: {exc}")
+except OSError as exc:
+    sys.exit(f"the build input {sys.argv[1]} cannot be read: {exc} (a build step must reach "
+             "127.0.0.1 on the building machine: docker build --network host, no proxy)")
+open(sys.argv[2], "wb").write(body)' "$BUILD_INPUTS_URL/$1" "$inputs/$1" || {
+        rc=$?; [ $rc = 1 ] && return 1; exit $rc; }
 }
 if fetch pip.conf; then
     export PIP_CONFIG_FILE="$inputs/pip.conf"
@@ -33,7 +40,11 @@ if fetch ca.pem; then
         || cp "$inputs/ca.pem" "$ca"
     export PIP_CERT="$ca"
 fi
-apt() { apt-get ${ca:+-o Acquire::https::CAInfo="$ca"} -q "$@"; }
+apt_get() {
+    DEBIAN_FRONTEND=noninteractive
+    export DEBIAN_FRONTEND
+    apt-get ${ca:+-o Acquire::https::CAInfo="$ca"} -q "$@"
+}
 
 if [ "${1:-}" = project ]; then
     /opt/venv/bin/pip install "/src[examples]"
@@ -43,17 +54,28 @@ if [ "${1:-}" = project ]; then
     fi
     exit 0
 fi
-if fetch apt-mirror; then           # the building machine's mirror, in this stage only
+if fetch apt-mirror; then
+    # The building machine's mirror for Debian's main archive (not -security), for this
+    # step only: the sources are put back before it ends.
     mirror=$(cat "$inputs/apt-mirror")
+    cp -a /etc/apt "$inputs/apt-etc"
+    trap 'rm -rf /etc/apt && cp -a "$inputs/apt-etc" /etc/apt; rm -rf "$inputs"' EXIT
     for f in /etc/apt/sources.list /etc/apt/sources.list.d/*; do
-        [ -f "$f" ] && sed -i "s#https\?://deb.debian.org/debian#$mirror#g" "$f"
+        [ -f "$f" ] || continue
+        python3 - "$f" "$mirror" <<'PY'
+import re, sys
+path, mirror = sys.argv[1], sys.argv[2]
+text = open(path).read()
+open(path, "w").write(re.sub(r"https?://deb\.debian\.org/debian(?=[\s/]|$)", lambda m: mirror, text))
+PY
     done
 fi
-apt update >/dev/null
+apt_get update >/dev/null
 packages=tini
 python3 -m venv --help >/dev/null 2>&1 && python3 -c 'import ensurepip' 2>/dev/null \
     || packages="$packages python3-venv"
-DEBIAN_FRONTEND=noninteractive apt install -y --no-install-recommends $packages >/dev/null
+apt_get install -y --no-install-recommends $packages >/dev/null
+rm -rf /var/lib/apt/lists/*
 cp /usr/bin/tini-static /tini
 
 python3 -m venv /opt/venv

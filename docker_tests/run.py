@@ -2,7 +2,7 @@
 
 Starts a Docker engine if none answers (and says so: `dockerd --bridge=none
 --iptables=false --ip-masq=false`, every container on the host's network, reached on
-127.0.0.1 only), builds the CPU image (docker/build.py; its cache makes a rebuild of an
+127.0.0.1 only; it is left running, with its images, for the next run), builds the CPU image (docker/build.py; its cache makes a rebuild of an
 unchanged tree seconds), runs docker_tests/, and prints the time of each part. Where
 Docker cannot run at all it prints one line saying why and exits 0: there is nothing to
 test. DOCKER_TEST_GPU=1 also builds the GPU image (several GB) and tests it without a GPU.

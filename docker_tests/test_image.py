@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from docker_tests.conftest import GPU_IMAGE, IMAGE, MOUNT, docker, unusable
+from docker_tests.containers import GPU_IMAGE, IMAGE, MOUNT, docker, unusable
 from tests.fake_runpod import FakeRunPod
 from tests.support import Hook
 
@@ -183,8 +183,8 @@ def test_a_webhook_receiver_that_hangs_does_not_make_docker_kill_the_worker(cont
                               f"http://127.0.0.1:{hang.getsockname()[1]}/hook"}).json()["id"]
         c.until(lambda: c.post(f"/status/{job}", {}).json()["status"] == "COMPLETED",
                 what="the job completed")
-        took = c.stop()
-        assert c.exit_code() == 0 and took < 10, (took, c.logs())
+        c.stop()                        # Docker's default: SIGKILL (exit 137) at 10 s
+        assert c.exit_code() == 0, c.logs()
         assert "webhooks still trying at the end of the stop's budget" in c.logs()
     finally:
         hang.close()

@@ -189,6 +189,8 @@ def test_the_build_serves_what_pip_uses_over_loopback_and_nothing_else(tmp_path,
     (wheels / "torch-2.13.0+cpu-cp311-none-any.whl").write_bytes(b"wheel")
     (tmp_path / "elsewhere.whl").write_bytes(b"linked")
     (wheels / "linked-1.0-py3-none-any.whl").symlink_to(tmp_path / "elsewhere.whl")
+    (wheels / "evil-1.0-py3-none-any.whl").symlink_to(home / ".netrc")   # a package's name
+    (wheels / "rootlink").symlink_to(home)                              # a way out
     (index / "simple" / "pkg" / "index.html").write_text(
         '<a href="../../files/pkg-1.0-py3-none-any.whl">pkg</a>')
     (index / "files" / "pkg-1.0-py3-none-any.whl").write_bytes(b"pkg")
@@ -225,6 +227,9 @@ def test_the_build_serves_what_pip_uses_over_loopback_and_nothing_else(tmp_path,
         shared = local_links.rstrip("/").rsplit("/", 1)[-1]
         index_root = local_index.rstrip("/").rsplit("/", 2)[-2]
         for path in ("/9/", f"/{index_root}/id_rsa", f"/{index_root}/../.netrc",
+                     f"/{index_root}/", f"/{index_root}/files/",          # no listing there
+                     f"/{shared}/evil-1.0-py3-none-any.whl", f"/{shared}/rootlink/",
+                     f"/{shared}/rootlink/.netrc",
                      f"/{shared}/../home/.netrc", f"/{shared}/%2e%2e/home/.netrc",
                      f"/{shared}/..%2fhome/.netrc", "/inputs/other", "/inputs/../c.txt",
                      "/../../etc/passwd"):

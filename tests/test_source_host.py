@@ -192,3 +192,25 @@ def test_local_api_a_webhook_that_hangs_does_not_hold_the_exit_past_the_stops_bu
         hang.close()
         if server.proc.poll() is None:
             server.proc.kill()
+
+
+def test_local_api_from_the_first_signal_new_jobs_and_ping_get_503(tmp_path):
+    """While the running job has its grace, the server still answers (its clients wait
+    for their answers) but takes no new job and tells a load balancer it is going: 503
+    with Retry-After, not a job accepted only to fail."""
+    server = Server("edges.py", tmp_path, WORKER_SHUTDOWN_GRACE="60")
+    try:
+        job = server.post("/run", {"input": {"do": "sleep", "seconds": 120}}).json()["id"]
+        server.until(job, lambda s: s["status"] == "IN_PROGRESS")
+        server.proc.send_signal(15)
+        _wait_in(server.log, "SIGTERM: the server stops", server.proc)
+        refused = server.post("/run", {"input": {"do": "sleep", "seconds": 0}})
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+        assert "stopping" in refused.text
+        assert server.get("/ping").status_code == 503
+        assert server.get(f"/status/{job}").json()["status"] == "IN_PROGRESS"
+        server.proc.send_signal(15)
+        assert server.proc.wait(30) == 1
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()

@@ -24,36 +24,45 @@ NOT_READY = "worker running, but no worker process can take jobs: its set-up has
 def check(settings: Settings, timeout: float = 4.0) -> tuple[bool, str]:
     if not settings.health_file and not settings.serve_api:
         return True, "no health file and no local API: nothing to check"
+    api = local_url(settings) if settings.serve_api else None
     if settings.health_file:
-        ok, why = check_file(settings.health_file)
-        if not ok or not settings.serve_api:
+        ok, why, written = check_file(settings.health_file)
+        api = written or api        # where the worker serves, its flags included
+        if not ok or not api:
             return ok, why
-    return check_api(settings, timeout)
+    return check_api(api, timeout)
 
 
-def check_file(path: str) -> tuple[bool, str]:
+def local_url(settings: Settings) -> str:
+    """The worker's local API as this machine reaches it."""
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
+    return f"http://{host}:{settings.api_port}"
+
+
+def check_file(path: str) -> tuple[bool, str, str | None]:
+    """(healthy, why, the local API's URL the worker wrote, if it serves one)."""
     try:
         with open(path) as f:
             record = json.load(f)
         pid, state = int(record["pid"]), record["state"]
+        api = record.get("api") if isinstance(record.get("api"), str) else None
     except FileNotFoundError:
-        return False, f"{path} is not written yet: the worker has not started"
+        return False, f"{path} is not written yet: the worker has not started", None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return False, f"{path} cannot be read: {exc}"
+        return False, f"{path} cannot be read: {exc}", None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False, f"the worker (pid {pid}) that wrote {path} is not running"
+        return False, f"the worker (pid {pid}) that wrote {path} is not running", None
     except PermissionError:
         pass                          # alive, another user's
     if state == "running":
-        return (True, "worker running") if record.get("ready") else (False, NOT_READY)
-    return False, f"worker {state}: {record.get('failure')}"
+        return (True, "worker running", api) if record.get("ready") else (False, NOT_READY, api)
+    return False, f"worker {state}: {record.get('failure')}", api
 
 
-def check_api(settings: Settings, timeout: float) -> tuple[bool, str]:
-    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
-    url = f"http://{host}:{settings.api_port}/health"
+def check_api(base: str, timeout: float) -> tuple[bool, str]:
+    url = f"{base}/health"
     try:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp:

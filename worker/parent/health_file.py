@@ -8,12 +8,16 @@ import logging
 import os
 import time
 
+from .. import healthcheck
+
 log = logging.getLogger("worker")
 
 
 class HealthFile:
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, settings):
+        self.path = settings.health_file
+        # where the local API listens, flags included: the health check asks there
+        self.api = healthcheck.local_url(settings) if settings.serve_api else None
         self._last = None
         self._warned = False
 
@@ -24,7 +28,7 @@ class HealthFile:
         self._last = key
         record = {"pid": os.getpid(), "state": status.state.value, "ready": status.ready,
                   "failure": status.failure, "child_pid": status.child_pid,
-                  "time": time.time()}
+                  "time": time.time(), "api": self.api}
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)

@@ -104,7 +104,7 @@ class Supervisor:
         self._dispatcher = Dispatcher(self.core, clock, self)
         self._dirty = False              # the core changed since the last publish
         self._fresh = False              # self.status was computed after the last change
-        self._health = HealthFile(settings.health_file) if settings.health_file else None
+        self._health = HealthFile(settings) if settings.health_file else None
         self._probe_stop = threading.Event()
         self._stopping = threading.Event()     # stop() was called: a settle wait gives up
         self._events = Commands()

@@ -89,7 +89,7 @@ class SourceHost:
         child's stop escalating to SIGKILL and its exit seen, and a margin."""
         return max(0.0, grace) + STOP_STEPS * self.sup.settings.stop_grace + STOP_MARGIN_S
 
-    def left(self, most: float) -> float:
+    def budget_left(self, most: float) -> float:
         """Seconds a source may still spend delivering: `most`, cut to what is left of the
         stop's budget once a signal came."""
         if self.stop_by is None:

@@ -134,6 +134,7 @@ class JobStore(JobListener):
         self.queued = 0                # jobs waiting, and the bytes of their bodies
         self.queued_bytes = 0
         self._webhooks = ThreadPoolExecutor(WEBHOOK_SENDERS, "gpu-worker-webhook")
+        self._sending: set = set()     # ids of the jobs whose webhook waits or is tried
         self._policy = webhooks          # webhook_post.Policy: addresses, deadline, proxy
 
     # --- called from the server's loop ---------------------------------------------------
@@ -361,6 +362,7 @@ class JobStore(JobListener):
             full = self.max_bytes and self.webhook_bytes + len(data) > self.max_bytes
             if not full:
                 self.webhook_bytes += len(data)
+                self._sending.add(rec.id)
         if full:
             self.sup.metrics.post("webhook", "undelivered")
             log.error("webhook %s not sent: %.0f MiB of webhooks wait already for receivers "
@@ -373,6 +375,7 @@ class JobStore(JobListener):
         except RuntimeError:
             with self.lock:
                 self.webhook_bytes -= len(data)
+                self._sending.discard(rec.id)
             log.error("webhook %s not sent: the worker is shutting down",
                       redaction.url(rec.webhook), extra={"job_id": rec.id})
 
@@ -380,16 +383,14 @@ class JobStore(JobListener):
 
     def close(self, deadline: float | None) -> bool:
         """No new webhook; the ones on their way get until `deadline` (the stop's budget;
-        None: as long as their tries take). False if some were still trying then: the log
-        names them, and the process must exit without waiting for their threads."""
+        None: as long as they take). False if some were left: the log names their jobs."""
         self._webhooks.shutdown(wait=False)
-        while deadline is not None:
-            with self.lock:
-                if self.webhook_bytes <= 0:
-                    return True
+        while deadline is not None and self._sending:
             if time.monotonic() >= deadline:
+                with self.lock:
+                    ids = sorted(self._sending)
                 log.error("webhooks still trying at the end of the stop's budget are not "
-                          "delivered (%d bytes)", self.webhook_bytes)
+                          "delivered: %s", ", ".join(ids))
                 return False
             time.sleep(0.05)
         return True
@@ -406,6 +407,7 @@ class JobStore(JobListener):
         finally:
             with self.lock:
                 self.webhook_bytes -= len(data)
+                self._sending.discard(hook.id)
 
     def _post_webhook(self, hook: Hook, data: bytes) -> None:
         url, metrics = hook.url, self.sup.metrics

@@ -29,13 +29,14 @@ def serve(settings: Settings, target) -> int:
     app = local_api.create_app(settings, balanced=True, host=host,
                                exposed=listen.beyond_loopback(sockets))
     if health != port:
-        start_ping_server(health, lambda: host.sup.status)
+        start_ping_server(health, lambda: host.sup.status, host.signalled.is_set)
     print(f"--- gpu-worker {__version__} | load-balancing mode: job routes on 0.0.0.0:{port}, "
           f"GET /ping on 0.0.0.0:{health} ---", file=sys.stderr, flush=True)
     return local_api.run_server(app, settings, host, sockets)
 
 
-def start_ping_server(port: int, status, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+def start_ping_server(port: int, status, stopping=lambda: False,
+                      host: str = "0.0.0.0") -> ThreadingHTTPServer:
     """GET /ping alone, on a port of its own, from a thread (it answers even while the
     API's event loop is busy)."""
     class Ping(BaseHTTPRequestHandler):
@@ -43,7 +44,7 @@ def start_ping_server(port: int, status, host: str = "0.0.0.0") -> ThreadingHTTP
             if self.path.split("?", 1)[0] != "/ping":
                 self.send_error(404)
                 return
-            answer = local_api.ping_response(status())
+            answer = local_api.ping_response(status(), stopping())
             self.send_response(answer.status_code)
             if answer.status_code != 204:        # a 204 has no body and no length
                 self.send_header("Content-Type", "application/json")

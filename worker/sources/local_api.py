@@ -180,7 +180,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
                          settings.api_queue_jobs, int(settings.api_queue_mb * 2**20), capacity,
                          webhook_post.Policy(settings, exposed),
                          stream_bound.max_bytes(settings.max_result_mb), settings.max_result_mb)
-        state.update(sup=sup, store=store)
+        state.update(sup=sup, store=store, source=source)
         if settings.reload:
             state["reloader"] = reloader.Reloader(sup, reloader.code_path(sup.target),
                                                   settings)
@@ -226,6 +226,8 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
         return rec
 
     def refuse_if_down() -> None:
+        if state["source"].signalled.is_set():      # stopping: another worker takes it
+            raise HTTPException(503, "the worker is stopping", headers={"Retry-After": "1"})
         status = state["sup"].status
         if status.state is not WorkerState.RUNNING:
             raise HTTPException(503, f"the worker cannot run jobs: {status.failure}")
@@ -301,7 +303,8 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
                 responses={204: {"description": "a child is starting"},
                            503: {"description": "the worker cannot run jobs"}})
     async def ping():
-        return ping_response(state["sup"].status if "sup" in state else None)
+        return ping_response(state["sup"].status if "sup" in state else None,
+                             "source" in state and state["source"].signalled.is_set())
 
     @public.get("/health", summary="Job counts and the worker's state; 503 when the worker "
                                    "cannot run jobs (the reason is in worker.failure)")
@@ -366,7 +369,9 @@ def _example_body() -> str:
     return '{"input": {"prompt": "hello"}}'
 
 
-def ping_response(status) -> Response:
+def ping_response(status, stopping: bool = False) -> Response:
+    if stopping:
+        return _json_response({"status": "unhealthy", "failure": "the worker is stopping"}, 503)
     code = 204 if status is None else status.ping_code()
     if code == 204:
         return Response(status_code=204)
@@ -424,6 +429,7 @@ def run_server(app: FastAPI, settings: Settings, host: SourceHost, sockets: list
         try:
             host.stop(settings.shutdown_grace)
         finally:
+            config.timeout_graceful_shutdown = max(0.1, host.budget_left(ANSWER_WAIT_S))
             server.should_exit = True
 
     host.handle_signals(first_signal,
@@ -433,5 +439,6 @@ def run_server(app: FastAPI, settings: Settings, host: SourceHost, sockets: list
     store = app.state.gpu_worker.get("store")
     if store is not None and not store.close(host.stop_by):
         logging.shutdown()        # a webhook still trying must not hold the exit past the
-        os._exit(0)               # stop's budget (its pool's threads would be joined)
+        sys.stdout.flush()        # stop's budget (its pool's threads would be joined)
+        os._exit(0)
     return 0

@@ -165,17 +165,16 @@ class RedisQueueSource(JobListener):
         for held in left:
             self._release(held)
         self.host.stop(0)
-        unwritten = self.writer.close(self.host.left(max(5.0, self.settings.stop_grace * 2)))
+        grace = self.settings.stop_grace     # 0.5 s past the budget: a write saves a rerun
+        unwritten = self.writer.close(max(0.5, self.host.budget_left(max(5.0, 2 * grace))))
         if unwritten:
-            log.error("%d write(s) could not reach the queue before the exit; their jobs "
-                      "run again once their lease runs out", unwritten)
+            log.error("%d write(s) could not reach the queue before the exit; their jobs run "
+                      "again once their lease runs out", unwritten)
         self.outbox.close()
         self.left.set()
         self._leave()
-        if self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN):
-            return 1
         log.info("stopped")
-        return 0
+        return 1 if self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN) else 0
 
     def _release(self, held: Held) -> None:
         held.released = True

@@ -120,7 +120,7 @@ class RunPodSource(JobListener):
                 self._cond.wait_for(lambda: self.taking_done.is_set() and not self._taken,
                                     max(0.0, deadline - time.monotonic()))
             self.host.stop(0)
-            self.delivery.close(self.host.left(FLUSH_S))   # within the stop's budget
+            self.delivery.close(self.host.budget_left(FLUSH_S))   # within the stop's budget
             if self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN):
                 self._report_unhealthy()
                 return 1

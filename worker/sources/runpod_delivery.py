@@ -183,6 +183,11 @@ class Delivery:
             return time.monotonic() < self._deadline
         return self._hurry()
 
+    def _timeout(self) -> tuple:
+        """A post's (connect, read) timeouts, cut to close()'s deadline."""
+        left = max(0.1, self._left())
+        return min(POST_TIMEOUT[0], left), min(POST_TIMEOUT[1], left)
+
     def _left(self) -> float:
         """Seconds to close()'s deadline (a long way when there is none)."""
         return 3600.0 if self._deadline is None else self._deadline - time.monotonic()
@@ -254,13 +259,13 @@ class Delivery:
         backoff = Backoff(0.25, 4.0)
         metrics = self._metrics
         tries = 0
-        while tries < attempts or self._keep_trying(post):
+        while (tries < attempts or self._keep_trying(post)) and self._left() > 0:
             tries += 1
             post.attempts += 1
             try:
                 data = post.encoded()
                 metrics.bytes_out.inc(len(data))
-                resp = session.post(post.url, data=data, timeout=POST_TIMEOUT, headers={
+                resp = session.post(post.url, data=data, timeout=self._timeout(), headers={
                     "Content-Type": "application/x-www-form-urlencoded", "charset": "utf-8"})
                 if resp.status_code < 400:
                     self._delivered(post)
