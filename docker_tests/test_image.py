@@ -104,6 +104,13 @@ def test_a_job_longer_than_dockers_stop_timeout_is_answered_failed(container):
     assert c.exit_code() == 0 and took < 10, (took, c.logs())
 
 
+def _last_check_saying(c, text):
+    """The last health check's record once its output says `text` (a set-up is first
+    seen unfinished: unhealthy too once the start period is over)."""
+    log = json.loads(c.state("json .State.Health.Log") or "[]")
+    return log[-1] if log and text in log[-1]["Output"] else None
+
+
 HEALTH_FAST = ("--health-interval=1s", "--health-timeout=5s", "--health-retries=2",
                "--health-start-period=1s")
 
@@ -116,9 +123,9 @@ def test_the_healthcheck_turns_healthy_when_the_worker_can_run_jobs(container):
 def test_the_healthcheck_turns_unhealthy_when_the_worker_cannot_run_jobs(container):
     c = container(f"{MOUNT}/broken_handler.py", docker_args=HEALTH_FAST)
     c.until(lambda: c.state(".State.Health.Status") == "unhealthy", what="unhealthy")
-    last = json.loads(c.state("json .State.Health.Log"))[-1]
+    last = c.until(lambda: _last_check_saying(c, "model weights not found"),
+                   what="the check naming the set-up's error")
     assert last["ExitCode"] == 1
-    assert "model weights not found" in last["Output"], last
 
 
 def test_the_one_shot_test_exits_0_and_1_on_a_failing_input():
@@ -162,8 +169,7 @@ def test_the_gpu_image_without_a_gpu_is_unhealthy_with_one_clear_line(container)
         "WORKER_PRELOAD": "torch,sentence_transformers"})
     c.until(lambda: c.state(".State.Health.Status") == "unhealthy", what="unhealthy",
             timeout=120)
-    last = json.loads(c.state("json .State.Health.Log"))[-1]
-    assert line in last["Output"], last
+    c.until(lambda: _last_check_saying(c, line), what="the check naming the GPU", timeout=120)
     assert "Traceback" not in c.logs()
     once = docker("run", "--rm", "--network", "host", GPU_IMAGE, timeout=300)
     assert once.returncode == 1 and line in once.stderr, once.stderr[-2000:]
