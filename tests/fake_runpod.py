@@ -42,7 +42,8 @@ class FakeRunPod:
         self.long_poll = long_poll
         self.api_key = api_key
         self.fault = fault               # (kind, n-th request of that kind) -> None|"500"|"drop"|"slow"
-        self.job_fault: Callable[[str, str], str | None] | None = None   # (kind, job id) -> same
+        self.job_fault: Callable[[str, str], str | None] | None = None   # (kind, job id) -> same, or "hang"
+        self.stopped = threading.Event()
         self.done_at: dict = {}          # job id -> when its final body arrived
         self.lock = threading.Condition()
         self.queue: collections.deque = collections.deque()
@@ -76,6 +77,7 @@ class FakeRunPod:
         return self
 
     def __exit__(self, *exc):
+        self.stopped.set()               # a post held by a "hang" fault ends
         self.server.shutdown()
         self.server.server_close()
 
@@ -283,6 +285,9 @@ class FakeRunPod:
                 what = fake.job_fault(kind, job_id) if fake.job_fault else None
                 if what == "500":
                     return self._send(500, {"error": "injected for this job"})
+                if what == "hang":          # takes the post, never answers (until it ends)
+                    fake.stopped.wait(120)
+                    return
                 try:
                     body = json.loads(raw)
                     if not isinstance(body, dict):

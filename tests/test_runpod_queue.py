@@ -260,3 +260,23 @@ def test_a_queue_gone_at_the_stop_does_not_hold_the_exit_past_the_stops_budget(f
     took = time.monotonic() - t0
     assert took < 0.5 + 2 * 0.5 + 1 + 2, (took, w.text()[-3000:])    # + the exit's own time
     assert "result NOT delivered before exit" in w.text(), w.text()[-2500:]
+
+
+def test_a_queue_that_hangs_at_the_stop_does_not_hold_the_exit_past_the_stops_budget(fake, start):
+    """A kept result (its posts answered 500) meets, at the stop, a queue that takes the
+    post and never answers: no try outlasts the stop's budget (a post waited up to 60 s
+    for its answer, twice), the result is named as not delivered, and the exit is 0."""
+    fake.fail_results("kept", times=10_000)
+    w = start(WORKER_SHUTDOWN_GRACE="0.5", WORKER_STOP_GRACE="0.5")
+    fake.add_jobs([{"id": "kept", "input": {"do": "ok"}}])
+    deadline = time.monotonic() + 60
+    while "could not be delivered" not in w.text():
+        assert time.monotonic() < deadline and w.proc.poll() is None, w.text()[-3000:]
+        time.sleep(0.05)
+    fake.job_fault = lambda kind, job_id: "hang" if kind == "done" else None
+    t0 = time.monotonic()
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.proc.wait(60) == 0
+    took = time.monotonic() - t0
+    assert took < 0.5 + 2 * 0.5 + 1 + 2, (took, w.text()[-3000:])
+    assert "result NOT delivered before exit" in w.text()
