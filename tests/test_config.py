@@ -1,4 +1,5 @@
 """Settings: precedence, parsing, and the README table."""
+import os
 import re
 
 import pytest
@@ -61,3 +62,28 @@ def test_readme_documents_every_setting():
         assert names, row
         for name in names:
             assert f"`{name}`" in readme, f"README does not document {name}"
+
+
+def test_a_misspelt_setting_is_named_at_start_up_and_strict_mode_refuses_it():
+    """WORKER_JOB_TIMOUT=1 used to run a 3 s job to the end without a word: the user
+    believed a limit was in force. Now the name and the nearest setting are printed; with
+    WORKER_STRICT_SETTINGS the worker does not start. The worker's own names for its
+    children and platform names are not flagged."""
+    import subprocess
+
+    from tests.support import HANDLERS, PYTHON
+    env = {**os.environ, "WORKER_JOB_TIMOUT": "1", "WORKER_CHILD_INDEX": "0",
+           "RUNPOD_SOMETHING": "x", "PORT_HEALTH": ""}
+    env.pop("RUNPOD_WEBHOOK_GET_JOB", None)
+    cmd = [PYTHON, "-m", "worker", str(HANDLERS / "edges.py"), "--test_input",
+           '{"input": {"do": "sleep", "seconds": 0.1}}']
+    warned = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert warned.returncode == 0, warned.stderr[-2000:]
+    lines = [l for l in warned.stderr.splitlines() if "is not a setting" in l]
+    assert lines == ["worker: warning: WORKER_JOB_TIMOUT is not a setting; did you mean "
+                     "WORKER_JOB_TIMEOUT?"], warned.stderr[-2000:]
+    strict = subprocess.run(cmd, env={**env, "WORKER_STRICT_SETTINGS": "true"},
+                            capture_output=True, text=True, timeout=120)
+    assert strict.returncode == 2
+    assert "worker: error: WORKER_JOB_TIMOUT is not a setting" in strict.stderr
+    assert "local_test" not in strict.stdout + strict.stderr       # no job ran

@@ -85,6 +85,11 @@ class Settings:
     refresh_worker: bool = _setting(False, ("WORKER_REFRESH_WORKER",), None,
                                     "Replace the child after every job (start() key "
                                     "refresh_worker).")
+    strict_settings: bool = _setting(False, ("WORKER_STRICT_SETTINGS",), None,
+                                     "true: a WORKER_* variable that no setting reads (a "
+                                     "misspelt name) stops the worker at start-up, exit 2; "
+                                     "else it is a warning with the nearest setting's name.",
+                                     config=False)
     return_aggregate_stream: bool = _setting(False, ("WORKER_RETURN_AGGREGATE_STREAM",), None,
                                              "Generator handlers: the final output is the list of "
                                              "chunks (start() key return_aggregate_stream).")

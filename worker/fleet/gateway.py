@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import hmac
 import logging
+import os
 import signal
 import sys
 import time
@@ -22,6 +23,7 @@ from fastapi.responses import JSONResponse, Response
 
 from .. import logs, redaction
 from ..config import Settings, SettingsError
+from ..setting_names import names_ok
 from ..jobs import JobState
 from ..sources import listen
 from ..sources.local_api import (JOB_BODY, RUNSYNC_WAIT_MS, BodyLimit, errors, mount,
@@ -228,6 +230,8 @@ def main(argv: list) -> int:
         connect.options(settings)
     except SettingsError as exc:
         print(f"worker gateway: error: {exc}", file=sys.stderr)
+        return 2
+    if not names_ok(settings, os.environ, "worker gateway"):
         return 2
     logs.configure(settings.log_level)
     redaction.remember(settings.api_token, settings.queue_url)   # never in a line we write

@@ -7,7 +7,7 @@ import os
 import sys
 
 from .. import config as cfg
-from .. import handover, hardening, logs, redaction
+from .. import handover, hardening, logs, redaction, setting_names
 from ..targets import ScriptTarget
 from ..version import __version__
 from . import reaper
@@ -62,7 +62,10 @@ def main(argv: list | None = None) -> int:
     except cfg.SettingsError as exc:
         print(f"worker: error: {exc}", file=sys.stderr)
         return 2
+    if not setting_names.names_ok(settings, os.environ):
+        return 2
     return run_mode(settings, ScriptTarget(script, rest))
+
 
 
 def run(target, argv: list, config: dict) -> int:
@@ -72,6 +75,8 @@ def run(target, argv: list, config: dict) -> int:
         settings = cfg.Settings.load(flags=_flags(ns), config=config)
     except cfg.SettingsError as exc:
         print(f"worker: error: {exc}", file=sys.stderr)
+        return 2
+    if not setting_names.names_ok(settings, os.environ):
         return 2
     return run_mode(settings, target)
 
