@@ -164,7 +164,7 @@ def test_the_runpod_queue_mode_against_the_stand_in_queue(container):
 
 @pytest.mark.skipif(unusable(GPU_IMAGE) is not None, reason=str(unusable(GPU_IMAGE)))
 def test_the_gpu_image_without_a_gpu_is_unhealthy_with_one_clear_line(container):
-    line = "WORKER_REQUIRE_GPU is set but no GPU is visible"
+    line = "WORKER_CHECKS=require_gpu but no GPU is visible"
     c = container(image=GPU_IMAGE, docker_args=HEALTH_FAST, env={
         "WORKER_PRELOAD": "torch,sentence_transformers"})
     c.until(lambda: c.state(".State.Health.Status") == "unhealthy", what="unhealthy",

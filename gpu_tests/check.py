@@ -116,12 +116,12 @@ def check_torch(nvml: str) -> str:
 
 
 def check_fitness(nvml: str) -> str:
-    """The worker's own start on this GPU: the built-in check, WORKER_REQUIRE_GPU."""
+    """The worker's own start on this GPU: the built-in check, WORKER_CHECKS=require_gpu."""
     if nvml != "PASS":
         return report("worker-fitness", "SKIP", "no GPU (see nvml)")
     proc = run([PY, "-m", "worker", str(ROOT / "tests" / "handlers" / "misbehave.py"),
                 "--test_input", '{"input": {"do": "ok"}}'], 180,
-               env={"WORKER_REQUIRE_GPU": "true"})
+               env={"WORKER_CHECKS": "require_gpu"})
     found = re.search(r"\d+ GPU\(s\) passed the CUDA check", proc.stderr)
     if proc.returncode != 0 or not found:
         return report("worker-fitness", "FAIL", f"exit {proc.returncode}: "

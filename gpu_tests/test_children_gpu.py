@@ -13,7 +13,7 @@ from gpu_tests.test_cuda_child import HANDLER, SLOW  # noqa: E402
 
 
 def test_two_children_share_one_gpu_each_with_its_own_vram_limit():
-    h = Harness(HANDLER, children=2, gpus_per_child=1, max_vram_mb=512, **SLOW)
+    h = Harness(HANDLER, children=2, gpus_per_child=1, max_vram="512", **SLOW)
     try:
         first = h.run({}, timeout=300)        # child 0
         leak = h.run({"do": "leak", "mb": 768}, timeout=300)   # child 1: the oldest idle

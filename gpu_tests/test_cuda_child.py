@@ -69,7 +69,7 @@ def test_a_leak_triggers_the_vram_policy():
         h.close()
     _settle(before)
     limit = overhead + 768                # one 512 MiB leak fits, two do not
-    h = Harness(HANDLER, max_vram_mb=limit, **SLOW)
+    h = Harness(HANDLER, max_vram=str(limit), **SLOW)
     try:
         pid = h.run({"do": "leak", "mb": 512}, timeout=300).output["pid"]
         same = h.run({"do": "leak", "mb": 512}).output["pid"]

@@ -19,7 +19,7 @@ def test_the_driver_api_check_passes_on_this_gpu():
 def test_a_worker_runs_the_check_before_its_first_job():
     proc = run_cli([PYTHON, "-m", "worker", str(HANDLERS / "misbehave.py"),
                     "--test_input", '{"input": {"do": "ok"}}'],
-                   env={"WORKER_REQUIRE_GPU": "true"})
+                   env={"WORKER_CHECKS": "require_gpu"})
     assert proc.returncode == 0, proc.stderr
     assert "passed the CUDA check" in proc.stderr
     assert "torch is built for CUDA" not in proc.stderr      # no driver/torch mismatch
@@ -28,6 +28,6 @@ def test_a_worker_runs_the_check_before_its_first_job():
 def test_hidden_gpus_fail_a_worker_that_requires_one():
     proc = run_cli([PYTHON, "-m", "worker", str(HANDLERS / "misbehave.py"),
                     "--test_input", '{"input": {"do": "ok"}}'],
-                   env={"WORKER_REQUIRE_GPU": "true", "CUDA_VISIBLE_DEVICES": ""})
+                   env={"WORKER_CHECKS": "require_gpu", "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 1
-    assert "WORKER_REQUIRE_GPU is set but no GPU is visible" in proc.stderr
+    assert "WORKER_CHECKS=require_gpu but no GPU is visible" in proc.stderr

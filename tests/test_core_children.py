@@ -195,7 +195,7 @@ def test_warm_refused_by_every_child_restarts_the_forkserver_once_all_are_gone()
 
 def test_a_shared_gpu_counts_only_the_childs_own_reservation():
     from worker.parent.monitor import DeviceReading, Reading
-    d = Driver(devices=[("GPU-a",), ("GPU-a",)], max_vram_mb=100)
+    d = Driver(devices=[("GPU-a",), ("GPU-a",)], max_vram="100")
     d.reading = Reading("nvml", devices=[DeviceReading(0, "GPU-a", "x", 1000, 900, 100)])
     d.ready(slot=0)
     d.ready(slot=1)

@@ -230,7 +230,7 @@ def test_a_spare_on_the_same_gpu_is_not_counted_as_the_active_childs_growth():
     reservation counts against WORKER_MAX_VRAM_MB while a spare exists (as with two
     children sharing a GPU)."""
     from worker.parent.monitor import DeviceReading, Reading
-    d = driver(max_vram_mb=1000, devices=[("GPU-a",)])
+    d = driver(max_vram="1000", devices=[("GPU-a",)])
     d.ready()
     spare_ready(d)
     reading = Reading("nvml", devices=[DeviceReading(0, "GPU-a", "GPU", 16000, 9000, 7000)])

@@ -47,12 +47,12 @@ def test_the_gpu_image_asks_for_the_gpu_and_fails_without_one():
     env = _image_env(DOCKERFILES[0])
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
     assert set(env["NVIDIA_DRIVER_CAPABILITIES"].split(",")) >= {"compute", "utility"}
-    assert env["WORKER_REQUIRE_GPU"] == "true"
+    assert env["WORKER_CHECKS"] == "require_gpu"
     if _nvml_works():
         pytest.skip("a GPU machine: gpu_tests/ run the GPU image's path")
     proc = _run_image_command(DOCKERFILES[0])
     assert proc.returncode == 1
-    assert "WORKER_REQUIRE_GPU is set but no GPU is visible" in proc.stderr
+    assert "WORKER_CHECKS=require_gpu but no GPU is visible" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

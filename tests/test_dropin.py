@@ -185,7 +185,7 @@ def test_fitness_checks_do_not_run_in_the_local_test_unless_asked():
     base = [PYTHON, str(HANDLERS / "fitness.py"), "ours", "fail-sync",
             "--test_input", '{"input": {}}']
     assert run_cli(base).returncode == 0                  # as the SDK: production only
-    forced = run_cli(base, env={"WORKER_FITNESS_CHECKS": "on"})
+    forced = run_cli(base, env={"WORKER_CHECKS": "on"})
     assert forced.returncode == 1 and "fitness check disk_has_model failed" in forced.stderr
 
 
@@ -197,7 +197,7 @@ def test_fitness_checks_run_once_per_worker_not_per_child(monkeypatch):
         monkeypatch.setenv(name, value)
     mp_launcher.stop_template()        # a forkserver started earlier keeps its environment
     lines = []
-    h = Harness("fitness.py", argv=["ours"], fitness_checks="on",
+    h = Harness("fitness.py", argv=["ours"], checks="on",
                 sink=lambda stream, line, ids: lines.append(line))
     try:
         first = h.run({})

@@ -282,7 +282,7 @@ class ReleasingProbe:
 
 def test_the_next_child_starts_once_the_old_ones_memory_is_back(harness):
     probe = ReleasingProbe()
-    h = harness("misbehave.py", probe=probe, max_vram_mb=500)
+    h = harness("misbehave.py", probe=probe, max_vram="500")
     first = h.run({"do": "ok"}).output["pid"]
     assert h.sup.status.baseline_mb == 1000
     with probe.lock:
@@ -298,7 +298,7 @@ def test_the_next_child_starts_once_the_old_ones_memory_is_back(harness):
 def test_memory_that_never_comes_back_becomes_the_baseline(harness, monkeypatch):
     monkeypatch.setattr(device_settle, "BOUND_S", 0.3)
     probe = ReleasingProbe()
-    h = harness("misbehave.py", probe=probe, max_vram_mb=500)
+    h = harness("misbehave.py", probe=probe, max_vram="500")
     h.run({"do": "ok"})
     with probe.lock:
         probe.used_mb = 1700

@@ -41,7 +41,7 @@ def test_host_probe_reads_cgroup_v2_files(tmp_path):
 
 def test_vram_growth_over_the_limit_replaces_the_child_between_jobs(scripted):
     probe = ScriptedProbe(used_mb=1000)
-    h = scripted(probe, max_vram_mb=500)
+    h = scripted(probe, max_vram="500")
     first = h.run({"do": "ok"})
     assert h.sup.status.baseline_mb == 1000
     probe.used_mb = 1400                       # grew 400 MiB: under the limit
@@ -57,7 +57,7 @@ def test_vram_growth_over_the_limit_replaces_the_child_between_jobs(scripted):
 
 def test_vram_fraction_limit(scripted):
     probe = ScriptedProbe(used_mb=1000, total_mb=10000)
-    h = scripted(probe, max_vram_fraction=0.1)     # 1,000 MiB
+    h = scripted(probe, max_vram="10%")     # 1,000 MiB
     first = h.run({"do": "ok"})
     probe.used_mb = 2500
     h.run({"do": "ok"})

@@ -1,9 +1,7 @@
-"""One Settings object for the whole worker.
-
-Precedence, highest first: the dict given to start(), command-line flags, environment
-(WORKER_* and the RUNPOD_* names the official SDK reads), defaults. Each field carries its
-own environment names, flag and help text, so parsing and the README table come from one
-place.
+"""One Settings object for the whole worker: each field carries its environment names,
+flag, help text and whether a start() dict may set it, so parsing (setting_sources.py),
+`python -m worker config` and docs/configuration.md all come from here. Checks of one
+value live in __post_init__; checks across settings in run_modes.py.
 """
 from __future__ import annotations
 
@@ -11,14 +9,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from . import setting_sources
+from .setting_sources import SettingsError
 
-class SettingsError(ValueError):
-    """A setting has a value that cannot be used; the message names the source."""
 
-
-def _setting(default, env=(), flag=None, help="", config=True):
-    return field(default=default, metadata={"env": tuple(env), "flag": flag, "help": help,
-                                            "config": config})
+def _setting(default, env=(), flag=None, help="", config=True, secret=False):
+    return field(default=default, repr=not secret,       # a secret never in a repr
+                 metadata={"env": tuple(env), "flag": flag, "help": help, "config": config,
+                           "secret": secret})
 
 
 LOOPBACK = "127.0.0.1"
@@ -58,9 +56,10 @@ class Settings:
                                     "Seconds a ready spare may wait before it is replaced by "
                                     "a newer one (state fetched at import ages); 0 = no "
                                     "limit.", config=False)
-    heartbeat_interval: float = _setting(1.0, ("WORKER_HEARTBEAT_INTERVAL",), None,
-                                         "Seconds between the child's liveness heartbeats.",
-                                         config=False)
+    heartbeat_interval: float = _setting(0.0, ("WORKER_HEARTBEAT_INTERVAL",), None,
+                                         "Seconds between the child's liveness heartbeats; "
+                                         "0 = derived: a tenth of heartbeat_timeout, at "
+                                         "most 1 s.", config=False)
     heartbeat_timeout: float = _setting(60.0, ("WORKER_HEARTBEAT_TIMEOUT",), None,
                                         "Seconds without a heartbeat before a child is declared "
                                         "hung and replaced; 0 = never.")
@@ -72,13 +71,11 @@ class Settings:
     max_rss_mb: float = _setting(0.0, ("WORKER_MAX_RSS_MB",), None,
                                  "Replace the child, between jobs, when its process tree's "
                                  "resident memory exceeds this many MiB; 0 = never.")
-    max_vram_mb: float = _setting(0.0, ("WORKER_MAX_VRAM_MB",), None,
-                                  "Replace the child, between jobs, when GPU memory in use has "
-                                  "grown this many MiB over the baseline taken before it "
-                                  "started (or its own torch reservation has); 0 = never.")
-    max_vram_fraction: float = _setting(0.0, ("WORKER_MAX_VRAM_FRACTION",), None,
-                                        "The same limit as a fraction of the devices' memory "
-                                        "(e.g. 0.9); 0 = never.")
+    max_vram: str = _setting("", ("WORKER_MAX_VRAM",), None,
+                             "Replace the child, between jobs, when GPU memory in use has "
+                             "grown past this over the baseline taken before it started (or "
+                             "its own torch reservation has): MiB (e.g. 4096) or a share of "
+                             "the devices' memory (e.g. 90%); empty or 0 = never.")
     refresh_on_oom: bool = _setting(True, ("WORKER_REFRESH_ON_OOM",), None,
                                     "A job that fails with CUDA out of memory fails clearly and "
                                     "the child is replaced before the next job.")
@@ -106,7 +103,7 @@ class Settings:
                             "Local API and load-balancing modes: watch the handler's code "
                             "(its file and every module it imported from outside "
                             "site-packages) and replace the child with one running the new "
-                            "code on every save (README: the developer's loop).",
+                            "code on every save (docs/running.md: the developer's loop).",
                             config=False)
     reload_include: tuple = _setting((), ("WORKER_RELOAD_INCLUDE",), None,
                                      "--reload and --watch: more paths (files or folders) and "
@@ -157,6 +154,12 @@ class Settings:
                                        "asks for refresh_worker, as runpod-python does (the "
                                        "platform then replaces the pod); by default only the "
                                        "child is replaced.")
+    mode: str = _setting("auto", ("WORKER_MODE",), None,
+                         "Where jobs come from: api (the local HTTP API), realtime, "
+                         "load_balancer, runpod (the RunPod queue), redis (an endpoint on "
+                         "Redis Streams), test (the one-shot test); auto picks it as the SDK "
+                         "does, from the settings below (`python -m worker config` says which "
+                         "and why).", config=False)
     serve_api: bool = _setting(False, ("WORKER_SERVE_API",), "--rp_serve_api",
                                "Serve the local HTTP API instead of the one-shot test.",
                                config=False)
@@ -167,7 +170,7 @@ class Settings:
                              "Local API port.", config=False)
     api_token: str = _setting("", ("WORKER_API_TOKEN",), None,
                               "Local API: when set, every route but /health and /ping needs "
-                              "`Authorization: Bearer <token>`.", config=False)
+                              "`Authorization: Bearer <token>`.", config=False, secret=True)
     webhook_guard: str = _setting("auto", ("WORKER_WEBHOOK_GUARD",), None,
                                   "Local API webhooks go to public addresses only (the "
                                   "download guard's rule): on, off, or auto (on when a socket "
@@ -182,7 +185,7 @@ class Settings:
     webhook_proxy: str = _setting("", ("WORKER_WEBHOOK_PROXY",), None,
                                   "An HTTP proxy for webhooks (http://host:port); the "
                                   "environment's proxy variables are never used.",
-                                  config=False)
+                                  config=False, secret=True)
     webhook_timeout: float = _setting(10.0, ("WORKER_WEBHOOK_TIMEOUT",), None,
                                       "Seconds one webhook try may take, connect to last "
                                       "byte; 4 tries.", config=False)
@@ -208,21 +211,17 @@ class Settings:
                                  "system info to each dict output as `rp_debugger`, as the "
                                  "SDK's flag does. Checkpoints are cleared after every job "
                                  "either way.", config=False)
-    fitness_checks: str = _setting("auto", ("WORKER_FITNESS_CHECKS",), None,
-                                   "Run the fitness checks the handler registered "
-                                   "(register_fitness_check) before the first child takes "
-                                   "jobs: auto (on the RunPod queue and in load-balancing "
-                                   "mode, as the SDK), on, off.", config=False)
-    gpu_check: bool = _setting(True, ("WORKER_GPU_CHECK",), None,
-                               "Before the first child takes jobs, when NVML sees a GPU: CUDA "
-                               "must initialise in the child and each device take a small "
-                               "allocation and memset; else the worker is unhealthy.",
-                               config=False)
-    require_gpu: bool = _setting(False, ("WORKER_REQUIRE_GPU",), None,
-                                 "The first child must find a usable GPU: NVML sees one, "
-                                 "CUDA passes the GPU check, and torch (if installed) is "
-                                 "built for a CUDA the driver supports; else the worker is "
-                                 "unhealthy. The GPU image sets it.", config=False)
+    checks: str = _setting("auto", ("WORKER_CHECKS",), None,
+                           "Checks before the first child takes jobs (a failure makes the "
+                           "worker unhealthy): the fitness checks the handler registered "
+                           "(register_fitness_check) and the built-in GPU check (when NVML "
+                           "sees a GPU, CUDA must initialise in the child and each device "
+                           "take a small allocation). auto: the handler's checks in the "
+                           "production modes only (runpod, load_balancer, redis), as the "
+                           "SDK, and the GPU check always; on: both in every mode; "
+                           "require_gpu: as on, and a usable GPU must be found (NVML, CUDA, "
+                           "a torch built for a CUDA the driver supports; the GPU image "
+                           "sets it); off: none.", config=False)
     health_file: str = _setting("", ("WORKER_HEALTH_FILE",), None,
                                 "Write the worker's state to this file on every change, for "
                                 "`python -m worker.healthcheck` (the image's HEALTHCHECK) "
@@ -257,7 +256,8 @@ class Settings:
                               "A Redis Streams endpoint (redis:// or rediss://, with an ACL "
                               "user and password if any): with it and WORKER_ENDPOINT, jobs "
                               "come from the endpoint's stream (docs/fleet.md). A secret: "
-                              "never in the child or a log line.", config=False)
+                              "never in the child or a log line.", config=False,
+                              secret=True)
     queue_password_file: str = _setting("", ("WORKER_QUEUE_PASSWORD_FILE",), None,
                                         "A file holding the queue's password (a mounted "
                                         "secret); it wins over the URL's.", config=False)
@@ -313,113 +313,115 @@ class Settings:
         for name in ADDRESS_SETTINGS:
             if not getattr(self, name).strip():
                 object.__setattr__(self, name, LOOPBACK)
-        if self.fitness_checks not in ("auto", "on", "off"):
-            raise SettingsError(f"fitness_checks must be auto, on or off, "
-                                f"not {self.fitness_checks!r}")
-        if self.webhook_guard not in ("auto", "on", "off"):
-            raise SettingsError(f"webhook_guard must be auto, on or off, "
-                                f"not {self.webhook_guard!r}")
-        if self.reload_poll not in ("auto", "on", "off"):
-            raise SettingsError(f"reload_poll must be auto, on or off, not {self.reload_poll!r}")
-        if self.spare not in ("auto", "on", "off"):
-            raise SettingsError(f"spare must be auto, on or off, not {self.spare!r}")
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise SettingsError(f"{_env(name)}={value!r}: {name} must be "
+                                    f"{', '.join(allowed[:-1])} or {allowed[-1]}")
         if self.queue_lease_s < 1 or self.queue_max_deliveries < 1:
             raise SettingsError("WORKER_QUEUE_LEASE_S must be 1 s or more and "
                                 "WORKER_QUEUE_MAX_DELIVERIES 1 or more")
-        if self.start_method not in ("forkserver", "spawn"):
-            raise SettingsError(f"start_method must be forkserver or spawn, "
-                                f"not {self.start_method!r}")
+        _vram_limit(self.max_vram)          # a clear error now, not at the first reading
+
+    # --- what follows from the settings -----------------------------------------------
+
+    @property
+    def max_vram_mb(self) -> float:
+        mb, _ = _vram_limit(self.max_vram)
+        return mb
+
+    @property
+    def max_vram_fraction(self) -> float:
+        _, fraction = _vram_limit(self.max_vram)
+        return fraction
+
+    @property
+    def heartbeat_period(self) -> float:
+        """heartbeat_interval, or a tenth of heartbeat_timeout (at most 1 s) when 0."""
+        if self.heartbeat_interval > 0:
+            return max(0.05, self.heartbeat_interval)
+        return 1.0 if self.heartbeat_timeout <= 0 else min(1.0, max(0.05,
+                                                                    self.heartbeat_timeout / 10))
+
+    @property
+    def handler_checks(self) -> bool:
+        """Run the handler's fitness checks: asked for, or `auto` in a production mode
+        (run_modes.py settles `mode` before the first child starts)."""
+        return self.checks in ("on", "require_gpu") or (
+            self.checks == "auto" and self.mode in PRODUCTION_MODES)
+
+    gpu_check = property(lambda self: self.checks != "off")
+    require_gpu = property(lambda self: self.checks == "require_gpu")
 
     # --- construction -------------------------------------------------------------------
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None,
              config: Mapping[str, Any] | None = None) -> "Settings":
-        """Build settings from the three sources, in precedence order."""
-        import os
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            for name in f.metadata["env"]:
-                if env.get(name, "") != "":
-                    values[f.name] = _parse(f, env[name], name)
-                    break
-        for key, raw in (flags or {}).items():
-            if raw is not None:
-                values[key] = _parse(_field(key), raw, _field(key).metadata["flag"])
-        return cls(**values).with_config(config or {})
+        """Settings from the start() dict, flags, environment and defaults, in that order of
+        precedence (setting_sources.py, which also says where each came from)."""
+        return setting_sources.resolve(cls, env, flags, config).settings
 
     def with_config(self, config: Mapping[str, Any]) -> "Settings":
         """Apply start() config keys that name settings; other keys are ignored here."""
-        changes = {}
-        for key, raw in config.items():
-            f = _FIELDS.get(key)
-            if f is not None and f.metadata["config"]:
-                changes[key] = _parse(f, raw, f"start() key {key!r}")
-        return dataclasses.replace(self, **changes) if changes else self
+        return setting_sources.apply_config(self, config)[0]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Settings":
-        return cls(**{k: tuple(v) if _FIELDS[k].type == "tuple" else v
+        return cls(**{k: tuple(v) if FIELDS[k].type == "tuple" else v
                       for k, v in data.items()})
 
 
+MODES = ("api", "realtime", "load_balancer", "runpod", "redis", "test")
+PRODUCTION_MODES = ("runpod", "load_balancer", "redis")     # where the SDK runs checks
+CHOICES = {"mode": ("auto",) + MODES, "checks": ("auto", "on", "off", "require_gpu"),
+           "webhook_guard": ("auto", "on", "off"), "reload_poll": ("auto", "on", "off"),
+           "spare": ("auto", "on", "off"), "start_method": ("forkserver", "spawn")}
+
+
+def _env(name: str) -> str:
+    env = FIELDS[name].metadata["env"]
+    return env[0] if env else name
+
+
+def _vram_limit(text: str) -> tuple[float, float]:
+    """WORKER_MAX_VRAM as (MiB, fraction of the devices' memory); one of them is 0."""
+    raw = str(text).strip()
+    try:
+        if raw.endswith("%"):
+            percent = float(raw[:-1])
+            if 0 <= percent <= 100:
+                return 0.0, percent / 100
+        else:
+            mb = float(raw or 0)
+            if mb >= 0 and mb != float("inf"):
+                return mb, 0.0
+    except ValueError:
+        pass
+    raise SettingsError(f"WORKER_MAX_VRAM={text!r}: give MiB (e.g. 4096) or a percentage "
+                        f"of the devices' memory (e.g. 90%); 0 = no limit")
+
+
 def config_keys() -> set[str]:
-    """Setting names that a start() config may carry."""
-    return {name for name, f in _FIELDS.items() if f.metadata["config"]}
+    """Setting names that a start() config may carry (old names included)."""
+    return setting_sources.config_keys(Settings)
+
+
+def resolve(env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None,
+            config: Mapping[str, Any] | None = None) -> setting_sources.Resolved:
+    """Settings and where each value came from."""
+    return setting_sources.resolve(Settings, env, flags, config)
 
 
 def describe() -> list[dict]:
-    """One row per setting (for the README table and --help)."""
+    """One row per setting (for --help, `worker config` and docs/configuration.md)."""
     return [{"name": f.name, "env": f.metadata["env"], "flag": f.metadata["flag"],
              "default": f.default, "help": f.metadata["help"],
-             "start_config": f.metadata["config"]} for f in dataclasses.fields(Settings)]
+             "start_config": f.metadata["config"], "secret": f.metadata["secret"]}
+            for f in dataclasses.fields(Settings)]
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
-
-
-def _field(name: str):
-    try:
-        return _FIELDS[name]
-    except KeyError:
-        raise SettingsError(f"unknown setting {name!r}") from None
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
-
-def _parse(f: dataclasses.Field, raw: Any, source: str) -> Any:
-    kind = f.type
-    try:
-        if kind == "bool":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in _TRUE:
-                return True
-            if text in _FALSE:
-                return False
-            raise ValueError("expected true or false")
-        if kind == "int":
-            if isinstance(raw, bool):
-                raise ValueError("expected an integer")
-            value = int(raw)
-        elif kind == "float":
-            if isinstance(raw, bool):
-                raise ValueError("expected a number")
-            value = float(raw)
-        elif kind == "tuple":
-            items = raw.split(",") if isinstance(raw, str) else list(raw)
-            return tuple(s.strip() for s in items if str(s).strip())
-        else:
-            return None if raw is None else str(raw)
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"{source}={raw!r} is not valid for {f.name}: {exc}") from None
-    if value < 0:
-        raise SettingsError(f"{source}={raw!r} is not valid for {f.name}: must be >= 0")
-    return value
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}

@@ -10,19 +10,21 @@ import sys
 from typing import Mapping
 
 from .config import Settings
+from .setting_sources import ALIASES
 
 # WORKER_* names the worker gives its own children, not settings
 OWN_NAMES = ("WORKER_CHILD_INDEX", "WORKER_SPARE_BESIDE")
+OLD_NAMES = {a.old for a in ALIASES}          # deprecated: said by setting_sources
 
 
 def unknown_names(env: Mapping[str, str]) -> list[str]:
     """A line for each WORKER_* variable that no setting reads, with the nearest known
     name when one is close: a misspelt limit must not look as if it were in force."""
     known = sorted({n for f in dataclasses.fields(Settings) for n in f.metadata["env"]
-                    if n.startswith("WORKER_")})
+                    if n.startswith("WORKER_")})       # suggested; old names only accepted
     lines = []
     for name in sorted(n for n in env if n.startswith("WORKER_")):
-        if name in known or name in OWN_NAMES:
+        if name in known or name in OWN_NAMES or name in OLD_NAMES:
             continue
         near = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
         lines.append(f"{name} is not a setting" + (f"; did you mean {near[0]}?" if near else

@@ -56,14 +56,14 @@ def _gpu(require_gpu: bool) -> int:
         return Unfit(f"fitness check gpu failed: {why}")
     if not gpu_check.expected():
         if require_gpu:
-            raise unfit("WORKER_REQUIRE_GPU is set but no GPU is visible (no NVIDIA driver "
+            raise unfit("WORKER_CHECKS=require_gpu but no GPU is visible (no NVIDIA driver "
                         "in the container, or CUDA_VISIBLE_DEVICES hides them; run it with "
                         "--gpus all or on a GPU worker)")
         return 0
     try:
         summary = gpu_check.check()
     except Exception as exc:             # noqa: BLE001
-        raise unfit(f"{exc} (WORKER_GPU_CHECK=false skips this check)") from None
+        raise unfit(f"{exc} (WORKER_CHECKS=off skips the checks)") from None
     mismatch = gpu_check.torch_mismatch()
     if mismatch and require_gpu:
         raise unfit(mismatch)

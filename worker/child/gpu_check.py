@@ -140,4 +140,4 @@ def torch_mismatch() -> str | None:
     return (f"torch is built for CUDA {built[0]}.{built[1]} but the driver supports CUDA "
             f"{driver[0]}.{driver[1]}: torch.cuda.is_available() is False and the handler "
             f"would run on the CPU. Use a host whose driver supports CUDA {built[0]}, or an "
-            f"image with a torch built for CUDA {driver[0]}.x (README: GPU image)")
+            f"image with a torch built for CUDA {driver[0]}.x (docs/docker.md)")

@@ -156,7 +156,7 @@ class ChildRuntime:
     def watch(self, lifeline_fd: int) -> None:
         """Heartbeat thread; also ends the whole process group if the parent dies."""
         def run():
-            interval = max(0.05, self.settings.heartbeat_interval)
+            interval = self.settings.heartbeat_period
             while True:
                 ready, _, _ = select.select([lifeline_fd], [], [], interval)
                 if ready:  # EOF: the parent is gone; take our descendants with us
@@ -189,7 +189,7 @@ class ChildRuntime:
             raise TypeError("concurrency_modifier must be a function: int -> int")
         self.ready_at = time.perf_counter()
         if self.checks:      # these raise out of start(): a setup failure
-            fitness_run.run(self.settings.fitness_checks == "on", self.settings.gpu_check,
+            fitness_run.run(self.settings.handler_checks, self.settings.gpu_check,
                             self.settings.require_gpu)
         beside.check()       # a spare that could not replace the active child
         warm_up(config.get("warmup"))

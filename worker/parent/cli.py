@@ -3,33 +3,59 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 
 from .. import config as cfg
-from .. import handover, hardening, logs, redaction, setting_names
+from .. import (handover, hardening, logs, redaction, run_modes, setting_names,
+               setting_sources, settings_doc, settings_report)
 from ..targets import ScriptTarget
 from ..version import __version__
 from . import reaper
 
 
-def _parser(with_script: bool) -> argparse.ArgumentParser:
+COMMANDS = """commands:
+  worker HANDLER.py [flags]         run the handler in the mode WORKER_MODE names, or the
+                                    one the settings imply (python -m worker config says)
+  worker serve HANDLER.py [flags]   the local HTTP API (as --rp_serve_api)
+  worker gateway [--host H] [--port P]
+                                    the HTTP front of a Redis Streams fleet (docs/fleet.md)
+  worker config [HANDLER.py] [flags] [--json]
+                                    every setting in force and where its value came from;
+                                    the handler is not imported"""
+
+
+def _parser(script: str | None, prog: str = "worker") -> argparse.ArgumentParser:
+    """The flags of every setting that has one, by topic; `script`: "required",
+    "optional" or None (start() called outside a child)."""
+    rows = cfg.describe()
     p = argparse.ArgumentParser(
-        prog="worker", allow_abbrev=False,
+        prog=prog, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage=f"{prog} [HANDLER.py] [flags] [--json]" if prog != "worker" else
+        "worker [serve] HANDLER.py [flags]\n       worker gateway [--host H] [--port P]\n"
+        "       worker config [HANDLER.py] [flags] [--json]",
         description="Run a RunPod-style handler in a supervised child process. Flags not "
-                    "listed here are left in the handler's sys.argv.")
-    if with_script:
-        p.add_argument("script", help="the handler file (it calls start({'handler': ...}))")
-    for row in cfg.describe():
-        if not row["flag"]:
-            continue
-        text = f"{row['help']} (env: {', '.join(row['env']) or '-'})"
-        if isinstance(row["default"], bool):
-            p.add_argument(row["flag"], dest=row["name"], default=None, action="store_const",
-                           const=True, help=text)
-        else:
-            p.add_argument(row["flag"], dest=row["name"], default=None, metavar="VALUE",
-                           help=text)
+                    "listed here are left in the handler's sys.argv.\n\n" + COMMANDS,
+        epilog=f"{len(rows)} settings in all, {sum(not r['flag'] for r in rows)} of them "
+               f"from the environment only: `worker config --help` lists every one with its "
+               f"variable, `worker config` shows the values in force, docs/configuration.md "
+               f"explains each.")
+    if script:
+        p.add_argument("script", nargs=None if script == "required" else "?",
+                       metavar="HANDLER.py", help="the handler file (it calls "
+                                                  "start({'handler': ...}))")
+    for topic, _, group_rows in settings_doc.rows_by_topic():
+        flagged = [row for row in group_rows if row["flag"]]
+        group = p.add_argument_group(topic) if flagged else None
+        for row in flagged:
+            text = f"{row['help']} (env: {', '.join(row['env']) or '-'})"
+            if isinstance(row["default"], bool):
+                group.add_argument(row["flag"], dest=row["name"], default=None,
+                                   action="store_const", const=True, help=text)
+            else:
+                group.add_argument(row["flag"], dest=row["name"], default=None,
+                                   metavar="VALUE", help=text)
     p.add_argument("--rp_api_concurrency", default=None, metavar="N",
                    help="accepted for compatibility; the local API runs one process")
     p.add_argument("--version", action="version", version=f"gpu-worker {__version__}")
@@ -47,114 +73,51 @@ def main(argv: list | None = None) -> int:
     if argv and argv[0] == "gateway":                # `worker gateway`: no handler here
         from ..fleet import gateway
         return gateway.main(argv[1:])
+    if argv and argv[0] == "config":
+        return config_command(argv[1:])
     serve = bool(argv) and argv[0] == "serve"        # `worker serve handler.py`
     if serve:
         argv = argv[1:]
-    ns, rest = _parser(with_script=True).parse_known_args(argv)
+    ns, rest = _parser("required").parse_known_args(argv)
     if serve:
         ns.serve_api = True
     script = os.path.abspath(ns.script)
     if not (os.path.isfile(script) or os.path.isfile(os.path.join(script, "__main__.py"))):
         print(f"worker: error: handler file not found: {ns.script}", file=sys.stderr)
         return 2
-    try:
-        settings = cfg.Settings.load(flags=_flags(ns))
-    except cfg.SettingsError as exc:
-        print(f"worker: error: {exc}", file=sys.stderr)
-        return 2
-    if not setting_names.names_ok(settings, os.environ):
-        return 2
-    return run_mode(settings, ScriptTarget(script, rest))
-
+    return _start(_flags(ns), {}, ScriptTarget(script, rest))
 
 
 def run(target, argv: list, config: dict) -> int:
     """For start() outside a child with no script to re-execute."""
-    ns, _ = _parser(with_script=False).parse_known_args(argv)
+    ns, _ = _parser(None).parse_known_args(argv)
+    return _start(_flags(ns), config, target)
+
+
+def _start(flags: dict, config: dict, target) -> int:
+    """Settings resolved and checked, the old names and unknown ones said, then the run."""
     try:
-        settings = cfg.Settings.load(flags=_flags(ns), config=config)
+        resolved = cfg.resolve(flags=flags, config=config)
     except cfg.SettingsError as exc:
         print(f"worker: error: {exc}", file=sys.stderr)
         return 2
-    if not setting_names.names_ok(settings, os.environ):
+    for line in resolved.deprecated:
+        setting_sources.warn_once(line, lambda text: print(f"worker: warning: {text}",
+                                                           file=sys.stderr))
+    if not setting_names.names_ok(resolved.settings, os.environ):
         return 2
-    return run_mode(settings, target)
-
-
-def run_mode(settings: cfg.Settings, target) -> int:
-    try:
-        return _run_mode(settings, target)
-    finally:
-        reaper.end_adopted()     # what the last children left: nothing outlives the worker
-
-
-def _run_mode(settings: cfg.Settings, target) -> int:
-    """Pick the job source as runpod-python does — the local API if asked for, then the
-    realtime port, then the RunPod queue when RUNPOD_WEBHOOK_GET_JOB is set and no test
-    input is given, else the one-shot local test — with load balancing and a Redis Streams
-    endpoint (WORKER_QUEUE_URL; ours) before the RunPod queue."""
-    logs.configure(settings.log_level)
-    reaper.become_subreaper()      # a child whose forkserver died is still ours to watch
-    hardening.set_dumpable(False)  # our environ (the queue key) needs CAP_SYS_PTRACE to read
-    hardening.bound_execs(settings.child_keep_caps)   # what we start never has them
-    redaction.remember(settings.api_token, settings.queue_url,
-                       os.environ.get("RUNPOD_AI_API_KEY"))     # never in a line we write
-    queue = bool(settings.runpod_get_job) and settings.test_input is None
-    fleet = bool(settings.queue_url) and settings.test_input is None
-    balanced = not settings.serve_api and not settings.realtime_port and (
-        settings.load_balancer or (bool(settings.port_health) and not queue
-                                   and settings.test_input is None))
-    refusal = reload_refusal(settings, target, queue or fleet, balanced)
+    refusal = run_modes.refusal(resolved.settings) or _unwatchable(resolved.settings, target)
     if refusal:
         print(f"worker: error: {refusal}", file=sys.stderr)
         return 2
-    if settings.reload or settings.watch:
-        settings = dataclasses.replace(settings, reload=True, spare="off", warm_refresh=False)
-    if settings.fitness_checks == "auto":      # the SDK runs them in production only
-        settings = dataclasses.replace(settings,
-                                       fitness_checks="on" if queue or balanced or fleet
-                                       else "off")
-    if settings.serve_api:
-        from ..sources import local_api
-        return local_api.serve(settings, target)
-    if settings.realtime_port:
-        from ..sources import local_api
-        return local_api.serve(dataclasses.replace(settings, api_host="0.0.0.0",
-                                                   api_port=settings.realtime_port), target)
-    if balanced:
-        from ..sources import load_balancer
-        return load_balancer.serve(settings, target)
-    if fleet:
-        # RunPod's platform checks (its network check dials a public DNS server) are for
-        # RunPod's machines: a self-hosted fleet runs the handler's own checks only.
-        os.environ.setdefault("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "true")
-        from ..sources.redis_queue import RedisQueueSource
-        try:
-            return RedisQueueSource(settings, target).run()
-        except cfg.SettingsError as exc:
-            print(f"worker: error: {exc}", file=sys.stderr)
-            return 2
-    if queue:
-        from ..sources.runpod import RunPodSource
-        return RunPodSource(settings, target).run()
-    from ..sources import oneshot, oneshot_watch
-    return oneshot_watch.run(settings, target) if settings.watch else \
-        oneshot.run(settings, target)
+    settings_report.remember(resolved)
+    return run_mode(run_modes.settle(resolved.settings), target)
 
 
-def reload_refusal(settings: cfg.Settings, target, queue: bool, balanced: bool) -> str | None:
-    """Why --reload or --watch cannot run as asked, in one line (or None)."""
+def _unwatchable(settings: cfg.Settings, target) -> str | None:
+    """Why --reload or --watch has nothing to watch here (or None)."""
     if not (settings.reload or settings.watch):
         return None
-    api = settings.serve_api or bool(settings.realtime_port) or balanced
-    if settings.reload and not api and queue:
-        return ("--reload serves the local API and load-balancing modes; a queue worker "
-                "takes new code by a new deploy (drop --reload / WORKER_RELOAD)")
-    if settings.reload and not api and not settings.watch:
-        return ("--reload serves the local API (add --rp_serve_api, or `worker serve`); "
-                "the one-shot test runs again on every save with --watch")
-    if settings.watch and (api or queue):
-        return "--watch reruns the one-shot test; the local API reloads with --reload"
     from ..sources import reload_watch
     from ..sources.reloader import code_path
     if code_path(target) is None:
@@ -165,3 +128,67 @@ def reload_refusal(settings: cfg.Settings, target, queue: bool, balanced: bool) 
     except reload_watch.MissingWatcher as exc:
         return str(exc)
     return None
+
+
+def config_command(argv: list) -> int:
+    """`worker config`: what a worker started here would run with; nothing is imported."""
+    p = _parser("optional", prog="worker config")
+    p.add_argument("--json", action="store_true", help="the same as JSON")
+    p.epilog = "every setting, by topic (variable, flag):\n" + "\n".join(
+        f"  [{topic}]\n" + "\n".join(
+            f"    {', '.join(r['env']) or r['flag']}" + (f" ({r['flag']})" if r["env"] and
+                                                         r["flag"] else "")
+            for r in group) for topic, _, group in settings_doc.rows_by_topic())
+    ns, _ = p.parse_known_args(argv)
+    try:
+        resolved = cfg.resolve(flags=_flags(ns))
+    except cfg.SettingsError as exc:
+        print(f"worker config: error: {exc}", file=sys.stderr)
+        return 2
+    data = settings_report.report(resolved, os.environ)
+    print(json.dumps(data, indent=2) if ns.json else settings_report.text(data))
+    return 0
+
+
+def run_mode(settings: cfg.Settings, target) -> int:
+    try:
+        return _run_mode(settings, target)
+    finally:
+        reaper.end_adopted()     # what the last children left: nothing outlives the worker
+
+
+def _run_mode(settings: cfg.Settings, target) -> int:
+    """Run the settled mode (run_modes.py picked it and checked the settings)."""
+    logs.configure(settings.log_level)
+    reaper.become_subreaper()      # a child whose forkserver died is still ours to watch
+    hardening.set_dumpable(False)  # our environ (the queue key) needs CAP_SYS_PTRACE to read
+    hardening.bound_execs(settings.child_keep_caps)   # what we start never has them
+    redaction.remember(settings.api_token, settings.queue_url,
+                       os.environ.get("RUNPOD_AI_API_KEY"))     # never in a line we write
+    mode = settings.mode
+    if mode == "api":
+        from ..sources import local_api
+        return local_api.serve(settings, target)
+    if mode == "realtime":
+        from ..sources import local_api
+        return local_api.serve(dataclasses.replace(settings, api_host="0.0.0.0",
+                                                   api_port=settings.realtime_port), target)
+    if mode == "load_balancer":
+        from ..sources import load_balancer
+        return load_balancer.serve(settings, target)
+    if mode == "redis":
+        # RunPod's platform checks (its network check dials a public DNS server) are for
+        # RunPod's machines: a self-hosted fleet runs the handler's own checks only.
+        os.environ.setdefault("RUNPOD_SKIP_AUTO_SYSTEM_CHECKS", "true")
+        from ..sources.redis_queue import RedisQueueSource
+        try:
+            return RedisQueueSource(settings, target).run()
+        except cfg.SettingsError as exc:
+            print(f"worker: error: {exc}", file=sys.stderr)
+            return 2
+    if mode == "runpod":
+        from ..sources.runpod import RunPodSource
+        return RunPodSource(settings, target).run()
+    from ..sources import oneshot, oneshot_watch
+    return oneshot_watch.run(settings, target) if settings.watch else \
+        oneshot.run(settings, target)

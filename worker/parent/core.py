@@ -16,7 +16,8 @@ import logging
 import signal
 
 from .. import protocol as P
-from ..config import Settings, SettingsError
+from .. import settings_report
+from ..config import Settings
 from ..jobs import JobError, JobState, Reason, execution_timeout, ttl as job_ttl, validate_job
 from . import blame, gpu_events, placement, recovery, recycling
 from . import events as E
@@ -268,11 +269,7 @@ class SupervisorCore:
             if other.revivable:
                 other.out, other.revivable, other.setup_failures = None, False, 0
         self.handler_kind = msg.kind
-        if msg.config:
-            try:
-                self.use_settings(self.settings.with_config(msg.config))
-            except SettingsError as exc:     # the child checked them; this is a safety net
-                log.error("start() settings ignored: %s", exc)
+        self.use_settings(settings_report.on_ready(self.settings, msg.config or {}))
         self.last_ready_s = now - child.started
         if slot.spares.first_setup_s is None:
             slot.spares.first_setup_s = self.last_ready_s

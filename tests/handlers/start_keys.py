@@ -1,0 +1,15 @@
+"""Sets settings in its start() dict, one of them by its old name; importing it leaves a
+file named by START_SETTINGS_MARKER (to show `worker config` does not import it)."""
+import os
+
+import worker
+
+if os.environ.get("START_SETTINGS_MARKER"):
+    open(os.environ["START_SETTINGS_MARKER"], "w").close()
+
+
+def handler(job):
+    return {"pid": os.getpid()}
+
+
+worker.start({"handler": handler, "refresh_worker": True, "max_vram_mb": 100})

@@ -1,0 +1,180 @@
+"""`python -m worker config`: each setting's value and where it came from, the run mode and
+why, secrets redacted, the handler never imported; the same table logged by a running
+worker with what its start() dict set; the old names still working, each said once."""
+import json
+import os
+
+import pytest
+
+from tests.support import HANDLERS, PYTHON, run_cli
+from worker import setting_sources
+from worker.config import Settings, resolve
+
+# A clean environment: the caller's WORKER_*/RUNPOD_* settings must not leak in.
+BASE = {k: v for k, v in os.environ.items()
+        if not k.startswith(("WORKER_", "RUNPOD_")) and k not in ("PORT", "PORT_HEALTH")}
+BASE["RUNPOD_SKIP_AUTO_SYSTEM_CHECKS"] = "true"
+
+
+def config(*args, env=None):
+    proc = run_cli([PYTHON, "-m", "worker", "config", *args, "--json"],
+                   env={**BASE, **(env or {})})
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    return data, {row["name"]: row for row in data["settings"]}
+
+
+def test_config_says_each_value_and_its_source_without_importing_the_handler(tmp_path):
+    marker = tmp_path / "imported"
+    data, rows = config(str(HANDLERS / "start_keys.py"), "--job_timeout", "7",
+                        env={"WORKER_MAX_RSS_MB": "900", "RUNPOD_POD_ID": "pod-9",
+                             "WORKER_HEARTBEAT_TIMEOUT": "5",
+                             "START_SETTINGS_MARKER": str(marker)})
+    assert not marker.exists()                  # a handler may load a model at import
+    assert rows["job_timeout"] == {**rows["job_timeout"], "value": "7.0",
+                                   "source": "flag --job_timeout", "default": False}
+    assert (rows["max_rss_mb"]["value"], rows["max_rss_mb"]["source"]) == \
+        ("900.0", "env WORKER_MAX_RSS_MB")
+    assert (rows["worker_id"]["value"], rows["worker_id"]["source"]) == \
+        ("pod-9", "env RUNPOD_POD_ID")
+    assert (rows["stop_grace"]["value"], rows["stop_grace"]["source"]) == ("5.0", "default")
+    # derived: a tenth of the heartbeat timeout
+    assert (rows["heartbeat_interval"]["value"], rows["heartbeat_interval"]["source"]) == \
+        ("0.5", "derived from heartbeat_timeout")
+    assert len(rows) == len(Settings.__dataclass_fields__)
+
+
+def test_config_text_lists_every_setting_by_topic():
+    proc = run_cli([PYTHON, "-m", "worker", "config"], env={**BASE, "WORKER_SPARE": "on"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("mode: test — the one-shot test (no job source is set)")
+    assert "[Jobs and limits]" in proc.stdout and "[Advanced]" in proc.stdout
+    spare = next(line for line in proc.stdout.splitlines() if line.split()[:1] == ["spare"])
+    assert spare.split() == ["spare", "on", "env", "WORKER_SPARE"]
+    for name in Settings.__dataclass_fields__:
+        assert any(line.split()[:1] == [name] for line in proc.stdout.splitlines()), name
+
+
+def test_config_redacts_secrets():
+    data, rows = config(env={"WORKER_API_TOKEN": "tok-very-secret",
+                             "WORKER_QUEUE_URL": "rediss://user:pw-very-secret@q.internal:6380/0",
+                             "WORKER_ENDPOINT": "ep",
+                             "WORKER_WEBHOOK_PROXY": "http://u:proxy-secret@proxy:3128"})
+    text = json.dumps(data)
+    for secret in ("tok-very-secret", "pw-very-secret", "proxy-secret"):
+        assert secret not in text
+    assert rows["api_token"]["value"] == "***"
+    assert rows["queue_url"]["value"] == "rediss://***@q.internal:6380/0"
+    assert rows["api_token"]["source"] == "env WORKER_API_TOKEN"
+
+
+@pytest.mark.parametrize("args, env, mode, why", [
+    ((), {}, "test", "no job source is set"),
+    (("--test_input", "{}"), {"RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:1/x"}, "test",
+     "--test_input is given"),
+    (("--rp_serve_api",), {}, "api", "--rp_serve_api"),
+    ((), {"WORKER_SERVE_API": "1", "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:1/x"}, "api",
+     "WORKER_SERVE_API"),
+    ((), {"RUNPOD_REALTIME_PORT": "8089"}, "realtime", "RUNPOD_REALTIME_PORT is set"),
+    ((), {"PORT_HEALTH": "8081"}, "load_balancer", "PORT_HEALTH is set"),
+    (("--load_balancer",), {}, "load_balancer", "--load_balancer"),
+    ((), {"WORKER_QUEUE_URL": "redis://127.0.0.1:1", "WORKER_ENDPOINT": "e",
+          "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:1/x"}, "redis", "WORKER_QUEUE_URL"),
+    ((), {"RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:1/x"}, "runpod",
+     "RUNPOD_WEBHOOK_GET_JOB is set"),
+    ((), {"WORKER_MODE": "api", "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:1/x"}, "api",
+     "WORKER_MODE"),
+])
+def test_config_names_the_mode_and_why(args, env, mode, why):
+    data, rows = config(*args, env=env)
+    assert (data["mode"], rows["mode"]["value"]) == (mode, mode)
+    assert why in data["mode_reason"] and data["refused"] is None
+    assert rows["mode"]["source"] == ("env WORKER_MODE" if "WORKER_MODE" in env
+                                      else f"derived: {data['mode_reason']}")
+
+
+@pytest.mark.parametrize("env, args, refusal", [
+    ({"WORKER_MODE": "runpod"}, (), "WORKER_MODE=runpod needs RUNPOD_WEBHOOK_GET_JOB"),
+    ({"WORKER_MODE": "redis", "WORKER_QUEUE_URL": "redis://127.0.0.1:1"}, (),
+     "WORKER_MODE=redis needs WORKER_ENDPOINT"),
+    ({"WORKER_MODE": "realtime"}, (), "WORKER_MODE=realtime needs RUNPOD_REALTIME_PORT"),
+    ({"WORKER_MODE": "runpod", "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:1/x"},
+     ("--rp_serve_api",), "but --rp_serve_api asks for the local API"),
+    ({"WORKER_QUEUE_URL": "redis://127.0.0.1:1"}, (), "WORKER_QUEUE_URL needs WORKER_ENDPOINT"),
+    ({"WORKER_RELOAD": "true", "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:1/x"}, (),
+     "a queue worker takes new code by a new deploy"),
+])
+def test_settings_that_cannot_run_together_are_refused_before_anything_starts(
+        env, args, refusal):
+    data, _ = config(*args, env=env)
+    assert refusal in data["refused"]
+    proc = run_cli([PYTHON, "-m", "worker", str(HANDLERS / "start_keys.py"), *args],
+                   env={**BASE, **env, "START_SETTINGS_MARKER": os.devnull + ".x"}, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("worker: error: ")
+    assert refusal in proc.stderr, proc.stderr
+    assert "ready in" not in proc.stderr          # no child was started
+
+
+@pytest.mark.parametrize("old, value, name, new", [
+    ("WORKER_MAX_VRAM_MB", "500", "max_vram", "500"),
+    ("WORKER_MAX_VRAM_FRACTION", "0.9", "max_vram", "90%"),
+    ("WORKER_FITNESS_CHECKS", "on", "checks", "on"),
+    ("WORKER_GPU_CHECK", "false", "checks", "off"),
+    ("WORKER_REQUIRE_GPU", "true", "checks", "require_gpu"),
+])
+def test_each_old_name_still_works_and_says_once_what_replaced_it(old, value, name, new):
+    assert getattr(Settings.load(env={old: value}), name) == new
+    data, rows = config(env={old: value})
+    assert (rows[name]["value"], rows[name]["source"]) == (new, f"env {old} (deprecated)")
+    assert data["not_settings"] == []            # an old name is not "misspelt"
+    # a real worker says it once, and runs
+    proc = run_cli([PYTHON, "-m", "worker", str(HANDLERS / "edges.py"), "--test_input",
+                    '{"input": {"do": "echo", "value": 1}}'],
+                   env={**BASE, old: value, "WORKER_CHECKS": ""}, timeout=120)
+    said = [line for line in proc.stderr.splitlines() if f"{old} is deprecated" in line]
+    assert len(said) == 1, proc.stderr[-2000:]
+    assert said[0].startswith(f"worker: warning: {old} is deprecated; use ")
+
+
+def test_an_old_value_that_asks_for_the_default_still_says_it_is_deprecated():
+    assert Settings.load(env={"WORKER_GPU_CHECK": "true"}).checks == "auto"
+    resolved = resolve(env={"WORKER_GPU_CHECK": "true"})
+    assert resolved.deprecated == ["WORKER_GPU_CHECK is deprecated; use WORKER_CHECKS (its "
+                                   "default does this)"]
+
+
+def test_the_old_start_key_works_and_the_worker_logs_what_is_in_force(tmp_path):
+    """A running worker logs, once its first child is ready, the settings not at their
+    default, with the start() dict's among them; the old start() key is said once although
+    every job makes a new child (refresh_worker)."""
+    marker = tmp_path / "imported"
+    proc = run_cli([PYTHON, "-m", "worker", str(HANDLERS / "start_keys.py"),
+                    "--test_input", '{"input": {}}'],
+                   env={**BASE, "WORKER_JOB_TIMEOUT": "77", "START_SETTINGS_MARKER":
+                        str(marker)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert marker.exists()
+    table = proc.stderr[proc.stderr.index("settings in force:"):]
+    lines = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:]
+             if line.startswith("  ") and not line.startswith("  (")}
+    assert lines["job_timeout"] == ["77.0", "env", "WORKER_JOB_TIMEOUT"]
+    assert lines["refresh_worker"] == ["true", "start()", "key", "'refresh_worker'"]
+    assert lines["max_vram"] == ["100", "start()", "key", "'max_vram_mb'"]
+    assert lines["mode"] == ["test", "derived:", "--test_input", "is", "given"]
+    assert "stop_grace" not in lines               # at its default: INFO leaves it out
+    said = [line for line in proc.stderr.splitlines()
+            if "start() key 'max_vram_mb' is deprecated" in line]
+    assert len(said) == 1 and "use 'max_vram': '100'" in said[0], proc.stderr[-3000:]
+
+
+def test_the_worker_s_help_names_its_commands_and_every_setting_is_in_config_help():
+    top = run_cli([PYTHON, "-m", "worker", "--help"], env=BASE)
+    assert top.returncode == 0
+    for command in ("worker serve HANDLER.py", "worker gateway", "worker config"):
+        assert command in top.stdout
+    assert "worker config --help` lists every one" in " ".join(top.stdout.split())
+    full = run_cli([PYTHON, "-m", "worker", "config", "--help"], env=BASE)
+    assert full.returncode == 0
+    for field in Settings.__dataclass_fields__.values():
+        for name in field.metadata["env"] or (field.metadata["flag"],):
+            assert name in full.stdout, name

@@ -1,0 +1,208 @@
+"""Where each setting's value comes from, and the text that becomes a value (for any
+dataclass whose fields carry env/flag/config metadata: config.Settings).
+
+Precedence, highest first: the dict given to start(), command-line flags, environment
+(WORKER_* and the RUNPOD_* names the official SDK reads; then the deprecated names below),
+defaults. `resolve` keeps, for each setting, the source it took its value from, so that
+`python -m worker config` and the table logged at the first child's start can say it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+DEFAULT = "default"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the source."""
+
+
+@dataclass(frozen=True)
+class Alias:
+    """An old name that still works: it sets `setting` through `convert` (None: the old
+    value asks for nothing the default does not give) and says once what replaced it."""
+    old: str                        # the variable's name; its lower-case tail (no WORKER_)
+    setting: str                    # is the old start() key where `config` is True
+    env: str                        # the setting's variable
+    convert: Callable[[str], Any]
+    config: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.old.removeprefix("WORKER_").lower()
+
+    def note(self, raw: Any, source: str, as_key: bool = False) -> str:
+        new = self.convert(raw)
+        name = repr(self.setting) if as_key else self.env
+        use = (f"{name} (its default does this)" if new is None else
+               f"{name}: {new!r}" if as_key else f"{name}={new}")
+        return f"{source} is deprecated; use {use}"
+
+
+def _fraction_to_percent(raw: Any) -> str:
+    value = float(raw)
+    if not 0 <= value <= 1:
+        raise ValueError("a fraction from 0 to 1")
+    return "0" if value == 0 else f"{value * 100:g}%"
+
+
+def _when_true(value: str) -> Callable[[Any], Any]:
+    return lambda raw: value if _parse_bool(raw) else None
+
+
+ALIASES = (
+    Alias("WORKER_MAX_VRAM_MB", "max_vram", "WORKER_MAX_VRAM", lambda raw: f"{float(raw):g}",
+          config=True),
+    Alias("WORKER_MAX_VRAM_FRACTION", "max_vram", "WORKER_MAX_VRAM", _fraction_to_percent,
+          config=True),
+    Alias("WORKER_FITNESS_CHECKS", "checks", "WORKER_CHECKS",
+          lambda raw: str(raw).strip().lower()),
+    Alias("WORKER_GPU_CHECK", "checks", "WORKER_CHECKS",
+          lambda raw: None if _parse_bool(raw) else "off"),
+    Alias("WORKER_REQUIRE_GPU", "checks", "WORKER_CHECKS", _when_true("require_gpu")),
+)
+ALIAS_KEYS = {a.key: a for a in ALIASES if a.config}
+_warned: set = set()
+
+
+def warn_once(text: str, say: Callable[[str], None]) -> None:
+    """Each deprecated name is named once per process, however often it is read."""
+    if text not in _warned:
+        _warned.add(text)
+        say(text)
+
+
+@dataclass
+class Resolved:
+    """Settings and, per setting, where its value came from."""
+    settings: Any                   # config.Settings
+    sources: dict = field(default_factory=dict)      # name -> "env WORKER_X", "flag --x"...
+    deprecated: list = field(default_factory=list)   # one line per old name in use
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name, DEFAULT)
+
+    def with_config(self, config: Mapping[str, Any]) -> "Resolved":
+        settings, keys, notes = apply_config(self.settings, config)
+        sources = {**self.sources, **{k: f"start() key {src!r}" for k, src in keys.items()}}
+        return Resolved(settings, sources, self.deprecated + notes)
+
+
+def resolve(cls, env: Mapping[str, str] | None = None,
+            flags: Mapping[str, Any] | None = None,
+            config: Mapping[str, Any] | None = None) -> Resolved:
+    """`cls` built from the sources in precedence order, each value's source kept."""
+    import os
+    env = os.environ if env is None else env
+    fields = fields_of(cls)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for f in fields.values():
+        for name in f.metadata["env"]:
+            if env.get(name, "") != "":
+                values[f.name] = parse(f, env[name], name)
+                sources[f.name] = f"env {name}"
+                break
+    notes = []
+    for alias in ALIASES:
+        raw = env.get(alias.old, "")
+        if raw == "":
+            continue
+        new = _convert(alias, raw, alias.old)
+        notes.append(alias.note(raw, alias.old))
+        if new is None:
+            continue
+        value = parse(fields[alias.setting], new, alias.old)
+        if alias.setting in sources and values[alias.setting] != value:
+            raise SettingsError(f"{alias.old} and {sources[alias.setting].split()[-1]} "
+                                f"both set {alias.setting}; keep {alias.env} alone")
+        if alias.setting not in sources:
+            values[alias.setting] = value
+            sources[alias.setting] = f"env {alias.old} (deprecated)"
+    for key, raw in (flags or {}).items():
+        if raw is not None:
+            if key not in fields:
+                raise SettingsError(f"unknown setting {key!r}")
+            values[key] = parse(fields[key], raw, fields[key].metadata["flag"])
+            sources[key] = f"flag {fields[key].metadata['flag']}"
+    return Resolved(cls(**values), sources, notes).with_config(config or {})
+
+
+def apply_config(settings, config: Mapping[str, Any]):
+    """start() keys that name settings (or their old names), applied: the settings, the
+    settings changed with the key that changed each, and a line per old key."""
+    fields = fields_of(type(settings))
+    changes, keys, notes = {}, {}, []
+    for key, raw in config.items():
+        f = fields.get(key)
+        if f is not None and f.metadata["config"]:
+            changes[key] = parse(f, raw, f"start() key {key!r}")
+            keys[key] = key
+        elif key in ALIAS_KEYS:
+            alias = ALIAS_KEYS[key]
+            new = _convert(alias, raw, f"start() key {key!r}")
+            notes.append(alias.note(raw, f"start() key {key!r}", as_key=True))
+            if new is not None:
+                changes[alias.setting] = parse(fields[alias.setting], new, key)
+                keys[alias.setting] = key
+    return (dataclasses.replace(settings, **changes) if changes else settings), keys, notes
+
+
+def config_keys(cls) -> set[str]:
+    """start() keys that name settings, old names included."""
+    return {name for name, f in fields_of(cls).items() if f.metadata["config"]} | \
+        set(ALIAS_KEYS)
+
+
+def fields_of(cls) -> dict:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _convert(alias: Alias, raw: Any, source: str) -> Any:
+    try:
+        return alias.convert(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{source}={raw!r} is not valid: {exc}") from None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def parse(f: dataclasses.Field, raw: Any, source: str) -> Any:
+    kind = f.type
+    try:
+        if kind == "bool":
+            return _parse_bool(raw)
+        if kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError("expected an integer")
+            value = int(raw)
+        elif kind == "float":
+            if isinstance(raw, bool):
+                raise ValueError("expected a number")
+            value = float(raw)
+        elif kind == "tuple":
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(s.strip() for s in items if str(s).strip())
+        else:
+            return None if raw is None else str(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{source}={raw!r} is not valid for {f.name}: {exc}") from None
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{source}={raw!r} is not valid for {f.name}: must be a finite number >= 0")
+    return value
