@@ -62,6 +62,17 @@ def test_an_execution_timeout_that_is_not_a_sane_number_is_refused_and_the_worke
     assert h.run({"do": "echo", "echo": 2}, policy={"executionTimeout": 0}).output["echo"] == 2
 
 
+def test_the_longest_execution_timeout_allowed_runs_its_job(harness):
+    """30 days is allowed; the supervisor's sleep until that deadline used to overflow
+    select's milliseconds (past ~24.8 days) and end the loop (exit 70), when no nearer
+    deadline (a heartbeat's) came first."""
+    h = harness("edges.py", heartbeat_timeout=0)
+    job = h.run({"do": "sleep", "seconds": 0.3},
+                policy={"executionTimeout": 30 * 24 * 3600 * 1000})
+    assert job.state is JobState.COMPLETED, message(job)
+    assert h.run({"do": "echo", "echo": 3}).output["echo"] == 3
+
+
 def test_a_job_that_breaks_the_supervisor_fails_alone_and_the_loop_goes_on(harness):
     class Hostile(dict):
         def get(self, *a):

@@ -55,11 +55,65 @@ def test_start_config_keys():
     ({"WORKER_MODE": "queue"}, "WORKER_MODE='queue': mode must be auto, api"),
     ({"WORKER_CHECKS": "maybe"}, "checks must be auto, on, off or require_gpu"),
     ({"WORKER_MAX_VRAM_FRACTION": "2"}, "WORKER_MAX_VRAM_FRACTION='2' is not valid"),
-    ({"WORKER_MAX_VRAM": "90%", "WORKER_MAX_VRAM_MB": "5"}, "keep WORKER_MAX_VRAM alone"),
+    ({"WORKER_MAX_VRAM": "90%", "WORKER_MAX_VRAM_MB": "5"},
+     "WORKER_MAX_VRAM_MB and WORKER_MAX_VRAM both set max_vram, differently"),
+    ({"WORKER_MAX_VRAM_MB": "4096", "WORKER_MAX_VRAM_FRACTION": "0.9"},
+     "WORKER_MAX_VRAM_FRACTION and WORKER_MAX_VRAM_MB both set max_vram"),
+    ({"WORKER_CHECKS": "off", "WORKER_FITNESS_CHECKS": "on"},
+     "WORKER_FITNESS_CHECKS and WORKER_CHECKS both set checks (handler checks)"),
+    ({"WORKER_FITNESS_CHECKS": "true"}, "WORKER_FITNESS_CHECKS='true' is not valid"),
+    ({"WORKER_MAX_VRAM_MB": "nan"}, "WORKER_MAX_VRAM_MB='nan' is not valid"),
+    ({"WORKER_CHECKS": "on,off"}, "names the handler checks twice"),
+    # past a ceiling a wait overflows the OS's timers, a port wraps round
+    ({"WORKER_SETUP_TIMEOUT": "3000000"}, "setup_timeout must be at most 1,000,000 s"),
+    ({"WORKER_STOP_GRACE": "1e9"}, "stop_grace must be at most 3,600 s"),
+    ({"WORKER_API_PORT": "70000"}, "api_port must be at most 65,535"),
+    ({"WORKER_METRICS_PORT": "83536"}, "metrics_port must be at most 65,535"),
+    ({"WORKER_CHILD_OOM_SCORE_ADJ": "5000"}, "must be at most 1,000"),
+    ({"WORKER_LOG_LEVEL": "garbage"}, "log_level must be DEBUG, INFO"),
+    ({"WORKER_HEARTBEAT_INTERVAL": "0.001"}, "0 (derived) or 0.05 s or more"),
+    ({"WORKER_HEARTBEAT_INTERVAL": "5", "WORKER_HEARTBEAT_TIMEOUT": "2"},
+     "must be longer than the heartbeat interval (5 s)"),
+    ({"WORKER_WEBHOOK_PROXY": "127.0.0.1:3128"}, "WORKER_WEBHOOK_PROXY must be http://host"),
+    ({"WORKER_WEBHOOK_PROXY": "socks5://127.0.0.1:1080"}, "socks proxy is not supported"),
 ])
 def test_bad_values_name_their_source(env, message):
     with pytest.raises(SettingsError, match=re.escape(message)):
         Settings.load(env=env)
+
+
+def test_every_number_has_a_ceiling():
+    from worker import setting_rules
+    numbers = {f.name for f in Settings.__dataclass_fields__.values()
+               if f.type in ("int", "float")}
+    assert numbers == set(setting_rules.MAXIMA)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"max_vram": "50%", "max_vram_mb": 4096}, "both set max_vram, differently"),
+    ({"max_vram_mb": 4096, "max_vram_fraction": 0.5}, "both set max_vram, differently"),
+    ({"max_jobs_per_child": 2.7}, "expected an integer"),
+    ({"job_timeout": 5_000_000}, "at most 1,000,000 s"),
+    ({"heartbeat_timeout": 0.5}, "longer than the heartbeat interval (1 s)"),
+])
+def test_start_keys_are_held_to_the_same_rules(config, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings(heartbeat_interval=1.0).with_config(config)
+
+
+def test_old_names_for_parts_of_the_checks_combine_as_they_did():
+    """WORKER_FITNESS_CHECKS set the handler's checks only, WORKER_GPU_CHECK the GPU
+    check only, WORKER_REQUIRE_GPU added the requirement: together they still mean that,
+    beside the image's WORKER_CHECKS=require_gpu too."""
+    s = Settings.load(env={"WORKER_FITNESS_CHECKS": "on", "WORKER_GPU_CHECK": "false"})
+    assert (s.checks, s.handler_checks, s.gpu_check, s.require_gpu) == \
+        ("on,no_gpu", True, False, False)
+    s = Settings.load(env={"WORKER_CHECKS": "require_gpu", "WORKER_FITNESS_CHECKS": "off"})
+    assert (s.checks, s.handler_checks, s.gpu_check, s.require_gpu) == \
+        ("off,require_gpu", False, True, True)
+    s = Settings.load(env={"WORKER_FITNESS_CHECKS": "off"})
+    assert (s.checks, s.gpu_check) == ("off,gpu", True)     # the GPU check stays, as before
+    assert Settings.load(env={"WORKER_MAX_VRAM_MB": "1234567"}).max_vram_mb == 1234567
 
 
 def test_a_misspelt_setting_is_named_at_start_up_and_strict_mode_refuses_it():

@@ -103,6 +103,19 @@ def test_config_names_the_mode_and_why(args, env, mode, why):
     ({"WORKER_QUEUE_URL": "redis://127.0.0.1:1"}, (), "WORKER_QUEUE_URL needs WORKER_ENDPOINT"),
     ({"WORKER_RELOAD": "true", "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:1/x"}, (),
      "a queue worker takes new code by a new deploy"),
+    ({"WORKER_MODE": "api", "WORKER_LOAD_BALANCER": "true"}, (),
+     "WORKER_MODE=api, but --load_balancer asks for load balancing"),
+    ({"WORKER_MODE": "runpod", "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:1/x",
+      "RUNPOD_REALTIME_PORT": "8123"}, (), "RUNPOD_REALTIME_PORT asks for the realtime mode"),
+    ({"WORKER_QUEUE_URL": "http://127.0.0.1:1", "WORKER_ENDPOINT": "e"}, (),
+     "WORKER_QUEUE_URL must be a redis:// or rediss:// URL"),
+    ({"WORKER_QUEUE_URL": "redis://127.0.0.1:1", "WORKER_ENDPOINT": "bad name!"}, (),
+     "WORKER_ENDPOINT: "),
+    ({"WORKER_QUEUE_URL": "redis://127.0.0.1:1", "WORKER_ENDPOINT": "e",
+      "WORKER_QUEUE_PASSWORD_FILE": "/nonexistent/pw"}, (),
+     "WORKER_QUEUE_PASSWORD_FILE cannot be read"),
+    ({"WORKER_STRICT_SETTINGS": "true", "WORKER_JOB_TIMOUT": "5"}, (),
+     "WORKER_JOB_TIMOUT is not a setting"),
 ])
 def test_settings_that_cannot_run_together_are_refused_before_anything_starts(
         env, args, refusal):
@@ -119,7 +132,7 @@ def test_settings_that_cannot_run_together_are_refused_before_anything_starts(
     ("WORKER_MAX_VRAM_MB", "500", "max_vram", "500"),
     ("WORKER_MAX_VRAM_FRACTION", "0.9", "max_vram", "90%"),
     ("WORKER_FITNESS_CHECKS", "on", "checks", "on"),
-    ("WORKER_GPU_CHECK", "false", "checks", "off"),
+    ("WORKER_GPU_CHECK", "false", "checks", "no_gpu"),
     ("WORKER_REQUIRE_GPU", "true", "checks", "require_gpu"),
 ])
 def test_each_old_name_still_works_and_says_once_what_replaced_it(old, value, name, new):
@@ -134,6 +147,44 @@ def test_each_old_name_still_works_and_says_once_what_replaced_it(old, value, na
     said = [line for line in proc.stderr.splitlines() if f"{old} is deprecated" in line]
     assert len(said) == 1, proc.stderr[-2000:]
     assert said[0].startswith(f"worker: warning: {old} is deprecated; use ")
+
+
+def test_config_shows_what_the_mode_and_reload_change_as_a_run_would_use_it():
+    """The realtime mode serves on 0.0.0.0 at its port, --reload turns the spare and warm
+    refresh off: `config` shows the values the run uses, and why."""
+    _, rows = config(env={"RUNPOD_REALTIME_PORT": "8123"})
+    assert (rows["api_host"]["value"], rows["api_port"]["value"]) == ("0.0.0.0", "8123")
+    assert rows["api_port"]["source"] == "derived: RUNPOD_REALTIME_PORT"
+    data, rows = config("serve", str(HANDLERS / "edges.py"), "--reload",
+                        env={"WORKER_SPARE": "on", "WORKER_WARM_REFRESH": "true"})
+    assert data["mode"] == "api" and data["refused"] is None     # `config serve` as `serve`
+    assert (rows["spare"]["value"], rows["warm_refresh"]["value"]) == ("off", "false")
+    assert rows["spare"]["source"].startswith("env WORKER_SPARE, overridden: --reload")
+
+
+def test_config_says_what_a_worker_would_refuse():
+    data, _ = config("no_such_handler.py")
+    assert data["refused"] == "handler file not found: no_such_handler.py"
+    proc = run_cli([PYTHON, "-m", "worker", "config", "--json"],
+                   env={**BASE, "WORKER_API_PORT": "70000"})
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout) == {"error": "WORKER_API_PORT=70000: api_port must be at "
+                                                "most 65,535"}
+
+
+def test_a_url_setting_is_shown_without_its_credentials():
+    _, rows = config(env={"RUNPOD_WEBHOOK_GET_JOB":
+                          "https://user:hunter22@127.0.0.1:1/take?token=abc&x=1",
+                          "WORKER_API_TOKEN": "tok://secretvalue"})
+    assert rows["runpod_get_job"]["value"] == "https://***@127.0.0.1:1/take?token=***&x=1"
+    assert rows["api_token"]["value"] == "***"
+
+
+def test_a_bad_start_value_is_one_line_not_a_traceback():
+    proc = run_cli([PYTHON, "-m", "worker", str(HANDLERS / "start_bad_value.py"),
+                    "--test_input", '{"input": {}}'], env=BASE, timeout=120)
+    assert "handler setup failed: start() key 'job_timeout'=-5 is not valid" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 
 def test_an_old_value_that_asks_for_the_default_still_says_it_is_deprecated():
@@ -162,9 +213,13 @@ def test_the_old_start_key_works_and_the_worker_logs_what_is_in_force(tmp_path):
     assert lines["max_vram"] == ["100", "start()", "key", "'max_vram_mb'"]
     assert lines["mode"] == ["test", "derived:", "--test_input", "is", "given"]
     assert "stop_grace" not in lines               # at its default: INFO leaves it out
-    said = [line for line in proc.stderr.splitlines()
-            if "start() key 'max_vram_mb' is deprecated" in line]
-    assert len(said) == 1 and "use 'max_vram': '100'" in said[0], proc.stderr[-3000:]
+    assert proc.stderr.count(" ready in ") == 2              # refresh_worker: a second child
+    for line in ("start() key 'max_vram_mb' is deprecated; use 'max_vram': '100'",
+                 "start() key 'job_timout' is not a setting; did you mean 'job_timeout'?",
+                 "start() key 'mode' is ignored: mode is read before the module runs "
+                 "(set WORKER_MODE)"):
+        assert proc.stderr.count(line) == 1, (line, proc.stderr[-3000:])
+    assert "my_own_key" not in proc.stderr           # the handler's own keys, as in the SDK
 
 
 def test_the_worker_s_help_names_its_commands_and_every_setting_is_in_config_help():

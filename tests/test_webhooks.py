@@ -178,6 +178,31 @@ def test_a_proxy_is_the_workers_setting_never_the_environments(server):
         hook.server.shutdown()
 
 
+def test_a_proxys_user_and_password_reach_it(server):
+    """WORKER_WEBHOOK_PROXY=http://user:password@host:port: the proxy gets them as Basic
+    Proxy-Authorization (they used to be dropped while the setting showed them in use)."""
+    import base64
+    seen = []
+
+    def proxy(conn, request, stop):
+        seen.append([line for line in request.split(b"\r\n")
+                     if line.lower().startswith(b"proxy-authorization:")])
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    via = Raw(proxy)
+    hook = Hook()
+    try:
+        host = via.url.rsplit("/", 1)[0].removeprefix("http://")
+        s = server("edges.py", WORKER_WEBHOOK_PROXY=f"http://al%40ice:p%3Ass@{host}")
+        job = s.post("/run", {"input": {"do": "echo"}, "webhook": hook.url}).json()["id"]
+        s.until(job, lambda st: "deliveryTime" in st)
+        assert seen == [[b"Proxy-Authorization: Basic " +
+                         base64.b64encode(b"al@ice:p:ss")]]
+    finally:
+        via.close()
+        hook.server.shutdown()
+
+
 def test_a_host_without_ipv6_still_listens_on_what_it_has(monkeypatch):
     """localhost resolves to ::1 too; where the kernel has no IPv6 the API binds
     127.0.0.1 alone (as asyncio did), and fails only when nothing could be bound."""

@@ -9,7 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from . import setting_sources
+from . import setting_rules, setting_sources
+from .setting_rules import MODES, PRODUCTION_MODES   # noqa: F401 - what callers name
 from .setting_sources import SettingsError
 
 
@@ -19,8 +20,6 @@ def _setting(default, env=(), flag=None, help="", config=True, secret=False):
                            "secret": secret})
 
 
-LOOPBACK = "127.0.0.1"
-ADDRESS_SETTINGS = ("api_host", "metrics_host")     # what the worker listens on
 
 
 @dataclass(frozen=True)
@@ -218,10 +217,11 @@ class Settings:
                            "sees a GPU, CUDA must initialise in the child and each device "
                            "take a small allocation). auto: the handler's checks in the "
                            "production modes only (runpod, load_balancer, redis), as the "
-                           "SDK, and the GPU check always; on: both in every mode; "
-                           "require_gpu: as on, and a usable GPU must be found (NVML, CUDA, "
-                           "a torch built for a CUDA the driver supports; the GPU image "
-                           "sets it); off: none.", config=False)
+                           "SDK, and the GPU check; on: the handler's in every mode too; "
+                           "off: none; require_gpu: as auto, and a usable GPU must be "
+                           "found (NVML, CUDA, a torch built for a CUDA the driver "
+                           "supports; the GPU image sets it). Words of the two parts "
+                           "combine: e.g. on,no_gpu or off,require_gpu.", config=False)
     health_file: str = _setting("", ("WORKER_HEALTH_FILE",), None,
                                 "Write the worker's state to this file on every change, for "
                                 "`python -m worker.healthcheck` (the image's HEALTHCHECK) "
@@ -308,32 +308,15 @@ class Settings:
                                 config=False)
 
     def __post_init__(self):
-        # An empty address means loopback, from any source (a variable, a flag, a dict):
-        # never "every interface", which is what an empty host means to a socket.
-        for name in ADDRESS_SETTINGS:
-            if not getattr(self, name).strip():
-                object.__setattr__(self, name, LOOPBACK)
-        for name, allowed in CHOICES.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise SettingsError(f"{_env(name)}={value!r}: {name} must be "
-                                    f"{', '.join(allowed[:-1])} or {allowed[-1]}")
-        if self.queue_lease_s < 1 or self.queue_max_deliveries < 1:
-            raise SettingsError("WORKER_QUEUE_LEASE_S must be 1 s or more and "
-                                "WORKER_QUEUE_MAX_DELIVERIES 1 or more")
-        _vram_limit(self.max_vram)          # a clear error now, not at the first reading
+        # What each value may be, and the checks that must hold whatever set the values
+        # (a start() dict included): setting_rules.py. It answers the values normalised.
+        for name, value in setting_rules.check(self).items():
+            object.__setattr__(self, name, value)
 
     # --- what follows from the settings -----------------------------------------------
 
-    @property
-    def max_vram_mb(self) -> float:
-        mb, _ = _vram_limit(self.max_vram)
-        return mb
-
-    @property
-    def max_vram_fraction(self) -> float:
-        _, fraction = _vram_limit(self.max_vram)
-        return fraction
+    max_vram_mb = property(lambda self: setting_rules.vram_limit(self.max_vram)[0])
+    max_vram_fraction = property(lambda self: setting_rules.vram_limit(self.max_vram)[1])
 
     @property
     def heartbeat_period(self) -> float:
@@ -347,11 +330,14 @@ class Settings:
     def handler_checks(self) -> bool:
         """Run the handler's fitness checks: asked for, or `auto` in a production mode
         (run_modes.py settles `mode` before the first child starts)."""
-        return self.checks in ("on", "require_gpu") or (
-            self.checks == "auto" and self.mode in PRODUCTION_MODES)
+        handler = setting_rules.checks_parts(self.checks).get("handler", "auto")
+        return handler == "on" or (handler == "auto" and
+                                   self.mode in setting_rules.PRODUCTION_MODES)
 
-    gpu_check = property(lambda self: self.checks != "off")
-    require_gpu = property(lambda self: self.checks == "require_gpu")
+    gpu_check = property(lambda self: setting_rules.checks_parts(self.checks).get(
+        "gpu", "gpu") != "no_gpu")
+    require_gpu = property(lambda self: setting_rules.checks_parts(self.checks).get(
+        "gpu") == "require_gpu")
 
     # --- construction -------------------------------------------------------------------
 
@@ -375,39 +361,14 @@ class Settings:
                       for k, v in data.items()})
 
 
-MODES = ("api", "realtime", "load_balancer", "runpod", "redis", "test")
-PRODUCTION_MODES = ("runpod", "load_balancer", "redis")     # where the SDK runs checks
-CHOICES = {"mode": ("auto",) + MODES, "checks": ("auto", "on", "off", "require_gpu"),
-           "webhook_guard": ("auto", "on", "off"), "reload_poll": ("auto", "on", "off"),
-           "spare": ("auto", "on", "off"), "start_method": ("forkserver", "spawn")}
-
-
-def _env(name: str) -> str:
-    env = FIELDS[name].metadata["env"]
-    return env[0] if env else name
-
-
-def _vram_limit(text: str) -> tuple[float, float]:
-    """WORKER_MAX_VRAM as (MiB, fraction of the devices' memory); one of them is 0."""
-    raw = str(text).strip()
-    try:
-        if raw.endswith("%"):
-            percent = float(raw[:-1])
-            if 0 <= percent <= 100:
-                return 0.0, percent / 100
-        else:
-            mb = float(raw or 0)
-            if mb >= 0 and mb != float("inf"):
-                return mb, 0.0
-    except ValueError:
-        pass
-    raise SettingsError(f"WORKER_MAX_VRAM={text!r}: give MiB (e.g. 4096) or a percentage "
-                        f"of the devices' memory (e.g. 90%); 0 = no limit")
-
-
 def config_keys() -> set[str]:
     """Setting names that a start() config may carry (old names included)."""
     return setting_sources.config_keys(Settings)
+
+
+def start_key_notes(config: Mapping[str, Any]) -> list[str]:
+    """A line for each start() key that looks meant for a setting but sets none."""
+    return setting_sources.start_key_notes(Settings, config)
 
 
 def resolve(env: Mapping[str, str] | None = None, flags: Mapping[str, Any] | None = None,

@@ -84,12 +84,17 @@ def configure(level: str, json_lines: bool | None = None) -> None:
     """Set up the parent's logging once (stderr)."""
     if json_lines is None:
         json_lines = bool(os.environ.get("RUNPOD_ENDPOINT_ID"))
-    name = {"WARN": "WARNING", "TRACE": "DEBUG", "NOTSET": "DEBUG"}.get(level.upper(),
-                                                                         level.upper())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(getattr(logging, name, logging.INFO))
+    root.setLevel(level_number(level))
+
+
+def level_number(level: str) -> int:
+    """A log level's name as Settings takes it (WARN, TRACE...) as logging's number."""
+    name = {"WARN": "WARNING", "TRACE": "DEBUG", "NOTSET": "DEBUG"}.get(level.upper(),
+                                                                         level.upper())
+    return getattr(logging, name, logging.INFO)

@@ -120,6 +120,7 @@ class Ready(Message):
     config: dict         # start() keys that name settings (they override the parent's)
     preloaded: list      # preload modules that were already imported when the child began
     code: dict | None = None    # reload mode: the handler's files and packages (code_files)
+    notes: list | None = None   # start() keys misspelt or set too late, said once by the parent
 
 
 @_message("setup_failed")

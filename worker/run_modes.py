@@ -9,6 +9,8 @@ setting runs here, before anything starts; a refusal is one line.
 from __future__ import annotations
 
 import dataclasses
+import os
+from urllib.parse import urlsplit
 
 from .config import Settings
 
@@ -57,24 +59,55 @@ def refusal(s: Settings) -> str | None:
         for name, env in NEEDS.get(mode, ()):
             if not getattr(s, name):
                 return f"WORKER_MODE={mode} needs {env}"
-        if s.serve_api and mode not in ("api", "realtime"):
-            return f"WORKER_MODE={mode}, but --rp_serve_api asks for the local API"
-        if s.test_input is not None and mode != "test":
-            return f"WORKER_MODE={mode}, but --test_input asks for the one-shot test"
-    if mode == "redis" and not s.queue_endpoint:
-        return ("WORKER_QUEUE_URL needs WORKER_ENDPOINT, the endpoint's name on the queue "
-                "(no default: two handlers never share a stream by accident)")
+        asks = ((s.serve_api, ("api", "realtime"), "--rp_serve_api asks for the local API"),
+                (s.load_balancer, ("load_balancer",), "--load_balancer asks for load "
+                                                      "balancing"),
+                (s.realtime_port, ("realtime", "api"), "RUNPOD_REALTIME_PORT asks for the "
+                                                       "realtime mode"),
+                (s.test_input is not None, ("test",), "--test_input asks for the one-shot "
+                                                      "test"))
+        for asked, modes, what in asks:
+            if asked and mode not in modes:
+                return f"WORKER_MODE={mode}, but {what}"
+    if mode == "redis":
+        return _queue_refusal(s)
     return reload_refusal(s, mode)
 
 
-def settle(s: Settings) -> Settings:
-    """The settings a worker runs with: the mode named (so `checks=auto` can follow it in
-    the child), and what --reload and --watch turn off."""
-    mode, _ = pick(s)
-    s = dataclasses.replace(s, mode=mode)
+def _queue_refusal(s: Settings) -> str | None:
+    """What a Redis endpoint's worker would refuse at its start, said before it."""
+    from .fleet.keys import Keys
+    if not s.queue_endpoint:
+        return ("WORKER_QUEUE_URL needs WORKER_ENDPOINT, the endpoint's name on the queue "
+                "(no default: two handlers never share a stream by accident)")
+    if urlsplit(s.queue_url).scheme not in ("redis", "rediss"):
+        return "WORKER_QUEUE_URL must be a redis:// or rediss:// URL"
+    try:
+        Keys(s.queue_endpoint)
+    except ValueError as exc:
+        return f"WORKER_ENDPOINT: {exc}"
+    if s.queue_password_file and not os.access(s.queue_password_file, os.R_OK):
+        return "WORKER_QUEUE_PASSWORD_FILE cannot be read"
+    return reload_refusal(s, "redis")
+
+
+def settle(s: Settings) -> tuple[Settings, dict]:
+    """The settings a worker runs with, and why each that changed did (for `worker config`
+    and the logged table): the mode named (so `checks=auto` can follow it in the child),
+    the realtime port's address, and what --reload and --watch turn off."""
+    mode, why = pick(s)
+    changes = {"mode": (mode, why if s.mode == "auto" else None)}
+    if mode == "realtime":
+        changes.update(api_host=("0.0.0.0", "the realtime mode listens on every interface"),
+                       api_port=(s.realtime_port, "RUNPOD_REALTIME_PORT"))
     if s.reload or s.watch:
-        s = dataclasses.replace(s, reload=True, spare="off", warm_refresh=False)
-    return s
+        flag = "--reload" if s.reload else "--watch"
+        changes.update(reload=(True, flag), spare=("off", f"{flag} (a spare would run old "
+                                                   f"code)"),
+                       warm_refresh=(False, f"{flag} (the forkserver would keep old code)"))
+    settled = dataclasses.replace(s, **{k: v for k, (v, _) in changes.items()})
+    return settled, {k: why for k, (v, why) in changes.items()
+                     if why is not None and getattr(s, k) != v}
 
 
 def reload_refusal(s: Settings, mode: str) -> str | None:

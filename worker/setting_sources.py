@@ -9,21 +9,21 @@ defaults. `resolve` keeps, for each setting, the source it took its value from, 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from .setting_rules import CHECK_WORDS, SettingsError, checks_parts, checks_text
+
 DEFAULT = "default"
-
-
-class SettingsError(ValueError):
-    """A setting has a value that cannot be used; the message names the source."""
 
 
 @dataclass(frozen=True)
 class Alias:
     """An old name that still works: it sets `setting` through `convert` (None: the old
-    value asks for nothing the default does not give) and says once what replaced it."""
+    value asks for nothing the default does not give) and says once what replaced it.
+    For WORKER_CHECKS, `convert` answers a word that sets one part of the value."""
     old: str                        # the variable's name; its lower-case tail (no WORKER_)
     setting: str                    # is the old start() key where `config` is True
     env: str                        # the setting's variable
@@ -42,11 +42,30 @@ class Alias:
         return f"{source} is deprecated; use {use}"
 
 
-def _fraction_to_percent(raw: Any) -> str:
+def _number(raw: Any) -> float:
     value = float(raw)
-    if not 0 <= value <= 1:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("a finite number >= 0")
+    return value
+
+
+def _mib(raw: Any) -> str:
+    value = _number(raw)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _fraction_to_percent(raw: Any) -> str:
+    value = _number(raw)
+    if value > 1:
         raise ValueError("a fraction from 0 to 1")
-    return "0" if value == 0 else f"{value * 100:g}%"
+    return "0" if value == 0 else f"{value * 100:.10g}%"
+
+
+def _handler_checks(raw: Any) -> str:
+    word = str(raw).strip().lower()
+    if word not in ("auto", "on", "off"):
+        raise ValueError("expected auto, on or off")
+    return word
 
 
 def _when_true(value: str) -> Callable[[Any], Any]:
@@ -54,14 +73,12 @@ def _when_true(value: str) -> Callable[[Any], Any]:
 
 
 ALIASES = (
-    Alias("WORKER_MAX_VRAM_MB", "max_vram", "WORKER_MAX_VRAM", lambda raw: f"{float(raw):g}",
-          config=True),
+    Alias("WORKER_MAX_VRAM_MB", "max_vram", "WORKER_MAX_VRAM", _mib, config=True),
     Alias("WORKER_MAX_VRAM_FRACTION", "max_vram", "WORKER_MAX_VRAM", _fraction_to_percent,
           config=True),
-    Alias("WORKER_FITNESS_CHECKS", "checks", "WORKER_CHECKS",
-          lambda raw: str(raw).strip().lower()),
+    Alias("WORKER_FITNESS_CHECKS", "checks", "WORKER_CHECKS", _handler_checks),
     Alias("WORKER_GPU_CHECK", "checks", "WORKER_CHECKS",
-          lambda raw: None if _parse_bool(raw) else "off"),
+          lambda raw: None if _parse_bool(raw) else "no_gpu"),
     Alias("WORKER_REQUIRE_GPU", "checks", "WORKER_CHECKS", _when_true("require_gpu")),
 )
 ALIAS_KEYS = {a.key: a for a in ALIASES if a.config}
@@ -73,6 +90,30 @@ def warn_once(text: str, say: Callable[[str], None]) -> None:
     if text not in _warned:
         _warned.add(text)
         say(text)
+
+
+class _Given:
+    """What the names given so far set, each with the name that set it: two names that
+    set one thing differently are an error, never a silent winner."""
+
+    def __init__(self):
+        self.by: dict = {}            # (setting, part) -> (value, name)
+
+    def add(self, setting: str, value: Any, name: str, part: str = "") -> None:
+        earlier = self.by.get((setting, part))
+        if earlier is not None and earlier[0] != value:
+            raise SettingsError(f"{name} and {earlier[1]} both set {setting}"
+                                f"{f' ({part} checks)' if part else ''}, differently; "
+                                f"keep one")
+        self.by[(setting, part)] = (value, name)
+
+    def add_checks(self, text: str, name: str) -> None:
+        for part, value in checks_parts(text, name).items():
+            self.add("checks", value, name, part)
+
+    def checks(self) -> str:
+        return checks_text({part: v for (setting, part), (v, _) in self.by.items()
+                            if setting == "checks"})
 
 
 @dataclass
@@ -106,7 +147,11 @@ def resolve(cls, env: Mapping[str, str] | None = None,
                 values[f.name] = parse(f, env[name], name)
                 sources[f.name] = f"env {name}"
                 break
-    notes = []
+    notes, given = [], _Given()
+    if "checks" in values:
+        given.add_checks(values["checks"], sources["checks"].split()[-1])
+    if "max_vram" in values:
+        given.add("max_vram", values["max_vram"], sources["max_vram"].split()[-1])
     for alias in ALIASES:
         raw = env.get(alias.old, "")
         if raw == "":
@@ -115,13 +160,15 @@ def resolve(cls, env: Mapping[str, str] | None = None,
         notes.append(alias.note(raw, alias.old))
         if new is None:
             continue
-        value = parse(fields[alias.setting], new, alias.old)
-        if alias.setting in sources and values[alias.setting] != value:
-            raise SettingsError(f"{alias.old} and {sources[alias.setting].split()[-1]} "
-                                f"both set {alias.setting}; keep {alias.env} alone")
-        if alias.setting not in sources:
-            values[alias.setting] = value
-            sources[alias.setting] = f"env {alias.old} (deprecated)"
+        if alias.setting == "checks":          # an old name sets one part of it
+            given.add("checks", CHECK_WORDS[new][1], alias.old, CHECK_WORDS[new][0])
+            values["checks"] = given.checks()
+        else:
+            given.add(alias.setting, parse(fields[alias.setting], new, alias.old), alias.old)
+            values[alias.setting] = given.by[(alias.setting, "")][0]
+        earlier = sources.get(alias.setting)
+        sources[alias.setting] = f"{earlier} + {alias.old} (deprecated)" if earlier else \
+            f"env {alias.old} (deprecated)"
     for key, raw in (flags or {}).items():
         if raw is not None:
             if key not in fields:
@@ -135,18 +182,21 @@ def apply_config(settings, config: Mapping[str, Any]):
     """start() keys that name settings (or their old names), applied: the settings, the
     settings changed with the key that changed each, and a line per old key."""
     fields = fields_of(type(settings))
-    changes, keys, notes = {}, {}, []
+    changes, keys, notes, given = {}, {}, [], _Given()
     for key, raw in config.items():
         f = fields.get(key)
         if f is not None and f.metadata["config"]:
             changes[key] = parse(f, raw, f"start() key {key!r}")
+            given.add(key, changes[key], f"start() key {key!r}")
             keys[key] = key
         elif key in ALIAS_KEYS:
             alias = ALIAS_KEYS[key]
             new = _convert(alias, raw, f"start() key {key!r}")
             notes.append(alias.note(raw, f"start() key {key!r}", as_key=True))
             if new is not None:
-                changes[alias.setting] = parse(fields[alias.setting], new, key)
+                value = parse(fields[alias.setting], new, key)
+                given.add(alias.setting, value, f"start() key {key!r}")
+                changes[alias.setting] = value
                 keys[alias.setting] = key
     return (dataclasses.replace(settings, **changes) if changes else settings), keys, notes
 
@@ -155,6 +205,29 @@ def config_keys(cls) -> set[str]:
     """start() keys that name settings, old names included."""
     return {name for name, f in fields_of(cls).items() if f.metadata["config"]} | \
         set(ALIAS_KEYS)
+
+
+START_KEYS = ("handler", "concurrency_modifier", "rp_args", "warmup")   # not settings
+
+
+def start_key_notes(cls, config: Mapping[str, Any]) -> list[str]:
+    """start() keys that look meant for a setting but set none: a setting read before the
+    module runs, or a near miss of one a start() dict may set (other keys are the
+    handler's own, as in the SDK)."""
+    fields, keys = fields_of(cls), config_keys(cls)
+    out = []
+    for key in config:
+        if not isinstance(key, str) or key in keys or key in START_KEYS:
+            continue
+        if key in fields:
+            f = fields[key]
+            out.append(f"start() key {key!r} is ignored: {key} is read before the module "
+                       f"runs (set {(f.metadata['env'] or (f.metadata['flag'],))[0]})")
+            continue
+        near = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.8)
+        if near:
+            out.append(f"start() key {key!r} is not a setting; did you mean {near[0]!r}?")
+    return out
 
 
 def fields_of(cls) -> dict:
@@ -189,7 +262,7 @@ def parse(f: dataclasses.Field, raw: Any, source: str) -> Any:
         if kind == "bool":
             return _parse_bool(raw)
         if kind == "int":
-            if isinstance(raw, bool):
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
                 raise ValueError("expected an integer")
             value = int(raw)
         elif kind == "float":

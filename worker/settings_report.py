@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from . import redaction, run_modes, setting_names, setting_sources, settings_doc
+from . import logs, redaction, run_modes, setting_names, setting_sources, settings_doc
 from .config import FIELDS, Settings, SettingsError
 
 log = logging.getLogger("worker")
+URL_SETTINGS = ("queue_url", "webhook_proxy", "runpod_get_job")
 _started: list = []          # the Resolved this process started from (parent only)
 
 
@@ -20,8 +21,10 @@ def shown(name: str, value: Any) -> str:
     """A value as the table shows it: a secret's is never printed."""
     if value in (None, (), ""):
         return ""
-    if FIELDS[name].metadata["secret"]:
-        return redaction.url(value) if "://" in str(value) else redaction.MASK
+    if FIELDS[name].metadata["secret"] and name not in URL_SETTINGS:
+        return redaction.MASK
+    if name in URL_SETTINGS or "://" in str(value):      # user info and credentials out
+        return redaction.url(str(value))
     if isinstance(value, tuple):
         return ",".join(value)
     return str(value).lower() if isinstance(value, bool) else str(value)
@@ -29,19 +32,17 @@ def shown(name: str, value: Any) -> str:
 
 def rows(resolved: setting_sources.Resolved) -> list[dict]:
     """One row per setting, by topic: name, value, source, variable, topic."""
-    s = resolved.settings
-    mode, why = run_modes.pick(s)
+    settled, derived = run_modes.settle(resolved.settings)
     out = []
     for topic, _, group in settings_doc.rows_by_topic():
         for row in group:
             name = row["name"]
-            value, source = getattr(s, name), resolved.source(name)
-            if name == "mode":
-                value = mode
-                source = source if s.mode != "auto" or source != "default" else \
-                    f"derived: {why}"
-            elif name == "heartbeat_interval" and s.heartbeat_interval == 0:
-                value, source = s.heartbeat_period, "derived from heartbeat_timeout"
+            value, source = getattr(settled, name), resolved.source(name)
+            if name in derived:
+                source = f"derived: {derived[name]}" if source == setting_sources.DEFAULT \
+                    else f"{source}, overridden: {derived[name]}"
+            elif name == "heartbeat_interval" and settled.heartbeat_interval == 0:
+                value, source = settled.heartbeat_period, "derived from heartbeat_timeout"
             out.append({"name": name, "value": shown(name, value), "source": source,
                         "env": row["env"][0] if row["env"] else row["flag"],
                         "topic": topic, "default": source == setting_sources.DEFAULT
@@ -51,11 +52,15 @@ def rows(resolved: setting_sources.Resolved) -> list[dict]:
 
 def report(resolved: setting_sources.Resolved, env: Mapping[str, str]) -> dict:
     """The whole picture, as `worker config --json` prints it."""
-    mode, why = run_modes.pick(resolved.settings)
+    s = resolved.settings
+    mode, why = run_modes.pick(s)
+    unknown = setting_names.unknown_names(env)
+    strict = f"{unknown[0]} (WORKER_STRICT_SETTINGS)" if unknown and s.strict_settings \
+        else None
     return {"mode": mode, "mode_reason": why, "mode_means": run_modes.LABELS[mode],
-            "refused": run_modes.refusal(resolved.settings),
+            "refused": run_modes.refusal(s) or strict,
             "settings": rows(resolved), "deprecated": list(resolved.deprecated),
-            "not_settings": setting_names.unknown_names(env)}
+            "not_settings": unknown}
 
 
 def text(data: dict, everything: bool = True) -> str:
@@ -86,16 +91,20 @@ def remember(resolved: setting_sources.Resolved) -> None:
     _started[:] = [resolved]
 
 
-def on_ready(settings: Settings, config: Mapping[str, Any]) -> Settings:
-    """A child is ready with its start() dict: the settings with its keys applied; the
-    first time in this process, the table of what is in force is logged."""
+def on_ready(settings: Settings, config: Mapping[str, Any],
+             notes_from_child=None) -> Settings:
+    """A child is ready with its start() keys (and notes on keys that set nothing): the
+    settings with the keys applied; each note said once, and the first time in this
+    process the table of what is in force is logged."""
     try:
         new, _, notes = setting_sources.apply_config(settings, config)
     except SettingsError as exc:             # the child checked them; a safety net
         log.error("start() settings ignored: %s", exc)
         new, notes = settings, []
-    for line in notes:
+    for line in notes + list(notes_from_child or ()):
         setting_sources.warn_once(line, log.warning)
+    if new.log_level != settings.log_level:         # the start() dict's level, in force
+        logging.getLogger().setLevel(logs.level_number(new.log_level))
     if _started:
         data = report(_started.pop().with_config(config), {})
         data["refused"], data["deprecated"] = None, []       # each said once already

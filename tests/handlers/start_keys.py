@@ -1,5 +1,6 @@
-"""Sets settings in its start() dict, one of them by its old name; importing it leaves a
-file named by START_SETTINGS_MARKER (to show `worker config` does not import it)."""
+"""Sets settings in its start() dict, one of them by its old name, one misspelt and one
+that only the environment can set; importing it leaves a file named by
+START_SETTINGS_MARKER (to show `worker config` does not import it)."""
 import os
 
 import worker
@@ -12,4 +13,5 @@ def handler(job):
     return {"pid": os.getpid()}
 
 
-worker.start({"handler": handler, "refresh_worker": True, "max_vram_mb": 100})
+worker.start({"handler": handler, "refresh_worker": True, "max_vram_mb": 100,
+              "job_timout": 3, "mode": "api", "my_own_key": 1})

@@ -19,6 +19,7 @@ from ..config import Settings
 from ..targets import SECRET_ENV, ChildSpec, ModuleTarget, ScriptTarget, ValueTarget, warm_key
 from . import (code_files, descendants, fork_safety, forkserver_door, joblog, runpod_compat,
                sdk_hooks, seeds, warm_import)
+from ..config import SettingsError
 from .fitness_run import Unfit
 from .handlers import Interrupted
 from .runtime import ChildRuntime
@@ -196,7 +197,7 @@ def _report_setup_failure(runtime: ChildRuntime, exc: BaseException) -> None:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if isinstance(exc, SystemExit):
         message = f"the handler module called sys.exit({exc.code!r}) during setup"
-    elif isinstance(exc, (Unfit, fork_safety.CudaBeforeFork)):
+    elif isinstance(exc, (Unfit, fork_safety.CudaBeforeFork, SettingsError)):
         message, tb = str(exc), ""      # one clear line: the check and its reason
     else:
         message = f"{type(exc).__name__}: {exc}"

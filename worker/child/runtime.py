@@ -23,7 +23,7 @@ import traceback
 from typing import Any
 
 from .. import protocol as P
-from ..config import Settings, config_keys
+from ..config import Settings, config_keys, start_key_notes
 from ..jobs import JobState, Reason, exception_record
 from ..jsonlimits import MAX_DEPTH, nesting
 from ..protocol import HandlerMode
@@ -180,13 +180,15 @@ class ChildRuntime:
         if self.served:
             raise RuntimeError("start() was called twice in one worker process")
         if not isinstance(config, dict) or "handler" not in config:
-            raise TypeError("start() needs a dict with a 'handler' key, e.g. "
-                            "start({'handler': handler})")
+            raise TypeError("start() needs a dict with a 'handler' key: start({'handler': f})")
         self.handler = config["handler"]
         self.kind = detect_kind(self.handler)
         self.modifier = config.get("concurrency_modifier")
         if self.modifier is not None and not callable(self.modifier):
             raise TypeError("concurrency_modifier must be a function: int -> int")
+        config.setdefault("rp_args", self._rp_args())     # what the SDK's start() fills in
+        overrides = {k: v for k, v in config.items() if k in config_keys()}
+        self.settings = self.settings.with_config(overrides)   # a bad value: setup fails
         self.ready_at = time.perf_counter()
         if self.checks:      # these raise out of start(): a setup failure
             fitness_run.run(self.settings.handler_checks, self.settings.gpu_check,
@@ -194,9 +196,6 @@ class ChildRuntime:
         beside.check()       # a spare that could not replace the active child
         warm_up(config.get("warmup"))
         self.served = True
-        config.setdefault("rp_args", self._rp_args())     # what the SDK's start() fills in
-        overrides = {k: v for k, v in config.items() if k in config_keys()}
-        self.settings = self.settings.with_config(overrides)
         self.aggregate = self.settings.return_aggregate_stream
         if self.kind.is_async:
             self.mode = HandlerMode.TASKS
@@ -206,7 +205,8 @@ class ChildRuntime:
             self.mode = HandlerMode.INLINE
         self.concurrency = self._concurrency(1)
         self.send(P.Ready(self.kind, self.mode, self.concurrency, overrides, self.preloaded,
-                          code_files.report() if self.settings.reload else None))
+                          code_files.report() if self.settings.reload else None,
+                          start_key_notes(config)))
         if not self.stopping:
             asyncio.run(self._main())
 

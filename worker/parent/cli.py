@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -111,7 +110,8 @@ def _start(flags: dict, config: dict, target) -> int:
         print(f"worker: error: {refusal}", file=sys.stderr)
         return 2
     settings_report.remember(resolved)
-    return run_mode(run_modes.settle(resolved.settings), target)
+    settled, _ = run_modes.settle(resolved.settings)
+    return run_mode(settled, target)
 
 
 def _unwatchable(settings: cfg.Settings, target) -> str | None:
@@ -139,15 +139,25 @@ def config_command(argv: list) -> int:
             f"    {', '.join(r['env']) or r['flag']}" + (f" ({r['flag']})" if r["env"] and
                                                          r["flag"] else "")
             for r in group) for topic, _, group in settings_doc.rows_by_topic())
-    ns, _ = p.parse_known_args(argv)
+    serve = bool(argv) and argv[0] == "serve"        # `worker config serve handler.py`
+    ns, _ = p.parse_known_args(argv[serve:])
+    flags = {**_flags(ns), **({"serve_api": True} if serve else {})}
     try:
-        resolved = cfg.resolve(flags=_flags(ns))
+        data = settings_report.report(cfg.resolve(flags=flags), os.environ)
     except cfg.SettingsError as exc:
-        print(f"worker config: error: {exc}", file=sys.stderr)
-        return 2
-    data = settings_report.report(resolved, os.environ)
-    print(json.dumps(data, indent=2) if ns.json else settings_report.text(data))
-    return 0
+        data = {"error": str(exc)}
+    script = ns.script and os.path.abspath(ns.script)
+    if script and "error" not in data and not os.path.exists(script):
+        data["refused"] = f"handler file not found: {ns.script}"
+    try:
+        if "error" in data and not ns.json:
+            print(f"worker config: error: {data['error']}", file=sys.stderr)
+        else:
+            print(json.dumps(data, indent=2) if ns.json else settings_report.text(data))
+            sys.stdout.flush()
+    except BrokenPipeError:          # `worker config | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 2 if "error" in data else 0
 
 
 def run_mode(settings: cfg.Settings, target) -> int:
@@ -166,13 +176,9 @@ def _run_mode(settings: cfg.Settings, target) -> int:
     redaction.remember(settings.api_token, settings.queue_url,
                        os.environ.get("RUNPOD_AI_API_KEY"))     # never in a line we write
     mode = settings.mode
-    if mode == "api":
+    if mode in ("api", "realtime"):       # realtime: settle gave it 0.0.0.0 and its port
         from ..sources import local_api
         return local_api.serve(settings, target)
-    if mode == "realtime":
-        from ..sources import local_api
-        return local_api.serve(dataclasses.replace(settings, api_host="0.0.0.0",
-                                                   api_port=settings.realtime_port), target)
     if mode == "load_balancer":
         from ..sources import load_balancer
         return load_balancer.serve(settings, target)

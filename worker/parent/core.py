@@ -269,7 +269,7 @@ class SupervisorCore:
             if other.revivable:
                 other.out, other.revivable, other.setup_failures = None, False, 0
         self.handler_kind = msg.kind
-        self.use_settings(settings_report.on_ready(self.settings, msg.config or {}))
+        self.use_settings(settings_report.on_ready(self.settings, msg.config or {}, msg.notes))
         self.last_ready_s = now - child.started
         if slot.spares.first_setup_s is None:
             slot.spares.first_setup_s = self.last_ready_s

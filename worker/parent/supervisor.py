@@ -240,8 +240,8 @@ class Supervisor:
                 wake = self._next_wake(deadline) if self._polled or self._launches.open \
                     else deadline
                 asleep_at = self.clock()
-                ready = self._sel.select(None if wake is None
-                                         else max(0.0, wake - asleep_at))
+                ready = self._sel.select(None if wake is None     # capped at 1 h:
+                                         else min(3600.0, max(0.0, wake - asleep_at)))  # select's ms overflow
                 if wake is not None and (late := self.clock() - max(wake, asleep_at)) > STALL_S:
                     feed(E.Resumed(late))     # it was stopped: skip that time, then read
                 woken = [key.data[0] for key, _ in ready if key.data[1] == "exit"]

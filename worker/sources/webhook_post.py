@@ -14,13 +14,15 @@ to the address that was checked.
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import ipaddress
 import socket
 import threading
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..config import Settings
+from ..setting_rules import proxy_url
 from ..serverless.utils.rp_ssrf import Pinned, is_safe_address
 
 ANSWER_CAP = 64 * 1024
@@ -66,7 +68,7 @@ class Policy:
                 self.networks.append(ipaddress.ip_network(item, strict=False))
             except ValueError:
                 self.hosts.add(item.lower())
-        self.proxy = urlsplit(settings.webhook_proxy) if settings.webhook_proxy else None
+        self.proxy = proxy_url(settings.webhook_proxy)     # checked when the settings were made
         self.deadline = settings.webhook_timeout
 
     def addresses(self, host: str, port: int) -> list:
@@ -104,7 +106,7 @@ def post(url: str, data: bytes, headers: dict, policy: Policy) -> int:
     if policy.proxy is not None:
         conn = _through_proxy(policy.proxy, parts, port, tls, policy.deadline)
         if not tls:
-            target = url
+            target, headers = url, {**headers, **proxy_auth(policy.proxy)}
     else:
         conn = Pinned(ips[0], parts.hostname, port, tls, policy.deadline)
     watchdog = threading.Timer(policy.deadline, _cut, (conn,))
@@ -128,12 +130,20 @@ def post(url: str, data: bytes, headers: dict, policy: Policy) -> int:
 
 
 def _through_proxy(proxy, parts, port: int, tls: bool, timeout: float):
-    proxy_port = proxy.port or (443 if proxy.scheme == "https" else 80)
+    """A connection through an http:// proxy: CONNECT for https, else the absolute URL."""
     if tls:
-        conn = http.client.HTTPSConnection(proxy.hostname, proxy_port, timeout=timeout)
-        conn.set_tunnel(parts.hostname, port)
+        conn = http.client.HTTPSConnection(proxy.hostname, proxy.port or 80, timeout=timeout)
+        conn.set_tunnel(parts.hostname, port, headers=proxy_auth(proxy))
         return conn
-    return http.client.HTTPConnection(proxy.hostname, proxy_port, timeout=timeout)
+    return http.client.HTTPConnection(proxy.hostname, proxy.port or 80, timeout=timeout)
+
+
+def proxy_auth(proxy) -> dict:
+    """The proxy's user and password, if its URL has them, as Basic Proxy-Authorization."""
+    if proxy.username is None:
+        return {}
+    pair = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}"
+    return {"Proxy-Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
 
 
 def _cut(conn) -> None:
