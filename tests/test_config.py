@@ -52,7 +52,7 @@ def test_start_config_keys():
     ({"WORKER_START_METHOD": "fork"}, "forkserver or spawn"),
     ({"WORKER_MAX_VRAM": "150%"}, "give MiB (e.g. 4096) or a percentage"),
     ({"WORKER_MAX_VRAM": "lots"}, "WORKER_MAX_VRAM='lots'"),
-    ({"WORKER_MODE": "queue"}, "WORKER_MODE='queue': mode must be auto, api"),
+    ({"WORKER_MODE": "queue"}, "WORKER_MODE='queue': run_mode must be auto, api"),
     ({"WORKER_CHECKS": "maybe"}, "checks must be auto, on, off or require_gpu"),
     ({"WORKER_MAX_VRAM_FRACTION": "2"}, "WORKER_MAX_VRAM_FRACTION='2' is not valid"),
     ({"WORKER_MAX_VRAM": "90%", "WORKER_MAX_VRAM_MB": "5"},
@@ -76,10 +76,19 @@ def test_start_config_keys():
      "must be longer than the heartbeat interval (5 s)"),
     ({"WORKER_WEBHOOK_PROXY": "127.0.0.1:3128"}, "WORKER_WEBHOOK_PROXY must be http://host"),
     ({"WORKER_WEBHOOK_PROXY": "socks5://127.0.0.1:1080"}, "socks proxy is not supported"),
+    ({"WORKER_WEBHOOK_PROXY": "http://u:pw@[::1:8080"}, "WORKER_WEBHOOK_PROXY must be http"),
+    ({"WORKER_MAX_JOBS_PER_CHILD": "1" * 400}, "(400 characters): max_jobs_per_child must"),
+    ({"WORKER_MAX_JOBS_PER_CHILD": "1" * 5000}, "(5002 characters) is not valid"),
+    ({"WORKER_CHILD_KEEP_CAPS": "BOGUS"}, "WORKER_CHILD_KEEP_CAPS names BOGUS"),
 ])
 def test_bad_values_name_their_source(env, message):
     with pytest.raises(SettingsError, match=re.escape(message)):
         Settings.load(env=env)
+
+
+def test_capability_names_are_read_as_people_write_them():
+    assert Settings.load(env={"WORKER_CHILD_KEEP_CAPS": "cap_sys_admin, PERFMON"}) \
+        .child_keep_caps == ("SYS_ADMIN", "PERFMON")
 
 
 def test_every_number_has_a_ceiling():
@@ -113,6 +122,18 @@ def test_old_names_for_parts_of_the_checks_combine_as_they_did():
         ("off,require_gpu", False, True, True)
     s = Settings.load(env={"WORKER_FITNESS_CHECKS": "off"})
     assert (s.checks, s.gpu_check) == ("off,gpu", True)     # the GPU check stays, as before
+    # a required GPU ran the GPU check whatever WORKER_GPU_CHECK said
+    s = Settings.load(env={"WORKER_GPU_CHECK": "false", "WORKER_REQUIRE_GPU": "true"})
+    assert (s.checks, s.gpu_check, s.require_gpu) == ("require_gpu", True, True)
+    # the GPU image says WORKER_CHECKS=require_gpu: an old "not required" is never ignored
+    for old in ({"WORKER_REQUIRE_GPU": "false"}, {"WORKER_GPU_CHECK": "false"}):
+        with pytest.raises(SettingsError, match="keep WORKER_CHECKS alone"):
+            Settings.load(env={"WORKER_CHECKS": "require_gpu", **old})
+    # 0 was "no limit": the other old name's limit stands; 90% and 90.0% are one limit
+    assert Settings.load(env={"WORKER_MAX_VRAM_MB": "0",
+                              "WORKER_MAX_VRAM_FRACTION": "0.9"}).max_vram == "90%"
+    assert Settings.load(env={"WORKER_MAX_VRAM": "90.0%",
+                              "WORKER_MAX_VRAM_FRACTION": "0.9"}).max_vram_fraction == 0.9
     assert Settings.load(env={"WORKER_MAX_VRAM_MB": "1234567"}).max_vram_mb == 1234567
 
 

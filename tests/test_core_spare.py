@@ -227,7 +227,7 @@ def test_a_gpu_that_is_not_healthy_stops_the_spare_with_the_active_child():
 
 def test_a_spare_on_the_same_gpu_is_not_counted_as_the_active_childs_growth():
     """The device's memory in use grows by the spare's; only the active child's own
-    reservation counts against WORKER_MAX_VRAM_MB while a spare exists (as with two
+    reservation counts against WORKER_MAX_VRAM while a spare exists (as with two
     children sharing a GPU)."""
     from worker.parent.monitor import DeviceReading, Reading
     d = driver(max_vram="1000", devices=[("GPU-a",)])

@@ -103,6 +103,17 @@ def test_healthcheck_with_nothing_to_ask_is_healthy():
     assert proc.returncode == 0 and "nothing to check" in proc.stdout
 
 
+def test_healthcheck_asks_the_local_api_that_worker_mode_names():
+    """WORKER_MODE=api (or the realtime port) serves the local API as WORKER_SERVE_API
+    does: with no worker there, the check is unhealthy, never "nothing to check"."""
+    port = str(_free_port())
+    for env in ({"WORKER_MODE": "api", "WORKER_API_PORT": port},
+                {"RUNPOD_REALTIME_PORT": port}):
+        proc = run_cli([PYTHON, "-m", "worker.healthcheck"],
+                       env={"WORKER_SERVE_API": "", "WORKER_HEALTH_FILE": "", **env})
+        assert proc.returncode == 1 and "nothing to check" not in proc.stdout, env
+
+
 def _health(path, **env):
     return run_cli([PYTHON, "-m", "worker.healthcheck"],
                    env={"WORKER_SERVE_API": "", "WORKER_HEALTH_FILE": str(path), **env})

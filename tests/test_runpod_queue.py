@@ -246,7 +246,7 @@ def test_settings_given_only_to_start_reach_the_queue_source(fake, start):
 
 
 def test_a_queue_gone_at_the_stop_does_not_hold_the_exit_past_the_stops_budget(fake, start):
-    """A platform's stop timeout covers grace + 2 x stop grace + 1 s (README "Stopping"):
+    """A platform's stop timeout covers grace + 2 x stop grace + 1 s (docs/docker.md "Stopping"):
     a result that cannot reach the queue is retried within that, then named in the log,
     and the worker exits 0 before the platform would kill it (it retried for 15 s)."""
     w = start(WORKER_SHUTDOWN_GRACE="0.5", WORKER_STOP_GRACE="0.5")

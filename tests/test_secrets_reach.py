@@ -16,10 +16,12 @@ READERS = (1 << 19) | (1 << 21) | (1 << 38)     # SYS_PTRACE, SYS_ADMIN, PERFMON
 
 def test_a_handler_that_hunts_every_process_finds_no_secret(tmp_path):
     key, token = f"key-{uuid.uuid4()}", f"token-{uuid.uuid4()}"
+    proxy = f"proxy-{uuid.uuid4()}"          # the webhook proxy's password (issue 40)
     with FakeRunPod(long_poll=0.3, api_key=key) as q:
-        w = Worker(q, "hunter.py", tmp_path, WORKER_API_TOKEN=token)
+        w = Worker(q, "hunter.py", tmp_path, WORKER_API_TOKEN=token,
+                   WORKER_WEBHOOK_PROXY=f"http://u:{proxy}@127.0.0.1:9")
         try:
-            q.add_jobs([{"id": "hunt", "input": {"values": [key, token]}}])
+            q.add_jobs([{"id": "hunt", "input": {"values": [key, token, proxy]}}])
             out = q.wait_final(["hunt"], 60)["hunt"]["output"]
         finally:
             assert w.stop() == 0, w.text()
@@ -62,7 +64,7 @@ def test_as_another_user_the_child_cannot_read_processes_the_worker_did_not_star
         with FakeRunPod(long_poll=0.3) as q:
             w = Worker(q, "hunter.py", tmp_path, WORKER_CHILD_USER="no-such-user-x")
             try:
-                assert w.proc.wait(60) == 1
+                assert w.proc.wait(60) == 2        # refused before anything starts
             finally:
                 if w.proc.poll() is None:
                     w.proc.kill()

@@ -19,8 +19,8 @@ BASE["RUNPOD_SKIP_AUTO_SYSTEM_CHECKS"] = "true"
 def config(*args, env=None):
     proc = run_cli([PYTHON, "-m", "worker", "config", *args, "--json"],
                    env={**BASE, **(env or {})})
-    assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
+    assert proc.returncode == (2 if data["refused"] else 0), proc.stderr     # as the worker
     return data, {row["name"]: row for row in data["settings"]}
 
 
@@ -87,9 +87,9 @@ def test_config_redacts_secrets():
 ])
 def test_config_names_the_mode_and_why(args, env, mode, why):
     data, rows = config(*args, env=env)
-    assert (data["mode"], rows["mode"]["value"]) == (mode, mode)
+    assert (data["mode"], rows["run_mode"]["value"]) == (mode, mode)
     assert why in data["mode_reason"] and data["refused"] is None
-    assert rows["mode"]["source"] == ("env WORKER_MODE" if "WORKER_MODE" in env
+    assert rows["run_mode"]["source"] == ("env WORKER_MODE" if "WORKER_MODE" in env
                                       else f"derived: {data['mode_reason']}")
 
 
@@ -116,13 +116,21 @@ def test_config_names_the_mode_and_why(args, env, mode, why):
      "WORKER_QUEUE_PASSWORD_FILE cannot be read"),
     ({"WORKER_STRICT_SETTINGS": "true", "WORKER_JOB_TIMOUT": "5"}, (),
      "WORKER_JOB_TIMOUT is not a setting"),
+    ({"WORKER_QUEUE_URL": "redis://u:pw@[::1:1", "WORKER_ENDPOINT": "e"}, (),
+     "WORKER_QUEUE_URL must be a redis:// or rediss:// URL"),
+    ({"WORKER_CHILD_USER": "no-such-user-x"}, (),
+     "cannot run as WORKER_CHILD_USER='no-such-user-x': no such user"),
+    ({"WORKER_METRICS_PORT": "8000"}, ("--rp_serve_api",),
+     "WORKER_METRICS_PORT=8000 is the port the api mode serves on"),
 ])
 def test_settings_that_cannot_run_together_are_refused_before_anything_starts(
-        env, args, refusal):
+        env, args, refusal, tmp_path):
     data, _ = config(*args, env=env)
     assert refusal in data["refused"]
+    marker = tmp_path / "imported"
     proc = run_cli([PYTHON, "-m", "worker", str(HANDLERS / "start_keys.py"), *args],
-                   env={**BASE, **env, "START_SETTINGS_MARKER": os.devnull + ".x"}, timeout=60)
+                   env={**BASE, **env, "START_SETTINGS_MARKER": str(marker)}, timeout=60)
+    assert not marker.exists()                    # the handler never ran
     assert proc.returncode == 2 and proc.stderr.startswith("worker: error: ")
     assert refusal in proc.stderr, proc.stderr
     assert "ready in" not in proc.stderr          # no child was started
@@ -178,6 +186,56 @@ def test_a_url_setting_is_shown_without_its_credentials():
                           "WORKER_API_TOKEN": "tok://secretvalue"})
     assert rows["runpod_get_job"]["value"] == "https://***@127.0.0.1:1/take?token=***&x=1"
     assert rows["api_token"]["value"] == "***"
+    # wherever a URL is: a test input, an allow list; a queue URL that is not one at all
+    data, rows = config("--test_input", '{"input": {"u": "https://user:pw-in-input@h/x"}}',
+                        env={"WORKER_WEBHOOK_ALLOW": "http://u:pw-in-list@h,10.0.0.0/8",
+                             "WORKER_QUEUE_URL": "redis:u:pw-no-slashes@h"})
+    assert "pw-in" not in json.dumps(data) and "pw-no-slashes" not in json.dumps(data)
+    assert rows["webhook_allow"]["value"] == "http://***@h,10.0.0.0/8"
+    assert rows["queue_url"]["value"] == "***"
+
+
+def test_the_modes_that_listen_beyond_loopback_say_so():
+    """Load balancing serves on 0.0.0.0:$PORT whatever WORKER_API_HOST says: `config`
+    shows that, not the loopback the variable asked for."""
+    _, rows = config(env={"WORKER_LOAD_BALANCER": "true", "WORKER_API_HOST": "127.0.0.1",
+                          "PORT": "18080"})
+    assert (rows["api_host"]["value"], rows["api_port"]["value"]) == ("0.0.0.0", "18080")
+    assert rows["api_host"]["source"].startswith("env WORKER_API_HOST, overridden: load")
+
+
+def test_settings_that_ask_for_a_mode_not_picked_are_named():
+    """`serve --test_input`: the local API wins (as in the SDK), and the test input is
+    said not to be used, by `config` and at the worker's start."""
+    data, _ = config("serve", str(HANDLERS / "edges.py"), "--test_input", "{}")
+    assert data["mode"] == "api"
+    assert data["unused"] == ["--test_input is not used: the worker runs the local API "
+                              "(--rp_serve_api, `worker serve` or WORKER_SERVE_API)"]
+    data, _ = config(env={"WORKER_MODE": "api", "WORKER_QUEUE_URL": "redis://127.0.0.1:1"})
+    assert data["unused"][0].startswith("WORKER_QUEUE_URL is not used")
+
+
+def test_a_platform_log_level_the_sdk_would_refuse_does_not_stop_the_worker():
+    """RUNPOD_LOG_LEVEL=WARNING (or empty, as templates leave it) used to raise at the
+    package's import, before even --help."""
+    for value in ("WARNING", "critical", ""):
+        env = {**BASE, "RUNPOD_LOG_LEVEL": value, "RUNPOD_DEBUG_LEVEL": value}
+        assert run_cli([PYTHON, "-m", "worker", "--help"], env=env).returncode == 0, value
+        data, rows = config(env={"RUNPOD_LOG_LEVEL": value})
+        assert rows["log_level"]["value"] == (value.upper() or "INFO")
+
+
+def test_a_heartbeat_timeout_from_start_is_held_above_the_childs_beat():
+    """The child beats at the period it started with (a tenth of the variable's timeout,
+    at most 1 s): a start() timeout under it would have every child declared hung, so it
+    is a one-line setup failure; one above it runs a job longer than itself."""
+    cmd = [PYTHON, "-m", "worker", str(HANDLERS / "short_heartbeat.py"), "--test_input",
+           '{"input": {"seconds": 2}}']
+    short = run_cli(cmd, env={**BASE, "HEARTBEAT_TIMEOUT": "0.5"}, timeout=120)
+    assert "heartbeat_timeout (0.5 s) must be longer than the heartbeat interval (1 s)" \
+        in short.stderr and "Traceback" not in short.stderr, short.stderr[-2000:]
+    longer = run_cli(cmd, env={**BASE, "HEARTBEAT_TIMEOUT": "30"}, timeout=120)
+    assert longer.returncode == 0 and "COMPLETED" in longer.stdout, longer.stderr[-2000:]
 
 
 def test_a_bad_start_value_is_one_line_not_a_traceback():
@@ -190,8 +248,7 @@ def test_a_bad_start_value_is_one_line_not_a_traceback():
 def test_an_old_value_that_asks_for_the_default_still_says_it_is_deprecated():
     assert Settings.load(env={"WORKER_GPU_CHECK": "true"}).checks == "auto"
     resolved = resolve(env={"WORKER_GPU_CHECK": "true"})
-    assert resolved.deprecated == ["WORKER_GPU_CHECK is deprecated; use WORKER_CHECKS (its "
-                                   "default does this)"]
+    assert resolved.deprecated == ["WORKER_GPU_CHECK is deprecated; use WORKER_CHECKS=auto"]
 
 
 def test_the_old_start_key_works_and_the_worker_logs_what_is_in_force(tmp_path):
@@ -211,13 +268,13 @@ def test_the_old_start_key_works_and_the_worker_logs_what_is_in_force(tmp_path):
     assert lines["job_timeout"] == ["77.0", "env", "WORKER_JOB_TIMEOUT"]
     assert lines["refresh_worker"] == ["true", "start()", "key", "'refresh_worker'"]
     assert lines["max_vram"] == ["100", "start()", "key", "'max_vram_mb'"]
-    assert lines["mode"] == ["test", "derived:", "--test_input", "is", "given"]
+    assert lines["run_mode"] == ["test", "derived:", "--test_input", "is", "given"]
     assert "stop_grace" not in lines               # at its default: INFO leaves it out
     assert proc.stderr.count(" ready in ") == 2              # refresh_worker: a second child
     for line in ("start() key 'max_vram_mb' is deprecated; use 'max_vram': '100'",
                  "start() key 'job_timout' is not a setting; did you mean 'job_timeout'?",
-                 "start() key 'mode' is ignored: mode is read before the module runs "
-                 "(set WORKER_MODE)"):
+                 "start() key 'run_mode' is ignored: run_mode is read before the module "
+                 "runs (set WORKER_MODE)"):
         assert proc.stderr.count(line) == 1, (line, proc.stderr[-3000:])
     assert "my_own_key" not in proc.stderr           # the handler's own keys, as in the SDK
 

@@ -1,7 +1,8 @@
 """One Settings object for the whole worker: each field carries its environment names,
 flag, help text and whether a start() dict may set it, so parsing (setting_sources.py),
-`python -m worker config` and docs/configuration.md all come from here. Checks of one
-value live in __post_init__; checks across settings in run_modes.py.
+`python -m worker config` and docs/configuration.md all come from here. What a value may
+be is setting_rules.py (run by __post_init__, whatever set it); the mode and the checks
+between it and the settings, run_modes.py.
 """
 from __future__ import annotations
 
@@ -10,16 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import setting_rules, setting_sources
-from .setting_rules import MODES, PRODUCTION_MODES   # noqa: F401 - what callers name
-from .setting_sources import SettingsError
+from .setting_sources import SettingsError  # noqa: F401 - callers name it here
 
 
 def _setting(default, env=(), flag=None, help="", config=True, secret=False):
     return field(default=default, repr=not secret,       # a secret never in a repr
                  metadata={"env": tuple(env), "flag": flag, "help": help, "config": config,
                            "secret": secret})
-
-
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,8 @@ class Settings:
                             "Local API and load-balancing modes: watch the handler's code "
                             "(its file and every module it imported from outside "
                             "site-packages) and replace the child with one running the new "
-                            "code on every save (docs/running.md: the developer's loop).",
+                            "code on every save (docs/running.md: the developer's loop); "
+                            "refused on a queue.",
                             config=False)
     reload_include: tuple = _setting((), ("WORKER_RELOAD_INCLUDE",), None,
                                      "--reload and --watch: more paths (files or folders) and "
@@ -118,7 +117,8 @@ class Settings:
                                 "systems), on, off.", config=False)
     watch: bool = _setting(False, (), "--watch",
                            "One-shot test: run the test input again on every save of the "
-                           "handler's code, stopping a run a save lands in.", config=False)
+                           "handler's code (and of test_input.json), stopping a run a save "
+                           "lands in.", config=False)
     start_method: str = _setting("forkserver", ("WORKER_START_METHOD",), None,
                                  "forkserver (fast respawn) or spawn.", config=False)
     children: int = _setting(0, ("WORKER_CHILDREN",), "--children",
@@ -153,7 +153,7 @@ class Settings:
                                        "asks for refresh_worker, as runpod-python does (the "
                                        "platform then replaces the pod); by default only the "
                                        "child is replaced.")
-    mode: str = _setting("auto", ("WORKER_MODE",), None,
+    run_mode: str = _setting("auto", ("WORKER_MODE",), None,
                          "Where jobs come from: api (the local HTTP API), realtime, "
                          "load_balancer, runpod (the RunPod queue), redis (an endpoint on "
                          "Redis Streams), test (the one-shot test); auto picks it as the SDK "
@@ -175,7 +175,8 @@ class Settings:
                                   "download guard's rule): on, off, or auto (on when a socket "
                                   "the API bound takes connections from beyond loopback: "
                                   "load-balancing and realtime modes, or WORKER_API_HOST="
-                                  "0.0.0.0; 127.0.0.2 or localhost keep it off).",
+                                  "0.0.0.0; 127.0.0.2 or localhost keep it off: the "
+                                  "addresses actually bound are read).",
                                   config=False)
     webhook_allow: tuple = _setting((), ("WORKER_WEBHOOK_ALLOW",), None,
                                     "Webhook receivers allowed although private: host names "
@@ -224,8 +225,9 @@ class Settings:
                            "combine: e.g. on,no_gpu or off,require_gpu.", config=False)
     health_file: str = _setting("", ("WORKER_HEALTH_FILE",), None,
                                 "Write the worker's state to this file on every change, for "
-                                "`python -m worker.healthcheck` (the image's HEALTHCHECK) "
-                                "in every mode; empty = off.", config=False)
+                                "`python -m worker.healthcheck` (the images' HEALTHCHECK; they "
+                                "set /tmp/gpu-worker/health.json) in every mode; empty = "
+                                "off.", config=False)
     metrics_port: int = _setting(0, ("WORKER_METRICS_PORT",), None,
                                  "Serve Prometheus metrics at /metrics on this port, in any "
                                  "mode, without a token (the local API's own /metrics is "
@@ -329,10 +331,10 @@ class Settings:
     @property
     def handler_checks(self) -> bool:
         """Run the handler's fitness checks: asked for, or `auto` in a production mode
-        (run_modes.py settles `mode` before the first child starts)."""
+        (run_modes.py settles `run_mode` before the first child starts)."""
         handler = setting_rules.checks_parts(self.checks).get("handler", "auto")
         return handler == "on" or (handler == "auto" and
-                                   self.mode in setting_rules.PRODUCTION_MODES)
+                                   self.run_mode in setting_rules.PRODUCTION_MODES)
 
     gpu_check = property(lambda self: setting_rules.checks_parts(self.checks).get(
         "gpu", "gpu") != "no_gpu")

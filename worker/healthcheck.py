@@ -14,6 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 
+from . import run_modes
 from .config import Settings, SettingsError
 
 # Running, but no child can take a job: a set-up, or a replacement, not finished yet. The
@@ -81,7 +82,7 @@ def check_api(base: str, timeout: float) -> tuple[bool, str]:
 
 def main() -> int:
     try:
-        settings = Settings.load()
+        settings, _ = run_modes.settle(Settings.load())   # WORKER_MODE=api: the API's on
     except SettingsError as exc:
         print(f"unhealthy: {exc}")
         return 1

@@ -1,18 +1,18 @@
-"""Which mode a worker runs in, and the checks across settings, in one place.
+"""Which mode a worker runs in, and the checks between it and the other settings.
 
 WORKER_MODE names the mode; `auto` picks it as runpod-python does — the local API if
 asked for, then the realtime port, then the RunPod queue when RUNPOD_WEBHOOK_GET_JOB is set
 and no test input is given, else the one-shot test — with load balancing and a Redis
-Streams endpoint (ours) before the RunPod queue. Every check that involves more than one
-setting runs here, before anything starts; a refusal is one line.
+Streams endpoint (ours) before the RunPod queue. What would stop a worker at its start in
+the mode picked (a missing setting, one asking for another mode, the Redis URL, the child
+user, --reload on a queue) is found here first, so `worker config` says it too; a refusal
+is one line. What any one value may be is setting_rules.py.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-from urllib.parse import urlsplit
 
-from .config import Settings
+from .config import Settings, SettingsError
 
 LABELS = {"api": "the local API", "realtime": "the local API on the realtime port",
           "load_balancer": "a RunPod load-balancing endpoint", "runpod": "the RunPod queue",
@@ -41,9 +41,25 @@ def infer(s: Settings) -> tuple[str, str]:
 
 def pick(s: Settings) -> tuple[str, str]:
     """The mode and why: WORKER_MODE when it names one, else what the settings imply."""
-    if s.mode != "auto":
-        return s.mode, "WORKER_MODE"
+    if s.run_mode != "auto":
+        return s.run_mode, "WORKER_MODE"
     return infer(s)
+
+
+# Settings that ask for a mode: when another is picked, each is named as not used.
+ASKS = (("serve_api", "api", "--rp_serve_api"), ("realtime_port", "realtime",
+                                                 "RUNPOD_REALTIME_PORT"),
+        ("load_balancer", "load_balancer", "--load_balancer"),
+        ("queue_url", "redis", "WORKER_QUEUE_URL"), ("test_input", "test", "--test_input"))
+
+
+def unused(s: Settings) -> list[str]:
+    """A line for each setting that asks for a mode the worker will not run in."""
+    mode, why = pick(s)
+    asked = [(m, name) for field, m, name in ASKS
+             if getattr(s, field) not in (None, False, 0, "")]
+    return [f"{name} is not used: the worker runs {LABELS[mode]} ({why})"
+            for m, name in asked if m != mode and not (m, mode) == ("api", "realtime")]
 
 
 # What each mode needs, and the settings that ask for another mode.
@@ -55,7 +71,7 @@ NEEDS = {"realtime": (("realtime_port", "RUNPOD_REALTIME_PORT"),),
 def refusal(s: Settings) -> str | None:
     """Why these settings cannot run as given, in one line (or None)."""
     mode, _ = pick(s)
-    if s.mode != "auto":
+    if s.run_mode != "auto":
         for name, env in NEEDS.get(mode, ()):
             if not getattr(s, name):
                 return f"WORKER_MODE={mode} needs {env}"
@@ -69,25 +85,29 @@ def refusal(s: Settings) -> str | None:
         for asked, modes, what in asks:
             if asked and mode not in modes:
                 return f"WORKER_MODE={mode}, but {what}"
+    if s.child_user:
+        from . import hardening
+        try:
+            hardening.check_user(s.child_user)
+        except RuntimeError as exc:
+            return str(exc)
+    if s.metrics_port and s.metrics_port == (s.port if mode == "load_balancer" else
+                                             s.realtime_port if mode == "realtime" else
+                                             s.api_port if mode == "api" else None):
+        return f"WORKER_METRICS_PORT={s.metrics_port} is the port the {mode} mode serves on"
     if mode == "redis":
         return _queue_refusal(s)
     return reload_refusal(s, mode)
 
 
 def _queue_refusal(s: Settings) -> str | None:
-    """What a Redis endpoint's worker would refuse at its start, said before it."""
-    from .fleet.keys import Keys
-    if not s.queue_endpoint:
-        return ("WORKER_QUEUE_URL needs WORKER_ENDPOINT, the endpoint's name on the queue "
-                "(no default: two handlers never share a stream by accident)")
-    if urlsplit(s.queue_url).scheme not in ("redis", "rediss"):
-        return "WORKER_QUEUE_URL must be a redis:// or rediss:// URL"
+    """What a Redis endpoint's worker refuses at its start (the same checks), said before."""
+    from .fleet import connect
     try:
-        Keys(s.queue_endpoint)
-    except ValueError as exc:
-        return f"WORKER_ENDPOINT: {exc}"
-    if s.queue_password_file and not os.access(s.queue_password_file, os.R_OK):
-        return "WORKER_QUEUE_PASSWORD_FILE cannot be read"
+        connect.worker_keys(s)
+        connect.check_url(s)
+    except SettingsError as exc:
+        return str(exc)
     return reload_refusal(s, "redis")
 
 
@@ -96,10 +116,15 @@ def settle(s: Settings) -> tuple[Settings, dict]:
     and the logged table): the mode named (so `checks=auto` can follow it in the child),
     the realtime port's address, and what --reload and --watch turn off."""
     mode, why = pick(s)
-    changes = {"mode": (mode, why if s.mode == "auto" else None)}
+    changes = {"run_mode": (mode, why if s.run_mode == "auto" else None)}
+    if mode in ("api", "realtime"):
+        changes["serve_api"] = (True, f"the {mode} mode serves the local API")
     if mode == "realtime":
         changes.update(api_host=("0.0.0.0", "the realtime mode listens on every interface"),
                        api_port=(s.realtime_port, "RUNPOD_REALTIME_PORT"))
+    if mode == "load_balancer":
+        changes.update(api_host=("0.0.0.0", "load balancing listens on every interface"),
+                       api_port=(s.port, "PORT"))
     if s.reload or s.watch:
         flag = "--reload" if s.reload else "--watch"
         changes.update(reload=(True, flag), spare=("off", f"{flag} (a spare would run old "

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from urllib.parse import urlsplit
 
+from .hardening import READERS
+
 
 class SettingsError(ValueError):
     """A setting has a value that cannot be used; the message names the source."""
@@ -14,7 +16,7 @@ class SettingsError(ValueError):
 
 MODES = ("api", "realtime", "load_balancer", "runpod", "redis", "test")
 PRODUCTION_MODES = ("runpod", "load_balancer", "redis")     # where the SDK runs checks
-CHOICES = {"mode": ("auto",) + MODES,
+CHOICES = {"run_mode": ("auto",) + MODES,
            "webhook_guard": ("auto", "on", "off"), "reload_poll": ("auto", "on", "off"),
            "spare": ("auto", "on", "off"), "start_method": ("forkserver", "spawn")}
 LOG_LEVELS = ("DEBUG", "TRACE", "NOTSET", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL")
@@ -61,7 +63,7 @@ def check(s) -> dict:
     for name, (ceiling, unit) in MAXIMA.items():
         value = getattr(s, name)
         if value is not None and value > ceiling:
-            raise SettingsError(f"{names[name]}={value!r}: {name} must be at most "
+            raise SettingsError(f"{names[name]}={short(value)}: {name} must be at most "
                                 f"{ceiling:,}{unit}")
     if s.queue_lease_s < 1 or s.queue_max_deliveries < 1:
         raise SettingsError("WORKER_QUEUE_LEASE_S must be 1 s or more and "
@@ -69,12 +71,25 @@ def check(s) -> dict:
     if 0 < s.heartbeat_interval < 0.05:
         raise SettingsError("WORKER_HEARTBEAT_INTERVAL must be 0 (derived) or 0.05 s or more")
     if 0 < s.heartbeat_timeout <= s.heartbeat_period:
-        raise SettingsError(f"WORKER_HEARTBEAT_TIMEOUT ({s.heartbeat_timeout:g} s) must be "
-                            f"longer than the heartbeat interval ({s.heartbeat_period:g} s), "
-                            f"or every child is declared hung")
+        raise SettingsError(f"heartbeat_timeout ({s.heartbeat_timeout:g} s) must be longer "
+                            f"than the heartbeat interval ({s.heartbeat_period:g} s), or "
+                            f"every child is declared hung (WORKER_HEARTBEAT_TIMEOUT sets "
+                            f"both)")
+    caps = tuple(c.strip().upper().removeprefix("CAP_") for c in s.child_keep_caps)
+    unknown = [c for c in caps if c not in READERS]
+    if unknown:
+        raise SettingsError(f"WORKER_CHILD_KEEP_CAPS names {', '.join(unknown)}: the "
+                            f"capabilities a child can keep are {', '.join(READERS)}")
+    out["child_keep_caps"] = caps
     vram_limit(s.max_vram)
     proxy_url(s.webhook_proxy)
     return out
+
+
+def short(raw) -> str:
+    """A value as an error quotes it: a 400-digit number is not worth 400 digits."""
+    text = repr(raw)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def vram_limit(text: str) -> tuple[float, float]:
@@ -135,11 +150,11 @@ def proxy_url(text: str):
     """WORKER_WEBHOOK_PROXY split, or None when empty: http://[user:password@]host[:port]."""
     if not text:
         return None
-    parts = urlsplit(text)
     try:
+        parts = urlsplit(text)
         port = parts.port
-    except ValueError:
-        port = -1
+    except ValueError:               # "Invalid IPv6 URL", a port that is not a number
+        parts, port = urlsplit(""), -1
     if parts.scheme != "http" or not parts.hostname or port == -1 or \
             parts.path not in ("", "/") or parts.query:
         raise SettingsError("WORKER_WEBHOOK_PROXY must be http://host:port, with "

@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from .setting_rules import CHECK_WORDS, SettingsError, checks_parts, checks_text
+from .setting_rules import SettingsError, checks_parts, checks_text, vram_limit
+from .setting_rules import short as _short
 
 DEFAULT = "default"
 
@@ -23,7 +24,7 @@ DEFAULT = "default"
 class Alias:
     """An old name that still works: it sets `setting` through `convert` (None: the old
     value asks for nothing the default does not give) and says once what replaced it.
-    For WORKER_CHECKS, `convert` answers a word that sets one part of the value."""
+    The old names of WORKER_CHECKS's parts are read together (_old_checks)."""
     old: str                        # the variable's name; its lower-case tail (no WORKER_)
     setting: str                    # is the old start() key where `config` is True
     env: str                        # the setting's variable
@@ -49,16 +50,16 @@ def _number(raw: Any) -> float:
     return value
 
 
-def _mib(raw: Any) -> str:
-    value = _number(raw)
-    return str(int(value)) if value.is_integer() else repr(value)
+def _mib(raw: Any) -> str | None:
+    value = _number(raw)                            # 0 was "never": the default
+    return None if value == 0 else str(int(value)) if value.is_integer() else repr(value)
 
 
 def _fraction_to_percent(raw: Any) -> str:
     value = _number(raw)
     if value > 1:
         raise ValueError("a fraction from 0 to 1")
-    return "0" if value == 0 else f"{value * 100:.10g}%"
+    return None if value == 0 else f"{value * 100:.10g}%"
 
 
 def _handler_checks(raw: Any) -> str:
@@ -68,20 +69,16 @@ def _handler_checks(raw: Any) -> str:
     return word
 
 
-def _when_true(value: str) -> Callable[[Any], Any]:
-    return lambda raw: value if _parse_bool(raw) else None
-
-
 ALIASES = (
     Alias("WORKER_MAX_VRAM_MB", "max_vram", "WORKER_MAX_VRAM", _mib, config=True),
     Alias("WORKER_MAX_VRAM_FRACTION", "max_vram", "WORKER_MAX_VRAM", _fraction_to_percent,
           config=True),
     Alias("WORKER_FITNESS_CHECKS", "checks", "WORKER_CHECKS", _handler_checks),
-    Alias("WORKER_GPU_CHECK", "checks", "WORKER_CHECKS",
-          lambda raw: None if _parse_bool(raw) else "no_gpu"),
-    Alias("WORKER_REQUIRE_GPU", "checks", "WORKER_CHECKS", _when_true("require_gpu")),
+    Alias("WORKER_GPU_CHECK", "checks", "WORKER_CHECKS", lambda raw: _parse_bool(raw)),
+    Alias("WORKER_REQUIRE_GPU", "checks", "WORKER_CHECKS", lambda raw: _parse_bool(raw)),
 )
 ALIAS_KEYS = {a.key: a for a in ALIASES if a.config}
+ALIAS_NAMES = {a.old: a for a in ALIASES}
 _warned: set = set()
 
 
@@ -97,23 +94,16 @@ class _Given:
     set one thing differently are an error, never a silent winner."""
 
     def __init__(self):
-        self.by: dict = {}            # (setting, part) -> (value, name)
+        self.by: dict = {}            # setting -> (value, name)
 
-    def add(self, setting: str, value: Any, name: str, part: str = "") -> None:
-        earlier = self.by.get((setting, part))
+    def add(self, setting: str, value: Any, name: str) -> None:
+        if setting == "max_vram":
+            value = vram_limit(value)            # 90% and 90.0% are one limit
+        earlier = self.by.get(setting)
         if earlier is not None and earlier[0] != value:
-            raise SettingsError(f"{name} and {earlier[1]} both set {setting}"
-                                f"{f' ({part} checks)' if part else ''}, differently; "
+            raise SettingsError(f"{name} and {earlier[1]} both set {setting}, differently; "
                                 f"keep one")
-        self.by[(setting, part)] = (value, name)
-
-    def add_checks(self, text: str, name: str) -> None:
-        for part, value in checks_parts(text, name).items():
-            self.add("checks", value, name, part)
-
-    def checks(self) -> str:
-        return checks_text({part: v for (setting, part), (v, _) in self.by.items()
-                            if setting == "checks"})
+        self.by[setting] = (value, name)
 
 
 @dataclass
@@ -148,27 +138,29 @@ def resolve(cls, env: Mapping[str, str] | None = None,
                 sources[f.name] = f"env {name}"
                 break
     notes, given = [], _Given()
-    if "checks" in values:
-        given.add_checks(values["checks"], sources["checks"].split()[-1])
     if "max_vram" in values:
         given.add("max_vram", values["max_vram"], sources["max_vram"].split()[-1])
     for alias in ALIASES:
         raw = env.get(alias.old, "")
-        if raw == "":
+        if raw == "" or alias.setting == "checks":
             continue
         new = _convert(alias, raw, alias.old)
         notes.append(alias.note(raw, alias.old))
         if new is None:
             continue
-        if alias.setting == "checks":          # an old name sets one part of it
-            given.add("checks", CHECK_WORDS[new][1], alias.old, CHECK_WORDS[new][0])
-            values["checks"] = given.checks()
-        else:
-            given.add(alias.setting, parse(fields[alias.setting], new, alias.old), alias.old)
-            values[alias.setting] = given.by[(alias.setting, "")][0]
+        value = parse(fields[alias.setting], new, alias.old)
+        given.add(alias.setting, value, alias.old)
+        values[alias.setting] = value
         earlier = sources.get(alias.setting)
         sources[alias.setting] = f"{earlier} + {alias.old} (deprecated)" if earlier else \
             f"env {alias.old} (deprecated)"
+    old = _old_checks(env, values.get("checks"), sources.get("checks", "").split()[-1:])
+    if old is not None:
+        values["checks"], names = old
+        notes += [f"{name} is deprecated; use WORKER_CHECKS={values['checks']}"
+                  for name in names]
+        sources["checks"] = " + ".join(([sources["checks"]] if "checks" in sources else [])
+                                       + [f"env {n} (deprecated)" for n in names])
     for key, raw in (flags or {}).items():
         if raw is not None:
             if key not in fields:
@@ -176,6 +168,38 @@ def resolve(cls, env: Mapping[str, str] | None = None,
             values[key] = parse(fields[key], raw, fields[key].metadata["flag"])
             sources[key] = f"flag {fields[key].metadata['flag']}"
     return Resolved(cls(**values), sources, notes).with_config(config or {})
+
+
+def _old_checks(env: Mapping[str, str], text: str | None, name: list):
+    """WORKER_FITNESS_CHECKS, WORKER_GPU_CHECK and WORKER_REQUIRE_GPU read as they were
+    (the handler's checks; the GPU check; a GPU required, which ran the GPU check whatever
+    WORKER_GPU_CHECK said), as a WORKER_CHECKS value, merged with WORKER_CHECKS's own
+    words (two that disagree are an error): the value and the old names used, or None."""
+    used = [a.old for a in ALIASES if a.setting == "checks" and env.get(a.old, "") != ""]
+    if not used:
+        return None
+    parts = checks_parts(text, name[0]) if text else {}
+    wanted = {}                       # part -> (the values the old names allow, a name)
+    if "WORKER_FITNESS_CHECKS" in used:
+        raw = env["WORKER_FITNESS_CHECKS"]
+        wanted["handler"] = ({_convert(ALIAS_NAMES["WORKER_FITNESS_CHECKS"], raw,
+                                        "WORKER_FITNESS_CHECKS")}, "WORKER_FITNESS_CHECKS")
+    gpu = {"gpu", "no_gpu", "require_gpu"}
+    for old, allows in (("WORKER_GPU_CHECK", ({"no_gpu"}, {"gpu", "require_gpu"})),
+                        ("WORKER_REQUIRE_GPU", ({"gpu", "no_gpu"}, {"require_gpu"}))):
+        if old in used:
+            gpu &= allows[_convert(ALIAS_NAMES[old], env[old], old)]
+            wanted["gpu"] = (gpu, old)
+    if "WORKER_REQUIRE_GPU" in used and _parse_bool(env["WORKER_REQUIRE_GPU"]):
+        wanted["gpu"] = ({"require_gpu"}, "WORKER_REQUIRE_GPU")     # it won, as it did
+    for part, (allowed, old) in wanted.items():
+        if part in parts and parts[part] not in allowed:
+            raise SettingsError(f"{old} and {name[0]} both set checks ({part} checks), "
+                                f"differently; keep {name[0]} alone")
+        if part not in parts:
+            parts[part] = next(v for v in ("gpu", "auto", "on", "off", "no_gpu",
+                                           "require_gpu") if v in allowed)
+    return checks_text(parts), used
 
 
 def apply_config(settings, config: Mapping[str, Any]):
@@ -198,6 +222,11 @@ def apply_config(settings, config: Mapping[str, Any]):
                 given.add(alias.setting, value, f"start() key {key!r}")
                 changes[alias.setting] = value
                 keys[alias.setting] = key
+    if "heartbeat_timeout" in changes and settings.heartbeat_interval == 0:
+        # The child beats at the period it started with: that stays, and the new timeout
+        # must be longer than it (setting_rules), or every child would be declared hung.
+        changes["heartbeat_interval"] = settings.heartbeat_period
+        keys["heartbeat_interval"] = keys["heartbeat_timeout"]
     return (dataclasses.replace(settings, **changes) if changes else settings), keys, notes
 
 
@@ -237,8 +266,9 @@ def fields_of(cls) -> dict:
 def _convert(alias: Alias, raw: Any, source: str) -> Any:
     try:
         return alias.convert(raw)
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"{source}={raw!r} is not valid: {exc}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SettingsError(f"{source}={_short(raw)} is not valid: {exc}") from None
+
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -274,8 +304,10 @@ def parse(f: dataclasses.Field, raw: Any, source: str) -> Any:
             return tuple(s.strip() for s in items if str(s).strip())
         else:
             return None if raw is None else str(raw)
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"{source}={raw!r} is not valid for {f.name}: {exc}") from None
-    if not math.isfinite(value) or value < 0:
-        raise SettingsError(f"{source}={raw!r} is not valid for {f.name}: must be a finite number >= 0")
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SettingsError(f"{source}={_short(raw)} is not valid for {f.name}: {exc}") \
+            from None
+    if (isinstance(value, float) and not math.isfinite(value)) or value < 0:
+        raise SettingsError(f"{source}={_short(raw)} is not valid for {f.name}: must be a "
+                            f"finite number >= 0")
     return value

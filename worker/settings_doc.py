@@ -10,7 +10,7 @@ from .config import describe
 # (topic, what it is for, settings in the order a reader needs them)
 TOPICS = (
     ("Where jobs come from", "The run mode and what picks it.",
-     ("mode", "serve_api", "realtime_port", "load_balancer", "port", "port_health",
+     ("run_mode", "serve_api", "realtime_port", "load_balancer", "port", "port_health",
       "runpod_get_job", "endpoint_id", "refresh_stops_pod", "test_input", "test_output")),
     ("Jobs and limits", "What one job may take, and when its child is replaced.",
      ("job_timeout", "max_result_mb", "return_aggregate_stream", "refresh_worker",
@@ -41,7 +41,7 @@ TOPICS = (
 )
 
 EXAMPLES = {
-    "mode": "runpod", "serve_api": "true", "realtime_port": "8080", "load_balancer": "true",
+    "run_mode": "runpod", "serve_api": "true", "realtime_port": "8080", "load_balancer": "true",
     "port": "8080", "port_health": "8081",
     "runpod_get_job": "https://api.runpod.ai/v2/ep-1/job-take/$RUNPOD_POD_ID",
     "endpoint_id": "ep-1", "refresh_stops_pod": "true",

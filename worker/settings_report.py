@@ -7,27 +7,30 @@ settings that are not at their default, at DEBUG all of them.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Mapping
 
 from . import logs, redaction, run_modes, setting_names, setting_sources, settings_doc
 from .config import FIELDS, Settings, SettingsError
 
 log = logging.getLogger("worker")
-URL_SETTINGS = ("queue_url", "webhook_proxy", "runpod_get_job")
+URL_SETTINGS = ("queue_url", "webhook_proxy")     # secrets whose host may be shown
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>,]+")
 _started: list = []          # the Resolved this process started from (parent only)
 
 
 def shown(name: str, value: Any) -> str:
-    """A value as the table shows it: a secret's is never printed."""
+    """A value as the table shows it: a secret's is never printed, nor any URL's
+    credentials wherever a URL appears (a test input, an allow list)."""
     if value in (None, (), ""):
         return ""
-    if FIELDS[name].metadata["secret"] and name not in URL_SETTINGS:
-        return redaction.MASK
-    if name in URL_SETTINGS or "://" in str(value):      # user info and credentials out
-        return redaction.url(str(value))
     if isinstance(value, tuple):
-        return ",".join(value)
-    return str(value).lower() if isinstance(value, bool) else str(value)
+        value = ",".join(value)
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if FIELDS[name].metadata["secret"]:
+        return redaction.url(text) if name in URL_SETTINGS and "://" in text \
+            else redaction.MASK
+    return URL.sub(lambda m: redaction.url(m.group(0)), text)
 
 
 def rows(resolved: setting_sources.Resolved) -> list[dict]:
@@ -60,6 +63,7 @@ def report(resolved: setting_sources.Resolved, env: Mapping[str, str]) -> dict:
     return {"mode": mode, "mode_reason": why, "mode_means": run_modes.LABELS[mode],
             "refused": run_modes.refusal(s) or strict,
             "settings": rows(resolved), "deprecated": list(resolved.deprecated),
+            "unused": run_modes.unused(s),
             "not_settings": unknown}
 
 
@@ -69,7 +73,7 @@ def text(data: dict, everything: bool = True) -> str:
     if data["refused"]:
         lines.append(f"refused: {data['refused']}")
     shown_rows = [r for r in data["settings"] if everything or not r["default"]
-                  or r["name"] == "mode"]
+                  or r["name"] == "run_mode"]
     width = max(len(r["name"]) for r in shown_rows)
     value_width = min(40, max(len(r["value"]) for r in shown_rows))
     topic = None
@@ -82,6 +86,7 @@ def text(data: dict, everything: bool = True) -> str:
     if left:
         lines.append(f"  ({left} more at their defaults: python -m worker config)")
     lines += [f"deprecated: {line}" for line in data["deprecated"]]
+    lines += [f"warning: {line}" for line in data["unused"]]
     lines += [f"not a setting: {line}" for line in data["not_settings"]]
     return "\n".join(lines)
 
@@ -107,7 +112,7 @@ def on_ready(settings: Settings, config: Mapping[str, Any],
         logging.getLogger().setLevel(logs.level_number(new.log_level))
     if _started:
         data = report(_started.pop().with_config(config), {})
-        data["refused"], data["deprecated"] = None, []       # each said once already
+        data["refused"], data["deprecated"], data["unused"] = None, [], []   # said already
         log.info("settings in force:\n%s", text(data, everything=False))
         log.debug("every setting:\n%s", text(data))
     return new

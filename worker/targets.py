@@ -45,8 +45,9 @@ class ValueTarget:
 # Secrets the handler has no use for: the queue's key and the local API's token. They are
 # kept out of the child's environment, its /proc/self/environ and its settings, unless
 # named in WORKER_CHILD_ENV_PASS (then they come in `env`).
-SECRET_ENV = ("RUNPOD_AI_API_KEY", "WORKER_API_TOKEN", "WORKER_QUEUE_URL")
-SECRET_SETTINGS = ("api_token", "queue_url")
+SECRET_ENV = ("RUNPOD_AI_API_KEY", "WORKER_API_TOKEN", "WORKER_QUEUE_URL",
+              "WORKER_WEBHOOK_PROXY")
+SECRET_SETTINGS = ("api_token", "queue_url", "webhook_proxy")
 
 
 @dataclass

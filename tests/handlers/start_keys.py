@@ -14,4 +14,4 @@ def handler(job):
 
 
 worker.start({"handler": handler, "refresh_worker": True, "max_vram_mb": 100,
-              "job_timout": 3, "mode": "api", "my_own_key": 1})
+              "job_timout": 3, "run_mode": "api", "my_own_key": 1})

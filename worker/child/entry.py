@@ -15,11 +15,10 @@ import traceback
 
 from .. import hardening
 from .. import protocol as P
-from ..config import Settings
+from ..config import Settings, SettingsError
 from ..targets import SECRET_ENV, ChildSpec, ModuleTarget, ScriptTarget, ValueTarget, warm_key
 from . import (code_files, descendants, fork_safety, forkserver_door, joblog, runpod_compat,
                sdk_hooks, seeds, warm_import)
-from ..config import SettingsError
 from .fitness_run import Unfit
 from .handlers import Interrupted
 from .runtime import ChildRuntime

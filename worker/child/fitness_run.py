@@ -63,7 +63,7 @@ def _gpu(require_gpu: bool) -> int:
     try:
         summary = gpu_check.check()
     except Exception as exc:             # noqa: BLE001
-        raise unfit(f"{exc} (WORKER_CHECKS=off skips the checks)") from None
+        raise unfit(f"{exc} (WORKER_CHECKS=no_gpu skips this check)") from None
     mismatch = gpu_check.torch_mismatch()
     if mismatch and require_gpu:
         raise unfit(mismatch)

@@ -156,7 +156,7 @@ class ChildRuntime:
     def watch(self, lifeline_fd: int) -> None:
         """Heartbeat thread; also ends the whole process group if the parent dies."""
         def run():
-            interval = self.settings.heartbeat_period
+            interval = self.settings.heartbeat_period    # for the child's life
             while True:
                 ready, _, _ = select.select([lifeline_fd], [], [], interval)
                 if ready:  # EOF: the parent is gone; take our descendants with us

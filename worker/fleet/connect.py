@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from .. import redaction
 from ..config import Settings, SettingsError
-from .keys import GROUP, HOOK_GROUP
+from .keys import GROUP, HOOK_GROUP, Keys
 
 log = logging.getLogger("worker.fleet")
 
@@ -27,13 +27,29 @@ def password(settings: Settings) -> str | None:
         raise SettingsError(f"WORKER_QUEUE_PASSWORD_FILE cannot be read: {exc}") from None
 
 
-def options(settings: Settings, for_asyncio: bool = False) -> dict:
+def worker_keys(settings: Settings) -> Keys:
+    """A worker's endpoint (WORKER_ENDPOINT: one name, no default) as its keys."""
+    if not settings.queue_endpoint:
+        raise SettingsError("WORKER_QUEUE_URL needs WORKER_ENDPOINT, the endpoint's name on "
+                            "the queue (no default: two handlers never share a stream by "
+                            "accident)")
+    try:
+        return Keys(settings.queue_endpoint)
+    except ValueError as exc:
+        raise SettingsError(f"WORKER_ENDPOINT: {exc}") from None
+
+
+def check_url(settings: Settings) -> str | None:
+    """WORKER_QUEUE_URL and its password file as the client will read them (the worker's
+    start and `worker config` ask the same): the password from the file, or None."""
     url = settings.queue_url
-    scheme = urlsplit(url).scheme
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:                  # "Invalid IPv6 URL"
+        scheme = None
     if scheme not in ("redis", "rediss"):
         raise SettingsError(f"WORKER_QUEUE_URL must be a redis:// or rediss:// URL, not "
                             f"{redaction.url(url)!r}")
-    extra = {}
     secret = password(settings)
     redaction.remember(url, secret)
     from redis.connection import parse_url
@@ -43,6 +59,13 @@ def options(settings: Settings, for_asyncio: bool = False) -> dict:
         raise SettingsError("WORKER_QUEUE_URL cannot be read as a Redis URL (a password "
                             "holding '/', '?', '#' or '@' must be percent-encoded, or put "
                             "in WORKER_QUEUE_PASSWORD_FILE)") from None
+    return secret
+
+
+def options(settings: Settings, for_asyncio: bool = False) -> dict:
+    url = settings.queue_url
+    extra = {}
+    secret = check_url(settings)
     if secret is not None:
         extra["password"] = secret
     import redis

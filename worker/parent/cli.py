@@ -80,11 +80,19 @@ def main(argv: list | None = None) -> int:
     ns, rest = _parser("required").parse_known_args(argv)
     if serve:
         ns.serve_api = True
-    script = os.path.abspath(ns.script)
-    if not (os.path.isfile(script) or os.path.isfile(os.path.join(script, "__main__.py"))):
-        print(f"worker: error: handler file not found: {ns.script}", file=sys.stderr)
+    if _missing(ns.script):
+        print(f"worker: error: {_missing(ns.script)}", file=sys.stderr)
         return 2
-    return _start(_flags(ns), {}, ScriptTarget(script, rest))
+    return _start(_flags(ns), {}, ScriptTarget(os.path.abspath(ns.script), rest))
+
+
+def _missing(script: str) -> str | None:
+    """Why `script` is not a handler the worker can run (a file, or a folder with a
+    __main__.py), or None."""
+    path = os.path.abspath(script)
+    if os.path.isfile(path) or os.path.isfile(os.path.join(path, "__main__.py")):
+        return None
+    return f"handler file not found: {script}"
 
 
 def run(target, argv: list, config: dict) -> int:
@@ -109,6 +117,8 @@ def _start(flags: dict, config: dict, target) -> int:
     if refusal:
         print(f"worker: error: {refusal}", file=sys.stderr)
         return 2
+    for line in run_modes.unused(resolved.settings):
+        print(f"worker: warning: {line}", file=sys.stderr)
     settings_report.remember(resolved)
     settled, _ = run_modes.settle(resolved.settings)
     return run_mode(settled, target)
@@ -146,9 +156,10 @@ def config_command(argv: list) -> int:
         data = settings_report.report(cfg.resolve(flags=flags), os.environ)
     except cfg.SettingsError as exc:
         data = {"error": str(exc)}
-    script = ns.script and os.path.abspath(ns.script)
-    if script and "error" not in data and not os.path.exists(script):
-        data["refused"] = f"handler file not found: {ns.script}"
+    if ns.script and "error" not in data and not data["refused"]:
+        data["refused"] = _missing(ns.script) or _unwatchable(
+            run_modes.settle(cfg.resolve(flags=flags).settings)[0],
+            ScriptTarget(os.path.abspath(ns.script), []))
     try:
         if "error" in data and not ns.json:
             print(f"worker config: error: {data['error']}", file=sys.stderr)
@@ -157,7 +168,7 @@ def config_command(argv: list) -> int:
             sys.stdout.flush()
     except BrokenPipeError:          # `worker config | head`: the reader had enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 2 if "error" in data else 0
+    return 2 if "error" in data or data.get("refused") else 0
 
 
 def run_mode(settings: cfg.Settings, target) -> int:
@@ -173,9 +184,9 @@ def _run_mode(settings: cfg.Settings, target) -> int:
     reaper.become_subreaper()      # a child whose forkserver died is still ours to watch
     hardening.set_dumpable(False)  # our environ (the queue key) needs CAP_SYS_PTRACE to read
     hardening.bound_execs(settings.child_keep_caps)   # what we start never has them
-    redaction.remember(settings.api_token, settings.queue_url,
+    redaction.remember(settings.api_token, settings.queue_url, settings.webhook_proxy,
                        os.environ.get("RUNPOD_AI_API_KEY"))     # never in a line we write
-    mode = settings.mode
+    mode = settings.run_mode
     if mode in ("api", "realtime"):       # realtime: settle gave it 0.0.0.0 and its port
         from ..sources import local_api
         return local_api.serve(settings, target)

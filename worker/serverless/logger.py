@@ -19,12 +19,23 @@ def _level(value) -> str:
     raise ValueError(f"Invalid debug level: {value}")
 
 
+def _env_level() -> str:
+    """The SDK's level variables, read at import: an empty one is unset, and a value the
+    SDK would raise on (WARNING, CRITICAL, a typo) does not stop the process from importing
+    — the worker's own settings say what is wrong with its log level."""
+    for name in ("RUNPOD_LOG_LEVEL", "RUNPOD_DEBUG_LEVEL"):
+        value = os.environ.get(name, "").strip().upper()
+        if value:
+            value = {"WARNING": "WARN", "CRITICAL": "ERROR"}.get(value, value)
+            return value if value in LOG_LEVELS else "DEBUG"
+    return "DEBUG"
+
+
 class RunPodLogger:
     """One logger per process (the SDK's is a singleton too)."""
 
     _instance = None
-    level = _level(os.environ.get("RUNPOD_LOG_LEVEL",
-                                  os.environ.get("RUNPOD_DEBUG_LEVEL", "DEBUG")))
+    level = _env_level()
 
     def __new__(cls):
         if cls._instance is None:

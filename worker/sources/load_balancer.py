@@ -19,7 +19,7 @@ from .host import SourceHost
 
 
 def serve(settings: Settings, target) -> int:
-    port = settings.port
+    port = settings.port             # run_modes.settle gave api_host 0.0.0.0, api_port PORT
     health = settings.port_health or port
     settings = dataclasses.replace(settings, api_host="0.0.0.0", api_port=port)
     sockets = listen.bind_or_say(settings.api_host, settings.api_port, "worker")

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import redaction, stream_bound
-from ..config import Settings, SettingsError
+from ..config import Settings
 from ..fleet import connect, records
-from ..fleet.keys import DEAD_MAX, GROUP, RELEASED, Keys
+from ..fleet.keys import DEAD_MAX, GROUP, RELEASED
 from ..fleet.outbox import Outbox
 from ..fleet.scripts import Scripts
 from ..jobs import JobResult, JobState, Reason, failure
@@ -69,14 +69,7 @@ class Held:
 class RedisQueueSource(JobListener):
     def __init__(self, settings: Settings, target, supervisor: Supervisor | None = None):
         import redis
-        if not settings.queue_endpoint:
-            raise SettingsError("WORKER_QUEUE_URL needs WORKER_ENDPOINT, the endpoint's "
-                                "name (no default: two handlers must never share a stream "
-                                "by accident)")
-        try:
-            self.keys = Keys(settings.queue_endpoint)
-        except ValueError as exc:
-            raise SettingsError(f"WORKER_ENDPOINT: {exc}") from None
+        self.keys = connect.worker_keys(settings)
         self.transient = (redis.ConnectionError, redis.TimeoutError, OSError)
         self.redis_error = redis.RedisError
         self.r = connect.client(settings)
