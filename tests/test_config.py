@@ -50,15 +50,14 @@ def test_start_config_keys():
     ({"WORKER_STOP_GRACE": "-1"}, "must be a finite number >= 0"),
     ({"WORKER_JOB_TIMEOUT": "nan"}, "must be a finite number >= 0"),
     ({"WORKER_START_METHOD": "fork"}, "forkserver or spawn"),
-    ({"WORKER_MAX_VRAM": "150%"}, "give MiB (e.g. 4096) or a percentage"),
+    ({"WORKER_MAX_VRAM": "150%"}, "give MiB (e.g. 4096), a percentage"),
     ({"WORKER_MAX_VRAM": "lots"}, "WORKER_MAX_VRAM='lots'"),
     ({"WORKER_MODE": "queue"}, "WORKER_MODE='queue': run_mode must be auto, api"),
     ({"WORKER_CHECKS": "maybe"}, "checks must be auto, on, off or require_gpu"),
     ({"WORKER_MAX_VRAM_FRACTION": "2"}, "WORKER_MAX_VRAM_FRACTION='2' is not valid"),
-    ({"WORKER_MAX_VRAM": "90%", "WORKER_MAX_VRAM_MB": "5"},
-     "WORKER_MAX_VRAM_MB and WORKER_MAX_VRAM both set max_vram, differently"),
-    ({"WORKER_MAX_VRAM_MB": "4096", "WORKER_MAX_VRAM_FRACTION": "0.9"},
-     "WORKER_MAX_VRAM_FRACTION and WORKER_MAX_VRAM_MB both set max_vram"),
+    ({"WORKER_MAX_VRAM": "4096", "WORKER_MAX_VRAM_MB": "5"},
+     "WORKER_MAX_VRAM_MB and WORKER_MAX_VRAM both set max_vram (mb), differently"),
+    ({"WORKER_MAX_VRAM": "4096,90%,1"}, "or both (4096,90%: the lower)"),
     ({"WORKER_CHECKS": "off", "WORKER_FITNESS_CHECKS": "on"},
      "WORKER_FITNESS_CHECKS and WORKER_CHECKS both set checks (handler checks)"),
     ({"WORKER_FITNESS_CHECKS": "true"}, "WORKER_FITNESS_CHECKS='true' is not valid"),
@@ -99,8 +98,7 @@ def test_every_number_has_a_ceiling():
 
 
 @pytest.mark.parametrize("config, message", [
-    ({"max_vram": "50%", "max_vram_mb": 4096}, "both set max_vram, differently"),
-    ({"max_vram_mb": 4096, "max_vram_fraction": 0.5}, "both set max_vram, differently"),
+    ({"max_vram": "50%", "max_vram_fraction": 0.6}, "both set max_vram (fraction)"),
     ({"max_jobs_per_child": 2.7}, "expected an integer"),
     ({"job_timeout": 5_000_000}, "at most 1,000,000 s"),
     ({"heartbeat_timeout": 0.5}, "longer than the heartbeat interval (1 s)"),
@@ -129,11 +127,18 @@ def test_old_names_for_parts_of_the_checks_combine_as_they_did():
     for old in ({"WORKER_REQUIRE_GPU": "false"}, {"WORKER_GPU_CHECK": "false"}):
         with pytest.raises(SettingsError, match="keep WORKER_CHECKS alone"):
             Settings.load(env={"WORKER_CHECKS": "require_gpu", **old})
-    # 0 was "no limit": the other old name's limit stands; 90% and 90.0% are one limit
+    # 0 was "no limit": the other old name's limit stands; 90% and 90.0% are one limit;
+    # both old limits stand together (the lower applies), from any mix of names
     assert Settings.load(env={"WORKER_MAX_VRAM_MB": "0",
                               "WORKER_MAX_VRAM_FRACTION": "0.9"}).max_vram == "90%"
     assert Settings.load(env={"WORKER_MAX_VRAM": "90.0%",
                               "WORKER_MAX_VRAM_FRACTION": "0.9"}).max_vram_fraction == 0.9
+    s = Settings.load(env={"WORKER_MAX_VRAM_MB": "4096", "WORKER_MAX_VRAM_FRACTION": "0.9"})
+    assert (s.max_vram, s.max_vram_mb, s.max_vram_fraction) == ("4096,90%", 4096, 0.9)
+    s = Settings.load(env={"WORKER_MAX_VRAM_MB": "4096"}, config={"max_vram_fraction": 0.5})
+    assert s.max_vram == "4096,50%"              # the start() key joined it, as it did
+    assert Settings().with_config({"max_vram_mb": 2048, "max_vram_fraction": 0.5}) \
+        .max_vram == "2048,50%"
     assert Settings.load(env={"WORKER_MAX_VRAM_MB": "1234567"}).max_vram_mb == 1234567
 
 

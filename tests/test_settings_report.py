@@ -121,7 +121,7 @@ def test_config_names_the_mode_and_why(args, env, mode, why):
     ({"WORKER_CHILD_USER": "no-such-user-x"}, (),
      "cannot run as WORKER_CHILD_USER='no-such-user-x': no such user"),
     ({"WORKER_METRICS_PORT": "8000"}, ("--rp_serve_api",),
-     "WORKER_METRICS_PORT=8000 is the port the api mode serves on"),
+     "WORKER_METRICS_PORT=8000 is a port the api mode serves on"),
 ])
 def test_settings_that_cannot_run_together_are_refused_before_anything_starts(
         env, args, refusal, tmp_path):
@@ -170,9 +170,23 @@ def test_config_shows_what_the_mode_and_reload_change_as_a_run_would_use_it():
     assert rows["spare"]["source"].startswith("env WORKER_SPARE, overridden: --reload")
 
 
-def test_config_says_what_a_worker_would_refuse():
+def test_config_says_what_a_worker_would_refuse(tmp_path):
     data, _ = config("no_such_handler.py")
     assert data["refused"] == "handler file not found: no_such_handler.py"
+    # a handler's one-shot test: the input it would run, read as the run reads it
+    data, _ = config(str(HANDLERS / "edges.py"), "--test_input", "{bad")
+    assert data["refused"].startswith("--test_input is not valid JSON")
+    data, _ = config(str(HANDLERS / "edges.py"), "--test_input", '{"input": {}}')
+    assert data["refused"] is None
+    for env, refusal in (({"WORKER_CHILD_ENV_PASS": "RUNPOD_AI_APIKEY"},
+                          "WORKER_CHILD_ENV_PASS names RUNPOD_AI_APIKEY"),
+                         ({"RUNPOD_WEBHOOK_GET_JOB": "notaurl"},
+                          "RUNPOD_WEBHOOK_GET_JOB must be an http:// or https:// URL"),
+                         ({"WORKER_API_PORT": "0", "WORKER_SERVE_API": "1"},
+                          "the local API needs a port")):
+        proc = run_cli([PYTHON, "-m", "worker", "config", "--json"], env={**BASE, **env})
+        data = json.loads(proc.stdout)
+        assert proc.returncode == 2 and refusal in (data.get("refused") or data["error"])
     proc = run_cli([PYTHON, "-m", "worker", "config", "--json"],
                    env={**BASE, "WORKER_API_PORT": "70000"})
     assert proc.returncode == 2
@@ -193,6 +207,13 @@ def test_a_url_setting_is_shown_without_its_credentials():
     assert "pw-in" not in json.dumps(data) and "pw-no-slashes" not in json.dumps(data)
     assert rows["webhook_allow"]["value"] == "http://***@h,10.0.0.0/8"
     assert rows["queue_url"]["value"] == "***"
+    # a password that holds ',' (a URL's end for a lazy reader), a queue URL with no scheme
+    # quoted by an error
+    data, rows = config(env={"RUNPOD_WEBHOOK_GET_JOB": "https://bob:s3cr,etpw@127.0.0.1:1/t",
+                             "WORKER_QUEUE_URL": ":Sup3rSecretPw@127.0.0.1:6379/0",
+                             "WORKER_ENDPOINT": "e"})
+    assert "etpw" not in json.dumps(data) and "Sup3r" not in json.dumps(data)
+    assert data["refused"] == "WORKER_QUEUE_URL must be a redis:// or rediss:// URL"
 
 
 def test_the_modes_that_listen_beyond_loopback_say_so():

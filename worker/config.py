@@ -71,8 +71,9 @@ class Settings:
     max_vram: str = _setting("", ("WORKER_MAX_VRAM",), None,
                              "Replace the child, between jobs, when GPU memory in use has "
                              "grown past this over the baseline taken before it started (or "
-                             "its own torch reservation has): MiB (e.g. 4096) or a share of "
-                             "the devices' memory (e.g. 90%); empty or 0 = never.")
+                             "its own torch reservation has): MiB (e.g. 4096), a share of "
+                             "the devices' memory (e.g. 90%), or both (4096,90%: the lower); "
+                             "empty or 0 = never.")
     refresh_on_oom: bool = _setting(True, ("WORKER_REFRESH_ON_OOM",), None,
                                     "A job that fails with CUDA out of memory fails clearly and "
                                     "the child is replaced before the next job.")

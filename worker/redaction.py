@@ -46,6 +46,8 @@ def url(text: str) -> str:
     its host is shown as its scheme alone: no part of it is sure to be safe."""
     if _unclear_userinfo(text) is not None:
         return f"{text.partition('://')[0]}://{MASK}"
+    if "://" not in text and "@" in text:     # no scheme: what is before the host is unclear
+        return f"{MASK}@{text.rpartition('@')[2]}"
     try:
         parts = urlsplit(text)
         netloc = parts.netloc

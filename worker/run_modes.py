@@ -11,6 +11,7 @@ is one line. What any one value may be is setting_rules.py.
 from __future__ import annotations
 
 import dataclasses
+from urllib.parse import urlsplit
 
 from .config import Settings, SettingsError
 
@@ -91,13 +92,25 @@ def refusal(s: Settings) -> str | None:
             hardening.check_user(s.child_user)
         except RuntimeError as exc:
             return str(exc)
-    if s.metrics_port and s.metrics_port == (s.port if mode == "load_balancer" else
-                                             s.realtime_port if mode == "realtime" else
-                                             s.api_port if mode == "api" else None):
-        return f"WORKER_METRICS_PORT={s.metrics_port} is the port the {mode} mode serves on"
+    served = {"load_balancer": (s.port, s.port_health), "realtime": (s.realtime_port,),
+              "api": (s.api_port,)}.get(mode, ())
+    if s.metrics_port and s.metrics_port in served:
+        return f"WORKER_METRICS_PORT={s.metrics_port} is a port the {mode} mode serves on"
+    if mode == "api" and not s.api_port:
+        return "WORKER_API_PORT=0: the local API needs a port (1-65535)"
+    if mode == "runpod" and not _http_url(s.runpod_get_job):
+        return "RUNPOD_WEBHOOK_GET_JOB must be an http:// or https:// URL"
     if mode == "redis":
         return _queue_refusal(s)
     return reload_refusal(s, mode)
+
+
+def _http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False
 
 
 def _queue_refusal(s: Settings) -> str | None:

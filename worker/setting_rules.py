@@ -8,6 +8,7 @@ import dataclasses
 from urllib.parse import urlsplit
 
 from .hardening import READERS
+from .targets import SECRET_ENV
 
 
 class SettingsError(ValueError):
@@ -81,6 +82,11 @@ def check(s) -> dict:
         raise SettingsError(f"WORKER_CHILD_KEEP_CAPS names {', '.join(unknown)}: the "
                             f"capabilities a child can keep are {', '.join(READERS)}")
     out["child_keep_caps"] = caps
+    passing = [n for n in s.child_env_pass if n not in SECRET_ENV]
+    if passing:
+        raise SettingsError(f"WORKER_CHILD_ENV_PASS names {', '.join(passing)}: it passes "
+                            f"the secrets a child never sees otherwise, "
+                            f"{', '.join(SECRET_ENV)} (every other variable reaches it)")
     vram_limit(s.max_vram)
     proxy_url(s.webhook_proxy)
     return out
@@ -92,22 +98,41 @@ def short(raw) -> str:
     return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
+def vram_parts(text: str) -> dict:
+    """WORKER_MAX_VRAM's parts, each only where the value names it: "mb" (MiB of growth)
+    and "fraction" (of the devices' memory, written as a percentage); both: the lower."""
+    parts: dict = {}
+    for item in (i.strip() for i in str(text).split(",")):
+        part = "fraction" if item.endswith("%") else "mb"
+        try:
+            value = float(item[:-1] if part == "fraction" else item or 0)
+        except ValueError:
+            value = -1.0
+        ceiling = 100.0 if part == "fraction" else _MIB[0]
+        if part in parts or not 0 <= value <= ceiling:
+            raise SettingsError(f"WORKER_MAX_VRAM={text!r}: give MiB (e.g. 4096), a "
+                                f"percentage of the devices' memory (e.g. 90%), or both "
+                                f"(4096,90%: the lower); 0 = no limit")
+        if value:
+            parts[part] = value / 100 if part == "fraction" else value
+    return parts
+
+
 def vram_limit(text: str) -> tuple[float, float]:
-    """WORKER_MAX_VRAM as (MiB, fraction of the devices' memory); one of them is 0."""
-    raw = str(text).strip()
-    try:
-        if raw.endswith("%"):
-            percent = float(raw[:-1])
-            if 0 <= percent <= 100:
-                return 0.0, percent / 100
-        else:
-            mb = float(raw or 0)
-            if 0 <= mb <= _MIB[0]:
-                return mb, 0.0
-    except ValueError:
-        pass
-    raise SettingsError(f"WORKER_MAX_VRAM={text!r}: give MiB (e.g. 4096) or a percentage "
-                        f"of the devices' memory (e.g. 90%); 0 = no limit")
+    """WORKER_MAX_VRAM as (MiB, fraction); 0 where it names none."""
+    parts = vram_parts(text)
+    return parts.get("mb", 0.0), parts.get("fraction", 0.0)
+
+
+def vram_text(parts: dict) -> str:
+    """The shortest value that names these parts ("" = no limit)."""
+    out = []
+    if parts.get("mb"):
+        mb = parts["mb"]
+        out.append(str(int(mb)) if float(mb).is_integer() else repr(float(mb)))
+    if parts.get("fraction"):
+        out.append(f"{parts['fraction'] * 100:.10g}%")
+    return ",".join(out)
 
 
 # WORKER_CHECKS: which checks run before the first child takes jobs, in two parts — the

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from .setting_rules import SettingsError, checks_parts, checks_text, vram_limit
+from .setting_rules import SettingsError, checks_parts, checks_text, vram_parts, vram_text
 from .setting_rules import short as _short
 
 DEFAULT = "default"
@@ -22,9 +22,9 @@ DEFAULT = "default"
 
 @dataclass(frozen=True)
 class Alias:
-    """An old name that still works: it sets `setting` through `convert` (None: the old
-    value asks for nothing the default does not give) and says once what replaced it.
-    The old names of WORKER_CHECKS's parts are read together (_old_checks)."""
+    """An old name that still works: it sets parts of `setting` (`convert` reads its value)
+    and says once what replaced it. The old names of WORKER_CHECKS's parts are read
+    together (_old_checks), as they combined."""
     old: str                        # the variable's name; its lower-case tail (no WORKER_)
     setting: str                    # is the old start() key where `config` is True
     env: str                        # the setting's variable
@@ -35,12 +35,6 @@ class Alias:
     def key(self) -> str:
         return self.old.removeprefix("WORKER_").lower()
 
-    def note(self, raw: Any, source: str, as_key: bool = False) -> str:
-        new = self.convert(raw)
-        name = repr(self.setting) if as_key else self.env
-        use = (f"{name} (its default does this)" if new is None else
-               f"{name}: {new!r}" if as_key else f"{name}={new}")
-        return f"{source} is deprecated; use {use}"
 
 
 def _number(raw: Any) -> float:
@@ -50,16 +44,16 @@ def _number(raw: Any) -> float:
     return value
 
 
-def _mib(raw: Any) -> str | None:
+def _mib(raw: Any) -> dict:
     value = _number(raw)                            # 0 was "never": the default
-    return None if value == 0 else str(int(value)) if value.is_integer() else repr(value)
+    return {"mb": value} if value else {}
 
 
-def _fraction_to_percent(raw: Any) -> str:
+def _fraction(raw: Any) -> dict:
     value = _number(raw)
     if value > 1:
         raise ValueError("a fraction from 0 to 1")
-    return None if value == 0 else f"{value * 100:.10g}%"
+    return {"fraction": value} if value else {}
 
 
 def _handler_checks(raw: Any) -> str:
@@ -71,8 +65,7 @@ def _handler_checks(raw: Any) -> str:
 
 ALIASES = (
     Alias("WORKER_MAX_VRAM_MB", "max_vram", "WORKER_MAX_VRAM", _mib, config=True),
-    Alias("WORKER_MAX_VRAM_FRACTION", "max_vram", "WORKER_MAX_VRAM", _fraction_to_percent,
-          config=True),
+    Alias("WORKER_MAX_VRAM_FRACTION", "max_vram", "WORKER_MAX_VRAM", _fraction, config=True),
     Alias("WORKER_FITNESS_CHECKS", "checks", "WORKER_CHECKS", _handler_checks),
     Alias("WORKER_GPU_CHECK", "checks", "WORKER_CHECKS", lambda raw: _parse_bool(raw)),
     Alias("WORKER_REQUIRE_GPU", "checks", "WORKER_CHECKS", lambda raw: _parse_bool(raw)),
@@ -89,21 +82,14 @@ def warn_once(text: str, say: Callable[[str], None]) -> None:
         say(text)
 
 
-class _Given:
-    """What the names given so far set, each with the name that set it: two names that
-    set one thing differently are an error, never a silent winner."""
-
-    def __init__(self):
-        self.by: dict = {}            # setting -> (value, name)
-
-    def add(self, setting: str, value: Any, name: str) -> None:
-        if setting == "max_vram":
-            value = vram_limit(value)            # 90% and 90.0% are one limit
-        earlier = self.by.get(setting)
-        if earlier is not None and earlier[0] != value:
-            raise SettingsError(f"{name} and {earlier[1]} both set {setting}, differently; "
-                                f"keep one")
-        self.by[setting] = (value, name)
+def _merge(parts: dict, by: dict, found: dict, name: str, setting: str) -> None:
+    """Parts an old name sets, added to those set so far (by: part -> the name that set
+    it): two names that set one part differently are an error, never a silent winner."""
+    for part, value in found.items():
+        if part in parts and parts[part] != value:
+            raise SettingsError(f"{name} and {by[part]} both set {setting} ({part}), "
+                                f"differently; keep one")
+        parts[part], by[part] = value, name
 
 
 @dataclass
@@ -137,23 +123,20 @@ def resolve(cls, env: Mapping[str, str] | None = None,
                 values[f.name] = parse(f, env[name], name)
                 sources[f.name] = f"env {name}"
                 break
-    notes, given = [], _Given()
-    if "max_vram" in values:
-        given.add("max_vram", values["max_vram"], sources["max_vram"].split()[-1])
-    for alias in ALIASES:
-        raw = env.get(alias.old, "")
-        if raw == "" or alias.setting == "checks":
-            continue
-        new = _convert(alias, raw, alias.old)
-        notes.append(alias.note(raw, alias.old))
-        if new is None:
-            continue
-        value = parse(fields[alias.setting], new, alias.old)
-        given.add(alias.setting, value, alias.old)
-        values[alias.setting] = value
-        earlier = sources.get(alias.setting)
-        sources[alias.setting] = f"{earlier} + {alias.old} (deprecated)" if earlier else \
-            f"env {alias.old} (deprecated)"
+    notes = []
+    vram = [a for a in ALIASES if a.setting == "max_vram" and env.get(a.old, "") != ""]
+    if vram:                  # the MiB limit and the share of memory: parts of one value
+        parts = vram_parts(values.get("max_vram", ""))
+        by = {part: "WORKER_MAX_VRAM" for part in parts}
+        for alias in vram:
+            _merge(parts, by, _convert(alias, env[alias.old], alias.old), alias.old,
+                   "max_vram")
+        values["max_vram"] = vram_text(parts)
+        notes += [f"{a.old} is deprecated; use WORKER_MAX_VRAM={values['max_vram'] or 0}"
+                  for a in vram]
+        sources["max_vram"] = " + ".join(([sources["max_vram"]] if "max_vram" in sources
+                                          else []) + [f"env {a.old} (deprecated)"
+                                                      for a in vram])
     old = _old_checks(env, values.get("checks"), sources.get("checks", "").split()[-1:])
     if old is not None:
         values["checks"], names = old
@@ -206,22 +189,28 @@ def apply_config(settings, config: Mapping[str, Any]):
     """start() keys that name settings (or their old names), applied: the settings, the
     settings changed with the key that changed each, and a line per old key."""
     fields = fields_of(type(settings))
-    changes, keys, notes, given = {}, {}, [], _Given()
+    changes, keys, notes = {}, {}, []
     for key, raw in config.items():
         f = fields.get(key)
         if f is not None and f.metadata["config"]:
             changes[key] = parse(f, raw, f"start() key {key!r}")
-            given.add(key, changes[key], f"start() key {key!r}")
             keys[key] = key
-        elif key in ALIAS_KEYS:
-            alias = ALIAS_KEYS[key]
-            new = _convert(alias, raw, f"start() key {key!r}")
-            notes.append(alias.note(raw, f"start() key {key!r}", as_key=True))
-            if new is not None:
-                value = parse(fields[alias.setting], new, key)
-                given.add(alias.setting, value, f"start() key {key!r}")
-                changes[alias.setting] = value
-                keys[alias.setting] = key
+    old = [key for key in config if key in ALIAS_KEYS]
+    if old:
+        # A part an old key names replaces that part of the worker's value (start() wins),
+        # beside a "max_vram" key of the same dict it must agree with.
+        own = "max_vram" in changes
+        parts = vram_parts(changes["max_vram"] if own else settings.max_vram)
+        by = {part: "start() key 'max_vram'" for part in parts} if own else {}
+        for key in old:
+            found = _convert(ALIAS_KEYS[key], config[key], f"start() key {key!r}")
+            if not own:
+                parts.update(found)
+            _merge(parts, by, found, f"start() key {key!r}", "max_vram")
+        changes["max_vram"] = vram_text(parts)
+        keys["max_vram"] = " + ".join(old)
+        notes += [f"start() key {key!r} is deprecated; use 'max_vram': "
+                  f"{changes['max_vram'] or '0'!r}" for key in old]
     if "heartbeat_timeout" in changes and settings.heartbeat_interval == 0:
         # The child beats at the period it started with: that stays, and the new timeout
         # must be longer than it (setting_rules), or every child would be declared hung.

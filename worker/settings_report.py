@@ -15,7 +15,7 @@ from .config import FIELDS, Settings, SettingsError
 
 log = logging.getLogger("worker")
 URL_SETTINGS = ("queue_url", "webhook_proxy")     # secrets whose host may be shown
-URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>,]+")
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]+")   # ends where JSON's strings do
 _started: list = []          # the Resolved this process started from (parent only)
 
 
@@ -24,8 +24,8 @@ def shown(name: str, value: Any) -> str:
     credentials wherever a URL appears (a test input, an allow list)."""
     if value in (None, (), ""):
         return ""
-    if isinstance(value, tuple):
-        value = ",".join(value)
+    if isinstance(value, tuple):                 # each item alone: a password may hold ','
+        return ",".join(shown(name, item) for item in value)
     text = str(value).lower() if isinstance(value, bool) else str(value)
     if FIELDS[name].metadata["secret"]:
         return redaction.url(text) if name in URL_SETTINGS and "://" in text \

@@ -47,9 +47,8 @@ def check_url(settings: Settings) -> str | None:
         scheme = urlsplit(url).scheme
     except ValueError:                  # "Invalid IPv6 URL"
         scheme = None
-    if scheme not in ("redis", "rediss"):
-        raise SettingsError(f"WORKER_QUEUE_URL must be a redis:// or rediss:// URL, not "
-                            f"{redaction.url(url)!r}")
+    if scheme not in ("redis", "rediss"):      # the value is never quoted: it holds the key
+        raise SettingsError("WORKER_QUEUE_URL must be a redis:// or rediss:// URL")
     secret = password(settings)
     redaction.remember(url, secret)
     from redis.connection import parse_url

@@ -153,13 +153,12 @@ def config_command(argv: list) -> int:
     ns, _ = p.parse_known_args(argv[serve:])
     flags = {**_flags(ns), **({"serve_api": True} if serve else {})}
     try:
-        data = settings_report.report(cfg.resolve(flags=flags), os.environ)
+        resolved = cfg.resolve(flags=flags)
+        data = settings_report.report(resolved, os.environ)
     except cfg.SettingsError as exc:
         data = {"error": str(exc)}
     if ns.script and "error" not in data and not data["refused"]:
-        data["refused"] = _missing(ns.script) or _unwatchable(
-            run_modes.settle(cfg.resolve(flags=flags).settings)[0],
-            ScriptTarget(os.path.abspath(ns.script), []))
+        data["refused"] = _refusal_of(ns.script, resolved.settings, data["mode"])
     try:
         if "error" in data and not ns.json:
             print(f"worker config: error: {data['error']}", file=sys.stderr)
@@ -169,6 +168,22 @@ def config_command(argv: list) -> int:
     except BrokenPipeError:          # `worker config | head`: the reader had enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 2 if "error" in data or data.get("refused") else 0
+
+
+def _refusal_of(script: str, settings: cfg.Settings, mode: str) -> str | None:
+    """What a run of `script` would refuse that the settings alone do not say: the file,
+    what --reload would watch, the one-shot test's input (read as the run reads it)."""
+    refusal = _missing(script) or _unwatchable(run_modes.settle(settings)[0],
+                                               ScriptTarget(os.path.abspath(script), []))
+    if refusal or mode != "test":
+        return refusal
+    from ..jobs import JobError
+    from ..sources.oneshot import load_job
+    try:
+        load_job(settings.test_input)
+    except JobError as exc:             # the one-shot test stops here (exit 1)
+        return str(exc)
+    return None
 
 
 def run_mode(settings: cfg.Settings, target) -> int:
