@@ -122,6 +122,7 @@ def pip_config() -> dict[str, str]:
 
 # What a shared folder may give: package files and index pages, nothing else (a file://
 # index's parent folder is shared for its ../../files links, and may hold anything).
+NOWHERE = "/dev/null/nowhere"      # a path no one can create: /dev/null is not a folder
 PACKAGE_FILES = (".whl", ".tar.gz", ".zip", ".tgz", ".tar.bz2", ".metadata", ".html")
 # pip settings passed to the build as they are (the ones naming this machine's files are
 # translated above, or left out: a cache folder, a log, a client certificate)
@@ -194,20 +195,20 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         parts = urllib.parse.unquote(urllib.parse.urlsplit(path).path).lstrip("/").split("/")
         root = self.roots.get(parts[0])
         if root is None:
-            return "/nonexistent"
+            return NOWHERE
         base = os.path.normpath(root)
         target = os.path.normpath(os.path.join(base, *parts[1:]))
         if target != base and not target.startswith(base + os.sep):
-            return "/nonexistent"
+            return NOWHERE
         real, real_base = os.path.realpath(target), os.path.realpath(base)
         if os.path.isdir(target):
             inside = real == real_base or real.startswith(real_base + os.sep)
             listed = not parts[0].endswith("i") or os.path.isfile(os.path.join(target,
                                                                               "index.html"))
-            return target if inside and listed else "/nonexistent"
+            return target if inside and listed else NOWHERE
         if target.endswith(PACKAGE_FILES) and real.endswith(PACKAGE_FILES):
             return target
-        return "/nonexistent"
+        return NOWHERE
 
     def log_message(self, *args):        # pip's requests are not news
         pass
