@@ -119,9 +119,10 @@ lint: $(STAMP)
 # The images, built where users are (docker/build.py): with or without a registry (no
 # registry: a Debian base from Debian's packages, `make docker-base`), behind a proxy
 # (pip's CA bundle) and from a wheelhouse (pip's find-links and file:// indexes, served
-# over loopback while the build runs), every step on the host's network. BASE=<image>
-# picks the base, TORCH_INDEX=<url>|pip where torch comes from.
-DOCKER_BUILD_ARGS = $(if $(BASE),--base $(BASE)) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
+# over loopback while the build runs), every step on the host's network. IMAGE_BASE=<image>
+# picks the base image (BASE is the commit the benchmarks compare with), TORCH_INDEX=<url>|pip
+# where torch comes from.
+DOCKER_BUILD_ARGS = $(if $(IMAGE_BASE),--base $(IMAGE_BASE)) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 docker-base:
 	docker/make-base.sh
 

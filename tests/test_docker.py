@@ -97,6 +97,18 @@ def _nvml_works() -> bool:
     return True
 
 
+def test_make_builds_from_the_base_image_asked_for_and_only_that():
+    """The Makefile's BASE (the commit the benchmarks compare with, defaulted) used to
+    reach `make docker-build` as the base image: no build worked without naming one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("BASE", "IMAGE_BASE")}
+    for target in ("docker-build", "docker-build-cpu"):
+        plain, asked = (subprocess.run(["make", "-s", "-n", target, *extra], cwd=ROOT, env=env,
+                                       capture_output=True, text=True, timeout=60)
+                        for extra in ((), ("IMAGE_BASE=debian:x",)))
+        assert plain.returncode == 0 and "--base" not in plain.stdout, plain.stdout
+        assert "--base debian:x" in asked.stdout, asked.stdout
+
+
 def test_healthcheck_with_nothing_to_ask_is_healthy():
     proc = run_cli([PYTHON, "-m", "worker.healthcheck"],
                    env={"WORKER_SERVE_API": "", "WORKER_HEALTH_FILE": ""})
