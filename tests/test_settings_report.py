@@ -104,9 +104,10 @@ def test_config_names_the_mode_and_why(args, env, mode, why):
     ({"WORKER_RELOAD": "true", "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:1/x"}, (),
      "a queue worker takes new code by a new deploy"),
     ({"WORKER_MODE": "api", "WORKER_LOAD_BALANCER": "true"}, (),
-     "WORKER_MODE=api, but --load_balancer asks for load balancing"),
+     "WORKER_MODE=api, but --load_balancer asks for a RunPod load-balancing endpoint"),
     ({"WORKER_MODE": "runpod", "RUNPOD_WEBHOOK_GET_JOB": "http://127.0.0.1:1/x",
-      "RUNPOD_REALTIME_PORT": "8123"}, (), "RUNPOD_REALTIME_PORT asks for the realtime mode"),
+      "RUNPOD_REALTIME_PORT": "8123"}, (),
+     "RUNPOD_REALTIME_PORT asks for the local API on the realtime port"),
     ({"WORKER_QUEUE_URL": "http://127.0.0.1:1", "WORKER_ENDPOINT": "e"}, (),
      "WORKER_QUEUE_URL must be a redis:// or rediss:// URL"),
     ({"WORKER_QUEUE_URL": "redis://127.0.0.1:1", "WORKER_ENDPOINT": "bad name!"}, (),
@@ -311,3 +312,4 @@ def test_the_worker_s_help_names_its_commands_and_every_setting_is_in_config_hel
     for field in Settings.__dataclass_fields__.values():
         for name in field.metadata["env"] or (field.metadata["flag"],):
             assert name in full.stdout, name
+

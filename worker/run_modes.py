@@ -54,13 +54,22 @@ ASKS = (("serve_api", "api", "--rp_serve_api"), ("realtime_port", "realtime",
         ("queue_url", "redis", "WORKER_QUEUE_URL"), ("test_input", "test", "--test_input"))
 
 
+def _asked(s: Settings) -> list[tuple[str, str]]:
+    """(mode, name) of each setting given that asks for a mode."""
+    return [(m, name) for field, m, name in ASKS
+            if getattr(s, field) not in (None, False, 0, "")]
+
+
+def _fits(asked: str, mode: str) -> bool:
+    """The realtime mode is the local API on another port: each fits the other's ask."""
+    return asked == mode or {asked, mode} == {"api", "realtime"}
+
+
 def unused(s: Settings) -> list[str]:
     """A line for each setting that asks for a mode the worker will not run in."""
     mode, why = pick(s)
-    asked = [(m, name) for field, m, name in ASKS
-             if getattr(s, field) not in (None, False, 0, "")]
     return [f"{name} is not used: the worker runs {LABELS[mode]} ({why})"
-            for m, name in asked if m != mode and not (m, mode) == ("api", "realtime")]
+            for m, name in _asked(s) if not _fits(m, mode)]
 
 
 # What each mode needs, and the settings that ask for another mode.
@@ -76,16 +85,9 @@ def refusal(s: Settings) -> str | None:
         for name, env in NEEDS.get(mode, ()):
             if not getattr(s, name):
                 return f"WORKER_MODE={mode} needs {env}"
-        asks = ((s.serve_api, ("api", "realtime"), "--rp_serve_api asks for the local API"),
-                (s.load_balancer, ("load_balancer",), "--load_balancer asks for load "
-                                                      "balancing"),
-                (s.realtime_port, ("realtime", "api"), "RUNPOD_REALTIME_PORT asks for the "
-                                                       "realtime mode"),
-                (s.test_input is not None, ("test",), "--test_input asks for the one-shot "
-                                                      "test"))
-        for asked, modes, what in asks:
-            if asked and mode not in modes:
-                return f"WORKER_MODE={mode}, but {what}"
+        for m, name in _asked(s):       # a queue URL it does not use is only named
+            if not _fits(m, mode) and m != "redis":
+                return f"WORKER_MODE={mode}, but {name} asks for {LABELS[m]}"
     if s.child_user:
         from . import hardening
         try:

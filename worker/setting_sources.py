@@ -132,7 +132,7 @@ def resolve(cls, env: Mapping[str, str] | None = None,
             _merge(parts, by, _convert(alias, env[alias.old], alias.old), alias.old,
                    "max_vram")
         values["max_vram"] = vram_text(parts)
-        notes += [f"{a.old} is deprecated; use WORKER_MAX_VRAM={values['max_vram'] or 0}"
+        notes += [f"{a.old} is deprecated; use {a.env}={values['max_vram'] or 0}"
                   for a in vram]
         sources["max_vram"] = " + ".join(([sources["max_vram"]] if "max_vram" in sources
                                           else []) + [f"env {a.old} (deprecated)"
@@ -140,7 +140,7 @@ def resolve(cls, env: Mapping[str, str] | None = None,
     old = _old_checks(env, values.get("checks"), sources.get("checks", "").split()[-1:])
     if old is not None:
         values["checks"], names = old
-        notes += [f"{name} is deprecated; use WORKER_CHECKS={values['checks']}"
+        notes += [f"{name} is deprecated; use {ALIAS_NAMES[name].env}={values['checks']}"
                   for name in names]
         sources["checks"] = " + ".join(([sources["checks"]] if "checks" in sources else [])
                                        + [f"env {n} (deprecated)" for n in names])

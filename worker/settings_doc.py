@@ -120,12 +120,8 @@ def markdown() -> str:
     for alias in setting_sources.ALIASES:
         lines.append(f"| `{alias.old}`" + (f", start() key `{alias.key}`" if alias.config
                                            else "") +
-                     f" | `{describe_env(alias.setting)}` |")
+                     f" | `{alias.env}` |")
     return "\n".join(lines) + "\n"
-
-
-def describe_env(name: str) -> str:
-    return next(row["env"][0] for row in describe() if row["name"] == name)
 
 
 def _anchor(title: str) -> str:

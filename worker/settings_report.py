@@ -53,18 +53,22 @@ def rows(resolved: setting_sources.Resolved) -> list[dict]:
     return out
 
 
-def report(resolved: setting_sources.Resolved, env: Mapping[str, str]) -> dict:
-    """The whole picture, as `worker config --json` prints it."""
+def report(resolved: setting_sources.Resolved, env: Mapping[str, str],
+           checks: bool = True) -> dict:
+    """The whole picture, as `worker config --json` prints it; checks=False: the table
+    alone (a running worker said the rest at its start, and reads no file again)."""
     s = resolved.settings
     mode, why = run_modes.pick(s)
-    unknown = setting_names.unknown_names(env)
-    strict = f"{unknown[0]} (WORKER_STRICT_SETTINGS)" if unknown and s.strict_settings \
-        else None
-    return {"mode": mode, "mode_reason": why, "mode_means": run_modes.LABELS[mode],
-            "refused": run_modes.refusal(s) or strict,
-            "settings": rows(resolved), "deprecated": list(resolved.deprecated),
-            "unused": run_modes.unused(s),
-            "not_settings": unknown}
+    data = {"mode": mode, "mode_reason": why, "mode_means": run_modes.LABELS[mode],
+            "refused": None, "settings": rows(resolved), "deprecated": [], "unused": [],
+            "not_settings": []}
+    if checks:
+        unknown = setting_names.unknown_names(env)
+        strict = f"{unknown[0]} (WORKER_STRICT_SETTINGS)" if unknown and \
+            s.strict_settings else None
+        data.update(refused=run_modes.refusal(s) or strict, not_settings=unknown,
+                    deprecated=list(resolved.deprecated), unused=run_modes.unused(s))
+    return data
 
 
 def text(data: dict, everything: bool = True) -> str:
@@ -111,8 +115,11 @@ def on_ready(settings: Settings, config: Mapping[str, Any],
     if new.log_level != settings.log_level:         # the start() dict's level, in force
         logging.getLogger().setLevel(logs.level_number(new.log_level))
     if _started:
-        data = report(_started.pop().with_config(config), {})
-        data["refused"], data["deprecated"], data["unused"] = None, [], []   # said already
-        log.info("settings in force:\n%s", text(data, everything=False))
-        log.debug("every setting:\n%s", text(data))
+        try:
+            data = report(_started.pop().with_config(config), {}, checks=False)
+            log.info("settings in force:\n%s", text(data, everything=False))
+            log.debug("every setting:\n%s", text(data))
+        except Exception as exc:        # noqa: BLE001 - a report never stops the core
+            log.error("the settings table could not be made: %s: %s",
+                      type(exc).__name__, exc)
     return new
