@@ -139,6 +139,18 @@ def test_old_names_for_parts_of_the_checks_combine_as_they_did():
     assert s.max_vram == "4096,50%"              # the start() key joined it, as it did
     assert Settings().with_config({"max_vram_mb": 2048, "max_vram_fraction": 0.5}) \
         .max_vram == "2048,50%"
+    # 0 is a value ("no limit"): it disagrees with 4096, and a start() key of 0 lifts the
+    # variable's limit; one share written two ways is one share
+    with pytest.raises(SettingsError, match=r"both set max_vram \(mb\)"):
+        Settings.load(env={"WORKER_MAX_VRAM": "4096", "WORKER_MAX_VRAM_MB": "0"})
+    assert Settings.load(env={"WORKER_MAX_VRAM_MB": "4096"},
+                         config={"max_vram_mb": 0}).max_vram_mb == 0
+    assert Settings.load(env={"WORKER_MAX_VRAM": "33.3%",
+                              "WORKER_MAX_VRAM_FRACTION": "0.333"}).max_vram == "33.3%"
+    for bad in ({"max_vram_mb": True}, {"max_vram_mb": 1e300}):
+        with pytest.raises(SettingsError, match="max_vram_mb"):
+            Settings().with_config(bad)
+    assert Settings.load(env={"WORKER_CHECKS": "off,off"}).checks == "off"   # as "off"
     assert Settings.load(env={"WORKER_MAX_VRAM_MB": "1234567"}).max_vram_mb == 1234567
 
 

@@ -102,7 +102,7 @@ def vram_parts(text: str) -> dict:
     """WORKER_MAX_VRAM's parts, each only where the value names it: "mb" (MiB of growth)
     and "fraction" (of the devices' memory, written as a percentage); both: the lower."""
     parts: dict = {}
-    for item in (i.strip() for i in str(text).split(",")):
+    for item in (i.strip() for i in str(text).split(",") if str(text).strip()):
         part = "fraction" if item.endswith("%") else "mb"
         try:
             value = float(item[:-1] if part == "fraction" else item or 0)
@@ -110,11 +110,10 @@ def vram_parts(text: str) -> dict:
             value = -1.0
         ceiling = 100.0 if part == "fraction" else _MIB[0]
         if part in parts or not 0 <= value <= ceiling:
-            raise SettingsError(f"WORKER_MAX_VRAM={text!r}: give MiB (e.g. 4096), a "
+            raise SettingsError(f"WORKER_MAX_VRAM={short(text)}: give MiB (e.g. 4096), a "
                                 f"percentage of the devices' memory (e.g. 90%), or both "
                                 f"(4096,90%: the lower); 0 = no limit")
-        if value:
-            parts[part] = value / 100 if part == "fraction" else value
+        parts[part] = round(value / 100, 10) if part == "fraction" else value   # 0: none
     return parts
 
 
@@ -147,7 +146,7 @@ def checks_parts(text: str, name: str = "WORKER_CHECKS") -> dict:
     """The parts a WORKER_CHECKS value names: {"handler": ..., "gpu": ...}, each only
     where the value names it."""
     words = [w.strip().lower() for w in str(text).split(",") if w.strip()]
-    if words == ["off"]:
+    if set(words) == {"off"}:
         return {"handler": "off", "gpu": "no_gpu"}
     parts: dict = {}
     for word in words:

@@ -38,6 +38,8 @@ class Alias:
 
 
 def _number(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError("expected a number")
     value = float(raw)
     if not math.isfinite(value) or value < 0:
         raise ValueError("a finite number >= 0")
@@ -45,15 +47,17 @@ def _number(raw: Any) -> float:
 
 
 def _mib(raw: Any) -> dict:
-    value = _number(raw)                            # 0 was "never": the default
-    return {"mb": value} if value else {}
+    value = _number(raw)                            # 0 was "never": no limit, as now
+    if value > 16_777_216:
+        raise ValueError("at most 16,777,216 MiB")
+    return {"mb": value}
 
 
 def _fraction(raw: Any) -> dict:
     value = _number(raw)
     if value > 1:
         raise ValueError("a fraction from 0 to 1")
-    return {"fraction": value} if value else {}
+    return {"fraction": round(value, 10)}
 
 
 def _handler_checks(raw: Any) -> str:
