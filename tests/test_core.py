@@ -14,7 +14,7 @@ from worker.parent import actions as A
 from worker.parent import events as E
 from worker.parent.core import SupervisorCore
 from worker.parent.dispatch import Dispatcher
-from worker.parent.lifecycle import ChildState
+from worker.parent.status import ChildState
 from worker.parent.monitor import Reading
 from worker.parent.status import WorkerState
 from worker.protocol import HandlerMode, Kind
@@ -51,6 +51,7 @@ class Driver(A.JobListener):
         self.fail_spawn = False       # the launcher fails: SpawnFailed
         self.transient = False        # ... for a moment (EMFILE, a launcher replaced)
         self.spawn_error = "OSError: injected"
+        self.short_of_gpu = False     # ... a spare's fit check found too little GPU memory
         self.fits = True              # Settled's fit check, after a lost child
         self.fail_send = 0            # the next n Sends raise in the loop's part
         self.feed(E.Tick())
@@ -77,6 +78,7 @@ class Driver(A.JobListener):
         self.events.append(("chunk", job_id, value))
 
     def on_result(self, result):
+        self.events.append(("result", result.job_id))
         self.results.setdefault(result.job_id, []).append(result)
 
     # the loop's part (dispatch.Effects)
@@ -85,7 +87,7 @@ class Driver(A.JobListener):
 
     def _slot_of_child(self, cid):
         return next((s for s in self.core.slots
-                     if s.holds(cid) or s.spares.owns(cid) is not None), None)
+                     if s.holds(cid) or s.owns(cid) is not None), None)
 
     def send(self, a):
         if self.fail_send:
@@ -124,7 +126,7 @@ class Driver(A.JobListener):
     def spawn(self, a):
         if self.fail_spawn:
             self.later.append(E.SpawnFailed(a.slot, a.cid, self.spawn_error,
-                                            self.transient))
+                                            self.transient, self.short_of_gpu))
             return
         self.next_pid += 1
         self.spawned.append(a)
@@ -215,7 +217,7 @@ class Driver(A.JobListener):
         self.stop(0.0)
         for _ in range(10):
             live = [(s.index, c.cid) for s in self.core.slots
-                    for c in (s.child, s.spares.child, *s.spares.retiring) if c is not None]
+                    for c in (s.child, s.spare, *s.retiring) if c is not None]
             if not live:
                 break
             self.at(self.now + 5)
@@ -296,6 +298,9 @@ def test_jobs_wait_for_a_ready_child_then_run_one_at_a_time_inline():
     d.done("b")
     assert d.result("a").state is JobState.COMPLETED and d.child.state is ChildState.READY
     assert d.core.status().finished == 2
+    # The listeners hear the events in the order they happened: a's end, then b's start
+    # (one step carries both).
+    assert d.events == [("start", "a"), ("result", "a"), ("start", "b"), ("result", "b")]
 
 
 def test_inline_timeout_stops_the_child_with_escalation_and_a_fresh_one_runs_on():

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from worker import protocol as P
 from worker.jobs import JobState, Reason
 from worker.parent import actions as A
-from worker.parent.lifecycle import ChildState
+from worker.parent.status import ChildState
 from worker.parent.status import WorkerState
 from worker.protocol import HandlerMode, Kind
 

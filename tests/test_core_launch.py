@@ -7,7 +7,7 @@ import signal
 from tests.test_core import Driver
 from worker.parent import events as E
 from worker.jobs import JobState, Reason
-from worker.parent.lifecycle import KILL_WAIT_S
+from worker.parent.child import KILL_WAIT_S
 from worker.parent.status import WorkerState
 
 

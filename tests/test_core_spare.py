@@ -8,18 +8,20 @@ from tests.test_core import STEPS, Driver
 from worker import protocol as P
 from worker.jobs import JobState, Reason
 from worker.parent import events as E
-from worker.parent.lifecycle import ChildState
+from worker.parent.child import Phase
+from worker.parent.status import ChildState
 from worker.parent.status import WorkerState
 from worker.protocol import HandlerMode, Kind
 
 
 def spare(d, slot=0):
-    return d.core.slots[slot].spares
+    """The slot: its spare (`.spare`), retiring children and spare policy (`.spares`)."""
+    return d.core.slots[slot]
 
 
 def spare_ready(d, slot=0):
     s = spare(d, slot)
-    d.feed(E.Message(slot, s.child.cid, P.Ready(Kind.SYNC, HandlerMode.INLINE, 1, {}, [])))
+    d.feed(E.Message(slot, s.spare.cid, P.Ready(Kind.SYNC, HandlerMode.INLINE, 1, {}, [])))
 
 
 def exit_cid(d, cid, code, slot=0):
@@ -42,15 +44,15 @@ def test_a_spare_is_built_after_the_first_child_is_ready_and_a_refresh_swaps_at_
     assert [s.cause for s in d.spawned] == ["first"]
     d.ready()
     assert [s.cause for s in d.spawned] == ["first", "spare"]
-    assert d.core.slots[0].spares.child.state is ChildState.STARTING
+    assert d.core.slots[0].spare.state is ChildState.STARTING
     spare_ready(d)
-    first, second = d.cid(), spare(d).child.cid
+    first, second = d.cid(), spare(d).spare.cid
     d.submit("a")
     assert runs_on(d, "a") == first
     d.submit("b")                                   # queued behind "a"
     d.done("a", refresh=True)                       # the old child must go: swap now
     assert d.cid() == second and runs_on(d, "b") == second
-    assert spare(d).promotions == 1 and [c.cid for c in spare(d).retiring] == [first]
+    assert spare(d).spares.promotions == 1 and [c.cid for c in spare(d).retiring] == [first]
     assert "refresh" in d.stops()[-1]               # the old one was told to stop
     spawns = len(d.spawned)
     exit_cid(d, first, 0)                           # it goes; then a new spare is built
@@ -66,7 +68,7 @@ def test_a_crash_with_a_ready_spare_runs_the_next_job_on_it_without_a_new_start(
     d = driver(job_max_crashes=1)
     d.ready()
     spare_ready(d)
-    second = spare(d).child.cid
+    second = spare(d).spare.cid
     d.submit("boom")
     d.submit("next")
     spawns = len(d.spawned)
@@ -91,18 +93,18 @@ def test_a_refresh_while_the_spare_sets_up_waits_for_it_rather_than_a_third_chil
     assert len(d.settles) == settles                # no third child is started
     spare_ready(d)                                  # it takes over; "b" runs on it
     assert d.cid() != first and runs_on(d, "b") == d.cid()
-    assert spare(d).unspared == 1
+    assert spare(d).spares.unspared == 1
 
 
 def test_a_cold_refresh_drops_the_spare_and_starts_a_new_child():
     d = driver()
     d.ready()
     spare_ready(d)
-    old_spare = spare(d).child.cid
+    old_spare = spare(d).spare.cid
     d.submit("writes")
     d.done("writes", refresh="cold")
-    assert spare(d).child.state is ChildState.STOPPING     # dropped, not promoted
-    assert spare(d).promotions == 0
+    assert spare(d).spare.state is ChildState.STOPPING     # dropped, not promoted
+    assert spare(d).spares.promotions == 0
     exit_cid(d, old_spare, 0)
     d.exit(0)                                       # the old active child
     assert d.spawned[-1].cause == "refresh_cold"    # a new child, started after the job
@@ -112,29 +114,29 @@ def test_spares_that_keep_failing_turn_off_and_the_slot_serves_on():
     d = driver()
     d.ready()
     for _ in range(3):
-        exit_cid(d, spare(d).child.cid, 1)          # dies in set-up
+        exit_cid(d, spare(d).spare.cid, 1)          # dies in set-up
         d.at(d.now + 4.5)                           # past its backoff (1, 2, 4 s)
-    assert spare(d).off is not None and "3 spares in a row" in spare(d).off
+    assert spare(d).spares.off is not None and "3 spares in a row" in spare(d).spares.off
     assert d.core.state is WorkerState.RUNNING and d.core.slots[0].out is None
     d.submit("a")
     d.done("a")
     assert d.result("a").state is JobState.COMPLETED
-    assert d.core.status().children[0].to_dict()["spare"]["off"] == spare(d).off
+    assert d.core.status().children[0].to_dict()["spare"]["off"] == spare(d).spares.off
 
 
 def test_an_old_spare_is_replaced_and_shutdown_stops_spares_too():
     d = driver(spare_max_age=5.0)
     d.ready()
     spare_ready(d)
-    first_spare = spare(d).child.cid
+    first_spare = spare(d).spare.cid
     d.at(d.now + 5)
-    assert spare(d).child.state is ChildState.STOPPING
+    assert spare(d).spare.state is ChildState.STOPPING
     exit_cid(d, first_spare, 0)                     # a newer one at once, no failure
-    assert spare(d).child.cid != first_spare and spare(d).failures == 0
+    assert spare(d).spare.cid != first_spare and spare(d).spares.failures == 0
     d.stop(0.0)
     d.at(d.now + 0.1)
-    assert spare(d).child.state is ChildState.STOPPING
-    exit_cid(d, spare(d).child.cid, 0)
+    assert spare(d).spare.state is ChildState.STOPPING
+    exit_cid(d, spare(d).spare.cid, 0)
     d.exit(0)
     assert d.core.finished
 
@@ -165,20 +167,20 @@ SPARE_STEPS = (
 def play(d, ev):
     s = spare(d)
     if ev[0] == "spare_ready":
-        if s.child is not None and s.child.state is ChildState.STARTING:
+        if s.spare is not None and s.spare.phase is Phase.SETTING_UP:
             spare_ready(d)
     elif ev[0] == "spare_exit":
-        if s.child is not None:
-            exit_cid(d, s.child.cid, ev[1])
+        if s.spare is not None and not s.spare.phase.unborn:
+            exit_cid(d, s.spare.cid, ev[1])
     elif ev[0] == "retired_exit":
         for child in list(s.retiring):
             exit_cid(d, child.cid, ev[1])
     elif ev[0] == "app_xid":
         d.gpu_event(ev[1])
     elif ev[0] == "spare_checked":
-        if s.checking:
+        if s.spare is not None and s.spare.gpu_checking:
             if ev[1]:
-                d.passed.add(s.child.cid)
+                d.passed.add(s.spare.cid)
             checked(d, ev[1])
     else:
         return d.play(ev)
@@ -194,14 +196,13 @@ def test_with_a_spare_every_job_ends_once_on_one_live_child_and_never_three(even
     for ev in events:
         submitted.add(play(d, ev))
         slot = d.core.slots[0]
-        s = slot.spares
+        s = slot.spare
         if slot.child is not None and slot.in_flight:
             assert slot.child.state in (ChildState.BUSY, ChildState.STOPPING)
-        assert s.child is None or s.child is not slot.child
+        assert s is None or s is not slot.child
         assert not slot.in_flight or slot.child is not None
-        starting = [c for c in (slot.child, s.child) if c is not None
-                    and c.state is ChildState.STARTING] + [1] * (slot.starting is not None) \
-            + [1] * (s.starting is not None)
+        starting = [c for c in (slot.active, s) if c is not None
+                    and c.state is ChildState.STARTING]
         assert len(starting) <= 2               # an active and a spare at most, never three
         asked = {c for c, m in d.sent_cids if isinstance(m, P.Check)}
         assert slot.child is None or slot.child.cid not in asked - d.passed, \
@@ -218,11 +219,11 @@ def test_a_gpu_that_is_not_healthy_stops_the_spare_with_the_active_child():
     spare_ready(d)
     d.gpu_event(79)                                 # fallen off the bus: unhealthy
     assert d.core.state is WorkerState.BROKEN
-    assert spare(d).child.state is ChildState.STOPPING
+    assert spare(d).spare.state is ChildState.STOPPING
     assert d.core.slots[0].child.state is ChildState.STOPPING
-    exit_cid(d, spare(d).child.cid, -9)
+    exit_cid(d, spare(d).spare.cid, -9)
     d.exit(-9)
-    assert not spare(d).busy and d.core.slots[0].child is None     # and none rebuilt
+    assert not spare(d).busy_beside and d.core.slots[0].child is None     # and none rebuilt
 
 
 def test_a_spare_on_the_same_gpu_is_not_counted_as_the_active_childs_growth():
@@ -237,12 +238,12 @@ def test_a_spare_on_the_same_gpu_is_not_counted_as_the_active_childs_growth():
     d.reading = reading                             # 9 GB in use: mostly the spare's
     d.submit("a")
     d.done("a")
-    assert d.stops() == [] and spare(d).promotions == 0
+    assert d.stops() == [] and spare(d).spares.promotions == 0
 
 
 def checked(d, ok, slot=0):
     s = spare(d, slot)
-    d.feed(E.Message(slot, s.child.cid, P.Checked(ok, "1 GPU(s) passed the CUDA check" if ok
+    d.feed(E.Message(slot, s.spare.cid, P.Checked(ok, "1 GPU(s) passed the CUDA check" if ok
                                                   else "cuMemAlloc_v2 failed: CUDA error 999")))
 
 
@@ -250,12 +251,12 @@ def test_after_an_application_xid_the_spare_takes_over_only_once_its_gpu_check_p
     d = driver()
     d.ready()
     spare_ready(d)
-    first, second = d.cid(), spare(d).child.cid
+    first, second = d.cid(), spare(d).spare.cid
     d.submit("a")
     d.gpu_event(13)                      # NVML names no process: the spare may be poisoned
     assert [m.why for c, m in d.sent_cids if isinstance(m, P.Check) and c == second] \
         == ["Xid 13"]
-    assert not spare(d).ready and spare(d).view()["gpu_check"] == "after Xid 13"
+    assert not spare(d).spare_ready and d.core.status().children[0].spare["gpu_check"] == "after Xid 13"
     d.submit("b")
     d.done("a")                          # the active child must go: the spare is not cleared
     d.exit(0)
@@ -267,23 +268,23 @@ def test_after_an_application_xid_the_spare_takes_over_only_once_its_gpu_check_p
     checked(d, True)
     assert d.cid() == second and runs_on(d, "b") == second
     d.done("b")
-    assert d.result("b").state is JobState.COMPLETED and spare(d).promotions == 1
+    assert d.result("b").state is JobState.COMPLETED and spare(d).spares.promotions == 1
 
 
 def test_a_spare_that_fails_its_gpu_check_is_dropped_and_the_slot_starts_a_fresh_child():
     d = driver()
     d.ready()
     spare_ready(d)
-    second = spare(d).child.cid
+    second = spare(d).spare.cid
     d.submit("a")
     d.gpu_event(43)
     d.done("a")
     d.exit(0)
     d.submit("b")
     checked(d, False)
-    assert spare(d).child.state is ChildState.STOPPING and spare(d).promotions == 0
+    assert spare(d).spare.state is ChildState.STOPPING and spare(d).spares.promotions == 0
     exit_cid(d, second, -15)
-    assert spare(d).failures == 1 and spare(d).retry_at is not None and spare(d).off is None
+    assert spare(d).spares.failures == 1 and spare(d).spares.retry_at is not None and spare(d).spares.off is None
     assert d.core.slots[0].starting is not None or d.core.slots[0].child is not None
     d.ready()                            # a cold child, not the poisoned spare
     assert runs_on(d, "b") == d.cid() and d.cid() != second
@@ -297,9 +298,9 @@ def test_an_xid_while_the_spare_sets_up_checks_it_once_it_is_ready():
     d.gpu_event(13)
     assert not any(isinstance(m, P.Check) for m in d.sent)
     spare_ready(d)
-    assert [m for m in d.sent if isinstance(m, P.Check)] and not spare(d).ready
+    assert [m for m in d.sent if isinstance(m, P.Check)] and not spare(d).spare_ready
     checked(d, True)
-    assert spare(d).ready and spare(d).view()["gpu_check"] is None
+    assert spare(d).spare_ready and d.core.status().children[0].spare["gpu_check"] is None
 
 
 def test_a_spare_short_of_gpu_memory_just_after_a_child_left_is_asked_again_soon():
@@ -315,11 +316,12 @@ def test_a_spare_short_of_gpu_memory_just_after_a_child_left_is_asked_again_soon
     d.done("a", refresh=True)                      # swap: the first child retires
     d.fail_spawn, d.transient = True, True
     d.spawn_error = "GPU memory: the active child's peak is 9,000 MiB, 2,000 MiB are free"
+    d.short_of_gpu = True
     exit_cid(d, first, 0)
-    s = spare(d)
+    s = spare(d).spares
     assert s.unfit is None and s.retry_at == d.now + spares.SOON_S
     d.at(d.now + device_settle.BOUND_S + 0.1)      # still short past the bound: said
     assert s.unfit is not None and s.retry_at == d.now + spares.UNFIT_RETRY_S
     d.fail_spawn = False
     d.at(s.retry_at)
-    assert spare(d).child is not None and spare(d).unfit is None
+    assert spare(d).spare is not None and spare(d).spares.unfit is None

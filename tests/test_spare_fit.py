@@ -102,7 +102,7 @@ def test_nvml_per_process_figures_count_only_where_its_pids_are_ours(nvml):
         dev.processes = {1: 9000.0, child.pid: 2800.0}      # ours: trusted from now on
         assert procs.of_tree(child.pid, ("GPU-a",)) == 2800.0 and procs.ours
         unfit = spare_fit.check(probe, child.pid, ("GPU-a",), 1000.0, procs)
-        assert not unfit.ok and unfit.text.startswith(spare_fit.GPU_SHORT)
+        assert not unfit.ok and unfit.short_of_gpu and unfit.text.startswith("GPU memory:")
         assert "footprint (NVML) is 2,800 MiB" in unfit.text
         dev.refuse.add("processes")                          # the driver stops answering
         assert procs.listing(("GPU-a",)) is None

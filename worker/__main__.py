@@ -1,3 +1,4 @@
+"""`python -m worker`: the command line (parent/cli.py)."""
 import sys
 
 from .parent.cli import main

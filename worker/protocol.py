@@ -181,6 +181,11 @@ class Garbled(Message):
     run: int | None
     error: str
 
+    @property
+    def claims(self) -> type | None:
+        """The message class its legible tag names (None: no tag, or an unknown one)."""
+        return _REGISTRY.get(self.tag) if self.tag else None
+
 
 _HEAD = re.compile(rb'\s*\[\s*"([a-z_]{1,20})"\s*(?:,\s*(\d{1,18})\s*[,\]])?')
 

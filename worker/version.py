@@ -1,3 +1,4 @@
+"""Our version, and the runpod-python version whose protocol we speak."""
 __version__ = "0.1.0"
 
 # The runpod-python release whose worker protocol we speak: the platform reads

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import protocol as P
 from ..jobs import JobResult
+from .causes import StartCause
 
 
 class JobListener:
@@ -50,8 +51,8 @@ class Spawn:
     settings: Any = None                      # the effective Settings it starts with
     env: dict = field(default_factory=dict)   # its CUDA_VISIBLE_DEVICES, WORKER_CHILD_INDEX
     checks: bool = False                      # fitness checks before Ready (slot's first)
-    cause: str = "first"                      # why: first, refresh, crash... (metrics)
-    # A spare (cause "spare"): the active child beside it, its GPUs and its peak VRAM,
+    cause: StartCause = StartCause.FIRST      # why: first, refresh, crash... (metrics)
+    # A spare (cause SPARE): the active child beside it, its GPUs and its peak VRAM,
     # for the fit check (spare_fit.py) before it starts.
     active_pid: int | None = None
     devices: tuple = ()

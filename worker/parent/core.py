@@ -5,26 +5,29 @@ command from a source, what a child's host saw, the outcome of an action the loo
 out, the passing of time. The actions (actions.py) are what the loop must do; an action
 whose outcome matters (start a child, read memory) is answered by an event on a later
 turn. Every job ends in exactly one final state, reported once, through an `Ended` action.
-The core owns what reaches across children (the queue, dispatch, the worker's state, GPU
-events); what touches one child only is its slot's (slots.py). Tests drive the core
-through the loop's dispatcher (dispatch.py), on a fake clock.
+The core owns what reaches across children (the queue, dispatch, the worker's fate, GPU
+events); a slot (slots.py) holds which child has which role and applies what a child's
+messages and exit mean for its jobs; a child (child.py) is one state machine, the only
+code that changes it. Here a newcomer finds dispatch (`_dispatch`), an exit's judgement
+(`_on_exited` → Slot.exited → Child.judge) and a refresh (`_on_refresh` → a child marked
+→ `_step` stops it once idle, and a ready spare takes over). Tests drive the core through
+the loop's dispatcher (dispatch.py), on a fake clock.
 """
 from __future__ import annotations
 
 import heapq
 import logging
-import signal
 
 from .. import protocol as P
 from .. import settings_report
 from ..config import Settings
 from ..jobs import JobError, JobState, Reason, execution_timeout, ttl as job_ttl, validate_job
-from . import blame, gpu_events, placement, recovery, recycling
+from . import blame, gpu_events, placement, recovery
 from . import events as E
-from .actions import ChildReady, Settle, Signal, Spawn, WarmOff
-from .jobbook import JobBook, NoChildClock, TrackedJob, some_id
-from .lifecycle import LIVE_STATES, StopCause
+from .actions import ChildReady, Ended, WarmOff
+from .causes import StartCause, StopCause, VerdictKind
 from .fate import WorkerFate
+from .jobbook import JobBook, NoChildClock, TrackedJob, some_id
 from .slots import Slot
 from .status import Status, WorkerState
 
@@ -37,8 +40,8 @@ class SupervisorCore:
         """`devices`: each child's GPUs (placement.plan); one child, the parent's, if None."""
         self.settings = settings          # the one effective Settings (start() keys applied)
         self.preload, self.check_preload = list(preload), check_preload
-        self._actions: list = []           # actions of the current step (shared, in place)
-        self.jobs = JobBook(self._actions, lambda: self.settings)
+        self._out: list = []               # actions of the current step, in order
+        self.jobs = JobBook(lambda: self.settings)
         self.pending = self.jobs.pending
         self.expiring: list = []        # heap of (policy.ttl's end, n, job) for queued jobs
         devices = list(devices or [()])
@@ -59,7 +62,7 @@ class SupervisorCore:
         """The effective settings changed (start() keys): every slot uses them at once."""
         self.settings = settings
         for slot in self.slots:
-            slot.settings = settings
+            slot.use_settings(settings)
 
     state = property(lambda self: self.fate.state)
     failure_message = property(lambda self: self.fate.message)
@@ -74,7 +77,7 @@ class SupervisorCore:
 
     @property
     def in_flight(self) -> dict:
-        """Every job in a child now, by run (a copy: each slot owns its own)."""
+        """Every job in a child now, by run (a copy: each child owns its own)."""
         return {run: t for slot in self.slots for run, t in slot.in_flight.items()}
 
     # --- the one entry -------------------------------------------------------------------
@@ -82,19 +85,52 @@ class SupervisorCore:
     def handle(self, event: E.Event, now: float) -> list:
         self._phase = "event"
         self._ON[type(event)](self, event, now)
-        if event.final:
-            self._phase = None
-            return self._take()
-        self._phase = "step"
-        out = self._step(now)
+        if not event.final:
+            self._phase = "step"
+            self._step(now)
         self._phase = None
-        return out
+        return self._take()
 
     def recover(self, event: E.Event, text: str, now: float) -> list:
-        """Handling `event` raised (a bug, or input nothing anticipated): recovery.py
-        fails what it concerns, and the rest goes on."""
-        recovery.recover(self, event, text, now)
-        return self._step(now)
+        """Handling `event` raised (a bug, or input nothing anticipated). What the core
+        had not sent yet is dropped, and whoever waited on it is told (the guard's undo);
+        recovery.py fails what the event concerns, and the rest goes on. Final reports
+        made before the fault still go out."""
+        phase, self._phase = self._phase, None
+        self._add(())
+        dropped = [a for a in self._out if type(a) is not Ended]
+        self._out = [a for a in self._out if type(a) is Ended]
+        for action in dropped:
+            if type(action) is WarmOff:
+                self.warm_off = False    # the next child that refuses says it again
+            for slot in self.slots:
+                slot.forget(action)
+        recovery.recover(self, event, text, now, phase == "event")
+        self._step(now)
+        return self._take()
+
+    def send(self, actions: list) -> None:
+        """Add actions to this step's (recovery's replacements)."""
+        self._add(actions)
+
+    def _add(self, actions: list) -> None:
+        """The step's next actions, after the final reports made so far: a listener hears
+        a job's end before the next job's start, as the events happened."""
+        ended = self.jobs.take_ended()
+        if ended:
+            self._out += ended
+        if actions:
+            self._out += actions
+
+    def stop_now(self, now: float) -> None:
+        """A stop must never be lost, even to a fault (recovery)."""
+        if self.shutdown_at is None:
+            self.shutdown_at = now
+
+    def _take(self) -> list:
+        self._add(())
+        out, self._out = self._out, []
+        return out
 
     # --- from the sources ----------------------------------------------------------------
 
@@ -133,7 +169,8 @@ class SupervisorCore:
             for slot in self.slots:
                 tracked = slot.find(ev.job_id)
                 if tracked is not None:
-                    slot.abandon(tracked, JobState.CANCELLED, Reason.CANCELLED, "cancelled", now)
+                    self._add(slot.abandon(tracked, JobState.CANCELLED, Reason.CANCELLED,
+                                           "cancelled", now))
                     return
 
     def _on_refresh(self, ev: E.Refresh, now: float) -> None:
@@ -154,22 +191,21 @@ class SupervisorCore:
 
     def _on_gpu_event(self, ev: E.GpuEvent, now: float) -> None:
         """An Xid or ECC event from NVML (gpu_events.py says what it means)."""
-        label, action, busy = gpu_events.judge(ev.xid, ev.what, self.slots)
-        for child in busy:
-            child.replace_when_idle(f"GPU {label}", "gpu")
-        if action == "replace" or action.startswith("ignored"):    # an application Xid
+        judged = gpu_events.judge(ev.xid, ev.what, self.slots)
+        for child in judged.busy:
+            child.replace_when_idle(f"GPU {judged.label}", StartCause.GPU)
+        if judged.application:
             for slot in self.slots:
-                self._actions.extend(slot.spares.xid(label))
-        if action == "unhealthy":
-            self.fate.broken(f"the GPU is unhealthy ({label})", "GpuUnhealthy",
+                self._add(slot.xid(judged.label))
+        if judged.action is gpu_events.GpuAction.UNHEALTHY:
+            self.fate.broken(f"the GPU is unhealthy ({judged.label})", "GpuUnhealthy",
                              "no more jobs; the platform should replace this worker")
             for slot in self.slots:
                 if slot.child is not None:
-                    slot.stop_child(StopCause.GPU_UNHEALTHY, self.fate.message, now,
-                                    interrupt=True)
-                self._actions.extend(slot.spares.stop(StopCause.GPU_UNHEALTHY, label, now,
-                                                      self.settings.stop_grace))
-        self.gpu_events = (*self.gpu_events, (label, action))[-10:]
+                    self._add(slot.stop_child(StopCause.GPU_UNHEALTHY, self.fate.message,
+                                              now, interrupt=True))
+                self._add(slot.stop_spare(StopCause.GPU_UNHEALTHY, judged.label, now))
+        self.gpu_events = (*self.gpu_events, (judged.label, judged.shown))[-10:]
 
     def _on_tick(self, ev: E.Tick, now: float) -> None:
         """Time has passed: the step checks the clocks."""
@@ -182,43 +218,24 @@ class SupervisorCore:
             return
         if self.fate.state is not WorkerState.RUNNING or self.shutdown_at is not None \
                 or self.warm_off:
-            slot.starting = None           # not now (_ensure_children asks again if needed)
+            slot.give_up_start()           # not now (_ensure_children asks again if needed)
             return
         if not ev.fits:                    # a lost child still holds what a new one needs
-            slot.starting = None
+            slot.give_up_start()
             self.fate.slot_out(slot, "a worker process here could not be stopped and its "
                                f"GPU memory is not back ({ev.used_mb:.0f} MiB in use): no "
                                "new one starts in its place", WorkerState.BROKEN)
             return
-        slot.next_baseline = ev.used_mb
-        self._actions.append(Spawn(slot.index, ev.cid, self.settings, slot.env(),
-                                   checks=not slot.ever_ready,
-                                   cause=slot.next_cause if slot.spawns else "first"))
+        self._add([slot.settled(ev.used_mb)])
 
     def _on_spawned(self, ev: E.Spawned, now: float) -> None:
-        slot = self.slots[ev.slot]
-        if slot.spares.starting == ev.cid:
-            slot.spares.spawned(ev.cid, ev.pid, now, self.settings, slot.index)
-        elif slot.starting != ev.cid:     # a start given up on (recover): not ours to keep
-            self._actions.append(Signal(signal.SIGKILL, ev.cid, group=True))
-        else:
-            slot.spawned(ev.cid, ev.pid, now)
+        self._add(self.slots[ev.slot].spawned(ev.cid, ev.pid, now))
 
     def _on_spawn_failed(self, ev: E.SpawnFailed, now: float) -> None:
         slot = self.slots[ev.slot]
-        if slot.spares.starting == ev.cid:     # transient: it does not fit, or not now
-            (slot.spares.not_now if ev.transient else slot.spares.failed)(ev.error, now)
-            return
-        if slot.starting != ev.cid:
-            return
-        slot.starting = None
-        if ev.transient:                   # not now: again after a backoff
-            verdict = slot.start_failed(ev.error, now)
-            if verdict is not None:
-                self.fate.slot_out(slot, verdict.message, WorkerState.BROKEN)
-            return
-        self.fate.child_setup_failed(slot, "the worker process could not be started: "
-                                     f"{ev.error}", "", ())
+        verdict = slot.spawn_failed(ev.cid, ev.error, ev.transient, ev.short_of_gpu, now)
+        if verdict is not None:
+            self._judged(slot, verdict)
 
     def _on_resumed(self, ev: E.Resumed, now: float) -> None:
         log.warning("the worker itself was stopped for %.1fs: its children's clocks skip it",
@@ -228,36 +245,40 @@ class SupervisorCore:
 
     def _on_message(self, ev: E.Message, now: float) -> None:
         slot = self.slots[ev.slot]
-        if slot.holds(ev.cid):
-            if slot.message(ev.msg, now):
-                self._ready(slot, ev.msg, now)
-        elif (other := slot.spares.owns(ev.cid)) is not None:
-            self._actions.extend(slot.spares.message(other, ev.msg, now))
+        child = slot.owns(ev.cid)
+        if child is not None and not child.phase.unborn:
+            self._heard(slot, child, ev.msg, now)
+
+    def _heard(self, slot: Slot, child, msg: P.Message, now: float) -> None:
+        actions, ready = slot.message(child, msg, now)
+        self._add(actions)
+        if ready:
+            self._ready(slot, msg, now)
 
     def _on_memory_read(self, ev: E.MemoryRead, now: float) -> None:
-        slot = self.slots[ev.slot]
-        if slot.holds(ev.cid):
-            slot.memory_read(ev.reading)
+        self.slots[ev.slot].memory_read(ev.cid, ev.reading)
 
     def _on_exited(self, ev: E.Exited, now: float) -> None:
         slot = self.slots[ev.slot]
-        if not slot.holds(ev.cid):
-            if (other := slot.spares.owns(ev.cid)) is not None:    # a spare, or retired
-                slot.spares.exited(other, recycling.describe_exit(ev.code), now)
-            return                          # or a child the core already let go of
-        for msg in ev.messages:             # its last words: results written still count
-            if slot.message(msg, now):
-                self._ready(slot, msg, now)
-        verdict = slot.exited(ev.code, ev.tail, now, self.shutdown_at is not None)
-        if verdict is None:
-            return
-        if verdict.kind == "warm_refused":
+        child = slot.owns(ev.cid)
+        if child is None or child.phase.unborn:
+            return                          # a child the core already let go of
+        if slot.holds(ev.cid):
+            for msg in ev.messages:         # its last words: results written still count
+                self._heard(slot, child, msg, now)
+        verdict = slot.exited(child, ev.code, ev.tail, now, self.shutdown_at is not None)
+        if verdict is not None:
+            self._judged(slot, verdict)
+
+    def _judged(self, slot: Slot, verdict) -> None:
+        """What a child's end means for the worker."""
+        if verdict.kind is VerdictKind.WARM_REFUSED:
             if not self.warm_off:     # every child of that forkserver says the same
                 log.warning("warm refresh refused: %s; children start cold (the forkserver "
                             "is restarted without the handler module)", verdict.message)
-                self._actions.append(WarmOff(verdict.message))
+                self._add([WarmOff(verdict.message)])
             self.warm_off = True
-        elif verdict.kind == "setup_failed":
+        elif verdict.kind is VerdictKind.SETUP_FAILED:
             self.fate.child_setup_failed(slot, verdict.message, verdict.details, verdict.tail)
         else:
             self.fate.slot_out(slot, verdict.message, WorkerState.BROKEN)
@@ -267,13 +288,12 @@ class SupervisorCore:
         child = slot.child
         for other in self.slots:       # out before any child was ready: worth a new try
             if other.revivable:
-                other.out, other.revivable, other.setup_failures = None, False, 0
+                other.revive()
         self.handler_kind = msg.kind
         self.use_settings(settings_report.on_ready(self.settings, msg.config or {}, msg.notes))
         self.last_ready_s = now - child.started
-        if slot.spares.first_setup_s is None:
-            slot.spares.first_setup_s = self.last_ready_s
-        self._actions.append(ChildReady(slot.index, self.last_ready_s))
+        slot.spares.first_setup(self.last_ready_s)
+        self._add([ChildReady(slot.index, self.last_ready_s)])
         log.info("child %d%s ready in %.2fs (handler: %s, %s, concurrency %d%s)",
                  child.pid, slot.label(), self.last_ready_s, msg.kind.value,
                  msg.mode.value, child.concurrency,
@@ -304,9 +324,7 @@ class SupervisorCore:
     @property
     def finished(self) -> bool:
         """Shut down, with no child left: the loop may end."""
-        return self.shutdown_at is not None and not any(
-            s.child is not None or s.starting is not None or s.spares.busy
-            for s in self.slots)
+        return self.shutdown_at is not None and not any(s.children() for s in self.slots)
 
     def unfinished(self) -> list:
         """Every job held and not ended (for the loop's very last resort)."""
@@ -314,8 +332,7 @@ class SupervisorCore:
 
     def next_deadline(self) -> float | None:
         heartbeat, shutdown_at = self.settings.heartbeat_timeout, self.shutdown_at
-        times = [t for s in self.slots for t in s.deadlines(heartbeat, shutdown_at)
-                 if t is not None]
+        times = [t for s in self.slots for t in s.deadlines(heartbeat, shutdown_at)]
         if self.expiring:
             times.append(self.expiring[0][0])
         return min(times) if times else None
@@ -338,14 +355,15 @@ class SupervisorCore:
 
     # --- the step after every event ---------------------------------------------------
 
-    def _step(self, now: float) -> list:
-        self.no_child.update(any(s.child is not None and s.child.state in LIVE_STATES
-                                 for s in self.slots), now)
+    def _step(self, now: float) -> None:
+        self.no_child.update(any(s.child is not None and s.child.live for s in self.slots),
+                             now)
         shutdown_at = self.shutdown_at
         for slot in self.slots:
-            verdict = slot.check_clocks(now, shutdown_at)
+            actions, verdict = slot.check_clocks(now, shutdown_at)
+            self._add(actions)
             if verdict is not None:
-                self.fate.slot_out(slot, verdict.message, WorkerState.BROKEN)
+                self._judged(slot, verdict)
         while self.expiring and now >= self.expiring[0][0]:
             tracked = heapq.heappop(self.expiring)[2]
             if not (tracked.finished or tracked.started):     # still queued: it ends here
@@ -356,52 +374,36 @@ class SupervisorCore:
             for tracked in self.pending:
                 self.jobs.refuse(tracked, "the worker is shutting down")
             self.pending.clear()
-        out = self._actions[:]
-        self._actions.clear()
-        return out
-
-    def _take(self) -> list:
-        out = self._actions[:]
-        self._actions.clear()
-        return out
 
     def _ensure_children(self, now: float) -> None:
         if self.fate.state is not WorkerState.RUNNING or self.shutdown_at is not None:
             return
         for slot in self.slots:              # a ready spare fills a vacancy at once
-            if slot.child is None and slot.spares.ready and slot.out is None:
+            if slot.child is None and slot.spare_ready and slot.out is None:
                 slot.promote(now)
         if self.warm_off:     # the forkserver restarts cold only with no child alive
-            if any(s.child is not None or s.starting is not None for s in self.slots):
+            if any(s.active is not None for s in self.slots):
                 return
             self.warm_off = False
         for slot in self.slots:
             if slot.wants_child:
                 self.cids += 1
-                slot.starting = self.cids
-                # A GPU shared with another child moves with that child's work: nothing
-                # to wait for (the VRAM limit counts such a child's own reservation only).
-                previous, slot.previous_mb = slot.previous_mb, None
-                need, slot.lost_need_mb = slot.lost_need_mb, None
-                gone, slot.previous_pid = slot.previous_pid, None
-                self._actions.append(Settle(slot.index, self.cids, slot.devices,
-                                            None if slot.shared else previous, need, gone))
-            elif slot.out is None and slot.spares.wanted(slot.child, self.settings,
-                                                         slot.devices, now):
+                self._add([slot.ask_child(self.cids)])
+            elif slot.out is None and self._wants_spare(slot):
                 self.cids += 1
-                slot.spares.starting = self.cids
-                active = slot.child
-                beside = {"WORKER_SPARE_BESIDE": str(active.pid)}     # child/beside.py
-                self._actions.append(Spawn(slot.index, self.cids, self.settings,
-                                           {**slot.env(), **beside},
-                                           cause="spare", active_pid=active.pid,
-                                           devices=slot.devices, vram_mb=max(
-                                               active.peak_vram_mb, (active.torch or {})
-                                               .get("reserved_mb", 0.0))))
+                self._add([slot.ask_spare(self.cids)])
+
+    def _wants_spare(self, slot: Slot) -> bool:
+        """A spare now? Only beside a live active child, with none being built or retiring,
+        past a failure's backoff."""
+        active = slot.child
+        return (active is not None and active.live and slot.spare is None
+                and not slot.retiring and slot.spares.retry_at is None
+                and slot.spares.enabled(self.settings, slot.devices))
 
     def _dispatch(self, now: float) -> None:
         for slot in self.slots:
-            slot.refresh_if_idle(now)
+            self._add(slot.refresh_if_idle(now))
         if not self.pending or self.shutdown_at is not None:
             return
         open_slots = [s for s in self.slots if s.room() > 0]
@@ -411,7 +413,7 @@ class SupervisorCore:
                                                s.last_run))
             for slot in open_slots:
                 child = slot.child
-                i = blame.next_runnable(self.pending, slot.in_flight.values(),
+                i = blame.next_runnable(self.pending, child.jobs.values(),
                                         child.abandoned_ids if child.cancels else ())
                 if i is not None:
                     tracked = self.pending[i]
@@ -443,5 +445,4 @@ class SupervisorCore:
             self.jobs.refuse(tracked, f"the job cannot be sent to the worker process: "
                                       f"{type(exc).__name__}: {exc}"[:1000])
             return
-        slot.take(tracked, msg, data)
-
+        self._add(slot.start(tracked, msg, data))

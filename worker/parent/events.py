@@ -114,6 +114,7 @@ class SpawnFailed(Event):
     cid: int
     error: str
     transient: bool = False
+    short_of_gpu: bool = False     # a spare's fit check found too little GPU memory
 
 
 @dataclass(slots=True)

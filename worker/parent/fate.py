@@ -12,6 +12,7 @@ from typing import Callable
 
 from ..config import Settings
 from ..jobs import Reason
+from .causes import StartCause
 from .jobbook import JobBook
 from .slots import Slot
 from .status import WorkerState
@@ -33,24 +34,23 @@ class WorkerFate:
         several, the slot is tried again (up to restart_limit times in a row) once any
         child has been ready, and is taken out of service otherwise; the worker fails only
         when no slot is left."""
-        slot.next_cause = "setup_failed"
+        failures = slot.setup_failed()
         if len(self._slots) == 1:
             self.setup_failed(message, details, tail)
             return
-        slot.setup_failures += 1
         log.error("child%s failed to start (%d in a row): %s%s", slot.label(),
-                  slot.setup_failures, message, "\n" + details.rstrip() if details else "")
+                  failures, message, "\n" + details.rstrip() if details else "")
         anyone_ready = any(s.ever_ready for s in self._slots)
-        if anyone_ready and slot.setup_failures < self._settings().restart_limit:
+        if anyone_ready and failures < self._settings().restart_limit:
             return                           # the core starts another
         self.slot_out(slot, f"handler setup failed: {message}", WorkerState.SETUP_FAILED,
-                      details, tail)
-        slot.revivable = not anyone_ready
+                      details, tail, revivable=not anyone_ready)
 
     def slot_out(self, slot: Slot, message: str, final: WorkerState, details: str = "",
-                 tail: tuple = ()) -> None:
-        """No child starts in `slot` again; with no slot left, the worker takes `final`."""
-        slot.out = message
+                 tail: tuple = (), revivable: bool = False) -> None:
+        """No child starts in `slot` again (`revivable`: unless a child elsewhere becomes
+        ready); with no slot left, the worker takes `final`."""
+        slot.take_out(message, revivable)
         left = sum(s.out is None for s in self._slots)
         if left:
             log.error("child%s is out of service (%s); %d of %d children go on",
@@ -77,8 +77,7 @@ class WorkerFate:
         child again; the failure never counted against a breaker."""
         self.state, self.message = WorkerState.RUNNING, None
         for slot in self._slots:
-            slot.out, slot.setup_failures, slot.revivable = None, 0, False
-            slot.next_cause = "reload"
+            slot.revive(StartCause.RELOAD)
 
     def broken(self, message: str, error_type: str, advice: str = "") -> None:
         self.state, self.message = WorkerState.BROKEN, message

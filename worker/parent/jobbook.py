@@ -1,9 +1,11 @@
 """The jobs the supervisor holds and their one final report.
 
 Owned by the supervisor core, used from its thread only. The queue is here; a job in a
-child is in that child's slot (slots.py). `report` is the single place a job ends: it
-turns into one `Ended` action, and never a second time. `active` holds every job not yet
-ended, by id, so the core's guard can find a job that a failed step left nowhere.
+child is in that child's record (child.py), by run. `report` is the single place a job
+ends: it turns into one `Ended` action, and never a second time. Those actions wait in
+the book's own outbox (`take_ended`) rather than in a caller's list, so a report made
+before a fault in the same step still goes out. `active` holds every job not yet ended,
+by id, so the core's guard can find a job that a failed step left nowhere.
 """
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ class TrackedJob:
 
 
 class JobBook:
-    def __init__(self, out: list, settings: Callable[[], Settings]):
-        self.out = out                    # the core's action list for the current step
+    def __init__(self, settings: Callable[[], Settings]):
+        self._ended: list = []            # Ended actions not yet taken by the core
         self._settings = settings
         self.pending: collections.deque[TrackedJob] = collections.deque()
         self.active: dict[str, TrackedJob] = {}   # id -> job, queued or in a child
@@ -71,7 +73,11 @@ class JobBook:
         if self.active.get(tracked.id) is tracked:   # a refused duplicate is not it
             del self.active[tracked.id]
         self.finished += 1
-        self.out.append(Ended(tracked.listener, result))
+        self._ended.append(Ended(tracked.listener, result))
+
+    def take_ended(self) -> list:
+        out, self._ended = self._ended, []
+        return out
 
     def refuse(self, tracked: TrackedJob, text: str) -> None:
         self.report(tracked, self.failure(tracked.id, JobState.FAILED, Reason.REFUSED,

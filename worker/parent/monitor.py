@@ -7,6 +7,7 @@ which one is behind it; a test can hand the supervisor any object with that meth
 """
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import threading
@@ -260,14 +261,18 @@ def make_probe(visible: str | None = None) -> HostProbe:
     return probe
 
 
-def classify_xid(xid: int) -> str:
-    """'replace' (the process's context is poisoned, the GPU is fine), 'note' (recorded by
-    the driver, nothing to do) or 'unhealthy' (the GPU needs a reset or is gone)."""
+class XidClass(str, enum.Enum):
+    REPLACE = "replace"        # the process's context is poisoned, the GPU is fine
+    NOTE = "note"              # recorded by the driver, nothing to do
+    UNHEALTHY = "unhealthy"    # the GPU needs a reset or is gone
+
+
+def classify_xid(xid: int) -> XidClass:
     if xid in APPLICATION_XIDS:
-        return "replace"
+        return XidClass.REPLACE
     if xid in NOTE_XIDS:
-        return "note"
-    return "unhealthy"
+        return XidClass.NOTE
+    return XidClass.UNHEALTHY
 
 
 def _parent_gpu(nvml, handle):

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config import Settings
 from ..jobs import JobResult, JobState
-from .lifecycle import ChildRecord
+from .causes import StartCause
 
 # Errors after which a CUDA context cannot be trusted: every later call fails too.
 STICKY_CUDA = ("illegal memory access", "device-side assert", "cudaErrorIllegalAddress",
@@ -27,21 +27,21 @@ def cuda_failure(error: Any, refresh_on_oom: bool = True) -> str | None:
     return None
 
 
-def after_job(result: JobResult, child: ChildRecord, settings: Settings) -> tuple | None:
+def after_job(result: JobResult, child, settings: Settings) -> tuple | None:
     """(reason, start cause) to replace the child once it is idle, judged from the job
     that ended; the cause labels the next child's start (metrics)."""
     if result.state is JobState.FAILED:
         reason = cuda_failure(result.error, settings.refresh_on_oom)
         if reason:
-            return reason, "cuda_error"
+            return reason, StartCause.CUDA_ERROR
     if result.refresh == "cold":
-        return "the job asked for a cold refresh_worker", "refresh_cold"
+        return "the job asked for a cold refresh_worker", StartCause.REFRESH_COLD
     if result.refresh:
-        return "the job asked for refresh_worker", "refresh"
+        return "the job asked for refresh_worker", StartCause.REFRESH
     if settings.refresh_worker:
-        return "refresh_worker is set", "refresh"
+        return "refresh_worker is set", StartCause.REFRESH
     if settings.max_jobs_per_child and child.jobs_run >= settings.max_jobs_per_child:
-        return f"it ran {child.jobs_run} jobs (WORKER_MAX_JOBS_PER_CHILD)", "recycle"
+        return f"it ran {child.jobs_run} jobs (WORKER_MAX_JOBS_PER_CHILD)", StartCause.RECYCLE
     return None
 
 
@@ -49,7 +49,7 @@ def watches_memory(settings: Settings) -> bool:
     return settings.max_rss_mb > 0 or settings.max_vram_mb > 0 or settings.max_vram_fraction > 0
 
 
-def memory_verdict(reading: Any, child: ChildRecord, settings: Settings,
+def memory_verdict(reading: Any, child, settings: Settings,
                    own_only: bool = False) -> str | None:
     """Between jobs: is the child over a memory limit? `reading` is a monitor.Reading of
     the child's GPUs. `own_only`: another child shares them, so the device's growth is not

@@ -1,33 +1,37 @@
-"""One place for a child, and the rules that touch only it.
+"""One place for a child: its GPUs, its restart breaker, and which child holds which role.
 
 The core keeps one Slot per child the worker runs (placement.py decides how many and with
-which GPUs). A slot owns its child's record, the jobs in that child (`in_flight`, by run),
-what the place has been through (restart storms, setup failures, out of service) and the
-rules for one child: what its messages mean, what its exit means for its jobs (crash blame,
-the breaker), its clocks, how it is stopped. What reaches across slots — the queue,
-dispatch, the worker's state, a child that cannot start — is the core's (core.py): a
-slot's exit returns a `Verdict` for the core to act on instead of deciding for the worker.
-A job is queued (JobBook) or in exactly one slot.
+which GPUs). A slot holds its ACTIVE child (the one that runs jobs: from the moment the
+core asks for it, through its set-up, to its exit), at most one SPARE (spares.py) and the
+RETIRING children a spare replaced; each is a child.Child, whose own methods change it.
+The slot applies what a child's messages and exit mean for its jobs (their one report is
+the JobBook's) and for the place (crash blame, the breaker, start failures, a lost
+child). What reaches across slots (the queue, dispatch, the worker's fate) is the
+core's: a slot returns a `Verdict` for the core to act on. A job is queued or in exactly
+one child. Every method that asks the loop for something returns those actions.
 """
 from __future__ import annotations
 
 import logging
+import signal
 
 from .. import protocol as P
 from ..config import Settings
 from ..jobs import JobResult, JobState, Reason, execution_timeout
 from ..protocol import HandlerMode
-from . import blame, recycling, slot_faults
-from .actions import Chunked, Progressed, ReadMemory, Send, Signal, Started
+from . import blame, recycling
+from .actions import Chunked, Progressed, Settle, Signal, Spawn
 from .breaker import RestartBreaker
+from .causes import ExitCause, StartCause, StopCause, Verdict, VerdictKind
+from .child import KILL_WAIT_S, Child, Phase, Role
 from .jobbook import JobBook, TrackedJob
-from .lifecycle import LOST, ChildRecord, ChildState, ExitCause, StopCause, Verdict
-from .spares import SWAP_CAUSES, Spares
+from .spares import SparePolicy
 from .status import ChildView
 
 log = logging.getLogger("worker")
 RESUME_GRACE_S = 1.0          # after the worker was stopped: what its children sent is read
-
+RETRY_BASE_S = 1.0            # a start that failed for a moment: tried again after 1, 2, 4...
+RETRY_MAX_S = 30.0
 
 
 class Slot:
@@ -38,34 +42,34 @@ class Slot:
         self.shared = shared           # another slot uses one of its GPUs
         self.many = many               # the worker has other slots (log lines say which)
         self._jobs = jobs
-        self._actions = jobs.out       # the core's actions of the current step
         self.settings = settings       # the effective settings; the core keeps it current
-        self.child: ChildRecord | None = None
-        self.starting: int | None = None   # the child number being started (Settle/Spawn)
-        self.refresh_asked: str | None = None   # a refresh asked while it was starting
-        self.next_baseline = 0.0           # the settled reading: the baseline of that child
+        self.active: Child | None = None   # from the core's ask to its exit
+        self.spare: Child | None = None
+        self.retiring: list = []
+        self.spares = SparePolicy()
         self.previous_mb: float | None = None   # the last child's baseline (settle wait)
         self.previous_pid: int | None = None    # ... and its pid (NVML per process)
-        self.in_flight: dict = {}          # run -> TrackedJob, in its child now
-        self.log_ids: tuple = ()           # jobs the child's untagged output lines belong to
         self.breaker = RestartBreaker()
         self.ever_ready = False            # a child here has passed setup (and its checks)
         self.setup_failures = 0            # in a row, since a child here was last ready
         self.out: str | None = None        # out of service, and why: no child starts here
         self.revivable = False             # out before any slot was ready: tried once more
         self.spawns = 0
-        self.next_cause = "first"          # why its next child starts (lifecycle.start_cause)
+        self.next_cause = StartCause.FIRST  # why its next child starts
         self.last_run = 0                  # the run it got last: among idle slots, oldest first
         self.retry_at: float | None = None # a start failed for a moment: no new one before
         self.start_failures = 0            # such failures in a row
         self.start_error: str | None = None   # the last one, while retrying
         self.lost = 0                      # children here declared lost (no exit after SIGKILL)
         self.lost_need_mb: float | None = None  # the last lost one's GPU memory: fit check
-        self.spares = Spares()             # its spare child and the children it replaced
         self.code_files: set = set()       # reload mode: what its children's code is
         self.code: tuple = ()              # ... as published: (files, packages)
 
     # --- what it is ------------------------------------------------------------------------
+
+    def use_settings(self, settings: Settings) -> None:
+        """The effective settings changed (start() keys)."""
+        self.settings = settings
 
     def env(self) -> dict:
         """What its child's environment gets: its GPUs and its index."""
@@ -74,43 +78,82 @@ class Slot:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.devices)
         return env
 
+    @property
+    def child(self) -> Child | None:
+        """The active child, once it has a process."""
+        c = self.active
+        return c if c is not None and not c.phase.unborn else None
+
+    @property
+    def starting(self) -> int | None:
+        """The number of the active child being started (settling or launching)."""
+        c = self.active
+        return c.cid if c is not None and c.phase.unborn else None
+
+    @property
+    def in_flight(self) -> dict:
+        """The jobs in its active child, by run."""
+        return self.active.jobs if self.active is not None else {}
+
     def holds(self, cid: int) -> bool:
-        """Child `cid` is the one in this slot now."""
+        """Child `cid` is its active child, with a process."""
         return self.child is not None and self.child.cid == cid
+
+    def owns(self, cid: int) -> Child | None:
+        """Its child with that number, in any role."""
+        for child in (self.active, self.spare, *self.retiring):
+            if child is not None and child.cid == cid:
+                return child
+        return None
+
+    def children(self) -> list:
+        return [c for c in (self.active, self.spare, *self.retiring) if c is not None]
 
     @property
     def wants_child(self) -> bool:
-        return self.child is None and self.starting is None and self.out is None \
-            and self.retry_at is None and not self.spares.coming
+        return self.active is None and self.out is None and self.retry_at is None \
+            and not self.spare_coming
+
+    @property
+    def spare_coming(self) -> bool:
+        """A spare is being started or set up, or waits: the slot waits for it rather
+        than starting a third child."""
+        return self.spare is not None and not self.spare.stopping
+
+    @property
+    def spare_ready(self) -> bool:
+        return self.spare is not None and self.spare.promotable
+
+    @property
+    def busy_beside(self) -> bool:
+        """A spare or a retiring child exists beside the active one."""
+        return self.spare is not None or bool(self.retiring)
 
     def running_ids(self) -> tuple:
-        return tuple(t.id for t in self.in_flight.values())
+        return self.active.running_ids() if self.active is not None else ()
 
     def find(self, job_id: str) -> TrackedJob | None:
-        for tracked in self.in_flight.values():
-            if tracked.id == job_id:
-                return tracked
-        return None
+        return self.active.find(job_id) if self.active is not None else None
 
     def room(self) -> int:
         """Jobs its child would take now."""
         child = self.child
-        if child is None or not child.accepting:
-            return 0
-        return max(0, child.concurrency - len(self.in_flight))
+        return child.room if child is not None else 0
 
     def view(self, running: bool) -> ChildView:
         """As published in the Status (`running`: the worker takes jobs)."""
         c = self.child
-        return ChildView(self.index, self.devices, c.pid if c else None,
-                         c.state if c else None, c.mode if c else None,
-                         c.concurrency if c else 1,
-                         c.concurrency if running and c is not None and c.accepting else 0,
-                         tuple(c.preloaded) if c else (), c.jobs_run if c else 0,
-                         c.rss if c else 0, c.torch if c else None,
-                         c.baseline_mb if c else 0.0, self.running_ids(), self.log_ids,
-                         self.out, self.spawns, len(self.breaker.deaths), self.lost,
-                         self.start_error, self.spares.view(), self.code)
+        return ChildView(
+            slot=self.index, devices=self.devices, pid=c.pid if c else None,
+            state=c.phase.shown if c else None, mode=c.mode if c else None,
+            concurrency=c.concurrency if c else 1,
+            capacity=c.concurrency if running and c is not None and c.accepting else 0,
+            preloaded=c.preloaded if c else (), jobs_run=c.jobs_run if c else 0,
+            rss_bytes=c.rss if c else 0, torch=c.torch if c else None,
+            baseline_mb=c.baseline_mb if c else 0.0, running=self.running_ids(),
+            log_ids=c.log_ids if c else (), out=self.out, spawns=self.spawns,
+            deaths=len(self.breaker.deaths), lost=self.lost, start_error=self.start_error,
+            spare=self.spares.view(self.spare, self.retiring), code=self.code)
 
     def label(self) -> str:
         """' (slot 2, GPU-…)' for log lines, when the worker has several children."""
@@ -119,66 +162,154 @@ class Slot:
         return f" (slot {self.index}" + (f", {','.join(self.devices)})" if self.devices
                                          else ")")
 
-    # --- its child -------------------------------------------------------------------------
+    # --- a child's start -------------------------------------------------------------------
 
-    def spawned(self, cid: int, pid: int, now: float) -> None:
+    def ask_child(self, cid: int) -> Settle:
+        """A new active child: first its GPUs' memory must be back. A GPU shared with
+        another child moves with that child's work: nothing to wait for (the VRAM limit
+        counts such a child's own reservation only)."""
+        previous, self.previous_mb = self.previous_mb, None
+        need, self.lost_need_mb = self.lost_need_mb, None
+        gone, self.previous_pid = self.previous_pid, None
+        self.active = Child(cid, self.index)
+        return Settle(self.index, cid, self.devices, None if self.shared else previous,
+                      need, gone)
+
+    def ask_spare(self, cid: int) -> Spawn:
+        """A spare beside the live active child; the fit check (spare_fit.py) needs that
+        child's pid, GPUs and peak VRAM."""
+        active = self.active
+        self.spare = Child(cid, self.index, Role.SPARE, Phase.LAUNCHING)
+        beside = {"WORKER_SPARE_BESIDE": str(active.pid)}     # child/beside.py
+        return Spawn(self.index, cid, self.settings, {**self.env(), **beside},
+                     cause=StartCause.SPARE, active_pid=active.pid, devices=self.devices,
+                     vram_mb=max(active.peak_vram_mb,
+                                 (active.torch or {}).get("reserved_mb", 0.0)))
+
+    def settled(self, used_mb: float) -> Spawn:
+        """Its GPUs have their memory back: the active child's process starts."""
+        self.active.settled(used_mb)
+        return Spawn(self.index, self.active.cid, self.settings, self.env(),
+                     checks=not self.ever_ready,
+                     cause=self.next_cause if self.spawns else StartCause.FIRST)
+
+    def give_up_start(self) -> None:
+        """The active child being started will not start (not now, or a fault)."""
+        if self.starting is not None:
+            self.active = None
+
+    def spawned(self, cid: int, pid: int, now: float) -> list:
         s = self.settings
-        self.starting = None
+        if self.spare is not None and self.spare.cid == cid and self.spare.phase.unborn:
+            self.spare.spawned(pid, now, s.setup_timeout)
+            self.spares.spawned()
+            return []
+        if self.starting != cid:     # a start given up on (recover): not ours to keep
+            return [Signal(signal.SIGKILL, cid, group=True)]
+        self.active.spawned(pid, now, s.setup_timeout)
         self.spawns += 1
         self.start_failures, self.start_error = 0, None
-        self.child = ChildRecord(pid, now, now + s.setup_timeout if s.setup_timeout > 0
-                                 else None, last_beat=now, baseline_mb=self.next_baseline,
-                                 slot=self.index, cid=cid)
-        if self.refresh_asked is not None:
-            self.child.replace_when_idle(self.refresh_asked, "refresh")
-            self.refresh_asked = None
+        return []
+
+    def spawn_failed(self, cid: int, error: str, transient: bool, short_of_gpu: bool,
+                     now: float) -> Verdict | None:
+        """A start failed: a spare's backs off; the active child's is tried again after a
+        backoff when it failed for a moment, and is a setup failure otherwise."""
+        if self.spare is not None and self.spare.cid == cid and self.spare.phase.unborn:
+            self.spare = None
+            if transient:      # it does not fit, or not now
+                self.spares.not_now(error, short_of_gpu, now)
+            else:
+                self.spares.failed(error, now)
+            return None
+        if self.starting != cid:
+            return None
+        self.active = None
+        if not transient:
+            return Verdict(VerdictKind.SETUP_FAILED,
+                           f"the worker process could not be started: {error}")
+        self.start_failures += 1
+        self.start_error = error
+        delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (self.start_failures - 1))
+        self.retry_at = now + delay
+        log.warning("could not start a worker process%s (%d in a row): %s; trying again in "
+                    "%.0fs", self.label(), self.start_failures, error, delay)
+        verdict = self._death(now, f"could not start or died before finishing a job, "
+                                   f"within {self.settings.restart_window:g}s (last: "
+                                   f"{error}); not trying again")
+        if verdict is not None:
+            self.retry_at = None
+        return verdict
+
+    def _death(self, now: float, text: str) -> Verdict | None:
+        """A death counts towards the breaker; a Verdict when that trips it."""
+        s = self.settings
+        self.breaker.record(now, s.restart_window)
+        return self._tripped(text)
+
+    def _tripped(self, text: str) -> Verdict | None:
+        if not self.breaker.tripped(self.settings.restart_limit):
+            return None
+        return Verdict(VerdictKind.TRIPPED, f"{len(self.breaker.deaths)} worker processes "
+                       f"in a row {text} (WORKER_RESTART_LIMIT)")
 
     def refresh(self, reason: str) -> None:
         """Replace its child once idle; a child being started counts (a refresh never
         falls between a child's start and its record)."""
-        if self.child is not None:
-            self.child.replace_when_idle(reason, "refresh")
-        elif self.starting is not None and self.refresh_asked is None:
-            self.refresh_asked = reason
+        if self.active is not None:
+            self.active.replace_when_idle(reason, StartCause.REFRESH)
 
-    def take(self, tracked: TrackedJob, msg: P.Run, data) -> None:
-        """Run a job in its child (the core chose it, gave it a run and encoded it)."""
-        child = self.child
-        self._actions.append(Send(msg, data, child.cid))
-        self.in_flight[tracked.run] = tracked
-        self.last_run = tracked.run
-        self.log_ids = self.running_ids()
-        child.state = ChildState.BUSY
-        self._actions.append(Started(tracked.listener, tracked.id))
+    # --- its children's messages -----------------------------------------------------------
 
-    def message(self, msg: P.Message, now: float) -> bool:
-        """A message from its child; True when the child has just become ready (the core
-        does what that means for the worker)."""
-        child = self.child
-        child.last_beat = now
+    def message(self, child: Child, msg: P.Message, now: float) -> tuple:
+        """A message from one of its children: (actions, True when the active child has
+        just become ready: the core does what that means for the worker)."""
+        child.heard(now)
         kind = type(msg)
+        if kind is P.Heartbeat:
+            child.heartbeat(msg)
+            return [], False
+        if child.role is Role.SPARE:
+            return self._spare_message(child, msg, now), False
+        if child.role is not Role.ACTIVE:
+            return [], False
         if kind is P.Done:
-            self._done(child, msg, now)
-        elif kind is P.Chunk or kind is P.Progress:
-            tracked = self.in_flight.get(msg.run)
-            if tracked is not None:
-                event = Chunked if kind is P.Chunk else Progressed
-                self._actions.append(event(tracked.listener, tracked.id, msg.value))
-        elif kind is P.Heartbeat:
-            child.rss, child.torch = msg.rss, msg.gpu
-        elif kind is P.Ready:
+            return self._done(child, msg, now), False
+        if kind is P.Chunk or kind is P.Progress:
+            tracked = child.jobs.get(msg.run)
+            if tracked is None:
+                return [], False
+            event = Chunked if kind is P.Chunk else Progressed
+            return [event(tracked.listener, tracked.id, msg.value)], False
+        if kind is P.Ready:
             self._learn_code(msg.code)
-            if child.ready(msg):
+            if child.became_ready(msg, now):
                 self.ever_ready, self.setup_failures = True, 0
-                return True
+                return [], True
         elif kind is P.SetupFailed:
             self._learn_code(msg.code)
-            child.setup_error = (msg.message, msg.traceback)
+            child.setup_failed(msg)
         elif kind is P.WarmRefused:
-            child.warm_refused = msg.reason
+            child.refused_warm(msg.reason)
         elif kind is P.Garbled:
-            self._garbled(child, msg, now)
-        return False
+            return self._garbled(child, msg, now), False
+        return [], False
+
+    def _spare_message(self, child: Child, msg: P.Message, now: float) -> list:
+        kind = type(msg)
+        if kind is P.Ready and child.became_ready(msg, now):
+            self.spares.ready()
+            log.info("spare child %d ready in %.2fs", child.pid, now - child.started)
+            return child.check_gpu()
+        if kind is P.Checked:
+            if child.checked(msg):
+                return []
+            return self.stop_spare(StopCause.GPU_UNHEALTHY, child.condemned, now, grace=0.0)
+        if kind is P.SetupFailed:
+            child.setup_failed(msg)
+        elif kind is P.WarmRefused:
+            child.refused_warm(msg.reason)
+        return []
 
     def _learn_code(self, code) -> None:
         """Reload mode: the files its children ran (kept, so a file that broke an import
@@ -188,194 +319,97 @@ class Slot:
             self.code = (tuple(sorted(self.code_files)),
                          tuple(p for p in code.get("packages") or () if isinstance(p, str)))
 
-    def memory_read(self, reading) -> None:
+    def _done(self, child: Child, msg: P.Done, now: float) -> list:
+        tracked = child.done(msg)
+        self.breaker.reset()          # the child finished a job: this is no storm
+        if tracked is None:
+            return []   # already ended by the worker (timeout, cancel): the child's ack
+        tracked.suspect = False
+        result = tracked.timed(JobResult(tracked.id, msg.state, msg.reason, msg.body,
+                                         msg.refresh), now)
+        if msg.peak_vram_mb is not None:
+            result.extra["peak_vram_mb"] = msg.peak_vram_mb
+        self._jobs.report(tracked, result)      # logged with its times by the loop
+        verdict = recycling.after_job(result, child, self.settings)
+        if verdict is not None:
+            child.replace_when_idle(*verdict)
+        return self._idle(child)
+
+    def _garbled(self, child: Child, msg: P.Garbled, now: float) -> list:
+        """A frame from the child that the parent cannot read. A result or chunk names its
+        run: that job fails (its output cannot be delivered as it is); anything else means
+        the channel cannot be trusted, so the child is replaced."""
+        log.error("unreadable %s message from child %d: %s", msg.tag or "unknown", child.pid,
+                  msg.error)
+        what = msg.claims
+        if what is P.Done:
+            tracked = child.unreadable_done(msg.run)
+            if tracked is None:
+                return []
+            self._jobs.end(tracked, JobState.FAILED, Reason.HANDLER_ERROR,
+                           f"the job's result could not be read by the worker: {msg.error}",
+                           now, "ResultUnreadable")
+            return self._idle(child)
+        if what is P.Chunk or what is P.Progress:
+            tracked = child.jobs.get(msg.run) if msg.run is not None else None
+            if tracked is not None and what is P.Chunk:   # a stream with a hole is not one
+                return self.abandon(tracked, JobState.FAILED, Reason.HANDLER_ERROR,
+                                    f"a stream chunk could not be read by the worker: "
+                                    f"{msg.error}", now, "ChunkUnreadable")
+            return []
+        if what is P.Heartbeat or child.stopping:
+            return []
+        return self.stop_child(StopCause.PROTOCOL, f"unreadable message: {msg.error}", now,
+                               interrupt=True)
+
+    def _idle(self, child: Child) -> list:
+        return child.idle_check(recycling.watches_memory(self.settings), self.devices)
+
+    def memory_read(self, cid: int, reading) -> None:
         """The reading its idle child's recycling check asked for (None: the probe failed)."""
         child = self.child
-        if child.checking_memory:
-            child.checking_memory = False
-            if reading is not None and child.refresh_reason is None:
-                child.replace_when_idle(recycling.memory_verdict(
-                    reading, child, self.settings,
-                    own_only=self.shared or self.spares.busy or not child.baseline_known),
-                    "memory")
+        if child is None or child.cid != cid or not child.memory_read():
+            return
+        if reading is not None and child.refresh_reason is None:
+            child.replace_when_idle(recycling.memory_verdict(
+                reading, child, self.settings,
+                own_only=self.shared or self.busy_beside or not child.baseline_known),
+                StartCause.MEMORY)
 
-    def exited(self, code: int | None, tail: list, now: float,
-               shutting_down: bool) -> Verdict | None:
-        """Its child is gone: its jobs fail or, after a crash, run again (blame.py)."""
-        child, self.child = self.child, None
-        self.previous_mb = child.baseline_mb if child.baseline_known else None
-        self.previous_pid = child.pid
-        jobs = self.let_go()
-        s = self.settings
-        how = recycling.describe_exit(code)
-        if child.warm_refused is not None and not child.jobs_run:
-            self.next_cause = "warm_off"
-            self._lose(jobs, f"the worker process {how}", now)     # none: it never was ready
-            return Verdict("warm_refused", child.warm_refused)
-        cause = child.exit_cause()
-        self.next_cause = child.start_cause(cause)
-        if cause.in_setup:
-            self._lose(jobs, f"the worker process {how}", now)     # none: it never was ready
-            message = child.setup_failure(cause, how, s.setup_timeout, shutting_down)
-            if message is None:
-                return None
-            details = child.setup_error[1] if child.setup_error else ""
-            return Verdict("setup_failed", message, details, tuple(tail))
-        if cause.is_death and child.jobs_run == 0:   # a storm: children die before any job ends
-            self.breaker.record(now, s.restart_window)
-        if cause is ExitCause.CRASHED:
-            reason_text = f"the worker process {how} during the job"
-        else:
-            reason_text = f"the worker process was stopped ({child.stop_text}) during the job"
-        if cause is ExitCause.CRASHED:
-            again, failed = blame.after_crash(jobs, s.job_max_crashes, shutting_down)
-            for tracked in reversed(again):
-                log.warning("job %s: %s; running it again, alone, on a fresh child%s",
-                            tracked.id, reason_text, "" if len(jobs) > 1 else
-                            f" ({tracked.crashes}/{s.job_max_crashes})")
-                self._jobs.pending.appendleft(tracked)
-        else:
-            failed = jobs
-        self._lose(failed, reason_text, now)
-        if cause is ExitCause.CRASHED:
-            log.error("child %d%s %s", child.pid, self.label(), how)
-            if not self.spares.ready and self.spares.enabled(s, self.devices):
-                self.spares.unspared += 1
-        if cause.is_death and self.breaker.tripped(s.restart_limit):
-            return Verdict("tripped", f"{len(self.breaker.deaths)} worker processes in a row "
-                                      f"died before finishing a job, within "
-                                      f"{s.restart_window:g}s; not respawning "
-                                      "(WORKER_RESTART_LIMIT)")
-        return None
+    def xid(self, label: str) -> list:
+        """An application Xid: whatever spare there is (or is coming) passes the GPU check
+        before it takes over."""
+        return self.spare.suspect_gpu(label) if self.spare is not None else []
 
-    def resumed(self, now: float) -> None:
-        """The worker itself was stopped: its children's clocks restart now (a heartbeat
-        window), and a job or set-up whose time ran out meanwhile has a second more, for
-        what its child sent then (still unread) to be read first."""
-        for child in (self.child, self.spares.child, *self.spares.retiring):
-            if child is not None:
-                child.resumed(now)
-        for tracked in self.in_flight.values():
-            if tracked.deadline is not None and tracked.deadline < now + RESUME_GRACE_S:
-                if tracked.deadline == tracked.expires:      # still named the ttl's end
-                    tracked.expires = now + RESUME_GRACE_S
-                tracked.deadline = now + RESUME_GRACE_S
+    # --- its jobs ----------------------------------------------------------------------------
 
-    def promote(self, now: float) -> None:
-        """The spare takes the active child's place; the old one (if any) retires."""
-        old, spare = self.child, self.spares.promote()
-        if old is not None:
-            self.spares.retire(old)
-        self.child = spare
-        self.spawns += 1
-        self.next_cause = "spare"
-        log.info("child %d%s takes over from %s (its spare, set up %.2fs before)",
-                 spare.pid, self.label(), f"child {old.pid}" if old else "the child that "
-                 "ended", now - spare.started)
-
-    def start_failed(self, error: str, now: float) -> Verdict | None:
-        """A start failed for a moment: again after a backoff (slot_faults.py)."""
-        return slot_faults.start_failed(self, error, now)
-
-    # --- its clocks and its stops ----------------------------------------------------------
-
-    def check_clocks(self, now: float, shutdown_at: float | None) -> Verdict | None:
-        """Jobs past their timeout, the child's clocks, a start's backoff. A Verdict when
-        its child was declared lost and that trips the breaker."""
-        s = self.settings
-        if self.retry_at is not None and now >= self.retry_at:
-            self.retry_at = None
-        for tracked in list(self.in_flight.values()):
-            if tracked.deadline is not None and now >= tracked.deadline:
-                ran = tracked.deadline - tracked.started
-                text = f"the job ran longer than its execution timeout of " \
-                    f"{execution_timeout(tracked.job, s.job_timeout):g}s" \
-                    if tracked.deadline != tracked.expires else \
-                    f"the job's policy.ttl ran out after {ran:g}s of running"
-                self.abandon(tracked, JobState.TIMED_OUT, Reason.TIMED_OUT, text, now)
-        keep = shutdown_at is None and self.out is None
-        self._actions.extend(self.spares.check_clocks(now, s, keep))
-        child = self.child
-        if child is None:
-            return None
-        due = child.due(now, s.stop_grace, s.heartbeat_timeout, shutdown_at,
-                        busy=bool(self.in_flight))
-        if due is LOST:
-            return slot_faults.lost(self, now)
-        if isinstance(due, Signal):
-            log.warning("child %d did not stop within %.1fs; sending %s to its process group",
-                        child.pid, s.stop_grace, due.sig.name)
-            self._actions.append(due)
-        elif due is not None:
-            cause, text, interrupt = due
-            self.stop_child(cause, text, now, interrupt)
-        return None
-
-    def deadlines(self, heartbeat_timeout: float, shutdown_at: float | None) -> list:
-        times = [t.deadline for t in self.in_flight.values() if t.deadline is not None]
-        if self.retry_at is not None:
-            times.append(self.retry_at)
-        if self.spares.busy or self.spares.retry_at is not None:
-            times.extend(self.spares.deadlines(self.settings))
-        child = self.child
-        if child is not None:
-            times.append(child.deadline(heartbeat_timeout))
-            if shutdown_at is not None and child.state is not ChildState.STOPPING:
-                times.append(shutdown_at)     # once stopping, its own steps are its clock
-        return times
-
-    def refresh_if_idle(self, now: float) -> None:
-        child = self.child
-        if child is not None and child.live and child.refresh_reason \
-                and not self.in_flight and not child.checking_memory:
-            log.info("refreshing the worker process%s: %s", self.label(),
-                     child.refresh_reason)
-            self.stop_child(StopCause.REFRESH, f"refresh: {child.refresh_reason}", now)
-
-    def stop_child(self, cause: StopCause, text: str, now: float,
-                   interrupt: bool = False) -> None:
-        child = self.child
-        actions = child.begin_stop(cause, text, now, self.settings.stop_grace, interrupt)
-        if actions:
-            log.info("stopping child %d: %s", child.pid, text)
-            self._actions.extend(actions)
-        if cause in SWAP_CAUSES and not self.in_flight:
-            if child.restart_as == "refresh_cold":     # the job wants what it wrote loaded
-                self._actions.extend(self.spares.stop(
-                    StopCause.REFRESH, "a cold refresh was asked", now, self.settings.stop_grace))
-            elif self.spares.ready:
-                self.promote(now)
-            elif self.spares.enabled(self.settings, self.devices):
-                self.spares.unspared += 1
+    def start(self, tracked: TrackedJob, msg: P.Run, data) -> list:
+        """Run a job in its child (the core chose it, gave it a run and encoded it)."""
+        self.last_run = tracked.run
+        return self.child.run(tracked, msg, data)
 
     def abandon(self, tracked: TrackedJob, state: JobState, reason: Reason, text: str,
-                now: float, error_type: str | None = None) -> None:
+                now: float, error_type: str | None = None) -> list:
         """End a running job now (timeout or cancel) and make sure its work stops."""
-        child = self.child
-        del self.in_flight[tracked.run]
-        self.log_ids = self.running_ids()
+        child = self.active
         if error_type is None:
             error_type = "TimedOut" if state is JobState.TIMED_OUT else "Cancelled"
+        if child.stopping or child.mode is HandlerMode.INLINE:
+            child.drop_run(tracked.run, None if child.stopping else
+                           StartCause.TIMEOUT if state is JobState.TIMED_OUT
+                           else StartCause.CANCEL)
+            self._jobs.end(tracked, state, reason, text, now, error_type)
+            if child.stopping:
+                return []
+            return self.stop_child(StopCause.JOB_ENDED, f"job {tracked.id} {reason.value}",
+                                   now, interrupt=True)
+        actions = child.abandon(tracked.run, now, self.settings.stop_grace)
         self._jobs.end(tracked, state, reason, text, now, error_type)
-        if child is None or child.state is ChildState.STOPPING:
-            return
-        if child.mode is HandlerMode.INLINE:
-            child.restart_as = "timeout" if state is JobState.TIMED_OUT else "cancel"
-            self.stop_child(StopCause.JOB_ENDED, f"job {tracked.id} {reason.value}", now,
-                            interrupt=True)
-            return
-        cancel = P.Cancel(tracked.run)
-        self._actions.append(Send(cancel, cancel.encode(), child.cid))
-        child.cancels[tracked.run] = (tracked.id, now + self.settings.stop_grace)
-        if not self.in_flight and child.state is ChildState.BUSY:
-            child.state = ChildState.READY
+        return actions
 
     def let_go(self) -> list:
-        """Its jobs, which it no longer holds (the core fails them)."""
-        jobs = list(self.in_flight.values())
-        self.in_flight.clear()
-        self.log_ids = ()
-        return jobs
+        """The jobs of its active child, which it no longer holds (the caller ends them)."""
+        return self.active.let_go() if self.active is not None else []
 
     def _lose(self, jobs: list, reason_text: str, now: float) -> None:
         for tracked in jobs:
@@ -386,63 +420,269 @@ class Slot:
             log.error("job %s failed: %s", tracked.id, text)
             self._jobs.end(tracked, JobState.FAILED, Reason.WORKER_LOST, text, now, "WorkerLost")
 
-    # --- messages ----------------------------------------------------------------------
+    # --- its children's exits ----------------------------------------------------------------
 
-    def _done(self, child: ChildRecord, msg: P.Done, now: float) -> None:
-        child.concurrency = max(1, msg.concurrency)
-        if msg.gpu is not None:       # fresher than the last heartbeat's, for the VRAM check
-            child.torch = msg.gpu
-        child.cancels.pop(msg.run, None)
-        tracked = self.in_flight.pop(msg.run, None)
-        self.breaker.reset()          # the child finished a job: this is no storm
-        if tracked is None:
-            return   # already ended by the worker (timeout, cancel): this is the child's ack
-        # Untagged output still in the pipe belongs to the job that just ended.
-        self.log_ids = self.running_ids() or (tracked.id,)
-        child.jobs_run += 1
-        tracked.suspect = False
-        result = tracked.timed(JobResult(tracked.id, msg.state, msg.reason, msg.body,
-                                         msg.refresh), now)
-        if msg.peak_vram_mb is not None:
-            result.extra["peak_vram_mb"] = msg.peak_vram_mb
-            child.peak_vram_mb = max(child.peak_vram_mb, msg.peak_vram_mb)
-        self._jobs.report(tracked, result)      # logged with its times by the loop
-        verdict = recycling.after_job(result, child, self.settings)
-        if verdict is not None:
-            child.replace_when_idle(*verdict)
-        self._maybe_idle(child)
+    def exited(self, child: Child, code: int | None, tail: list, now: float,
+               shutting_down: bool) -> Verdict | None:
+        """A child of this slot is gone. The active child's jobs fail or, after a crash,
+        run again (blame.py); a spare's death counts against the spare policy."""
+        end = child.judge(code, self.settings.setup_timeout, shutting_down)
+        if child.role is Role.RETIRING:
+            self.retiring.remove(child)
+            self.spares.retired_gone(now)
+            return None
+        if child.role is Role.SPARE:
+            self.spare = None
+            if child.condemned is not None:
+                self.spares.failed(child.condemned, now)
+            elif child.stop_cause is None or child.stop_cause is StopCause.SETUP_TIMEOUT:
+                self.spares.failed(child.failure_text() or f"it {end.how}", now)
+            return None
+        self.active = None
+        self.previous_mb = child.baseline_mb if child.baseline_known else None
+        self.previous_pid = child.pid
+        self.next_cause = end.next_start
+        jobs = child.let_go()
+        s = self.settings
+        if end.warm_refused is not None:
+            self._lose(jobs, f"the worker process {end.how}", now)    # none: it never was ready
+            return Verdict(VerdictKind.WARM_REFUSED, end.warm_refused)
+        cause = end.cause
+        if cause.in_setup:
+            self._lose(jobs, f"the worker process {end.how}", now)    # none: it never was ready
+            if end.setup_failure is None:
+                return None
+            return Verdict(VerdictKind.SETUP_FAILED, end.setup_failure, end.details,
+                           tuple(tail))
+        if cause.is_death and child.jobs_run == 0:   # a storm: children die before any job ends
+            self.breaker.record(now, s.restart_window)
+        if cause is ExitCause.CRASHED:
+            reason_text = f"the worker process {end.how} during the job"
+            again, failed = blame.after_crash(jobs, s.job_max_crashes, shutting_down)
+            for tracked in reversed(again):
+                log.warning("job %s: %s; running it again, alone, on a fresh child%s",
+                            tracked.id, reason_text, "" if len(jobs) > 1 else
+                            f" ({tracked.crashes}/{s.job_max_crashes})")
+                self._jobs.pending.appendleft(tracked)
+        else:
+            reason_text = f"the worker process was stopped ({child.stop_text}) during the job"
+            failed = jobs
+        self._lose(failed, reason_text, now)
+        if cause is ExitCause.CRASHED:
+            log.error("child %d%s %s", child.pid, self.label(), end.how)
+            if not self.spare_ready:
+                self.spares.replaced_without_spare(s, self.devices)
+        if cause.is_death:
+            return self._tripped(f"died before finishing a job, within "
+                                 f"{s.restart_window:g}s; not respawning")
+        return None
 
-    def _garbled(self, child: ChildRecord, msg: P.Garbled, now: float) -> None:
-        """A frame from the child that the parent cannot read. A result or chunk names its
-        run: that job fails (its output cannot be delivered as it is); anything else means
-        the channel cannot be trusted, so the child is replaced."""
-        tracked = self.in_flight.get(msg.run) if msg.run is not None else None
-        log.error("unreadable %s message from child %d: %s", msg.tag or "unknown", child.pid,
-                  msg.error)
-        if msg.tag == "done" and msg.run is not None:
-            child.cancels.pop(msg.run, None)     # an abandoned run's ack, even unreadable
-        if tracked is not None and msg.tag == "done":
-            del self.in_flight[msg.run]
-            child.jobs_run += 1
-            self._jobs.end(tracked, JobState.FAILED, Reason.HANDLER_ERROR,
-                           f"the job's result could not be read by the worker: {msg.error}",
-                           now, "ResultUnreadable")
-            self._maybe_idle(child)
-        elif tracked is not None and msg.tag in ("chunk", "progress"):
-            if msg.tag == "chunk":     # a stream with a hole in it is not the stream
-                self.abandon(tracked, JobState.FAILED, Reason.HANDLER_ERROR,
-                             f"a stream chunk could not be read by the worker: {msg.error}",
-                             now, "ChunkUnreadable")
-        elif msg.tag not in ("done", "chunk", "progress", "heartbeat") \
-                and child.state is not ChildState.STOPPING:
-            self.stop_child(StopCause.PROTOCOL, f"unreadable message: {msg.error}", now,
-                            interrupt=True)
+    def _lost(self, child: Child, now: float) -> Verdict | None:
+        """Its active child did not exit after SIGKILL: let go of it (its host still reaps
+        it if it ever exits). The next child starts once its memory is back or a fit
+        check passes; it counts towards the breaker."""
+        s = self.settings
+        self.active = None
+        self.lost += 1
+        self.previous_mb = child.baseline_mb if child.baseline_known else None
+        self.previous_pid = child.pid
+        self.lost_need_mb = (child.torch or {}).get("reserved_mb", 0.0)
+        self.next_cause = StartCause.LOST
+        log.error("child %d%s did not exit within %gs of SIGKILL (stuck in the kernel?): "
+                  "declared lost; a new one starts in its place", child.pid, self.label(),
+                  max(s.stop_grace, KILL_WAIT_S))
+        self._lose(child.let_go(), f"the worker process could not be stopped "
+                                   f"({child.stop_text}) and was declared lost", now)
+        return self._death(now, f"died, hung or were lost within {s.restart_window:g}s;"
+                                " not respawning")
 
-    def _maybe_idle(self, child: ChildRecord) -> None:
-        """A busy child with no job left is ready; between jobs, check its memory."""
-        if self.in_flight or child.state is not ChildState.BUSY:
+    def forget(self, action) -> None:
+        """An action the guard dropped: a start it stood for begins again; a child waiting
+        on it stops waiting."""
+        if type(action) is Settle or type(action) is Spawn:
+            if self.starting == action.cid:
+                self.active = None
+            if self.spare is not None and self.spare.cid == action.cid \
+                    and self.spare.phase.unborn:
+                self.spare = None
             return
-        child.state = ChildState.READY
-        if child.refresh_reason is None and recycling.watches_memory(self.settings):
-            child.checking_memory = True
-            self._actions.append(ReadMemory(self.index, child.cid, child.pid, self.devices))
+        child = self.owns(getattr(action, "cid", -1))
+        if child is not None:
+            child.forget(action)
+
+    def drop(self, cid: int) -> bool:
+        """Let go of child `cid` whatever its phase (the guard: its exit was half-handled,
+        or its start is given up); True if it was one of this slot's."""
+        child = self.owns(cid)
+        if child is None:
+            return False
+        child.lose()
+        if child is self.active:
+            self.active = None
+        elif child is self.spare:
+            self.spare = None
+        else:
+            self.retiring.remove(child)
+        return True
+
+    # --- the worker's verdicts on it ---------------------------------------------------------
+
+    def take_out(self, why: str, revivable: bool = False) -> None:
+        self.out, self.revivable = why, revivable
+
+    def setup_failed(self) -> int:
+        """A child here could not start: the failures in a row."""
+        self.next_cause = StartCause.SETUP_FAILED
+        self.setup_failures += 1
+        return self.setup_failures
+
+    def revive(self, cause: StartCause | None = None) -> None:
+        """Back in service (out before any child was ready, or a reload)."""
+        self.out, self.setup_failures, self.revivable = None, 0, False
+        if cause is not None:
+            self.next_cause = cause
+
+    # --- its clocks and its stops ----------------------------------------------------------
+
+    def resumed(self, now: float) -> None:
+        """The worker itself was stopped: its children's clocks restart now (a heartbeat
+        window), and a job or set-up whose time ran out meanwhile has a second more, for
+        what its child sent then (still unread) to be read first."""
+        for child in self.children():
+            child.resumed(now)
+        for tracked in self.in_flight.values():
+            if tracked.deadline is not None and tracked.deadline < now + RESUME_GRACE_S:
+                if tracked.deadline == tracked.expires:      # still named the ttl's end
+                    tracked.expires = now + RESUME_GRACE_S
+                tracked.deadline = now + RESUME_GRACE_S
+
+    def promote(self, now: float) -> None:
+        """The spare takes the active child's place; the old one (if any) retires."""
+        old, spare = self.child, self.spare
+        if old is not None:
+            old.retire()
+            self.retiring.append(old)
+        spare.promote()
+        self.active, self.spare = spare, None
+        self.spares.promoted()
+        self.spawns += 1
+        self.next_cause = StartCause.SPARE
+        log.info("child %d%s takes over from %s (its spare, set up %.2fs before)",
+                 spare.pid, self.label(), f"child {old.pid}" if old else "the child that "
+                 "ended", now - spare.started)
+
+    def check_clocks(self, now: float, shutdown_at: float | None) -> tuple:
+        """Jobs past their timeout, its children's clocks, a start's backoff: (actions, a
+        Verdict when its active child was declared lost and that trips the breaker)."""
+        s = self.settings
+        actions: list = []
+        if self.retry_at is not None and now >= self.retry_at:
+            self.retry_at = None
+        for tracked in list(self.in_flight.values()):
+            if tracked.deadline is not None and now >= tracked.deadline:
+                ran = tracked.deadline - tracked.started
+                text = f"the job ran longer than its execution timeout of " \
+                    f"{execution_timeout(tracked.job, s.job_timeout):g}s" \
+                    if tracked.deadline != tracked.expires else \
+                    f"the job's policy.ttl ran out after {ran:g}s of running"
+                actions += self.abandon(tracked, JobState.TIMED_OUT, Reason.TIMED_OUT, text,
+                                        now)
+        actions += self._spare_clocks(now, keep=shutdown_at is None and self.out is None)
+        child = self.child
+        if child is None:
+            return actions, None
+        if child.stopping:
+            actions += child.escalate(now, s.stop_grace)
+            if child.phase is Phase.LOST:
+                return actions, self._lost(child, now)
+            return actions, None
+        order = child.due_stop(now, s.heartbeat_timeout, shutdown_at, s.setup_timeout)
+        if order is not None:
+            actions += self.stop_child(order.cause, order.text, now, order.interrupt)
+        return actions, None
+
+    def _spare_clocks(self, now: float, keep: bool) -> list:
+        """The retiring children's and the spare's stop steps, the spare's set-up deadline
+        and age; `keep` False drops the spare (shutdown, slot out)."""
+        s = self.settings
+        actions: list = []
+        self.spares.tick(now)
+        for child in list(self.retiring):
+            actions += child.escalate(now, s.stop_grace)
+            if child.phase is Phase.LOST:
+                log.error("retired child %d did not exit after SIGKILL: let go", child.pid)
+                self.retiring.remove(child)
+        spare = self.spare
+        if spare is None or spare.phase.unborn:
+            return actions
+        if spare.stopping:
+            actions += spare.escalate(now, s.stop_grace)
+            if spare.phase is Phase.LOST:
+                self.spare = None
+        elif not keep:
+            actions += self.stop_spare(StopCause.SHUTDOWN, "no spare kept", now)
+        elif spare.phase is Phase.SETTING_UP and spare.setup_deadline is not None \
+                and now >= spare.setup_deadline:
+            spare.condemn(f"set-up did not finish within {s.setup_timeout:g}s")
+            actions += self.stop_spare(StopCause.SETUP_TIMEOUT, "spare setup timeout", now)
+        elif spare.promotable and s.spare_max_age > 0 \
+                and now - spare.ready_at >= s.spare_max_age:
+            actions += self.stop_spare(StopCause.REFRESH, f"the spare waited "
+                                       f"{s.spare_max_age:g}s (WORKER_SPARE_MAX_AGE)", now)
+        return actions
+
+    def deadlines(self, heartbeat_timeout: float, shutdown_at: float | None) -> list:
+        s = self.settings
+        times = [t.deadline for t in self.in_flight.values() if t.deadline is not None]
+        if self.retry_at is not None:
+            times.append(self.retry_at)
+        times += [c.stop_next for c in self.retiring]
+        spare = self.spare
+        if spare is not None and not spare.phase.unborn:
+            if spare.stopping:
+                times.append(spare.stop_next)
+            elif spare.phase is Phase.SETTING_UP:
+                times.append(spare.setup_deadline)
+            elif s.spare_max_age > 0 and spare.ready_at is not None:
+                times.append(spare.ready_at + s.spare_max_age)
+        if self.spares.retry_at is not None and spare is None:
+            times.append(self.spares.retry_at)
+        child = self.child
+        if child is not None:
+            times.append(child.deadline(heartbeat_timeout))
+            if shutdown_at is not None and not child.stopping:
+                times.append(shutdown_at)     # once stopping, its own steps are its clock
+        return [t for t in times if t is not None]
+
+    def refresh_if_idle(self, now: float) -> list:
+        child = self.child
+        if child is None or not child.replace_now:
+            return []
+        log.info("refreshing the worker process%s: %s", self.label(), child.refresh_reason)
+        return self.stop_child(StopCause.REFRESH, f"refresh: {child.refresh_reason}", now)
+
+    def stop_child(self, cause: StopCause, text: str, now: float,
+                   interrupt: bool = False) -> list:
+        """Stop the active child; after a stop that swaps, its ready spare takes over."""
+        child = self.child
+        actions = child.begin_stop(cause, text, now, self.settings.stop_grace, interrupt)
+        if actions:
+            log.info("stopping child %d: %s", child.pid, text)
+        if cause.swaps_in_spare and not child.jobs:
+            if child.restart_as is StartCause.REFRESH_COLD:   # the job wants what it wrote
+                actions += self.stop_spare(StopCause.REFRESH, "a cold refresh was asked", now)
+            elif self.spare_ready:
+                self.promote(now)
+            else:
+                self.spares.replaced_without_spare(self.settings, self.devices)
+        return actions
+
+    def stop_spare(self, cause: StopCause, text: str, now: float,
+                   grace: float | None = None) -> list:
+        """Drop the spare (shutdown, a cold refresh, the slot out, too old, failed)."""
+        spare = self.spare
+        if spare is None or spare.phase.unborn or spare.stopping:
+            return []
+        log.info("stopping spare child %d: %s", spare.pid, text)
+        return spare.begin_stop(cause, text, now, self.settings.stop_grace
+                                if grace is None else grace, interrupt=True)

@@ -19,13 +19,13 @@ import psutil
 MIB = 2**20
 MARGIN = 0.10           # what it needs, plus 10% ...
 MIN_MARGIN_MB = 256.0   # ... and at least this much
-GPU_SHORT = "GPU memory:"   # how a shortage of GPU memory is worded (spares.py reads it)
 
 
 class Fit(NamedTuple):
     ok: bool
     text: str            # the numbers, for the log line and /health
     never: bool = False  # it cannot fit whatever the numbers (EXCLUSIVE_PROCESS)
+    short_of_gpu: bool = False   # GPU memory is what it lacks (it may be freed soon)
 
 
 def _with_margin(mb: float) -> float:
@@ -72,7 +72,8 @@ def check(probe, active_pid: int | None, devices: tuple, vram_mb: float,
         mine = reading.only(devices)
         free_vram = sum(d.free_mb for d in mine.devices)
         if mine.devices and _with_margin(vram_mb) > free_vram:
-            return Fit(False, f"{GPU_SHORT} the active child's {source} is "
-                              f"{vram_mb:,.0f} MiB, {free_vram:,.0f} MiB are free")
+            return Fit(False, f"GPU memory: the active child's {source} is "
+                              f"{vram_mb:,.0f} MiB, {free_vram:,.0f} MiB are free",
+                       short_of_gpu=True)
     return Fit(True, f"the active child holds {need:,.0f} MiB of its own "
                      f"({free:,.0f} MiB available)")

@@ -9,7 +9,15 @@ from typing import NamedTuple
 
 from ..config import Settings
 from ..protocol import HandlerMode, Kind
-from .lifecycle import ChildState
+
+
+class ChildState(str, enum.Enum):
+    """A child as published: starting (from the moment the core asks for it to its
+    Ready), ready, busy, stopping. Its full phase is the core's (child.Phase)."""
+    STARTING = "starting"
+    READY = "ready"
+    BUSY = "busy"
+    STOPPING = "stopping"
 
 
 class WorkerState(str, enum.Enum):

@@ -54,12 +54,12 @@ from .gpu_procs import ProcessMemory
 from .health_file import HealthFile
 from .launcher import Launcher
 from .launching import Launch, Launches
-from .lifecycle import ChildState
+from .causes import StartCause
 from .metrics import Metrics
 from .monitor import make_probe
 from .mp_launcher import MpLauncher
 from .output import log_child_line
-from .status import Status, WorkerState, health_view
+from .status import ChildState, Status, WorkerState, health_view
 
 log = logging.getLogger("worker")
 STALL_S = 1.0     # woke this much after the wake asked and the sleep's start: it was stopped
@@ -388,14 +388,15 @@ class Supervisor:
     def spawn(self, action: A.Spawn) -> None:
         """Start the child off the loop (launching.py); its answer is a Launch. A spare
         starts only if it fits beside the active child (spare_fit.py)."""
-        if action.cause == "spare":
+        if action.cause is StartCause.SPARE:
             fit = spare_fit.check(self.probe, action.active_pid, action.devices,
                                   action.vram_mb, self.gpu_procs)
             if not fit.ok:
                 self._events.put(E.SpawnFailed(action.slot, action.cid, fit.text,
-                                               transient=not fit.never))
+                                               transient=not fit.never,
+                                               short_of_gpu=fit.short_of_gpu))
                 return
-        self.metrics.loop.started(action.cause)
+        self.metrics.loop.started(action.cause.value)
         try:
             self._launches.begin(action, self.target)
         except RuntimeError as exc:       # no thread now (a thread limit): a moment's failure
