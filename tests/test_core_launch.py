@@ -62,17 +62,17 @@ def test_a_child_that_does_not_exit_after_sigkill_is_lost_and_replaced():
     d.at(3.0)
     assert d.signals[-1] == (signal.SIGKILL, True)
     d.at(3.0 + KILL_WAIT_S - 0.01)
-    assert d.child is not None and d.core.slots[0].lost == 0
+    assert d.child is not None and d.core.slots[0].lost_count == 0
     spawns, old = len(d.spawned), d.child.cid
     d.at(3.0 + KILL_WAIT_S)
-    assert d.core.slots[0].lost == 1 and len(d.spawned) == spawns + 1
+    assert d.core.slots[0].lost_count == 1 and len(d.spawned) == spawns + 1
     assert d.settles[-1].need_mb == 0.0           # its memory must be back, or fit
     assert d.spawned[-1].cause == "lost"
     assert d.core.status().children[0].to_dict()["lost"] == 1
     assert len(d.results["stuck"]) == 1 and d.result("stuck").reason is Reason.TIMED_OUT
     assert len(d.core.breaker.deaths) == 1        # it counts towards the breaker
     d.feed(E.Exited(0, old, -9, []))              # a late exit of a child let go: nothing
-    assert d.core.state is WorkerState.RUNNING and d.core.slots[0].lost == 1
+    assert d.core.state is WorkerState.RUNNING and d.core.slots[0].lost_count == 1
 
 
 def test_a_lost_child_whose_memory_is_not_back_and_does_not_fit_keeps_the_slot_out():

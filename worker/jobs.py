@@ -43,6 +43,7 @@ class JobError(ValueError):
     """A job that cannot be accepted (bad shape); the message says why."""
 
 
+COLD = "cold"     # refresh_worker: "cold": the next child starts after this job, cold
 SAFE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,200}")   # ids go into URLs and log lines
 
 
@@ -119,6 +120,11 @@ class JobResult:
     reason: Reason
     body: dict
     refresh: bool | str = False     # "cold": the next child starts after this job
+
+    @property
+    def refresh_cold(self) -> bool:
+        """The handler asked for a cold refresh (`refresh_worker: "cold"`)."""
+        return self.refresh == COLD
     delay_ms: int = 0
     execution_ms: int = 0
     setup_wait_ms: int = 0     # of the delay, the time no child was ready (a start, a refresh)
@@ -175,7 +181,7 @@ def normalise_return(value: Any) -> tuple[dict, bool]:
         refresh = value.pop("refresh_worker", None)
         # "cold": the next child must start after this job (it wrote what it loads), so
         # a spare set up before is dropped. Anything else counts as the SDK reads it.
-        refresh = "cold" if refresh == "cold" else bool(refresh)
+        refresh = COLD if refresh == COLD else bool(refresh)
         if value:
             body["output"] = value
         if error:

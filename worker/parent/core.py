@@ -5,13 +5,16 @@ command from a source, what a child's host saw, the outcome of an action the loo
 out, the passing of time. The actions (actions.py) are what the loop must do; an action
 whose outcome matters (start a child, read memory) is answered by an event on a later
 turn. Every job ends in exactly one final state, reported once, through an `Ended` action.
-The core owns what reaches across children (the queue, dispatch, the worker's fate, GPU
-events); a slot (slots.py) holds which child has which role and applies what a child's
-messages and exit mean for its jobs; a child (child.py) is one state machine, the only
-code that changes it. Here a newcomer finds dispatch (`_dispatch`), an exit's judgement
-(`_on_exited` → Slot.exited → Child.judge) and a refresh (`_on_refresh` → a child marked
-→ `_step` stops it once idle, and a ready spare takes over). Tests drive the core through
-the loop's dispatcher (dispatch.py), on a fake clock.
+The core owns the jobs and what reaches across children: the queue, dispatch, what a
+child's messages and end mean for the jobs in it (results, timeouts, cancels, crash
+blame), GPU events and the worker's fate (fate.py). A slot (slots.py) is one place for a
+child: its GPUs, its breaker, which child has which role, starting and stopping them. A
+child (child.py) is one state machine, the only code that changes it. Here a newcomer
+finds dispatch (`_dispatch`), an exit's judgement (`_on_exited` → Slot.exited →
+Child.judge, then `_after_exit` for its jobs and `_judged` for the worker) and a refresh
+(`_on_refresh` marks each child; `_dispatch` stops a marked idle child through
+Slot.refresh_if_idle, where a ready spare takes over). Tests drive the core through the
+loop's dispatcher (dispatch.py), on a fake clock.
 """
 from __future__ import annotations
 
@@ -21,17 +24,21 @@ import logging
 from .. import protocol as P
 from .. import settings_report
 from ..config import Settings
-from ..jobs import JobError, JobState, Reason, execution_timeout, ttl as job_ttl, validate_job
-from . import blame, gpu_events, placement, recovery
+from ..jobs import (JobError, JobResult, JobState, Reason, execution_timeout, ttl as job_ttl,
+                    validate_job)
+from ..protocol import HandlerMode
+from . import blame, gpu_events, placement, recovery, recycling
 from . import events as E
-from .actions import ChildReady, Ended, WarmOff
-from .causes import StartCause, StopCause, VerdictKind
+from .actions import ChildReady, Chunked, Ended, Progressed, WarmOff
+from .causes import ExitCause, StartCause, StopCause, Verdict, VerdictKind
+from .child import Child, Role
 from .fate import WorkerFate
 from .jobbook import JobBook, NoChildClock, TrackedJob, some_id
 from .slots import Slot
 from .status import Status, WorkerState
 
 log = logging.getLogger("worker")
+RESUME_GRACE_S = 1.0          # after the worker was stopped: what its children sent is read
 
 
 class SupervisorCore:
@@ -45,7 +52,7 @@ class SupervisorCore:
         self.pending = self.jobs.pending
         self.expiring: list = []        # heap of (policy.ttl's end, n, job) for queued jobs
         devices = list(devices or [()])
-        self.slots = [Slot(i, tuple(d), shared, self.jobs, settings, many=len(devices) > 1)
+        self.slots = [Slot(i, tuple(d), shared, settings, many=len(devices) > 1)
                       for i, (d, shared) in enumerate(zip(devices, placement.shared(devices)))]
         self.fate = WorkerFate(self.slots, self.jobs, lambda: self.settings)
         self.shutdown_at: float | None = None
@@ -56,7 +63,8 @@ class SupervisorCore:
         self.handler_kind: P.Kind | None = None
         self.gpu_events: tuple = ()        # the last NVML events: (what, what was done)
         self.no_child = NoChildClock()     # a job's setup wait: how far it moved meanwhile
-        self._phase: str | None = None     # "event" or "step" while handling: recover's scope
+        self._in_event: bool | None = None   # handling: in the event's own part (True) or the
+                                             # step after it (False): recover's scope
 
     def use_settings(self, settings: Settings) -> None:
         """The effective settings changed (start() keys): every slot uses them at once."""
@@ -83,12 +91,12 @@ class SupervisorCore:
     # --- the one entry -------------------------------------------------------------------
 
     def handle(self, event: E.Event, now: float) -> list:
-        self._phase = "event"
+        self._in_event = True
         self._ON[type(event)](self, event, now)
         if not event.final:
-            self._phase = "step"
+            self._in_event = False
             self._step(now)
-        self._phase = None
+        self._in_event = None
         return self._take()
 
     def recover(self, event: E.Event, text: str, now: float) -> list:
@@ -96,7 +104,7 @@ class SupervisorCore:
         had not sent yet is dropped, and whoever waited on it is told (the guard's undo);
         recovery.py fails what the event concerns, and the rest goes on. Final reports
         made before the fault still go out."""
-        phase, self._phase = self._phase, None
+        in_event, self._in_event = self._in_event, None
         self._add(())
         dropped = [a for a in self._out if type(a) is not Ended]
         self._out = [a for a in self._out if type(a) is Ended]
@@ -105,7 +113,7 @@ class SupervisorCore:
                 self.warm_off = False    # the next child that refuses says it again
             for slot in self.slots:
                 slot.forget(action)
-        recovery.recover(self, event, text, now, phase == "event")
+        recovery.recover(self, event, text, now, in_event is True)
         self._step(now)
         return self._take()
 
@@ -169,8 +177,8 @@ class SupervisorCore:
             for slot in self.slots:
                 tracked = slot.find(ev.job_id)
                 if tracked is not None:
-                    self._add(slot.abandon(tracked, JobState.CANCELLED, Reason.CANCELLED,
-                                           "cancelled", now))
+                    self._abandon(slot, tracked, JobState.CANCELLED, Reason.CANCELLED,
+                                  "cancelled", now)
                     return
 
     def _on_refresh(self, ev: E.Refresh, now: float) -> None:
@@ -238,10 +246,18 @@ class SupervisorCore:
             self._judged(slot, verdict)
 
     def _on_resumed(self, ev: E.Resumed, now: float) -> None:
+        """The worker itself was stopped: its children's clocks restart now (a heartbeat
+        window), and a job or set-up whose time ran out meanwhile has a second more, for
+        what its child sent then (still unread) to be read first."""
         log.warning("the worker itself was stopped for %.1fs: its children's clocks skip it",
                     ev.gap)
         for slot in self.slots:
             slot.resumed(now)
+            for tracked in slot.in_flight.values():
+                if tracked.deadline is not None and tracked.deadline < now + RESUME_GRACE_S:
+                    if tracked.deadline == tracked.expires:      # still named the ttl's end
+                        tracked.expires = now + RESUME_GRACE_S
+                    tracked.deadline = now + RESUME_GRACE_S
 
     def _on_message(self, ev: E.Message, now: float) -> None:
         slot = self.slots[ev.slot]
@@ -249,11 +265,101 @@ class SupervisorCore:
         if child is not None and not child.phase.unborn:
             self._heard(slot, child, ev.msg, now)
 
-    def _heard(self, slot: Slot, child, msg: P.Message, now: float) -> None:
-        actions, ready = slot.message(child, msg, now)
+    def _heard(self, slot: Slot, child: Child, msg: P.Message, now: float) -> None:
+        """A message from one of a slot's children."""
+        child.heard(now)
+        kind = type(msg)
+        if kind is P.Heartbeat:
+            child.heartbeat(msg)
+        elif child.role is Role.SPARE:
+            self._add(slot.spare_message(child, msg, now))
+        elif child.role is not Role.ACTIVE:
+            return                          # a retiring child's words change nothing
+        elif kind is P.Done:
+            self._done(slot, child, msg, now)
+        elif kind is P.Chunk or kind is P.Progress:
+            tracked = child.jobs.get(msg.run)
+            if tracked is not None:
+                told = Chunked if kind is P.Chunk else Progressed
+                self._add([told(tracked.listener, tracked.id, msg.value)])
+        elif kind is P.Ready or kind is P.SetupFailed or kind is P.WarmRefused:
+            if slot.setup_message(child, msg, now):
+                self._ready(slot, msg, now)
+        elif kind is P.Garbled:
+            self._garbled(slot, child, msg, now)
+
+    def _done(self, slot: Slot, child: Child, msg: P.Done, now: float) -> None:
+        tracked = child.done(msg)
+        slot.finished_a_job()          # this is no storm
+        if tracked is None:
+            return   # already ended by the worker (timeout, cancel): this is the child's ack
+        tracked.suspect = False
+        result = tracked.timed(JobResult(tracked.id, msg.state, msg.reason, msg.body,
+                                         msg.refresh), now)
+        if msg.peak_vram_mb is not None:
+            result.extra["peak_vram_mb"] = msg.peak_vram_mb
+        self.jobs.report(tracked, result)      # logged with its times by the loop
+        verdict = recycling.after_job(result, child, self.settings)
+        if verdict is not None:
+            child.replace_when_idle(*verdict)
+        self._add(slot.idle(child))
+
+    def _garbled(self, slot: Slot, child: Child, msg: P.Garbled, now: float) -> None:
+        """A frame from the child that the parent cannot read. A result or chunk names its
+        run: that job fails (its output cannot be delivered as it is); anything else means
+        the channel cannot be trusted, so the child is replaced."""
+        log.error("unreadable %s message from child %d: %s", msg.tag or "unknown", child.pid,
+                  msg.error)
+        claims = msg.claims
+        if claims is P.Done:
+            tracked = child.unreadable_done(msg.run)
+            if tracked is not None:
+                self.jobs.end(tracked, JobState.FAILED, Reason.HANDLER_ERROR,
+                              f"the job's result could not be read by the worker: "
+                              f"{msg.error}", now, "ResultUnreadable")
+                self._add(slot.idle(child))
+        elif claims is P.Chunk or claims is P.Progress:
+            tracked = child.jobs.get(msg.run) if msg.run is not None else None
+            if tracked is not None and claims is P.Chunk:   # a stream with a hole is not one
+                self._abandon(slot, tracked, JobState.FAILED, Reason.HANDLER_ERROR,
+                              f"a stream chunk could not be read by the worker: {msg.error}",
+                              now, "ChunkUnreadable")
+        elif claims is not P.Heartbeat and not child.stopping:
+            self._add(slot.stop_child(StopCause.PROTOCOL, f"unreadable message: {msg.error}",
+                                      now, interrupt=True))
+
+    def _abandon(self, slot: Slot, tracked: TrackedJob, state: JobState, reason: Reason,
+                 text: str, now: float, error_type: str | None = None) -> None:
+        """End a running job now (timeout, cancel, an unreadable chunk) and make sure its
+        work stops: the child is told to cancel it, or, when the handler runs inline (or
+        the child is already stopping), stopped."""
+        child = slot.active
+        if error_type is None:
+            error_type = "TimedOut" if state is JobState.TIMED_OUT else "Cancelled"
+        if child.stopping or child.mode is HandlerMode.INLINE:
+            child.drop_run(tracked.run, None if child.stopping else
+                           StartCause.TIMEOUT if state is JobState.TIMED_OUT
+                           else StartCause.CANCEL)
+            self.jobs.end(tracked, state, reason, text, now, error_type)
+            if not child.stopping:
+                self._add(slot.stop_child(StopCause.JOB_ENDED,
+                                          f"job {tracked.id} {reason.value}", now,
+                                          interrupt=True))
+            return
+        actions = child.abandon(tracked.run, now, self.settings.stop_grace)
+        self.jobs.end(tracked, state, reason, text, now, error_type)
         self._add(actions)
-        if ready:
-            self._ready(slot, msg, now)
+
+    def _lose(self, jobs: list, reason_text: str, now: float) -> None:
+        """Jobs whose child is gone fail (WORKER_LOST)."""
+        for tracked in jobs:
+            text = reason_text
+            if tracked.crashes > 1:
+                text = (f"{reason_text}; it has now killed the worker process "
+                        f"{tracked.crashes} times")
+            log.error("job %s failed: %s", tracked.id, text)
+            self.jobs.end(tracked, JobState.FAILED, Reason.WORKER_LOST, text, now,
+                          "WorkerLost")
 
     def _on_memory_read(self, ev: E.MemoryRead, now: float) -> None:
         self.slots[ev.slot].memory_read(ev.cid, ev.reading)
@@ -266,9 +372,39 @@ class SupervisorCore:
         if slot.holds(ev.cid):
             for msg in ev.messages:         # its last words: results written still count
                 self._heard(slot, child, msg, now)
-        verdict = slot.exited(child, ev.code, ev.tail, now, self.shutdown_at is not None)
+        active = child.role is Role.ACTIVE
+        end, verdict = slot.exited(child, ev.code, now, self.shutdown_at is not None)
+        if active:
+            self._after_exit(slot, child, end, ev.tail, now)
         if verdict is not None:
             self._judged(slot, verdict)
+
+    def _after_exit(self, slot: Slot, child: Child, end, tail: list, now: float) -> None:
+        """The active child is gone: its jobs fail or, after a crash, run again
+        (blame.py); a set-up that failed or a warm import refused is the worker's."""
+        jobs = child.let_go()
+        s = self.settings
+        if end.warm_refused is not None or end.cause.in_setup:
+            self._lose(jobs, f"the worker process {end.how}", now)   # none: it never was ready
+            if end.warm_refused is not None:
+                self._judged(slot, Verdict(VerdictKind.WARM_REFUSED, end.warm_refused))
+            elif end.setup_failure is not None:
+                self._judged(slot, Verdict(VerdictKind.SETUP_FAILED, end.setup_failure,
+                                           end.details, tuple(tail)))
+            return
+        if end.cause is ExitCause.CRASHED:
+            reason_text = f"the worker process {end.how} during the job"
+            again, failed = blame.after_crash(jobs, s.job_max_crashes,
+                                              self.shutdown_at is not None)
+            for tracked in reversed(again):
+                log.warning("job %s: %s; running it again, alone, on a fresh child%s",
+                            tracked.id, reason_text, "" if len(jobs) > 1 else
+                            f" ({tracked.crashes}/{s.job_max_crashes})")
+                self.pending.appendleft(tracked)
+        else:
+            reason_text = f"the worker process was stopped ({child.stop_text}) during the job"
+            failed = jobs
+        self._lose(failed, reason_text, now)
 
     def _judged(self, slot: Slot, verdict) -> None:
         """What a child's end means for the worker."""
@@ -333,6 +469,8 @@ class SupervisorCore:
     def next_deadline(self) -> float | None:
         heartbeat, shutdown_at = self.settings.heartbeat_timeout, self.shutdown_at
         times = [t for s in self.slots for t in s.deadlines(heartbeat, shutdown_at)]
+        times += [t.deadline for s in self.slots for t in s.in_flight.values()
+                  if t.deadline is not None]
         if self.expiring:
             times.append(self.expiring[0][0])
         return min(times) if times else None
@@ -360,10 +498,15 @@ class SupervisorCore:
                              now)
         shutdown_at = self.shutdown_at
         for slot in self.slots:
-            actions, verdict = slot.check_clocks(now, shutdown_at)
+            self._check_deadlines(slot, now)
+            actions, lost = slot.check_clocks(now, shutdown_at)
             self._add(actions)
-            if verdict is not None:
-                self._judged(slot, verdict)
+            if lost is not None:
+                verdict = slot.lost(lost, now)
+                self._lose(lost.let_go(), f"the worker process could not be stopped "
+                                          f"({lost.stop_text}) and was declared lost", now)
+                if verdict is not None:
+                    self._judged(slot, verdict)
         while self.expiring and now >= self.expiring[0][0]:
             tracked = heapq.heappop(self.expiring)[2]
             if not (tracked.finished or tracked.started):     # still queued: it ends here
@@ -374,6 +517,17 @@ class SupervisorCore:
             for tracked in self.pending:
                 self.jobs.refuse(tracked, "the worker is shutting down")
             self.pending.clear()
+
+    def _check_deadlines(self, slot: Slot, now: float) -> None:
+        """Jobs in the slot's child past their execution timeout or policy.ttl."""
+        for tracked in list(slot.in_flight.values()):
+            if tracked.deadline is not None and now >= tracked.deadline:
+                ran = tracked.deadline - tracked.started
+                text = f"the job ran longer than its execution timeout of " \
+                    f"{execution_timeout(tracked.job, self.settings.job_timeout):g}s" \
+                    if tracked.deadline != tracked.expires else \
+                    f"the job's policy.ttl ran out after {ran:g}s of running"
+                self._abandon(slot, tracked, JobState.TIMED_OUT, Reason.TIMED_OUT, text, now)
 
     def _ensure_children(self, now: float) -> None:
         if self.fate.state is not WorkerState.RUNNING or self.shutdown_at is not None:
@@ -435,7 +589,7 @@ class SupervisorCore:
         tracked.deadline = now + limit if limit > 0 else None
         if tracked.expires is not None and (tracked.deadline is None
                                             or tracked.expires < tracked.deadline):
-            tracked.deadline = tracked.expires     # slots.check_clocks names the ttl
+            tracked.deadline = tracked.expires     # _check_deadlines names the ttl
         self.runs += 1
         tracked.run = self.runs
         msg = P.Run(tracked.run, tracked.job, tracked.raw)

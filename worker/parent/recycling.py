@@ -34,7 +34,7 @@ def after_job(result: JobResult, child, settings: Settings) -> tuple | None:
         reason = cuda_failure(result.error, settings.refresh_on_oom)
         if reason:
             return reason, StartCause.CUDA_ERROR
-    if result.refresh == "cold":
+    if result.refresh_cold:
         return "the job asked for a cold refresh_worker", StartCause.REFRESH_COLD
     if result.refresh:
         return "the job asked for refresh_worker", StartCause.REFRESH

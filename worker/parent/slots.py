@@ -4,11 +4,11 @@ The core keeps one Slot per child the worker runs (placement.py decides how many
 which GPUs). A slot holds its ACTIVE child (the one that runs jobs: from the moment the
 core asks for it, through its set-up, to its exit), at most one SPARE (spares.py) and the
 RETIRING children a spare replaced; each is a child.Child, whose own methods change it.
-The slot applies what a child's messages and exit mean for its jobs (their one report is
-the JobBook's) and for the place (crash blame, the breaker, start failures, a lost
-child). What reaches across slots (the queue, dispatch, the worker's fate) is the
-core's: a slot returns a `Verdict` for the core to act on. A job is queued or in exactly
-one child. Every method that asks the loop for something returns those actions.
+The slot decides what concerns the place: starting a child (settle, spawn, a start that
+failed for a moment), its set-up, swapping in the spare, its clocks and stops, what an
+exit or a lost child means for its breaker. The jobs and what happens to them (results,
+timeouts, crash blame) are the core's (core.py); a slot returns a `Verdict` for the core
+to act on. Every method that asks the loop for something returns those actions.
 """
 from __future__ import annotations
 
@@ -17,31 +17,27 @@ import signal
 
 from .. import protocol as P
 from ..config import Settings
-from ..jobs import JobResult, JobState, Reason, execution_timeout
-from ..protocol import HandlerMode
-from . import blame, recycling
-from .actions import Chunked, Progressed, Settle, Signal, Spawn
+from . import recycling
+from .actions import Settle, Signal, Spawn
 from .breaker import RestartBreaker
 from .causes import ExitCause, StartCause, StopCause, Verdict, VerdictKind
 from .child import KILL_WAIT_S, Child, Phase, Role
-from .jobbook import JobBook, TrackedJob
+from .jobbook import TrackedJob
 from .spares import SparePolicy
 from .status import ChildView
 
 log = logging.getLogger("worker")
-RESUME_GRACE_S = 1.0          # after the worker was stopped: what its children sent is read
 RETRY_BASE_S = 1.0            # a start that failed for a moment: tried again after 1, 2, 4...
 RETRY_MAX_S = 30.0
 
 
 class Slot:
-    def __init__(self, index: int, devices: tuple, shared: bool, jobs: JobBook,
-                 settings: Settings, many: bool = False):
+    def __init__(self, index: int, devices: tuple, shared: bool, settings: Settings,
+                 many: bool = False):
         self.index = index
         self.devices = devices         # its children's CUDA_VISIBLE_DEVICES; () = the parent's
         self.shared = shared           # another slot uses one of its GPUs
         self.many = many               # the worker has other slots (log lines say which)
-        self._jobs = jobs
         self.settings = settings       # the effective settings; the core keeps it current
         self.active: Child | None = None   # from the core's ask to its exit
         self.spare: Child | None = None
@@ -60,7 +56,7 @@ class Slot:
         self.retry_at: float | None = None # a start failed for a moment: no new one before
         self.start_failures = 0            # such failures in a row
         self.start_error: str | None = None   # the last one, while retrying
-        self.lost = 0                      # children here declared lost (no exit after SIGKILL)
+        self.lost_count = 0                # children here declared lost (no exit after SIGKILL)
         self.lost_need_mb: float | None = None  # the last lost one's GPU memory: fit check
         self.code_files: set = set()       # reload mode: what its children's code is
         self.code: tuple = ()              # ... as published: (files, packages)
@@ -152,7 +148,7 @@ class Slot:
             rss_bytes=c.rss if c else 0, torch=c.torch if c else None,
             baseline_mb=c.baseline_mb if c else 0.0, running=self.running_ids(),
             log_ids=c.log_ids if c else (), out=self.out, spawns=self.spawns,
-            deaths=len(self.breaker.deaths), lost=self.lost, start_error=self.start_error,
+            deaths=len(self.breaker.deaths), lost=self.lost_count, start_error=self.start_error,
             spare=self.spares.view(self.spare, self.retiring), code=self.code)
 
     def label(self) -> str:
@@ -261,41 +257,24 @@ class Slot:
 
     # --- its children's messages -----------------------------------------------------------
 
-    def message(self, child: Child, msg: P.Message, now: float) -> tuple:
-        """A message from one of its children: (actions, True when the active child has
-        just become ready: the core does what that means for the worker)."""
-        child.heard(now)
+    def setup_message(self, child: Child, msg: P.Message, now: float) -> bool:
+        """Ready, SetupFailed or WarmRefused from its active child: True when the child
+        has just become ready (the core does what that means for the worker)."""
         kind = type(msg)
-        if kind is P.Heartbeat:
-            child.heartbeat(msg)
-            return [], False
-        if child.role is Role.SPARE:
-            return self._spare_message(child, msg, now), False
-        if child.role is not Role.ACTIVE:
-            return [], False
-        if kind is P.Done:
-            return self._done(child, msg, now), False
-        if kind is P.Chunk or kind is P.Progress:
-            tracked = child.jobs.get(msg.run)
-            if tracked is None:
-                return [], False
-            event = Chunked if kind is P.Chunk else Progressed
-            return [event(tracked.listener, tracked.id, msg.value)], False
-        if kind is P.Ready:
-            self._learn_code(msg.code)
-            if child.became_ready(msg, now):
-                self.ever_ready, self.setup_failures = True, 0
-                return [], True
-        elif kind is P.SetupFailed:
-            self._learn_code(msg.code)
-            child.setup_failed(msg)
-        elif kind is P.WarmRefused:
+        if kind is P.WarmRefused:
             child.refused_warm(msg.reason)
-        elif kind is P.Garbled:
-            return self._garbled(child, msg, now), False
-        return [], False
+            return False
+        self._learn_code(msg.code)
+        if kind is P.SetupFailed:
+            child.setup_failed(msg)
+            return False
+        if child.became_ready(msg, now):
+            self.ever_ready, self.setup_failures = True, 0
+            return True
+        return False
 
-    def _spare_message(self, child: Child, msg: P.Message, now: float) -> list:
+    def spare_message(self, child: Child, msg: P.Message, now: float) -> list:
+        """A message from its spare (not a heartbeat): the actions it calls for."""
         kind = type(msg)
         if kind is P.Ready and child.became_ready(msg, now):
             self.spares.ready()
@@ -319,50 +298,12 @@ class Slot:
             self.code = (tuple(sorted(self.code_files)),
                          tuple(p for p in code.get("packages") or () if isinstance(p, str)))
 
-    def _done(self, child: Child, msg: P.Done, now: float) -> list:
-        tracked = child.done(msg)
-        self.breaker.reset()          # the child finished a job: this is no storm
-        if tracked is None:
-            return []   # already ended by the worker (timeout, cancel): the child's ack
-        tracked.suspect = False
-        result = tracked.timed(JobResult(tracked.id, msg.state, msg.reason, msg.body,
-                                         msg.refresh), now)
-        if msg.peak_vram_mb is not None:
-            result.extra["peak_vram_mb"] = msg.peak_vram_mb
-        self._jobs.report(tracked, result)      # logged with its times by the loop
-        verdict = recycling.after_job(result, child, self.settings)
-        if verdict is not None:
-            child.replace_when_idle(*verdict)
-        return self._idle(child)
+    def finished_a_job(self) -> None:
+        """Its child finished a job: children here are not dying in a storm."""
+        self.breaker.reset()
 
-    def _garbled(self, child: Child, msg: P.Garbled, now: float) -> list:
-        """A frame from the child that the parent cannot read. A result or chunk names its
-        run: that job fails (its output cannot be delivered as it is); anything else means
-        the channel cannot be trusted, so the child is replaced."""
-        log.error("unreadable %s message from child %d: %s", msg.tag or "unknown", child.pid,
-                  msg.error)
-        what = msg.claims
-        if what is P.Done:
-            tracked = child.unreadable_done(msg.run)
-            if tracked is None:
-                return []
-            self._jobs.end(tracked, JobState.FAILED, Reason.HANDLER_ERROR,
-                           f"the job's result could not be read by the worker: {msg.error}",
-                           now, "ResultUnreadable")
-            return self._idle(child)
-        if what is P.Chunk or what is P.Progress:
-            tracked = child.jobs.get(msg.run) if msg.run is not None else None
-            if tracked is not None and what is P.Chunk:   # a stream with a hole is not one
-                return self.abandon(tracked, JobState.FAILED, Reason.HANDLER_ERROR,
-                                    f"a stream chunk could not be read by the worker: "
-                                    f"{msg.error}", now, "ChunkUnreadable")
-            return []
-        if what is P.Heartbeat or child.stopping:
-            return []
-        return self.stop_child(StopCause.PROTOCOL, f"unreadable message: {msg.error}", now,
-                               interrupt=True)
-
-    def _idle(self, child: Child) -> list:
+    def idle(self, child: Child) -> list:
+        """Its active child ran its last job: ready again, and its memory is read."""
         return child.idle_check(recycling.watches_memory(self.settings), self.devices)
 
     def memory_read(self, cid: int, reading) -> None:
@@ -381,109 +322,61 @@ class Slot:
         before it takes over."""
         return self.spare.suspect_gpu(label) if self.spare is not None else []
 
-    # --- its jobs ----------------------------------------------------------------------------
+    # --- its active child's jobs (the core decides them) -----------------------------------
 
     def start(self, tracked: TrackedJob, msg: P.Run, data) -> list:
         """Run a job in its child (the core chose it, gave it a run and encoded it)."""
         self.last_run = tracked.run
         return self.child.run(tracked, msg, data)
 
-    def abandon(self, tracked: TrackedJob, state: JobState, reason: Reason, text: str,
-                now: float, error_type: str | None = None) -> list:
-        """End a running job now (timeout or cancel) and make sure its work stops."""
-        child = self.active
-        if error_type is None:
-            error_type = "TimedOut" if state is JobState.TIMED_OUT else "Cancelled"
-        if child.stopping or child.mode is HandlerMode.INLINE:
-            child.drop_run(tracked.run, None if child.stopping else
-                           StartCause.TIMEOUT if state is JobState.TIMED_OUT
-                           else StartCause.CANCEL)
-            self._jobs.end(tracked, state, reason, text, now, error_type)
-            if child.stopping:
-                return []
-            return self.stop_child(StopCause.JOB_ENDED, f"job {tracked.id} {reason.value}",
-                                   now, interrupt=True)
-        actions = child.abandon(tracked.run, now, self.settings.stop_grace)
-        self._jobs.end(tracked, state, reason, text, now, error_type)
-        return actions
-
     def let_go(self) -> list:
         """The jobs of its active child, which it no longer holds (the caller ends them)."""
         return self.active.let_go() if self.active is not None else []
 
-    def _lose(self, jobs: list, reason_text: str, now: float) -> None:
-        for tracked in jobs:
-            text = reason_text
-            if tracked.crashes > 1:
-                text = (f"{reason_text}; it has now killed the worker process "
-                        f"{tracked.crashes} times")
-            log.error("job %s failed: %s", tracked.id, text)
-            self._jobs.end(tracked, JobState.FAILED, Reason.WORKER_LOST, text, now, "WorkerLost")
-
     # --- its children's exits ----------------------------------------------------------------
 
-    def exited(self, child: Child, code: int | None, tail: list, now: float,
-               shutting_down: bool) -> Verdict | None:
-        """A child of this slot is gone. The active child's jobs fail or, after a crash,
-        run again (blame.py); a spare's death counts against the spare policy."""
-        end = child.judge(code, self.settings.setup_timeout, shutting_down)
+    def exited(self, child: Child, code: int | None, now: float,
+               shutting_down: bool) -> tuple:
+        """A child of this slot is gone: (its judged Exit, a Verdict when its death trips
+        the breaker). A spare's death counts against the spare policy; the active child's
+        place remembers what the next start needs. Its jobs are the caller's."""
+        s = self.settings
+        end = child.judge(code, s.setup_timeout, shutting_down)
         if child.role is Role.RETIRING:
             self.retiring.remove(child)
             self.spares.retired_gone(now)
-            return None
+            return end, None
         if child.role is Role.SPARE:
             self.spare = None
             if child.condemned is not None:
                 self.spares.failed(child.condemned, now)
             elif child.stop_cause is None or child.stop_cause is StopCause.SETUP_TIMEOUT:
                 self.spares.failed(child.failure_text() or f"it {end.how}", now)
-            return None
+            return end, None
         self.active = None
         self.previous_mb = child.baseline_mb if child.baseline_known else None
         self.previous_pid = child.pid
         self.next_cause = end.next_start
-        jobs = child.let_go()
-        s = self.settings
-        if end.warm_refused is not None:
-            self._lose(jobs, f"the worker process {end.how}", now)    # none: it never was ready
-            return Verdict(VerdictKind.WARM_REFUSED, end.warm_refused)
-        cause = end.cause
-        if cause.in_setup:
-            self._lose(jobs, f"the worker process {end.how}", now)    # none: it never was ready
-            if end.setup_failure is None:
-                return None
-            return Verdict(VerdictKind.SETUP_FAILED, end.setup_failure, end.details,
-                           tuple(tail))
-        if cause.is_death and child.jobs_run == 0:   # a storm: children die before any job ends
+        if end.warm_refused is not None or end.cause.in_setup:
+            return end, None
+        if end.cause.is_death and child.jobs_run == 0:   # a storm: deaths before any job ends
             self.breaker.record(now, s.restart_window)
-        if cause is ExitCause.CRASHED:
-            reason_text = f"the worker process {end.how} during the job"
-            again, failed = blame.after_crash(jobs, s.job_max_crashes, shutting_down)
-            for tracked in reversed(again):
-                log.warning("job %s: %s; running it again, alone, on a fresh child%s",
-                            tracked.id, reason_text, "" if len(jobs) > 1 else
-                            f" ({tracked.crashes}/{s.job_max_crashes})")
-                self._jobs.pending.appendleft(tracked)
-        else:
-            reason_text = f"the worker process was stopped ({child.stop_text}) during the job"
-            failed = jobs
-        self._lose(failed, reason_text, now)
-        if cause is ExitCause.CRASHED:
+        if end.cause is ExitCause.CRASHED:
             log.error("child %d%s %s", child.pid, self.label(), end.how)
             if not self.spare_ready:
                 self.spares.replaced_without_spare(s, self.devices)
-        if cause.is_death:
-            return self._tripped(f"died before finishing a job, within "
-                                 f"{s.restart_window:g}s; not respawning")
-        return None
+        if end.cause.is_death:
+            return end, self._tripped(f"died before finishing a job, within "
+                                      f"{s.restart_window:g}s; not respawning")
+        return end, None
 
-    def _lost(self, child: Child, now: float) -> Verdict | None:
+    def lost(self, child: Child, now: float) -> Verdict | None:
         """Its active child did not exit after SIGKILL: let go of it (its host still reaps
-        it if it ever exits). The next child starts once its memory is back or a fit
-        check passes; it counts towards the breaker."""
+        it if it ever exits; its jobs are the caller's). The next child starts once its
+        memory is back or a fit check passes; it counts towards the breaker."""
         s = self.settings
         self.active = None
-        self.lost += 1
+        self.lost_count += 1
         self.previous_mb = child.baseline_mb if child.baseline_known else None
         self.previous_pid = child.pid
         self.lost_need_mb = (child.torch or {}).get("reserved_mb", 0.0)
@@ -491,8 +384,6 @@ class Slot:
         log.error("child %d%s did not exit within %gs of SIGKILL (stuck in the kernel?): "
                   "declared lost; a new one starts in its place", child.pid, self.label(),
                   max(s.stop_grace, KILL_WAIT_S))
-        self._lose(child.let_go(), f"the worker process could not be stopped "
-                                   f"({child.stop_text}) and was declared lost", now)
         return self._death(now, f"died, hung or were lost within {s.restart_window:g}s;"
                                 " not respawning")
 
@@ -546,15 +437,9 @@ class Slot:
 
     def resumed(self, now: float) -> None:
         """The worker itself was stopped: its children's clocks restart now (a heartbeat
-        window), and a job or set-up whose time ran out meanwhile has a second more, for
-        what its child sent then (still unread) to be read first."""
+        window; set-up has a second more)."""
         for child in self.children():
             child.resumed(now)
-        for tracked in self.in_flight.values():
-            if tracked.deadline is not None and tracked.deadline < now + RESUME_GRACE_S:
-                if tracked.deadline == tracked.expires:      # still named the ttl's end
-                    tracked.expires = now + RESUME_GRACE_S
-                tracked.deadline = now + RESUME_GRACE_S
 
     def promote(self, now: float) -> None:
         """The spare takes the active child's place; the old one (if any) retires."""
@@ -572,30 +457,18 @@ class Slot:
                  "ended", now - spare.started)
 
     def check_clocks(self, now: float, shutdown_at: float | None) -> tuple:
-        """Jobs past their timeout, its children's clocks, a start's backoff: (actions, a
-        Verdict when its active child was declared lost and that trips the breaker)."""
+        """Its children's clocks and a start's backoff: (actions, its active child when
+        that was just declared lost)."""
         s = self.settings
-        actions: list = []
         if self.retry_at is not None and now >= self.retry_at:
             self.retry_at = None
-        for tracked in list(self.in_flight.values()):
-            if tracked.deadline is not None and now >= tracked.deadline:
-                ran = tracked.deadline - tracked.started
-                text = f"the job ran longer than its execution timeout of " \
-                    f"{execution_timeout(tracked.job, s.job_timeout):g}s" \
-                    if tracked.deadline != tracked.expires else \
-                    f"the job's policy.ttl ran out after {ran:g}s of running"
-                actions += self.abandon(tracked, JobState.TIMED_OUT, Reason.TIMED_OUT, text,
-                                        now)
-        actions += self._spare_clocks(now, keep=shutdown_at is None and self.out is None)
+        actions = self._spare_clocks(now, keep=shutdown_at is None and self.out is None)
         child = self.child
         if child is None:
             return actions, None
         if child.stopping:
             actions += child.escalate(now, s.stop_grace)
-            if child.phase is Phase.LOST:
-                return actions, self._lost(child, now)
-            return actions, None
+            return actions, child if child.phase is Phase.LOST else None
         order = child.due_stop(now, s.heartbeat_timeout, shutdown_at, s.setup_timeout)
         if order is not None:
             actions += self.stop_child(order.cause, order.text, now, order.interrupt)
@@ -633,9 +506,7 @@ class Slot:
 
     def deadlines(self, heartbeat_timeout: float, shutdown_at: float | None) -> list:
         s = self.settings
-        times = [t.deadline for t in self.in_flight.values() if t.deadline is not None]
-        if self.retry_at is not None:
-            times.append(self.retry_at)
+        times = [self.retry_at] if self.retry_at is not None else []
         times += [c.stop_next for c in self.retiring]
         spare = self.spare
         if spare is not None and not spare.phase.unborn:

@@ -12,6 +12,7 @@ the spare runs the GPU check (protocol.Check) and takes over only once it has pa
 """
 from __future__ import annotations
 
+import enum
 import logging
 
 from ..config import Settings
@@ -32,6 +33,13 @@ ONE_COPY_ONLY = ("Address already in use", "Resource temporarily unavailable",
                  "EXCLUSIVE_PROCESS", "cannot set up beside the first")
 
 
+class SpareSetting(str, enum.Enum):
+    """WORKER_SPARE."""
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
 class SparePolicy:
     def __init__(self):
         self.failures = 0                       # spare failures in a row
@@ -44,9 +52,10 @@ class SparePolicy:
         self.freed_at: float | None = None      # when a retiring child last exited
 
     def enabled(self, settings: Settings, devices: tuple) -> bool:
-        if settings.spare == "off" or self.off is not None:
+        setting = SpareSetting(settings.spare)
+        if setting is SpareSetting.OFF or self.off is not None:
             return False
-        if settings.spare == "on":
+        if setting is SpareSetting.ON:
             return True
         # auto: where a refresh costs a second or more, and a spare does not cost a
         # private copy of the model in RAM (a GPU's copy is in VRAM: the fit check; with

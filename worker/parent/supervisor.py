@@ -16,8 +16,14 @@ A job's path through the parent:
   on_result ◄─────────── Ended ◄── core.handle (+ ReadMemory?, Send(Stop)?)
   status (read-only) ◄── published once per turn of the loop
 
-Starting a child: core → Settle (wait for the last child's GPU memory, off the loop when
-there is a wait) → Settled → core → Spawn → Launcher.start in a thread (launching.py: a
+Inside core.handle: core.py decides for the jobs and across children (queue, dispatch,
+results, blame, the worker's fate) → slots.py, one place per child (roles, starts,
+stops, clocks) → child.py, one Child per process (its phase, jobs, stop steps, and the
+judgement of its exit); each answers with actions, which come back here.
+
+Starting a child (its phases settling → launching → setting up → ready): core → Settle
+(wait for the last child's GPU memory, off the loop when there is a wait) → Settled →
+core → Spawn → Launcher.start in a thread (launching.py: a
 launcher can hang) → its answer on the command queue → a ChildHost and Spawned, or
 SpawnFailed. A start past the launcher's bound declares the launcher dead (replaced; the
 children it started live on) and fails for a moment: the core retries. Every outcome of
