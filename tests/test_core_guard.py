@@ -289,3 +289,24 @@ def test_a_late_exit_or_message_of_a_child_given_up_on_changes_nothing():
     assert "a" not in d.results and d.child.state is ChildState.BUSY
     d.done("a")
     assert d.result("a").output == "a"
+
+
+def test_a_spare_whose_exit_faults_counts_as_a_failed_spare_and_backs_off():
+    """A spare whose exit the core cannot handle is let go of as a failed spare: the next
+    one waits for the backoff, never rebuilt in a tight loop. (The fault also replaces the
+    slot's active child: the guard replaces what the event reached.)"""
+    from .test_core_spare import driver, exit_cid, spare, spare_ready
+    d = driver()
+    d.ready()
+    spare_ready(d)
+    arm(d, E.Exited, "before")
+    exit_cid(d, spare(d).spare.cid, -9)
+    policy = spare(d).spares
+    assert spare(d).spare is None and policy.failures == 1 and policy.retry_at is not None
+    d.exit(0)                                    # the replaced active child goes
+    d.ready()
+    spares = [s for s in d.spawned if s.cause == "spare"]
+    d.at(policy.retry_at - 0.01)
+    assert [s for s in d.spawned if s.cause == "spare"] == spares    # not before its time
+    d.at(policy.retry_at)
+    assert len([s for s in d.spawned if s.cause == "spare"]) == len(spares) + 1

@@ -32,7 +32,7 @@ def recover(core, event: E.Event, text: str, now: float, in_event: bool) -> None
                 for tracked in child.let_go():
                     core.jobs.end(tracked, JobState.FAILED, Reason.WORKER_LOST, ran, now,
                                   "WorkerError")
-                slot.drop(cid)
+                slot.drop(cid, now, exited=True)
     scope = core.slots
     if in_event and not event.every_child:      # only what the event reached
         scope = [s for s in core.slots if s.index == slot_index
@@ -47,7 +47,7 @@ def recover(core, event: E.Event, text: str, now: float, in_event: bool) -> None
     for slot in core.slots:             # its start begins again; a process made for it goes
         child = slot.owns(cid) if cid is not None else None
         if child is not None and child.phase.unborn:
-            slot.drop(cid)
+            slot.drop(cid, now)
             core.send([Signal(signal.SIGKILL, cid, group=True)])
     if type(event) is E.Submit and event.tracked is None:
         named = TrackedJob({"id": some_id(event.job)}, event.listener, event.submitted)

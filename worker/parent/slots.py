@@ -401,9 +401,11 @@ class Slot:
         if child is not None:
             child.forget(action)
 
-    def drop(self, cid: int) -> bool:
+    def drop(self, cid: int, now: float, exited: bool = False) -> bool:
         """Let go of child `cid` whatever its phase (the guard: its exit was half-handled,
-        or its start is given up); True if it was one of this slot's."""
+        or its start is given up); True if it was one of this slot's. A spare that died
+        unasked still counts against the spare policy (so a fault on every spare's exit
+        backs off and turns spares off, as any failure does)."""
         child = self.owns(cid)
         if child is None:
             return False
@@ -412,6 +414,9 @@ class Slot:
             self.active = None
         elif child is self.spare:
             self.spare = None
+            if exited and (child.condemned is not None or child.stop_cause is None):
+                self.spares.failed(child.condemned or child.failure_text()
+                                   or "it exited (status unknown)", now)
         else:
             self.retiring.remove(child)
         return True
