@@ -70,6 +70,10 @@ _SHOWN = {Phase.SETTLING: ChildState.STARTING, Phase.LAUNCHING: ChildState.START
           Phase.BUSY: ChildState.BUSY}
 
 
+for _phase in Phase:      # (live, unborn, shown), read on every step: kept on the member
+    _phase.flags = (_phase.live, _phase.unborn, _phase.shown)
+
+
 class Role(enum.Enum):
     ACTIVE = "active"
     SPARE = "spare"
@@ -137,22 +141,24 @@ class Child:
     gpu_suspect: str | None = None     # a spare: an application Xid since it started, so
     gpu_checking: bool = False         # ... it passes the GPU check (sent) before promotion
     condemned: str | None = None       # a spare stopped as a failure, and why
+    live: bool = False                 # its phase is READY or BUSY (kept by _enter)
+    unborn: bool = True                # its phase is SETTLING or LAUNCHING: no process yet
+    state: ChildState = ChildState.STARTING   # its phase as the status publishes it
+
+    def __post_init__(self) -> None:
+        self._enter(self.phase)
+
+    def _enter(self, phase: Phase) -> None:
+        """Every phase change: the phase, and what is read of it on every step."""
+        self.phase = phase
+        self.live, self.unborn, self.state = phase.flags
 
     # --- what it is ------------------------------------------------------------------------
 
     @property
-    def live(self) -> bool:
-        return self.phase.live
-
-    @property
-    def state(self) -> ChildState:
-        """Its phase as the status publishes it."""
-        return self.phase.shown
-
-    @property
     def accepting(self) -> bool:
         """Ready for another job now."""
-        return self.phase.live and self.refresh_reason is None and not self.checking_memory
+        return self.live and self.refresh_reason is None and not self.checking_memory
 
     @property
     def room(self) -> int:
@@ -194,10 +200,12 @@ class Child:
 
     def settled(self, used_mb: float) -> None:
         """Its GPUs have the memory back: what is in use now is its baseline."""
-        self.phase, self.baseline_mb = Phase.LAUNCHING, used_mb
+        self._enter(Phase.LAUNCHING)
+        self.baseline_mb = used_mb
 
     def spawned(self, pid: int, now: float, setup_timeout: float) -> None:
-        self.phase, self.pid, self.started, self.last_beat = Phase.SETTING_UP, pid, now, now
+        self._enter(Phase.SETTING_UP)
+        self.pid, self.started, self.last_beat = pid, now, now
         self.setup_deadline = now + setup_timeout if setup_timeout > 0 else None
 
     def heard(self, now: float) -> None:
@@ -210,7 +218,8 @@ class Child:
     def became_ready(self, msg: P.Ready, now: float) -> bool:
         if self.phase is not Phase.SETTING_UP:
             return False
-        self.phase, self.ready_at = Phase.READY, now
+        self._enter(Phase.READY)
+        self.ready_at = now
         self.kind, self.mode, self.concurrency = msg.kind, msg.mode, max(1, msg.concurrency)
         self.preloaded = tuple(msg.preloaded)
         return True
@@ -268,7 +277,7 @@ class Child:
         """A job goes in (the core chose it, gave it a run and encoded it)."""
         self.jobs[tracked.run] = tracked
         self.log_ids = self.running_ids()
-        self.phase = Phase.BUSY
+        self._enter(Phase.BUSY)
         return [Send(msg, data, self.cid), Started(tracked.listener, tracked.id)]
 
     def done(self, msg: P.Done) -> TrackedJob | None:
@@ -303,7 +312,7 @@ class Child:
         """A busy child with no job left is ready; between jobs, its memory is read."""
         if self.jobs or self.phase is not Phase.BUSY:
             return []
-        self.phase = Phase.READY
+        self._enter(Phase.READY)
         if self.refresh_reason is None and watch_memory:
             self.checking_memory = True
             return [ReadMemory(self.slot, self.cid, self.pid, devices)]
@@ -323,7 +332,7 @@ class Child:
         cancel = P.Cancel(run)
         self.cancels[run] = (tracked.id, now + grace)
         if not self.jobs and self.phase is Phase.BUSY:
-            self.phase = Phase.READY
+            self._enter(Phase.READY)
         return [Send(cancel, cancel.encode(), self.cid)]
 
     def drop_run(self, run: int, restart_as: StartCause | None = None) -> None:
@@ -351,20 +360,21 @@ class Child:
     @property
     def replace_now(self) -> bool:
         """Marked for a refresh and idle: it may be stopped now."""
-        return self.phase.live and self.refresh_reason is not None and not self.jobs \
+        return self.live and self.refresh_reason is not None and not self.jobs \
             and not self.checking_memory
 
     def begin_stop(self, cause: StopCause, text: str, now: float, grace: float,
                    interrupt: bool = False) -> list:
         """Cooperative first: a Stop message, and SIGUSR1 to interrupt a handler running in
         the child's main thread (or its setup). A second stop changes nothing."""
-        if self.stop_cause is not None or self.phase.unborn or self.phase.over:
+        if self.stop_cause is not None or self.unborn or self.phase.over:
             return []
         actions: list = []
         if interrupt or self.phase is Phase.SETTING_UP:
             actions.append(Signal(signal.SIGUSR1, self.cid))
         self.stop_cause, self.stop_text = cause, text
-        self.phase, self.stop_step, self.stop_next = Phase.STOPPING, 0, now + grace
+        self._enter(Phase.STOPPING)
+        self.stop_step, self.stop_next = 0, now + grace
         stop = P.Stop(text)
         actions.append(Send(stop, stop.encode(), self.cid))
         return actions
@@ -376,7 +386,8 @@ class Child:
             return []
         self.stop_step += 1
         if self.stop_step >= 3:
-            self.stop_next, self.phase = None, Phase.LOST
+            self.stop_next = None
+            self._enter(Phase.LOST)
             return []
         sig = signal.SIGTERM if self.stop_step == 1 else signal.SIGKILL
         self.stop_next = now + (grace if self.stop_step == 1 else max(grace, KILL_WAIT_S))
@@ -393,7 +404,7 @@ class Child:
             if shutdown_at is not None:
                 return StopOrder(StopCause.SHUTDOWN, "shutdown")
             return None
-        if not self.phase.live:
+        if not self.live:
             return None
         if heartbeat_timeout > 0 and now - self.last_beat > heartbeat_timeout:
             return StopOrder(StopCause.HUNG,
@@ -419,7 +430,7 @@ class Child:
             return self.stop_next
         if self.phase is Phase.SETTING_UP:
             return self.setup_deadline
-        if not self.phase.live:
+        if not self.live:
             return None
         times = [deadline for _, deadline in self.cancels.values()]
         if heartbeat_timeout > 0:
@@ -430,7 +441,7 @@ class Child:
 
     def judge(self, code: int | None, setup_timeout: float, shutting_down: bool) -> Exit:
         """Its process is gone: the one judgement of what that means."""
-        self.phase = Phase.EXITED
+        self._enter(Phase.EXITED)
         how = describe_exit(code)
         if self.warm_refused is not None and not self.jobs_run:
             return Exit(ExitCause.SETUP_FAILED, StartCause.WARM_OFF, how, self.warm_refused)
@@ -459,7 +470,7 @@ class Child:
     def lose(self) -> None:
         """Its slot lets go of it without an exit (LOST, or the guard gave up on it)."""
         if not self.phase.over:
-            self.phase = Phase.LOST
+            self._enter(Phase.LOST)
 
     def forget(self, action) -> None:
         """An action it waited on was never carried out (the guard dropped it)."""

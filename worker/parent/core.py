@@ -124,9 +124,10 @@ class SupervisorCore:
     def _add(self, actions: list) -> None:
         """The step's next actions, after the final reports made so far: a listener hears
         a job's end before the next job's start, as the events happened."""
-        ended = self.jobs.take_ended()
+        ended = self.jobs.outbox
         if ended:
             self._out += ended
+            ended.clear()
         if actions:
             self._out += actions
 
@@ -136,8 +137,11 @@ class SupervisorCore:
             self.shutdown_at = now
 
     def _take(self) -> list:
-        self._add(())
         out, self._out = self._out, []
+        ended = self.jobs.outbox
+        if ended:
+            out += ended
+            ended.clear()
         return out
 
     # --- from the sources ----------------------------------------------------------------
@@ -261,8 +265,10 @@ class SupervisorCore:
 
     def _on_message(self, ev: E.Message, now: float) -> None:
         slot = self.slots[ev.slot]
-        child = slot.owns(ev.cid)
-        if child is not None and not child.phase.unborn:
+        child = slot.child
+        if child is None or child.cid != ev.cid:     # not its active child: which, if any
+            child = slot.owns(ev.cid)
+        if child is not None and not child.unborn:
             self._heard(slot, child, ev.msg, now)
 
     def _heard(self, slot: Slot, child: Child, msg: P.Message, now: float) -> None:
@@ -302,7 +308,9 @@ class SupervisorCore:
         verdict = recycling.after_job(result, child, self.settings)
         if verdict is not None:
             child.replace_when_idle(*verdict)
-        self._add(slot.idle(child))
+        actions = slot.idle(child)
+        if actions:
+            self._add(actions)
 
     def _garbled(self, slot: Slot, child: Child, msg: P.Garbled, now: float) -> None:
         """A frame from the child that the parent cannot read. A result or chunk names its
@@ -367,7 +375,7 @@ class SupervisorCore:
     def _on_exited(self, ev: E.Exited, now: float) -> None:
         slot = self.slots[ev.slot]
         child = slot.owns(ev.cid)
-        if child is None or child.phase.unborn:
+        if child is None or child.unborn:
             return                          # a child the core already let go of
         if slot.holds(ev.cid):
             for msg in ev.messages:         # its last words: results written still count
@@ -498,9 +506,11 @@ class SupervisorCore:
                              now)
         shutdown_at = self.shutdown_at
         for slot in self.slots:
-            self._check_deadlines(slot, now)
+            if slot.in_flight:
+                self._check_deadlines(slot, now)
             actions, lost = slot.check_clocks(now, shutdown_at)
-            self._add(actions)
+            if actions:
+                self._add(actions)
             if lost is not None:
                 verdict = slot.lost(lost, now)
                 self._lose(lost.let_go(), f"the worker process could not be stopped "
@@ -557,7 +567,9 @@ class SupervisorCore:
 
     def _dispatch(self, now: float) -> None:
         for slot in self.slots:
-            self._add(slot.refresh_if_idle(now))
+            actions = slot.refresh_if_idle(now)
+            if actions:
+                self._add(actions)
         if not self.pending or self.shutdown_at is not None:
             return
         open_slots = [s for s in self.slots if s.room() > 0]

@@ -3,7 +3,7 @@
 Owned by the supervisor core, used from its thread only. The queue is here; a job in a
 child is in that child's record (child.py), by run. `report` is the single place a job
 ends: it turns into one `Ended` action, and never a second time. Those actions wait in
-the book's own outbox (`take_ended`) rather than in a caller's list, so a report made
+the book's own outbox (`outbox`) rather than in a caller's list, so a report made
 before a fault in the same step still goes out. `active` holds every job not yet ended,
 by id, so the core's guard can find a job that a failed step left nowhere.
 """
@@ -51,7 +51,7 @@ class TrackedJob:
 
 class JobBook:
     def __init__(self, settings: Callable[[], Settings]):
-        self._ended: list = []            # Ended actions not yet taken by the core
+        self.outbox: list = []            # Ended actions not yet taken by the core
         self._settings = settings
         self.pending: collections.deque[TrackedJob] = collections.deque()
         self.active: dict[str, TrackedJob] = {}   # id -> job, queued or in a child
@@ -73,11 +73,7 @@ class JobBook:
         if self.active.get(tracked.id) is tracked:   # a refused duplicate is not it
             del self.active[tracked.id]
         self.finished += 1
-        self._ended.append(Ended(tracked.listener, result))
-
-    def take_ended(self) -> list:
-        out, self._ended = self._ended, []
-        return out
+        self.outbox.append(Ended(tracked.listener, result))
 
     def refuse(self, tracked: TrackedJob, text: str) -> None:
         self.report(tracked, self.failure(tracked.id, JobState.FAILED, Reason.REFUSED,

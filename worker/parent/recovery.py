@@ -46,7 +46,7 @@ def recover(core, event: E.Event, text: str, now: float, in_event: bool) -> None
                                       interrupt=True))
     for slot in core.slots:             # its start begins again; a process made for it goes
         child = slot.owns(cid) if cid is not None else None
-        if child is not None and child.phase.unborn:
+        if child is not None and child.unborn:
             slot.drop(cid, now)
             core.send([Signal(signal.SIGKILL, cid, group=True)])
     if type(event) is E.Submit and event.tracked is None:

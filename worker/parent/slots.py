@@ -40,6 +40,7 @@ class Slot:
         self.many = many               # the worker has other slots (log lines say which)
         self.settings = settings       # the effective settings; the core keeps it current
         self.active: Child | None = None   # from the core's ask to its exit
+        self.child: Child | None = None    # the active child once it has a process
         self.spare: Child | None = None
         self.retiring: list = []
         self.spares = SparePolicy()
@@ -74,17 +75,17 @@ class Slot:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.devices)
         return env
 
-    @property
-    def child(self) -> Child | None:
-        """The active child, once it has a process."""
-        c = self.active
-        return c if c is not None and not c.phase.unborn else None
+    def _place(self, active: Child | None) -> None:
+        """The active child changes: `child` is it once it has a process (read on every
+        step, so kept rather than computed)."""
+        self.active = active
+        self.child = active if active is not None and not active.unborn else None
 
     @property
     def starting(self) -> int | None:
         """The number of the active child being started (settling or launching)."""
         c = self.active
-        return c.cid if c is not None and c.phase.unborn else None
+        return c.cid if c is not None and c.unborn else None
 
     @property
     def in_flight(self) -> dict:
@@ -141,7 +142,7 @@ class Slot:
         c = self.child
         return ChildView(
             slot=self.index, devices=self.devices, pid=c.pid if c else None,
-            state=c.phase.shown if c else None, mode=c.mode if c else None,
+            state=c.state if c else None, mode=c.mode if c else None,
             concurrency=c.concurrency if c else 1,
             capacity=c.concurrency if running and c is not None and c.accepting else 0,
             preloaded=c.preloaded if c else (), jobs_run=c.jobs_run if c else 0,
@@ -167,7 +168,7 @@ class Slot:
         previous, self.previous_mb = self.previous_mb, None
         need, self.lost_need_mb = self.lost_need_mb, None
         gone, self.previous_pid = self.previous_pid, None
-        self.active = Child(cid, self.index)
+        self._place(Child(cid, self.index))
         return Settle(self.index, cid, self.devices, None if self.shared else previous,
                       need, gone)
 
@@ -192,17 +193,18 @@ class Slot:
     def give_up_start(self) -> None:
         """The active child being started will not start (not now, or a fault)."""
         if self.starting is not None:
-            self.active = None
+            self._place(None)
 
     def spawned(self, cid: int, pid: int, now: float) -> list:
         s = self.settings
-        if self.spare is not None and self.spare.cid == cid and self.spare.phase.unborn:
+        if self.spare is not None and self.spare.cid == cid and self.spare.unborn:
             self.spare.spawned(pid, now, s.setup_timeout)
             self.spares.spawned()
             return []
         if self.starting != cid:     # a start given up on (recover): not ours to keep
             return [Signal(signal.SIGKILL, cid, group=True)]
         self.active.spawned(pid, now, s.setup_timeout)
+        self._place(self.active)
         self.spawns += 1
         self.start_failures, self.start_error = 0, None
         return []
@@ -211,7 +213,7 @@ class Slot:
                      now: float) -> Verdict | None:
         """A start failed: a spare's backs off; the active child's is tried again after a
         backoff when it failed for a moment, and is a setup failure otherwise."""
-        if self.spare is not None and self.spare.cid == cid and self.spare.phase.unborn:
+        if self.spare is not None and self.spare.cid == cid and self.spare.unborn:
             self.spare = None
             if transient:      # it does not fit, or not now
                 self.spares.not_now(error, short_of_gpu, now)
@@ -220,7 +222,7 @@ class Slot:
             return None
         if self.starting != cid:
             return None
-        self.active = None
+        self._place(None)
         if not transient:
             return Verdict(VerdictKind.SETUP_FAILED,
                            f"the worker process could not be started: {error}")
@@ -353,7 +355,7 @@ class Slot:
             elif child.stop_cause is None or child.stop_cause is StopCause.SETUP_TIMEOUT:
                 self.spares.failed(child.failure_text() or f"it {end.how}", now)
             return end, None
-        self.active = None
+        self._place(None)
         self.previous_mb = child.baseline_mb if child.baseline_known else None
         self.previous_pid = child.pid
         self.next_cause = end.next_start
@@ -375,7 +377,7 @@ class Slot:
         it if it ever exits; its jobs are the caller's). The next child starts once its
         memory is back or a fit check passes; it counts towards the breaker."""
         s = self.settings
-        self.active = None
+        self._place(None)
         self.lost_count += 1
         self.previous_mb = child.baseline_mb if child.baseline_known else None
         self.previous_pid = child.pid
@@ -392,9 +394,9 @@ class Slot:
         on it stops waiting."""
         if type(action) is Settle or type(action) is Spawn:
             if self.starting == action.cid:
-                self.active = None
+                self._place(None)
             if self.spare is not None and self.spare.cid == action.cid \
-                    and self.spare.phase.unborn:
+                    and self.spare.unborn:
                 self.spare = None
             return
         child = self.owns(getattr(action, "cid", -1))
@@ -411,7 +413,7 @@ class Slot:
             return False
         child.lose()
         if child is self.active:
-            self.active = None
+            self._place(None)
         elif child is self.spare:
             self.spare = None
             if exited and (child.condemned is not None or child.stop_cause is None):
@@ -453,7 +455,8 @@ class Slot:
             old.retire()
             self.retiring.append(old)
         spare.promote()
-        self.active, self.spare = spare, None
+        self._place(spare)
+        self.spare = None
         self.spares.promoted()
         self.spawns += 1
         self.next_cause = StartCause.SPARE
@@ -491,7 +494,7 @@ class Slot:
                 log.error("retired child %d did not exit after SIGKILL: let go", child.pid)
                 self.retiring.remove(child)
         spare = self.spare
-        if spare is None or spare.phase.unborn:
+        if spare is None or spare.unborn:
             return actions
         if spare.stopping:
             actions += spare.escalate(now, s.stop_grace)
@@ -514,7 +517,7 @@ class Slot:
         times = [self.retry_at] if self.retry_at is not None else []
         times += [c.stop_next for c in self.retiring]
         spare = self.spare
-        if spare is not None and not spare.phase.unborn:
+        if spare is not None and not spare.unborn:
             if spare.stopping:
                 times.append(spare.stop_next)
             elif spare.phase is Phase.SETTING_UP:
@@ -557,7 +560,7 @@ class Slot:
                    grace: float | None = None) -> list:
         """Drop the spare (shutdown, a cold refresh, the slot out, too old, failed)."""
         spare = self.spare
-        if spare is None or spare.phase.unborn or spare.stopping:
+        if spare is None or spare.unborn or spare.stopping:
             return []
         log.info("stopping spare child %d: %s", spare.pid, text)
         return spare.begin_stop(cause, text, now, self.settings.stop_grace

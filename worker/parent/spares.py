@@ -40,6 +40,9 @@ class SpareSetting(str, enum.Enum):
     OFF = "off"
 
 
+_SETTINGS = {m.value: m for m in SpareSetting}
+
+
 class SparePolicy:
     def __init__(self):
         self.failures = 0                       # spare failures in a row
@@ -52,7 +55,7 @@ class SparePolicy:
         self.freed_at: float | None = None      # when a retiring child last exited
 
     def enabled(self, settings: Settings, devices: tuple) -> bool:
-        setting = SpareSetting(settings.spare)
+        setting = _SETTINGS[settings.spare]
         if setting is SpareSetting.OFF or self.off is not None:
             return False
         if setting is SpareSetting.ON:
@@ -116,8 +119,8 @@ class SparePolicy:
 
     def view(self, spare, retiring: list) -> dict:
         """As /health shows it (`ready_at` on the loop's clock)."""
-        c = spare if spare is not None and not spare.phase.unborn else None
-        return {"state": c.phase.shown.value if c else ("starting" if spare else None),
+        c = spare if spare is not None and not spare.unborn else None
+        return {"state": c.state.value if c else ("starting" if spare else None),
                 "pid": c.pid if c else None, "ready_at": c.ready_at if c else None,
                 "rss_bytes": c.rss if c else 0, "off": self.off, "unfit": self.unfit,
                 "vram_mb": (c.torch or {}).get("reserved_mb") if c else None,
