@@ -470,7 +470,9 @@ class Slot:
         s = self.settings
         if self.retry_at is not None and now >= self.retry_at:
             self.retry_at = None
-        actions = self._spare_clocks(now, keep=shutdown_at is None and self.out is None)
+        actions = self._spare_clocks(now, keep=shutdown_at is None and self.out is None) \
+            if self.spare is not None or self.retiring or self.spares.retry_at is not None \
+            else []
         child = self.child
         if child is None:
             return actions, None

@@ -48,7 +48,7 @@ class ChildView(NamedTuple):
     deaths: int = 0                    # its restart breaker's count (restart_limit trips it)
     lost: int = 0                      # children here that did not exit after SIGKILL
     start_error: str | None = None     # a start failed for a moment: retrying, and why
-    spare: dict | None = None          # its spare child (spares.Spares.view)
+    spare: dict | None = None          # its spare child (spares.SparePolicy.view)
     code: tuple = ()                   # reload mode: (files, packages) its children ran
 
     @property
