@@ -724,6 +724,22 @@ def test_a_refresh_asked_while_the_child_is_being_started_is_not_lost():
     assert d.stops() == ["refresh: asked early"]       # asked once, done once
 
 
+def test_a_refresh_asked_while_a_start_fails_for_a_moment_goes_to_the_next_child():
+    """The start it was asked during is given up (a moment's failure); the child started
+    after the backoff gets it, once it has a process, as the first one would have."""
+    d = Driver(hold=True)
+    d.refresh("code changed")          # the child is settling
+    d.fail_spawn, d.transient = True, True
+    d.deliver()                        # Settled -> Spawn -> SpawnFailed
+    assert d.child is None and d.core.slots[0].start_failures == 1
+    d.fail_spawn = False
+    d.at(d.now + 1.0)                  # the backoff is over: another start
+    d.deliver()
+    d.ready()
+    d.submit("a")
+    assert d.runs() == [] and d.stops() == ["refresh: code changed"]
+
+
 def test_events_that_answer_an_action_come_on_a_later_turn_and_in_order():
     """No re-entrant apply: the core's answer to Settle is Spawn only when Settled is fed."""
     d = Driver(hold=True)

@@ -201,9 +201,13 @@ def test_with_a_spare_every_job_ends_once_on_one_live_child_and_never_three(even
             assert slot.child.state in (ChildState.BUSY, ChildState.STOPPING)
         assert s is None or s is not slot.child
         assert not slot.in_flight or slot.child is not None
-        starting = [c for c in (slot.active, s) if c is not None
-                    and c.state is ChildState.STARTING]
-        assert len(starting) <= 2               # an active and a spare at most, never three
+        # No orphan: every process started and not gone, not killed and not still on
+        # its way (Spawned not yet fed) is a child some role of the slot holds.
+        on_the_way = {e.cid for e in d.later if isinstance(e, E.Spawned)}
+        orphans = [a.cid for a in d.spawned if a.cid not in d.gone and a.cid not in d.killed
+                   and a.cid not in on_the_way and slot.owns(a.cid) is None]
+        assert orphans == []
+        assert len([c for c in slot.children() if not c.stopping]) <= 2
         asked = {c for c, m in d.sent_cids if isinstance(m, P.Check)}
         assert slot.child is None or slot.child.cid not in asked - d.passed, \
             "a spare took over before it passed its GPU check"
@@ -325,3 +329,58 @@ def test_a_spare_short_of_gpu_memory_just_after_a_child_left_is_asked_again_soon
     d.fail_spawn = False
     d.at(s.retry_at)
     assert spare(d).spare is not None and spare(d).spares.unfit is None
+
+
+def test_an_exit_whose_last_words_swap_in_the_spare_ends_the_child_that_exited():
+    """The child's last messages (an unreadable chunk of its inline job) stop it and swap
+    in the ready spare; the exit that comes with them is the old child's, not the
+    spare's: the spare serves on, nothing retires, no third child is started."""
+    d = driver()
+    d.ready()                                    # inline
+    spare_ready(d)
+    first, second = d.cid(), spare(d).spare.cid
+    d.submit("a")
+    settles = len(d.settles)
+    d.exit(-9, messages=[P.Garbled("chunk", d.run_of("a"), "ValueError: bad")])
+    assert d.child.cid == second and spare(d).retiring == []
+    assert len(d.settles) == settles and d.result("a").error_info()["error_type"] \
+        == "ChunkUnreadable"
+    assert first in d.gone and second not in d.killed
+
+
+def test_a_spare_lost_after_its_failed_gpu_check_leaves_nothing_to_the_next_one():
+    """What a spare went through is its own: the next spare after one that failed its GPU
+    check and was lost (no exit after SIGKILL) is not checked again for that Xid, and
+    takes over when it is needed."""
+    d = driver()
+    d.ready()
+    spare_ready(d)
+    d.gpu_event(13)
+    checked(d, False)                           # the check failed: stopped as a failure
+    lost = spare(d).spare.cid
+    for _ in range(4):                          # Stop, SIGTERM, SIGKILL, then lost
+        d.at(d.now + 6.0)
+    assert spare(d).spare is None or spare(d).spare.cid != lost
+    if spare(d).spare is None:
+        d.at(d.now + 60.0)                      # a new spare once any backoff is over
+    checks = len([m for m in d.sent if isinstance(m, P.Check)])
+    spare_ready(d)
+    assert len([m for m in d.sent if isinstance(m, P.Check)]) == checks
+    assert spare(d).spare_ready
+    d.refresh()
+    assert d.core.slots[0].spares.promotions == 1
+
+
+def test_a_spare_that_dies_is_reported_with_its_own_reason_not_an_earlier_ones():
+    """A spare that failed its set-up with a message, then two that died without one: the
+    slot turns spares off naming the last one's death, not the first one's message."""
+    d = driver()
+    d.ready()
+    s = spare(d)
+    d.feed(E.Message(0, s.spare.cid, P.SetupFailed("boom at import", "Traceback ...")))
+    exit_cid(d, s.spare.cid, 1)
+    for _ in range(2):
+        d.at(s.spares.retry_at)
+        exit_cid(d, s.spare.cid, -9)            # dies in set-up, saying nothing
+    assert s.spares.off is not None and "boom" not in s.spares.off
+    assert "killed by SIGKILL" in s.spares.off

@@ -121,16 +121,17 @@ class JobResult:
     body: dict
     refresh: bool | str = False     # "cold": the next child starts after this job
 
-    @property
-    def refresh_cold(self) -> bool:
-        """The handler asked for a cold refresh (`refresh_worker: "cold"`)."""
-        return self.refresh == COLD
     delay_ms: int = 0
     execution_ms: int = 0
     setup_wait_ms: int = 0     # of the delay, the time no child was ready (a start, a refresh)
     ran: bool = False          # it started in a child: the times above are its own
     trace: str | None = None   # the job's W3C traceparent, when it came with one
     extra: dict = field(default_factory=dict)
+
+    @property
+    def refresh_cold(self) -> bool:
+        """The handler asked for a cold refresh (`refresh_worker: "cold"`)."""
+        return self.refresh == COLD
 
     def times(self) -> dict:
         """The time breakdown every final record carries, in RunPod's names (ms)."""

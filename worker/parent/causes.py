@@ -20,10 +20,6 @@ class StopCause(enum.Enum):
     INTERNAL_ERROR = "internal error"    # the parent failed on an event about this child
 
     @property
-    def counts_as_death(self) -> bool:
-        return self is StopCause.HUNG
-
-    @property
     def swaps_in_spare(self) -> bool:
         """After this stop a ready spare takes over at once (when no job is in the way)."""
         return self in _SWAP
@@ -35,6 +31,7 @@ _SWAP = frozenset({StopCause.REFRESH, StopCause.JOB_ENDED, StopCause.CANCEL_IGNO
 
 class ExitCause(enum.Enum):
     """How a child's life ended, judged once when its exit is seen (child.Child.judge)."""
+    WARM_REFUSED = "warm import refused"   # the forkserver's warm import: it starts cold
     SETUP_FAILED = "setup failed"          # the module raised before start()
     SETUP_TIMEOUT = "setup timeout"
     SETUP_DIED = "died during setup"

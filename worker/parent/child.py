@@ -67,7 +67,7 @@ class Phase(enum.Enum):
 
 _SHOWN = {Phase.SETTLING: ChildState.STARTING, Phase.LAUNCHING: ChildState.STARTING,
           Phase.SETTING_UP: ChildState.STARTING, Phase.READY: ChildState.READY,
-          Phase.BUSY: ChildState.BUSY}
+          Phase.BUSY: ChildState.BUSY}      # stopping, exited, lost: "stopping" until let go
 
 
 for _phase in Phase:      # (live, unborn, shown), read on every step: kept on the member
@@ -91,17 +91,17 @@ class Exit:
     details: str = ""                # the setup failure's traceback
 
 
-# How a child's life ended, by (it was ready once, why it was stopped); a setup failure
-# the child reported is judged first.
-_ANY_OTHER = object()
+# How a child's life ended, by (it was ready once, why the parent stopped it: None if it
+# was not stopped), for every pair; a set-up failure the child reported, or a warm import
+# it refused before running a job, is judged first.
 _EXITS = {
     (False, None): ExitCause.SETUP_DIED,
-    (False, StopCause.SETUP_TIMEOUT): ExitCause.SETUP_TIMEOUT,
-    (False, _ANY_OTHER): ExitCause.STOPPED_IN_SETUP,
     (True, None): ExitCause.CRASHED,
-    (True, StopCause.SETUP_TIMEOUT): ExitCause.SETUP_TIMEOUT,   # (as the old chain: a timeout wins)
-    (True, StopCause.HUNG): ExitCause.HUNG,
-    (True, _ANY_OTHER): ExitCause.STOPPED,
+    **{(False, stop): ExitCause.SETUP_TIMEOUT if stop is StopCause.SETUP_TIMEOUT
+       else ExitCause.STOPPED_IN_SETUP for stop in StopCause},
+    **{(True, stop): ExitCause.HUNG if stop is StopCause.HUNG
+       else ExitCause.SETUP_TIMEOUT if stop is StopCause.SETUP_TIMEOUT
+       else ExitCause.STOPPED for stop in StopCause},
 }
 
 
@@ -138,7 +138,7 @@ class Child:
     stop_step: int = 0
     stop_next: float | None = None
     ready_at: float | None = None
-    gpu_suspect: str | None = None     # a spare: an application Xid since it started, so
+    gpu_check_after: str | None = None     # a spare: an application Xid since it started, so
     gpu_checking: bool = False         # ... it passes the GPU check (sent) before promotion
     condemned: str | None = None       # a spare stopped as a failure, and why
     live: bool = False                 # its phase is READY or BUSY (kept by _enter)
@@ -177,7 +177,7 @@ class Child:
     @property
     def promotable(self) -> bool:
         """A spare that may take over now."""
-        return self.phase is Phase.READY and self.gpu_suspect is None
+        return self.phase is Phase.READY and self.gpu_check_after is None
 
     def running_ids(self) -> tuple:
         return tuple(t.id for t in self.jobs.values())
@@ -240,21 +240,21 @@ class Child:
     def retire(self) -> None:
         self.role = Role.RETIRING
 
-    def suspect_gpu(self, label: str) -> list:
+    def owe_gpu_check(self, label: str) -> list:
         """An application Xid while it is a spare: the GPU check before it takes over."""
         if self.stopping:
             return []
-        self.gpu_suspect = label
+        self.gpu_check_after = label
         return self.check_gpu()
 
     def check_gpu(self) -> list:
         """Ask a ready spare under suspicion for the GPU check (once)."""
-        if self.gpu_suspect is None or self.gpu_checking or self.phase is not Phase.READY:
+        if self.gpu_check_after is None or self.gpu_checking or self.phase is not Phase.READY:
             return []
         self.gpu_checking = True
         log.info("spare child %d: running the GPU check (after %s) before it may take over",
-                 self.pid, self.gpu_suspect)
-        msg = P.Check(self.gpu_suspect)
+                 self.pid, self.gpu_check_after)
+        msg = P.Check(self.gpu_check_after)
         return [Send(msg, msg.encode(), self.cid)]
 
     def checked(self, msg: P.Checked) -> bool:
@@ -262,10 +262,10 @@ class Child:
         self.gpu_checking = False
         if msg.ok:
             log.info("spare child %d passed the GPU check after %s: %s", self.pid,
-                     self.gpu_suspect, msg.message)
-            self.gpu_suspect = None
+                     self.gpu_check_after, msg.message)
+            self.gpu_check_after = None
             return True
-        self.condemned = f"the GPU check after {self.gpu_suspect} failed: {msg.message}"
+        self.condemned = f"the GPU check after {self.gpu_check_after} failed: {msg.message}"
         return False
 
     def condemn(self, why: str) -> None:
@@ -444,13 +444,9 @@ class Child:
         self._enter(Phase.EXITED)
         how = describe_exit(code)
         if self.warm_refused is not None and not self.jobs_run:
-            return Exit(ExitCause.SETUP_FAILED, StartCause.WARM_OFF, how, self.warm_refused)
-        if self.setup_error is not None:
-            cause = ExitCause.SETUP_FAILED
-        else:
-            stop = self.stop_cause if self.stop_cause in (None, StopCause.SETUP_TIMEOUT,
-                                                          StopCause.HUNG) else _ANY_OTHER
-            cause = _EXITS[(self.kind is not None, stop)]
+            return Exit(ExitCause.WARM_REFUSED, StartCause.WARM_OFF, how, self.warm_refused)
+        cause = ExitCause.SETUP_FAILED if self.setup_error is not None \
+            else _EXITS[(self.kind is not None, self.stop_cause)]
         if cause is ExitCause.CRASHED:
             start = StartCause.CRASH
         elif cause.in_setup and cause is not ExitCause.STOPPED_IN_SETUP:

@@ -392,9 +392,9 @@ class SupervisorCore:
         (blame.py); a set-up that failed or a warm import refused is the worker's."""
         jobs = child.let_go()
         s = self.settings
-        if end.warm_refused is not None or end.cause.in_setup:
+        if end.cause is ExitCause.WARM_REFUSED or end.cause.in_setup:
             self._lose(jobs, f"the worker process {end.how}", now)   # none: it never was ready
-            if end.warm_refused is not None:
+            if end.cause is ExitCause.WARM_REFUSED:
                 self._judged(slot, Verdict(VerdictKind.WARM_REFUSED, end.warm_refused))
             elif end.setup_failure is not None:
                 self._judged(slot, Verdict(VerdictKind.SETUP_FAILED, end.setup_failure,
@@ -413,6 +413,8 @@ class SupervisorCore:
             reason_text = f"the worker process was stopped ({child.stop_text}) during the job"
             failed = jobs
         self._lose(failed, reason_text, now)
+        if end.cause is ExitCause.CRASHED:
+            log.error("child %d%s %s", child.pid, slot.label(), end.how)
 
     def _judged(self, slot: Slot, verdict) -> None:
         """What a child's end means for the worker."""
@@ -494,10 +496,12 @@ class SupervisorCore:
     def status(self) -> Status:
         fate = self.fate
         running = fate.state is WorkerState.RUNNING and self.shutdown_at is None
-        return Status(self.settings, fate.state, fate.message, self.handler_kind,
-                      tuple(s.view(running) for s in self.slots), self.spawns,
-                      len(self.pending), self.jobs.finished, self.last_ready_s,
-                      self.gpu_events, self.jobs.received)
+        return Status(settings=self.settings, state=fate.state, failure=fate.message,
+                      kind=self.handler_kind,
+                      children=tuple(s.view(running) for s in self.slots),
+                      spawns=self.spawns, pending=len(self.pending),
+                      finished=self.jobs.finished, last_ready_s=self.last_ready_s,
+                      gpu_events=self.gpu_events, received=self.jobs.received)
 
     # --- the step after every event ---------------------------------------------------
 
@@ -553,17 +557,9 @@ class SupervisorCore:
             if slot.wants_child:
                 self.cids += 1
                 self._add([slot.ask_child(self.cids)])
-            elif slot.out is None and self._wants_spare(slot):
+            elif slot.out is None and slot.wants_spare:
                 self.cids += 1
                 self._add([slot.ask_spare(self.cids)])
-
-    def _wants_spare(self, slot: Slot) -> bool:
-        """A spare now? Only beside a live active child, with none being built or retiring,
-        past a failure's backoff."""
-        active = slot.child
-        return (active is not None and active.live and slot.spare is None
-                and not slot.retiring and slot.spares.retry_at is None
-                and slot.spares.enabled(self.settings, slot.devices))
 
     def _dispatch(self, now: float) -> None:
         for slot in self.slots:

@@ -43,20 +43,23 @@ class WorkerFate:
         anyone_ready = any(s.ever_ready for s in self._slots)
         if anyone_ready and failures < self._settings().restart_limit:
             return                           # the core starts another
-        self.slot_out(slot, f"handler setup failed: {message}", WorkerState.SETUP_FAILED,
-                      details, tail, revivable=not anyone_ready)
+        self.slot_out(slot, message, WorkerState.SETUP_FAILED, details, tail,
+                      revivable=not anyone_ready)
 
     def slot_out(self, slot: Slot, message: str, final: WorkerState, details: str = "",
                  tail: tuple = (), revivable: bool = False) -> None:
         """No child starts in `slot` again (`revivable`: unless a child elsewhere becomes
-        ready); with no slot left, the worker takes `final`."""
-        slot.take_out(message, revivable)
+        ready); with no slot left, the worker takes `final`. For SETUP_FAILED, `message`
+        is the set-up's own failure."""
+        why = f"handler setup failed: {message}" if final is WorkerState.SETUP_FAILED \
+            else message
+        slot.take_out(why, revivable)
         left = sum(s.out is None for s in self._slots)
         if left:
             log.error("child%s is out of service (%s); %d of %d children go on",
-                      slot.label(), message, left, len(self._slots))
+                      slot.label(), why, left, len(self._slots))
         elif final is WorkerState.SETUP_FAILED:
-            self.setup_failed(message.removeprefix("handler setup failed: "), details, tail)
+            self.setup_failed(message, details, tail)
         else:
             self.broken(message, "WorkerBroken")
 

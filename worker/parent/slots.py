@@ -44,6 +44,8 @@ class Slot:
         self.spare: Child | None = None
         self.retiring: list = []
         self.spares = SparePolicy()
+        self.refresh_asked: str | None = None   # a refresh asked while a child was being
+                                                # started: its first child with a process gets it
         self.previous_mb: float | None = None   # the last child's baseline (settle wait)
         self.previous_pid: int | None = None    # ... and its pid (NVML per process)
         self.breaker = RestartBreaker()
@@ -110,6 +112,15 @@ class Slot:
     def wants_child(self) -> bool:
         return self.active is None and self.out is None and self.retry_at is None \
             and not self.spare_coming
+
+    @property
+    def wants_spare(self) -> bool:
+        """A spare now? Only beside a live active child, with none being built or retiring,
+        past a failure's backoff, where the policy keeps one."""
+        active = self.child
+        return (active is not None and active.live and self.spare is None
+                and not self.retiring and self.spares.retry_at is None
+                and self.spares.enabled(self.settings, self.devices))
 
     @property
     def spare_coming(self) -> bool:
@@ -205,6 +216,9 @@ class Slot:
             return [Signal(signal.SIGKILL, cid, group=True)]
         self.active.spawned(pid, now, s.setup_timeout)
         self._place(self.active)
+        if self.refresh_asked is not None:
+            self.active.replace_when_idle(self.refresh_asked, StartCause.REFRESH)
+            self.refresh_asked = None
         self.spawns += 1
         self.start_failures, self.start_error = 0, None
         return []
@@ -252,10 +266,13 @@ class Slot:
                        f"in a row {text} (WORKER_RESTART_LIMIT)")
 
     def refresh(self, reason: str) -> None:
-        """Replace its child once idle; a child being started counts (a refresh never
-        falls between a child's start and its record)."""
-        if self.active is not None:
-            self.active.replace_when_idle(reason, StartCause.REFRESH)
+        """Replace its child once idle. One being started gets it once it has a process,
+        even if this start is given up and another is asked (a refresh never falls
+        between a child's start and its process)."""
+        if self.child is not None:
+            self.child.replace_when_idle(reason, StartCause.REFRESH)
+        elif self.active is not None and self.refresh_asked is None:
+            self.refresh_asked = reason
 
     # --- its children's messages -----------------------------------------------------------
 
@@ -322,7 +339,7 @@ class Slot:
     def xid(self, label: str) -> list:
         """An application Xid: whatever spare there is (or is coming) passes the GPU check
         before it takes over."""
-        return self.spare.suspect_gpu(label) if self.spare is not None else []
+        return self.spare.owe_gpu_check(label) if self.spare is not None else []
 
     # --- its active child's jobs (the core decides them) -----------------------------------
 
@@ -352,21 +369,19 @@ class Slot:
             self.spare = None
             if child.condemned is not None:
                 self.spares.failed(child.condemned, now)
-            elif child.stop_cause is None or child.stop_cause is StopCause.SETUP_TIMEOUT:
+            elif child.stop_cause is None:       # (a set-up timeout condemned it)
                 self.spares.failed(child.failure_text() or f"it {end.how}", now)
             return end, None
         self._place(None)
         self.previous_mb = child.baseline_mb if child.baseline_known else None
         self.previous_pid = child.pid
         self.next_cause = end.next_start
-        if end.warm_refused is not None or end.cause.in_setup:
+        if end.cause is ExitCause.WARM_REFUSED or end.cause.in_setup:
             return end, None
         if end.cause.is_death and child.jobs_run == 0:   # a storm: deaths before any job ends
             self.breaker.record(now, s.restart_window)
-        if end.cause is ExitCause.CRASHED:
-            log.error("child %d%s %s", child.pid, self.label(), end.how)
-            if not self.spare_ready:
-                self.spares.replaced_without_spare(s, self.devices)
+        if end.cause is ExitCause.CRASHED and not self.spare_ready:
+            self.spares.replaced_without_spare(s, self.devices)
         if end.cause.is_death:
             return end, self._tripped(f"died before finishing a job, within "
                                       f"{s.restart_window:g}s; not respawning")
@@ -418,9 +433,11 @@ class Slot:
             self.spare = None
             if exited and (child.condemned is not None or child.stop_cause is None):
                 self.spares.failed(child.condemned or child.failure_text()
-                                   or "it exited (status unknown)", now)
+                                   or f"it {recycling.describe_exit(None)}", now)
         else:
             self.retiring.remove(child)
+            if exited:
+                self.spares.retired_gone(now)
         return True
 
     # --- the worker's verdicts on it ---------------------------------------------------------

@@ -2,7 +2,9 @@
 serves, so that replacing the active child is a swap, not a wait for a new one's set-up.
 
 The slot holds the spare (a child.Child in the SPARE role) and the children it replaced
-(RETIRING); this policy says when one is wanted, and what a failure means. A spare has run
+(RETIRING), and asks for a spare beside a live active child (Slot.wants_spare); this
+policy says whether the slot keeps one at all, how long after a failure it waits, and
+what failures turn it off. A spare has run
 no job, so a promoted spare is as fresh as a new child. Its failures never take the slot
 out of service: rebuilds back off, and after SPARE_FAILURES_OFF in a row the slot keeps
 no spare (the reason in /health). A retiring child stops as any child does (Stop,
@@ -53,6 +55,7 @@ class SparePolicy:
         self.unspared = 0          # replacements that found no spare ready
         self.unfit: str | None = None           # why a spare does not fit now (numbers)
         self.freed_at: float | None = None      # when a retiring child last exited
+        self._none_view: tuple | None = None    # (its figures, the view with no spare)
 
     def enabled(self, settings: Settings, devices: tuple) -> bool:
         setting = _SETTINGS[settings.spare]
@@ -118,14 +121,24 @@ class SparePolicy:
         self.retry_at = now + UNFIT_RETRY_S
 
     def view(self, spare, retiring: list) -> dict:
-        """As /health shows it (`ready_at` on the loop's clock)."""
+        """As /health shows it (`ready_at` on the loop's clock). Read-only for the caller:
+        with no spare and no retiring child (most slots, most of the time) the same dict
+        is handed out until a figure in it changes."""
+        if spare is None and not retiring:
+            key = (self.off, self.unfit, self.failures, self.promotions, self.unspared)
+            if self._none_view is None or self._none_view[0] != key:
+                self._none_view = (key, self._view(None, retiring))
+            return self._none_view[1]
+        return self._view(spare, retiring)
+
+    def _view(self, spare, retiring: list) -> dict:
         c = spare if spare is not None and not spare.unborn else None
         return {"state": c.state.value if c else ("starting" if spare else None),
                 "pid": c.pid if c else None, "ready_at": c.ready_at if c else None,
                 "rss_bytes": c.rss if c else 0, "off": self.off, "unfit": self.unfit,
                 "vram_mb": (c.torch or {}).get("reserved_mb") if c else None,
-                "gpu_check": None if spare is None or spare.gpu_suspect is None
-                else f"after {spare.gpu_suspect}",
+                "gpu_check": None if spare is None or spare.gpu_check_after is None
+                else f"after {spare.gpu_check_after}",
                 "failures": self.failures, "promotions": self.promotions,
                 "replaced_without_spare": self.unspared,
                 "retiring": [r.pid for r in retiring]}
