@@ -94,6 +94,9 @@ class Driver(A.JobListener):
             self.fail_send -= 1
             raise RuntimeError("injected: the channel failed")
         assert a.data == a.msg.encode()
+        if a.cid in self.gone:           # the loop let go of its host before its exit came:
+            assert not isinstance(a.msg, P.Run), "a job sent to a child known to be gone"
+            return                       # a Stop or a Cancel to it goes nowhere
         slot = self._slot_of_child(a.cid)
         assert slot is not None, "a message to a child the core does not hold"
         if isinstance(a.msg, P.Run):     # only to a live child, never to one going

@@ -310,3 +310,20 @@ def test_a_spare_whose_exit_faults_counts_as_a_failed_spare_and_backs_off():
     assert [s for s in d.spawned if s.cause == "spare"] == spares    # not before its time
     d.at(policy.retry_at)
     assert len([s for s in d.spawned if s.cause == "spare"]) == len(spares) + 1
+
+
+def test_a_crash_whose_blame_faults_counts_no_replacement_without_a_spare(monkeypatch):
+    """The replacement is counted once the crashed child's jobs are dealt with: a fault
+    while blaming them leaves the count as it was (as before the child's state moved)."""
+    from worker.parent import blame
+    from .test_core_spare import driver, spare
+    d = driver()
+    d.ready()                                   # a spare is asked, not yet ready
+    d.submit("a")
+
+    def fault(*args, **kwargs):
+        raise Injected("in after_crash")
+    monkeypatch.setattr(blame, "after_crash", fault)
+    d.exit(-9)
+    assert d.result("a").state is JobState.FAILED
+    assert spare(d).spares.unspared == 0

@@ -342,7 +342,7 @@ def test_an_exit_whose_last_words_swap_in_the_spare_ends_the_child_that_exited()
     d.submit("a")
     settles = len(d.settles)
     d.exit(-9, messages=[P.Garbled("chunk", d.run_of("a"), "ValueError: bad")])
-    assert d.child.cid == second and spare(d).retiring == []
+    assert d.child.cid == second and d.child.stop_cause is None and spare(d).retiring == []
     assert len(d.settles) == settles and d.result("a").error_info()["error_type"] \
         == "ChunkUnreadable"
     assert first in d.gone and second not in d.killed

@@ -415,6 +415,7 @@ class SupervisorCore:
         self._lose(failed, reason_text, now)
         if end.cause is ExitCause.CRASHED:
             log.error("child %d%s %s", child.pid, slot.label(), end.how)
+            slot.crashed_unspared()
 
     def _judged(self, slot: Slot, verdict) -> None:
         """What a child's end means for the worker."""

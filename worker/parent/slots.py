@@ -380,12 +380,16 @@ class Slot:
             return end, None
         if end.cause.is_death and child.jobs_run == 0:   # a storm: deaths before any job ends
             self.breaker.record(now, s.restart_window)
-        if end.cause is ExitCause.CRASHED and not self.spare_ready:
-            self.spares.replaced_without_spare(s, self.devices)
         if end.cause.is_death:
             return end, self._tripped(f"died before finishing a job, within "
                                       f"{s.restart_window:g}s; not respawning")
         return end, None
+
+    def crashed_unspared(self) -> None:
+        """Its active child crashed and its jobs are dealt with: counted when no spare was
+        ready to take its place."""
+        if not self.spare_ready:
+            self.spares.replaced_without_spare(self.settings, self.devices)
 
     def lost(self, child: Child, now: float) -> Verdict | None:
         """Its active child did not exit after SIGKILL: let go of it (its host still reaps
