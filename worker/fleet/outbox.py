@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import redaction
+from .. import backoff, redaction
 from ..config import Settings
 from ..sources import webhook_post
 from . import records
@@ -129,7 +129,7 @@ class Outbox:
                             extra={"job_id": job_id})
             if attempt + 1 < TRIES:
                 self.metrics.post("webhook", "retry")
-                self.stopping.wait(0.5 * 2 ** attempt)
+                self.stopping.wait(backoff.delay(attempt + 1, 0.5))
         self.metrics.post("webhook", "undelivered")
         log.error("webhook %s not delivered after %d tries", shown, TRIES,
                   extra={"job_id": job_id})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 
+from .. import backoff
 from .. import protocol as P
 from ..config import Settings
 from . import recycling
@@ -242,7 +243,7 @@ class Slot:
                            f"the worker process could not be started: {error}")
         self.start_failures += 1
         self.start_error = error
-        delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** (self.start_failures - 1))
+        delay = backoff.delay(self.start_failures, RETRY_BASE_S, RETRY_MAX_S)
         self.retry_at = now + delay
         log.warning("could not start a worker process%s (%d in a row): %s; trying again in "
                     "%.0fs", self.label(), self.start_failures, error, delay)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 
+from .. import backoff
 from ..config import Settings
 from . import device_settle
 
@@ -101,7 +102,7 @@ class SparePolicy:
                 f"{self.failures} spares in a row failed (last: {reason})"
             log.warning("no spare child from now on in this slot: %s", self.off)
             return
-        delay = RETRY_BASE_S * 2 ** (self.failures - 1)
+        delay = backoff.delay(self.failures, RETRY_BASE_S)
         self.retry_at = now + delay
         log.warning("the spare child failed (%s); another in %.0fs", reason, delay)
 

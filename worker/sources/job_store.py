@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .. import redaction, stream_bound, tracing
+from .. import backoff, redaction, stream_bound, tracing
 from ..jobs import JobResult, JobState, error_record
 from ..parent.supervisor import ChildState, JobListener, Supervisor, WorkerState
 from . import webhook_post
@@ -444,7 +444,7 @@ class JobStore(JobListener):
                             extra={"job_id": hook.id})
             if attempt + 1 < WEBHOOK_TRIES:
                 metrics.post("webhook", "retry")
-                time.sleep(0.5 * 2 ** attempt)
+                time.sleep(backoff.delay(attempt + 1, 0.5))
         metrics.post("webhook", "undelivered")
         log.error("webhook %s not delivered after %d tries", shown, WEBHOOK_TRIES,
                   extra={"job_id": hook.id})

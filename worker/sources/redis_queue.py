@@ -36,7 +36,7 @@ from ..version import __version__
 from .host import SourceHost
 from .redis_chunks import Outgoing
 from .redis_writer import Write, Writer
-from .runpod_delivery import Backoff
+from ..backoff import Backoff
 
 log = logging.getLogger("worker.queue")
 RECLAIM_EVERY_S = 1.0

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from .runpod_delivery import Backoff
+from ..backoff import Backoff
 
 log = logging.getLogger("worker.queue")
 

@@ -30,7 +30,8 @@ from ..parent.supervisor import JobListener, Supervisor, WorkerState
 from ..version import __version__
 from . import runpod_batch
 from .host import SourceHost
-from .runpod_delivery import FLUSH_S, Backoff, Delivery, Post
+from ..backoff import Backoff
+from .runpod_delivery import FLUSH_S, Delivery, Post
 from .runpod_take import LEAVE_S, TakeAborted, TakeClient, TakeError
 from .runpod_urls import RunPodUrls
 

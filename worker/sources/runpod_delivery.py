@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any, Callable
 import requests
 
 from .. import stream_bound
+from ..backoff import Backoff
 
 log = logging.getLogger("worker.runpod")
 FLUSH_S = 15.0       # after the jobs are done: results are retried this long at most
@@ -36,20 +36,6 @@ POSTER_IDLE_S = 30.0       # a poster thread with nothing to do for this long en
 POST_TIMEOUT = (5.0, 60.0)
 POST_ATTEMPTS = 5
 REDELIVER_EVERY = 5.0
-
-
-class Backoff:
-    """Exponential backoff with jitter; reset() after a success."""
-
-    def __init__(self, first: float, cap: float):
-        self.first, self.cap, self.current = first, cap, 0.0
-
-    def next(self) -> float:
-        self.current = self.first if self.current == 0 else min(self.cap, self.current * 2)
-        return self.current * random.uniform(0.8, 1.2)
-
-    def reset(self) -> None:
-        self.current = 0.0
 
 
 @dataclass

@@ -9,6 +9,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
+from ... import backoff
 from ...version import __version__
 from . import rp_archive
 from .rp_ssrf import SSRFError, safe_get
@@ -73,7 +74,7 @@ def download_files_from_urls(job_id: str, urls) -> list:
                 if attempt == TRIES - 1:
                     print(f"Failed to download {url}: {exc}")
                     return None
-                time.sleep(0.5 * 2 ** attempt)
+                time.sleep(backoff.delay(attempt + 1, 0.5))
 
     if isinstance(urls, str):
         urls = [urls]
