@@ -5,7 +5,9 @@ supervisor's structure must not slow down:
   jobs, with the parent's CPU time per job), and refresh -> next job starts (torch handler,
   WORKER_PRELOAD=torch, 7 refreshes, median);
 - make bench-perf's queue rows (bench_api.queue_rate through the stand-in RunPod queue):
-  trivial handler at concurrency 1, async 50 ms handler at concurrency 32.
+  trivial handler at concurrency 1, async 50 ms handler at concurrency 32;
+- the local API's /runsync for a trivial input (bench_api.runsync_latency: p50 over 600
+  requests, one after another, as the official client would send them).
 
 Each tree runs in its own processes (PYTHONPATH names the tree), same machine, same
 handler files; the medians of the rounds are compared at the end.
@@ -53,7 +55,9 @@ ROWS = [("trivial sync jobs through parent and child", "sync", "jobs/s", +1),
         ("trivial async jobs through parent and child", "async", "jobs/s", +1),
         ("refresh -> next job starts (torch, WORKER_PRELOAD=torch)", "refresh", "ms", -1),
         (QUEUE[0][0], "q0", "jobs/s", +1),
-        (QUEUE[1][0], "q1", "jobs/s", +1)]
+        (QUEUE[1][0], "q1", "jobs/s", +1),
+        ("local API /runsync p50, trivial input", "runsync", "ms", -1)]
+RUNSYNC_REQUESTS = 600
 
 
 def core_rows(tree: Path, jobs: int, rounds: int) -> dict:
@@ -70,8 +74,13 @@ def queue_rows(tree: Path, seconds: float) -> dict:
     saved = dict(os.environ)
     os.environ.update(loopback.env_with(tree))
     try:
-        return {f"q{i}": bench_api.queue_rate(bench_api.OURS, handler, jobs, seconds)[0]
-                for i, (_, handler, jobs) in enumerate(QUEUE)}
+        row = {f"q{i}": bench_api.queue_rate(bench_api.OURS, handler, jobs, seconds)[0]
+               for i, (_, handler, jobs) in enumerate(QUEUE)}
+        times = bench_api.runsync_latency(bench_api.OURS, "rp_trivial.py", ["--rp_serve_api"],
+                                          {"trivial": (b'{"input": {"prompt": "hi"}}',
+                                                       RUNSYNC_REQUESTS)})["trivial"]
+        row["runsync"] = bench_api.pct(times, 50)
+        return row
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -95,7 +104,7 @@ def main() -> None:
                        **queue_rows(tree, args.seconds)}
                 got[label].append(row)
                 print(f"round {r + 1}, {label}: " + "; ".join(
-                    f"{key} {row[key]:,.1f} {unit}" for _, key, unit, _ in ROWS), flush=True)
+                    f"{key} {row[key]:,.{3 if unit == 'ms' else 1}f} {unit}" for _, key, unit, _ in ROWS), flush=True)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
                        capture_output=True)
@@ -105,8 +114,9 @@ def main() -> None:
         t = statistics.median(x[key] for x in got[t_label])
         change = t / b - 1
         verdict = "better" if change * better > 0 else "worse"
-        print(f"median of {args.rounds}, {name}: {b_label} {b:,.1f} {unit}, this tree "
-              f"{t:,.1f} {unit} ({change:+.1%}, {verdict})", flush=True)
+        digits = 3 if unit == "ms" else 1
+        print(f"median of {args.rounds}, {name}: {b_label} {b:,.{digits}f} {unit}, this tree "
+              f"{t:,.{digits}f} {unit} ({change:+.1%}, {verdict})", flush=True)
 
 
 if __name__ == "__main__":

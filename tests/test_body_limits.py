@@ -1,4 +1,4 @@
-"""Every route has a body limit, derived from the router (local_api.route_limits): the
+"""Every route has a body limit, derived from the router (front_door.route_limits): the
 job routes their settings' (realtime as runsync), every other route 64 KiB, a path no
 route knows too. Each route of the app, in every mode (local API, realtime, load
 balancing), is sent a body over its limit and answers 413 before a byte of it is read.
@@ -9,7 +9,8 @@ import json
 import pytest
 
 from worker.config import Settings
-from worker.sources.local_api import SMALL_BODY, create_app
+from worker.front_door import SMALL_BODY
+from worker.sources.local_api import create_app
 
 MODES = {
     "local API": (Settings(max_run_mb=1, max_runsync_mb=2), False),

@@ -213,6 +213,19 @@ def test_multiprocess_is_used_by_one_module_on_each_side():
     assert users <= {LAUNCHER, CHILD_MP, FORKSERVER_MP}, users
 
 
+def test_one_front_door_runs_uvicorn_with_no_subclass_of_its_server():
+    """The local API and the gateway share one server runner (front_door.Server), which
+    keeps uvicorn off the signals through its documented behaviour, not by overriding its
+    methods."""
+    assert _users_of("uvicorn") == {"worker.front_door"}
+    subclasses = [(name, node.name) for name, path in _modules().items()
+                  for node in ast.walk(ast.parse(path.read_text()))
+                  if isinstance(node, ast.ClassDef) and any(
+                      ast.unparse(base).endswith("Server") and "HTTP" not in ast.unparse(base)
+                      for base in node.bases)]
+    assert subclasses == [], subclasses
+
+
 def test_the_core_does_no_io_and_owns_no_process():
     """The decisions (the core, its slots, children, spares, fate, recovery) import no
     I/O of ours and nothing that starts, watches or signals a process."""

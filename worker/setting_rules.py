@@ -5,6 +5,7 @@ in run_modes.py."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from urllib.parse import urlsplit
 
 from .hardening import READERS
@@ -119,6 +120,11 @@ def vram_parts(text: str) -> dict:
 
 def vram_limit(text: str) -> tuple[float, float]:
     """WORKER_MAX_VRAM as (MiB, fraction); 0 where it names none."""
+    return _vram_limit(str(text))
+
+
+@functools.lru_cache(maxsize=8)     # the parent reads it after every job (recycling.py)
+def _vram_limit(text: str) -> tuple[float, float]:
     parts = vram_parts(text)
     return parts.get("mb", 0.0), parts.get("fraction", 0.0)
 

@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hmac
 import logging
 import os
 import signal
 import sys
 import time
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
 from .. import logs, redaction
 from ..config import Settings, SettingsError
+from ..front_door import JOB_BODY, RUNSYNC_WAIT_MS, Server, errors, new_app, open_door, \
+    parse_job_body, routers
 from ..setting_names import names_ok
 from ..jobs import JobState
 from ..sources import listen
-from ..sources.local_api import (JOB_BODY, RUNSYNC_WAIT_MS, BodyLimit, errors, mount,
-                                 parse_job_body, route_limits)
 from ..version import __version__
 from . import connect
 from .gateway_metrics import GatewayMetrics
@@ -38,6 +37,7 @@ from .keys import Keys
 log = logging.getLogger("worker.gateway")
 IDEM_HEADER = "idempotency-key"
 RETRY_AFTER_S = 2
+ANSWER_WAIT_S = 5      # after SIGTERM: to answer the requests in flight
 
 
 def endpoints(settings: Settings) -> list:
@@ -76,18 +76,8 @@ def create_app(settings: Settings) -> FastAPI:
             await endings.close()
             await r.aclose(close_connection_pool=True)
 
-    docs = {} if not settings.api_token else {"docs_url": None, "redoc_url": None,
-                                              "openapi_url": None}
-    app = FastAPI(title="gpu-worker gateway", version=__version__, lifespan=lifespan,
-                  description="RunPod's endpoint API for workers on Redis Streams "
-                              "(docs/fleet.md).", **docs)
-
-    def authorised(request: Request) -> None:
-        token = settings.api_token
-        given = request.headers.get("authorization", "")
-        if token and not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(401, "a valid 'Authorization: Bearer <WORKER_API_TOKEN>' "
-                                     "header is required")
+    app = new_app("gpu-worker gateway", "RunPod's endpoint API for workers on Redis Streams "
+                  "(docs/fleet.md).", lifespan, settings)
 
     def store(request: Request) -> GatewayStore:
         name = request.path_params.get("endpoint_id") or served[0].endpoint
@@ -119,8 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
         return view
 
     # Every route may answer 404 (an endpoint not served here) and 503 (Redis away).
-    router = APIRouter(dependencies=[Depends(authorised)] if settings.api_token else [],
-                       responses=errors(404, 503, *([401] if settings.api_token else [])))
+    router, public = routers(settings, (404, 503), (404, 503))
 
     @router.post("/run", summary="Queue a job; returns its id at once",
                  openapi_extra=JOB_BODY, responses=errors(400, 413, 503))
@@ -171,8 +160,6 @@ def create_app(settings: Settings) -> FastAPI:
         text, kind = await metrics.render(state["stores"].values())
         return Response(text, media_type=kind)
 
-    public = APIRouter(responses=errors(404, 503))
-
     @public.get("/health", summary="Queue depth, workers alive and jobs by state")
     async def health(request: Request):
         return await store(request).health()
@@ -181,8 +168,6 @@ def create_app(settings: Settings) -> FastAPI:
     async def ping(request: Request):
         await state["stores"][served[0].endpoint].r.ping()
         return {"status": "healthy"}
-
-    mounted = mount(app, router, public)
 
     @app.exception_handler(redis.ConnectionError)
     @app.exception_handler(redis.TimeoutError)
@@ -209,8 +194,7 @@ def create_app(settings: Settings) -> FastAPI:
                                       f"({type(exc).__name__}): {exc}"[:500]},
                             status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
-    app.add_middleware(BodyLimit, table=route_limits(mounted, settings))
-    app.add_middleware(metrics.Timed)
+    open_door(app, router, public, settings, outer=(metrics.Timed,))
     return app
 
 
@@ -235,7 +219,6 @@ def main(argv: list) -> int:
         return 2
     logs.configure(settings.log_level)
     redaction.remember(settings.api_token, settings.queue_url)   # never in a line we write
-    import uvicorn
     sockets = listen.bind_or_say(settings.api_host, settings.api_port, "worker gateway")
     if sockets is None:
         return 1
@@ -243,17 +226,8 @@ def main(argv: list) -> int:
     print(f"--- gpu-worker {__version__} | gateway on {address} for "
           f"{', '.join(k.endpoint for k in served)} on {redaction.url(settings.queue_url)} "
           f"({time.strftime('%H:%M:%S')}) ---", file=sys.stderr, flush=True)
-    class Server(uvicorn.Server):          # SIGTERM ends it cleanly, exit 0
-        def capture_signals(self):
-            return contextlib.nullcontext()
-
-        def install_signal_handlers(self):
-            pass
-
-    server = Server(uvicorn.Config(create_app(settings), host=settings.api_host,
-                                   port=settings.api_port, log_level="warning",
-                                   timeout_graceful_shutdown=5))
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
-    server.run(sockets=sockets)
+    server = Server(create_app(settings), ANSWER_WAIT_S)
+    for sig in (signal.SIGTERM, signal.SIGINT):      # SIGTERM ends it cleanly, exit 0
+        signal.signal(sig, lambda *_: server.stop())
+    server.run(sockets)
     return 0
