@@ -46,7 +46,7 @@ def taken(tmp_path, monkeypatch):
                                     "0", 60])
         [(_, [(entry, fields)])] = r.xreadgroup(GROUP, source.consumer, {k.stream: ">"},
                                                 count=1)
-        source._take(entry, fields)
+        source._take_entry(entry, fields)
         return source, r, entry
     yield take
     for source in made:
@@ -62,7 +62,7 @@ def reclaim_own(source, r, entry) -> None:
     _, reclaimed = source._reclaim("0-0", 1)
     assert [e for e, _ in reclaimed] == [entry]
     for e, f in reclaimed:
-        source._take(e, f)
+        source._take_entry(e, f)
 
 
 def test_an_own_reclaim_between_the_keepers_read_and_its_renewal_keeps_the_run(
@@ -74,13 +74,13 @@ def test_an_own_reclaim_between_the_keepers_read_and_its_renewal_keeps_the_run(
     k = source.keys
     source.writer.start()
     wait_for(lambda: runs(tmp_path).get("job-1") == 1)
-    read_by_keeper = source.held["job-1"].fence
+    read_by_keeper = source.held_jobs["job-1"].fence
     reclaim_own(source, r, entry)
     held = source.scripts.renew(keys=[k.job("job-1"), k.stream],
                                 args=[GROUP, source.consumer, entry, read_by_keeper])
     assert held == 1, "the keeper's renewal found its own run fenced"
     source._keep()
-    assert not source.held["job-1"].fenced
+    assert not source.held_jobs["job-1"].fenced
     wait_for(lambda: r.hget(k.job("job-1"), "status") == b"COMPLETED")
     assert int(r.hget(k.job("job-1"), "deliveries")) == 1
     assert runs(tmp_path)["job-1"] == 1
@@ -94,7 +94,7 @@ def test_an_own_reclaim_while_the_final_record_is_on_its_way_keeps_the_run(taken
     k = source.keys
     wait_for(lambda: "job-2" in source.finishing)
     reclaim_own(source, r, entry)
-    assert int(r.hget(k.job("job-2"), "deliveries")) == 1 and not source.held
+    assert int(r.hget(k.job("job-2"), "deliveries")) == 1 and not source.held_jobs
     source.writer.start()
     wait_for(lambda: r.hget(k.job("job-2"), "status") == b"COMPLETED")
     assert int(r.hget(k.job("job-2"), "deliveries")) == 1

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import redaction, stream_bound
+from ..backoff import Backoff
 from ..config import Settings
 from ..fleet import connect, records
 from ..fleet.keys import DEAD_MAX, GROUP, RELEASED
@@ -31,12 +32,11 @@ from ..fleet.outbox import Outbox
 from ..fleet.scripts import Scripts
 from ..jobs import JobResult, JobState, Reason, failure
 from ..jsonlimits import loads
-from ..parent.supervisor import JobListener, Supervisor, WorkerState
+from ..parent.supervisor import Supervisor
 from ..version import __version__
-from .host import SourceHost
+from .queue_source import QueueSource
 from .redis_chunks import Outgoing
 from .redis_writer import Write, Writer
-from ..backoff import Backoff
 
 log = logging.getLogger("worker.queue")
 RECLAIM_EVERY_S = 1.0
@@ -66,7 +66,9 @@ class Held:
     out: Outgoing | None = None   # its progress and stream chunks on their way
 
 
-class RedisQueueSource(JobListener):
+class RedisQueueSource(QueueSource):
+    log = log
+
     def __init__(self, settings: Settings, target, supervisor: Supervisor | None = None):
         import redis
         self.keys = connect.worker_keys(settings)
@@ -75,24 +77,17 @@ class RedisQueueSource(JobListener):
         self.r = connect.client(settings)
         self.scripts = Scripts(self.r)
         self.target = target
-        self.host = SourceHost(settings, target, supervisor)
-        self.sup = self.host.sup
         base = settings.worker_id or socket.gethostname()
-        self.consumer = f"{base}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.stopping = threading.Event()
-        self.taking_done = threading.Event()
+        self.consumer = self.worker_name = f"{base}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        super().__init__(settings, target, supervisor)
         self.left = threading.Event()          # the shutdown is over
-        self._cond = threading.Condition()
-        self.held: dict[str, Held] = {}
+        self.held_jobs: dict[str, Held] = {}
         self.finishing: dict[str, Held] = {}   # ended; the final record on its way
         self.writer = Writer(self.transient, connect.refusal_passes)
         self.outbox = Outbox(self.r, self.keys, self.consumer, settings, self.sup.metrics,
                              self.transient, self.stopping)
-        self.sup.on_capacity(self._room_changed)
-
-    @property
-    def settings(self) -> Settings:
-        return self.sup.settings
+        self._failing = Backoff(0.25, 2.0)      # one server, no rate limit: back soon
+        self._cursor, self._last_reclaim = "0-0", 0.0
 
     @property
     def lease_ms(self) -> int:
@@ -100,25 +95,19 @@ class RedisQueueSource(JobListener):
 
     # --- running ---------------------------------------------------------------------------
 
-    def run(self) -> int:
-        where = redaction.url(self.settings.queue_url)
-        self.host.handle_signals(lambda name: self.stopping.set(),
-                                 f"no new jobs; running jobs have "
-                                 f"{self.settings.shutdown_grace:g}s to finish, the rest "
-                                 "are released to other workers")
-        if not self._register(where):
-            return 0 if self.stopping.is_set() else 2
-        self.host.start()
+    def signal_meaning(self) -> str:
+        return (f"no new jobs; running jobs have {self.settings.shutdown_grace:g}s to "
+                "finish, the rest are released to other workers")
+
+    def prepare(self) -> bool:
+        return self._register(redaction.url(self.settings.queue_url))
+
+    def started(self) -> None:
         log.info("--- gpu-worker %s | endpoint %s on %s as %s ---", __version__,
-                 self.keys.endpoint, where, self.consumer)
+                 self.keys.endpoint, redaction.url(self.settings.queue_url), self.consumer)
         self.writer.start()
         self.outbox.start()
-        for fn, name in ((self._keeper, "queue-keeper"), (self._take_loop, "queue-take")):
-            threading.Thread(target=fn, name=f"gpu-worker-{name}", daemon=True).start()
-        while not self.stopping.wait(0.5):
-            if self.sup.state is not WorkerState.RUNNING:
-                break
-        return self._shutdown()
+        self.thread(self._keeper, "queue-keeper")
 
     def _register(self, where: str) -> bool:
         """Reach the server (waiting while it is down), check it, make the groups, and
@@ -148,16 +137,13 @@ class RedisQueueSource(JobListener):
             return False
         return True
 
-    def _shutdown(self) -> int:
-        self.stopping.set()
-        deadline = time.monotonic() + self.settings.shutdown_grace
+    def release_rest(self) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: self.taking_done.is_set() and not self.held,
-                                max(0.0, deadline - time.monotonic()))
-            left = [h for h in self.held.values() if not h.released]
+            left = [h for h in self.held_jobs.values() if not h.released]
         for held in left:
             self._release(held)
-        self.host.stop(0)
+
+    def close(self, failed: bool) -> int:
         grace = self.settings.stop_grace     # 0.5 s past the budget: a write saves a rerun
         unwritten = self.writer.close(max(0.5, self.host.budget_left(max(5.0, 2 * grace))))
         if unwritten:
@@ -167,7 +153,7 @@ class RedisQueueSource(JobListener):
         self.left.set()
         self._leave()
         log.info("stopped")
-        return 1 if self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN) else 0
+        return 1 if failed else 0
 
     def _release(self, held: Held) -> None:
         held.released = True
@@ -193,55 +179,37 @@ class RedisQueueSource(JobListener):
 
     # --- taking jobs -----------------------------------------------------------------------
 
-    def _room(self) -> int:
-        return max(0, self.sup.status.capacity - len(self.held))
+    def held(self) -> int:
+        return len(self.held_jobs)
 
-    def _room_changed(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def _take_loop(self) -> None:
-        failing = Backoff(0.25, 2.0)        # one server, no rate limit: back soon
-        cursor, last_reclaim = "0-0", 0.0
+    def take(self, room: int) -> bool:
         try:
-            while not self.stopping.is_set():
-                with self._cond:
-                    self._cond.wait_for(lambda: self._room() > 0 or self.stopping.is_set(),
-                                        0.25)
-                room = self._room()
-                if room <= 0 or self.stopping.is_set():
-                    continue
-                try:
-                    entries = []
-                    if time.monotonic() - last_reclaim >= RECLAIM_EVERY_S:
-                        last_reclaim = time.monotonic()
-                        cursor, entries = self._reclaim(cursor, room)
-                    if not entries:
-                        answer = self.r.xreadgroup(GROUP, self.consumer,
-                                                   {self.keys.stream: ">"}, count=room,
-                                                   block=READ_BLOCK_MS)
-                        entries = answer[0][1] if answer else []
-                except self.transient as exc:
-                    wait = failing.next()
-                    log.warning("reading the queue failed (%s); again in %.1fs", exc, wait)
-                    self.stopping.wait(wait)
-                    continue
-                except self.redis_error as exc:
-                    if "NOGROUP" in str(exc):
-                        log.warning("the consumer groups are gone (a server restarted "
-                                    "without persistence?); making them again")
-                        self._guarded(connect.ensure_groups, self.r, self.keys)
-                    else:
-                        log.error("reading the queue failed: %s", exc)
-                        self.stopping.wait(failing.next())
-                    continue
-                failing.reset()
-                for entry, fields in entries:
-                    self._guarded(self._take, entry, fields)
-        finally:
-            self.taking_done.set()
-            with self._cond:
-                self._cond.notify_all()
+            entries = []
+            if time.monotonic() - self._last_reclaim >= RECLAIM_EVERY_S:
+                self._last_reclaim = time.monotonic()
+                self._cursor, entries = self._reclaim(self._cursor, room)
+            if not entries:
+                answer = self.r.xreadgroup(GROUP, self.consumer, {self.keys.stream: ">"},
+                                           count=room, block=READ_BLOCK_MS)
+                entries = answer[0][1] if answer else []
+        except self.transient as exc:
+            wait = self._failing.next()
+            log.warning("reading the queue failed (%s); again in %.1fs", exc, wait)
+            self.stopping.wait(wait)
+            return True
+        except self.redis_error as exc:
+            if "NOGROUP" in str(exc):
+                log.warning("the consumer groups are gone (a server restarted without "
+                            "persistence?); making them again")
+                self._guarded(connect.ensure_groups, self.r, self.keys)
+            else:
+                log.error("reading the queue failed: %s", exc)
+                self.stopping.wait(self._failing.next())
+            return True
+        self._failing.reset()
+        for entry, fields in entries:
+            self._guarded(self._take_entry, entry, fields)
+        return True
 
     def _reclaim(self, cursor: str, room: int) -> tuple:
         """Entries idle past the lease (a worker died or was cut off), taken over."""
@@ -260,7 +228,7 @@ class RedisQueueSource(JobListener):
             log.exception("an entry of the queue could not be taken; it comes back after "
                           "the lease")
 
-    def _take(self, entry: bytes, fields: dict) -> None:
+    def _take_entry(self, entry: bytes, fields: dict) -> None:
         raw_id, raw = fields.get(b"id"), fields.get(b"job")
         if raw_id is None or raw is None:
             log.error("the stream holds an entry that is not a job (no id or job field): "
@@ -270,7 +238,7 @@ class RedisQueueSource(JobListener):
             return
         job_id = raw_id.decode("utf-8", "replace")
         with self._cond:
-            if job_id in self.held or job_id in self.finishing:
+            if job_id in self.held_jobs or job_id in self.finishing:
                 # This worker stalled past its lease and its own reclaim took the entry back:
                 # the run (or its final write) keeps its fence; no delivery is counted.
                 return
@@ -298,7 +266,7 @@ class RedisQueueSource(JobListener):
                                        self.consumer, self.settings.hostname))
             return
         with self._cond:
-            self.held[job_id] = held
+            self.held_jobs[job_id] = held
         if n > 1:
             log.warning("delivery %d of this job (its last worker %s stopped or lost its "
                         "lease)", n, last or "unknown", extra={"job_id": job_id})
@@ -319,19 +287,10 @@ class RedisQueueSource(JobListener):
             if not isinstance(job, dict) or job.get("id") != held.job_id:
                 raise ValueError("the job's JSON is not an object with the entry's id")
         except Exception as exc:       # noqa: BLE001 - JSONRefused, a strange entry...
-            self.on_result(failure(held.job_id, JobState.FAILED, Reason.REFUSED,
-                                   "JobRefused", f"the worker could not read this job: "
-                                   f"{exc}"[:1000], self.consumer, self.settings.hostname))
+            self.on_result(self.refused(held.job_id, f"the worker could not read this job: "
+                                                     f"{exc}"[:1000]))
             return
-        log.info("job taken", extra={"job_id": held.job_id})
-        try:
-            self.sup.submit(job, self, raw, age=age_ms / 1000.0)
-        except Exception as exc:       # noqa: BLE001 - never a taken job without a report
-            log.exception("job could not be handed to the supervisor",
-                          extra={"job_id": held.job_id})
-            self.on_result(failure(held.job_id, JobState.FAILED, Reason.REFUSED,
-                                   "JobRefused", f"the worker could not accept this job: "
-                                   f"{exc}", self.consumer, self.settings.hostname))
+        self.submit(held.job_id, job, raw, age=age_ms / 1000.0)
 
     # --- the job's events (supervisor thread: only queue work) ---------------------------
 
@@ -347,18 +306,18 @@ class RedisQueueSource(JobListener):
         return held.out
 
     def on_progress(self, job_id: str, value: Any) -> None:
-        held = self.held.get(job_id)       # a dict read: atomic
+        held = self.held_jobs.get(job_id)       # a dict read: atomic
         if held is not None and self._outgoing(held).progress(value):
             self.writer.put(Write(job_id, "progress", held.out.flush_progress))
 
     def on_chunk(self, job_id: str, value: Any) -> None:
-        held = self.held.get(job_id)
+        held = self.held_jobs.get(job_id)
         if held is not None and self._outgoing(held).add(value):
             self.writer.put(Write(job_id, "chunk", held.out.flush))
 
     def on_result(self, result: JobResult) -> None:
         with self._cond:        # in one step: an own reclaim never finds it in neither
-            held = self.held.pop(result.job_id, None)
+            held = self.held_jobs.pop(result.job_id, None)
             if held is not None and not (held.released or held.fenced):
                 self.finishing[result.job_id] = held
             self._cond.notify_all()
@@ -411,7 +370,7 @@ class RedisQueueSource(JobListener):
         every = min(0.5, self.settings.queue_lease_s / 3)
         while not self.left.wait(every):
             if self.stopping.is_set() and self.taking_done.is_set() and \
-                    not (self.held or self.finishing):
+                    not (self.held_jobs or self.finishing):
                 return
             try:
                 self._keep()
@@ -421,7 +380,7 @@ class RedisQueueSource(JobListener):
     def _keep(self) -> None:
         k = self.keys
         with self._cond:
-            held = [h for h in (*self.held.values(), *self.finishing.values())
+            held = [h for h in (*self.held_jobs.values(), *self.finishing.values())
                     if not (h.released or h.fenced)]
         pipe = self.r.pipeline(transaction=False)
         pipe.zadd(k.workers, {self.consumer: int(time.time() * 1000)})

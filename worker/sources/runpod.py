@@ -24,13 +24,13 @@ from typing import Any
 import requests
 
 from .. import stream_bound, tracing
+from ..backoff import Backoff
 from ..config import Settings
-from ..jobs import SAFE_ID, JobResult, JobState, Reason, error_record, failure
-from ..parent.supervisor import JobListener, Supervisor, WorkerState
+from ..jobs import SAFE_ID, JobResult, JobState, error_record
+from ..parent.supervisor import Supervisor
 from ..version import __version__
 from . import runpod_batch
-from .host import SourceHost
-from ..backoff import Backoff
+from .queue_source import QueueSource
 from .runpod_delivery import FLUSH_S, Delivery, Post
 from .runpod_take import LEAVE_S, TakeAborted, TakeClient, TakeError
 from .runpod_urls import RunPodUrls
@@ -47,53 +47,34 @@ class _Taken:
     stopped_by_platform: bool = False
 
 
-class RunPodSource(JobListener):
+class RunPodSource(QueueSource):
+    log = log
+
     def __init__(self, settings: Settings, target, env=None, supervisor: Supervisor | None = None):
         self.urls = RunPodUrls.from_env(env)
-        self.host = SourceHost(settings, target, supervisor)
-        self.sup = self.host.sup
-        self.stopping = threading.Event()
-        self.taking_done = threading.Event()
+        self.worker_name = self.urls.worker_id
+        super().__init__(settings, target, supervisor)
         self.finished = threading.Event()      # shutdown is over: the heartbeat ends
-        self._cond = threading.Condition()
         self._taken: dict[str, _Taken] = {}
         self._reported: collections.OrderedDict = collections.OrderedDict()  # ended here, newest last
-        self.sup.on_capacity(self._room_changed)     # a fresh child: take at once
         self.delivery = Delivery(self._session, self._too_large,
                                  lambda: self.stopping.is_set() and self.taking_done.is_set(),
                                  self.sup.metrics,
                                  stream_bound.max_bytes(self.settings.max_result_mb))
         self._taker = TakeClient(self._headers())
-
-    @property
-    def settings(self) -> Settings:
-        """The supervisor's effective settings (start() keys included): never a copy."""
-        return self.sup.settings
+        self._empty = Backoff(0.05, 1.0)       # fast "nothing" answers
+        self._failing = Backoff(0.5, 10.0)     # takes that failed
 
     # --- running ---------------------------------------------------------------------------
 
-    def run(self) -> int:
-        self.host.handle_signals(lambda name: self.stopping.set(),
-                                 f"no new jobs; running jobs have "
-                                 f"{self.settings.shutdown_grace:g}s to finish")
-        self.host.start()
+    def started(self) -> None:
         log.info("--- gpu-worker %s | RunPod worker %s ---", __version__, self.urls.worker_id)
         self.delivery.start(self.stopping)
-        self._thread(self._heartbeat, "heartbeat")
+        self.thread(self._heartbeat, "heartbeat")
         if self.urls.stop() is not None:
-            self._thread(self._stop_poll, "stop-poll")
+            self.thread(self._stop_poll, "stop-poll")
         else:
             log.warning("RUNPOD_WEBHOOK_GET_JOB has no /job-take/: per-job stop is disabled")
-        self._thread(self._take_loop, "take")
-        while not self.stopping.wait(0.5):
-            if self.sup.state is not WorkerState.RUNNING:
-                break
-        return self._shutdown()
-
-    def _thread(self, fn, name, *args) -> threading.Thread:
-        t = threading.Thread(target=fn, args=args, name=f"gpu-worker-{name}", daemon=True)
-        t.start()
-        return t
 
     def _headers(self) -> dict:
         """On every request to the platform (take, stop, ping, posts, unhealthy)."""
@@ -105,30 +86,29 @@ class RunPodSource(JobListener):
         s.headers.update(self._headers())
         return s
 
-    def _shutdown(self) -> int:
-        self.stopping.set()
-        deadline = time.monotonic() + self.settings.shutdown_grace
+    def shutdown(self) -> int:
+        try:
+            return super().shutdown()
+        finally:
+            self.finished.set()
+
+    def leave_take(self, deadline: float) -> None:
         # The take in flight is left (runpod_take: no later take, and an answer on its way
         # is read for up to LEAVE_S), then cut; a job it brought back runs within the
         # grace, or is refused and reported.
         self._taker.leave()
-        try:
-            with self._cond:
-                self._cond.wait_for(self.taking_done.is_set,
-                                    max(0.0, min(LEAVE_S, deadline - time.monotonic())))
-            self._taker.abort()
-            with self._cond:
-                self._cond.wait_for(lambda: self.taking_done.is_set() and not self._taken,
-                                    max(0.0, deadline - time.monotonic()))
-            self.host.stop(0)
-            self.delivery.close(self.host.budget_left(FLUSH_S))   # within the stop's budget
-            if self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN):
-                self._report_unhealthy()
-                return 1
-            log.info("stopped")
-            return 0
-        finally:
-            self.finished.set()
+        with self._cond:
+            self._cond.wait_for(self.taking_done.is_set,
+                                max(0.0, min(LEAVE_S, deadline - time.monotonic())))
+        self._taker.abort()
+
+    def close(self, failed: bool) -> int:
+        self.delivery.close(self.host.budget_left(FLUSH_S))   # within the stop's budget
+        if failed:
+            self._report_unhealthy()
+            return 1
+        log.info("stopped")
+        return 0
 
     def _report_unhealthy(self) -> None:
         reason = self.sup.failure_message or ""
@@ -145,48 +125,31 @@ class RunPodSource(JobListener):
 
     # --- taking jobs -----------------------------------------------------------------------
 
-    def _room(self) -> int:
-        return max(0, self.sup.status.capacity - len(self._taken))
+    def held(self) -> int:
+        return len(self._taken)
 
-    def _room_changed(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
-
-    def _take_loop(self) -> None:
-        empty = Backoff(0.05, 1.0)
-        failing = Backoff(0.5, 10.0)
+    def take(self, room: int) -> bool:
+        t0 = time.monotonic()
         try:
-            while not self.stopping.is_set():
-                with self._cond:     # wait for a free slot (on_result notifies)
-                    self._cond.wait_for(lambda: self._room() > 0 or self.stopping.is_set(),
-                                        0.25)
-                room = self._room()
-                if room <= 0:
-                    continue
-                t0 = time.monotonic()
-                try:
-                    jobs = self._take(room)
-                except TakeAborted:
-                    break
-                except Exception as exc:   # noqa: BLE001 - TakeError, a strange answer...: retry
-                    if self.stopping.is_set():
-                        break
-                    wait = failing.next()
-                    log.warning("job take failed (%s); retrying in %.1fs", exc, wait)
-                    self.stopping.wait(wait)
-                    continue
-                failing.reset()
-                if not jobs:
-                    # a platform that long-polls answers slowly; a fast "nothing" gets backoff
-                    if time.monotonic() - t0 < 0.5:
-                        self.stopping.wait(empty.next())
-                    continue
-                empty.reset()
-                self._take_in(jobs)
-        finally:
-            self.taking_done.set()
-            with self._cond:
-                self._cond.notify_all()
+            jobs = self._take(room)
+        except TakeAborted:
+            return False
+        except Exception as exc:   # noqa: BLE001 - TakeError, a strange answer...: retry
+            if self.stopping.is_set():
+                return False
+            wait = self._failing.next()
+            log.warning("job take failed (%s); retrying in %.1fs", exc, wait)
+            self.stopping.wait(wait)
+            return True
+        self._failing.reset()
+        if not jobs:
+            # a platform that long-polls answers slowly; a fast "nothing" gets backoff
+            if time.monotonic() - t0 < 0.5:
+                self.stopping.wait(self._empty.next())
+            return True
+        self._empty.reset()
+        self._take_in(jobs)
+        return True
 
     def _take(self, room: int) -> runpod_batch.Batch | None:
         with self._cond:
@@ -251,9 +214,8 @@ class RunPodSource(JobListener):
         if not SAFE_ID.fullmatch(job_id):
             log.error("its id cannot go into a URL: it cannot be reported")
             return
-        self._post_final(failure(job_id, JobState.FAILED, Reason.REFUSED, "JobRefused",
-                                 f"the worker could not read this job: {why}",
-                                 self.urls.worker_id, self.settings.hostname), None)
+        self._post_final(self.refused(job_id, f"the worker could not read this job: {why}"),
+                         None)
 
     def _batching(self) -> bool:
         return self.sup.status.concurrency > 1
@@ -271,14 +233,7 @@ class RunPodSource(JobListener):
                 return
             self._taken[job_id] = _Taken(job_id)
         tracing.TRACES.remember(job)
-        log.info("job taken", extra={"job_id": job_id})
-        try:
-            self.sup.submit(job, self)  # a job without input is refused there, and reported
-        except Exception as exc:       # noqa: BLE001 - never a taken job without a report
-            log.exception("job could not be handed to the supervisor", extra={"job_id": job_id})
-            self.on_result(failure(job_id, JobState.FAILED, Reason.REFUSED, "JobRefused",
-                                   f"the worker could not accept this job: {exc}",
-                                   self.urls.worker_id, self.settings.hostname))
+        self.submit(job_id, job)
 
     # --- the job's events (supervisor thread: only queue work) ---------------------------
 
