@@ -16,7 +16,7 @@ def test_no_command_waits_for_an_unrelated_event_under_racing_puts():
     def loop():
         commands.loop_ident = threading.get_ident()
         while True:
-            while (event := commands.take()) is not None:
+            while (event := commands.pop()) is not None:
                 ran.append(event)
             if producers_done.is_set() and not commands:
                 return

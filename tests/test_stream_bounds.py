@@ -34,7 +34,7 @@ def test_unread_chunks_stay_within_the_bound_and_in_order(limit, steps):
     unread, read, sent = Unread(limit), [], 0
     for take, nbytes in steps:
         if take:
-            read += unread.take_items()
+            read += unread.drain_items()
         else:
             unread.add(sent, nbytes)
             sent += 1

@@ -18,8 +18,8 @@ def start(config: dict) -> None:
     if runtime.current() is not None or runtime.recording():
         runtime.start(config)
         return
-    from .parent import launch       # the parent's machinery, only when we become one
-    launch.start_outside_child(config)
+    from .parent import start_outside    # the parent's machinery, only when we become one
+    start_outside.start_outside_child(config)
 
 
 def progress_update(job: Any, progress: Any) -> None:

@@ -162,9 +162,9 @@ def _flags() -> list:
     argv = list(getattr(sys, "orig_argv", None) or [sys.executable])
     flags, at = [], 1
     while at < len(argv) and argv[at].startswith("-") and argv[at] not in ("-", "-c", "-m"):
-        takes = argv[at] in ("-X", "-W", "--check-hash-based-pycs")
-        flags += argv[at:at + 1 + takes]
-        at += 1 + takes
+        with_value = argv[at] in ("-X", "-W", "--check-hash-based-pycs")
+        flags += argv[at:at + 1 + with_value]
+        at += 1 + with_value
     return flags
 
 

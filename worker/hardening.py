@@ -17,8 +17,8 @@ that: WORKER_CHILD_USER runs the child as another user (`become`), which can rea
 root process's /proc files at all.
 
 The forkserver runs user code too (the preloads, a warm import, hooks at fork and at
-exit), so it takes a child's rights itself before it imports anything
-(`take_child_rights`, from child/preload_first.py): a child forked from it has them from
+exit), so it drops to a child's rights itself before it imports anything
+(`drop_child_rights`, from child/preload_first.py): a child forked from it has them from
 its first instruction.
 """
 from __future__ import annotations
@@ -134,7 +134,7 @@ def become(user: str) -> None:
     os.environ["USER"] = os.environ["LOGNAME"] = entry.pw_name
 
 
-def take_child_rights(keep: tuple = (), user: str = "") -> None:
+def drop_child_rights(keep: tuple = (), user: str = "") -> None:
     """A child's rights for this process (the forkserver, before it imports anything):
     the capabilities in READERS dropped but `keep`, WORKER_CHILD_USER, not dumpable.
     Raises when the user cannot be had."""

@@ -1,13 +1,13 @@
 """`python -m worker …` puts the working folder — usually the handler's — first on the
 import path, ahead of the standard library, in the process that holds the secrets: a
 `json.py` or `multiprocess.py` shipped beside the handler would run in the parent, and in
-the forkserver before it takes a child's rights. So the worker re-executes itself at once
+the forkserver before it drops to a child's rights. So the worker re-executes itself at once
 with -P (Python 3.11+: no folder put first), before it imports anything such a file could
 shadow, and without the empty entries of PYTHONPATH (a trailing colon, as `ENV
 PYTHONPATH=/app:$PYTHONPATH` leaves, means the working folder even under -P); the
 forkserver inherits both. The folder comes back where user code runs with a child's
 rights: first on each child's path (targets.child_path) and on the forkserver's once it
-has taken them (forkserver_rights).
+has dropped to them (forkserver_rights).
 
 Not covered: a worker package that is not installed but lies in the working folder
 (nothing to keep apart: the handler's files lie beside the worker's code), what runs

@@ -76,11 +76,11 @@ class Unread:
             self.bytes += nbytes
         return before == 0 and self.dropped > 0
 
-    def take(self) -> list:
+    def drain(self) -> list:
         """The chunks held, in order; none held after."""
-        return [v for v, _ in self.take_items()]
+        return [v for v, _ in self.drain_items()]
 
-    def take_items(self) -> list:
+    def drain_items(self) -> list:
         """The chunks held as (value, size), in order; none held after."""
         out = list(self.items)
         self.items.clear()

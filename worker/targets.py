@@ -62,7 +62,7 @@ class ChildSpec:
     stderr: Any      # Connection: write end of the stderr capture pipe
     lifeline: Any    # Connection: read end; EOF means the parent died
     checks: bool = False   # run the fitness checks before Ready (the worker's first child)
-    forked: bool = False   # forked from the forkserver (which must have taken its rights)
+    forked: bool = False   # forked from the forkserver (which must have dropped its rights)
 
 
 # WORKER_WARM_REFRESH: the variable that tells a starting forkserver which target to import
@@ -70,7 +70,7 @@ class ChildSpec:
 WARM_ENV = "GPU_WORKER_WARM"
 # Reload mode: the third-party packages the handler imported, for child/preload_auto.py.
 AUTO_PRELOAD_ENV = "GPU_WORKER_AUTO_PRELOAD"
-# The rights a starting forkserver takes before it imports anything (a child's: the
+# The rights a starting forkserver drops to before it imports anything (a child's: the
 # capabilities it keeps, its user), for child/preload_first.py.
 RIGHTS_ENV = "GPU_WORKER_RIGHTS"
 

@@ -1,13 +1,13 @@
-"""The forkserver takes a child's rights, after the worker's own modules (preload_first,
+"""The forkserver drops to a child's rights, after the worker's own modules (preload_first,
 entry: trusted code, imported with the rights it started with) and before any module the
 user named: WORKER_PRELOAD, reload mode's packages, the handler's warm import and what
 it registers to run at fork or at exit all run in this process, so they get exactly what
-a child gets (hardening.take_child_rights: the capabilities a child drops, dropped but
+a child gets (hardening.drop_child_rights: the capabilities a child drops, dropped but
 WORKER_CHILD_KEEP_CAPS; WORKER_CHILD_USER). A child forked from here has them from its
 first instruction.
 
 The rights come in RIGHTS_ENV, set only while the forkserver starts. Where they cannot be
-taken, the forkserver says why and exits: it never imports user code with more than a
+had, the forkserver says why and exits: it never imports user code with more than a
 child's rights (the parent checks the user before it starts one, so this is a last
 resort)."""
 import json
@@ -19,7 +19,7 @@ from ..targets import RIGHTS_ENV
 
 try:
     _rights = json.loads(os.environ.pop(RIGHTS_ENV, "") or "{}")
-    hardening.take_child_rights(tuple(_rights.get("keep", ())), _rights.get("user", ""))
+    hardening.drop_child_rights(tuple(_rights.get("keep", ())), _rights.get("user", ""))
 except BaseException as exc:     # noqa: B902 - fail closed
     os.write(2, f"gpu-worker: the forkserver could not take a child's rights "
                 f"({type(exc).__name__}: {exc}); it exits\n".encode())

@@ -94,8 +94,8 @@ class GatewayStore:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(ended.wait(), min(slice_s, left))
 
-    async def take_stream(self, job_id: str) -> dict | None:
-        status, items, dropped = await self.scripts.take_chunks(
+    async def drain_stream(self, job_id: str) -> dict | None:
+        status, items, dropped = await self.scripts.drain_chunks(
             keys=[self.keys.chunks(job_id), self.keys.job(job_id)])
         if not status:
             return None

@@ -192,9 +192,9 @@ if before == 0 and dropped > 0 then return 2 end
 return 1
 """
 
-# /stream: the chunks since the last call, taken. keys: chunks, job -> {status, chunks,
+# /stream: the chunks since the last call, drained. keys: chunks, job -> {status, chunks,
 # chunks dropped}
-TAKE_CHUNKS = """
+DRAIN_CHUNKS = """
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 redis.call('DEL', KEYS[1])
 local rec = redis.call('HMGET', KEYS[2], 'status', 'dropped')
@@ -204,7 +204,7 @@ return {rec[1] or '', items, rec[2] or '0'}
 
 ALL = {"submit": SUBMIT, "start": START, "finish": FINISH, "renew": RENEW,
        "release": RELEASE, "cancel": CANCEL, "progress": PROGRESS, "chunk": CHUNK,
-       "take_chunks": TAKE_CHUNKS}
+       "drain_chunks": DRAIN_CHUNKS}
 
 
 class Scripts:

@@ -1,7 +1,7 @@
 """One child process as the parent sees it: one object, one state machine (no I/O, no clock).
 
-    SETTLING ─settled─► LAUNCHING ─spawned─► SETTING_UP ─ready─► READY ⇄ BUSY
-        (an active child waits for its GPUs' memory; a spare starts LAUNCHING)
+    SETTLING ─settled─► SPAWNING ─spawned─► SETTING_UP ─ready─► READY ⇄ BUSY
+        (an active child waits for its GPUs' memory; a spare starts SPAWNING)
     any phase with a process ─begin_stop─► STOPPING ─(Stop, SIGTERM, SIGKILL)─► LOST
     any phase with a process ─exit seen─► EXITED (judge says what the exit means)
 
@@ -37,7 +37,7 @@ KILL_WAIT_S = 5.0          # after SIGKILL, at least: past it the child is decla
 
 class Phase(enum.Enum):
     SETTLING = "settling"        # its GPUs' memory is not back from the child before it
-    LAUNCHING = "launching"      # the launcher is starting its process
+    SPAWNING = "spawning"        # the launcher is starting its process
     SETTING_UP = "setting up"    # its process imports the module and runs its setup
     READY = "ready"
     BUSY = "busy"
@@ -53,7 +53,7 @@ class Phase(enum.Enum):
     @property
     def unborn(self) -> bool:
         """No process yet."""
-        return self is Phase.SETTLING or self is Phase.LAUNCHING
+        return self is Phase.SETTLING or self is Phase.SPAWNING
 
     @property
     def over(self) -> bool:
@@ -65,7 +65,7 @@ class Phase(enum.Enum):
         return _SHOWN.get(self, ChildState.STOPPING)
 
 
-_SHOWN = {Phase.SETTLING: ChildState.STARTING, Phase.LAUNCHING: ChildState.STARTING,
+_SHOWN = {Phase.SETTLING: ChildState.STARTING, Phase.SPAWNING: ChildState.STARTING,
           Phase.SETTING_UP: ChildState.STARTING, Phase.READY: ChildState.READY,
           Phase.BUSY: ChildState.BUSY}      # stopping, exited, lost: "stopping" until let go
 
@@ -142,7 +142,7 @@ class Child:
     gpu_checking: bool = False         # ... it passes the GPU check (sent) before promotion
     condemned: str | None = None       # a spare stopped as a failure, and why
     live: bool = False                 # its phase is READY or BUSY (kept by _enter)
-    unborn: bool = True                # its phase is SETTLING or LAUNCHING: no process yet
+    unborn: bool = True                # its phase is SETTLING or SPAWNING: no process yet
     state: ChildState = ChildState.STARTING   # its phase as the status publishes it
 
     def __post_init__(self) -> None:
@@ -200,7 +200,7 @@ class Child:
 
     def settled(self, used_mb: float) -> None:
         """Its GPUs have the memory back: what is in use now is its baseline."""
-        self._enter(Phase.LAUNCHING)
+        self._enter(Phase.SPAWNING)
         self.baseline_mb = used_mb
 
     def spawned(self, pid: int, now: float, setup_timeout: float) -> None:

@@ -52,7 +52,7 @@ class Commands:
             pass
         self._pending = False
 
-    def take(self) -> Any:
+    def pop(self) -> Any:
         """The next event, or None."""
         try:
             return self._queue.popleft()

@@ -97,7 +97,7 @@ class SupervisorCore:
             self._in_event = False
             self._step(now)
         self._in_event = None
-        return self._take()
+        return self._collect()
 
     def recover(self, event: E.Event, text: str, now: float) -> list:
         """Handling `event` raised (a bug, or input nothing anticipated). What the core
@@ -115,7 +115,7 @@ class SupervisorCore:
                 slot.forget(action)
         recovery.recover(self, event, text, now, in_event is True)
         self._step(now)
-        return self._take()
+        return self._collect()
 
     def send(self, actions: list) -> None:
         """Add actions to this step's (recovery's replacements)."""
@@ -136,7 +136,7 @@ class SupervisorCore:
         if self.shutdown_at is None:
             self.shutdown_at = now
 
-    def _take(self) -> list:
+    def _collect(self) -> list:
         out, self._out = self._out, []
         ended = self.jobs.outbox
         if ended:

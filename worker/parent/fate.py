@@ -32,7 +32,7 @@ class WorkerFate:
                            tail: tuple = ()) -> None:
         """A child could not start. With one child, the worker cannot run jobs. With
         several, the slot is tried again (up to restart_limit times in a row) once any
-        child has been ready, and is taken out of service otherwise; the worker fails only
+        child has been ready, and is put out of service otherwise; the worker fails only
         when no slot is left."""
         failures = slot.setup_failed()
         if len(self._slots) == 1:
@@ -53,7 +53,7 @@ class WorkerFate:
         is the set-up's own failure."""
         why = f"handler setup failed: {message}" if final is WorkerState.SETUP_FAILED \
             else message
-        slot.take_out(why, revivable)
+        slot.put_out_of_service(why, revivable)
         left = sum(s.out is None for s in self._slots)
         if left:
             log.error("child%s is out of service (%s); %d of %d children go on",

@@ -51,7 +51,7 @@ class TrackedJob:
 
 class JobBook:
     def __init__(self, settings: Callable[[], Settings]):
-        self.outbox: list = []            # Ended actions not yet taken by the core
+        self.outbox: list = []            # Ended actions not yet collected by the core
         self._settings = settings
         self.pending: collections.deque[TrackedJob] = collections.deque()
         self.active: dict[str, TrackedJob] = {}   # id -> job, queued or in a child

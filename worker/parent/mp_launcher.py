@@ -136,7 +136,7 @@ def _safe_path_flags() -> list:
     """The flags multiprocess starts an interpreter with (the forkserver, a spawned
     child), -P added whatever the worker was started with (the `worker` command has no
     -P): a `-c` interpreter would put the working folder first on its path, where a file
-    beside the handler runs before the forkserver takes a child's rights
+    beside the handler runs before the forkserver drops to a child's rights
     (safe_path.py)."""
     flags = _interpreter_flags()
     return flags if "-P" in flags or not safe_path.usable() else [*flags, "-P"]
@@ -434,7 +434,7 @@ class MpLauncher(Launcher):
                 if forked:
                     self._ensure_server(rights)
                 process.start()
-                reaper.launched(process.pid)
+                reaper.watched(process.pid)
                 if forked:
                     # Its exit report is ours to read: multiprocess must not poll it.
                     getattr(mp_process, "_children", set()).discard(process)

@@ -7,7 +7,7 @@ descendants (child/descendants.py), so a process a job starts stays below its ch
 whatever session or group it moves to; when the child ends, those come here.
 
 The worker's direct children are therefore of three kinds, told apart by registration,
-never by guessing: the children a host watches (launched(), until released()), the
+never by guessing: the children a host watches (watched(), until released()), the
 processes the worker starts for itself (own(): the forkserver; a start runs under
 starting(), so none is seen half-registered), and adopted ones — everything else. Adopted
 processes are what an ended child left behind: the sweep SIGKILLs each with everything
@@ -75,7 +75,7 @@ def starting():
         yield
 
 
-def launched(pid: int) -> None:
+def watched(pid: int) -> None:
     """A child was started, and a host watches it."""
     with _lock:
         _held.add(pid)

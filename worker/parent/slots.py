@@ -86,7 +86,7 @@ class Slot:
 
     @property
     def starting(self) -> int | None:
-        """The number of the active child being started (settling or launching)."""
+        """The number of the active child being started (settling or spawning)."""
         c = self.active
         return c.cid if c is not None and c.unborn else None
 
@@ -188,7 +188,7 @@ class Slot:
         """A spare beside the live active child; the fit check (spare_fit.py) needs that
         child's pid, GPUs and peak VRAM."""
         active = self.active
-        self.spare = Child(cid, self.index, Role.SPARE, Phase.LAUNCHING)
+        self.spare = Child(cid, self.index, Role.SPARE, Phase.SPAWNING)
         beside = {"WORKER_SPARE_BESIDE": str(active.pid)}     # child/beside.py
         return Spawn(self.index, cid, self.settings, {**self.env(), **beside},
                      cause=StartCause.SPARE, active_pid=active.pid, devices=self.devices,
@@ -447,7 +447,7 @@ class Slot:
 
     # --- the worker's verdicts on it ---------------------------------------------------------
 
-    def take_out(self, why: str, revivable: bool = False) -> None:
+    def put_out_of_service(self, why: str, revivable: bool = False) -> None:
         self.out, self.revivable = why, revivable
 
     def setup_failed(self) -> int:

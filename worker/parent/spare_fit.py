@@ -55,9 +55,9 @@ def check(probe, active_pid: int | None, devices: tuple, vram_mb: float,
     reading = probe.read(None)
     exclusive = getattr(probe, "exclusive", None)
     if devices and exclusive is not None:
-        taken = exclusive(devices)
-        if taken:
-            return Fit(False, f"GPU {', '.join(taken)} is in EXCLUSIVE_PROCESS compute mode "
+        single = exclusive(devices)
+        if single:
+            return Fit(False, f"GPU {', '.join(single)} is in EXCLUSIVE_PROCESS compute mode "
                               "(one process per GPU)", never=True)
     need = own_mb(active_pid) if active_pid else 0.0
     free = available_mb(reading)

@@ -21,9 +21,9 @@ results, blame, the worker's fate) → slots.py, one place per child (roles, sta
 stops, clocks) → child.py, one Child per process (its phase, jobs, stop steps, and the
 judgement of its exit); each answers with actions, which come back here.
 
-Starting a child (its phases settling → launching → setting up → ready): core → Settle
+Starting a child (its phases settling → spawning → setting up → ready): core → Settle
 (wait for the last child's GPU memory, off the loop when there is a wait) → Settled →
-core → Spawn → Launcher.start in a thread (launching.py: a
+core → Spawn → Launcher.start in a thread (spawns.py: a
 launcher can hang) → its answer on the command queue → a ChildHost and Spawned, or
 SpawnFailed. A start past the launcher's bound declares the launcher dead (replaced; the
 children it started live on) and fails for a moment: the core retries. Every outcome of
@@ -59,7 +59,7 @@ from .dispatch import Dispatcher
 from .gpu_procs import ProcessMemory
 from .health_file import HealthFile
 from .launcher import Launcher
-from .launching import Launch, Launches
+from .spawns import Spawning, Spawns
 from .causes import StartCause
 from .metrics import Metrics
 from .monitor import make_probe
@@ -114,7 +114,7 @@ class Supervisor:
         self._probe_stop = threading.Event()
         self._stopping = threading.Event()     # stop() was called: a settle wait gives up
         self._events = Commands()
-        self._launches = Launches(self.launcher, self._events.put, clock)
+        self._spawns = Spawns(self.launcher, self._events.put, clock)
         self._polled: list = []          # hosts with a time to look at their child
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._events.wake_fd, selectors.EVENT_READ, (None, "wake"))
@@ -227,15 +227,15 @@ class Supervisor:
         self._dispatcher.feed(event)
 
     def _loop(self) -> None:
-        core, feed, take = self.core, self._feed, self._events.take
+        core, feed, pop = self.core, self._feed, self._events.pop
         fatal = None
         self._events.loop_ident = threading.get_ident()
         try:
             feed(E.Tick())
             while True:
-                while (event := take()) is not None:
-                    if type(event) is Launch:
-                        self._launched(event)
+                while (event := pop()) is not None:
+                    if type(event) is Spawning:
+                        self._spawn_answered(event)
                     else:
                         feed(event)
                 if core.finished:
@@ -243,7 +243,7 @@ class Supervisor:
                 if self._dirty:
                     self._publish()
                 deadline = core.next_deadline()
-                wake = self._next_wake(deadline) if self._polled or self._launches.open \
+                wake = self._next_wake(deadline) if self._polled or self._spawns.open \
                     else deadline
                 asleep_at = self.clock()
                 ready = self._sel.select(None if wake is None     # capped at 1 h:
@@ -265,7 +265,7 @@ class Supervisor:
                 for host in gone:     # its last messages come with its exit
                     del self._hosts[host.cid]
                     feed(host.exited())
-                if self._launches.open:
+                if self._spawns.open:
                     self._give_up_late_starts()
                 # Events check the clocks too, but not when none came (or only a flush).
                 if deadline is not None and deadline <= self.clock():
@@ -288,14 +288,14 @@ class Supervisor:
             for event in self._events.close():       # queued as the loop ended
                 if type(event) is E.Submit:
                     self._refuse_late(event.job, event.listener)
-                elif type(event) is Launch and event.proc is not None:
+                elif type(event) is Spawning and event.proc is not None:
                     event.proc.close()               # a child no one would watch
         if fatal is not None and self.on_fatal is not None:
             self.on_fatal(fatal)
 
     def _next_wake(self, deadline: float | None) -> float | None:
         """The nearest of the core's deadline, a start's bound, a host's next look."""
-        times = [t for t in (deadline, self._launches.next_deadline()) if t is not None]
+        times = [t for t in (deadline, self._spawns.next_deadline()) if t is not None]
         times.extend(h.check_at for h in self._polled)
         return min(times) if times else None
 
@@ -307,9 +307,9 @@ class Supervisor:
             self.launcher.template_lost("died while its children ran")
         return gone
 
-    def _launched(self, launch: Launch) -> None:
-        """A start's answer (launching.py): a host and Spawned, or SpawnFailed."""
-        event = self._launches.outcome(launch, self._watch)
+    def _spawn_answered(self, spawning: Spawning) -> None:
+        """A start's answer (spawns.py): a host and Spawned, or SpawnFailed."""
+        event = self._spawns.outcome(spawning, self._watch)
         if event is not None:
             self._feed(event)
 
@@ -325,7 +325,7 @@ class Supervisor:
             self._polled.append(host)
 
     def _give_up_late_starts(self) -> None:
-        for event in self._launches.give_up_late(self.clock()):
+        for event in self._spawns.give_up_late(self.clock()):
             self._feed(event)
 
     def _last_words(self, event: E.Event) -> None:
@@ -392,7 +392,7 @@ class Supervisor:
         threading.Thread(target=run, daemon=True, name="gpu-worker-settle").start()
 
     def spawn(self, action: A.Spawn) -> None:
-        """Start the child off the loop (launching.py); its answer is a Launch. A spare
+        """Start the child off the loop (spawns.py); its answer is a Spawning. A spare
         starts only if it fits beside the active child (spare_fit.py)."""
         if action.cause is StartCause.SPARE:
             fit = spare_fit.check(self.probe, action.active_pid, action.devices,
@@ -404,7 +404,7 @@ class Supervisor:
                 return
         self.metrics.loop.started(action.cause.value)
         try:
-            self._launches.begin(action, self.target)
+            self._spawns.begin(action, self.target)
         except RuntimeError as exc:       # no thread now (a thread limit): a moment's failure
             self._events.put(E.SpawnFailed(action.slot, action.cid, f"RuntimeError: {exc}",
                                            transient=True))

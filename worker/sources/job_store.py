@@ -185,17 +185,17 @@ class JobStore(JobListener):
         with self.lock:
             return rec.view(self.worker_id)
 
-    def take_stream(self, rec: Record) -> bytes:
+    def drain_stream(self, rec: Record) -> bytes:
         """The /stream answer's JSON: chunks produced since the last call, and the status
         (and how many chunks were dropped unread, once there are any). Chunks are held as
         their JSON text (a decoded one can take 20 times the memory) and answered as is."""
         with self.lock:
             unread = rec.unread
-            taken = unread.bytes if unread is not None else 0
-            chunks = unread.take() if unread is not None else []
-            if rec.finished is not None and taken:     # a finished record holds less now
-                rec.held -= taken
-                self.held_bytes -= taken
+            drained = unread.bytes if unread is not None else 0
+            chunks = unread.drain() if unread is not None else []
+            if rec.finished is not None and drained:   # a finished record holds less now
+                rec.held -= drained
+                self.held_bytes -= drained
             head = {"id": rec.id, "status": rec.status.value}
             if unread is not None and unread.dropped:
                 head["streamDropped"] = unread.dropped

@@ -136,7 +136,7 @@ def create_app(settings: Settings, target=None, supervisor: Supervisor | None = 
                       summary="Chunks a generator produced since the last call",
                       responses=errors(404))
     async def stream(job_id: str):
-        return answer(store().take_stream(record(job_id)))
+        return answer(store().drain_stream(record(job_id)))
 
     @router.post("/cancel/{job_id}", summary="Stop a job (queued or running)",
                  responses=errors(404))

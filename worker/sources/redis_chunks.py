@@ -56,7 +56,7 @@ class Outgoing:
             with self._lock:
                 self._queued = False        # chunks that come from now on queue a write
                 if self._pending is None:
-                    items = self._unread.take_items()
+                    items = self._unread.drain_items()
                     dropped = self._unread.dropped - self._dropped_sent
                     if not items and not dropped:
                         return answer

@@ -2,7 +2,7 @@
 
 A launcher can hang: a stopped forkserver accepts a request and never answers, and
 multiprocess reads the new pid with a blocking read. So each start runs in a thread of
-its own; its answer (a `Launch` with the process or the error) goes on the loop's command
+its own; its answer (a `Spawning` with the process or the error) goes on the loop's command
 queue, and the loop makes the child's host there. The loop also asks which starts are past
 their bound (`overdue`): it declares that launcher dead, and the start fails for a moment.
 A child that a given-up start still produces is closed, never adopted.
@@ -23,7 +23,7 @@ log = logging.getLogger("worker")
 
 
 @dataclass(slots=True, eq=False)
-class Launch:
+class Spawning:
     action: A.Spawn
     deadline: float | None
     bound: float | None
@@ -33,49 +33,50 @@ class Launch:
     trace: str = ""
 
 
-class Launches:
+class Spawns:
     def __init__(self, launcher: Launcher, post: Callable[[Any], bool],
                  clock: Callable[[], float]):
         """`post`: puts an answer on the loop's queue; False once the loop has ended."""
         self._launcher = launcher
         self._post = post
         self._clock = clock
-        self.open: dict[int, Launch] = {}      # by child number: asked, not answered
+        self.open: dict[int, Spawning] = {}    # by child number: asked, not answered
 
     def begin(self, action: A.Spawn, target: Any) -> None:
         """Start the child in a thread. RuntimeError: no thread could be started now."""
         bound = self._launcher.start_bound(action.settings)
-        launch = Launch(action, None if bound is None else self._clock() + bound, bound)
-        thread = threading.Thread(target=self._run, args=(launch, target), daemon=True,
-                                  name="gpu-worker-launch")
-        self.open[action.cid] = launch
+        spawning = Spawning(action, None if bound is None else self._clock() + bound, bound)
+        thread = threading.Thread(target=self._run, args=(spawning, target), daemon=True,
+                                  name="gpu-worker-spawn")
+        self.open[action.cid] = spawning
         try:
             thread.start()
         except BaseException:
             del self.open[action.cid]
             raise
 
-    def _run(self, launch: Launch, target: Any) -> None:
-        a = launch.action
+    def _run(self, spawning: Spawning, target: Any) -> None:
+        a = spawning.action
         try:
-            launch.proc = self._launcher.start(target, a.settings, checks=a.checks, env=a.env)
+            spawning.proc = self._launcher.start(target, a.settings, checks=a.checks,
+                                                 env=a.env)
         except BaseException as exc:     # noqa: BLE001 - every outcome goes to the loop
             # Text only: the exception's frames would hold what the failed start opened.
-            launch.error = f"{type(exc).__name__}: {exc}"
-            launch.transient = transient(exc)
-            launch.trace = traceback.format_exc()
+            spawning.error = f"{type(exc).__name__}: {exc}"
+            spawning.transient = transient(exc)
+            spawning.trace = traceback.format_exc()
             del exc
-        if not self._post(launch) and launch.proc is not None:
-            launch.proc.close()          # the loop has ended: no one would watch it
+        if not self._post(spawning) and spawning.proc is not None:
+            spawning.proc.close()        # the loop has ended: no one would watch it
 
-    def outcome(self, launch: Launch, watch: Callable) -> E.Event | None:
+    def outcome(self, spawning: Spawning, watch: Callable) -> E.Event | None:
         """What a start's answer means for the core: Spawned, once `watch(slot, cid,
         proc)` has made the child's host; SpawnFailed (transient or not); None for a
         start given up on."""
-        if not self.answered(launch):
+        if not self.answered(spawning):
             return None
-        a, proc = launch.action, launch.proc
-        if launch.error is None:
+        a, proc = spawning.action, spawning.proc
+        if spawning.error is None:
             try:
                 watch(a.slot, a.cid, proc)
             except Exception as exc:    # noqa: BLE001 - no host: nothing else could stop it
@@ -85,45 +86,46 @@ class Launches:
                                      transient(exc))
             log.debug("child %d starting (%s)", proc.pid, self._launcher.method)
             return E.Spawned(a.slot, a.cid, proc.pid)
-        if launch.transient:
-            log.warning("could not start a worker process: %s", launch.error)
+        if spawning.transient:
+            log.warning("could not start a worker process: %s", spawning.error)
         else:
-            log.error("could not start the worker process: %s", launch.trace.rstrip())
-        return E.SpawnFailed(a.slot, a.cid, launch.error, launch.transient)
+            log.error("could not start the worker process: %s", spawning.trace.rstrip())
+        return E.SpawnFailed(a.slot, a.cid, spawning.error, spawning.transient)
 
     def give_up_late(self, now: float) -> list:
         """Starts past their bound: that launcher is declared dead, each start fails for
         a moment (the core retries through the launcher's new template)."""
         out = []
-        for launch in self.overdue(now):
-            reason = f"did not start a child within {launch.bound:g}s"
+        for spawning in self.overdue(now):
+            reason = f"did not start a child within {spawning.bound:g}s"
             self._launcher.declare_dead(reason)
-            out.append(E.SpawnFailed(launch.action.slot, launch.action.cid,
-                                     f"the launcher {reason}; it is replaced", transient=True))
+            out.append(E.SpawnFailed(spawning.action.slot, spawning.action.cid,
+                                     f"the launcher {reason}; it is replaced",
+                                     transient=True))
         return out
 
-    def answered(self, launch: Launch) -> bool:
+    def answered(self, spawning: Spawning) -> bool:
         """The loop has a start's answer: True if it still counts. A start given up on
         is closed here (its child, if it made one, is killed and released)."""
-        if self.open.get(launch.action.cid) is not launch:
-            if launch.proc is not None:
+        if self.open.get(spawning.action.cid) is not spawning:
+            if spawning.proc is not None:
                 try:
-                    launch.proc.close()
+                    spawning.proc.close()
                 except Exception:     # noqa: BLE001 - the loop must go on
-                    log.exception("could not close the late child %d", launch.proc.pid)
+                    log.exception("could not close the late child %d", spawning.proc.pid)
             return False
-        del self.open[launch.action.cid]
+        del self.open[spawning.action.cid]
         return True
 
     def next_deadline(self) -> float | None:
-        times = [launch.deadline for launch in self.open.values()
-                 if launch.deadline is not None]
+        times = [spawning.deadline for spawning in self.open.values()
+                 if spawning.deadline is not None]
         return min(times) if times else None
 
     def overdue(self, now: float) -> list:
         """Starts past their bound, given up on now."""
-        late = [launch for launch in self.open.values()
-                if launch.deadline is not None and now >= launch.deadline]
-        for launch in late:
-            del self.open[launch.action.cid]
+        late = [spawning for spawning in self.open.values()
+                if spawning.deadline is not None and now >= spawning.deadline]
+        for spawning in late:
+            del self.open[spawning.action.cid]
         return late
