@@ -226,6 +226,36 @@ def test_one_front_door_runs_uvicorn_with_no_subclass_of_its_server():
     assert subclasses == [], subclasses
 
 
+# Every HTTP client in the worker: requests, except where an exception's reason holds
+# (docs/architecture.md, "HTTP clients"). A new use of http.client, urllib.request or
+# any other client library fails here until it is named with its reason.
+HTTP_CLIENT = "requests"
+HTTP_EXCEPTIONS = {
+    "worker.sources.runpod_take": "http.client: the take's socket is ours to cut at a "
+                                  "signal (an abortable long-poll)",
+    "worker.sources.webhook_post": "http.client: the connection goes to the address that "
+                                   "was checked (pinned; resolving again reopens DNS "
+                                   "rebinding)",
+    "worker.serverless.utils.rp_ssrf": "http.client: the pinned connection itself",
+    "worker.serverless.utils.rp_download": "http.client: downloads over the pinned, checked "
+                                           "address (rp_ssrf)",
+    "worker.sources.job_store": "http.client: only its exception class, for webhook_post's "
+                                "errors",
+}
+_CLIENTS = {"requests", "http.client", "urllib.request", "urllib3", "httpx", "aiohttp",
+            "pycurl", "httplib2"}
+
+
+def test_one_http_client_and_each_exception_named_with_its_reason():
+    users: dict = {}
+    for name, path in _modules().items():
+        for lib in _imported_names(path) & _CLIENTS:
+            users.setdefault(lib, set()).add(name)
+    others = {lib: mods for lib, mods in users.items() if lib != HTTP_CLIENT}
+    assert set(others) <= {"http.client"}, others
+    assert others.get("http.client", set()) == set(HTTP_EXCEPTIONS), others
+
+
 def test_the_core_does_no_io_and_owns_no_process():
     """The decisions (the core, its slots, children, spares, fate, recovery) import no
     I/O of ours and nothing that starts, watches or signals a process."""

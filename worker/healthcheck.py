@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
+
+import requests
 
 from . import run_modes
 from .config import Settings, SettingsError
@@ -64,14 +64,14 @@ def check_file(path: str) -> tuple[bool, str, str | None]:
 
 def check_api(base: str, timeout: float) -> tuple[bool, str]:
     url = f"{base}/health"
+    session = requests.Session()
+    session.trust_env = False      # loopback: never through a proxy from the environment
     try:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
-                health = json.load(resp)
-        except urllib.error.HTTPError as exc:    # 503: the body still says why
-            health = json.load(exc)
-    except (OSError, ValueError) as exc:
+        health = session.get(url, timeout=timeout).json()     # a 503's body says why
+    except (requests.RequestException, ValueError) as exc:
         return False, f"{url}: {exc}"
+    if not isinstance(health, dict):
+        return False, f"{url}: the answer is not a JSON object"
     worker = health.get("worker") or {}
     state = worker.get("state")
     if state == "running":

@@ -134,10 +134,10 @@ def create_app(settings: Settings) -> FastAPI:
                       summary="Chunks a generator produced since the last call",
                       responses=errors(404))
     async def stream(request: Request, job_id: str):
-        taken = await store(request).drain_stream(job_id)
-        if taken is None:
+        drained = await store(request).drain_stream(job_id)
+        if drained is None:
             raise HTTPException(404, f"no job with id {job_id!r} (unknown, or expired)")
-        return metrics.answer(taken)
+        return metrics.answer(drained)
 
     @router.post("/cancel/{job_id}", summary="Stop a job (queued or running)",
                  responses=errors(404))
