@@ -170,6 +170,10 @@ def test_healthcheck_against_the_local_api(server):
     ok = run_cli([PYTHON, "-m", "worker.healthcheck"],
                  env={"WORKER_SERVE_API": "true", "WORKER_API_PORT": str(s.port)})
     assert ok.returncode == 0 and "healthy: worker running" in ok.stdout
+    proxied = run_cli([PYTHON, "-m", "worker.healthcheck"],    # a proxy for the image's pip
+                      env={"WORKER_SERVE_API": "true", "WORKER_API_PORT": str(s.port),
+                           "http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
+    assert proxied.returncode == 0 and "healthy: worker running" in proxied.stdout
     broken = server("raise_at_import.py")
     broken.health_until(lambda w: w["state"] != "running")
     bad = run_cli([PYTHON, "-m", "worker.healthcheck"],
