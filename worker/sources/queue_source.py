@@ -1,5 +1,5 @@
-"""What every queue source does the same way: run, take while there is room, drain at a
-signal, and hand each taken job to the supervisor with a report guaranteed.
+"""What every queue source does the same way: run, take while there is room, stop at a
+signal within the grace, and hand each taken job to the supervisor with a report guaranteed.
 
 A queue (the RunPod job-take, a Redis stream) fills in `take` (one take of up to `room`
 jobs, each handed on with `submit`), `held` (the jobs it holds until their final
@@ -11,7 +11,7 @@ owns the threads' shape:
   thread, the main thread waiting until a signal or until the worker cannot run jobs;
 - the take loop: waits for room (the supervisor's capacity less what is held: a free slot
   or a new child wakes it), takes, again; a take that raises ends only that take;
-- the drain: no new take; the jobs held have WORKER_SHUTDOWN_GRACE to end and be
+- the stop: no new take; the jobs held have WORKER_SHUTDOWN_GRACE to end and be
   reported; then the children are stopped and the source closes its deliveries;
 - submit: a job handed to the supervisor, or, if that fails, reported FAILED at once —
   never a taken job without a report.
@@ -71,10 +71,10 @@ class QueueSource(JobListener, abc.ABC):
         """The supervisor has started: the source's own threads (deliveries, heartbeat)."""
 
     def leave_take(self, deadline: float) -> None:
-        """At a signal, before the drain: end a take in flight."""
+        """At a signal, before the grace: end a take in flight."""
 
     def release_rest(self) -> None:
-        """After the drain: what is still held (the grace is over)."""
+        """After the grace: what is still held."""
 
     @abc.abstractmethod
     def close(self, failed: bool) -> int:
@@ -104,12 +104,12 @@ class QueueSource(JobListener, abc.ABC):
         self.stopping.set()
         deadline = time.monotonic() + self.settings.shutdown_grace
         self.leave_take(deadline)
-        self.drained(deadline)
+        self.wait_for_held(deadline)
         self.release_rest()
         self.host.stop(0)
         return self.close(self.sup.state in (WorkerState.SETUP_FAILED, WorkerState.BROKEN))
 
-    def drained(self, deadline: float) -> bool:
+    def wait_for_held(self, deadline: float) -> bool:
         """Wait until the take loop has ended and nothing is held, or `deadline`."""
         with self._cond:
             return self._cond.wait_for(lambda: self.taking_done.is_set() and not self.held(),

@@ -303,7 +303,7 @@ class RunPodSource(QueueSource):
                             timeout=max(2.0, 2 * self.urls.ping_interval))
             except requests.RequestException as exc:
                 log.warning("heartbeat failed: %s", exc)
-            # Its own clock during the drain too (waiting on `stopping` would return at once
+            # Its own clock during the stop's grace too (waiting on `stopping` would return at once
             # once it is set, and ping in a loop).
             if self.finished.wait(self.urls.ping_interval):
                 return
