@@ -278,3 +278,18 @@ def test_the_gateway_fuzzed_from_its_own_schema(fleet):
                 case.body["webhook"] = "http://127.0.0.1:9/fuzzed"
             case.call_and_validate(base_url=gw.url, timeout=30)
         fuzz()
+
+
+def test_the_gateway_stops_on_a_signal_the_kernel_hands_to_a_thread_not_the_main_one(
+        tmp_path):
+    from tests.test_source_host import signal_another_thread
+    srv = RedisServer(tmp_path / "redis")
+    gw = None
+    try:
+        gw = Gateway(srv, "sig", tmp_path)
+        signal_another_thread(gw.proc.pid, 15)
+        assert gw.proc.wait(20) == 0, gw.text()
+    finally:
+        if gw is not None and gw.proc.poll() is None:
+            gw.proc.kill()
+        srv.close()

@@ -1,6 +1,8 @@
 """One source host for every source (sources/host.py): the same signals and the same stop
 bound, whether jobs come from the one-shot test, the local API or the RunPod queue.
 Real processes, real signals."""
+import os
+import signal
 import subprocess
 import time
 
@@ -67,6 +69,27 @@ def test_one_shot_a_signal_stops_the_job_shows_it_and_exits_1(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def signal_another_thread(pid: int, sig: int) -> None:
+    """kill(2) with the id of one of the process's threads other than the main one: the
+    signal is the process's, and the kernel hands it to that thread."""
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    os.kill(max(tids), sig)
+
+
+def test_local_api_stops_on_a_signal_the_kernel_hands_to_a_thread_not_the_main_one(tmp_path):
+    """Python runs a signal's handler in the main thread only: one waiting where a signal
+    cannot wake it would never stop the server."""
+    server = Server("edges.py", tmp_path)
+    try:
+        server.health_until(lambda w: w["child"] and w["child"]["state"] == "ready")
+        signal_another_thread(server.proc.pid, signal.SIGTERM)
+        assert server.proc.wait(20) == 0
+        assert "SIGTERM: the server stops" in server.log.read_text()
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
 
 
 def test_local_api_a_second_signal_stops_at_once_and_takes_the_children(tmp_path):

@@ -21,6 +21,8 @@ from .sources import webhook_post
 from .version import __version__
 
 RUNSYNC_WAIT_MS = 90_000
+ANSWER_WAIT_S = 5          # after a stop: to answer the requests in flight
+SIGNAL_CHECK_S = 0.1       # the main thread looks for a signal's handler this often
 SMALL_BODY = 64 * 1024     # a route that takes no job: no more than this, ever
 
 # The request body, described for /docs and for schema-driven fuzzing (the routes read
@@ -236,8 +238,8 @@ class Server:
         self._server.should_exit = True
 
     def run(self, sockets: list) -> None:
-        """Serve until stopped. The main thread waits here (a signal's handler runs in
-        it meanwhile); an exception that ended the server is raised here."""
+        """Serve until stopped. The main thread waits here; an exception that ended the
+        server is raised here."""
         ended: list = []
 
         def serve():
@@ -247,6 +249,10 @@ class Server:
                 ended.append(exc)
         thread = threading.Thread(target=serve, name="gpu-worker-http")
         thread.start()
-        thread.join()
+        # A signal's Python handler runs only in the main thread, between bytecodes: a
+        # join without a timeout would sleep through a signal the kernel gave to another
+        # thread. Waking as often as uvicorn's own loop did (0.1 s) keeps it as prompt.
+        while thread.is_alive():
+            thread.join(SIGNAL_CHECK_S)
         if ended:
             raise ended[0]

@@ -22,8 +22,8 @@ from fastapi.responses import JSONResponse, Response
 
 from .. import logs, redaction
 from ..config import Settings, SettingsError
-from ..front_door import JOB_BODY, RUNSYNC_WAIT_MS, Server, errors, new_app, open_door, \
-    parse_job_body, routers
+from ..front_door import ANSWER_WAIT_S, JOB_BODY, RUNSYNC_WAIT_MS, Server, errors, new_app, \
+    open_door, parse_job_body, routers
 from ..setting_names import names_ok
 from ..jobs import JobState
 from ..sources import listen
@@ -37,7 +37,6 @@ from .keys import Keys
 log = logging.getLogger("worker.gateway")
 IDEM_HEADER = "idempotency-key"
 RETRY_AFTER_S = 2
-ANSWER_WAIT_S = 5      # after SIGTERM: to answer the requests in flight
 
 
 def endpoints(settings: Settings) -> list:

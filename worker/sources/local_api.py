@@ -23,8 +23,8 @@ from fastapi.responses import Response
 
 from .. import stream_bound
 from ..config import Settings
-from ..front_door import JOB_BODY, RUNSYNC_WAIT_MS, Server, errors, json_response, \
-    new_app, open_door, parse_job_body, routers
+from ..front_door import ANSWER_WAIT_S, JOB_BODY, RUNSYNC_WAIT_MS, Server, errors, \
+    json_response, new_app, open_door, parse_job_body, routers
 from ..jobs import JobState
 from ..parent.metrics import CONTENT_TYPE
 from ..parent.supervisor import Supervisor, WorkerState
@@ -34,9 +34,6 @@ from . import listen, reloader, webhook_post
 from .job_store import JobStore, QueueFull
 
 log = logging.getLogger("worker.api")
-
-ANSWER_WAIT_S = 5      # after a stop: to write the answers of requests that waited on jobs
-
 
 def create_app(settings: Settings, target=None, supervisor: Supervisor | None = None,
                balanced: bool = False, host: SourceHost | None = None,
