@@ -106,3 +106,28 @@ def test_at_the_stop_a_running_job_finishes_within_the_grace_and_no_new_one_is_t
     assert source.results["long"][0].state is JobState.COMPLETED
     assert "late" not in source.results and list(source.waiting)[0]["id"] == "late"
     assert source.taking_done.is_set() and source.host.sup.join(0)
+
+
+class FaultyQueue(ListQueue):
+    """Its first take raises past everything the queue itself catches."""
+    faults = 1
+
+    def take(self, room: int) -> bool:
+        if self.faults:
+            self.faults -= 1
+            raise RuntimeError("the queue's client broke")
+        return super().take(room)
+
+
+def test_a_take_that_raises_ends_that_take_only_and_the_next_takes_the_job():
+    source = FaultyQueue(Settings(**{**FAST, "shutdown_grace": 5.0}),
+                         ScriptTarget(str(HANDLERS / "edges.py"), []))
+    runner = threading.Thread(target=source.run, daemon=True)
+    runner.start()
+    try:
+        source.put({"id": "after", "input": {"echo": 7}})
+        source.wait(["after"])
+        assert source.faults == 0 and source.results["after"][0].output["echo"] == 7
+    finally:
+        source.stopping.set()
+        runner.join(60)

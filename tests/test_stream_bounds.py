@@ -32,8 +32,8 @@ def test_unread_chunks_stay_within_the_bound_and_in_order(limit, steps):
     """Whatever comes and whenever it is read: within the bound, oldest dropped first,
     every chunk either read or counted as dropped, none both."""
     unread, read, sent = Unread(limit), [], 0
-    for take, nbytes in steps:
-        if take:
+    for reading, nbytes in steps:
+        if reading:
             read += unread.drain_items()
         else:
             unread.add(sent, nbytes)

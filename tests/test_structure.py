@@ -246,10 +246,31 @@ _CLIENTS = {"requests", "http.client", "urllib.request", "urllib3", "httpx", "ai
             "pycurl", "httplib2"}
 
 
+def _client_imports(path: Path) -> set:
+    """The HTTP client libraries a file imports, however spelt (`from http import
+    client`, `import urllib3.util`)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return {lib for lib in _CLIENTS for n in names if n == lib or n.startswith(lib + ".")}
+
+
+def test_the_client_check_sees_every_spelling(tmp_path):
+    spelt = tmp_path / "m.py"
+    spelt.write_text("from http import client\nfrom urllib import request\n"
+                     "import urllib3.util\nimport requests.adapters\n")
+    assert _client_imports(spelt) == {"http.client", "urllib.request", "urllib3",
+                                      "requests"}
+
+
 def test_one_http_client_and_each_exception_named_with_its_reason():
     users: dict = {}
     for name, path in _modules().items():
-        for lib in _imported_names(path) & _CLIENTS:
+        for lib in _client_imports(path):
             users.setdefault(lib, set()).add(name)
     others = {lib: mods for lib, mods in users.items() if lib != HTTP_CLIENT}
     assert set(others) <= {"http.client"}, others

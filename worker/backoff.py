@@ -1,7 +1,10 @@
 """The one backoff rule: the wait before try number `step` doubles from `first`, up to
 `cap`, optionally spread by ±`jitter` so that many clients do not retry in step.
-Every retry in the package uses it (a queue's take, a post, a webhook, a download, a
-child's start, a spare's rebuild)."""
+Every retry that backs off uses it (a queue's take, a post, a webhook, a download, a
+child's start, a spare's rebuild, the gateway's end notices). Waits that stay fixed on
+purpose are not backoffs: RunPod's 5 s after a 429 (its rule), the stop-poll's and the
+webhook outbox's 1 s before asking again, NVML's 1 s; the Redis client's own retries
+(fleet/connect.py) use redis-py's ExponentialBackoff, made for its Retry."""
 from __future__ import annotations
 
 import random

@@ -69,7 +69,7 @@ def check_api(base: str, timeout: float) -> tuple[bool, str]:
     try:
         health = session.get(url, timeout=timeout).json()     # a 503's body says why
     except (requests.RequestException, ValueError) as exc:
-        return False, f"{url}: {exc}"
+        return False, f"{url}: {_root(exc)}"
     if not isinstance(health, dict):
         return False, f"{url}: the answer is not a JSON object"
     worker = health.get("worker") or {}
@@ -78,6 +78,13 @@ def check_api(base: str, timeout: float) -> tuple[bool, str]:
         ready = any(c.get("state") in ("ready", "busy") for c in worker.get("children") or ())
         return (True, "worker running") if ready else (False, NOT_READY)
     return False, f"worker {state}: {worker.get('failure')}"
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The error under requests' wrappers (e.g. "[Errno 111] Connection refused")."""
+    while (cause := exc.__cause__ or exc.__context__) is not None:
+        exc = cause
+    return exc
 
 
 def main() -> int:

@@ -125,7 +125,7 @@ def child_main(spec: ChildSpec) -> None:
         if spec.forked and "worker.child.forkserver_rights" not in sys.modules:
             # multiprocess skips a preload it cannot import: fail closed, never serve from
             # a forkserver that ran the user's preloads with the worker's rights.
-            raise RuntimeError("the forkserver did not take a child's rights (its first "
+            raise RuntimeError("the forkserver did not drop to a child's rights (its first "
                                "imports failed; see its lines above): not serving from it")
         if settings.child_user:
             _become(settings.child_user)

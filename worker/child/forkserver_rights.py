@@ -21,7 +21,7 @@ try:
     _rights = json.loads(os.environ.pop(RIGHTS_ENV, "") or "{}")
     hardening.drop_child_rights(tuple(_rights.get("keep", ())), _rights.get("user", ""))
 except BaseException as exc:     # noqa: B902 - fail closed
-    os.write(2, f"gpu-worker: the forkserver could not take a child's rights "
+    os.write(2, f"gpu-worker: the forkserver could not drop to a child's rights "
                 f"({type(exc).__name__}: {exc}); it exits\n".encode())
     os._exit(1)
 

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import logging
 
+from ..backoff import delay
 from .records import text
 
 log = logging.getLogger("worker.gateway")
@@ -71,7 +72,7 @@ class Endings:
                 event.set()
 
     async def _listen(self) -> None:
-        wait, down = 0.1, False
+        failures, down = 0, False
         while True:
             try:
                 async with self.client.pubsub() as sub:
@@ -81,7 +82,7 @@ class Endings:
                     sub.connection.register_connect_callback(self._reconnected)
                     if down:
                         log.info("the queue's end notices are back")
-                    wait, down = 0.1, False
+                    failures, down = 0, False
                     self._wake_all()        # anything that ended while not subscribed
                     while True:
                         msg = await sub.get_message(ignore_subscribe_messages=True,
@@ -96,6 +97,6 @@ class Endings:
                                 "their jobs' records until they are back",
                                 type(exc).__name__, exc)
                 down = True
-                await asyncio.sleep(wait)
-                wait = min(2.0, wait * 2)
+                failures += 1
+                await asyncio.sleep(delay(failures, 0.1, 2.0))
 

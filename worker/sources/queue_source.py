@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any
 
+from ..backoff import Backoff
 from ..config import Settings
 from ..jobs import JobResult, JobState, Reason, failure
 from ..parent.supervisor import JobListener, Supervisor, WorkerState
@@ -125,6 +126,7 @@ class QueueSource(JobListener, abc.ABC):
             self._cond.notify_all()
 
     def _take_loop(self) -> None:
+        failing = Backoff(0.5, 10.0)
         try:
             while not self.stopping.is_set():
                 with self._cond:     # wait for a free slot (a final report notifies)
@@ -133,8 +135,14 @@ class QueueSource(JobListener, abc.ABC):
                 room = self.room()
                 if room <= 0 or self.stopping.is_set():
                     continue
-                if not self.take(room):
-                    break
+                try:
+                    if not self.take(room):
+                        break
+                    failing.reset()
+                except Exception:     # noqa: BLE001 - a take's fault ends that take only
+                    wait = failing.next()
+                    self.log.exception("taking jobs failed; taking again in %.1fs", wait)
+                    self.stopping.wait(wait)
         finally:
             self.taking_done.set()
             with self._cond:

@@ -42,7 +42,7 @@ REPORTED_KEPT = 4096              # ids of jobs reported here, remembered agains
 
 
 @dataclass
-class _Taken:
+class _Held:
     job_id: str
     stopped_by_platform: bool = False
 
@@ -55,7 +55,7 @@ class RunPodSource(QueueSource):
         self.worker_name = self.urls.worker_id
         super().__init__(settings, target, supervisor)
         self.finished = threading.Event()      # shutdown is over: the heartbeat ends
-        self._taken: dict[str, _Taken] = {}
+        self.held_jobs: dict[str, _Held] = {}
         self._reported: collections.OrderedDict = collections.OrderedDict()  # ended here, newest last
         self.delivery = Delivery(self._session, self._too_large,
                                  lambda: self.stopping.is_set() and self.taking_done.is_set(),
@@ -126,7 +126,7 @@ class RunPodSource(QueueSource):
     # --- taking jobs -----------------------------------------------------------------------
 
     def held(self) -> int:
-        return len(self._taken)
+        return len(self.held_jobs)
 
     def take(self, room: int) -> bool:
         t0 = time.monotonic()
@@ -153,7 +153,7 @@ class RunPodSource(QueueSource):
 
     def _take(self, room: int) -> runpod_batch.Batch | None:
         with self._cond:
-            in_progress = bool(self._taken)
+            in_progress = bool(self.held_jobs)
         batch = room if self._batching() else 1
         status, content_type, body = self._taker.get(self.urls.take(batch, in_progress))
         if status in (204, 400):
@@ -180,7 +180,7 @@ class RunPodSource(QueueSource):
             job_id = job.get("id") if isinstance(job, dict) else None
             if isinstance(job_id, str) and job_id in taken:
                 with self._cond:
-                    running = job_id in self._taken
+                    running = job_id in self.held_jobs
                 log.warning("job %s delivered again while it runs; ignoring the copy" if
                             running else "job %s sent twice in one answer; the first copy "
                             "has ended already, the second is ignored", job_id,
@@ -203,7 +203,7 @@ class RunPodSource(QueueSource):
         reported it (a copy of a running job is the running job's to report; a copy of one
         it reported, after a fast run, would be a second final report)."""
         with self._cond:
-            held = job_id in self._taken or job_id in self._reported
+            held = job_id in self.held_jobs or job_id in self._reported
         if held:       # its run reports it (or has): a job ends in one final report
             log.warning("the queue sent a copy of a job this worker runs or has reported, "
                         "and the copy cannot be read (%s); ignored", why,
@@ -227,11 +227,11 @@ class RunPodSource(QueueSource):
                       "URL); it cannot be reported: %.200r", job)
             return
         with self._cond:
-            if job_id in self._taken:
+            if job_id in self.held_jobs:
                 log.warning("job %s delivered again while it runs; ignoring the copy", job_id,
                             extra={"job_id": job_id})
                 return
-            self._taken[job_id] = _Taken(job_id)
+            self.held_jobs[job_id] = _Held(job_id)
         tracing.TRACES.remember(job)
         self.submit(job_id, job)
 
@@ -247,15 +247,15 @@ class RunPodSource(QueueSource):
     def on_result(self, result: JobResult) -> None:
         """The final report of a run this worker holds (the supervisor's one per job)."""
         with self._cond:
-            taken = self._taken.pop(result.job_id, None)
+            held = self.held_jobs.pop(result.job_id, None)
             self._reported[result.job_id] = None
             if len(self._reported) > REPORTED_KEPT:
                 self._reported.popitem(last=False)
             self._cond.notify_all()
-        self._post_final(result, taken)
+        self._post_final(result, held)
 
-    def _post_final(self, result: JobResult, taken: _Taken | None) -> None:
-        if taken is not None and taken.stopped_by_platform and \
+    def _post_final(self, result: JobResult, held: _Held | None) -> None:
+        if held is not None and held.stopped_by_platform and \
                 result.state is JobState.CANCELLED:
             log.info("job stopped by the platform", extra={"job_id": result.job_id})
             return          # as the SDK: the platform asked, it expects no result
@@ -297,7 +297,7 @@ class RunPodSource(QueueSource):
         session = self._session()
         while True:
             with self._cond:
-                ids = list(self._taken)
+                ids = list(self.held_jobs)
             try:
                 session.get(self.urls.heartbeat(ids),
                             timeout=max(2.0, 2 * self.urls.ping_interval))
@@ -327,10 +327,10 @@ class RunPodSource(QueueSource):
                 continue
             for job_id in ids:
                 with self._cond:
-                    taken = self._taken.get(job_id)
-                    if taken is not None:
-                        taken.stopped_by_platform = True
-                if taken is not None:
+                    held = self.held_jobs.get(job_id)
+                    if held is not None:
+                        held.stopped_by_platform = True
+                if held is not None:
                     log.info("the platform asked to stop this job", extra={"job_id": job_id})
                     self.sup.cancel(job_id)
             if not ids and time.monotonic() - t0 < 0.5:

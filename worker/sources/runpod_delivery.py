@@ -192,13 +192,13 @@ class Delivery:
                         if not woken and not self._ready:
                             return
                     job_id = self._ready.popleft()
-                self._drain(session, job_id)
+                self._send_lane(session, job_id)
         finally:
             with self._cond:
                 self._posters -= 1
             session.close()
 
-    def _drain(self, session: requests.Session, job_id: str) -> None:
+    def _send_lane(self, session: requests.Session, job_id: str) -> None:
         """Post one job's lane in order until it is empty (this thread owns it till then)."""
         while True:
             with self._cond:
