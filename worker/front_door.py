@@ -8,10 +8,15 @@ uvicorn on sockets already bound, with the signals left to the caller.
 from __future__ import annotations
 
 import hmac
+import inspect
 import json
+import re
 import threading
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.routing import compile_path
 
 from .config import Settings
@@ -106,6 +111,7 @@ def routers(settings: Settings, private: tuple = (), public: tuple = ()) -> tupl
             raise HTTPException(401, "a valid 'Authorization: Bearer <WORKER_API_TOKEN>' "
                                      "header is required")
 
+    authorised.front_door = True        # the one dependency the lane may call itself
     codes = (*private, *((401,) if token else ()))
     return (APIRouter(dependencies=[Depends(authorised)] if token else [],
                       responses=errors(*codes) if codes else {}),
@@ -113,10 +119,11 @@ def routers(settings: Settings, private: tuple = (), public: tuple = ()) -> tupl
 
 
 def open_door(app: FastAPI, router: APIRouter, public: APIRouter, settings: Settings,
-              outer: tuple = ()) -> None:
+              outer: tuple = (), lane: bool = True) -> None:
     """Mount the routers at the root and under /v2/{endpoint_id}/, answer HTTPException
-    as {"error": detail}, and put BodyLimit (then `outer`, middleware classes outermost
-    last) in front of every route."""
+    as {"error": detail}, and put the lane (`lane`: else every request goes through
+    FastAPI alone), BodyLimit, then `outer` (middleware classes, outermost last) in front
+    of every route."""
     mounted = [(r, prefix) for r in (router, public) for prefix in ("", "/v2/{endpoint_id}")]
     for r, prefix in mounted:
         app.include_router(r, prefix=prefix, **({"generate_unique_id_function": lambda route:
@@ -127,6 +134,8 @@ def open_door(app: FastAPI, router: APIRouter, public: APIRouter, settings: Sett
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code,
                             headers=exc.headers)
 
+    if lane:
+        app.add_middleware(Lane, routes=lane_routes(mounted), handlers=app.exception_handlers)
     app.add_middleware(BodyLimit, table=route_limits(mounted, settings))
     for middleware in outer:
         app.add_middleware(middleware)
@@ -140,6 +149,110 @@ def route_limits(mounted: list, settings: Settings) -> list:
             "realtime": int(settings.max_runsync_mb * 2**20)}     # it waits, as runsync
     return [(compile_path(prefix + route.path)[0], jobs.get(route.name, SMALL_BODY))
             for r, prefix in mounted for route in r.routes]
+
+
+# --- the lane: the job routes without FastAPI's per-request machinery ---------------------
+
+@dataclass(frozen=True)
+class _Direct:
+    """A route the lane calls itself: its endpoint, what its parameters are."""
+    regex: re.Pattern
+    methods: frozenset
+    route: APIRoute
+    request_name: str | None
+    path_names: tuple
+    ints: tuple                 # ((query name, default), ...)
+    checks: tuple               # dependencies: the front door's token check, or none
+
+
+_INT = re.compile(r"-?[0-9]{1,18}")
+
+
+def lane_routes(mounted: list) -> list:
+    """The routes, as mounted, whose parameters the lane knows (the request, str path
+    parameters, int query parameters with a default; no body model, no other
+    dependency); each carries its endpoint. Any other route is FastAPI's alone."""
+    out = []
+    for r, prefix in mounted:
+        for route in r.routes:
+            d = getattr(route, "dependant", None)
+            if d is None or not inspect.iscoroutinefunction(route.endpoint) or \
+                    d.body_params or d.header_params or d.cookie_params or \
+                    d.background_tasks_param_name or d.response_param_name or \
+                    not all(getattr(sub.call, "front_door", False) for sub in d.dependencies):
+                continue
+            if any(p.field_info.annotation is not str for p in d.path_params) or \
+                    any(p.field_info.annotation is not int or not isinstance(
+                        p.field_info.default, int) for p in d.query_params):
+                continue
+            out.append(_Direct(compile_path(prefix + route.path)[0], frozenset(route.methods),
+                               route, d.request_param_name,
+                               tuple(p.name for p in d.path_params),
+                               tuple((p.name, p.field_info.default) for p in d.query_params),
+                               tuple(sub.call for sub in d.dependencies)))
+    return out
+
+
+class Lane:
+    """ASGI middleware in front of FastAPI for the job routes: a request that matches one
+    (path and method, and query values the lane can read as FastAPI would) is answered
+    by calling its endpoint directly, with the same token check, the same responses and
+    the same exception handlers; anything else goes on to FastAPI, which still owns the
+    routes' schema (/docs), redirects, 404/405/422. FastAPI's per-request work (nested
+    routers, dependency solving, telemetry hooks) is most of a trivial /runsync's cost in
+    the parent (docs/benchmarks.md)."""
+
+    def __init__(self, app, routes: list, handlers: dict):
+        self.app = app
+        self.routes = routes
+        self.handlers = handlers      # the app's own, as FastAPI's ExceptionMiddleware uses
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and not scope.get("root_path"):
+            for direct in self.routes:
+                match = direct.regex.match(scope["path"])
+                if match is not None:
+                    if scope["method"] in direct.methods:
+                        scope["path_params"] = match.groupdict()    # /v2/{endpoint_id} too
+                        kwargs = _arguments(direct, scope, match)
+                        if kwargs is not None:
+                            return await self._call(direct, scope, receive, send, kwargs)
+                    break
+        await self.app(scope, receive, send)
+
+    async def _call(self, direct: _Direct, scope, receive, send, kwargs: dict):
+        scope["route"], scope["endpoint"] = direct.route, direct.route.endpoint
+        request = Request(scope, receive, send)
+        if direct.request_name:
+            kwargs[direct.request_name] = request
+        try:
+            for check in direct.checks:
+                check(request)
+            answer = await direct.route.endpoint(**kwargs)
+            if not isinstance(answer, Response):
+                answer = JSONResponse(answer, status_code=direct.route.status_code or 200)
+        except Exception as exc:      # noqa: BLE001 - the app's handler for it, as FastAPI
+            handler = next((self.handlers[c] for c in type(exc).__mro__
+                            if c in self.handlers), None)
+            if handler is None:
+                raise
+            answer = await handler(request, exc)
+        await answer(scope, receive, send)
+
+
+def _arguments(direct: _Direct, scope, match) -> dict | None:
+    """The endpoint's keyword arguments, or None where FastAPI must read them (a query
+    value it would refuse or read differently: FastAPI answers that)."""
+    kwargs = {name: match.group(name) for name in direct.path_names}
+    if direct.ints:
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                          keep_blank_values=True)
+        for name, default in direct.ints:
+            given = [v for k, v in query if k == name]
+            if len(given) > 1 or (given and not _INT.fullmatch(given[0])):
+                return None
+            kwargs[name] = int(given[0]) if given else default
+    return kwargs
 
 
 class _TooLarge(Exception):

@@ -1,0 +1,141 @@
+"""The front door's lane (worker/front_door.py, Lane) answers the job routes without
+FastAPI's per-request machinery: every answer must be the one FastAPI gives. Each request
+here goes to the same app built twice, with and without the lane, and the two ASGI
+answers are compared whole (status, headers, body)."""
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from hypothesis import given, settings as hsettings, strategies as st
+
+from worker.config import Settings
+from worker.front_door import RUNSYNC_WAIT_MS, lane_routes, new_app, open_door, routers
+
+
+class QueueDown(Exception):
+    pass
+
+
+def build(lane: bool, token: str = "") -> FastAPI:
+    settings = Settings(api_token=token)
+    app = new_app("t", "t", None, settings)
+    router, public = routers(settings, (404,), (404,))
+
+    @router.post("/runsync")
+    async def runsync(request: Request, wait: int = RUNSYNC_WAIT_MS):
+        body = await request.body()
+        if body == b"raise":
+            raise HTTPException(429, "full", headers={"Retry-After": "1"})
+        if body == b"down":
+            raise QueueDown("the queue is away")
+        return {"wait": wait, "body": body.decode("utf-8", "replace"),
+                "endpoint": request.path_params.get("endpoint_id"),
+                "route": request.scope["route"].name}
+
+    @router.api_route("/status/{job_id}", methods=["GET", "POST"])
+    async def status(job_id: str):
+        if job_id == "gone":
+            raise HTTPException(404, f"no job with id {job_id!r}")
+        return Response(b'{"id":"%s"}' % job_id.encode(), media_type="application/json")
+
+    @public.get("/ping")
+    async def ping():
+        return {"status": "healthy", "text": "é"}
+
+    @app.exception_handler(QueueDown)
+    async def queue_down(request: Request, exc: Exception):
+        return JSONResponse({"error": str(exc)}, status_code=503,
+                            headers={"Retry-After": "2"})
+
+    open_door(app, router, public, settings, lane=lane)
+    return app
+
+
+async def _ask(app, method: str, path: str, query: bytes = b"", body: bytes = b"",
+               headers: tuple = ()) -> list:
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": query, "root_path": "", "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 2),
+             "headers": [(b"content-length", str(len(body)).encode()), *headers]}
+    sent, messages = [], [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+    await app(scope, receive, send)
+    return sent
+
+
+def ask_both(token: str = "", **request) -> list:
+    async def both():
+        return [await _ask(build(lane, token), **request) for lane in (True, False)]
+    with_lane, without = asyncio.run(both())
+    assert with_lane == without, (request, with_lane, without)
+    return with_lane
+
+
+def test_the_lane_takes_the_job_routes_and_leaves_the_rest_to_fastapi():
+    app = build(True)
+    mounted = [(r.path, sorted(r.methods)) for r in app.routes if hasattr(r, "methods")]
+    assert mounted                          # FastAPI still owns every route's schema
+    settings = Settings()
+    router, public = routers(settings)
+
+    @router.post("/typed")
+    async def typed(n: float = 1.0):     # a parameter the lane does not read: FastAPI's
+        return {}
+    assert lane_routes([(router, "")]) == []
+    app_router, _ = routers(settings)
+
+    @app_router.post("/runsync")
+    async def direct(request: Request, wait: int = 1):
+        return {}
+    assert [d.route.name for d in lane_routes([(app_router, "")])] == ["direct"]
+
+
+CASES = [
+    dict(method="POST", path="/runsync", body=b'{"input": 1}'),
+    dict(method="POST", path="/v2/ep1/runsync", body=b"{}"),
+    dict(method="POST", path="/runsync", query=b"wait=5000", body=b"x"),
+    dict(method="POST", path="/runsync", query=b"wait=abc"),          # FastAPI's 422
+    dict(method="POST", path="/runsync", query=b"wait=1&wait=2"),
+    dict(method="POST", path="/runsync", query=b"wait=-3&other=1"),
+    dict(method="POST", path="/runsync", body=b"raise"),              # HTTPException
+    dict(method="POST", path="/runsync", body=b"down"),               # the app's handler
+    dict(method="GET", path="/runsync"),                              # 405
+    dict(method="POST", path="/runsync/"),                            # FastAPI's redirect
+    dict(method="GET", path="/status/abc"),
+    dict(method="POST", path="/v2/e/status/abc"),
+    dict(method="GET", path="/status/gone"),
+    dict(method="GET", path="/status/"),
+    dict(method="GET", path="/ping"),
+    dict(method="GET", path="/v2/x/ping"),
+    dict(method="GET", path="/nowhere"),
+]
+
+
+def test_every_answer_is_fastapis():
+    for case in CASES:
+        ask_both(**case)
+
+
+def test_with_a_token_the_lane_checks_it_as_fastapi_does():
+    for headers in ((), ((b"authorization", b"Bearer nope"),),
+                    ((b"authorization", b"Bearer s3cret"),)):
+        for case in CASES:
+            ask_both(token="s3cret", headers=headers, **case)
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(query=st.binary(max_size=30), job=st.text(max_size=12), body=st.binary(max_size=20),
+       prefix=st.sampled_from(["", "/v2/ep"]))
+def test_any_query_path_or_body_gets_fastapis_answer(query, job, body, prefix):
+    job = job.replace("/", "")
+    ask_both(method="POST", path=f"{prefix}/runsync", query=query, body=body)
+    if job:
+        ask_both(method="GET", path=f"{prefix}/status/{job}")
