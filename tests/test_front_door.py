@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+import datetime
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from hypothesis import given, settings as hsettings, strategies as st
 
 from worker.config import Settings
-from worker.front_door import RUNSYNC_WAIT_MS, lane_routes, new_app, open_door, routers
+from worker.front_door import RUNSYNC_WAIT_MS, SMALL_BODY, lane_routes, new_app, open_door, \
+    routers
 
 
 class QueueDown(Exception):
@@ -44,23 +48,81 @@ def build(lane: bool, token: str = "") -> FastAPI:
     async def ping():
         return {"status": "healthy", "text": "é"}
 
+    @router.post("/which")
+    async def which(request: Request):
+        return {"by_lane": "router" not in request.scope}   # FastAPI's router sets it
+
+    # Routes the lane must leave to FastAPI, and answers it must give as FastAPI does.
+    @router.post("/bounded")
+    async def bounded(wait: int = Query(5, ge=1)):
+        return {"wait": wait}
+
+    @router.post("/aliased")
+    async def aliased(w: Annotated[int, Query(alias="ww")] = 5):
+        return {"w": w}
+
+    @router.get("/html", response_class=HTMLResponse)
+    async def html():
+        return "<p>hi</p>"
+
+    @router.post("/nothing", status_code=204)
+    async def nothing():
+        return {"dropped": True}
+
+    @router.get("/when")
+    async def when():
+        return {"at": datetime.datetime(2026, 12, 7, 11, 0), "tags": {"a"}}
+
+    @router.get("/teapot")
+    async def teapot():
+        raise HTTPException(418, "short and stout")
+
+    @router.get("/sync-handled")
+    async def sync_handled():
+        raise LookupError("found nothing")
+
+    @router.get("/broken")
+    async def broken():
+        raise RuntimeError("a bug")
+
+    @router.post("/read")
+    async def read(request: Request):
+        return {"n": len(await request.body())}
+
     @app.exception_handler(QueueDown)
     async def queue_down(request: Request, exc: Exception):
         return JSONResponse({"error": str(exc)}, status_code=503,
                             headers={"Retry-After": "2"})
+
+    @app.exception_handler(418)
+    async def by_code(request: Request, exc: Exception):
+        return JSONResponse({"teapot": exc.detail}, status_code=418)
+
+    @app.exception_handler(LookupError)
+    def sync_handler(request: Request, exc: Exception):
+        return JSONResponse({"lookup": str(exc)}, status_code=409)
+
+    @app.exception_handler(Exception)
+    async def anything(request: Request, exc: Exception):
+        return JSONResponse({"error": "internal"}, status_code=500)
 
     open_door(app, router, public, settings, lane=lane)
     return app
 
 
 async def _ask(app, method: str, path: str, query: bytes = b"", body: bytes = b"",
-               headers: tuple = ()) -> list:
+               headers: tuple = (), chunked: bool = False) -> list:
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
              "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
              "query_string": query, "root_path": "", "client": ("127.0.0.1", 1),
              "server": ("127.0.0.1", 2),
-             "headers": [(b"content-length", str(len(body)).encode()), *headers]}
+             "headers": [] if chunked else [(b"content-length", str(len(body)).encode())]}
+    scope["headers"] += list(headers)
     sent, messages = [], [{"type": "http.request", "body": body, "more_body": False}]
+    if chunked:     # no Content-Length: the body limit counts it as it comes
+        messages = [{"type": "http.request", "body": body[i:i + 4096], "more_body": True}
+                    for i in range(0, len(body), 4096)] + [{"type": "http.request",
+                                                             "body": b"", "more_body": False}]
 
     async def receive():
         return messages.pop(0) if messages else {"type": "http.disconnect"}
@@ -79,10 +141,15 @@ def ask_both(token: str = "", **request) -> list:
     return with_lane
 
 
-def test_the_lane_takes_the_job_routes_and_leaves_the_rest_to_fastapi():
-    app = build(True)
-    mounted = [(r.path, sorted(r.methods)) for r in app.routes if hasattr(r, "methods")]
-    assert mounted                          # FastAPI still owns every route's schema
+def test_the_lane_answers_what_it_can_and_only_that():
+    async def which(lane):
+        sent = await _ask(build(lane), "POST", "/v2/e/which")
+        return sent[-1]["body"]
+    assert asyncio.run(which(True)) == b'{"by_lane":true}'
+    assert asyncio.run(which(False)) == b'{"by_lane":false}'
+    taken = {d.route.name for d in lane_routes(
+        [(r, p) for r in routers(Settings())[:1] for p in ("",)])}
+    assert taken == set()                   # a router with no route: nothing taken
     settings = Settings()
     router, public = routers(settings)
 
@@ -116,7 +183,25 @@ CASES = [
     dict(method="GET", path="/ping"),
     dict(method="GET", path="/v2/x/ping"),
     dict(method="GET", path="/nowhere"),
+    dict(method="POST", path="/bounded", query=b"wait=-1"),           # FastAPI's 422
+    dict(method="POST", path="/aliased", query=b"ww=7"),
+    dict(method="GET", path="/html"),
+    dict(method="POST", path="/nothing"),
+    dict(method="GET", path="/when"),
+    dict(method="GET", path="/teapot"),                                # by status code
+    dict(method="GET", path="/sync-handled"),                          # a sync handler
+    dict(method="POST", path="/read", body=b"x" * (SMALL_BODY + 1), chunked=True),  # 413
 ]
+
+
+def test_an_error_no_handler_takes_goes_to_the_server_error_layer_either_way():
+    for lane in (True, False):
+        try:
+            asyncio.run(_ask(build(lane), "GET", "/broken"))
+        except RuntimeError as exc:
+            assert str(exc) == "a bug"
+        else:
+            raise AssertionError("the error was swallowed")
 
 
 def test_every_answer_is_fastapis():

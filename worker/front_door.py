@@ -15,8 +15,12 @@ import threading
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.datastructures import DefaultPlaceholder
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
 from .config import Settings
@@ -135,7 +139,7 @@ def open_door(app: FastAPI, router: APIRouter, public: APIRouter, settings: Sett
                             headers=exc.headers)
 
     if lane:
-        app.add_middleware(Lane, routes=lane_routes(mounted), handlers=app.exception_handlers)
+        app.add_middleware(Lane, routes=lane_routes(mounted), fastapi=app)
     app.add_middleware(BodyLimit, table=route_limits(mounted, settings))
     for middleware in outer:
         app.add_middleware(middleware)
@@ -169,9 +173,11 @@ _INT = re.compile(r"-?[0-9]{1,18}")
 
 
 def lane_routes(mounted: list) -> list:
-    """The routes, as mounted, whose parameters the lane knows (the request, str path
-    parameters, int query parameters with a default; no body model, no other
-    dependency); each carries its endpoint. Any other route is FastAPI's alone."""
+    """The routes, as mounted, whose answer the lane can give as FastAPI would: an async
+    endpoint taking the request, plain str path parameters and plain int query
+    parameters with a default (no constraint, no alias), no other dependency than the
+    front door's token check, no body, response model or response class of its own, no
+    status code but 200. Any other route is FastAPI's alone."""
     out = []
     for r, prefix in mounted:
         for route in r.routes:
@@ -179,9 +185,13 @@ def lane_routes(mounted: list) -> list:
             if d is None or not inspect.iscoroutinefunction(route.endpoint) or \
                     d.body_params or d.header_params or d.cookie_params or \
                     d.background_tasks_param_name or d.response_param_name or \
+                    route.response_model is not None or route.status_code not in (None, 200) \
+                    or not isinstance(route.response_class, DefaultPlaceholder) or \
                     not all(getattr(sub.call, "front_door", False) for sub in d.dependencies):
                 continue
-            if any(p.field_info.annotation is not str for p in d.path_params) or \
+            params = d.path_params + d.query_params
+            if any(p.field_info.metadata or p.alias != p.name for p in params) or \
+                    any(p.field_info.annotation is not str for p in d.path_params) or \
                     any(p.field_info.annotation is not int or not isinstance(
                         p.field_info.default, int) for p in d.query_params):
                 continue
@@ -194,28 +204,31 @@ def lane_routes(mounted: list) -> list:
 
 
 class Lane:
-    """ASGI middleware in front of FastAPI for the job routes: a request that matches one
-    (path and method, and query values the lane can read as FastAPI would) is answered
-    by calling its endpoint directly, with the same token check, the same responses and
-    the same exception handlers; anything else goes on to FastAPI, which still owns the
-    routes' schema (/docs), redirects, 404/405/422. FastAPI's per-request work (nested
-    routers, dependency solving, telemetry hooks) is most of a trivial /runsync's cost in
-    the parent (docs/benchmarks.md)."""
+    """ASGI middleware in front of FastAPI: a request for a route `lane_routes` took
+    (path and method, and query values the lane reads as FastAPI would) is answered by
+    calling its endpoint directly, with the same token check, the same response classes
+    and the app's exception handlers as Starlette looks them up; anything else goes on
+    to FastAPI, which still owns the routes' schema (/docs), redirects, 404/405/422, and
+    every request while dependency overrides are set or FastAPI's OpenTelemetry is on.
+    FastAPI's per-request work (nested routers, dependency solving, its telemetry hooks)
+    was most of a trivial /runsync's cost in the parent (docs/benchmarks.md, issue 42)."""
 
-    def __init__(self, app, routes: list, handlers: dict):
+    def __init__(self, app, routes: list, fastapi: FastAPI):
         self.app = app
         self.routes = routes
-        self.handlers = handlers      # the app's own, as FastAPI's ExceptionMiddleware uses
+        self.fastapi = fastapi        # its exception handlers and overrides, read live
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and not scope.get("root_path"):
+        if scope["type"] == "http" and not scope.get("root_path") and \
+                scope.get("fastapi.telemetry") is None and \
+                not self.fastapi.dependency_overrides:
             for direct in self.routes:
                 match = direct.regex.match(scope["path"])
                 if match is not None:
                     if scope["method"] in direct.methods:
-                        scope["path_params"] = match.groupdict()    # /v2/{endpoint_id} too
                         kwargs = _arguments(direct, scope, match)
                         if kwargs is not None:
+                            scope["path_params"] = match.groupdict()  # /v2/{endpoint_id}
                             return await self._call(direct, scope, receive, send, kwargs)
                     break
         await self.app(scope, receive, send)
@@ -230,14 +243,34 @@ class Lane:
                 check(request)
             answer = await direct.route.endpoint(**kwargs)
             if not isinstance(answer, Response):
-                answer = JSONResponse(answer, status_code=direct.route.status_code or 200)
-        except Exception as exc:      # noqa: BLE001 - the app's handler for it, as FastAPI
-            handler = next((self.handlers[c] for c in type(exc).__mro__
-                            if c in self.handlers), None)
+                answer = JSONResponse(jsonable_encoder(answer))
+        except Exception as exc:
+            handler = _handler(self.fastapi.exception_handlers, exc)
             if handler is None:
-                raise
-            answer = await handler(request, exc)
+                raise                # to the server-error layer, as from FastAPI
+            if inspect.iscoroutinefunction(handler):
+                answer = await handler(request, exc)
+            else:
+                answer = await run_in_threadpool(handler, request, exc)
+            if answer is None:
+                return
         await answer(scope, receive, send)
+
+
+def _handler(handlers: dict, exc: Exception):
+    """The app's handler for `exc` as Starlette's exception layer finds it: by status
+    code for an HTTPException, else by class along the MRO; never the 500/Exception
+    handler (that one is the server-error layer's, outside every middleware)."""
+    if isinstance(exc, StarletteHTTPException) and exc.status_code != 500:
+        found = handlers.get(exc.status_code)
+        if found is not None:
+            return found
+    for cls in type(exc).__mro__:
+        if cls is Exception:
+            return None
+        if cls in handlers:
+            return handlers[cls]
+    return None
 
 
 def _arguments(direct: _Direct, scope, match) -> dict | None:
@@ -360,12 +393,17 @@ class Server:
                 self._server.run(sockets=sockets)
             except BaseException as exc:      # noqa: BLE001 - raised in the caller's thread
                 ended.append(exc)
-        thread = threading.Thread(target=serve, name="gpu-worker-http")
+        thread = threading.Thread(target=serve, name="gpu-worker-http", daemon=True)
         thread.start()
         # A signal's Python handler runs only in the main thread, between bytecodes: a
         # join without a timeout would sleep through a signal the kernel gave to another
         # thread. Waking as often as uvicorn's own loop did (0.1 s) keeps it as prompt.
-        while thread.is_alive():
-            thread.join(SIGNAL_CHECK_S)
+        try:
+            while thread.is_alive():
+                thread.join(SIGNAL_CHECK_S)
+        except BaseException:        # e.g. KeyboardInterrupt: the server ends with it
+            self.stop()
+            thread.join(self._config.timeout_graceful_shutdown or ANSWER_WAIT_S)
+            raise
         if ended:
             raise ended[0]
