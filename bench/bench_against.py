@@ -28,7 +28,7 @@ import loopback
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_api  # noqa: E402
-from bench_metrics import base_tree  # noqa: E402
+from bench_metrics import alternated  # noqa: E402
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
@@ -94,21 +94,14 @@ def main() -> None:
     ap.add_argument("--refreshes", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=60.0, help="limit per queue row")
     args = ap.parse_args()
-    base = base_tree(args.base)
-    trees = ((f"base {args.base}", base), ("this tree", ROOT))
-    got: dict = {label: [] for label, _ in trees}
-    try:
-        for r in range(args.rounds):
-            for label, tree in (trees if r % 2 == 0 else trees[::-1]):
-                row = {**core_rows(tree, args.jobs, args.refreshes),
-                       **queue_rows(tree, args.seconds)}
-                got[label].append(row)
-                print(f"round {r + 1}, {label}: " + "; ".join(
-                    f"{key} {row[key]:,.{3 if unit == 'ms' else 1}f} {unit}" for _, key, unit, _ in ROWS), flush=True)
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
-                       capture_output=True)
-    (b_label, _), (t_label, _) = trees
+    b_label, t_label = f"base {args.base}", "this tree"
+    got: dict = {b_label: [], t_label: []}
+    for r, label, tree in alternated(args.base, args.rounds):
+        row = {**core_rows(tree, args.jobs, args.refreshes), **queue_rows(tree, args.seconds)}
+        got[label].append(row)
+        print(f"round {r + 1}, {label}: " + "; ".join(
+            f"{key} {row[key]:,.{3 if unit == 'ms' else 1}f} {unit}"
+            for _, key, unit, _ in ROWS), flush=True)
     for name, key, unit, better in ROWS:
         b = statistics.median(x[key] for x in got[b_label])
         t = statistics.median(x[key] for x in got[t_label])

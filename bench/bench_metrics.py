@@ -39,6 +39,20 @@ def base_tree(rev: str) -> Path:
     return path
 
 
+def alternated(rev: str, rounds: int):
+    """(round, label, tree) for a worktree of `rev` ("base <rev>") and this tree ("this
+    tree"), their order swapped each round; the worktree is removed at the end."""
+    base = base_tree(rev)
+    trees = ((f"base {rev}", base), ("this tree", ROOT))
+    try:
+        for r in range(rounds):
+            for label, tree in (trees if r % 2 == 0 else trees[::-1]):
+                yield r, label, tree
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
+                       capture_output=True)
+
+
 def scraper(port: int, stop: threading.Event, answered: list) -> None:
     session = requests.Session()
     session.trust_env = False

@@ -13,7 +13,6 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import requests
 
 import loopback
 from bench_api import free_port
-from bench_metrics import base_tree
+from bench_metrics import alternated
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
@@ -79,20 +78,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--requests", type=int, default=1500)
     args = ap.parse_args()
-    base = base_tree(args.base)
-    trees = ((f"base {args.base}", base), ("this tree", ROOT))
-    got: dict = {label: [] for label, _ in trees}
-    try:
-        for r in range(args.rounds):
-            for label, tree in (trees if r % 2 == 0 else trees[::-1]):
-                cpu, p50 = measure(tree, args.requests)
-                got[label].append((cpu, p50))
-                print(f"round {r + 1}, {label}: parent CPU {cpu:.0f} us/request, p50 "
-                      f"{p50:.3f} ms", flush=True)
-    finally:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
-                       capture_output=True)
-    for label, _ in trees:
+    labels = (f"base {args.base}", "this tree")
+    got: dict = {label: [] for label in labels}
+    for r, label, tree in alternated(args.base, args.rounds):
+        cpu, p50 = measure(tree, args.requests)
+        got[label].append((cpu, p50))
+        print(f"round {r + 1}, {label}: parent CPU {cpu:.0f} us/request, p50 "
+              f"{p50:.3f} ms", flush=True)
+    for label in labels:
         cpu = statistics.median(c for c, _ in got[label])
         p50 = statistics.median(p for _, p in got[label])
         print(f"median of {args.rounds}, {label}: parent CPU {cpu:.0f} us per trivial "
