@@ -155,7 +155,7 @@ def route_limits(mounted: list, settings: Settings) -> list:
             for r, prefix in mounted for route in r.routes]
 
 
-# --- the lane: the job routes without FastAPI's per-request machinery ---------------------
+# --- the lane: the routes answered without FastAPI's per-request machinery ---------------
 
 @dataclass(frozen=True)
 class _Direct:
