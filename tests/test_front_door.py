@@ -224,3 +224,46 @@ def test_any_query_path_or_body_gets_fastapis_answer(query, job, body, prefix):
     ask_both(method="POST", path=f"{prefix}/runsync", query=query, body=body)
     if job:
         ask_both(method="GET", path=f"{prefix}/status/{job}")
+
+
+SERVE_UNTIL_INTERRUPTED = r"""
+import signal, socket, sys, threading
+from fastapi import FastAPI
+from worker.front_door import Server
+app = FastAPI()
+sock = socket.socket(); sock.bind(("127.0.0.1", 0)); sock.listen()
+print(sock.getsockname()[1], flush=True)
+server = Server(app, 1.0)
+try:
+    server.run([sock])                 # SIGINT's default handler: KeyboardInterrupt here
+except KeyboardInterrupt:
+    for t in threading.enumerate():    # ending, its last steps after the event
+        if t.name == "gpu-worker-http":
+            t.join(5)
+    alive = [t.name for t in threading.enumerate() if t.name == "gpu-worker-http"]
+    print("interrupted", alive, flush=True)
+"""
+
+
+def test_an_interrupted_main_thread_ends_the_server_with_it():
+    import signal
+    import subprocess
+    import sys
+    import requests
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_UNTIL_INTERRUPTED],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        deadline = __import__("time").monotonic() + 30
+        while True:                    # serving: the default 404 of an empty app
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/x", timeout=2).status_code == 404:
+                    break
+            except requests.ConnectionError:
+                assert __import__("time").monotonic() < deadline
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "interrupted []" in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()

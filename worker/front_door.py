@@ -2,8 +2,10 @@
 their routes. Each builds its routes on the two routers `routers` gives (the job routes,
 behind the token when there is one; /health and /ping, public), and `open_door` mounts
 them at the root and under /v2/{endpoint_id}/ (the official client's paths), answers
-errors as {"error": ...}, and gives every request a body limit (BodyLimit). `Server` runs
-uvicorn on sockets already bound, with the signals left to the caller.
+errors as {"error": ...}, gives every request a body limit (BodyLimit), and answers the
+routes it can without FastAPI's per-request machinery (Lane; FastAPI keeps the schema and
+the rest). `Server` runs uvicorn on sockets already bound, with the signals left to the
+caller.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import re
 import threading
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
+
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.datastructures import DefaultPlaceholder
 from fastapi.encoders import jsonable_encoder
@@ -387,23 +390,27 @@ class Server:
         """Serve until stopped. The main thread waits here; an exception that ended the
         server is raised here."""
         ended: list = []
+        done = threading.Event()
 
         def serve():
             try:
                 self._server.run(sockets=sockets)
             except BaseException as exc:      # noqa: BLE001 - raised in the caller's thread
                 ended.append(exc)
-        thread = threading.Thread(target=serve, name="gpu-worker-http", daemon=True)
-        thread.start()
+            finally:
+                done.set()
+        threading.Thread(target=serve, name="gpu-worker-http", daemon=True).start()
         # A signal's Python handler runs only in the main thread, between bytecodes: a
-        # join without a timeout would sleep through a signal the kernel gave to another
+        # wait without a timeout would sleep through a signal the kernel gave to another
         # thread. Waking as often as uvicorn's own loop did (0.1 s) keeps it as prompt.
+        # (An event, not Thread.join: a join that a KeyboardInterrupt cut short takes the
+        # thread for ended in Python 3.11, and a later join returns at once.)
         try:
-            while thread.is_alive():
-                thread.join(SIGNAL_CHECK_S)
+            while not done.wait(SIGNAL_CHECK_S):
+                pass
         except BaseException:        # e.g. KeyboardInterrupt: the server ends with it
             self.stop()
-            thread.join(self._config.timeout_graceful_shutdown or ANSWER_WAIT_S)
+            done.wait((self._config.timeout_graceful_shutdown or ANSWER_WAIT_S) + 2.0)
             raise
         if ended:
             raise ended[0]
